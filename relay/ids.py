@@ -1,0 +1,34 @@
+"""Prefixed, time-sortable identifiers (`evt_`, `wh_`, `dlv_`, `tok_`).
+
+After the prefix: 10 Crockford base32 characters of milliseconds since the epoch, then 16 of
+randomness, so ids sort lexicographically by creation time (like ULIDs) and never collide in practice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _base32(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str, now_ms: int | None = None) -> str:
+    """Return a new id such as `evt_01jd...`: sortable by time, then random."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return f"{prefix}_{_base32(ms, 10)}{_base32(int.from_bytes(os.urandom(10)), 16)}"
+
+
+def has_prefix(value: str, prefix: str) -> bool:
+    """Tell whether `value` looks like an id of this kind (cheap check before any lookup)."""
+    body = value[len(prefix) + 1 :]
+    return (
+        value.startswith(prefix + "_") and len(body) == 26 and all(c in _ALPHABET for c in body)
+    )

@@ -1,7 +1,7 @@
 """Prefixed, time-sortable identifiers (`evt_`, `wh_`, `dlv_`, `tok_`).
 
 After the prefix: 10 Crockford base32 characters of milliseconds since the epoch, then 16 of
-randomness, so ids sort lexicographically by creation time (like ULIDs) and never collide in practice.
+randomness, so ids sort lexicographically by creation time (like ULIDs) and never collide.
 """
 
 from __future__ import annotations
@@ -29,6 +29,4 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
 def has_prefix(value: str, prefix: str) -> bool:
     """Tell whether `value` looks like an id of this kind (cheap check before any lookup)."""
     body = value[len(prefix) + 1 :]
-    return (
-        value.startswith(prefix + "_") and len(body) == 26 and all(c in _ALPHABET for c in body)
-    )
+    return value.startswith(prefix + "_") and len(body) == 26 and all(c in _ALPHABET for c in body)

@@ -1,0 +1,40 @@
+# Everything a fresh Debian machine needs, from nothing but Python and apt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench soak clean redis
+
+run: $(STAMP) redis
+	$(BIN)/relay dev
+
+test: $(STAMP) redis
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP) redis
+	$(BIN)/python -m bench
+
+# Debian's redis-server, installed only when it is not on PATH already.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .relay .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,1 @@
+"""relay's benchmarks (`make bench`)."""

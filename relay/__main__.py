@@ -1,0 +1,7 @@
+"""`python -m relay` runs the `relay` command."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""Request bodies in, `{"data": ...}` out: the JSON conventions of CONTRACT §2."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.errors import Invalid, UnsupportedMediaType
+from relay.store import codec
+from relay.validation import parse
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body, `{}` when empty; 415 for another media type, 422 when malformed."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid("The body is not valid JSON.", {"body": [str(exc)]}) from None
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    """The JSON body validated against `model` (errors name each field)."""
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
+    return parse(model, data)
+
+
+def ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A single object: `{"data": {...}}`."""
+    return Response(codec.dumps({"data": data}), status, headers, "application/json")
+
+
+def listing(items: list[Any], next_cursor: str | None) -> Response:
+    """A page: `{"data": [...], "next_cursor": ...}`."""
+    body = {"data": items, "next_cursor": next_cursor}
+    return Response(codec.dumps(body), 200, media_type="application/json")

@@ -1,0 +1,90 @@
+"""The one place errors become RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.errors import (
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    RelayError,
+    Unauthorized,
+    Unavailable,
+)
+from relay.store import codec
+
+log = logging.getLogger("relay.api")
+
+# Relative URIs (RFC 9457 §3.1.1): each names one error code; GET /problems/{code} is not served.
+PROBLEM_TYPE_BASE = "/problems/"
+
+
+def problem(err: RelayError) -> Response:
+    """Render a domain error as problem+json."""
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + err.code,
+        "title": err.title,
+        "status": err.status,
+        "detail": err.detail,
+        "code": err.code,
+    }
+    if err.errors:
+        body["errors"] = err.errors
+    headers = {}
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(err.retry_after)
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(err, Unavailable):
+        headers["Retry-After"] = "1"
+    return Response(
+        codec.dumps(body),
+        status_code=err.status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+async def on_relay_error(_: Request, exc: Exception) -> Response:
+    """Domain errors raised by handlers."""
+    assert isinstance(exc, RelayError)
+    return problem(exc)
+
+
+async def on_http_exception(_: Request, exc: Exception) -> Response:
+    """Starlette's own errors: unknown paths and methods."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return problem(MethodNotAllowed("This method is not allowed on this path."))
+    if exc.status_code == 404:
+        return problem(NotFound("No such path."))
+    err = RelayError(str(exc.detail))
+    err.status, err.code, err.title = exc.status_code, "http_error", str(exc.detail)
+    return problem(err)
+
+
+async def on_redis_error(_: Request, exc: Exception) -> Response:
+    """Redis unreachable or too slow: a clear 503 the client may retry, never a 500."""
+    log.warning("redis unavailable: %s", exc)
+    return problem(Unavailable("The store is unreachable; retry shortly."))
+
+
+async def on_unexpected(_: Request, exc: Exception) -> Response:
+    """A bug: log it with its traceback, answer without one."""
+    log.exception("unhandled error", exc_info=exc)
+    return problem(RelayError("An unexpected error occurred; it has been logged."))
+
+
+EXCEPTION_HANDLERS = {
+    RelayError: on_relay_error,
+    HTTPException: on_http_exception,
+    redis.exceptions.ConnectionError: on_redis_error,
+    redis.exceptions.TimeoutError: on_redis_error,
+    Exception: on_unexpected,
+}

@@ -1,0 +1,41 @@
+"""Request body limit, enforced on the bytes actually received (streamed bodies included)."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from relay.api.errors import problem
+from relay.errors import PayloadTooLarge
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 when Content-Length or the streamed body exceeds the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The body is larger than {self.max_bytes} bytes.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await problem(self._too_large())(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised into whoever reads the body; the error handlers render it as 413.
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited, send)

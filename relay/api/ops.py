@@ -1,0 +1,61 @@
+"""Unauthenticated operational endpoints: liveness, readiness, metrics, API description."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+from relay.api.errors import problem
+from relay.errors import Unavailable
+from relay.services import services
+
+
+async def healthz(_: Request) -> Response:
+    """The process is alive."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when Redis answers within a second."""
+    try:
+        async with asyncio.timeout(1.0):
+            await services(request).redis.ping()
+    except (TimeoutError, redis.exceptions.RedisError, OSError):
+        return problem(Unavailable("Redis is unreachable."))
+    return JSONResponse({"status": "ready"})
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI 3.1 document of every route."""
+    return JSONResponse(request.app.state.openapi)
+
+
+_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>relay API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+
+
+async def docs(_: Request) -> Response:
+    """Swagger UI over /openapi.json, served from the installed bundle (no CDN)."""
+    return HTMLResponse(_DOCS_PAGE)
+
+
+def ops_routes() -> list[BaseRoute]:
+    """Routes outside /v1."""
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/openapi.json", openapi_json),
+        Route("/docs", docs),
+        Mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static"),
+    ]

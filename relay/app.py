@@ -1,0 +1,40 @@
+"""The Starlette application, built explicitly from settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from relay.api import ops, tokens
+from relay.api.errors import EXCEPTION_HANDLERS
+from relay.api.limits import BodyLimit
+from relay.api.openapi import build as build_openapi
+from relay.api.routing import Operation, routes
+from relay.config import Settings
+from relay.services import Services
+
+OPERATIONS: list[Operation] = [*tokens.OPERATIONS]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The API app; its lifespan opens and closes the process's services."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.services = Services.open(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.aclose()
+
+    app = Starlette(
+        routes=[*ops.ops_routes(), *routes(OPERATIONS)],
+        middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.openapi = build_openapi(OPERATIONS)
+    return app

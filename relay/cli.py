@@ -1,0 +1,236 @@
+"""The `relay` command: dev, api, worker, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay import __version__
+from relay.config import ConfigError, Settings, load_settings
+from relay.embedded import EmbeddedRedis, EmbeddedRedisError, data_dir_ready
+from relay.errors import RelayError
+from relay.processes import die_with_parent
+from relay.store import codec
+from relay.tokens import Role, TokenSpec
+from relay.validation import parse
+
+_DEV_SECRETS = "dev-secrets.json"
+_RUNTIME = "runtime.json"
+
+
+class CliError(Exception):
+    """A problem to report in one line, exit status 2."""
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _redis_url(settings: Settings) -> str:
+    """RELAY_REDIS_URL, or the embedded Redis of a `relay dev` running on this data dir."""
+    if settings.redis_url:
+        return settings.redis_url
+    runtime = settings.data_dir / _RUNTIME
+    if runtime.exists():
+        url: str = codec.loads(runtime.read_bytes())["redis_url"]
+        return url
+    raise CliError("RELAY_REDIS_URL is not set (and no `relay dev` is running on this data dir).")
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """The admin token and master key of a dev install: made on first start, then reused."""
+    from relay.secrets import generate_master_key
+    from relay.tokens import new_secret_token
+
+    path = data_dir / _DEV_SECRETS
+    if path.exists():
+        saved: dict[str, str] = codec.loads(path.read_bytes())
+        return saved
+    made = {"admin_token": new_secret_token(), "secret_key": generate_master_key()}
+    path.touch(mode=0o600)
+    path.write_bytes(codec.dumps(made))
+    return made
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", *args], env=env, preexec_fn=die_with_parent
+    )
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Redis (embedded unless RELAY_REDIS_URL), the API and one worker, until Ctrl-C."""
+    settings = _settings()
+    data_dir = data_dir_ready(settings.data_dir)
+    env = dict(os.environ)
+    secrets = _dev_secrets(data_dir)
+    admin_token = (
+        settings.admin_token.get_secret_value() if settings.admin_token else secrets["admin_token"]
+    )
+    env["RELAY_ADMIN_TOKEN"] = admin_token
+    if not settings.secret_keys:
+        env["RELAY_SECRET_KEYS"] = secrets["secret_key"]
+
+    stopping = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    redis = EmbeddedRedis(data_dir)
+    runtime = data_dir / _RUNTIME
+    if settings.redis_url:
+        env["RELAY_REDIS_URL"] = settings.redis_url
+    else:
+        try:
+            env["RELAY_REDIS_URL"] = redis.start()
+        except EmbeddedRedisError as exc:
+            raise CliError(str(exc)) from None
+        runtime.touch(mode=0o600)
+        runtime.write_bytes(codec.dumps({"redis_url": env["RELAY_REDIS_URL"], "pid": os.getpid()}))
+    children = [
+        _spawn(["api", "--host", args.host, "--port", str(args.port)], env),
+        _spawn(["worker"], env),
+    ]
+    shown_host = "localhost" if args.host in {"127.0.0.1", "0.0.0.0"} else args.host
+    print(f"relay {__version__} dev: http://{shown_host}:{args.port}  (docs: /docs)", flush=True)
+    print(f"admin token: {admin_token}", flush=True)
+    print("Ctrl-C stops the API, the worker and Redis.", flush=True)
+    status = 0
+    try:
+        while not stopping:
+            exited = [c for c in children if c.poll() is not None]
+            if exited:
+                print(
+                    f"relay dev: a child exited with {exited[0].returncode}; stopping", flush=True
+                )
+                status = 1
+                break
+            time.sleep(0.2)
+    finally:
+        _stop_all(children)
+        redis.stop()
+        runtime.unlink(missing_ok=True)
+    print("relay dev: stopped", flush=True)
+    return status
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """The HTTP API under uvicorn."""
+    import uvicorn
+
+    from relay.app import create_app
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise CliError("relay api needs RELAY_REDIS_URL (or use `relay dev`).")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    """One delivery worker."""
+    from relay.worker import build_worker
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise CliError("relay worker needs RELAY_REDIS_URL (or use `relay dev`).")
+    build_worker(settings).run()
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Issue an API token and print it (it is shown only this once)."""
+    from relay.services import connect_redis
+    from relay.store.tokens import TokenStore
+
+    settings = _settings()
+    spec = parse(TokenSpec, {"role": args.role, "tenant_id": args.tenant, "name": args.name or ""})
+
+    async def issue() -> str:
+        redis = connect_redis(_redis_url(settings))
+        try:
+            _, plaintext = await TokenStore(redis).issue(spec)
+        finally:
+            await redis.aclose()
+        return plaintext
+
+    print(asyncio.run(issue()))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description="Webhook relay and delivery retry.")
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, func, text in (
+        ("dev", cmd_dev, "Redis, API and a worker in one process tree, for one machine"),
+        ("api", cmd_api, "the HTTP API"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(func=func)
+
+    sub.add_parser("worker", help="one delivery worker").set_defaults(func=cmd_worker)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="action", required=True)
+    create = token.add_parser("create", help="issue a token and print it once")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--tenant", help="the tenant a tenant token is bound to")
+    create.add_argument("--name", help="a label for the token")
+    create.set_defaults(func=cmd_token_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `relay` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except CliError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    except RelayError as exc:  # e.g. a bad --tenant, reported like the API would
+        fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.errors.items())
+        print(f"relay: {exc.detail} {fields}".strip(), file=sys.stderr)
+        return 2
+    return status

@@ -1,0 +1,89 @@
+"""Settings: every RELAY_* variable, read and validated once at start-up, then passed in."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import pydantic
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+class ConfigError(Exception):
+    """A RELAY_* variable is missing or malformed; the message names it."""
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """relay's configuration (CONTRACT §1); field `x` is read from `RELAY_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".relay")
+    admin_token: SecretStr | None = None
+    secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    delivery_timeout: float = Field(15.0, gt=0, le=300)
+    allow_private_targets: bool = False
+    retention_days: int = Field(30, ge=1, le=3650)
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    endpoint_concurrency: int = Field(4, ge=1, le=1000)
+    disable_after: int = Field(432_000, ge=60)
+
+    _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule_sane(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("needs at least one step, e.g. 5,300,1800")
+        if any(step < 0 for step in value):
+            raise ValueError("steps must be zero or more seconds")
+        return value
+
+    @field_validator("allowed_cidrs", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        value = _split(value)
+        if not isinstance(value, list):
+            return value
+        networks = []
+        for item in value:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8") from None
+        return networks
+
+    @property
+    def retention_seconds(self) -> int:
+        """How long events, deliveries and attempts are kept, in seconds."""
+        return self.retention_days * 86_400
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and `.env`); raise ConfigError naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = "RELAY_" + str(err["loc"][0]).upper() if err["loc"] else "RELAY_*"
+            problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except ValueError as exc:  # e.g. a malformed CIDR raised before pydantic wraps it
+        raise ConfigError(f"invalid configuration: {exc}") from None

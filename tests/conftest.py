@@ -1,0 +1,102 @@
+"""Fixtures: one real redis-server per session, and the app over an ASGI transport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio
+
+from relay.app import create_app
+from relay.config import Settings, load_settings
+from relay.secrets import generate_master_key
+from tests.support import RedisServer
+
+ADMIN_TOKEN = "test-admin-token"
+
+ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def master_key() -> str:
+    return generate_master_key()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings_for(
+    redis_server: RedisServer, master_key: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "admin_token": ADMIN_TOKEN,
+            "secret_keys": master_key,
+            "allow_private_targets": "true",
+            "data_dir": str(tmp_path / "data"),
+            "retry_schedule": "1,2,4",
+            "delivery_timeout": 2.0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def make_client(
+    settings_for: Callable[..., Settings], redis_client: redis.asyncio.Redis
+) -> AsyncIterator[ClientFactory]:
+    """Build an app with some settings and a client speaking to it; `token=` sets the bearer."""
+    async with AsyncExitStack() as stack:
+
+        async def make(token: str | None = ADMIN_TOKEN, **overrides: Any) -> httpx.AsyncClient:
+            app = create_app(settings_for(**overrides))
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                base_url="http://relay.test",
+                headers=headers,
+            )
+            await stack.enter_async_context(client)
+            return client
+
+        yield make
+
+
+@pytest.fixture
+async def admin(make_client: ClientFactory) -> httpx.AsyncClient:
+    return await make_client()
+
+
+@pytest.fixture
+def token_for(admin: httpx.AsyncClient) -> Callable[..., Awaitable[str]]:
+    async def issue(role: str, tenant_id: str | None = None) -> str:
+        body: dict[str, Any] = {"role": role}
+        if tenant_id:
+            body["tenant_id"] = tenant_id
+        response = await admin.post("/v1/tokens", json=body)
+        assert response.status_code == 201, response.text
+        token: str = response.json()["data"]["token"]
+        return token
+
+    return issue

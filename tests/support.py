@@ -1,0 +1,124 @@
+"""Real processes for tests: redis-server on a free port, `relay` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll `check` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@dataclass
+class RedisServer:
+    """A throwaway redis-server in a temp dir, as production runs it (AOF on)."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (make test installs it)"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.answers)
+        return self
+
+    def answers(self) -> bool:
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open but nothing answers."""
+        assert self.process
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def relay_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a relay subprocess pointed at a test Redis."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"RELAY_REDIS_URL": redis_url, **extra})
+    return env
+
+
+def spawn_relay(args: list[str], env: Mapping[str, str], **kwargs) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    """Start `relay <args>` as its own process."""
+    return subprocess.Popen([sys.executable, "-m", "relay", *args], env=dict(env), **kwargs)
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    """Wait until an HTTP server answers at `url`."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=0.5).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout)

@@ -1,0 +1,77 @@
+"""Configuration: every RELAY_* variable, defaults, and errors that name the variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from relay.config import DEFAULT_RETRY_SCHEDULE, ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = load_settings()
+    assert s.redis_url is None and s.data_dir == Path(".relay") and s.admin_token is None
+    assert s.retry_schedule == DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert s.delivery_timeout == 15 and s.allow_private_targets is False
+    assert s.retention_days == 30 and s.max_body_bytes == 1_048_576
+    assert s.allowed_cidrs == () and s.disable_after == 432_000
+    assert 1 <= s.endpoint_concurrency <= 16
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://127.0.0.1:6399/2")
+    monkeypatch.setenv("RELAY_RETRY_SCHEDULE", "1, 2,3")
+    monkeypatch.setenv("RELAY_ALLOWED_CIDRS", "10.1.0.0/16,fd00::/8")
+    monkeypatch.setenv("RELAY_ALLOW_PRIVATE_TARGETS", "true")
+    monkeypatch.setenv("RELAY_SECRET_KEYS", "a,b")
+    s = load_settings()
+    assert s.redis_url == "redis://127.0.0.1:6399/2"
+    assert s.retry_schedule == (1, 2, 3)
+    assert s.allowed_cidrs == (
+        ipaddress.ip_network("10.1.0.0/16"),
+        ipaddress.ip_network("fd00::/8"),
+    )
+    assert s.allow_private_targets is True
+    assert [k.get_secret_value() for k in s.secret_keys] == ["a", "b"]
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("RELAY_RETENTION_DAYS=7\n")
+    assert load_settings().retention_days == 7
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RELAY_DELIVERY_TIMEOUT", "0"),
+        ("RELAY_DELIVERY_TIMEOUT", "soon"),
+        ("RELAY_RETRY_SCHEDULE", "5,x"),
+        ("RELAY_RETRY_SCHEDULE", "5,-1"),
+        ("RELAY_RETRY_SCHEDULE", ","),
+        ("RELAY_RETENTION_DAYS", "0"),
+        ("RELAY_MAX_BODY_BYTES", "ten"),
+        ("RELAY_ALLOWED_CIDRS", "10.0.0.0/33"),
+        ("RELAY_ALLOW_PRIVATE_TARGETS", "perhaps"),
+        ("RELAY_ENDPOINT_CONCURRENCY", "0"),
+        ("RELAY_DISABLE_AFTER", "-5"),
+    ],
+)
+def test_bad_values_are_reported_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert name in str(caught.value)

@@ -1,0 +1,207 @@
+"""The event-type catalog: each type's data model, JSON Schema and sample, declared once."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from relay.errors import Invalid
+from relay.validation import parse
+
+# RFC 6838 type/subtype, optionally followed by parameters such as `; charset=utf-8`.
+_MIME = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$"
+
+
+def _id(value: object) -> str | int:
+    # Upstreams key their objects by database integers or by opaque strings; both are delivered
+    # as sent. One check instead of a pydantic union keeps the error at `data.<field>`.
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise ValueError("Must be a non-empty string or an integer.")
+    return value
+
+
+def _timestamp(value: str) -> str:
+    # Checked, never converted: subscribers receive the upstream's own string.
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("Must be an RFC 3339 timestamp, e.g. 2024-05-01T12:00:00Z.") from None
+    return value
+
+
+def _mime(value: str) -> str:
+    if not re.fullmatch(_MIME, value):
+        raise ValueError("Must be a media type such as image/jpeg.")
+    return value
+
+
+_Text = Annotated[str, StringConstraints(min_length=1)]
+_Id = Annotated[
+    str | int,
+    PlainValidator(_id),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}),
+]
+_Timestamp = Annotated[
+    str, AfterValidator(_timestamp), WithJsonSchema({"type": "string", "format": "date-time"})
+]
+_Mime = Annotated[str, AfterValidator(_mime), WithJsonSchema({"type": "string", "pattern": _MIME})]
+_Count = Annotated[int, Field(ge=0)]
+
+
+class _Data(BaseModel):
+    # Extra fields are the upstream's to add and the subscriber's to read; strict so that the
+    # schema's types are the types subscribers actually receive (no "1" accepted as 1).
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class PostPublished(_Data):
+    """Data of `post.published`."""
+
+    post_id: _Id
+    published_at: _Timestamp | None = None
+    account_id: _Id | None = None
+    platform: _Text | None = None
+    url: _Text | None = None
+
+
+class PostError(_Data):
+    """Why a post failed: a human-readable message and an optional machine-readable code."""
+
+    message: str
+    code: str | None = None
+
+
+class PostFailed(_Data):
+    """Data of `post.failed`."""
+
+    post_id: _Id
+    error: PostError
+    platform: _Text | None = None
+    failed_at: _Timestamp | None = None
+
+
+class MediaUploaded(_Data):
+    """Data of `media.uploaded`."""
+
+    media_id: _Id
+    url: _Text
+    mime: _Mime
+    size: _Count | None = None
+    width: _Count | None = None
+    height: _Count | None = None
+    alt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """One kind of event: its name, what it means, the shape of its data and a sample of it."""
+
+    name: str
+    description: str
+    model: type[BaseModel]
+    schema: dict[str, Any]
+    sample: dict[str, object]
+
+
+def _declare(
+    name: str, description: str, model: type[BaseModel], sample: dict[str, object]
+) -> EventType:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **model.model_json_schema(),
+    }
+    return EventType(name, description, model, schema, sample)
+
+
+EVENT_TYPES: Mapping[str, EventType] = MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            _declare(
+                "post.published",
+                "A post went live on a platform.",
+                PostPublished,
+                {
+                    "post_id": "post_8f3k2q",
+                    "published_at": "2024-05-01T12:00:00Z",
+                    "account_id": "acct_42",
+                    "platform": "instagram",
+                    "url": "https://www.instagram.com/p/C6aB3xYz/",
+                },
+            ),
+            _declare(
+                "post.failed",
+                "A post could not be published; `error` says why.",
+                PostFailed,
+                {
+                    "post_id": "post_8f3k2q",
+                    "error": {"message": "The access token has expired.", "code": "token_expired"},
+                    "platform": "linkedin",
+                    "failed_at": "2024-05-01T12:00:03Z",
+                },
+            ),
+            _declare(
+                "media.uploaded",
+                "A media file finished uploading and can be attached to posts.",
+                MediaUploaded,
+                {
+                    "media_id": "med_51xk7",
+                    "url": "https://cdn.example.com/media/med_51xk7.jpg",
+                    "mime": "image/jpeg",
+                    "size": 482113,
+                    "width": 1080,
+                    "height": 1350,
+                    "alt": "The team at the spring offsite",
+                },
+            ),
+        )
+    }
+)
+
+
+def validate_event(type_name: str, data: object) -> dict[str, object]:
+    """Check `data` against its type and return it as received, or raise `Invalid`."""
+    event_type = EVENT_TYPES.get(type_name)
+    if event_type is None:
+        known = ", ".join(EVENT_TYPES)
+        raise Invalid("Unknown event type.", {"type": [f"Unknown event type; known: {known}."]})
+    if not isinstance(data, dict):
+        raise Invalid("The event data is not an object.", {"data": ["Must be a JSON object."]})
+    parse(event_type.model, data, prefix="data")
+    # The model only checks: what is stored and sent is the upstream's JSON, key order, extra
+    # fields and all, not the model's re-serialization of it.
+    return data
+
+
+def matches(filters: Sequence[str], type_name: str) -> bool:
+    """Tell whether a webhook subscribed to `filters` receives events of `type_name`."""
+    return "*" in filters or type_name in filters
+
+
+def catalog() -> list[dict[str, object]]:
+    """List every event type as `GET /v1/event-types` serves it."""
+    # Copies, so that nothing a caller does to the answer can change the catalog itself.
+    return [
+        {
+            "name": t.name,
+            "description": t.description,
+            "schema": copy.deepcopy(t.schema),
+            "example": copy.deepcopy(t.sample),
+        }
+        for t in EVENT_TYPES.values()
+    ]

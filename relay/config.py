@@ -10,8 +10,9 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay.deliveries import RetryPolicy
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
 class ConfigError(Exception):
@@ -28,14 +29,18 @@ class Settings(BaseSettings):
     """relay's configuration (CONTRACT §1); field `x` is read from `RELAY_X`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RELAY_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="RELAY_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        arbitrary_types_allowed=True,
     )
 
     redis_url: str | None = None
     data_dir: Path = Path(".relay")
     admin_token: SecretStr | None = None
     secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    retry_schedule: Annotated[RetryPolicy, NoDecode] = RetryPolicy()
     delivery_timeout: float = Field(15.0, gt=0, le=300)
     allow_private_targets: bool = False
     retention_days: int = Field(30, ge=1, le=3650)
@@ -46,14 +51,10 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
 
-    @field_validator("retry_schedule")
+    @field_validator("retry_schedule", mode="before")
     @classmethod
-    def _schedule_sane(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value:
-            raise ValueError("needs at least one step, e.g. 5,300,1800")
-        if any(step < 0 for step in value):
-            raise ValueError("steps must be zero or more seconds")
-        return value
+    def _parse_schedule(cls, value: object) -> object:
+        return RetryPolicy.parse(value) if isinstance(value, str) else value
 
     @field_validator("allowed_cidrs", mode="before")
     @classmethod

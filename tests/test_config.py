@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import DEFAULT_RETRY_SCHEDULE, ConfigError, load_settings
+from relay.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_follow_the_contract() -> None:
     s = load_settings()
     assert s.redis_url is None and s.data_dir == Path(".relay") and s.admin_token is None
-    assert s.retry_schedule == DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert s.retry_schedule.schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
     assert s.delivery_timeout == 15 and s.allow_private_targets is False
     assert s.retention_days == 30 and s.max_body_bytes == 1_048_576
     assert s.allowed_cidrs == () and s.disable_after == 432_000
@@ -38,7 +38,7 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_SECRET_KEYS", "a,b")
     s = load_settings()
     assert s.redis_url == "redis://127.0.0.1:6399/2"
-    assert s.retry_schedule == (1, 2, 3)
+    assert s.retry_schedule.schedule == (1, 2, 3)
     assert s.allowed_cidrs == (
         ipaddress.ip_network("10.1.0.0/16"),
         ipaddress.ip_network("fd00::/8"),

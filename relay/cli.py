@@ -37,6 +37,19 @@ def _settings(**overrides: Any) -> Settings:
         raise CliError(str(exc)) from None
 
 
+def _server_settings() -> Settings:
+    """Settings for `api` and `worker`, with what they cannot run without checked up front."""
+    from relay.services import MissingSetting, keyring, require_redis_url
+
+    settings = _settings()
+    try:
+        require_redis_url(settings)
+        keyring(settings)
+    except MissingSetting as exc:
+        raise CliError(str(exc)) from None
+    return settings
+
+
 def _redis_url(settings: Settings) -> str:
     """RELAY_REDIS_URL, or the embedded Redis of a `relay dev` running on this data dir."""
     if settings.redis_url:
@@ -148,11 +161,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from relay.app import create_app
 
-    settings = _settings()
-    if not settings.redis_url:
-        raise CliError("relay api needs RELAY_REDIS_URL (or use `relay dev`).")
     uvicorn.run(
-        create_app(settings),
+        create_app(_server_settings()),
         host=args.host,
         port=args.port,
         loop="uvloop",
@@ -168,10 +178,50 @@ def cmd_worker(_: argparse.Namespace) -> int:
     """One delivery worker."""
     from relay.worker import build_worker
 
+    build_worker(_server_settings()).run()
+    return 0
+
+
+def cmd_keys_generate(_: argparse.Namespace) -> int:
+    """Print a new master key for RELAY_SECRET_KEYS."""
+    from relay.secrets import generate_master_key
+
+    print(generate_master_key())
+    return 0
+
+
+def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
+    """Re-encrypt every webhook secret under the first RELAY_SECRET_KEYS key."""
+    from relay.services import MissingSetting, connect_redis, keyring
+    from relay.store.webhooks import WebhookStore
+    from relay.webhooks import Webhook, reencrypt
+
     settings = _settings()
-    if not settings.redis_url:
-        raise CliError("relay worker needs RELAY_REDIS_URL (or use `relay dev`).")
-    build_worker(settings).run()
+    try:
+        ring = keyring(settings)
+    except MissingSetting as exc:
+        raise CliError(str(exc)) from None
+
+    async def run() -> tuple[int, int]:
+        redis = connect_redis(_redis_url(settings))
+        store = WebhookStore(redis)
+        changed: set[str] = set()
+
+        def edit(webhook: Webhook) -> Webhook:
+            if reencrypt(webhook, ring):
+                changed.add(webhook.id)
+            return webhook
+
+        try:
+            ids = await store.all_ids()
+            for webhook_id in ids:
+                await store.change(webhook_id, edit)
+        finally:
+            await redis.aclose()
+        return len(changed), len(ids)
+
+    changed, total = asyncio.run(run())
+    print(f"re-encrypted the secrets of {changed} of {total} webhooks under the first key")
     return 0
 
 
@@ -217,6 +267,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", help="the tenant a tenant token is bound to")
     create.add_argument("--name", help="a label for the token")
     create.set_defaults(func=cmd_token_create)
+
+    keys = sub.add_parser("keys", help="master keys for secrets at rest").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("generate", help="print a new master key").set_defaults(func=cmd_keys_generate)
+    keys.add_parser(
+        "reencrypt", help="re-encrypt all webhook secrets under the first key"
+    ).set_defaults(func=cmd_keys_reencrypt)
     return parser
 
 

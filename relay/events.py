@@ -10,6 +10,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -205,3 +206,16 @@ def catalog() -> list[dict[str, object]]:
         }
         for t in EVENT_TYPES.values()
     ]
+
+
+def envelope(event_id: str, type_name: str, tenant_id: str, data: object, timestamp: str) -> bytes:
+    """The exact body every receiver gets for an event (CONTRACT §3), encoded once."""
+    return orjson.dumps(
+        {
+            "id": event_id,
+            "type": type_name,
+            "timestamp": timestamp,
+            "tenant_id": tenant_id,
+            "data": data,
+        }
+    )

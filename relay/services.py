@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from relay import __version__
 from relay.config import Settings
+from relay.secrets import Keyring
+from relay.sender import Sender
 from relay.store.idempotency import IdempotencyStore
 from relay.store.tokens import TokenStore
+from relay.store.webhooks import WebhookStore
+
+USER_AGENT = f"relay/{__version__}"
 
 
 def connect_redis(url: str) -> Redis:
@@ -24,25 +30,62 @@ def connect_redis(url: str) -> Redis:
     return client
 
 
+class MissingSetting(RuntimeError):
+    """A variable the API and worker cannot run without."""
+
+
+def require_redis_url(settings: Settings) -> str:
+    """RELAY_REDIS_URL, which the API and workers cannot do without."""
+    if not settings.redis_url:
+        raise MissingSetting("RELAY_REDIS_URL is required (or use `relay dev`).")
+    return settings.redis_url
+
+
+def keyring(settings: Settings) -> Keyring:
+    """The master keyring from RELAY_SECRET_KEYS, which must be set and valid."""
+    if not settings.secret_keys:
+        raise MissingSetting(
+            "RELAY_SECRET_KEYS is required: a base64 32-byte key (`relay keys generate` makes one)."
+        )
+    try:
+        return Keyring.from_strings([k.get_secret_value() for k in settings.secret_keys])
+    except ValueError as exc:
+        raise MissingSetting(f"RELAY_SECRET_KEYS: {exc}") from None
+
+
 @dataclass(slots=True)
 class Services:
     """The process's shared resources."""
 
     settings: Settings
     redis: Redis
+    keyring: Keyring
+    sender: Sender
     tokens: TokenStore
     idempotency: IdempotencyStore
+    webhooks: WebhookStore
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         """Build the services for a process (connections open lazily)."""
-        if not settings.redis_url:
-            raise RuntimeError("RELAY_REDIS_URL is required")
-        redis = connect_redis(settings.redis_url)
-        return cls(settings, redis, TokenStore(redis), IdempotencyStore(redis))
+        redis = connect_redis(require_redis_url(settings))
+        return cls(
+            settings=settings,
+            redis=redis,
+            keyring=keyring(settings),
+            sender=Sender(
+                timeout=settings.delivery_timeout,
+                max_connections=256,
+                user_agent=USER_AGENT,
+            ),
+            tokens=TokenStore(redis),
+            idempotency=IdempotencyStore(redis),
+            webhooks=WebhookStore(redis),
+        )
 
     async def aclose(self) -> None:
         """Close connections."""
+        await self.sender.aclose()
         await self.redis.aclose()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -19,8 +21,11 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from relay.errors import Invalid
-from relay.events import EVENT_TYPES
-from relay.signing import decode_secret
+from relay.events import EVENT_TYPES, matches
+from relay.ids import new_id
+from relay.secrets import Keyring
+from relay.signing import decode_secret, generate_secret, signature_headers
+from relay.timefmt import now, rfc3339
 from relay.validation import TenantId
 
 _MAX_URL_CHARS = 2048
@@ -208,3 +213,193 @@ class WebhookUpdate(BaseModel):
     def changes(self) -> dict[str, Any]:
         """Return the fields this update sets, with their new values."""
         return self.model_dump(exclude_unset=True)
+
+
+# Current secret plus at most two still in their grace period: enough for back-to-back rotations.
+MAX_LIVE_SECRETS = 3
+MAX_GRACE_SECONDS = 7 * 86_400
+
+
+class RotateSecret(BaseModel):
+    """`POST /v1/webhooks/{id}/rotate-secret`: how long the previous secret keeps signing."""
+
+    model_config = _INPUT
+
+    grace_seconds: int = Field(86_400, ge=0, le=MAX_GRACE_SECONDS)
+
+
+@dataclass(slots=True)
+class SigningSecret:
+    """A secret at rest: encrypted under the master keyring, bound to its webhook's id."""
+
+    ciphertext: str
+    expires_at_ms: int | None = None  # None for the current secret
+
+
+@dataclass(slots=True)
+class Webhook:
+    """A customer's endpoint: where to send which events, and the secrets that sign them."""
+
+    id: str
+    tenant_id: str
+    url: str
+    events: list[str]
+    description: str
+    headers: dict[str, str]
+    enabled: bool
+    rate_limit_per_second: int | None
+    created_at: str
+    updated_at: str
+    secrets: list[SigningSecret]
+    disabled_reason: str | None = None
+
+    def public(self) -> dict[str, object]:
+        """The webhook as the API shows it: never a secret."""
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "url": self.url,
+            "events": self.events,
+            "description": self.description,
+            "headers": self.headers,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "rate_limit_per_second": self.rate_limit_per_second,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    def record(self) -> dict[str, object]:
+        """What the store keeps (secrets encrypted)."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Webhook:
+        """Rebuild from `record()`."""
+        secrets = [SigningSecret(**s) for s in data.pop("secrets")]
+        return cls(**data, secrets=secrets)
+
+    def wants(self, event_type: str) -> bool:
+        """Whether an event of this type fans out to this webhook now."""
+        return self.enabled and matches(self.events, event_type)
+
+
+def _seal(keyring: Keyring, webhook_id: str, secret: str) -> SigningSecret:
+    return SigningSecret(keyring.encrypt(secret.encode(), webhook_id.encode()))
+
+
+def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[Webhook, str]:
+    """A webhook from a create request, and its plaintext secret (given or generated)."""
+    webhook_id = new_id("wh")
+    secret = spec.secret or generate_secret()
+    stamp = rfc3339(now())
+    webhook = Webhook(
+        id=webhook_id,
+        tenant_id=tenant_id,
+        url=spec.url,
+        events=spec.events,
+        description=spec.description,
+        headers=spec.headers,
+        enabled=spec.enabled,
+        rate_limit_per_second=spec.rate_limit_per_second,
+        created_at=stamp,
+        updated_at=stamp,
+        secrets=[_seal(keyring, webhook_id, secret)],
+    )
+    return webhook, secret
+
+
+def apply_update(webhook: Webhook, changes: dict[str, Any]) -> Webhook:
+    """The webhook with a PATCH applied; enabling it again clears why it was disabled."""
+    for name, value in changes.items():
+        setattr(webhook, name, value)
+    if changes.get("enabled") is True:
+        webhook.disabled_reason = None
+    webhook.updated_at = rfc3339(now())
+    return webhook
+
+
+def disable(webhook: Webhook, reason: str) -> Webhook:
+    """Stop deliveries to the webhook, saying why (shown as `disabled_reason`)."""
+    webhook.enabled = False
+    webhook.disabled_reason = reason
+    webhook.updated_at = rfc3339(now())
+    return webhook
+
+
+def _live(webhook: Webhook, now_ms: int) -> list[SigningSecret]:
+    return [s for s in webhook.secrets if s.expires_at_ms is None or s.expires_at_ms > now_ms]
+
+
+def rotate(
+    webhook: Webhook, keyring: Keyring, grace_seconds: int
+) -> tuple[Webhook, str, int | None]:
+    """A new current secret; the old one signs alongside for `grace_seconds`.
+
+    Returns the webhook, the new plaintext secret and when the previous one stops (unix ms, or
+    None with no grace). Expired secrets are dropped, and no more than MAX_LIVE_SECRETS kept.
+    """
+    now_ms = int(now().timestamp() * 1000)
+    previous_expires = now_ms + grace_seconds * 1000 if grace_seconds else None
+    older = []
+    for s in _live(webhook, now_ms):
+        if s.expires_at_ms is None:  # the outgoing current secret
+            if previous_expires is None:
+                continue
+            s = SigningSecret(s.ciphertext, previous_expires)
+        older.append(s)
+    secret = generate_secret()
+    webhook.secrets = [_seal(keyring, webhook.id, secret), *older][:MAX_LIVE_SECRETS]
+    webhook.updated_at = rfc3339(now())
+    return webhook, secret, previous_expires
+
+
+def reveal(webhook: Webhook, keyring: Keyring) -> str:
+    """The current secret in plaintext, for its owner."""
+    return keyring.decrypt(webhook.secrets[0].ciphertext, webhook.id.encode()).decode()
+
+
+def signing_keys(webhook: Webhook, keyring: Keyring, now_ms: int) -> list[bytes]:
+    """The HMAC keys of every live secret, current first: all of them sign during a grace."""
+    return [
+        decode_secret(keyring.decrypt(s.ciphertext, webhook.id.encode()).decode())
+        for s in _live(webhook, now_ms)
+    ]
+
+
+def reencrypt(webhook: Webhook, keyring: Keyring) -> bool:
+    """Re-encrypt secrets not under the current master key; True if anything changed."""
+    changed = False
+    for s in webhook.secrets:
+        if not keyring.is_current(s.ciphertext):
+            plaintext = keyring.decrypt(s.ciphertext, webhook.id.encode())
+            s.ciphertext = keyring.encrypt(plaintext, webhook.id.encode())
+            changed = True
+    return changed
+
+
+def delivery_headers(
+    webhook: Webhook, keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """Every header of one attempt but user-agent (the sender's): custom ones, then signatures."""
+    return {
+        **webhook.headers,
+        "content-type": "application/json",
+        **signature_headers(msg_id, timestamp, body, keys),
+    }
+
+
+class SampleSend(BaseModel):
+    """`POST /v1/webhooks/test`: which webhook gets a sample of which event type."""
+
+    model_config = _INPUT
+
+    webhook_id: str = Field(min_length=1, max_length=64)
+    type: str = "post.published"
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in EVENT_TYPES:
+            raise ValueError(f"Unknown event type; known: {', '.join(EVENT_TYPES)}.")
+        return value

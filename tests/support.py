@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from relay.secrets import generate_master_key
+
 
 def free_port() -> int:
     """An unused loopback port."""
@@ -100,10 +102,13 @@ class RedisServer:
             self.process.wait(10)
 
 
+TEST_MASTER_KEY = generate_master_key()
+
+
 def relay_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a relay subprocess pointed at a test Redis."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update({"RELAY_REDIS_URL": redis_url, **extra})
+    env.update({"RELAY_REDIS_URL": redis_url, "RELAY_SECRET_KEYS": TEST_MASTER_KEY, **extra})
     return env
 
 

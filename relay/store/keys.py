@@ -24,3 +24,16 @@ def token_by_hash(digest: str) -> str:
 def idempotency(token_id: str, key_digest: str) -> str:
     """A stored response for one Idempotency-Key of one token."""
     return f"{PREFIX}idem:{token_id}:{key_digest}"
+
+
+WEBHOOKS = PREFIX + "whs"
+
+
+def webhook(webhook_id: str) -> str:
+    """A webhook's record (JSON, secrets encrypted)."""
+    return f"{PREFIX}wh:{webhook_id}"
+
+
+def tenant_webhooks(tenant_id: str) -> str:
+    """The index of one tenant's webhooks: read on every fan-out."""
+    return f"{PREFIX}whs:t:{tenant_id}"

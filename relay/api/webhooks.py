@@ -1,0 +1,219 @@
+"""/v1/webhooks and /v1/event-types: customers register endpoints and manage their secrets."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay import events
+from relay.api.bodies import listing, ok, read_model
+from relay.api.pagination import page_request
+from relay.api.routing import ANY_ROLE, ID, PAGE, Operation, Param
+from relay.errors import Invalid
+from relay.ids import new_id
+from relay.services import services
+from relay.timefmt import from_timestamp, now, rfc3339
+from relay.tokens import Principal, Role
+from relay.webhooks import (
+    RotateSecret,
+    SampleSend,
+    Webhook,
+    WebhookCreate,
+    WebhookUpdate,
+    apply_update,
+    delivery_headers,
+    new_webhook,
+    reveal,
+    rotate,
+    signing_keys,
+)
+
+OWNERS = frozenset({Role.ADMIN, Role.TENANT})
+
+
+async def visible_webhook(request: Request, principal: Principal, webhook_id: str) -> Webhook:
+    """The webhook, if the caller may see it; another tenant's is a 404."""
+    webhook = await services(request).webhooks.get(webhook_id)
+    principal.check_visible(webhook.tenant_id, "webhook")
+    return webhook
+
+
+async def create_webhook(request: Request, principal: Principal) -> Response:
+    """Register an endpoint; its secret is in the response (and later via /secret)."""
+    spec = await read_model(request, WebhookCreate)
+    tenant_id = principal.tenant_scope(spec.tenant_id)
+    if tenant_id is None:
+        raise Invalid("Say which tenant the webhook is for.", {"tenant_id": ["required"]})
+    ctx = services(request)
+    webhook, secret = new_webhook(spec, tenant_id, ctx.keyring)
+    await ctx.webhooks.add(webhook)
+    return ok({**webhook.public(), "secret": secret}, 201)
+
+
+async def list_webhooks(request: Request, principal: Principal) -> Response:
+    """Webhooks newest first, optionally one tenant's (a tenant token sees only its own)."""
+    page = page_request(request, "wh")
+    tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
+    found, cursor = await services(request).webhooks.page(tenant_id, page.limit, page.cursor)
+    return listing([w.public() for w in found], cursor)
+
+
+async def get_webhook(request: Request, principal: Principal) -> Response:
+    """One webhook."""
+    return ok((await visible_webhook(request, principal, request.path_params["id"])).public())
+
+
+async def update_webhook(request: Request, principal: Principal) -> Response:
+    """Change only the fields given; enabling a disabled webhook clears its disabled_reason."""
+    changes = (await read_model(request, WebhookUpdate)).changes()
+
+    def edit(webhook: Webhook) -> Webhook:
+        principal.check_visible(webhook.tenant_id, "webhook")
+        return apply_update(webhook, changes)
+
+    webhook = await services(request).webhooks.change(request.path_params["id"], edit)
+    return ok(webhook.public())
+
+
+async def delete_webhook(request: Request, principal: Principal) -> Response:
+    """Remove a webhook; it receives nothing more."""
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    await services(request).webhooks.delete(webhook.id)
+    return ok({**webhook.public(), "deleted": True})
+
+
+async def get_secret(request: Request, principal: Principal) -> Response:
+    """The current signing secret, for the webhook's owner."""
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    return ok({"secret": reveal(webhook, services(request).keyring)})
+
+
+async def rotate_secret(request: Request, principal: Principal) -> Response:
+    """A new secret signs from now on; the previous one also signs until previous_expires_at."""
+    grace = (await read_model(request, RotateSecret)).grace_seconds
+    ctx = services(request)
+    made: list[tuple[str, int | None]] = []
+
+    def edit(webhook: Webhook) -> Webhook:
+        principal.check_visible(webhook.tenant_id, "webhook")
+        webhook, secret, expires_ms = rotate(webhook, ctx.keyring, grace)
+        made.append((secret, expires_ms))
+        return webhook
+
+    await ctx.webhooks.change(request.path_params["id"], edit)
+    secret, expires_ms = made[-1]
+    expires = from_timestamp(expires_ms / 1000) if expires_ms else rfc3339(now())
+    return ok({"secret": secret, "previous_expires_at": expires})
+
+
+async def send_test_event(request: Request, principal: Principal) -> Response:
+    """Send a signed sample event to the webhook now and report what its endpoint answered."""
+    spec = await read_model(request, SampleSend)
+    webhook = await visible_webhook(request, principal, spec.webhook_id)
+    ctx = services(request)
+    moment = now()
+    event_id = new_id("evt")
+    sample = events.EVENT_TYPES[spec.type].sample
+    body = events.envelope(event_id, spec.type, webhook.tenant_id, sample, rfc3339(moment))
+    keys = signing_keys(webhook, ctx.keyring, int(moment.timestamp() * 1000))
+    headers = delivery_headers(webhook, keys, event_id, int(time.time()), body)
+    result = await ctx.sender.send(webhook.url, body, headers)
+    return ok(
+        {
+            "event_id": event_id,
+            "status_code": result.status_code,
+            "duration_ms": result.duration_ms,
+            "error": result.error,
+            "response_body": result.response_body,
+        }
+    )
+
+
+async def event_types(_: Request, __: Principal) -> Response:
+    """The event types relay accepts, each with the JSON Schema of its data."""
+    return listing(events.catalog(), None)
+
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/event-types",
+        event_types,
+        "List event types and their schemas",
+        ANY_ROLE,
+        "events",
+        list_of=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks",
+        create_webhook,
+        "Register a webhook",
+        OWNERS,
+        "webhooks",
+        body=WebhookCreate,
+        status=201,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhooks",
+        list_webhooks,
+        "List webhooks",
+        OWNERS,
+        "webhooks",
+        params=(*PAGE, Param("tenant_id")),
+        list_of=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks/test",
+        send_test_event,
+        "Send a sample event now",
+        OWNERS,
+        "webhooks",
+        body=SampleSend,
+    ),
+    Operation(
+        "GET", "/v1/webhooks/{id}", get_webhook, "Get a webhook", OWNERS, "webhooks", params=ID
+    ),
+    Operation(
+        "PATCH",
+        "/v1/webhooks/{id}",
+        update_webhook,
+        "Change a webhook",
+        OWNERS,
+        "webhooks",
+        body=WebhookUpdate,
+        params=ID,
+    ),
+    Operation(
+        "DELETE",
+        "/v1/webhooks/{id}",
+        delete_webhook,
+        "Delete a webhook",
+        OWNERS,
+        "webhooks",
+        params=ID,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhooks/{id}/secret",
+        get_secret,
+        "Reveal the signing secret",
+        OWNERS,
+        "webhooks",
+        params=ID,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks/{id}/rotate-secret",
+        rotate_secret,
+        "Rotate the secret",
+        OWNERS,
+        "webhooks",
+        body=RotateSecret,
+        params=ID,
+    ),
+]

@@ -1,0 +1,87 @@
+"""Webhooks in Redis: JSON records, a global index and one per tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from relay.errors import Conflict, NotFound
+from relay.store import codec, keys
+from relay.store.pages import newest_first
+from relay.webhooks import Webhook
+
+
+def _load(raw: bytes) -> Webhook:
+    return Webhook.from_record(codec.loads(raw))
+
+
+class WebhookStore:
+    """Persistence of webhooks; every change is atomic."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def add(self, webhook: Webhook) -> None:
+        """Store a new webhook with its index entries."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.webhook(webhook.id), codec.dumps(webhook.record()))
+            pipe.zadd(keys.WEBHOOKS, {webhook.id: 0})
+            pipe.zadd(keys.tenant_webhooks(webhook.tenant_id), {webhook.id: 0})
+            await pipe.execute()
+
+    async def get(self, webhook_id: str) -> Webhook:
+        """A webhook by id, or NotFound."""
+        raw = await self._redis.get(keys.webhook(webhook_id))
+        if raw is None:
+            raise NotFound("No such webhook.")
+        return _load(raw)
+
+    async def page(
+        self, tenant_id: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[Webhook], str | None]:
+        """Webhooks newest first, all or one tenant's."""
+        index = keys.tenant_webhooks(tenant_id) if tenant_id else keys.WEBHOOKS
+        page = await newest_first(self._redis, index, limit, cursor)
+        raws = await self._redis.mget([keys.webhook(i) for i in page.ids]) if page.ids else []
+        return [_load(r) for r in raws if r], page.next_cursor
+
+    async def of_tenant(self, tenant_id: str) -> list[Webhook]:
+        """Every webhook of a tenant, for fan-out."""
+        ids = await self._redis.zrange(keys.tenant_webhooks(tenant_id), 0, -1)
+        raws = await self._redis.mget([keys.webhook(i.decode()) for i in ids]) if ids else []
+        return [_load(r) for r in raws if r]
+
+    async def all_ids(self) -> list[str]:
+        """Every webhook id (for maintenance commands)."""
+        return [i.decode() for i in await self._redis.zrange(keys.WEBHOOKS, 0, -1)]
+
+    async def change(self, webhook_id: str, edit: Callable[[Webhook], Webhook]) -> Webhook:
+        """Read, edit and write a webhook atomically; retried if it changed meanwhile."""
+        key = keys.webhook(webhook_id)
+        for _ in range(10):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise NotFound("No such webhook.")
+                    webhook = edit(_load(raw))
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, codec.dumps(webhook.record()))
+                    await pipe.execute()
+                    return webhook
+                except redis.exceptions.WatchError:
+                    continue
+        raise Conflict("The webhook is being changed by another request; try again.")
+
+    async def delete(self, webhook_id: str) -> Webhook:
+        """Remove a webhook and its index entries."""
+        webhook = await self.get(webhook_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.webhook(webhook_id))
+            pipe.zrem(keys.WEBHOOKS, webhook_id)
+            pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
+            await pipe.execute()
+        return webhook

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from relay.api import ops, tokens, webhooks
+from relay.api import deliveries, events, ops, tokens, webhooks
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
 from relay.api.openapi import build as build_openapi
@@ -16,7 +16,12 @@ from relay.api.routing import Operation, routes
 from relay.config import Settings
 from relay.services import Services
 
-OPERATIONS: list[Operation] = [*tokens.OPERATIONS, *webhooks.OPERATIONS]
+OPERATIONS: list[Operation] = [
+    *tokens.OPERATIONS,
+    *events.OPERATIONS,
+    *webhooks.OPERATIONS,
+    *deliveries.OPERATIONS,
+]
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -104,3 +104,106 @@ def _retry_after_seconds(value: str, now: datetime) -> float | None:
         # RFC 9110 dates are GMT; "-0000" comes back naive from the parser.
         when = when.replace(tzinfo=UTC)
     return (when - now).total_seconds()
+
+
+class Status(enum.StrEnum):
+    """Where a delivery is: pending → delivering → delivered | failed, or canceled."""
+
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+# A manual retry starts a new cycle from any state the worker will not touch again.
+RESTARTABLE = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELED})
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at a delivery, as the log keeps it."""
+
+    number: int
+    started_at: str
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_body: str
+    request_headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happens to a delivery after an attempt: its next status and, if pending, when."""
+
+    status: Status
+    delay: float | None = None
+    error: str | None = None
+    disable_webhook: bool = False
+
+
+def judge(
+    policy: RetryPolicy,
+    attempts_in_cycle: int,
+    status_code: int | None,
+    error: str | None,
+    retry_after: str | None,
+    now: datetime,
+) -> Verdict:
+    """The next state after an attempt: delivered, retried after a delay, or failed."""
+    result = outcome(status_code)
+    if result is Outcome.DELIVERED:
+        return Verdict(Status.DELIVERED)
+    if result is Outcome.GONE:
+        return Verdict(
+            Status.FAILED, error="410 Gone: the endpoint asked to stop", disable_webhook=True
+        )
+    delay = policy.next_delay(attempts_in_cycle, status_code, retry_after, now)
+    reason = error or f"HTTP {status_code}"
+    if delay is None:
+        return Verdict(Status.FAILED, error=f"{reason} (retry schedule exhausted)")
+    return Verdict(Status.PENDING, delay=delay, error=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event on its way to one webhook."""
+
+    id: str
+    event_id: str
+    webhook_id: str
+    tenant_id: str
+    event_type: str
+    status: Status
+    attempt_count: int
+    cycle_start: int  # attempts made before the current cycle (a manual retry starts one)
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    updated_at: str
+    delivered_at: str | None
+
+    @property
+    def attempts_in_cycle(self) -> int:
+        """Attempts made since the schedule last started (the retry policy counts these)."""
+        return self.attempt_count - self.cycle_start
+
+    def public(self) -> dict[str, object]:
+        """The delivery as the API shows it."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "webhook_id": self.webhook_id,
+            "tenant_id": self.tenant_id,
+            "event_type": self.event_type,
+            "status": self.status.value,
+            "attempt_count": self.attempt_count,
+            "next_attempt_at": self.next_attempt_at,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "delivered_at": self.delivered_at,
+        }

@@ -30,3 +30,8 @@ def has_prefix(value: str, prefix: str) -> bool:
     """Tell whether `value` looks like an id of this kind (cheap check before any lookup)."""
     body = value[len(prefix) + 1 :]
     return value.startswith(prefix + "_") and len(body) == 26 and all(c in _ALPHABET for c in body)
+
+
+def time_floor(prefix: str, ms: int) -> str:
+    """The smallest possible id of this kind made at `ms`: a lexicographic bound for time ranges."""
+    return f"{prefix}_{_base32(max(ms, 0), 10)}"

@@ -11,6 +11,9 @@ from relay import __version__
 from relay.config import Settings
 from relay.secrets import Keyring
 from relay.sender import Sender
+from relay.ssrf import AddressPolicy
+from relay.store.deliveries import DeliveryStore
+from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
@@ -60,27 +63,35 @@ class Services:
     settings: Settings
     redis: Redis
     keyring: Keyring
+    policy: AddressPolicy
     sender: Sender
     tokens: TokenStore
     idempotency: IdempotencyStore
     webhooks: WebhookStore
+    events: EventStore
+    deliveries: DeliveryStore
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         """Build the services for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
+        policy = AddressPolicy(settings.allow_private_targets, settings.allowed_cidrs)
         return cls(
             settings=settings,
             redis=redis,
             keyring=keyring(settings),
+            policy=policy,
             sender=Sender(
                 timeout=settings.delivery_timeout,
                 max_connections=256,
                 user_agent=USER_AGENT,
+                address_check=policy.allows,
             ),
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis),
             webhooks=WebhookStore(redis),
+            events=EventStore(redis, settings.retention_seconds),
+            deliveries=DeliveryStore(redis, settings.retention_seconds),
         )
 
     async def aclose(self) -> None:

@@ -25,6 +25,7 @@ from relay.events import EVENT_TYPES, matches
 from relay.ids import new_id
 from relay.secrets import Keyring
 from relay.signing import decode_secret, generate_secret, signature_headers
+from relay.ssrf import AddressPolicy
 from relay.timefmt import now, rfc3339
 from relay.validation import TenantId
 
@@ -74,7 +75,8 @@ def _valid_host(host: str) -> bool:
 
 
 def _check_url(url: str) -> str:
-    # The one place a target URL is judged; the SSRF rules will join here.
+    # The one place a target URL's form is judged; whether its host may be reached is
+    # check_target's question (it needs the address policy from settings).
     url = url.strip()
     # urlsplit silently drops tabs and newlines, and some clients read "\" as "/": refuse both so
     # that what is checked here is exactly what the sender will connect to.
@@ -307,6 +309,16 @@ def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[
         secrets=[_seal(keyring, webhook_id, secret)],
     )
     return webhook, secret
+
+
+def check_target(url: str, policy: AddressPolicy) -> None:
+    """Refuse a URL whose host is plainly not a public address (a literal IP or localhost).
+
+    Names that resolve somewhere private are caught later, when the sender connects.
+    """
+    reason = policy.refuse_literal_host(url)
+    if reason is not None:
+        raise Invalid("The webhook URL is not allowed.", {"url": [reason]})
 
 
 def apply_update(webhook: Webhook, changes: dict[str, Any]) -> Webhook:

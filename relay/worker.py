@@ -1,53 +1,196 @@
-"""The delivery worker: an arq Worker whose jobs and cron are named here."""
+"""The delivery worker: arq runs one `deliver` job per attempt, and a sweeper as cron.
+
+A SIGKILLed worker's in-flight attempts run again once arq's in-progress marker expires
+(`job_timeout` + 10 s, i.e. RELAY_DELIVERY_TIMEOUT + 30 s): by then the attempt's lease has
+lapsed, so the re-run takes the delivery over. Should the job itself be lost, the sweeper finds
+the delivery in the due set and writes its job again.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import orjson
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import Worker
+from arq.worker import Worker, func
 
 from relay.config import Settings
-from relay.services import Services
+from relay.deliveries import Attempt, Status, judge
+from relay.metrics import attempt_counters
+from relay.services import USER_AGENT, Services, require_redis_url
+from relay.store import codec, keys
+from relay.store.deliveries import Settlement
+from relay.store.jobs import DELIVER
+from relay.timefmt import now, rfc3339
+from relay.webhooks import Webhook, delivery_headers, disable, signing_keys
 
 log = logging.getLogger("relay.worker")
 
-QUEUE = "relay:queue"
+# Jobs may run a little past the HTTP timeout (signing, two Redis round trips).
+_JOB_SLACK_SECONDS = 20
+# The lease ends before arq's in-progress marker (job timeout + 10 s) so a re-run can take over.
+_LEASE_SLACK_SECONDS = 5
 
 
-async def _startup(ctx: dict[str, Any]) -> None:
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _lease_ms(settings: Settings) -> int:
+    return int((settings.delivery_timeout + _JOB_SLACK_SECONDS + _LEASE_SLACK_SECONDS) * 1000)
+
+
+async def _end_without_attempt(
+    svc: Services,
+    delivery_id: str,
+    attempt: int,
+    webhook_id: str,
+    event_id: str,
+    status: Status,
+    reason: str,
+) -> None:
+    stamp = rfc3339(now())
+    settlement = Settlement(
+        status=status,
+        attempt=None,
+        next_due_ms=None,
+        last_status_code=None,
+        last_error=reason,
+        updated_at=stamp,
+        delivered_at=None,
+        counters=[f"deliveries:{status.value}"],
+    )
+    await svc.deliveries.settle(delivery_id, attempt, webhook_id, event_id, settlement, _now_ms())
+
+
+async def deliver(
+    ctx: dict[Any, Any], delivery_id: str, attempt: int, webhook_id: str, event_id: str
+) -> None:
+    """Make attempt `attempt` of a delivery, log it, and schedule what comes next."""
+    svc: Services = ctx["services"]
+    claim = await svc.deliveries.claim(
+        delivery_id, attempt, webhook_id, event_id, _now_ms(), _lease_ms(svc.settings)
+    )
+    if claim is None:
+        return  # canceled, already done by another job, or taken over: nothing to do
+    end = (delivery_id, attempt, webhook_id, event_id)
+    if claim.webhook_record is None:
+        await _end_without_attempt(svc, *end, Status.CANCELED, "the webhook was deleted")
+        return
+    webhook = Webhook.from_record(codec.loads(claim.webhook_record))
+    if not webhook.enabled:
+        reason = f"the webhook is disabled: {webhook.disabled_reason or 'by its owner'}"
+        await _end_without_attempt(svc, *end, Status.FAILED, reason)
+        return
+    if claim.payload is None:
+        await _end_without_attempt(svc, *end, Status.FAILED, "the event has expired")
+        return
+
+    started = now()
+    started_ms = _now_ms()
+    signing = signing_keys(webhook, svc.keyring, started_ms)
+    headers = delivery_headers(webhook, signing, event_id, started_ms // 1000, claim.payload)
+    result = await svc.sender.send(webhook.url, claim.payload, headers)
+    finished = now()
+    verdict = judge(
+        svc.settings.retry_schedule,
+        attempt - claim.cycle_start,
+        result.status_code,
+        result.error,
+        result.retry_after,
+        finished,
+    )
+    finished_ms = _now_ms()
+    stamp = rfc3339(finished)
+    settlement = Settlement(
+        status=verdict.status,
+        attempt=Attempt(
+            number=attempt,
+            started_at=rfc3339(started),
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            error=result.error,
+            response_body=result.response_body,
+            request_headers={**headers, "user-agent": USER_AGENT},
+        ),
+        next_due_ms=finished_ms + int(verdict.delay * 1000) if verdict.delay is not None else None,
+        last_status_code=result.status_code,
+        last_error=verdict.error,
+        updated_at=stamp,
+        delivered_at=stamp if verdict.status is Status.DELIVERED else None,
+        counters=attempt_counters(
+            result.status_code,
+            result.duration_ms / 1000,
+            verdict.status if verdict.status is not Status.PENDING else None,
+        ),
+        duration_seconds=result.duration_ms / 1000,
+    )
+    if not await svc.deliveries.settle(*end, settlement, finished_ms):
+        log.warning("delivery %s attempt %s was taken over; result dropped", delivery_id, attempt)
+        return
+    if verdict.disable_webhook:
+        await svc.webhooks.change(
+            webhook_id, lambda w: disable(w, "the endpoint answered 410 Gone")
+        )
+
+
+async def sweep(ctx: dict[Any, Any]) -> int:
+    """Re-enqueue deliveries that are due but have no live job; returns how many."""
+    svc: Services = ctx["services"]
+    now_ms = _now_ms()
+    lost = await svc.deliveries.lost(now_ms)
+    for item in lost:
+        await svc.deliveries.enqueue(item, now_ms)
+    if lost:
+        log.info("sweeper re-enqueued %d deliveries", len(lost))
+    return len(lost)
+
+
+async def trim(ctx: dict[Any, Any]) -> int:
+    """Drop index entries past retention (the objects themselves expire by TTL)."""
+    svc: Services = ctx["services"]
+    return await svc.deliveries.trim(_now_ms())
+
+
+async def _startup(ctx: dict[Any, Any]) -> None:
     settings: Settings = ctx["settings"]
     ctx["services"] = Services.open(settings)
     await ctx["services"].redis.ping()
     log.info("worker connected")
 
 
-async def _shutdown(ctx: dict[str, Any]) -> None:
+async def _shutdown(ctx: dict[Any, Any]) -> None:
     services: Services | None = ctx.get("services")
     if services is not None:
         await services.aclose()
     log.info("worker stopped")
 
 
-async def sweep(ctx: dict[str, Any]) -> None:
-    """Re-enqueue deliveries that are due but have no live job."""
-
-
 def build_worker(settings: Settings) -> Worker:
-    """An arq worker for relay's queue (signals handled: SIGINT/SIGTERM stop it cleanly)."""
-    if not settings.redis_url:
-        raise RuntimeError("RELAY_REDIS_URL is required")
+    """An arq worker for relay's queue (SIGINT/SIGTERM stop it cleanly)."""
+    job_timeout = settings.delivery_timeout + _JOB_SLACK_SECONDS
     return Worker(
-        functions=[],
-        cron_jobs=[cron(sweep, second=set(range(0, 60, 5)), run_at_startup=True)],
-        queue_name=QUEUE,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        # Our own state machine decides about retries; arq must never give up on a job that a
+        # crashed worker left behind, so its own try limit is set far out of reach.
+        functions=[func(deliver, name=DELIVER, max_tries=1000, timeout=job_timeout)],
+        cron_jobs=[
+            cron(sweep, second=set(range(0, 60, 5)), run_at_startup=True, unique=True),
+            cron(trim, second=30, unique=True),
+        ],
+        queue_name=keys.QUEUE,
+        redis_settings=RedisSettings.from_dsn(require_redis_url(settings)),
         on_startup=_startup,
         on_shutdown=_shutdown,
         ctx={"settings": settings},
-        max_jobs=200,
-        poll_delay=0.05,
+        max_jobs=100,
+        poll_delay=0.02,
+        job_timeout=job_timeout,
+        keep_result=0,
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
         handle_signals=True,
+        log_results=False,
     )

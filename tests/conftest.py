@@ -13,8 +13,8 @@ import redis.asyncio
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
-from relay.secrets import generate_master_key
-from tests.support import RedisServer
+from tests.flows import workers  # noqa: F401  (a fixture shared by delivery tests)
+from tests.support import TEST_MASTER_KEY, RedisServer
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -30,7 +30,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def master_key() -> str:
-    return generate_master_key()
+    return TEST_MASTER_KEY
 
 
 @pytest.fixture

@@ -121,6 +121,7 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
     paths |= {
         "/healthz": {"get": _plain("Alive")},
         "/readyz": {"get": readyz},
+        "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},
         "/openapi.json": {"get": _plain("This document")},
         "/docs": {"get": _plain("Interactive API documentation", "text/html")},
     }

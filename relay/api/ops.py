@@ -13,7 +13,9 @@ from swagger_ui_bundle import swagger_ui_path
 
 from relay.api.errors import problem
 from relay.errors import Unavailable
+from relay.metrics import render
 from relay.services import services
+from relay.store.metrics import snapshot
 
 
 async def healthz(_: Request) -> Response:
@@ -29,6 +31,13 @@ async def readyz(request: Request) -> Response:
     except (TimeoutError, redis.exceptions.RedisError, OSError):
         return problem(Unavailable("Redis is unreachable."))
     return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text: counters shared by every API and worker process."""
+    counters, pending = await snapshot(services(request).redis)
+    body, content_type = render(counters, pending)
+    return Response(body, media_type=content_type)
 
 
 async def openapi_json(request: Request) -> Response:
@@ -55,6 +64,7 @@ def ops_routes() -> list[BaseRoute]:
     return [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
         Route("/docs", docs),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static"),

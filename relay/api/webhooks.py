@@ -23,6 +23,7 @@ from relay.webhooks import (
     WebhookCreate,
     WebhookUpdate,
     apply_update,
+    check_target,
     delivery_headers,
     new_webhook,
     reveal,
@@ -47,6 +48,7 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     if tenant_id is None:
         raise Invalid("Say which tenant the webhook is for.", {"tenant_id": ["required"]})
     ctx = services(request)
+    check_target(spec.url, ctx.policy)
     webhook, secret = new_webhook(spec, tenant_id, ctx.keyring)
     await ctx.webhooks.add(webhook)
     return ok({**webhook.public(), "secret": secret}, 201)
@@ -68,6 +70,8 @@ async def get_webhook(request: Request, principal: Principal) -> Response:
 async def update_webhook(request: Request, principal: Principal) -> Response:
     """Change only the fields given; enabling a disabled webhook clears its disabled_reason."""
     changes = (await read_model(request, WebhookUpdate)).changes()
+    if "url" in changes:
+        check_target(changes["url"], services(request).policy)
 
     def edit(webhook: Webhook) -> Webhook:
         principal.check_visible(webhook.tenant_id, "webhook")

@@ -37,3 +37,55 @@ def webhook(webhook_id: str) -> str:
 def tenant_webhooks(tenant_id: str) -> str:
     """The index of one tenant's webhooks: read on every fan-out."""
     return f"{PREFIX}whs:t:{tenant_id}"
+
+
+EVENTS = PREFIX + "evts"
+DELIVERIES = PREFIX + "dlvs"
+# Deliveries that are pending (scored by due time) or delivering (scored by lease expiry).
+DUE = PREFIX + "due"
+# Every per-tenant and per-webhook index, so retention can trim them all.
+INDEXES = PREFIX + "indexes"
+# Counters every worker and API process adds to; /metrics reads them.
+METRICS = PREFIX + "metrics"
+# The arq queue relay's workers read; job records use arq's own key prefix.
+QUEUE = PREFIX + "queue"
+
+
+def event(event_id: str) -> str:
+    """An event: its exact payload and a few fields (hash)."""
+    return f"{PREFIX}evt:{event_id}"
+
+
+def event_by_upstream_id(tenant_id: str, digest: str) -> str:
+    """The event an upstream id (hashed) of a tenant was first accepted as."""
+    return f"{PREFIX}evtup:{tenant_id}:{digest}"
+
+
+def tenant_events(tenant_id: str) -> str:
+    """Index of one tenant's events."""
+    return f"{PREFIX}evts:t:{tenant_id}"
+
+
+def delivery(delivery_id: str) -> str:
+    """A delivery's state (hash)."""
+    return f"{PREFIX}dlv:{delivery_id}"
+
+
+def attempts(delivery_id: str) -> str:
+    """A delivery's attempt log (list of JSON)."""
+    return f"{PREFIX}dlv:{delivery_id}:att"
+
+
+def tenant_deliveries(tenant_id: str) -> str:
+    """Index of one tenant's deliveries."""
+    return f"{PREFIX}dlvs:t:{tenant_id}"
+
+
+def webhook_deliveries(webhook_id: str) -> str:
+    """Index of one webhook's deliveries."""
+    return f"{PREFIX}dlvs:wh:{webhook_id}"
+
+
+def job(job_id: str) -> str:
+    """An arq job record (arq's key layout)."""
+    return f"arq:job:{job_id}"

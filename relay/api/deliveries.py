@@ -1,0 +1,201 @@
+"""Delivery logs and operator actions: list, inspect, retry, cancel, recover."""
+
+from __future__ import annotations
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.bodies import listing, ok, read_model
+from relay.api.pagination import page_request
+from relay.api.routing import ID, PAGE, Operation, Param
+from relay.api.webhooks import OWNERS, visible_webhook
+from relay.deliveries import RESTARTABLE, Delivery, Status
+from relay.errors import Conflict, Invalid, NotFound
+from relay.services import services
+from relay.store import keys
+from relay.store.deliveries import DeliveryFilter
+from relay.timefmt import parse_rfc3339
+from relay.tokens import Principal
+
+
+class RecoverWindow(pydantic.BaseModel):
+    """`POST /v1/webhooks/{id}/recover`: failed deliveries created in this window go again."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    since: str
+    until: str | None = None
+
+
+def _ms(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    return int(parse_rfc3339(value, name).timestamp() * 1000) if value else None
+
+
+def _status(request: Request) -> Status | None:
+    value = request.query_params.get("status")
+    if not value:
+        return None
+    try:
+        return Status(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in Status)
+        raise Invalid("Unknown status.", {"status": [f"one of {choices}"]}) from None
+
+
+def _page(found: list[Delivery], cursor: str | None) -> Response:
+    return listing([d.public() for d in found], cursor)
+
+
+async def _visible_delivery(request: Request, principal: Principal) -> Delivery:
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    delivery = await services(request).deliveries.get(request.path_params["delivery_id"])
+    if delivery.webhook_id != webhook.id:
+        raise NotFound("No such delivery.")
+    return delivery
+
+
+async def webhook_deliveries(request: Request, principal: Principal) -> Response:
+    """One webhook's deliveries, newest first, filtered by status, event type and time."""
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    page = page_request(request, "dlv")
+    query = DeliveryFilter(
+        keys.webhook_deliveries(webhook.id),
+        status=_status(request),
+        event_type=request.query_params.get("event_type") or None,
+        since_ms=_ms(request, "since"),
+        until_ms=_ms(request, "until"),
+    )
+    return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
+
+
+async def all_deliveries(request: Request, principal: Principal) -> Response:
+    """The operator view: deliveries across webhooks, by webhook, tenant and status."""
+    page = page_request(request, "dlv")
+    webhook_id = request.query_params.get("webhook_id")
+    tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
+    if webhook_id:
+        webhook = await visible_webhook(request, principal, webhook_id)
+        index = keys.webhook_deliveries(webhook.id)
+    elif tenant_id:
+        index = keys.tenant_deliveries(tenant_id)
+    else:
+        index = keys.DELIVERIES
+    query = DeliveryFilter(index, status=_status(request))
+    return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
+
+
+async def get_delivery(request: Request, principal: Principal) -> Response:
+    """A delivery with its attempt log."""
+    delivery = await _visible_delivery(request, principal)
+    attempts = await services(request).deliveries.attempts(delivery.id)
+    return ok({**delivery.public(), "attempts": attempts})
+
+
+async def retry_delivery(request: Request, principal: Principal) -> Response:
+    """Back to pending with a fresh schedule, history kept; 409 while pending or delivering."""
+    ctx = services(request)
+    delivery = await _visible_delivery(request, principal)
+    outcome = await ctx.deliveries.restart(delivery, RESTARTABLE)
+    if outcome != "ok":
+        raise Conflict(f"The delivery is {outcome}; only a finished delivery can be retried.")
+    return ok((await ctx.deliveries.get(delivery.id)).public(), 202)
+
+
+async def cancel_delivery(request: Request, principal: Principal) -> Response:
+    """Cancel a pending delivery: it is never sent afterwards."""
+    ctx = services(request)
+    delivery = await _visible_delivery(request, principal)
+    outcome = await ctx.deliveries.cancel(delivery.id)
+    if outcome != "ok":
+        raise Conflict(f"The delivery is {outcome}; only a pending delivery can be canceled.")
+    return ok((await ctx.deliveries.get(delivery.id)).public())
+
+
+async def recover_webhook(request: Request, principal: Principal) -> Response:
+    """Send again every failed delivery of the webhook created in [since, until]."""
+    window = await read_model(request, RecoverWindow)
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    since = parse_rfc3339(window.since, "since")
+    until = parse_rfc3339(window.until, "until") if window.until else None
+    if until is not None and until < since:
+        raise Invalid("The window ends before it starts.", {"until": ["must not be before since"]})
+    ctx = services(request)
+    ids = await ctx.deliveries.ids_between(
+        keys.webhook_deliveries(webhook.id),
+        int(since.timestamp() * 1000),
+        int(until.timestamp() * 1000) if until else 2**47,
+    )
+    requeued = await ctx.deliveries.requeue_failed(await ctx.deliveries.many(ids))
+    return ok({"requeued": requeued}, 202)
+
+
+DELIVERY = (*ID, Param("delivery_id", "path"))
+TIME: tuple[Param, ...] = (
+    Param("since", description="RFC 3339; created at or after"),
+    Param("until", description="RFC 3339; created at or before"),
+)
+STATUS = Param("status", schema={"type": "string", "enum": [s.value for s in Status]})
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        webhook_deliveries,
+        "List a webhook's deliveries",
+        OWNERS,
+        "deliveries",
+        params=(*ID, *PAGE, STATUS, Param("event_type"), *TIME),
+        list_of=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/deliveries",
+        all_deliveries,
+        "List deliveries",
+        OWNERS,
+        "deliveries",
+        params=(*PAGE, Param("webhook_id"), Param("tenant_id"), STATUS),
+        list_of=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}",
+        get_delivery,
+        "Get a delivery with its attempts",
+        OWNERS,
+        "deliveries",
+        params=DELIVERY,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+        retry_delivery,
+        "Retry a delivery",
+        OWNERS,
+        "deliveries",
+        params=DELIVERY,
+        status=202,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/cancel",
+        cancel_delivery,
+        "Cancel a pending delivery",
+        OWNERS,
+        "deliveries",
+        params=DELIVERY,
+    ),
+    Operation(
+        "POST",
+        "/v1/webhooks/{id}/recover",
+        recover_webhook,
+        "Resend failed deliveries of a time window",
+        OWNERS,
+        "deliveries",
+        body=RecoverWindow,
+        params=ID,
+        status=202,
+    ),
+]

@@ -1,0 +1,76 @@
+"""/v1/events: upstream services post events; owners read them and retry failed deliveries."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.bodies import ok, read_model
+from relay.api.routing import ID, Operation
+from relay.ingest import EventIn, accept, event_view
+from relay.services import services
+from relay.store.events import StoredEvent
+from relay.tokens import Principal, Role
+
+POSTERS = frozenset({Role.ADMIN, Role.INGEST})
+READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
+OWNERS = frozenset({Role.ADMIN, Role.TENANT})
+
+
+async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
+    event = await services(request).events.get(request.path_params["id"])
+    principal.check_visible(event.tenant_id, "event")
+    return event
+
+
+async def post_event(request: Request, _: Principal) -> Response:
+    """Accept an event: 202 once it and its deliveries are durably stored; 200 for a repeat."""
+    spec = await read_model(request, EventIn)
+    view, created = await accept(services(request), spec)
+    return ok(view, 202 if created else 200)
+
+
+async def get_event(request: Request, principal: Principal) -> Response:
+    """An event with its deliveries."""
+    return ok(await event_view(services(request), await _visible_event(request, principal)))
+
+
+async def retry_event(request: Request, principal: Principal) -> Response:
+    """Send this event's failed deliveries again; delivered ones are left alone."""
+    ctx = services(request)
+    event = await _visible_event(request, principal)
+    requeued = await ctx.deliveries.requeue_failed(await ctx.deliveries.many(event.delivery_ids))
+    return ok({**await event_view(ctx, event), "requeued": requeued}, 202)
+
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/v1/events",
+        post_event,
+        "Post an event",
+        POSTERS,
+        "events",
+        body=EventIn,
+        status=202,
+    ),
+    Operation(
+        "GET",
+        "/v1/events/{id}",
+        get_event,
+        "Get an event and its deliveries",
+        READERS,
+        "events",
+        params=ID,
+    ),
+    Operation(
+        "POST",
+        "/v1/events/{id}/retry",
+        retry_event,
+        "Retry an event's failed deliveries",
+        OWNERS,
+        "events",
+        params=ID,
+        status=202,
+    ),
+]

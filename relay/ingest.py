@@ -1,0 +1,96 @@
+"""Accepting an event: validate it, fan it out to the tenant's webhooks, store it in one step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pydantic
+
+from relay.events import envelope, validate_event
+from relay.ids import new_id
+from relay.services import Services
+from relay.store.events import NewEvent, PlannedDelivery, StoredEvent
+from relay.store.jobs import deliver_job
+from relay.timefmt import now, rfc3339
+from relay.validation import TenantId
+
+
+class EventIn(pydantic.BaseModel):
+    """`POST /v1/events`: an upstream event; `id` makes repeats harmless."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    type: str
+    tenant_id: TenantId
+    data: Any
+    id: str | None = pydantic.Field(None, min_length=1, max_length=255)
+
+
+async def accept(ctx: Services, spec: EventIn) -> tuple[dict[str, object], bool]:
+    """Store the event with a delivery per matching webhook; (view, created).
+
+    A repeated upstream id creates nothing and returns the first event (created False).
+    """
+    data = validate_event(spec.type, spec.data)
+    targets = [w for w in await ctx.webhooks.of_tenant(spec.tenant_id) if w.wants(spec.type)]
+    moment = now()
+    now_ms = int(moment.timestamp() * 1000)
+    event_id = new_id("evt", now_ms)
+    created_at = rfc3339(moment)
+    event = NewEvent(
+        id=event_id,
+        type=spec.type,
+        tenant_id=spec.tenant_id,
+        created_at=created_at,
+        upstream_id=spec.id,
+        payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
+    )
+    planned = []
+    for webhook in targets:
+        delivery_id = new_id("dlv", now_ms)
+        job = deliver_job(delivery_id, 1, webhook.id, event.id, now_ms)
+        planned.append(PlannedDelivery(delivery_id, webhook.id, job))
+    first = await ctx.events.accept(event, planned, now_ms)
+    if first is not None:
+        return await event_view(ctx, await ctx.events.get(first)), False
+    view = _view(event.id, event.type, event.tenant_id, event.created_at, spec.id, data)
+    view["deliveries"] = [
+        {"id": d.id, "webhook_id": d.webhook_id, "status": "pending"} for d in planned
+    ]
+    return view, True
+
+
+def _view(
+    event_id: str,
+    type_name: str,
+    tenant_id: str,
+    created_at: str,
+    upstream_id: str | None,
+    data: object,
+) -> dict[str, object]:
+    return {
+        "id": event_id,
+        "type": type_name,
+        "tenant_id": tenant_id,
+        "created_at": created_at,
+        "upstream_id": upstream_id,
+        "data": data,
+    }
+
+
+async def event_view(ctx: Services, event: StoredEvent) -> dict[str, object]:
+    """An event as the API shows it, with its deliveries' current status."""
+    view = _view(
+        event.id,
+        event.type,
+        event.tenant_id,
+        event.created_at,
+        event.upstream_id,
+        orjson.loads(event.payload)["data"],
+    )
+    view["deliveries"] = [
+        {"id": d.id, "webhook_id": d.webhook_id, "status": d.status.value}
+        for d in await ctx.deliveries.many(event.delivery_ids)
+    ]
+    return view

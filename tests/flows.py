@@ -1,0 +1,86 @@
+"""Steps many delivery tests share: start workers, register webhooks, post events, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio
+
+from tests.support import RedisServer, relay_env, spawn_relay
+
+# Short steps so a whole schedule runs within a test; jitter still applies (±20 %).
+SCHEDULE = "0.3,0.6,1.2"
+Workers = Callable[..., Awaitable[list[subprocess.Popen[bytes]]]]
+
+
+@pytest.fixture
+async def workers(
+    redis_server: RedisServer, redis_client: redis.asyncio.Redis
+) -> AsyncIterator[Workers]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    async def start(count: int = 1, **env: str) -> list[subprocess.Popen[bytes]]:
+        settings = {
+            "RELAY_ALLOW_PRIVATE_TARGETS": "true",
+            "RELAY_RETRY_SCHEDULE": SCHEDULE,
+            "RELAY_DELIVERY_TIMEOUT": "2",
+            **env,
+        }
+        procs = [
+            spawn_relay(
+                ["worker"],
+                relay_env(redis_server.url, **settings),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(count)
+        ]
+        started.extend(procs)
+        return procs
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def webhook(
+    client: httpx.AsyncClient, url: str, tenant: str = "space_42", **fields: Any
+) -> dict[str, Any]:
+    response = await client.post("/v1/webhooks", json={"url": url, "tenant_id": tenant, **fields})
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def post_event(
+    client: httpx.AsyncClient, tenant: str = "space_42", **fields: Any
+) -> httpx.Response:
+    body = {"type": "post.published", "tenant_id": tenant, "data": {"post_id": "p_1"}, **fields}
+    return await client.post("/v1/events", json=body)
+
+
+async def wait_status(
+    client: httpx.AsyncClient, webhook_id: str, delivery_id: str, status: str, timeout: float = 20
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}")
+        data: dict[str, Any] = response.json()["data"]
+        if data["status"] == status:
+            return data
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {data['status']} after {timeout}s: {data}")
+        await asyncio.sleep(0.05)

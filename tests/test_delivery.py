@@ -1,0 +1,54 @@
+"""Events in, signed deliveries out: real API, real `relay worker` processes, real receivers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver
+
+
+async def test_event_reaches_every_matching_webhook_of_its_tenant_signed(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers()
+    async with Receiver() as ours, Receiver() as theirs:
+        a = await webhook(admin, ours.url("/a"), headers={"X-Custom": "v"})
+        b = await webhook(admin, ours.url("/b"), events=["post.published"])
+        await webhook(admin, ours.url("/c"), events=["media.uploaded"])
+        await webhook(admin, theirs.url("/x"), tenant="space_7")
+        response = await post_event(admin, data={"post_id": 7, "extra": [1, 2]})
+        assert response.status_code == 202, response.text
+        event = response.json()["data"]
+        assert event["id"].startswith("evt_") and event["tenant_id"] == "space_42"
+        assert {d["webhook_id"] for d in event["deliveries"]} == {a["id"], b["id"]}
+        assert all(d["status"] == "pending" for d in event["deliveries"])
+        received = await ours.wait_for(2)
+        await asyncio.sleep(0.3)
+        assert theirs.requests == []
+    assert sorted(r.path for r in received) == ["/a", "/b"]
+    for request in received:
+        secret = a["secret"] if request.path == "/a" else b["secret"]
+        Verifier(secret).verify(request.body, request.headers)
+        assert request.headers["webhook-id"] == event["id"]
+        body = orjson.loads(request.body)
+        assert body == {
+            "id": event["id"],
+            "type": "post.published",
+            "timestamp": event["created_at"],
+            "tenant_id": "space_42",
+            "data": {"post_id": 7, "extra": [1, 2]},
+        }
+    assert next(r for r in received if r.path == "/a").headers["x-custom"] == "v"
+    for d in event["deliveries"]:
+        done = await wait_status(admin, d["webhook_id"], d["id"], "delivered")
+        assert done["attempt_count"] == 1 and done["last_status_code"] == 200
+        assert done["delivered_at"] and done["next_attempt_at"] is None
+        [attempt] = done["attempts"]
+        assert attempt["number"] == 1 and attempt["status_code"] == 200
+        assert attempt["request_headers"]["webhook-id"] == event["id"]
+        assert "whsec_" not in orjson.dumps(attempt).decode()

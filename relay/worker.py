@@ -1,9 +1,10 @@
 """The delivery worker: arq runs one `deliver` job per attempt, and a sweeper as cron.
 
 A SIGKILLed worker's in-flight attempts run again once arq's in-progress marker expires
-(`job_timeout` + 10 s, i.e. RELAY_DELIVERY_TIMEOUT + 30 s): by then the attempt's lease has
-lapsed, so the re-run takes the delivery over. Should the job itself be lost, the sweeper finds
-the delivery in the due set and writes its job again.
+(`job_timeout` + 10 s, i.e. RELAY_DELIVERY_TIMEOUT + 15 s, 30 s by default): by then the
+attempt's lease (RELAY_DELIVERY_TIMEOUT + 8 s) has lapsed, so the re-run takes the delivery
+over. Should the job itself be lost, the sweeper finds the delivery in the due set and writes
+its job again.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from relay.webhooks import Webhook, delivery_headers, disable, signing_keys
 log = logging.getLogger("relay.worker")
 
 # Jobs may run a little past the HTTP timeout (signing, two Redis round trips).
-_JOB_SLACK_SECONDS = 20
+_JOB_SLACK_SECONDS = 5
 # The lease ends before arq's in-progress marker (job timeout + 10 s) so a re-run can take over.
-_LEASE_SLACK_SECONDS = 5
+_LEASE_SLACK_SECONDS = 3
 
 
 def _now_ms() -> int:

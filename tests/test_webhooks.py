@@ -367,3 +367,47 @@ def test_keys_generate_prints_a_usable_key() -> None:
         [sys.executable, "-m", "relay", "keys", "generate"], capture_output=True, timeout=30
     )
     assert len(base64.b64decode(result.stdout.strip(), validate=True)) == 32
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://127.1/hook",
+        "http://0x7f000001/hook",
+        "http://2130706433/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://localhost:8080/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.5/hook",
+    ],
+)
+async def test_plainly_private_urls_are_refused_unless_allowed(
+    make_client: ClientFactory, url: str
+) -> None:
+    guarded = await make_client(allow_private_targets="false")
+    response = await guarded.post("/v1/webhooks", json={"url": url, "tenant_id": "t"})
+    assert response.status_code == 422, response.text
+    assert "url" in response.json()["errors"]
+    made = await create(guarded, "https://hooks.example.com/")
+    patched = await guarded.patch(f"/v1/webhooks/{made['id']}", json={"url": url})
+    assert patched.status_code == 422
+    trusting = await make_client(allow_private_targets="false", allowed_cidrs="10.0.0.0/8")
+    allowed = await trusting.post("/v1/webhooks", json={"url": url, "tenant_id": "t"})
+    assert allowed.status_code == (201 if url.startswith("http://10.") else 422)
+
+
+async def test_a_name_resolving_to_loopback_is_blocked_at_send_time(
+    make_client: ClientFactory,
+) -> None:
+    async with Receiver() as rx:
+        # Registered while private targets were allowed, sent once they are not: the check
+        # at connect time must hold even for a URL that passed registration.
+        lenient = await make_client()
+        made = await create(lenient, rx.url("/hook", host="localhost"))
+        guarded = await make_client(allow_private_targets="false")
+        result = (await guarded.post("/v1/webhooks/test", json={"webhook_id": made["id"]})).json()
+        await asyncio.sleep(0.2)
+    assert result["data"]["status_code"] is None
+    assert "blocked" in result["data"]["error"]
+    assert rx.connections == 0

@@ -72,15 +72,9 @@ class NewEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as read back."""
+class StoredEvent(NewEvent):
+    """An event as read back, with the deliveries it was fanned out to."""
 
-    id: str
-    type: str
-    tenant_id: str
-    created_at: str
-    upstream_id: str | None
-    payload: bytes
     delivery_ids: list[str]
 
 

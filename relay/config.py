@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
-    disable_after: int = Field(432_000, ge=60)
+    disable_after: int = Field(432_000, ge=1)
 
     _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
 

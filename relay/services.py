@@ -91,7 +91,7 @@ class Services:
             idempotency=IdempotencyStore(redis),
             webhooks=WebhookStore(redis),
             events=EventStore(redis, settings.retention_seconds),
-            deliveries=DeliveryStore(redis, settings.retention_seconds),
+            deliveries=DeliveryStore(redis, settings.retention_seconds, settings.disable_after),
         )
 
     async def aclose(self) -> None:

@@ -10,20 +10,22 @@ its job again.
 from __future__ import annotations
 
 import logging
+import random
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 
 from relay.config import Settings
 from relay.deliveries import Attempt, Status, judge
 from relay.metrics import attempt_counters
 from relay.services import USER_AGENT, Services, require_redis_url
 from relay.store import codec, keys
-from relay.store.deliveries import Settlement
+from relay.store.deliveries import BUSY, Claim, Settlement
 from relay.store.jobs import DELIVER
 from relay.timefmt import now, rfc3339
 from relay.webhooks import Webhook, delivery_headers, disable, signing_keys
@@ -38,6 +40,11 @@ _LEASE_SLACK_SECONDS = 3
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _busy_backoff(tries: int) -> float:
+    """Seconds to wait for a free slot: 200 ms doubling to 2 s, with jitter against herds."""
+    return min(2.0, 0.2 * 2.0 ** min(tries - 1, 4)) * random.uniform(0.5, 1.0)
 
 
 def _lease_ms(settings: Settings) -> int:
@@ -73,9 +80,19 @@ async def deliver(
     """Make attempt `attempt` of a delivery, log it, and schedule what comes next."""
     svc: Services = ctx["services"]
     claim = await svc.deliveries.claim(
-        delivery_id, attempt, webhook_id, event_id, _now_ms(), _lease_ms(svc.settings)
+        delivery_id,
+        attempt,
+        webhook_id,
+        event_id,
+        _now_ms(),
+        _lease_ms(svc.settings),
+        svc.settings.endpoint_concurrency,
     )
-    if claim is None:
+    if claim == BUSY:
+        # The endpoint is at its concurrency or rate limit: wait without using up an attempt,
+        # backing off so that a hanging endpoint's backlog costs little polling.
+        raise Retry(defer=_busy_backoff(ctx.get("job_try", 1)))
+    if not isinstance(claim, Claim):
         return  # canceled, already done by another job, or taken over: nothing to do
     end = (delivery_id, attempt, webhook_id, event_id)
     if claim.webhook_record is None:
@@ -128,14 +145,28 @@ async def deliver(
             verdict.status if verdict.status is not Status.PENDING else None,
         ),
         duration_seconds=result.duration_ms / 1000,
+        endpoint_ok=result.ok,
     )
-    if not await svc.deliveries.settle(*end, settlement, finished_ms):
+    settled = await svc.deliveries.settle(*end, settlement, finished_ms)
+    if not settled.written:
         log.warning("delivery %s attempt %s was taken over; result dropped", delivery_id, attempt)
         return
-    if verdict.disable_webhook:
-        await svc.webhooks.change(
-            webhook_id, lambda w: disable(w, "the endpoint answered 410 Gone")
-        )
+    why = _disable_reason(verdict.disable_webhook, settled.failing_since_ms, svc.settings)
+    if why is not None:
+        await svc.webhooks.change(webhook_id, lambda w: disable(w, why))
+
+
+def _disable_reason(gone: bool, failing_since_ms: int | None, settings: Settings) -> str | None:
+    """Why the webhook should be disabled now, if it should."""
+    if gone:
+        return "the endpoint answered 410 Gone"
+    if (
+        failing_since_ms is not None
+        and _now_ms() - failing_since_ms >= settings.disable_after * 1000
+    ):
+        since = rfc3339(datetime.fromtimestamp(failing_since_ms / 1000, UTC))
+        return f"every attempt since {since} failed (more than {settings.disable_after} s)"
+    return None
 
 
 async def sweep(ctx: dict[Any, Any]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -31,6 +32,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = field(default_factory=time.time)  # wall clock, as relay's limits use
 
 
 @dataclass(slots=True, frozen=True)
@@ -139,7 +141,8 @@ class Receiver:
                 reply = self._reply_for(request)
                 if reply.drop:
                     break
-                await asyncio.sleep(reply.delay)
+                if reply.delay and await _client_left_within(reader, reply.delay):
+                    break  # the client gave up (timed out): the connection is gone, as it is
                 await _write_reply(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -149,6 +152,16 @@ class Receiver:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _client_left_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait `seconds` before answering, noticing if the client hangs up meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            await reader.read(1)  # a client waiting for our answer sends nothing more
+    except TimeoutError:
+        return False
+    return True
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request | None:

@@ -152,7 +152,7 @@ async def test_retention_trims_every_index(
     ]
     for index in indexes:
         assert await redis_client.zcard(index) == 3, index
-    store = DeliveryStore(redis_client, retention_seconds=60)
+    store = DeliveryStore(redis_client, retention_seconds=60, disable_after_seconds=3600)
     assert await store.trim(int(time.time() * 1000)) == 0
     removed = await store.trim(int(time.time() * 1000) + 61_000)
     assert removed == 15

@@ -77,7 +77,11 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
         principal.check_visible(webhook.tenant_id, "webhook")
         return apply_update(webhook, changes)
 
-    webhook = await services(request).webhooks.change(request.path_params["id"], edit)
+    store = services(request).webhooks
+    webhook = await store.change(request.path_params["id"], edit)
+    if changes.get("enabled") is True:
+        # Days of failures before it was disabled must not count against it now.
+        await store.forget_failures(webhook.id)
     return ok(webhook.public())
 
 

@@ -16,10 +16,12 @@ from relay import ids
 from relay.deliveries import Attempt, Delivery, Status
 from relay.errors import NotFound
 from relay.store import codec, keys
-from relay.store.jobs import JOB_TTL_MS, deliver_job
+from relay.store.jobs import JOB_TTL_MS, deliver_job, job_id
 from relay.timefmt import from_timestamp, now, rfc3339
 
-# KEYS: delivery, due, webhook, event. ARGV: attempt, now ms, lease ms, delivery id.
+# KEYS: delivery, due, webhook, event, endpoint slots, endpoint rate.
+# ARGV: attempt, now ms, lease ms, delivery id, endpoint concurrency, job id.
+# 'busy' leaves the delivery untouched: over its endpoint's limits it waits without an attempt.
 _CLAIM = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt_count', 'lease_until', 'cycle_start')
 if not st[1] then return {'gone'} end
@@ -31,19 +33,38 @@ elseif st[1] ~= 'pending' then
   return {'stale'}
 end
 local lease = now + tonumber(ARGV[3])
+local webhook = redis.call('GET', KEYS[3])
+if webhook then
+  local ok, w = pcall(cjson.decode, webhook)
+  if ok and w['enabled'] == true then
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[5]) then return {'busy'} end
+    local rate = w['rate_limit_per_second']
+    if type(rate) == 'number' then
+      if tonumber(redis.call('GET', KEYS[6]) or '0') >= rate then return {'busy'} end
+      redis.call('INCR', KEYS[6])
+      redis.call('EXPIRE', KEYS[6], 2)
+    end
+    redis.call('ZADD', KEYS[5], lease, ARGV[6])
+    redis.call('PEXPIRE', KEYS[5], ARGV[3])
+  end
+end
 redis.call('HSET', KEYS[1], 'status', 'delivering', 'lease_until', lease)
 redis.call('ZADD', KEYS[2], lease, ARGV[4])
-return {'ok', st[4], redis.call('GET', KEYS[3]) or '', redis.call('HGET', KEYS[4], 'payload') or ''}
+return {'ok', st[4], webhook or '', redis.call('HGET', KEYS[4], 'payload') or ''}
 """
 
-# KEYS: delivery, attempts, due, queue, next job, metrics.
+# KEYS: delivery, attempts, due, queue, next job, metrics, endpoint slots, endpoint failing.
 # ARGV: attempt, attempt JSON ('' when none was made), status, next due ms (''), job id, job
 #       payload, job ttl ms, ttl s, last status code, last error, updated_at, delivered_at,
-#       delivery id, duration seconds, then counter fields to increment.
+#       delivery id, duration seconds, this attempt's job id, 'ok' / 'fail' / '' (endpoint
+#       health), now ms, failing ttl ms, then counter fields to increment.
+# Returns {1, failing since ms or ''}, or {0} if the delivery was taken over.
 _SETTLE = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt_count')
 local n = tonumber(ARGV[1])
-if st[1] ~= 'delivering' or tonumber(st[2]) ~= n - 1 then return 0 end
+if st[1] ~= 'delivering' or tonumber(st[2]) ~= n - 1 then return {0} end
+redis.call('ZREM', KEYS[7], ARGV[15])
 local count = n - 1
 if ARGV[2] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -64,8 +85,15 @@ end
 if ARGV[2] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[6], 'attempt_seconds_sum', ARGV[14])
 end
-for i = 15, #ARGV do redis.call('HINCRBY', KEYS[6], ARGV[i], 1) end
-return 1
+for i = 19, #ARGV do redis.call('HINCRBY', KEYS[6], ARGV[i], 1) end
+if ARGV[16] == 'ok' then
+  redis.call('DEL', KEYS[8])
+elseif ARGV[16] == 'fail' then
+  redis.call('SET', KEYS[8], ARGV[17], 'NX')
+  redis.call('PEXPIRE', KEYS[8], ARGV[18])
+  return {1, redis.call('GET', KEYS[8])}
+end
+return {1, ''}
 """
 
 # KEYS: delivery, due, queue, job. ARGV: expected attempt_count, now ms, job id, job payload,
@@ -156,6 +184,11 @@ class Claim:
     payload: bytes | None
 
 
+# What a claim can come back as, besides a Claim.
+STALE = "stale"
+BUSY = "busy"
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """The result of an attempt (or of deciding not to make one) to write."""
@@ -169,6 +202,15 @@ class Settlement:
     delivered_at: str | None
     counters: Sequence[str] = ()
     duration_seconds: float = 0.0
+    endpoint_ok: bool | None = None  # None when no request was made
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What settling told: whether it was written, and since when the endpoint has failed."""
+
+    written: bool
+    failing_since_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +242,11 @@ _SCAN_BUDGET = 1000
 class DeliveryStore:
     """Persistence and transitions of deliveries."""
 
-    def __init__(self, redis: Redis, retention_seconds: int) -> None:
+    def __init__(self, redis: Redis, retention_seconds: int, disable_after_seconds: int) -> None:
         self._redis = redis
         self._ttl = retention_seconds
+        # A failure streak is forgotten after twice the disable threshold without failures.
+        self._failing_ttl_ms = disable_after_seconds * 2000
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._restart = redis.register_script(_RESTART)
@@ -237,19 +281,35 @@ class DeliveryStore:
         event_id: str,
         now_ms: int,
         lease_ms: int,
-    ) -> Claim | None:
-        """Take a pending delivery for attempt `attempt`; None if the job is stale."""
+        concurrency: int,
+    ) -> Claim | str:
+        """Take a pending delivery for attempt `attempt`.
+
+        Returns STALE when the job has nothing to do (canceled, done, taken over), BUSY when
+        the endpoint is at its concurrency or rate limit (try again shortly), else the Claim.
+        """
         reply = await self._claim(
             keys=[
                 keys.delivery(delivery_id),
                 keys.DUE,
                 keys.webhook(webhook_id),
                 keys.event(event_id),
+                keys.endpoint_slots(webhook_id),
+                keys.endpoint_rate(webhook_id, now_ms // 1000),
             ],
-            args=[attempt, now_ms, lease_ms, delivery_id],
+            args=[
+                attempt,
+                now_ms,
+                lease_ms,
+                delivery_id,
+                concurrency,
+                job_id(delivery_id, attempt),
+            ],
         )
+        if reply[0] == b"busy":
+            return BUSY
         if reply[0] != b"ok":
-            return None
+            return STALE
         return Claim(int(reply[1]), reply[2] or None, reply[3] or None)
 
     async def settle(
@@ -260,8 +320,8 @@ class DeliveryStore:
         event_id: str,
         result: Settlement,
         now_ms: int,
-    ) -> bool:
-        """Record an attempt and the next state; False if the delivery was taken over."""
+    ) -> Settled:
+        """Record an attempt and the next state, and the endpoint's failure streak."""
         job = deliver_job(delivery_id, attempt + 1, webhook_id, event_id, now_ms)
         due = result.next_due_ms
         args: list[str | int | float | bytes] = [
@@ -279,6 +339,10 @@ class DeliveryStore:
             result.delivered_at or "",
             delivery_id,
             result.duration_seconds,
+            job_id(delivery_id, attempt),
+            {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
+            now_ms,
+            self._failing_ttl_ms,
             *result.counters,
         ]
         done = await self._settle(
@@ -289,10 +353,13 @@ class DeliveryStore:
                 keys.QUEUE,
                 job.key,
                 keys.METRICS,
+                keys.endpoint_slots(webhook_id),
+                keys.endpoint_failing(webhook_id),
             ],
             args=args,
         )
-        return bool(done)
+        failing = done[1] if len(done) > 1 and done[1] else None
+        return Settled(bool(done[0]), int(failing) if failing else None)
 
     async def restart(self, delivery: Delivery, allowed: frozenset[Status]) -> str:
         """Start a new attempt cycle now if the delivery's status is in `allowed`.

@@ -89,3 +89,18 @@ def webhook_deliveries(webhook_id: str) -> str:
 def job(job_id: str) -> str:
     """An arq job record (arq's key layout)."""
     return f"arq:job:{job_id}"
+
+
+def endpoint_slots(webhook_id: str) -> str:
+    """Attempts in flight to one webhook (sorted set of job ids, scored by lease expiry)."""
+    return f"{PREFIX}slots:{webhook_id}"
+
+
+def endpoint_rate(webhook_id: str, second: int) -> str:
+    """Attempts started to one webhook within one wall-clock second."""
+    return f"{PREFIX}rate:{webhook_id}:{second}"
+
+
+def endpoint_failing(webhook_id: str) -> str:
+    """Since when (unix ms) a webhook has seen nothing but failures."""
+    return f"{PREFIX}failing:{webhook_id}"

@@ -80,8 +80,12 @@ class WebhookStore:
         """Remove a webhook and its index entries."""
         webhook = await self.get(webhook_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.webhook(webhook_id))
+            pipe.delete(keys.webhook(webhook_id), keys.endpoint_failing(webhook_id))
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
             await pipe.execute()
         return webhook
+
+    async def forget_failures(self, webhook_id: str) -> None:
+        """Start the webhook's failure streak afresh (when it is enabled again)."""
+        await self._redis.delete(keys.endpoint_failing(webhook_id))

@@ -1,0 +1,90 @@
+"""Noisy neighbours: per-endpoint concurrency, per-endpoint rate limits, endpoint health."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+
+import httpx
+
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver, Reply
+
+
+async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers(1, RELAY_ENDPOINT_CONCURRENCY="4", RELAY_DELIVERY_TIMEOUT="2")
+    async with Receiver() as hanging, Receiver() as healthy:
+        hanging.answer(Reply(200, delay=5))
+        await webhook(admin, hanging.url("/slow"), tenant="noisy")
+        await webhook(admin, healthy.url("/fast"), tenant="quiet")
+        backlog = await asyncio.gather(*(post_event(admin, tenant="noisy") for _ in range(200)))
+        assert all(r.status_code == 202 for r in backlog)
+        latencies = []
+        for _ in range(15):
+            sent = time.monotonic()
+            await post_event(admin, tenant="quiet")
+            await healthy.wait_for(len(latencies) + 1, timeout=10)
+            latencies.append(time.monotonic() - sent)
+            await asyncio.sleep(0.1)
+        in_flight_to_hanging = hanging.max_open_connections
+    print(
+        f"healthy endpoint beside a hanging one: p50 {statistics.median(latencies) * 1000:.0f} ms,"
+        f" max {max(latencies) * 1000:.0f} ms"
+    )
+    # The cap is what protects the healthy endpoint: the hanging one never holds more slots.
+    assert in_flight_to_hanging <= 4
+    # Without the cap, 200 two-second attempts on 100 worker slots would queue the healthy
+    # endpoint's events for seconds; with it they wait at most one poll cycle or so.
+    assert max(latencies) < 1.5, latencies
+
+
+async def test_rate_limit_per_second_is_honoured_without_burning_attempts(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers()
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"), rate_limit_per_second=5)
+        events = [(await post_event(admin)).json()["data"] for _ in range(20)]
+        await rx.wait_for(20, timeout=20)
+        arrivals = Counter(int(r.received_at) for r in rx.requests)
+        for event in events:
+            delivered = await wait_status(
+                admin, hook["id"], event["deliveries"][0]["id"], "delivered"
+            )
+            assert delivered["attempt_count"] == 1
+    assert max(arrivals.values()) <= 5, arrivals
+    assert len(arrivals) >= 4
+
+
+async def test_an_endpoint_failing_for_too_long_is_disabled_then_recovers(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers(1, RELAY_DISABLE_AFTER="1", RELAY_RETRY_SCHEDULE="0.3,0.6,1.2,3,3")
+    async with Receiver() as rx:
+        rx.answer(Reply(500))
+        hook = await webhook(admin, rx.url("/hook"))
+        event = (await post_event(admin)).json()["data"]
+        delivery_id = event["deliveries"][0]["id"]
+        failed = await wait_status(admin, hook["id"], delivery_id, "failed")
+        state = (await admin.get(f"/v1/webhooks/{hook['id']}")).json()["data"]
+        assert state["enabled"] is False
+        assert "failed" in state["disabled_reason"]
+        # Attempt 4 came after more than a second of failures and disabled the webhook; the
+        # delivery then ended without the fifth and sixth attempts its schedule allowed.
+        assert failed["attempt_count"] == 4
+        assert "disabled" in failed["last_error"]
+
+        later = (await post_event(admin)).json()["data"]
+        assert later["deliveries"] == []  # a disabled webhook gets nothing new
+
+        rx.answer(Reply(200))
+        enabled = await admin.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": True})
+        assert enabled.json()["data"]["disabled_reason"] is None
+        since = event["created_at"]
+        recovered = await admin.post(f"/v1/webhooks/{hook['id']}/recover", json={"since": since})
+        assert recovered.status_code == 202 and recovered.json()["data"]["requeued"] == 1
+        await wait_status(admin, hook["id"], delivery_id, "delivered")

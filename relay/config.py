@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
     disable_after: int = Field(432_000, ge=1)
+    # Not in the contract's list: API requests per second per token; 0 turns the limit off.
+    api_rate_limit: int = Field(1000, ge=0)
 
     _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
 

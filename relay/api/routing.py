@@ -14,7 +14,8 @@ from starlette.routing import Route
 from relay.api.auth import authenticate
 from relay.api.errors import problem
 from relay.api.idempotency import idempotent
-from relay.errors import RelayError
+from relay.errors import RateLimited, RelayError
+from relay.services import services
 from relay.tokens import Principal, Role
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
@@ -67,6 +68,8 @@ def _endpoint(op: Operation) -> PublicHandler:
 
     async def endpoint(request: Request) -> Response:
         principal = await authenticate(request)
+        if not await services(request).rate_limiter.allow(principal.token_id):
+            raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
         return await idempotent(request, principal, lambda: call(request, principal))
 

@@ -104,3 +104,8 @@ def endpoint_rate(webhook_id: str, second: int) -> str:
 def endpoint_failing(webhook_id: str) -> str:
     """Since when (unix ms) a webhook has seen nothing but failures."""
     return f"{PREFIX}failing:{webhook_id}"
+
+
+def token_rate(token_id: str, second: int) -> str:
+    """API requests one token made within one wall-clock second."""
+    return f"{PREFIX}apirate:{token_id}:{second}"

@@ -13,7 +13,7 @@ import redis.asyncio
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
-from tests.flows import workers  # noqa: F401  (a fixture shared by delivery tests)
+from tests.flows import own_redis, workers  # noqa: F401  (fixtures shared by delivery tests)
 from tests.support import TEST_MASTER_KEY, RedisServer
 
 ADMIN_TOKEN = "test-admin-token"

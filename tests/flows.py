@@ -6,7 +6,8 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,3 +85,11 @@ async def wait_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"still {data['status']} after {timeout}s: {data}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may pause, stop and restart."""
+    server = RedisServer(tmp_path / "own-redis").start()
+    yield server
+    server.stop()

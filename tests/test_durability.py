@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import redis.asyncio
@@ -86,21 +85,18 @@ async def test_sweeper_delivers_when_the_job_is_lost(
 
 
 async def test_accepted_events_survive_a_redis_restart(
-    make_client: ClientFactory, workers: Workers, tmp_path: Path
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        client = await make_client(redis_url=server.url)
-        async with Receiver() as rx:
-            await webhook(client, rx.url("/hook"))
-            ids = [(await post_event(client)).json()["data"]["id"] for _ in range(20)]
-            await asyncio.to_thread(server.stop)  # SIGTERM: Redis flushes its AOF and exits
-            await asyncio.to_thread(server.start)
-            await workers(1, RELAY_REDIS_URL=server.url)
-            await rx.wait_for(20, timeout=20)
-            assert {r.headers["webhook-id"] for r in rx.requests} == set(ids)
-    finally:
-        server.stop()
+    server = own_redis
+    client = await make_client(redis_url=server.url)
+    async with Receiver() as rx:
+        await webhook(client, rx.url("/hook"))
+        ids = [(await post_event(client)).json()["data"]["id"] for _ in range(20)]
+        await asyncio.to_thread(server.stop)  # SIGTERM: Redis flushes its AOF and exits
+        await asyncio.to_thread(server.start)
+        await workers(1, RELAY_REDIS_URL=server.url)
+        await rx.wait_for(20, timeout=20)
+        assert {r.headers["webhook-id"] for r in rx.requests} == set(ids)
 
 
 async def test_every_key_expires_or_has_an_owner(

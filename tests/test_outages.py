@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, webhook
@@ -33,61 +32,53 @@ async def test_a_token_over_its_rate_gets_429_with_retry_after(
 
 
 async def test_paused_redis_means_quick_503s_and_nothing_lost(
-    make_client: ClientFactory, workers: Workers, tmp_path: Path
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        client = await make_client(redis_url=server.url)
-        [worker] = await workers(1, RELAY_REDIS_URL=server.url)
-        async with Receiver() as rx:
-            await webhook(client, rx.url("/hook"))
-            before = (await post_event(client)).json()["data"]["id"]
-            await rx.wait_for(1)
+    server = own_redis
+    client = await make_client(redis_url=server.url)
+    [worker] = await workers(1, RELAY_REDIS_URL=server.url)
+    async with Receiver() as rx:
+        await webhook(client, rx.url("/hook"))
+        before = (await post_event(client)).json()["data"]["id"]
+        await rx.wait_for(1)
 
-            server.pause()
-            started = time.monotonic()
-            during = await post_event(client)
-            took = time.monotonic() - started
-            ready = await client.get("/readyz")
-            await asyncio.sleep(3)  # the worker keeps polling a Redis that does not answer
-            server.resume()
+        server.pause()
+        started = time.monotonic()
+        during = await post_event(client)
+        took = time.monotonic() - started
+        ready = await client.get("/readyz")
+        await asyncio.sleep(3)  # the worker keeps polling a Redis that does not answer
+        server.resume()
 
-            assert during.status_code == 503, during.text
-            assert during.headers["content-type"] == "application/problem+json"
-            assert took < 2.0, took
-            assert ready.status_code == 503
+        assert during.status_code == 503, during.text
+        assert during.headers["content-type"] == "application/problem+json"
+        assert took < 2.0, took
+        assert ready.status_code == 503
 
-            after = await post_event(client)
-            assert after.status_code == 202
-            await rx.wait_for(2, timeout=30)
-            assert worker.poll() is None, "the worker must survive the outage"
-        received = {r.headers["webhook-id"] for r in rx.requests}
-        assert {before, after.json()["data"]["id"]} <= received
-    finally:
-        server.stop()
+        after = await post_event(client)
+        assert after.status_code == 202
+        await rx.wait_for(2, timeout=30)
+        assert worker.poll() is None, "the worker must survive the outage"
+    received = {r.headers["webhook-id"] for r in rx.requests}
+    assert {before, after.json()["data"]["id"]} <= received
 
 
 async def test_stopped_redis_then_back(
-    make_client: ClientFactory, workers: Workers, tmp_path: Path
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
 ) -> None:
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        client = await make_client(redis_url=server.url)
-        [worker] = await workers(1, RELAY_REDIS_URL=server.url)
-        async with Receiver() as rx:
-            await webhook(client, rx.url("/hook"))
-            accepted = (await post_event(client)).json()["data"]["id"]
-            await asyncio.to_thread(server.stop)
-            down = await post_event(client)
-            assert down.status_code == 503
-            await asyncio.sleep(2)
-            await asyncio.to_thread(server.start)
-            again = await post_event(client)
-            assert again.status_code == 202
-            await rx.wait_for(2, timeout=30)
-            assert worker.poll() is None
-        assert {accepted, again.json()["data"]["id"]} <= {
-            r.headers["webhook-id"] for r in rx.requests
-        }
-    finally:
-        server.stop()
+    server = own_redis
+    client = await make_client(redis_url=server.url)
+    [worker] = await workers(1, RELAY_REDIS_URL=server.url)
+    async with Receiver() as rx:
+        await webhook(client, rx.url("/hook"))
+        accepted = (await post_event(client)).json()["data"]["id"]
+        await asyncio.to_thread(server.stop)
+        down = await post_event(client)
+        assert down.status_code == 503
+        await asyncio.sleep(2)
+        await asyncio.to_thread(server.start)
+        again = await post_event(client)
+        assert again.status_code == 202
+        await rx.wait_for(2, timeout=30)
+        assert worker.poll() is None
+    assert {accepted, again.json()["data"]["id"]} <= {r.headers["webhook-id"] for r in rx.requests}

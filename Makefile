@@ -23,6 +23,10 @@ lint: $(STAMP)
 bench: $(STAMP) redis
 	$(BIN)/python -m bench
 
+# Steady load with failing receivers; reports whether memory, files and queues stay bounded.
+soak: $(STAMP) redis
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
 # Debian's redis-server, installed only when it is not on PATH already.
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \

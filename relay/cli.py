@@ -178,6 +178,8 @@ def cmd_worker(_: argparse.Namespace) -> int:
     """One delivery worker."""
     from relay.worker import build_worker
 
+    # arq logs every job at INFO: at thousands of deliveries a second that is noise, not news.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
     build_worker(_server_settings()).run()
     return 0
 

@@ -1,0 +1,919 @@
+"""Soak run: relay under steady load for a while, watching for anything that keeps growing.
+
+    .venv/bin/python -m bench.soak [--seconds 60] [--rate 100] [--failing-share 0.2] [--workers 2]
+
+It starts a throwaway redis-server (AOF on), `relay api` and N `relay worker` processes, runs
+receivers on loopback (healthy ones, ones answering 500 and one slower than the delivery
+timeout), registers webhooks through the API and posts events at a steady rate. Every few
+seconds it samples the processes (RSS, open files) and Redis (memory, keys, queue, pending
+deliveries); at the end it prints start against end with a verdict per measure and writes every
+sample to bench/results/soak-<timestamp>.json.
+
+Exit status: 0 when every measure stayed bounded and every healthy delivery arrived, 1 when
+not, 2 when the run itself could not be done, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import itertools
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, NoReturn
+
+import httpx
+import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from relay.processes import die_with_parent
+from relay.store import keys
+
+# Short retry steps so whole schedules, and the retry traffic they make, fit in the run.
+RETRY_SCHEDULE = (1, 2, 4)
+DELIVERY_TIMEOUT = 2.0
+# Also relay's default; set explicitly because the slow endpoint's share of events is derived
+# from it (see `slow_event_every`).
+ENDPOINT_CONCURRENCY = 4
+SLOW_REPLY_SECONDS = DELIVERY_TIMEOUT + 1.0
+PRINT_EVERY = 10.0
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+ReceiverKind = Literal["healthy", "error", "slow"]
+MeasureKind = Literal["level", "stored", "counter"]
+Phase = Literal["start", "load", "end", "drained"]
+
+
+class SetupError(Exception):
+    """The soak could not get relay running."""
+
+
+class ChildDied(Exception):
+    """A process the soak started exited on its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The command line, checked."""
+
+    seconds: float
+    rate: float
+    failing_share: float
+    workers: int
+    retention_days: int
+    tenants: int
+    webhooks_per_tenant: int
+    concurrency: int
+    interval: float
+    drain: float
+    threshold: float
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """Read and check the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    add = parser.add_argument
+    add("--seconds", type=float, default=60.0, help="how long to post events (default 60)")
+    add("--rate", type=float, default=100.0, help="events posted per second (default 100)")
+    add("--failing-share", type=float, default=0.2, help="share of failing webhooks (0.2)")
+    add("--workers", type=int, default=2, help="relay worker processes (default 2)")
+    add("--retention-days", type=int, default=30, help="RELAY_RETENTION_DAYS (default 30)")
+    add("--tenants", type=int, default=4, help="tenants to register (default 4)")
+    add("--webhooks-per-tenant", type=int, default=2, help="webhooks per tenant (default 2)")
+    add("--concurrency", type=int, default=8, help="event posts in flight at most (default 8)")
+    add("--interval", type=float, default=2.0, help="seconds between samples (default 2)")
+    add("--drain", type=float, default=30.0, help="seconds to wait for retries to end (30)")
+    add("--threshold", type=float, default=0.10, help="growth tolerated, last vs middle third")
+    ns = parser.parse_args(argv)
+    if ns.seconds <= 0 or ns.rate <= 0 or ns.interval <= 0 or ns.drain < 0:
+        parser.error("--seconds, --rate and --interval must be positive, --drain not negative")
+    if not 0 <= ns.failing_share <= 1:
+        parser.error("--failing-share must be between 0 and 1")
+    if min(ns.workers, ns.tenants, ns.webhooks_per_tenant, ns.concurrency) < 1:
+        parser.error("--workers, --tenants, --webhooks-per-tenant and --concurrency must be >= 1")
+    if ns.retention_days < 1:
+        parser.error("--retention-days must be >= 1")
+    return Options(**vars(ns))
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Child:
+    """A process the soak started, with its output captured in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 15) -> str:
+        """The end of its output, to show why it failed."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        """Raise ChildDied if it has exited."""
+        if self.process.poll() is not None:
+            raise ChildDied(
+                f"{self.name} exited with {self.process.returncode}; its last output:\n"
+                + self.tail()
+            )
+
+
+def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Child:
+    """Start `argv` in `workdir`, output to `<workdir>/<name>.log`."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=workdir,  # so no `.env` of the operator's working directory is read
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C reaches only this script, which then stops the children
+            # in order. die_with_parent: if this script is SIGKILLed, the kernel ends them too.
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+    return Child(name, process, log)
+
+
+def stop_children(children: list[Child], timeout: float = 10.0) -> None:
+    """SIGTERM each child, then SIGKILL whichever is still running after `timeout` seconds."""
+    for child in children:
+        if child.process.poll() is None:
+            child.process.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def wait_until(check: Callable[[], bool], child: Child, what: str, timeout: float = 20.0) -> None:
+    """Poll `check` until true; fail early if `child` dies, with its output on a timeout."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        child.check_alive()
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} not ready within {timeout:.0f}s; output:\n{child.tail()}")
+        time.sleep(0.1)
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_answers(port: int) -> bool:
+    """Whether a redis-server answers PING on this loopback port."""
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def api_ready(url: str) -> bool:
+    """Whether the API answers /readyz (it reaches Redis)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an open TCP connection to loopback `port`."""
+    return any(
+        conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+@dataclass(slots=True)
+class Cluster:
+    """Redis, the API and the workers of one soak run."""
+
+    redis_url: str
+    api_url: str
+    admin_token: str
+    redis: Child
+    api: Child
+    workers: list[Child]
+
+    @property
+    def relay(self) -> list[Child]:
+        """The relay processes, the ones whose resources are watched."""
+        return [self.api, *self.workers]
+
+
+def relay_env(redis_url: str, admin_token: str, retention_days: int) -> dict[str, str]:
+    """The environment of the relay processes: fresh secrets, nothing of the operator's RELAY_*."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
+    env.update(
+        RELAY_REDIS_URL=redis_url,
+        RELAY_ADMIN_TOKEN=admin_token,
+        RELAY_SECRET_KEYS=base64.b64encode(secrets.token_bytes(32)).decode(),
+        RELAY_ALLOW_PRIVATE_TARGETS="true",  # every receiver is on loopback
+        RELAY_RETRY_SCHEDULE=",".join(map(str, RETRY_SCHEDULE)),
+        RELAY_DELIVERY_TIMEOUT=str(DELIVERY_TIMEOUT),
+        RELAY_ENDPOINT_CONCURRENCY=str(ENDPOINT_CONCURRENCY),
+        RELAY_RETENTION_DAYS=str(retention_days),
+    )
+    return env
+
+
+@contextlib.contextmanager
+def running_cluster(opts: Options) -> Iterator[Cluster]:
+    """Start redis-server, the API and the workers in a temp dir; stop them all and remove it."""
+    workdir = Path(tempfile.mkdtemp(prefix="relay-soak-"))
+    started: list[Child] = []
+    try:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SetupError("redis-server is not installed (`make redis` installs it)")
+        redis_port = free_port()
+        redis_argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1"]
+        redis_argv += ["--dir", str(workdir), "--appendonly", "yes", "--appendfsync", "everysec"]
+        redis_argv += ["--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no"]
+        redis_child = spawn("redis", redis_argv, workdir, dict(os.environ))
+        started.append(redis_child)
+        wait_until(lambda: redis_answers(redis_port), redis_child, "redis-server")
+
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        admin_token = secrets.token_urlsafe(32)
+        env = relay_env(redis_url, admin_token, opts.retention_days)
+        relay_cmd = [sys.executable, "-m", "relay"]
+        api_port = free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        api_argv = [*relay_cmd, "api", "--host", "127.0.0.1", "--port", str(api_port)]
+        api = spawn("api", api_argv, workdir, env)
+        started.append(api)
+        workers = [
+            spawn(f"worker{n}", [*relay_cmd, "worker"], workdir, env)
+            for n in range(1, opts.workers + 1)
+        ]
+        started += workers
+        wait_until(lambda: api_ready(api_url), api, "relay api")
+        for worker in workers:
+            # A worker connects to Redis once its (slow) imports are done; waiting for that keeps
+            # start-up out of the "start" figures.
+            connected = functools.partial(connected_to, worker.process.pid, redis_port)
+            wait_until(connected, worker, worker.name)
+        yield Cluster(redis_url, api_url, admin_token, redis_child, api, workers)
+    finally:
+        # A second, impatient Ctrl-C must not leave processes behind: cleanup is bounded anyway.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            # Relay first, so workers finish their writes while Redis is still there.
+            stop_children([c for c in started if c.name != "redis"])
+            stop_children([c for c in started if c.name == "redis"])
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- receivers and webhooks --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Receiver:
+    """An HTTP endpoint on loopback answering as its kind says, counting what arrives."""
+
+    kind: ReceiverKind
+    port: int = 0
+    requests: int = 0
+    delivered: set[str] = field(default_factory=set)  # webhook-id of each 2xx answered in time
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """Where relay delivers to."""
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        # No access log (hundreds of lines a second); a short shutdown, since the slow
+        # receiver's answers would otherwise hold it up.
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self.runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self.runner, sock, shutdown_timeout=1.0).start()
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests += 1
+        if self.kind == "error":
+            return web.Response(status=500, text="soak: failing on purpose")
+        if self.kind == "slow":
+            # Longer than RELAY_DELIVERY_TIMEOUT: relay gives up first and logs a timeout.
+            await asyncio.sleep(SLOW_REPLY_SECONDS)
+            return web.Response(status=200)
+        self.delivered.add(request.headers.get("webhook-id", ""))
+        return web.Response(status=200)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A registered webhook and the receiver behind it."""
+
+    id: str
+    tenant: str
+    receiver: Receiver
+
+
+def tenant_name(index: int) -> str:
+    """The tenant id of tenant number `index`."""
+    return f"soak_{index}"
+
+
+def webhook_kinds(tenants: int, per_tenant: int, failing_share: float) -> list[list[ReceiverKind]]:
+    """Each tenant's receivers: the failing ones are spread over tenants, each tenant's last
+    webhooks first, so every tenant keeps healthy ones as long as there are enough."""
+    kinds: list[list[ReceiverKind]] = [["healthy"] * per_tenant for _ in range(tenants)]
+    failing = round(tenants * per_tenant * failing_share)
+    # One slow endpoint is enough to exercise timeouts; the rest of the failing ones fail fast.
+    failing_kinds: list[ReceiverKind] = ["error"] * failing
+    if failing > 1:
+        failing_kinds[0] = "slow"
+    slots = [(t, w) for w in reversed(range(per_tenant)) for t in range(tenants)]
+    for (t, w), kind in zip(slots[: len(failing_kinds)], failing_kinds, strict=True):
+        kinds[t][w] = kind
+    return kinds
+
+
+async def register(
+    client: httpx.AsyncClient, kinds: list[list[ReceiverKind]], receivers: list[Receiver]
+) -> list[Webhook]:
+    """Create one webhook per receiver through the API."""
+    webhooks: list[Webhook] = []
+    receiver_of = iter(receivers)
+    for index, tenant_kinds in enumerate(kinds):
+        for kind in tenant_kinds:
+            receiver = next(receiver_of)
+            body = {
+                "url": receiver.url,
+                "tenant_id": tenant_name(index),
+                # The slow endpoint gets only the rare media events: see `slow_event_every`.
+                "events": ["media.uploaded"] if kind == "slow" else ["*"],
+                "description": f"soak {kind}",
+            }
+            response = await client.post("/v1/webhooks", json=body)
+            if response.status_code != 201:
+                raise SetupError(f"creating a webhook: {response.status_code} {response.text}")
+            webhooks.append(Webhook(response.json()["data"]["id"], tenant_name(index), receiver))
+    return webhooks
+
+
+async def ingest_token(client: httpx.AsyncClient) -> str:
+    """A new ingest token: events are posted the way an upstream service would."""
+    response = await client.post("/v1/tokens", json={"role": "ingest", "name": "soak"})
+    if response.status_code != 201:
+        raise SetupError(f"creating a token: {response.status_code} {response.text}")
+    token: str = response.json()["data"]["token"]
+    return token
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def slow_event_every(rate: float) -> int:
+    """Every how many events one is a media event, the only type the slow endpoint takes.
+
+    An endpoint that never answers in time takes at most ENDPOINT_CONCURRENCY / DELIVERY_TIMEOUT
+    attempts a second, and each of its deliveries uses every attempt of the schedule. Sending it
+    half of that keeps it failing all the time without a backlog that grows by construction.
+    """
+    attempts = len(RETRY_SCHEDULE) + 1
+    deliveries_per_second = ENDPOINT_CONCURRENCY / DELIVERY_TIMEOUT / attempts
+    return max(1, math.ceil(rate / (deliveries_per_second / 2)))
+
+
+def event_body(number: int, tenants: int, media_every: int) -> dict[str, Any]:
+    """Event `number` of the run: mostly posts published, some failed, a few media uploads."""
+    if number % media_every == 0:
+        data = {"media_id": f"m_{number}", "url": "https://cdn.example/m.png", "mime": "image/png"}
+        # Tenant 0 is where the slow endpoint is (see `webhook_kinds`).
+        return {"type": "media.uploaded", "tenant_id": tenant_name(0), "data": data}
+    tenant = tenant_name(number % tenants)
+    if number % 10 == 9:
+        failure = {"post_id": f"p_{number}", "error": {"message": "quota exceeded", "code": "q"}}
+        return {"type": "post.failed", "tenant_id": tenant, "data": failure}
+    data = {"post_id": f"p_{number}", "platform": "soak", "url": f"https://example.com/{number}"}
+    return {"type": "post.published", "tenant_id": tenant, "data": data}
+
+
+@dataclass(slots=True)
+class LoadStats:
+    """What posting events gave."""
+
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # status code or error → count
+    latencies: list[float] = field(default_factory=list)
+    expected: Counter[str] = field(default_factory=Counter)  # webhook id → deliveries made
+
+
+async def post_event(client: httpx.AsyncClient, body: dict[str, Any], stats: LoadStats) -> None:
+    """Post one event and count what the API answered."""
+    began = time.perf_counter()
+    try:
+        response = await client.post("/v1/events", json=body)
+    except httpx.HTTPError as exc:
+        stats.refused[type(exc).__name__] += 1
+        return
+    stats.latencies.append(time.perf_counter() - began)
+    if response.status_code != 202:
+        stats.refused[str(response.status_code)] += 1
+        return
+    stats.accepted += 1
+    for delivery in response.json()["data"]["deliveries"]:
+        stats.expected[delivery["webhook_id"]] += 1
+
+
+async def post_events(client: httpx.AsyncClient, opts: Options, stats: LoadStats) -> None:
+    """Post events on a fixed timetable (event n at n / rate) until the time is up.
+
+    A few senders share one timetable: when the API falls behind they post back to back, at
+    most `concurrency` at once, instead of piling up requests; either way it ends on time.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + opts.seconds
+    numbers = itertools.count()
+    media_every = slow_event_every(opts.rate)
+
+    async def sender() -> None:
+        for number in numbers:
+            due = start + number / opts.rate
+            if due >= deadline or loop.time() >= deadline:
+                return
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await post_event(client, event_body(number, opts.tenants, media_every), stats)
+
+    await asyncio.gather(*(sender() for _ in range(opts.concurrency)))
+
+
+# --- samples -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """One figure sampled over the run, and how to judge it.
+
+    level: should stay flat under steady load (process memory, open files, backlogs).
+    stored: grows with the data retention keeps, so it is judged per accepted event.
+    counter: grows by nature; shown as a rate.
+    """
+
+    name: str
+    kind: MeasureKind
+    unit: Literal["bytes", "count"]
+    slack: float = 0.0  # absolute growth tolerated on top of the relative threshold
+
+
+def measures(workers: int, rate: float) -> list[Measure]:
+    """Everything sampled, in the order it is shown."""
+    names = ["api", *(f"worker{n}" for n in range(1, workers + 1))]
+    mib = 1024 * 1024
+    return [
+        *(Measure(f"{name} rss", "level", "bytes", slack=2 * mib) for name in names),
+        Measure("redis rss", "stored", "bytes"),
+        *(Measure(f"{name} fds", "level", "count", slack=2) for name in names),
+        Measure("redis used_memory", "stored", "bytes"),
+        Measure("redis keys", "stored", "count"),
+        # Backlogs jitter with retry timing; one second of events is noise, not growth.
+        Measure("queue depth", "level", "count", slack=rate),
+        Measure("pending deliveries", "level", "count", slack=rate),
+        Measure("events accepted", "counter", "count"),
+        Measure("receiver requests", "counter", "count"),
+        Measure("delivered", "counter", "count"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Every measure at one moment; `t` is seconds since the load started."""
+
+    t: float
+    phase: Phase
+    values: dict[str, float]
+
+
+@dataclass(slots=True)
+class Watch:
+    """What a sample reads from."""
+
+    cluster: Cluster
+    redis: aioredis.Redis
+    receivers: list[Receiver]
+    stats: LoadStats
+    processes: dict[str, Any]  # name → psutil.Process
+
+    @classmethod
+    def of(
+        cls, cluster: Cluster, client: aioredis.Redis, receivers: list[Receiver], stats: LoadStats
+    ) -> Watch:
+        """Watch these processes, Redis and receivers."""
+        processes = {c.name: psutil.Process(c.process.pid) for c in [*cluster.relay, cluster.redis]}
+        return cls(cluster, client, receivers, stats, processes)
+
+
+async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
+    """Read every measure now."""
+    for child in [*watch.cluster.relay, watch.cluster.redis]:
+        child.check_alive()
+    values: dict[str, float] = {}
+    for name, process in watch.processes.items():
+        values[f"{name} rss"] = process.memory_info().rss
+    for child in watch.cluster.relay:
+        values[f"{child.name} fds"] = watch.processes[child.name].num_fds()
+    memory = await watch.redis.info("memory")
+    values["redis used_memory"] = memory["used_memory"]
+    values["redis keys"] = await watch.redis.dbsize()
+    values["queue depth"] = await watch.redis.zcard(keys.QUEUE)
+    values["pending deliveries"] = await watch.redis.zcard(keys.DUE)
+    values["events accepted"] = watch.stats.accepted
+    values["receiver requests"] = sum(r.requests for r in watch.receivers)
+    values["delivered"] = sum(len(r.delivered) for r in watch.receivers)
+    return Sample(round(t, 2), phase, values)
+
+
+def sample_line(sample: Sample, workers: int) -> str:
+    """One sample as one printed line."""
+    v = sample.values
+    names = [f"worker{n}" for n in range(1, workers + 1)]
+    mib = 1024 * 1024
+    rate = v["events accepted"] / sample.t if sample.t > 0 else 0.0
+    worker_rss = "/".join(f"{v[name + ' rss'] / mib:.1f}" for name in names)
+    worker_fds = "/".join(f"{v[name + ' fds']:.0f}" for name in names)
+    return (
+        f"[{sample.t:5.0f}s {sample.phase:7}] accepted {v['events accepted']:,.0f} ({rate:.0f}/s)"
+        f"  received {v['receiver requests']:,.0f}"
+        f" | rss MiB api {v['api rss'] / mib:.1f} workers {worker_rss}"
+        f" redis {v['redis rss'] / mib:.1f}"
+        f" | fds api {v['api fds']:.0f} workers {worker_fds}"
+        f" | redis {v['redis used_memory'] / mib:.1f} MiB {v['redis keys']:,.0f} keys"
+        f" | queue {v['queue depth']:,.0f} pending {v['pending deliveries']:,.0f}"
+    )
+
+
+async def watch_load(
+    load: asyncio.Task[None], watch: Watch, began: float, opts: Options, samples: list[Sample]
+) -> None:
+    """Sample every `interval` seconds while the load runs; print one line every ~10 s."""
+    loop = asyncio.get_running_loop()
+    next_print = PRINT_EVERY
+    for tick in itertools.count(1):
+        wait = began + tick * opts.interval - loop.time()
+        if wait > 0:
+            await asyncio.wait({load}, timeout=wait)  # wakes early when the load ends
+        if load.done():
+            return
+        sample = await take_sample(watch, loop.time() - began, "load")
+        samples.append(sample)
+        if sample.t >= next_print - opts.interval / 2:
+            print(sample_line(sample, opts.workers), flush=True)
+            next_print += PRINT_EVERY
+
+
+async def drain(watch: Watch, seconds: float) -> bool:
+    """Wait until no delivery is pending or in flight; False if some still are after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while await watch.redis.zcard(keys.DUE) > 0:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything one run measured."""
+
+    samples: list[Sample]
+    stats: LoadStats
+    webhooks: list[Webhook]
+    load_seconds: float
+    drained: bool
+
+
+async def soak(cluster: Cluster, opts: Options) -> Report:
+    """Receivers up, webhooks registered, the load posted and watched, then drained."""
+    kinds = webhook_kinds(opts.tenants, opts.webhooks_per_tenant, opts.failing_share)
+    receivers = [Receiver(kind) for tenant_kinds in kinds for kind in tenant_kinds]
+    stats = LoadStats()
+    samples: list[Sample] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for receiver in receivers:
+            await receiver.start()
+            stack.push_async_callback(receiver.stop)
+        redis_client = aioredis.Redis.from_url(cluster.redis_url)
+        stack.push_async_callback(redis_client.aclose)
+        admin = httpx.AsyncClient(
+            base_url=cluster.api_url,
+            headers={"authorization": f"Bearer {cluster.admin_token}"},
+            timeout=10,
+        )
+        await stack.enter_async_context(admin)
+        webhooks = await register(admin, kinds, receivers)
+        ingest = httpx.AsyncClient(
+            base_url=cluster.api_url,
+            headers={"authorization": f"Bearer {await ingest_token(admin)}"},
+            timeout=10,
+            limits=httpx.Limits(max_connections=opts.concurrency),
+        )
+        await stack.enter_async_context(ingest)
+        counts = Counter(kind for tenant_kinds in kinds for kind in tenant_kinds)
+        print(
+            f"soak: {opts.tenants} tenants, {len(webhooks)} webhooks ({counts['healthy']} healthy,"
+            f" {counts['error']} answering 500, {counts['slow']} slower than the"
+            f" {DELIVERY_TIMEOUT:g}s timeout); {opts.rate:g} events/s for {opts.seconds:g}s,"
+            f" {opts.workers} workers",
+            flush=True,
+        )
+
+        watch = Watch.of(cluster, redis_client, receivers, stats)
+        loop = asyncio.get_running_loop()
+        samples.append(await take_sample(watch, 0.0, "start"))
+        print(sample_line(samples[-1], opts.workers), flush=True)
+        began = loop.time()
+        load = asyncio.create_task(post_events(ingest, opts, stats))
+        try:
+            await watch_load(load, watch, began, opts, samples)
+            await load
+        finally:
+            load.cancel()  # does nothing once it is done; stops it if watching failed
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+        load_seconds = loop.time() - began
+        samples.append(await take_sample(watch, load_seconds, "end"))
+        print(sample_line(samples[-1], opts.workers), flush=True)
+
+        print(f"soak: load done; waiting up to {opts.drain:g}s for retries to end", flush=True)
+        drained = await drain(watch, opts.drain)
+        samples.append(await take_sample(watch, loop.time() - began, "drained"))
+        print(sample_line(samples[-1], opts.workers), flush=True)
+    return Report(samples, stats, webhooks, load_seconds, drained)
+
+
+# --- verdict -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One measure, start against end, and whether it stayed bounded.
+
+    `middle` and `last` are the averages over the middle and the last third of the load (per
+    accepted event for stored data); `bounded` is None for counters and runs too short to tell.
+    """
+
+    measure: str
+    kind: MeasureKind
+    start: float
+    end: float
+    middle: float | None
+    last: float | None
+    bounded: bool | None
+
+
+def judge(measure: Measure, samples: list[Sample], threshold: float) -> Judgement:
+    """Compare the last third of the load with the middle third: the first third is warm-up."""
+    run = [s for s in samples if s.phase != "drained"]
+    start, end = run[0].values[measure.name], run[-1].values[measure.name]
+    if measure.kind == "counter":
+        return Judgement(measure.name, measure.kind, start, end, None, None, None)
+
+    def value(sample: Sample) -> float | None:
+        raw = sample.values[measure.name]
+        if measure.kind == "level":
+            return raw
+        events = sample.values["events accepted"]
+        return (raw - start) / events if events else None
+
+    span = run[-1].t
+
+    def average(low: float, high: float) -> float | None:
+        found = [v for s in run if low <= s.t <= high and (v := value(s)) is not None]
+        return statistics.fmean(found) if found else None
+
+    middle = average(span / 3, 2 * span / 3 - 1e-9)
+    last = average(2 * span / 3, span)
+    if middle is None or last is None:
+        return Judgement(measure.name, measure.kind, start, end, middle, last, None)
+    bounded = last <= middle + abs(middle) * threshold + measure.slack
+    return Judgement(measure.name, measure.kind, start, end, middle, last, bounded)
+
+
+def show(value: float, unit: str, per_event: bool = False) -> str:
+    """A figure for the table: bytes in MiB (KiB or B per event), counts with separators."""
+    if per_event:
+        if unit == "bytes":
+            return f"{value / 1024:.2f} KiB/evt" if abs(value) >= 1024 else f"{value:.0f} B/evt"
+        return f"{value:.2f}/evt"
+    if unit == "bytes":
+        return f"{value / (1024 * 1024):.1f} MiB"
+    return f"{value:,.0f}"
+
+
+def table(report: Report, opts: Options, judgements: list[Judgement]) -> list[str]:
+    """The start/end table, one line per measure."""
+    by_name = {m.name: m for m in measures(opts.workers, opts.rate)}
+    rows = [("measure", "start", "end", "change", "middle -> last third", "verdict")]
+    for j in judgements:
+        m = by_name[j.measure]
+        delta = j.end - j.start
+        change = ("+" if delta >= 0 else "-") + show(abs(delta), m.unit)
+        if j.start and m.kind == "level":
+            change += f" ({delta / j.start:+.0%})"
+        if m.kind == "counter":
+            trend = f"{delta / report.load_seconds:,.1f}/s" if report.load_seconds else ""
+            verdict = ""
+        else:
+            per_event = m.kind == "stored"
+            trend = (
+                f"{show(j.middle, m.unit, per_event)} -> {show(j.last, m.unit, per_event)}"
+                if j.middle is not None and j.last is not None
+                else "-"
+            )
+            verdict = {True: "bounded", False: "GROWING", None: "too short"}[j.bounded]
+        rows.append((j.measure, show(j.start, m.unit), show(j.end, m.unit), change, trend, verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left = {0, len(widths) - 1}  # names and verdicts read better left-aligned
+    return [
+        "  ".join(
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def delivery_check(report: Report) -> tuple[dict[str, int], list[str]]:
+    """Healthy deliveries expected against arrived, and what the failing endpoints took."""
+    healthy = [w for w in report.webhooks if w.receiver.kind == "healthy"]
+    expected = sum(report.stats.expected[w.id] for w in healthy)
+    arrived = sum(min(len(w.receiver.delivered), report.stats.expected[w.id]) for w in healthy)
+    figures = {"healthy_expected": expected, "healthy_arrived": arrived}
+    lines = [f"healthy endpoints: {arrived:,} of {expected:,} deliveries arrived"]
+    for kind in ("error", "slow"):
+        hooks = [w for w in report.webhooks if w.receiver.kind == kind]
+        if hooks:
+            made = sum(report.stats.expected[w.id] for w in hooks)
+            attempts = sum(w.receiver.requests for w in hooks)
+            figures[f"{kind}_deliveries"], figures[f"{kind}_attempts"] = made, attempts
+            lines.append(
+                f"{kind} endpoints: {made:,} deliveries, {attempts:,} attempts received"
+                f" (up to {len(RETRY_SCHEDULE) + 1} each)"
+            )
+    return figures, lines
+
+
+def finish(report: Report, opts: Options) -> int:
+    """Print the table and verdict, write the JSON results; the exit status."""
+    judgements = [
+        judge(m, report.samples, opts.threshold) for m in measures(opts.workers, opts.rate)
+    ]
+    stats = report.stats
+    print("\n" + "\n".join(table(report, opts, judgements)))
+
+    accepted_rate = stats.accepted / report.load_seconds if report.load_seconds else 0.0
+    latency = ""
+    if len(stats.latencies) >= 2:
+        cuts = statistics.quantiles(stats.latencies, n=100)
+        latency = f"; POST /v1/events p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms"
+    refused = ", ".join(f"{n} x {what}" for what, n in stats.refused.most_common()) or "none"
+    print(
+        f"\naccepted {stats.accepted:,} events in {report.load_seconds:.1f}s ="
+        f" {accepted_rate:.1f} events/s (target {opts.rate:g}){latency}; refused: {refused}"
+    )
+    figures, lines = delivery_check(report)
+    print("\n".join(lines))
+
+    growing = [j.measure for j in judgements if j.bounded is False]
+    unjudged = [j.measure for j in judgements if j.bounded is None and j.kind != "counter"]
+    missing = figures["healthy_expected"] - figures["healthy_arrived"]
+    problems = [f"growing: {', '.join(growing)}"] if growing else []
+    if missing and report.drained:
+        problems.append(f"{missing:,} healthy deliveries never arrived although none is pending")
+    elif not report.drained:
+        problems.append(f"deliveries still pending after {opts.drain:g}s of draining")
+    judged = sum(j.bounded is not None for j in judgements)
+    if problems:
+        print(f"verdict: NOT BOUNDED ({opts.threshold:.0%} tolerance) - " + "; ".join(problems))
+    else:
+        print(
+            f"verdict: bounded - all {judged} measures within {opts.threshold:.0%}"
+            " (last third vs middle third of the load; stored data per accepted event)"
+            + (f"; too short to judge: {', '.join(unjudged)}" if unjudged else "")
+            + "; every healthy delivery arrived"
+        )
+
+    path = write_results(report, opts, judgements, figures, not problems)
+    print(f"samples written to {os.path.relpath(path)}")
+    return 1 if problems else 0
+
+
+def write_results(
+    report: Report,
+    opts: Options,
+    judgements: list[Judgement],
+    deliveries: dict[str, int],
+    bounded: bool,
+) -> Path:
+    """Write the run as JSON to bench/results/soak-<timestamp>.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"soak-{stamp}.json"
+    document = {
+        "options": asdict(opts),
+        "settings": {
+            "retry_schedule": list(RETRY_SCHEDULE),
+            "delivery_timeout": DELIVERY_TIMEOUT,
+            "endpoint_concurrency": ENDPOINT_CONCURRENCY,
+            "retention_days": opts.retention_days,
+        },
+        "load": {
+            "seconds": report.load_seconds,
+            "accepted": report.stats.accepted,
+            "refused": dict(report.stats.refused),
+        },
+        "deliveries": {**deliveries, "drained": report.drained},
+        "measures": [asdict(m) for m in measures(opts.workers, opts.rate)],
+        "judgements": [asdict(j) for j in judgements],
+        "bounded": bounded,
+        "samples": [asdict(s) for s in report.samples],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one soak; the exit status."""
+    opts = parse_args(argv)
+    # A SIGTERM (from `timeout`, CI or a supervisor) cleans up exactly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with running_cluster(opts) as cluster:
+            report = asyncio.run(soak(cluster, opts))
+    except KeyboardInterrupt:
+        print("\nsoak: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (SetupError, ChildDied) as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 2
+    return finish(report, opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

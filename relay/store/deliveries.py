@@ -430,7 +430,8 @@ class DeliveryStore:
         low = f"[{ids.time_floor('dlv', query.since_ms)}" if query.since_ms is not None else "-"
         found: list[Delivery] = []
         scanned = 0
-        while len(found) < limit and scanned < _SCAN_BUDGET:
+        # One match more than the page holds tells whether a next page exists.
+        while len(found) <= limit and scanned < _SCAN_BUDGET:
             batch = await self._redis.zrange(
                 query.index,
                 high,  # type: ignore[arg-type]
@@ -450,8 +451,8 @@ class DeliveryStore:
                 if query.event_type and delivery.event_type != query.event_type:
                     continue
                 found.append(delivery)
-                if len(found) == limit:
-                    return found, delivery.id
+                if len(found) > limit:
+                    return found[:limit], found[limit - 1].id
             high = f"({batch_ids[-1]}"
         return found, high[1:]  # the scan budget ran out: carry on from here next time
 

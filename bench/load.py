@@ -1,0 +1,244 @@
+"""The load side: posting events to relay's API, and reading what the receiver got.
+
+The harness posts with aiohttp rather than httpx: httpx's own pool is slow under concurrency
+(see relay/sender.py), and a slow client would measure itself instead of relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+REQUEST_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+
+
+class LoadError(Exception):
+    """relay or the receiver answered something the benchmark cannot go on with."""
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile (share in 0..1) of `values`; NaN when there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[rank - 1]
+
+
+def event_body(tenant: str, number: int) -> bytes:
+    """A small `post.published` event."""
+    data = {"post_id": f"p_{number}", "platform": "bench", "url": "https://example.com/p"}
+    return orjson.dumps({"type": "post.published", "tenant_id": tenant, "data": data})
+
+
+def unix_seconds(rfc3339: str) -> float:
+    """Unix seconds of relay's `created_at` (RFC 3339, milliseconds, `Z`)."""
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One event relay took: its id, when relay created it, when the client sent it."""
+
+    event_id: str
+    created_at: float
+    sent_at: float
+    deliveries: int
+
+
+class Api:
+    """Calls to relay's API over one aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str) -> None:
+        self._session = session
+        self._base = base_url
+        self._auth = {"authorization": f"Bearer {token}"}
+        self._post_headers = {**self._auth, "content-type": "application/json"}
+
+    def with_token(self, token: str) -> Api:
+        """The same session and API, another bearer token."""
+        return Api(self._session, self._base, token)
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST an object; its `data`, or LoadError unless 201."""
+        async with self._session.post(
+            self._base + path, data=orjson.dumps(body), headers=self._post_headers
+        ) as response:
+            text = await response.read()
+            if response.status != 201:
+                raise LoadError(f"POST {path}: {response.status} {text[:300]!r}")
+            data: dict[str, Any] = orjson.loads(text)["data"]
+            return data
+
+    async def post_event(self, body: bytes) -> tuple[int, bytes]:
+        """POST /v1/events; the status and raw answer."""
+        async with self._session.post(
+            self._base + "/v1/events", data=body, headers=self._post_headers
+        ) as response:
+            return response.status, await response.read()
+
+    async def ready(self) -> bool:
+        """Whether /readyz answers 200 (the API runs and reaches Redis)."""
+        try:
+            async with self._session.get(self._base + "/readyz") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, OSError):
+            return False
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """The harness's HTTP session: as many pooled connections as clients."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency + 4),
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+    )
+
+
+@dataclass(slots=True)
+class Posted:
+    """What one round of posting did."""
+
+    started: float = 0.0  # unix seconds of the first POST
+    seconds: float = 0.0  # first POST to last answer
+    latencies: list[float] = field(default_factory=list)  # seconds, accepted ones only
+    accepted: list[Accepted] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+    max_lag: float = 0.0  # paced rounds: how late the latest POST started
+
+    @property
+    def per_second(self) -> float:
+        """Accepted events per second."""
+        return len(self.accepted) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def deliveries(self) -> int:
+        """Deliveries relay created for the accepted events."""
+        return sum(a.deliveries for a in self.accepted)
+
+
+async def post_one(api: Api, body: bytes, into: Posted) -> None:
+    """POST one event and note the outcome."""
+    sent_at = time.time()
+    began = time.perf_counter()
+    try:
+        status, answer = await api.post_event(body)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        into.refused[type(exc).__name__] += 1
+        return
+    elapsed = time.perf_counter() - began
+    if status != 202:
+        into.refused[str(status)] += 1
+        return
+    data = orjson.loads(answer)["data"]
+    into.latencies.append(elapsed)
+    into.accepted.append(
+        Accepted(data["id"], unix_seconds(data["created_at"]), sent_at, len(data["deliveries"]))
+    )
+
+
+async def _client(api: Api, tenant: str, numbers: Iterator[int], into: Posted) -> None:
+    for number in numbers:
+        await post_one(api, event_body(tenant, number), into)
+
+
+async def post_burst(api: Api, tenant: str, count: int, concurrency: int) -> Posted:
+    """POST `count` events as fast as `concurrency` clients, each waiting for its answer, can."""
+    posted = Posted(started=time.time())
+    began = time.perf_counter()
+    # One shared iterator: exactly `count` events, whichever client frees up first takes one.
+    numbers = iter(range(count))
+    async with asyncio.timeout(60 + count / 50):
+        await asyncio.gather(*(_client(api, tenant, numbers, posted) for _ in range(concurrency)))
+    posted.seconds = time.perf_counter() - began
+    return posted
+
+
+async def post_paced(api: Api, tenant: str, rate: float, count: int) -> Posted:
+    """POST `count` events at `rate` per second on a fixed schedule (an open loop).
+
+    Each POST starts on time whatever the previous ones are doing, so a slow answer does not
+    lower the rate; how late the scheduler itself ran is kept in `max_lag`.
+    """
+    posted = Posted(started=time.time())
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    tasks: list[asyncio.Task[None]] = []
+    async with asyncio.timeout(60 + count / rate * 2):
+        for number in range(count):
+            due = began + number / rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            posted.max_lag = max(posted.max_lag, loop.time() - due)
+            tasks.append(asyncio.create_task(post_one(api, event_body(tenant, number), posted)))
+        await asyncio.gather(*tasks)
+    posted.seconds = loop.time() - began
+    return posted
+
+
+@dataclass(frozen=True, slots=True)
+class Arrivals:
+    """The receiver's counts (GET /stats)."""
+
+    requests: int
+    verified: int
+    rejected: int
+    library_checked: int
+    library_rejected: int
+    duplicates: int
+    distinct_ids: int
+    first: float | None
+    last: float | None
+
+
+class ReceiverClient:
+    """Calls to the benchmark receiver's control endpoints."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self._session = session
+        self.base = f"http://127.0.0.1:{port}"
+
+    def hook_url(self, name: str) -> str:
+        """A webhook URL on the receiver; the name keeps endpoints apart in duplicate counts."""
+        return f"{self.base}/hook/{name}"
+
+    async def stats(self) -> Arrivals:
+        """What has arrived since the last reset."""
+        async with self._session.get(self.base + "/stats") as response:
+            return Arrivals(**orjson.loads(await response.read()))
+
+    async def arrivals(self) -> dict[str, float]:
+        """The first arrival (unix seconds) of each webhook-id."""
+        async with self._session.get(self.base + "/arrivals") as response:
+            found: dict[str, float] = orjson.loads(await response.read())
+            return found
+
+    async def reset(self) -> None:
+        """Forget what has arrived."""
+        async with self._session.post(self.base + "/reset") as response:
+            response.raise_for_status()
+
+    async def ready(self) -> bool:
+        """Whether it answers."""
+        try:
+            await self.stats()
+        except (aiohttp.ClientError, OSError):
+            return False
+        return True
+
+    async def wait_for(self, expected: int, timeout: float) -> Arrivals:
+        """Poll until `expected` requests arrived, or `timeout` seconds pass; the last counts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.stats()
+            if stats.requests >= expected or time.monotonic() > deadline:
+                return stats
+            await asyncio.sleep(POLL_INTERVAL)

@@ -1,0 +1,246 @@
+"""The processes a benchmark run starts: redis-server, relay api and workers, the receiver.
+
+Every child runs in its own session with its output in a log file under a temp dir, and is
+stopped (SIGTERM, then SIGKILL) when the run ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+
+from relay.processes import die_with_parent
+
+STOP_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0
+
+
+class SetupError(Exception):
+    """Something the benchmark needs did not start."""
+
+
+@dataclass(slots=True)
+class Child:
+    """A process the benchmark started, with its output captured in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether it has not exited."""
+        return self.process.poll() is None
+
+    def log_bytes(self) -> int:
+        """How much it has written to its output so far."""
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return 0
+
+    def tail(self, lines: int = 15) -> str:
+        """The end of its output, to show why it failed."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        """Raise SetupError, with its last output, if it has exited."""
+        if not self.running:
+            raise SetupError(
+                f"{self.name} exited with {self.process.returncode}; its last output:\n"
+                + self.tail()
+            )
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time it and its finished children have used so far.
+
+        The children count because Redis forks to rewrite its AOF, and that work is Redis's.
+        """
+        t = psutil.Process(self.pid).cpu_times()
+        return float(t.user + t.system + t.children_user + t.children_system)
+
+
+@dataclass(slots=True)
+class Processes:
+    """Every child of one run, stopped together at the end."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        """Start `argv` in the work dir, output to `<workdir>/<name>.log`."""
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                cwd=self.workdir,  # so no `.env` of the operator's working directory is read
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C reaches only the harness, which then stops the
+                # children in order. die_with_parent: if the harness is SIGKILLed, the kernel
+                # stops them too.
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        """Everything but Redis first (workers finish their writes), then Redis."""
+        stop([c for c in self.children if c.name != "redis"])
+        stop([c for c in self.children if c.name == "redis"])
+
+
+def stop(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM each child, then SIGKILL whichever is still running after `timeout` seconds."""
+    for child in children:
+        if child.running:
+            child.process.terminate()
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Processes]:
+    """A temp work dir for the children; on the way out they are stopped and it is removed."""
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    procs = Processes(workdir)
+    try:
+        yield procs
+    finally:
+        # A second, impatient Ctrl-C must not leave processes behind: cleanup is bounded anyway.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            procs.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], child: Child, what: str, timeout: float = READY_TIMEOUT
+) -> None:
+    """Poll `check` until true; fail early if `child` dies, with its output on a timeout."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        child.check_alive()
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} not ready within {timeout:.0f}s; output:\n{child.tail()}")
+        await asyncio.sleep(0.1)
+
+
+def redis_argv(port: int, workdir: Path) -> list[str]:
+    """redis-server as production runs it: AOF fsynced every second, no eviction."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SetupError("redis-server is not installed (`make redis` installs it)")
+    return [
+        binary,
+        *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)),
+        *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
+        *("--maxmemory-policy", "noeviction", "--daemonize", "no"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """What the relay processes are started with (the secrets are fresh each run)."""
+
+    redis_url: str
+    admin_token: str
+    endpoint_concurrency: int
+    master_key: str = field(
+        default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+
+    def env(self) -> dict[str, str]:
+        """The environment: nothing of the operator's RELAY_*, production defaults otherwise."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
+        env.update(
+            RELAY_REDIS_URL=self.redis_url,
+            RELAY_ADMIN_TOKEN=self.admin_token,
+            RELAY_SECRET_KEYS=self.master_key,
+            RELAY_ALLOW_PRIVATE_TARGETS="true",  # the receiver is on loopback
+            RELAY_API_RATE_LIMIT="0",  # the limiter would cap the load we mean to measure
+            RELAY_ENDPOINT_CONCURRENCY=str(self.endpoint_concurrency),
+        )
+        return env
+
+    def shown(self) -> dict[str, str]:
+        """The settings that shape the figures, without secrets, for the results file."""
+        return {
+            "RELAY_ALLOW_PRIVATE_TARGETS": "true",
+            "RELAY_API_RATE_LIMIT": "0",
+            "RELAY_ENDPOINT_CONCURRENCY": str(self.endpoint_concurrency),
+        }
+
+
+def relay_argv(*args: str) -> list[str]:
+    """`relay <args>` with this interpreter, exactly as production starts it."""
+    return [sys.executable, "-m", "relay", *args]
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an open TCP connection to loopback `port`."""
+    return any(
+        conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine so far, summed over its cores.
+
+    Busy is everything but idle and iowait: every process, ours or not, and the kernel.
+    Stolen is time the hypervisor gave to other guests: on a shared machine it is noise.
+    """
+    t = psutil.cpu_times()
+    steal = float(getattr(t, "steal", 0.0))
+    busy = float(sum(t)) - float(t.idle) - float(getattr(t, "iowait", 0.0)) - steal
+    return busy, steal
+
+
+def harness_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator)."""
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)

@@ -7,9 +7,36 @@ randomness, so ids sort lexicographically by creation time (like ULIDs) and neve
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_RANDOM_BITS = 80
+
+
+class _Monotonic:
+    """The random part of ids made within one millisecond, counting up (ULID's monotonic rule).
+
+    Lists are ordered by id, so two objects made in the same millisecond must still sort in the
+    order they were made; fresh randomness for each would order them by chance.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = -1
+        self._random = 0
+
+    def next(self, ms: int) -> int:
+        with self._lock:
+            if ms == self._ms:
+                self._random += 1
+            else:
+                # The top bit starts clear, so counting up within one millisecond cannot overflow.
+                self._ms, self._random = ms, int.from_bytes(os.urandom(10)) >> 1
+            return self._random
+
+
+_monotonic = _Monotonic()
 
 
 def _base32(value: int, length: int) -> str:
@@ -21,9 +48,9 @@ def _base32(value: int, length: int) -> str:
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
-    """Return a new id such as `evt_01jd...`: sortable by time, then random."""
+    """Return a new id such as `evt_01jd...`: sortable by time, then by creation in a process."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    return f"{prefix}_{_base32(ms, 10)}{_base32(int.from_bytes(os.urandom(10)), 16)}"
+    return f"{prefix}_{_base32(ms, 10)}{_base32(_monotonic.next(ms), _RANDOM_BITS // 5)}"
 
 
 def has_prefix(value: str, prefix: str) -> bool:

@@ -6,7 +6,6 @@ import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -22,26 +21,29 @@ from pydantic import (
 )
 
 from relay.errors import Invalid
-from relay.validation import parse
+from relay.timefmt import read_rfc3339
+from relay.validation import JSON_INT, MAX_INT, MIN_INT, integral, parse
 
-# RFC 6838 type/subtype, optionally followed by parameters such as `; charset=utf-8`.
-_MIME = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$"
+# RFC 6838 type/subtype, optionally followed by parameters such as `; charset=utf-8`. Python and
+# JSON Schema (ECMA-262) regexes must read it alike, so no `\s` or `.`: their meanings differ.
+_MIME = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*([ \t]*;[\t -~]*)?$"
 
 
 def _id(value: object) -> str | int:
     # Upstreams key their objects by database integers or by opaque strings; both are delivered
     # as sent. One check instead of a pydantic union keeps the error at `data.<field>`.
+    value = integral(value)
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise ValueError("Must be a non-empty string or an integer.")
+    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+        raise ValueError(f"An integer must be from {MIN_INT} to {MAX_INT}.")
     return value
 
 
 def _timestamp(value: str) -> str:
     # Checked, never converted: subscribers receive the upstream's own string.
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("Must be an RFC 3339 timestamp, e.g. 2024-05-01T12:00:00Z.") from None
+    if read_rfc3339(value) is None:
+        raise ValueError("Must be an RFC 3339 timestamp, e.g. 2024-05-01T12:00:00Z.")
     return value
 
 
@@ -55,13 +57,20 @@ _Text = Annotated[str, StringConstraints(min_length=1)]
 _Id = Annotated[
     str | int,
     PlainValidator(_id),
-    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT},
+            ]
+        }
+    ),
 ]
 _Timestamp = Annotated[
     str, AfterValidator(_timestamp), WithJsonSchema({"type": "string", "format": "date-time"})
 ]
 _Mime = Annotated[str, AfterValidator(_mime), WithJsonSchema({"type": "string", "pattern": _MIME})]
-_Count = Annotated[int, Field(ge=0)]
+_Count = Annotated[int, Field(ge=0, le=MAX_INT), JSON_INT]
 
 
 class _Data(BaseModel):

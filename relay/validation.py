@@ -33,3 +33,24 @@ def parse(model: type[M], data: Any, prefix: str = "") -> M:
 
 # Tenant ids come from upstream systems; kept to a charset safe in keys, logs and URLs.
 TenantId = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
+
+
+# orjson reads integer literals in this range as ints, and larger ones as (inexact) floats: it
+# is the range of integers a request can carry exactly.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
+# Floats hold every integer up to 2**53 exactly; beyond, 2**53 + 1 would silently become 2**53.
+_EXACT_IN_FLOAT = 2**53
+
+
+def integral(value: object) -> object:
+    """A float with no fraction (and exactly an integer) as that int; anything else unchanged."""
+    # JSON has one number type: to JSON Schema (and JavaScript) 3.0 is the integer 3, so it is
+    # read as one; 3.5 is still refused.
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_IN_FLOAT:
+        return int(value)
+    return value
+
+
+# Annotates a strict int to read JSON's 3.0 as 3 (and still refuse "3" and true). It goes after
+# the field's constraints: before them, pydantic leaves them out of the JSON Schema.
+JSON_INT = pydantic.BeforeValidator(integral)

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -24,10 +25,10 @@ from relay.errors import Invalid
 from relay.events import EVENT_TYPES, matches
 from relay.ids import new_id
 from relay.secrets import Keyring
-from relay.signing import decode_secret, generate_secret, signature_headers
+from relay.signing import SECRET_PREFIX, decode_secret, generate_secret, signature_headers
 from relay.ssrf import AddressPolicy
 from relay.timefmt import now, rfc3339
-from relay.validation import TenantId
+from relay.validation import JSON_INT, TenantId
 
 _MAX_URL_CHARS = 2048
 _MAX_HEADER_BYTES = 4096
@@ -37,7 +38,7 @@ _MAX_RATE_PER_SECOND = 10_000
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Visible ASCII with inner spaces or tabs: HTTP clients refuse anything else at send time, and
 # CR, LF or NUL would let a value smuggle in headers of its own.
-_HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?")
+_HEADER_VALUE = re.compile(r"([!-~]([\t -~]*[!-~])?)?")
 # Set by relay itself (signature, body framing, identity) or meaningful only to one hop.
 _RESERVED_HEADERS = frozenset(
     {
@@ -56,6 +57,7 @@ _RESERVED_HEADERS = frozenset(
         "user-agent",
     }
 )
+_WEBHOOK_HEADER_PREFIX = "webhook-"
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -115,7 +117,7 @@ def _header_problem(name: str, value: str, repeated: bool) -> str | None:
     lowered = name.lower()
     if not _HEADER_NAME.fullmatch(name):
         return "Header name must be an RFC 7230 token (no spaces, colons or other separators)."
-    if lowered in _RESERVED_HEADERS or lowered.startswith("webhook-"):
+    if lowered in _RESERVED_HEADERS or lowered.startswith(_WEBHOOK_HEADER_PREFIX):
         return "Header is set by relay and cannot be overridden."
     if repeated:
         return "Header names are case-insensitive and this one is given more than once."
@@ -161,16 +163,67 @@ def _check_secret(secret: str) -> str:
     return secret
 
 
-_Url = Annotated[str, Field(max_length=_MAX_URL_CHARS), AfterValidator(_check_url)]
+def _any_case(text: str) -> str:
+    # JSON Schema regexes have no case-insensitive flag: spell each letter as a class.
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in text)
+
+
+# The JSON Schemas below say in the OpenAPI document what the validators above enforce. What no
+# schema can say (a host's length, header names repeated in another case, the headers' total
+# size) is still checked here and named in the 422.
+_URL_SCHEMA = {
+    "type": "string",
+    "format": "uri",
+    "pattern": "^" + _any_case("http") + "[Ss]?://",
+    "maxLength": _MAX_URL_CHARS,
+    "description": "Absolute http:// or https:// URL of the endpoint.",
+}
+_RESERVED_NAMES = "|".join(_any_case(name) for name in sorted(_RESERVED_HEADERS))
+_HEADERS_SCHEMA = {
+    "type": "object",
+    "propertyNames": {
+        "pattern": (
+            f"^(?!(?:{_RESERVED_NAMES})$)(?!{_any_case(_WEBHOOK_HEADER_PREFIX)})"
+            f"{_HEADER_NAME.pattern}$"
+        )
+    },
+    "additionalProperties": {"type": "string", "pattern": f"^{_HEADER_VALUE.pattern}$"},
+    "description": (
+        "Sent with every delivery. Names are HTTP tokens, unique without regard to case, and not "
+        "ones relay sets itself; names and values total at most "
+        f"{_MAX_HEADER_BYTES} bytes."
+    ),
+}
+_B64 = "[A-Za-z0-9+/]"
+# Standard base64 of 24 to 64 bytes: 8 to 21 full quads (24 to 63 bytes), then 1 byte in `xx==`
+# (to 64) or 2 bytes in `xxx=` (to 62).
+_SECRET_SCHEMA = {
+    "type": "string",
+    "pattern": (
+        f"^{SECRET_PREFIX}(?:(?:{_B64}{{4}}){{8,21}}(?:{_B64}{{2}}==)?"
+        f"|(?:{_B64}{{4}}){{8,20}}{_B64}{{3}}=)$"
+    ),
+    "description": f"{SECRET_PREFIX} and the standard base64 of 24 to 64 random bytes.",
+}
+_EVENT_FILTER_SCHEMA = {"type": "string", "enum": ["*", *EVENT_TYPES]}
+
+_Url = Annotated[
+    str,
+    Field(max_length=_MAX_URL_CHARS),
+    AfterValidator(_check_url),
+    WithJsonSchema(_URL_SCHEMA),
+]
 _EventFilters = Annotated[
-    list[Annotated[str, AfterValidator(_check_event_filter)]],
+    list[Annotated[str, AfterValidator(_check_event_filter), WithJsonSchema(_EVENT_FILTER_SCHEMA)]],
     Field(min_length=1),
     AfterValidator(_dedupe),
 ]
 _Description = Annotated[str, Field(max_length=1024)]
-_Headers = Annotated[dict[str, str], AfterValidator(_check_headers)]
-_RateLimit = Annotated[int, Field(gt=0, le=_MAX_RATE_PER_SECOND)]
-_Secret = Annotated[str, AfterValidator(_check_secret)]
+_Headers = Annotated[
+    dict[str, str], AfterValidator(_check_headers), WithJsonSchema(_HEADERS_SCHEMA)
+]
+_RateLimit = Annotated[int, Field(gt=0, le=_MAX_RATE_PER_SECOND), JSON_INT]
+_Secret = Annotated[str, AfterValidator(_check_secret), WithJsonSchema(_SECRET_SCHEMA)]
 
 # Strict: JSON already has real booleans and numbers, so "false" or "5" is a client bug to report.
 # Inputs are kept out of error texts, which may be logged, because secrets pass through here.
@@ -192,10 +245,22 @@ class WebhookCreate(BaseModel):
     secret: _Secret | None = Field(default=None, repr=False)
 
 
+def _patch_schema(schema: dict[str, Any]) -> None:
+    # A field left out of a PATCH keeps its value, so there are no defaults; and null is refused
+    # (see _not_null) everywhere but the rate limit, so it is no part of the other fields.
+    for name, field in schema.get("properties", {}).items():
+        field.pop("default", None)
+        branches = field.get("anyOf", [])
+        if name != "rate_limit_per_second" and {"type": "null"} in branches:
+            (kept,) = [b for b in branches if b != {"type": "null"}]
+            del field["anyOf"]
+            field.update({**kept, **field})
+
+
 class WebhookUpdate(BaseModel):
     """A change to a webhook's settings: only the fields present change."""
 
-    model_config = _INPUT
+    model_config = ConfigDict(**_INPUT, json_schema_extra=_patch_schema)
 
     url: _Url | None = None
     events: _EventFilters | None = None
@@ -227,7 +292,7 @@ class RotateSecret(BaseModel):
 
     model_config = _INPUT
 
-    grace_seconds: int = Field(86_400, ge=0, le=MAX_GRACE_SECONDS)
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS), JSON_INT] = 86_400
 
 
 @dataclass(slots=True)
@@ -407,7 +472,7 @@ class SampleSend(BaseModel):
     model_config = _INPUT
 
     webhook_id: str = Field(min_length=1, max_length=64)
-    type: str = "post.published"
+    type: str = Field("post.published", json_schema_extra={"enum": list(EVENT_TYPES)})
 
     @field_validator("type")
     @classmethod

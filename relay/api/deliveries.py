@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.bodies import listing, ok, read_model
-from relay.api.pagination import page_request
-from relay.api.routing import ID, PAGE, Operation, Param
-from relay.api.webhooks import OWNERS, visible_webhook
+from relay.api.pagination import id_param, id_schema, page_params, page_request
+from relay.api.routing import Operation, Param
+from relay.api.webhooks import ID, OWNERS, visible_webhook
 from relay.deliveries import RESTARTABLE, Delivery, Status
 from relay.errors import Conflict, Invalid, NotFound
 from relay.services import services
@@ -131,10 +131,11 @@ async def recover_webhook(request: Request, principal: Principal) -> Response:
     return ok({"requeued": requeued}, 202)
 
 
-DELIVERY = (*ID, Param("delivery_id", "path"))
+DELIVERY = (*ID, id_param("dlv", "delivery_id"))
+_TIMESTAMP: dict[str, object] = {"type": "string", "format": "date-time"}
 TIME: tuple[Param, ...] = (
-    Param("since", description="RFC 3339; created at or after"),
-    Param("until", description="RFC 3339; created at or before"),
+    Param("since", schema=_TIMESTAMP, description="RFC 3339; created at or after"),
+    Param("until", schema=_TIMESTAMP, description="RFC 3339; created at or before"),
 )
 STATUS = Param("status", schema={"type": "string", "enum": [s.value for s in Status]})
 
@@ -146,7 +147,7 @@ OPERATIONS = [
         "List a webhook's deliveries",
         OWNERS,
         "deliveries",
-        params=(*ID, *PAGE, STATUS, Param("event_type"), *TIME),
+        params=(*ID, *page_params("dlv"), STATUS, Param("event_type"), *TIME),
         list_of=True,
     ),
     Operation(
@@ -156,7 +157,12 @@ OPERATIONS = [
         "List deliveries",
         OWNERS,
         "deliveries",
-        params=(*PAGE, Param("webhook_id"), Param("tenant_id"), STATUS),
+        params=(
+            *page_params("dlv"),
+            Param("webhook_id", schema=id_schema("wh")),
+            Param("tenant_id"),
+            STATUS,
+        ),
         list_of=True,
     ),
     Operation(

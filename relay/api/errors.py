@@ -8,6 +8,7 @@ import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from relay.errors import (
     MethodNotAllowed,
@@ -57,11 +58,25 @@ async def on_relay_error(_: Request, exc: Exception) -> Response:
     return problem(exc)
 
 
-async def on_http_exception(_: Request, exc: Exception) -> Response:
+def _allowed_methods(request: Request) -> list[str]:
+    # Each operation is a route of its own, so Starlette's 405 names only the first route that
+    # matched the path; RFC 9110 wants every method the path takes.
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route_methods
+    return sorted(methods)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own errors: unknown paths and methods."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return problem(MethodNotAllowed("This method is not allowed on this path."))
+        response = problem(MethodNotAllowed("This method is not allowed on this path."))
+        allowed = _allowed_methods(request)
+        response.headers.update({"Allow": ", ".join(allowed)} if allowed else exc.headers or {})
+        return response
     if exc.status_code == 404:
         return problem(NotFound("No such path."))
     err = RelayError(str(exc.detail))

@@ -6,12 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.bodies import ok, read_model
-from relay.api.routing import ID, Operation
+from relay.api.pagination import id_param
+from relay.api.routing import Operation
 from relay.ingest import EventIn, accept, event_view
 from relay.services import services
 from relay.store.events import StoredEvent
 from relay.tokens import Principal, Role
 
+ID = (id_param("evt"),)
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 OWNERS = frozenset({Role.ADMIN, Role.TENANT})

@@ -1,129 +1,410 @@
-"""The OpenAPI document, built from the same Operation list the router is built from."""
+"""The OpenAPI document, built from the same Operation list the router is built from.
+
+Request bodies come from the operations' pydantic models; what each operation answers (its
+success schema, and which errors it can return) is declared here, and the fuzz tests
+(tests/test_fuzz.py) hold the app to it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from relay import __version__
-from relay.api.routing import Operation
+import pydantic
 
-_PROBLEM = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail", "code"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string"},
+from relay import __version__
+from relay.api.pagination import id_schema
+from relay.api.routing import Operation
+from relay.deliveries import Status
+from relay.events import EVENT_TYPES
+from relay.tokens import TOKEN_PREFIX, Role
+from relay.validation import TenantId
+
+_REF = "#/components/schemas/{model}"
+_IDEMPOTENT = frozenset({"POST", "PATCH", "DELETE"})
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _object(properties: dict[str, Any], *, optional: Iterable[str] = ()) -> dict[str, Any]:
+    """A closed object schema: every property listed, all required but `optional`."""
+    skip = set(optional)
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in skip],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STRING = {"type": "string"}
+_COUNT = {"type": "integer", "minimum": 0}
+_TIMESTAMP = {"type": "string", "format": "date-time"}
+_TENANT = pydantic.TypeAdapter(TenantId).json_schema()
+_EVENT_TYPE = {"type": "string", "enum": list(EVENT_TYPES)}
+_STATUS = {"type": "string", "enum": [s.value for s in Status]}
+_HEADERS = {"type": "object", "additionalProperties": _STRING}
+_HTTP_STATUS = {"type": "integer", "minimum": 100, "maximum": 599}
+
+_PROBLEM = _object(
+    {
+        "type": _STRING,
+        "title": _STRING,
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": _STRING,
+        "code": _STRING,
         "errors": {
             "type": "object",
-            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            "additionalProperties": {"type": "array", "items": _STRING},
         },
     },
+    optional=["errors"],
+)
+
+_TOKEN = {
+    "id": id_schema("tok"),
+    "role": {"type": "string", "enum": [r.value for r in Role]},
+    "tenant_id": _nullable(_TENANT),
+    "name": _STRING,
+    "created_at": _TIMESTAMP,
 }
-_ERRORS = {
-    "400": "Bad request",
-    "401": "Missing or unknown token",
-    "403": "The token's role may not do this",
-    "404": "No such object (or another tenant's)",
-    "405": "Method not allowed",
-    "409": "Conflict with the object's state, or an Idempotency-Key in flight",
-    "413": "Body too large",
-    "415": "Body is not JSON",
-    "422": "Invalid input",
-    "429": "Rate limited",
-    "503": "Store unavailable",
+_WEBHOOK = {
+    "id": id_schema("wh"),
+    "tenant_id": _TENANT,
+    "url": _STRING,
+    "events": {"type": "array", "items": {"type": "string", "enum": ["*", *EVENT_TYPES]}},
+    "description": _STRING,
+    "headers": _HEADERS,
+    "enabled": {"type": "boolean"},
+    "disabled_reason": _nullable(_STRING),
+    "rate_limit_per_second": _nullable({"type": "integer", "minimum": 1}),
+    "created_at": _TIMESTAMP,
+    "updated_at": _TIMESTAMP,
 }
+_SECRET = {"type": "string", "pattern": "^whsec_[A-Za-z0-9+/]+={0,2}$"}
+_EVENT = {
+    "id": id_schema("evt"),
+    "type": _STRING,
+    "tenant_id": _TENANT,
+    "created_at": _TIMESTAMP,
+    "upstream_id": _nullable(_STRING),
+    "data": {"type": "object"},
+    "deliveries": {
+        "type": "array",
+        "items": _object(
+            {"id": id_schema("dlv"), "webhook_id": id_schema("wh"), "status": _STATUS}
+        ),
+    },
+}
+_DELIVERY = {
+    "id": id_schema("dlv"),
+    "event_id": id_schema("evt"),
+    "webhook_id": id_schema("wh"),
+    "tenant_id": _TENANT,
+    "event_type": _STRING,
+    "status": _STATUS,
+    "attempt_count": _COUNT,
+    "next_attempt_at": _nullable(_TIMESTAMP),
+    "last_status_code": _nullable(_HTTP_STATUS),
+    "last_error": _nullable(_STRING),
+    "created_at": _TIMESTAMP,
+    "updated_at": _TIMESTAMP,
+    "delivered_at": _nullable(_TIMESTAMP),
+}
+_ATTEMPT = _object(
+    {
+        "number": {"type": "integer", "minimum": 1},
+        "started_at": _TIMESTAMP,
+        "duration_ms": _COUNT,
+        "status_code": _nullable(_HTTP_STATUS),
+        "error": _nullable(_STRING),
+        "response_body": {**_STRING, "description": "The first 4 KiB of the response"},
+        "request_headers": _HEADERS,
+    }
+)
+_DELETED = {"deleted": {"const": True}}
 
-
-def _problem_ref() -> dict[str, Any]:
-    return {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-
-
-def _success(op: Operation) -> dict[str, Any]:
-    data: dict[str, Any] = {"type": "object"}
-    if op.list_of:
-        envelope = {
-            "type": "object",
-            "required": ["data", "next_cursor"],
-            "properties": {
-                "data": {"type": "array", "items": data},
-                "next_cursor": {"type": ["string", "null"]},
-            },
+# The objects relay answers with (as each one's public view has them), by component name.
+_RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": _PROBLEM,
+    "Token": _object(_TOKEN),
+    "IssuedToken": _object(
+        {**_TOKEN, "token": {"type": "string", "pattern": f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$"}}
+    ),
+    "RevokedToken": _object({**_TOKEN, **_DELETED}),
+    "EventType": _object(
+        {
+            "name": _EVENT_TYPE,
+            "description": _STRING,
+            "schema": {"type": "object", "description": "JSON Schema of the event's data"},
+            "example": {"type": "object"},
         }
+    ),
+    "Webhook": _object(_WEBHOOK),
+    "NewWebhook": _object({**_WEBHOOK, "secret": _SECRET}),
+    "DeletedWebhook": _object({**_WEBHOOK, **_DELETED}),
+    "Secret": _object({"secret": _SECRET}),
+    "RotatedSecret": _object({"secret": _SECRET, "previous_expires_at": _TIMESTAMP}),
+    "TestResult": _object(
+        {
+            "event_id": id_schema("evt"),
+            "status_code": _nullable(_HTTP_STATUS),
+            "duration_ms": _COUNT,
+            "error": _nullable(_STRING),
+            "response_body": _STRING,
+        }
+    ),
+    "Event": _object(_EVENT),
+    "RetriedEvent": _object({**_EVENT, "requeued": _COUNT}),
+    "Delivery": _object(_DELIVERY),
+    "DeliveryWithAttempts": _object(
+        {**_DELIVERY, "attempts": {"type": "array", "items": _ref("Attempt")}}
+    ),
+    "Attempt": _ATTEMPT,
+    "Requeued": _object({"requeued": _COUNT}),
+}
+# What each operation's `data` holds, by operationId; a list's items are each one of these.
+_DATA = {
+    "create_token": "IssuedToken",
+    "list_tokens": "Token",
+    "delete_token": "RevokedToken",
+    "event_types": "EventType",
+    "create_webhook": "NewWebhook",
+    "list_webhooks": "Webhook",
+    "send_test_event": "TestResult",
+    "get_webhook": "Webhook",
+    "update_webhook": "Webhook",
+    "delete_webhook": "DeletedWebhook",
+    "get_secret": "Secret",
+    "rotate_secret": "RotatedSecret",
+    "post_event": "Event",
+    "get_event": "Event",
+    "retry_event": "RetriedEvent",
+    "webhook_deliveries": "Delivery",
+    "all_deliveries": "Delivery",
+    "get_delivery": "DeliveryWithAttempts",
+    "retry_delivery": "Delivery",
+    "cancel_delivery": "Delivery",
+    "recover_webhook": "Requeued",
+}
+# Success answers besides the operation's own status.
+_ALSO_SUCCEEDS = {
+    "post_event": {"200": "A repeat of an upstream `id`: the first event; nothing new is created"},
+}
+# Operations that look something up by an id in their body or query, or that a tenant token
+# can point at another tenant: 404 although no path parameter names an object.
+_LOOKS_UP = frozenset({"create_webhook", "list_webhooks", "send_test_event", "all_deliveries"})
+
+_ERRORS = {
+    401: "Missing or unknown token",
+    403: "The token's role may not do this",
+    404: "No such object (or another tenant's)",
+    409: "Conflict with the object's state, or an Idempotency-Key still in flight",
+    413: "Body too large",
+    415: "Body is not JSON",
+    422: "Invalid input: `errors` names each field",
+    429: "Rate limited",
+    503: "Store unavailable",
+}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": "Bearer"},
+    429: {"Retry-After": "Seconds to wait"},
+    503: {"Retry-After": "Seconds to wait"},
+}
+
+
+def _refine_token_spec(schema: dict[str, Any]) -> None:
+    # TokenSpec's validator: a tenant token is bound to a tenant_id, other roles to none.
+    schema["oneOf"] = [
+        {
+            "properties": {"role": {"const": Role.TENANT.value}, "tenant_id": _TENANT},
+            "required": ["tenant_id"],
+        },
+        {
+            "properties": {
+                "role": {"enum": [Role.ADMIN.value, Role.INGEST.value]},
+                "tenant_id": {"type": "null"},
+            },
+        },
+    ]
+
+
+def _refine_event_in(schema: dict[str, Any]) -> None:
+    # EventIn takes any `type` and `data` and validates them against the event-type catalog:
+    # the document spells the catalog out, one alternative per type.
+    properties = schema["properties"]
+    schema["oneOf"] = [
+        {
+            "properties": {"type": {"const": name}, "data": _ref(event_type.model.__name__)},
+        }
+        for name, event_type in EVENT_TYPES.items()
+    ]
+    properties["type"] = _EVENT_TYPE
+    properties["data"] = {"type": "object", "description": "Fields depend on `type`"}
+
+
+# Rules the request models enforce in validators, which their generated schemas cannot show.
+_REFINE = {"TokenSpec": _refine_token_spec, "EventIn": _refine_event_in}
+
+
+def _body_schema(model: type[pydantic.BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=_REF)
+    components.update(schema.pop("$defs", {}))
+    refine = _REFINE.get(model.__name__)
+    if refine is not None:
+        refine(schema)
+    components[model.__name__] = schema
+    return _ref(model.__name__)
+
+
+def _event_data_schemas(components: dict[str, Any]) -> None:
+    for event_type in EVENT_TYPES.values():
+        schema = event_type.model.model_json_schema(ref_template=_REF)
+        components.update(schema.pop("$defs", {}))
+        components[event_type.model.__name__] = schema
+
+
+def _headers(names: dict[str, str], required: bool) -> dict[str, Any]:
+    return {
+        name: {"description": text, "required": required, "schema": _STRING}
+        for name, text in names.items()
+    }
+
+
+def _problem(code: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _ERRORS[code],
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    if code in _ERROR_HEADERS:
+        response["headers"] = _headers(_ERROR_HEADERS[code], required=True)
+    return response
+
+
+def _success(op: Operation, description: str) -> dict[str, Any]:
+    data = _ref(_DATA[op.handler.__name__]) if op.handler.__name__ in _DATA else {"type": "object"}
+    if op.list_of:
+        envelope = _object(
+            {"data": {"type": "array", "items": data}, "next_cursor": _nullable(_STRING)}
+        )
     else:
-        envelope = {"type": "object", "required": ["data"], "properties": {"data": data}}
-    return {"description": op.summary, "content": {"application/json": {"schema": envelope}}}
+        envelope = _object({"data": data})
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": envelope}},
+    }
+    if op.method in _IDEMPOTENT:
+        response["headers"] = _headers(
+            {"Idempotent-Replayed": "`true` on a replay of a stored response"}, required=False
+        )
+    return response
+
+
+def _error_codes(op: Operation) -> list[int]:
+    """The errors `op` can answer with, from what it takes and does."""
+    codes = {401, 403, 413, 429, 503}
+    if op.body is not None:
+        codes |= {415, 422}
+    if any(p.where == "query" for p in op.params):
+        codes.add(422)
+    if any(p.where == "path" for p in op.params) or op.handler.__name__ in _LOOKS_UP:
+        codes.add(404)
+    if op.method in _IDEMPOTENT:
+        codes |= {409, 422}  # an Idempotency-Key in flight; a malformed or reused one
+    return sorted(codes)
+
+
+def _parameter(where: str, name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+    }
+    if description:
+        parameter["description"] = description
+    if where == "query":
+        # relay reads an empty query value as an absent one, everywhere.
+        parameter["allowEmptyValue"] = True
+    return parameter
 
 
 def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    name = op.handler.__name__
+    successes = {str(op.status): op.summary} | _ALSO_SUCCEEDS.get(name, {})
     spec: dict[str, Any] = {
-        "operationId": op.handler.__name__,
+        "operationId": name,
         "summary": op.summary,
         "tags": [op.tag],
         "security": [{"bearer": []}],
-        "parameters": [
-            {
-                "name": p.name,
-                "in": p.where,
-                "required": p.where == "path",
-                "schema": p.schema,
-                **({"description": p.description} if p.description else {}),
-            }
-            for p in op.params
-        ],
-        "responses": {str(op.status): _success(op)}
-        | {
-            code: {"description": text, "content": _problem_ref()} for code, text in _ERRORS.items()
-        },
+        "parameters": [_parameter(p.where, p.name, p.schema, p.description) for p in op.params],
+        "responses": {code: _success(op, text) for code, text in successes.items()}
+        | {str(code): _problem(code) for code in _error_codes(op)},
     }
-    if op.method in {"POST", "PATCH", "DELETE"}:
+    if op.method in _IDEMPOTENT:
         spec["parameters"].append(
             {
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "Makes a retry of this request safe; kept 24 h per token",
+                # Printable ASCII; a server strips surrounding spaces before relay sees them.
+                "schema": {"type": "string", "pattern": "^[!-~]([ -~]{0,253}[!-~])?$"},
             }
         )
     if op.body is not None:
-        schema = op.body.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[op.body.__name__] = schema
+        required = any(field.is_required() for field in op.body.model_fields.values())
         spec["requestBody"] = {
-            "required": op.method != "POST" or "required" in schema,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}
-            },
+            "required": required,
+            "content": {"application/json": {"schema": _body_schema(op.body, components)}},
         }
     return spec
 
 
-def _plain(summary: str, content_type: str = "application/json") -> dict[str, Any]:
+def _plain(
+    summary: str, schema: dict[str, Any], content_type: str = "application/json"
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "tags": ["operations"],
         "security": [],
-        "responses": {"200": {"description": summary, "content": {content_type: {}}}},
+        "responses": {
+            "200": {"description": summary, "content": {content_type: {"schema": schema}}},
+            "413": _problem(413),
+        },
     }
+
+
+def _status(value: str) -> dict[str, Any]:
+    return _object({"status": {"const": value}})
 
 
 def build(operations: Sequence[Operation]) -> dict[str, Any]:
     """An OpenAPI 3.1 document for every route relay serves."""
-    components: dict[str, Any] = {"Problem": _PROBLEM}
+    components: dict[str, Any] = dict(_RESPONSE_SCHEMAS)
+    _event_data_schemas(components)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
-    readyz = _plain("Ready: Redis is reachable")
-    readyz["responses"]["503"] = {"description": "Redis unreachable", "content": _problem_ref()}
+        # `{id:webhook}` names a route's convertor; the document states ids as schemas.
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", op.path)
+        paths.setdefault(path, {})[op.method.lower()] = _operation(op, components)
+    readyz = _plain("Ready: Redis is reachable", _status("ready"))
+    readyz["responses"]["503"] = _problem(503) | {"description": "Redis unreachable"}
+    metrics = _plain("Prometheus metrics", _STRING, "text/plain")
+    metrics["responses"]["503"] = _problem(503)
     paths |= {
-        "/healthz": {"get": _plain("Alive")},
+        "/healthz": {"get": _plain("Alive", _status("ok"))},
         "/readyz": {"get": readyz},
-        "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},
-        "/openapi.json": {"get": _plain("This document")},
-        "/docs": {"get": _plain("Interactive API documentation", "text/html")},
+        "/metrics": {"get": metrics},
+        "/openapi.json": {"get": _plain("This document", {"type": "object"})},
+        "/docs": {"get": _plain("Interactive API documentation", _STRING, "text/html")},
     }
     return {
         "openapi": "3.1.0",

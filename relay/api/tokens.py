@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.bodies import listing, ok, read_model
-from relay.api.pagination import page_request
-from relay.api.routing import ADMIN, ID, PAGE, Operation
+from relay.api.pagination import id_param, page_params, page_request
+from relay.api.routing import ADMIN, Operation
 from relay.services import services
 from relay.tokens import Principal, TokenSpec
 
@@ -50,10 +50,16 @@ OPERATIONS = [
         "List API tokens",
         ADMIN,
         "tokens",
-        params=PAGE,
+        params=page_params("tok"),
         list_of=True,
     ),
     Operation(
-        "DELETE", "/v1/tokens/{id}", delete_token, "Revoke an API token", ADMIN, "tokens", params=ID
+        "DELETE",
+        "/v1/tokens/{id}",
+        delete_token,
+        "Revoke an API token",
+        ADMIN,
+        "tokens",
+        params=(id_param("tok"),),
     ),
 ]

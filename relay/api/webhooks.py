@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import events
 from relay.api.bodies import listing, ok, read_model
-from relay.api.pagination import page_request
-from relay.api.routing import ANY_ROLE, ID, PAGE, Operation, Param
+from relay.api.pagination import id_param, page_params, page_request
+from relay.api.routing import ANY_ROLE, Operation, Param
 from relay.errors import Invalid
 from relay.ids import new_id
 from relay.services import services
@@ -32,6 +33,17 @@ from relay.webhooks import (
 )
 
 OWNERS = frozenset({Role.ADMIN, Role.TENANT})
+ID = (id_param("wh"),)
+
+
+class _WebhookSegment(StringConvertor):
+    # Any path segment but `test`: /v1/webhooks/test is an operation of its own (POST), so
+    # another method there is a 405 naming POST, not a lookup of a webhook called "test".
+    regex = "(?!test$)[^/]+"
+
+
+# Starlette's convertors are process-wide by design; routes name this one as `{id:webhook}`.
+register_url_convertor("webhook", _WebhookSegment())
 
 
 async def visible_webhook(request: Request, principal: Principal, webhook_id: str) -> Webhook:
@@ -171,7 +183,7 @@ OPERATIONS = [
         "List webhooks",
         OWNERS,
         "webhooks",
-        params=(*PAGE, Param("tenant_id")),
+        params=(*page_params("wh"), Param("tenant_id")),
         list_of=True,
     ),
     Operation(
@@ -184,11 +196,17 @@ OPERATIONS = [
         body=SampleSend,
     ),
     Operation(
-        "GET", "/v1/webhooks/{id}", get_webhook, "Get a webhook", OWNERS, "webhooks", params=ID
+        "GET",
+        "/v1/webhooks/{id:webhook}",
+        get_webhook,
+        "Get a webhook",
+        OWNERS,
+        "webhooks",
+        params=ID,
     ),
     Operation(
         "PATCH",
-        "/v1/webhooks/{id}",
+        "/v1/webhooks/{id:webhook}",
         update_webhook,
         "Change a webhook",
         OWNERS,
@@ -198,7 +216,7 @@ OPERATIONS = [
     ),
     Operation(
         "DELETE",
-        "/v1/webhooks/{id}",
+        "/v1/webhooks/{id:webhook}",
         delete_webhook,
         "Delete a webhook",
         OWNERS,

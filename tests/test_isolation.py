@@ -63,7 +63,9 @@ async def test_rate_limit_per_second_is_honoured_without_burning_attempts(
 async def test_an_endpoint_failing_for_too_long_is_disabled_then_recovers(
     admin: httpx.AsyncClient, workers: Workers
 ) -> None:
-    await workers(1, RELAY_DISABLE_AFTER="1", RELAY_RETRY_SCHEDULE="0.3,0.6,1.2,3,3")
+    # With ±20 % jitter, attempt 3 comes at most 0.72 s after the first failure and attempt 4 at
+    # least 1.68 s after it: only attempt 4 can find the endpoint failing for over a second.
+    await workers(1, RELAY_DISABLE_AFTER="1", RELAY_RETRY_SCHEDULE="0.2,0.4,1.5,3,3")
     async with Receiver() as rx:
         rx.answer(Reply(500))
         hook = await webhook(admin, rx.url("/hook"))

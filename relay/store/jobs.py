@@ -6,9 +6,11 @@ harmless and a lost one is rewritten by the sweeper from the delivery's own due 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from redis.asyncio import Redis
 
 from relay.store import keys
 
@@ -44,3 +46,39 @@ def deliver_job(delivery_id: str, attempt: int, webhook_id: str, event_id: str, 
         }
     )
     return Job(jid, keys.job(jid), payload)
+
+
+# What arq checks before it runs a job, for a whole poll's worth of jobs at once: the job is
+# still queued, due, and running nowhere; then it is marked running for `running ms`.
+# KEYS: queue. ARGV: now ms, running ms, in-progress key prefix, then the job ids.
+_TAKE = """
+local taken = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= tonumber(ARGV[1])
+      and redis.call('EXISTS', ARGV[3] .. id) == 0 then
+    redis.call('SET', ARGV[3] .. id, '1', 'PX', ARGV[2])
+    table.insert(taken, {id, score})
+  end
+end
+return taken
+"""
+
+
+class JobStarts:
+    """Marks queued jobs as running, so that each is started by one worker only."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._take = redis.register_script(_TAKE)
+
+    async def take(
+        self, job_ids: Sequence[str], now_ms: int, running_ms: int
+    ) -> list[tuple[str, int]]:
+        """The jobs of `job_ids` this worker may start now, with their queue scores."""
+        if not job_ids:
+            return []
+        rows = await self._take(
+            keys=[keys.QUEUE], args=[now_ms, running_ms, keys.IN_PROGRESS_PREFIX, *job_ids]
+        )
+        return [(job_id.decode(), int(float(score))) for job_id, score in rows]

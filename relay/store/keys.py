@@ -91,6 +91,10 @@ def job(job_id: str) -> str:
     return f"arq:job:{job_id}"
 
 
+# arq marks a job some worker is running with this key + job id, so that no other starts it.
+IN_PROGRESS_PREFIX = "arq:in-progress:"
+
+
 def endpoint_slots(webhook_id: str) -> str:
     """Attempts in flight to one webhook (sorted set of job ids, scored by lease expiry)."""
     return f"{PREFIX}slots:{webhook_id}"

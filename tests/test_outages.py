@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
 
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, webhook
 from tests.receivers import Receiver
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_until
 
 
 async def test_a_token_over_its_rate_gets_429_with_retry_after(
@@ -82,3 +90,85 @@ async def test_stopped_redis_then_back(
         await rx.wait_for(2, timeout=30)
         assert worker.poll() is None
     assert {accepted, again.json()["data"]["id"]} <= {r.headers["webhook-id"] for r in rx.requests}
+
+
+def _spin(port: int) -> None:
+    """Run a script that never ends by itself, until SCRIPT KILL stops it."""
+    client = redis.Redis(port=port)
+    with contextlib.suppress(redis.RedisError):
+        client.eval("while true do end", 0)
+    client.close()
+
+
+def _kill_script(client: redis.Redis) -> bool:
+    try:
+        client.script_kill()
+    except redis.RedisError:  # NOTBUSY: nothing running (yet)
+        return False
+    return True
+
+
+async def _answers_503_problems(client: httpx.AsyncClient, tenant: str) -> None:
+    requests = [
+        client.build_request(
+            "POST", "/v1/webhooks", json={"url": "https://a.example.com/", "tenant_id": tenant}
+        ),
+        client.build_request(
+            "POST",
+            "/v1/webhooks",
+            json={"url": "https://b.example.com/", "tenant_id": tenant},
+            headers={"Idempotency-Key": "during-failover"},
+        ),
+        client.build_request(
+            "POST",
+            "/v1/events",
+            json={"type": "post.published", "tenant_id": tenant, "data": {"post_id": 1}},
+        ),
+    ]
+    for request in requests:
+        response = await client.send(request)
+        assert response.status_code == 503, (request.url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["code"] == "unavailable"
+
+
+async def test_a_demoted_primary_answers_503_not_500(
+    make_client: ClientFactory,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    await webhook(client, "https://hooks.example.com/", tenant="t1")
+    new_primary = RedisServer(tmp_path / "new-primary").start()
+    try:
+        # A failover: the old primary becomes a replica of the new one and refuses writes.
+        demoted = redis.Redis(port=own_redis.port)
+        demoted.replicaof("127.0.0.1", new_primary.port)
+        wait_until(lambda: demoted.info("replication")["master_link_status"] == "up")
+        demoted.close()
+        await _answers_503_problems(client, "t1")
+    finally:
+        new_primary.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_busy_script_answers_503_not_500(
+    make_client: ClientFactory, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    await webhook(client, "https://hooks.example.com/", tenant="t1")
+    admin = redis.Redis(port=own_redis.port)
+    admin.config_set("busy-reply-threshold", 100)
+    # Another client's script that never ends: Redis answers everyone else BUSY.
+    spinning = threading.Thread(target=_spin, args=(own_redis.port,), daemon=True)
+    spinning.start()
+    try:
+        await asyncio.sleep(0.3)
+        await _answers_503_problems(client, "t1")
+    finally:
+        wait_until(lambda: _kill_script(admin))
+        spinning.join(10)
+        admin.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

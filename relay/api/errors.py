@@ -90,6 +90,20 @@ async def on_redis_error(_: Request, exc: Exception) -> Response:
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 
+# Redis replies that mean "not now", not "never": a demoted primary refusing writes during a
+# failover, a replica cut off from its primary, a script holding the server, too few replicas.
+# (redis-py strips READONLY into ReadOnlyError; the others keep their code in the message.)
+_NOT_NOW = ("BUSY ", "MASTERDOWN ", "NOREPLICAS ", "TRYAGAIN ")
+
+
+async def on_redis_reply(request: Request, exc: Exception) -> Response:
+    """Redis refused a command for now (failover, a busy script): 503 the client may retry."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(_NOT_NOW):
+        log.warning("redis refused a command for now: %s", exc)
+        return problem(Unavailable("The store cannot take this request right now; retry shortly."))
+    return await on_unexpected(request, exc)
+
+
 async def on_unexpected(_: Request, exc: Exception) -> Response:
     """A bug: log it with its traceback, answer without one."""
     log.exception("unhandled error", exc_info=exc)
@@ -101,5 +115,6 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     redis.exceptions.ConnectionError: on_redis_error,
     redis.exceptions.TimeoutError: on_redis_error,
+    redis.exceptions.ResponseError: on_redis_reply,
     Exception: on_unexpected,
 }

@@ -199,8 +199,9 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
 
 def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
-    """Re-encrypt every webhook secret under the first RELAY_SECRET_KEYS key."""
+    """Re-encrypt every secret at rest under the first RELAY_SECRET_KEYS key."""
     from relay.services import MissingSetting, connect_redis, keyring
+    from relay.store.idempotency import IdempotencyStore
     from relay.store.webhooks import WebhookStore
     from relay.webhooks import Webhook, reencrypt
 
@@ -210,7 +211,7 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
     except MissingSetting as exc:
         raise CliError(str(exc)) from None
 
-    async def run() -> tuple[int, int]:
+    async def run() -> tuple[int, int, tuple[int, int]]:
         redis = connect_redis(_redis_url(settings))
         store = WebhookStore(redis)
         changed: set[str] = set()
@@ -224,12 +225,15 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
             ids = await store.all_ids()
             for webhook_id in ids:
                 await store.change(webhook_id, edit)
+            # Stored idempotent responses can hold a secret or token shown once.
+            responses = await IdempotencyStore(redis, ring).reencrypt()
         finally:
             await redis.aclose()
-        return len(changed), len(ids)
+        return len(changed), len(ids), responses
 
-    changed, total = asyncio.run(run())
+    changed, total, (responses_changed, responses) = asyncio.run(run())
     print(f"re-encrypted the secrets of {changed} of {total} webhooks under the first key")
+    print(f"re-encrypted {responses_changed} of {responses} stored idempotent responses")
     return 0
 
 
@@ -281,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     keys.add_parser("generate", help="print a new master key").set_defaults(func=cmd_keys_generate)
     keys.add_parser(
-        "reencrypt", help="re-encrypt all webhook secrets under the first key"
+        "reencrypt", help="re-encrypt all secrets at rest under the first key"
     ).set_defaults(func=cmd_keys_reencrypt)
     return parser
 

@@ -81,10 +81,11 @@ class Services:
         """Build the services for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
         policy = AddressPolicy(settings.allow_private_targets, settings.allowed_cidrs)
+        ring = keyring(settings)
         return cls(
             settings=settings,
             redis=redis,
-            keyring=keyring(settings),
+            keyring=ring,
             policy=policy,
             sender=Sender(
                 timeout=settings.delivery_timeout,
@@ -93,7 +94,7 @@ class Services:
                 address_check=policy.allows,
             ),
             tokens=TokenStore(redis),
-            idempotency=IdempotencyStore(redis),
+            idempotency=IdempotencyStore(redis, ring),
             webhooks=WebhookStore(redis),
             events=EventStore(redis, settings.retention_seconds),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),

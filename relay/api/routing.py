@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from relay.api.auth import authenticate
 from relay.api.errors import problem
-from relay.api.idempotency import idempotent
+from relay.api.idempotency import RerunCheck, idempotent
 from relay.errors import RateLimited, RelayError
 from relay.services import services
 from relay.tokens import Principal, Role
@@ -56,6 +56,8 @@ class Operation:
     params: tuple[Param, ...] = ()
     status: int = 200
     list_of: bool = False
+    # Set when the domain makes a second run of a request harmless (see `idempotent`).
+    rerun_unknown: RerunCheck | None = None
 
 
 def _endpoint(op: Operation) -> PublicHandler:
@@ -71,7 +73,9 @@ def _endpoint(op: Operation) -> PublicHandler:
         if not await services(request).rate_limiter.allow(principal.token_id):
             raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
-        return await idempotent(request, principal, lambda: call(request, principal))
+        return await idempotent(
+            request, principal, lambda: call(request, principal), op.rerun_unknown
+        )
 
     endpoint.__name__ = op.handler.__name__
     return endpoint

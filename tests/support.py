@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -115,6 +116,17 @@ def relay_env(redis_url: str, **extra: str) -> dict[str, str]:
 def spawn_relay(args: list[str], env: Mapping[str, str], **kwargs) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
     """Start `relay <args>` as its own process."""
     return subprocess.Popen([sys.executable, "-m", "relay", *args], env=dict(env), **kwargs)
+
+
+async def run_relay(args: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """Run `relay <args>` to completion, as an operator would, capturing its output."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay", *args],
+        env=dict(env),
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def wait_http(url: str, timeout: float = 15.0) -> None:

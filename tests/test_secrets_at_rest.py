@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,7 @@ import redis.asyncio
 
 from relay.secrets import generate_master_key
 from tests.conftest import ClientFactory
-from tests.support import RedisServer, relay_env
+from tests.support import RedisServer, relay_env, run_relay
 
 PREFIXES = ("whsec_", "whsk_", "rly_")
 
@@ -112,12 +109,8 @@ async def test_no_secret_shown_once_is_in_redis_or_its_aof(
 
     # A master-key rotation re-encrypts the stored responses too, and replays still work.
     new_key = generate_master_key()
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "relay", "keys", "reencrypt"],
-        env=relay_env(own_redis.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}"),
-        capture_output=True,
-        timeout=30,
+    result = await run_relay(
+        ["keys", "reencrypt"], relay_env(own_redis.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}")
     )
     assert result.returncode == 0, result.stderr
     assert "re-encrypted 5 of 5 stored idempotent responses" in result.stdout.decode()

@@ -20,7 +20,7 @@ from relay.secrets import generate_master_key
 from relay.signing import generate_secret
 from tests.conftest import ClientFactory
 from tests.receivers import Receiver, Reply, closed_port
-from tests.support import RedisServer, relay_env
+from tests.support import RedisServer, relay_env, run_relay
 
 TokenFor = Callable[..., Awaitable[str]]
 
@@ -348,12 +348,9 @@ async def test_keys_reencrypt_moves_secrets_to_the_new_master_key(
     old_only = await make_client()
     made = await create(old_only, "https://a.example.com/")
     new_key = generate_master_key()
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "relay", "keys", "reencrypt"],
-        env=relay_env(redis_server.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}"),
-        capture_output=True,
-        timeout=30,
+    result = await run_relay(
+        ["keys", "reencrypt"],
+        relay_env(redis_server.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}"),
     )
     assert result.returncode == 0, result.stderr
     assert "1 of 1" in result.stdout.decode()

@@ -9,11 +9,14 @@ import hmac
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
 
 import pydantic
 
-from relay.errors import Forbidden, NotFound
-from relay.validation import TenantId
+from relay.errors import Forbidden, NotFound, Unauthorized
+from relay.timefmt import now, read_rfc3339, rfc3339
+from relay.validation import JSON_INT, TenantId
 
 
 class Role(enum.StrEnum):
@@ -68,6 +71,23 @@ class TokenSpec(pydantic.BaseModel):
     role: Role
     tenant_id: TenantId | None = None
     name: str = pydantic.Field("", max_length=200)
+    expires_at: str | None = pydantic.Field(
+        None,
+        json_schema_extra={"format": "date-time"},
+        description="RFC 3339; the token stops authenticating then",
+    )
+
+    @pydantic.field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        moment = read_rfc3339(value)
+        if moment is None:
+            raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z")
+        if moment <= now():
+            raise ValueError("must be in the future")
+        return rfc3339(moment)
 
     @pydantic.model_validator(mode="after")
     def _tenant_matches_role(self) -> TokenSpec:
@@ -76,6 +96,38 @@ class TokenSpec(pydantic.BaseModel):
         if self.role is not Role.TENANT and self.tenant_id is not None:
             raise ValueError("only tenant tokens are bound to a tenant_id")
         return self
+
+
+def check_unexpired(expires_at: str | None, moment: datetime) -> None:
+    """Raise Unauthorized, saying when, once a token is past its `expires_at`."""
+    if expires_at is None:
+        return
+    ends = read_rfc3339(expires_at)
+    if ends is None or ends <= moment:
+        raise Unauthorized(f"This token expired at {expires_at}; ask for a new one.")
+
+
+PORTAL_SESSION_NAME = "portal session"
+DEFAULT_PORTAL_SECONDS = 3600
+MAX_PORTAL_SECONDS = 86_400
+
+
+class PortalSessionSpec(pydantic.BaseModel):
+    """`POST /v1/portal-sessions`: a console sign-in for one tenant, valid for a short while."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    tenant_id: TenantId
+    ttl_seconds: Annotated[int, pydantic.Field(ge=60, le=MAX_PORTAL_SECONDS), JSON_INT] = (
+        DEFAULT_PORTAL_SECONDS
+    )
+
+    def token_spec(self) -> TokenSpec:
+        """The tenant token behind the session: bound to the tenant, expiring with it."""
+        expires = rfc3339(now() + timedelta(seconds=self.ttl_seconds))
+        return TokenSpec(
+            role=Role.TENANT, tenant_id=self.tenant_id, name=PORTAL_SESSION_NAME, expires_at=expires
+        )
 
 
 def new_secret_token() -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import httpx
 import pytest
 import redis.asyncio
@@ -121,3 +125,142 @@ async def test_bad_paging_is_422(admin: httpx.AsyncClient, params: dict[str, obj
     response = await admin.get("/v1/tokens", params=params)
     assert response.status_code == 422
     assert set(response.json()["errors"]) <= {"limit", "cursor"}
+
+
+async def _issue(admin: httpx.AsyncClient, **fields: object) -> dict[str, Any]:
+    response = await admin.post("/v1/tokens", json={"role": "admin", **fields})
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def test_a_token_stops_at_its_expiry_with_a_clear_401(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    made = await _issue(admin, expires_at=ends.isoformat())
+    assert made["expires_at"].endswith("Z")
+    client = await make_client(token=made["token"])
+    assert (await client.get("/v1/tokens")).status_code == 200
+
+    async def refused() -> httpx.Response | None:
+        response = await client.get("/v1/tokens")
+        return response if response.status_code != 200 else None
+
+    response = None
+    while response is None:
+        await asyncio.sleep(0.1)
+        response = await refused()
+    assert datetime.now(UTC) >= ends
+    assert response.status_code == 401
+    assert response.json()["detail"] == (
+        f"This token expired at {made['expires_at']}; ask for a new one."
+    )
+    listed = (await admin.get("/v1/tokens")).json()["data"]
+    assert [t["expires_at"] for t in listed if t["id"] == made["id"]] == [made["expires_at"]]
+
+
+@pytest.mark.parametrize(
+    "expires_at", ["2020-01-01T00:00:00Z", "tomorrow", "2030-01-01", 1_900_000_000]
+)
+async def test_expiry_must_be_a_future_rfc3339_time(
+    admin: httpx.AsyncClient, expires_at: object
+) -> None:
+    response = await admin.post("/v1/tokens", json={"role": "admin", "expires_at": expires_at})
+    assert response.status_code == 422
+    assert "expires_at" in response.json()["errors"]
+
+
+async def test_last_used_at_is_kept_to_the_minute_without_a_write_per_request(
+    admin: httpx.AsyncClient, make_client: ClientFactory, redis_client: redis.asyncio.Redis
+) -> None:
+    made = await _issue(admin)
+
+    def last_used(tokens: list[dict[str, Any]]) -> str | None:
+        [found] = [t["last_used_at"] for t in tokens if t["id"] == made["id"]]
+        return found
+
+    assert last_used((await admin.get("/v1/tokens")).json()["data"]) is None
+    client = await make_client(token=made["token"])
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = last_used((await client.get("/v1/tokens")).json()["data"])
+    assert first is not None and before <= datetime.fromisoformat(first) <= datetime.now(UTC)
+
+    async def sets() -> int:
+        stats = await redis_client.info("commandstats")
+        return int(stats.get("cmdstat_set", {}).get("calls", 0))
+
+    before_sets = await sets()
+    for _ in range(5):
+        assert (await client.get("/v1/tokens")).status_code == 200
+    assert await sets() == before_sets  # no write per request
+    assert last_used((await client.get("/v1/tokens")).json()["data"]) == first
+
+
+async def test_revocation_holds_at_once_on_every_replica(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    made = await _issue(admin)
+    replicas = [await make_client(token=made["token"]) for _ in range(2)]
+    for replica in replicas:
+        assert (await replica.get("/v1/tokens")).status_code == 200
+    assert (await admin.delete(f"/v1/tokens/{made['id']}")).status_code == 200
+    for replica in replicas:
+        response = await replica.get("/v1/tokens")
+        assert response.status_code == 401
+        assert response.json()["detail"] == "This token is unknown or has been revoked."
+
+
+async def test_portal_session_is_a_short_lived_tenant_sign_in(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    response = await admin.post("/v1/portal-sessions", json={"tenant_id": "t1"})
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    base, _, fragment = data["url"].partition("#")
+    assert base == "http://relay.test/console"
+    assert fragment.startswith("token=rly_")
+    expires = datetime.fromisoformat(data["expires_at"])
+    assert 3590 < (expires - datetime.now(UTC)).total_seconds() <= 3600
+    assert data["tenant_id"] == "t1" and data["token_id"].startswith("tok_")
+
+    portal = await make_client(token=fragment.removeprefix("token="))
+    mine = await portal.post(
+        "/v1/webhooks", json={"url": "https://a.example.com/", "tenant_id": "t1"}
+    )
+    assert mine.status_code == 201
+    other = await admin.post(
+        "/v1/webhooks", json={"url": "https://b.example.com/", "tenant_id": "t2"}
+    )
+    assert (await portal.get(f"/v1/webhooks/{other.json()['data']['id']}")).status_code == 404
+    assert (await portal.post("/v1/tokens", json={"role": "admin"})).status_code == 403
+    assert (await portal.post("/v1/portal-sessions", json={"tenant_id": "t1"})).status_code == 403
+
+    listed = (await admin.get("/v1/tokens")).json()["data"]
+    [session] = [t for t in listed if t["id"] == data["token_id"]]
+    assert session["role"] == "tenant" and session["expires_at"] == data["expires_at"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"tenant_id": "t1", "ttl_seconds": 86_401},
+        {"tenant_id": "t1", "ttl_seconds": 0},
+        {"tenant_id": "t1", "ttl_seconds": "60"},
+        {"tenant_id": "has space"},
+    ],
+)
+async def test_bad_portal_sessions_are_422(
+    admin: httpx.AsyncClient, body: dict[str, object]
+) -> None:
+    response = await admin.post("/v1/portal-sessions", json=body)
+    assert response.status_code == 422
+
+
+async def test_portal_session_lasts_at_most_a_day(admin: httpx.AsyncClient) -> None:
+    response = await admin.post(
+        "/v1/portal-sessions", json={"tenant_id": "t1", "ttl_seconds": 86_400}
+    )
+    expires = datetime.fromisoformat(response.json()["data"]["expires_at"])
+    assert 86_390 < (expires - datetime.now(UTC)).total_seconds() <= 86_400

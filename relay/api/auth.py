@@ -6,7 +6,8 @@ from starlette.requests import Request
 
 from relay.errors import Unauthorized
 from relay.services import services
-from relay.tokens import BOOTSTRAP_ID, Principal, Role, same_token, token_hash
+from relay.timefmt import now
+from relay.tokens import BOOTSTRAP_ID, Principal, Role, check_unexpired, same_token, token_hash
 
 
 async def authenticate(request: Request) -> Principal:
@@ -20,7 +21,10 @@ async def authenticate(request: Request) -> Principal:
     if admin is not None and same_token(presented, admin.get_secret_value()):
         return Principal(BOOTSTRAP_ID, Role.ADMIN)
     digest = token_hash(presented)
-    record = await ctx.tokens.by_hash(digest)
+    moment = now()
+    # Read from Redis on every request, never cached: a revoke holds on every replica at once.
+    record = await ctx.tokens.by_hash(digest, int(moment.timestamp() * 1000))
     if record is None or not same_token(record.hash, digest):
         raise Unauthorized("This token is unknown or has been revoked.")
+    check_unexpired(record.expires_at, moment)
     return record.principal()

@@ -74,6 +74,11 @@ _TOKEN = {
     "tenant_id": _nullable(_TENANT),
     "name": _STRING,
     "created_at": _TIMESTAMP,
+    "expires_at": _nullable(_TIMESTAMP),
+    "last_used_at": {
+        **_nullable(_TIMESTAMP),
+        "description": "When the token last authenticated, to the minute",
+    },
 }
 _WEBHOOK = {
     "id": id_schema("wh"),
@@ -139,6 +144,17 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         {**_TOKEN, "token": {"type": "string", "pattern": f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$"}}
     ),
     "RevokedToken": _object({**_TOKEN, **_DELETED}),
+    "PortalSession": _object(
+        {
+            "url": {
+                **_STRING,
+                "description": "The console, signed in by the token in the URL's fragment",
+            },
+            "token_id": id_schema("tok"),
+            "tenant_id": _TENANT,
+            "expires_at": _TIMESTAMP,
+        }
+    ),
     "EventType": _object(
         {
             "name": _EVENT_TYPE,
@@ -175,6 +191,7 @@ _DATA = {
     "create_token": "IssuedToken",
     "list_tokens": "Token",
     "delete_token": "RevokedToken",
+    "create_portal_session": "PortalSession",
     "event_types": "EventType",
     "create_webhook": "NewWebhook",
     "list_webhooks": "Webhook",

@@ -1,4 +1,4 @@
-"""/v1/tokens: admins issue, list and revoke API tokens."""
+"""/v1/tokens and /v1/portal-sessions: admins issue, list and revoke API tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, Operation
 from relay.services import services
-from relay.tokens import Principal, TokenSpec
+from relay.tokens import PortalSessionSpec, Principal, TokenSpec
+
+CONSOLE_PATH = "/console"
 
 
 async def create_token(request: Request, _: Principal) -> Response:
@@ -20,16 +22,36 @@ async def create_token(request: Request, _: Principal) -> Response:
 
 
 async def list_tokens(request: Request, _: Principal) -> Response:
-    """Tokens, newest first."""
+    """Tokens, newest first, with when each was last used (to the minute)."""
     page = page_request(request, "tok")
-    records, cursor = await services(request).tokens.page(page.limit, page.cursor)
-    return listing([r.public() for r in records], cursor)
+    found, cursor = await services(request).tokens.page(page.limit, page.cursor)
+    return listing([record.public(used) for record, used in found], cursor)
 
 
 async def delete_token(request: Request, _: Principal) -> Response:
     """Revoke a token."""
     record = await services(request).tokens.delete(request.path_params["id"])
     return ok({**record.public(), "deleted": True})
+
+
+async def create_portal_session(request: Request, _: Principal) -> Response:
+    """A console link signed in as a short-lived token of one tenant.
+
+    The token rides in the URL's fragment, which browsers never send to a server, so it stays
+    out of access logs and Referer headers.
+    """
+    spec = await read_model(request, PortalSessionSpec)
+    record, plaintext = await services(request).tokens.issue(spec.token_spec())
+    base = str(request.base_url).rstrip("/")
+    return ok(
+        {
+            "url": f"{base}{CONSOLE_PATH}#token={plaintext}",
+            "token_id": record.id,
+            "tenant_id": record.tenant_id,
+            "expires_at": record.expires_at,
+        },
+        201,
+    )
 
 
 OPERATIONS = [
@@ -61,5 +83,15 @@ OPERATIONS = [
         ADMIN,
         "tokens",
         params=(id_param("tok"),),
+    ),
+    Operation(
+        "POST",
+        "/v1/portal-sessions",
+        create_portal_session,
+        "Open a console session for one tenant",
+        ADMIN,
+        "tokens",
+        body=PortalSessionSpec,
+        status=201,
     ),
 ]

@@ -21,6 +21,11 @@ def token_by_hash(digest: str) -> str:
     return f"{PREFIX}tokhash:{digest}"
 
 
+def token_used(digest: str) -> str:
+    """When a token (by hash) last authenticated, in unix ms; written at most once a minute."""
+    return f"{PREFIX}tokused:{digest}"
+
+
 def idempotency(token_id: str, key_digest: str) -> str:
     """A stored response for one Idempotency-Key of one token."""
     return f"{PREFIX}idem:{token_id}:{key_digest}"

@@ -12,6 +12,29 @@ from relay.store import codec, keys
 from relay.store.pages import newest_first
 from relay.tokens import Principal, Role, TokenSpec, new_secret_token, token_hash
 
+# An expired token's record stays this long, so that it answers "expired" rather than "unknown".
+_EXPIRED_KEPT_MS = 86_400_000
+# last_used_at is precise to a minute: a request writes it only if it is older than this.
+_USE_RECORDED_EVERY_MS = 60_000
+
+# Read the record by hash and, at most once a minute per token, note the time of use. The note
+# lives as long as the record (an expiring token's keys have a TTL; a revoke deletes both).
+_LOOKUP = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return nil end
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if now - last >= tonumber(ARGV[2]) then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[2], ARGV[1])
+  end
+end
+return raw
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
@@ -23,11 +46,13 @@ class TokenRecord:
     name: str
     created_at: str
     hash: str
+    expires_at: str | None = None
 
-    def public(self) -> dict[str, object]:
-        """The token as the API shows it (no hash)."""
+    def public(self, last_used_ms: int | None = None) -> dict[str, object]:
+        """The token as the API shows it (no hash), with when it was last used if known."""
         out = asdict(self)
         del out["hash"]
+        out["last_used_at"] = timefmt.from_timestamp(last_used_ms / 1000) if last_used_ms else None
         return out
 
     def principal(self) -> Principal:
@@ -46,6 +71,7 @@ class TokenStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._lookup = redis.register_script(_LOOKUP)
 
     async def issue(self, spec: TokenSpec) -> tuple[TokenRecord, str]:
         """Create a token; returns its record and the plaintext, which is never stored."""
@@ -57,6 +83,7 @@ class TokenStore:
             name=spec.name,
             created_at=timefmt.rfc3339(timefmt.now()),
             hash=token_hash(plaintext),
+            expires_at=spec.expires_at,
         )
         await self._add(record)
         return record, plaintext
@@ -64,14 +91,19 @@ class TokenStore:
     async def _add(self, record: TokenRecord) -> None:
         raw = codec.dumps(asdict(record))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.token(record.id), raw)
-            pipe.set(keys.token_by_hash(record.hash), raw)
+            for key in (keys.token(record.id), keys.token_by_hash(record.hash)):
+                pipe.set(key, raw)
+                if record.expires_at is not None:
+                    pipe.pexpireat(key, _ms(record.expires_at) + _EXPIRED_KEPT_MS)
             pipe.zadd(keys.TOKENS, {record.id: 0})
             await pipe.execute()
 
-    async def by_hash(self, digest: str) -> TokenRecord | None:
-        """The token whose hash is `digest`, if any."""
-        raw = await self._redis.get(keys.token_by_hash(digest))
+    async def by_hash(self, digest: str, now_ms: int) -> TokenRecord | None:
+        """The token whose hash is `digest`, if any, noting that it is being used now."""
+        raw = await self._lookup(
+            keys=[keys.token_by_hash(digest), keys.token_used(digest)],
+            args=[now_ms, _USE_RECORDED_EVERY_MS],
+        )
         return _record(raw) if raw else None
 
     async def get(self, token_id: str) -> TokenRecord:
@@ -81,17 +113,34 @@ class TokenStore:
             raise NotFound("No such token.")
         return _record(raw)
 
-    async def page(self, limit: int, cursor: str | None) -> tuple[list[TokenRecord], str | None]:
-        """Tokens newest first."""
+    async def page(
+        self, limit: int, cursor: str | None
+    ) -> tuple[list[tuple[TokenRecord, int | None]], str | None]:
+        """Tokens newest first, each with when it was last used (unix ms) if ever."""
         page = await newest_first(self._redis, keys.TOKENS, limit, cursor)
         raws = await self._redis.mget([keys.token(i) for i in page.ids]) if page.ids else []
-        return [_record(r) for r in raws if r], page.next_cursor
+        gone = [i for i, r in zip(page.ids, raws, strict=True) if not r]
+        if gone:  # expired tokens' records lapse by TTL; their index entries go here
+            await self._redis.zrem(keys.TOKENS, *gone)
+        records = [_record(r) for r in raws if r]
+        used = await self._redis.mget([keys.token_used(r.hash) for r in records]) if records else []
+        return [
+            (record, int(u) if u else None) for record, u in zip(records, used, strict=True)
+        ], page.next_cursor
 
     async def delete(self, token_id: str) -> TokenRecord:
-        """Revoke a token: it stops authenticating at once."""
+        """Revoke a token: it stops authenticating at once, on every replica (nothing caches it)."""
         record = await self.get(token_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.token(record.id), keys.token_by_hash(record.hash))
+            pipe.delete(
+                keys.token(record.id), keys.token_by_hash(record.hash), keys.token_used(record.hash)
+            )
             pipe.zrem(keys.TOKENS, record.id)
             await pipe.execute()
         return record
+
+
+def _ms(stamp: str) -> int:
+    moment = timefmt.read_rfc3339(stamp)
+    assert moment is not None, "stored timestamps are RFC 3339"
+    return int(moment.timestamp() * 1000)

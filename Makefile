@@ -1,4 +1,5 @@
 # Everything a fresh Debian machine needs, from nothing but Python and apt.
+# `make run ARGS="--port 9000"` passes options to `relay dev`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test lint bench soak clean redis
 
 run: $(STAMP) redis
-	$(BIN)/relay dev
+	$(BIN)/relay dev $(ARGS)
 
 test: $(STAMP) redis
 	$(BIN)/ruff check relay tests bench

@@ -18,12 +18,12 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.embedded import EmbeddedRedis, EmbeddedRedisError, data_dir_ready
 from relay.errors import RelayError
 from relay.processes import die_with_parent
+from relay.runtime import DataDirBusy, DevClaim, Runtime, StaleRuntime, running
 from relay.store import codec
 from relay.tokens import Role, TokenSpec
 from relay.validation import parse
 
 _DEV_SECRETS = "dev-secrets.json"
-_RUNTIME = "runtime.json"
 
 
 class CliError(Exception):
@@ -54,10 +54,12 @@ def _redis_url(settings: Settings) -> str:
     """RELAY_REDIS_URL, or the embedded Redis of a `relay dev` running on this data dir."""
     if settings.redis_url:
         return settings.redis_url
-    runtime = settings.data_dir / _RUNTIME
-    if runtime.exists():
-        url: str = codec.loads(runtime.read_bytes())["redis_url"]
-        return url
+    try:
+        dev = running(settings.data_dir)
+    except StaleRuntime as exc:
+        raise CliError(str(exc)) from None
+    if dev is not None:
+        return dev.redis_url
     raise CliError("RELAY_REDIS_URL is not set (and no `relay dev` is running on this data dir).")
 
 
@@ -95,18 +97,49 @@ def _stop_all(children: list[subprocess.Popen[bytes]], timeout: float = 15.0) ->
             child.wait()
 
 
+def _wait_until_serving(url: str, children: list[subprocess.Popen[bytes]]) -> bool:
+    """Wait until the API answers (True), or until a child exits or 60 s pass (False)."""
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and all(c.poll() is None for c in children):
+        try:
+            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _dev_environment(settings: Settings, secrets: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    admin = settings.admin_token
+    env["RELAY_ADMIN_TOKEN"] = admin.get_secret_value() if admin else secrets["admin_token"]
+    if not settings.secret_keys:
+        env["RELAY_SECRET_KEYS"] = secrets["secret_key"]
+    # Trying relay means sending to a receiver on this machine; an explicit setting still wins.
+    explicit = "allow_private_targets" in settings.model_fields_set
+    allow = settings.allow_private_targets or not explicit
+    env["RELAY_ALLOW_PRIVATE_TARGETS"] = "true" if allow else "false"
+    return env
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Redis (embedded unless RELAY_REDIS_URL), the API and one worker, until Ctrl-C."""
     settings = _settings()
     data_dir = data_dir_ready(settings.data_dir)
-    env = dict(os.environ)
-    secrets = _dev_secrets(data_dir)
-    admin_token = (
-        settings.admin_token.get_secret_value() if settings.admin_token else secrets["admin_token"]
-    )
-    env["RELAY_ADMIN_TOKEN"] = admin_token
-    if not settings.secret_keys:
-        env["RELAY_SECRET_KEYS"] = secrets["secret_key"]
+    claim = DevClaim(data_dir)
+    try:
+        claim.acquire()
+    except DataDirBusy as exc:
+        raise CliError(str(exc)) from None
+    if claim.stale is not None:
+        print(
+            f"relay dev: PID {claim.stale.pid} did not stop cleanly on this data dir; taking over",
+            flush=True,
+        )
+    env = _dev_environment(settings, _dev_secrets(data_dir))
 
     stopping = False
 
@@ -117,27 +150,27 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    redis = EmbeddedRedis(data_dir)
-    runtime = data_dir / _RUNTIME
-    if settings.redis_url:
-        env["RELAY_REDIS_URL"] = settings.redis_url
-    else:
-        try:
-            env["RELAY_REDIS_URL"] = redis.start()
-        except EmbeddedRedisError as exc:
-            raise CliError(str(exc)) from None
-        runtime.touch(mode=0o600)
-        runtime.write_bytes(codec.dumps({"redis_url": env["RELAY_REDIS_URL"], "pid": os.getpid()}))
-    children = [
-        _spawn(["api", "--host", args.host, "--port", str(args.port)], env),
-        _spawn(["worker"], env),
-    ]
     shown_host = "localhost" if args.host in {"127.0.0.1", "0.0.0.0"} else args.host
-    print(f"relay {__version__} dev: http://{shown_host}:{args.port}  (docs: /docs)", flush=True)
-    print(f"admin token: {admin_token}", flush=True)
-    print("Ctrl-C stops the API, the worker and Redis.", flush=True)
+    url = f"http://{shown_host}:{args.port}"
+    redis = EmbeddedRedis(data_dir)
+    children: list[subprocess.Popen[bytes]] = []
     status = 0
     try:
+        if settings.redis_url:
+            env["RELAY_REDIS_URL"] = settings.redis_url
+        else:
+            try:
+                env["RELAY_REDIS_URL"] = redis.start()
+            except EmbeddedRedisError as exc:
+                raise CliError(str(exc)) from None
+        claim.publish(Runtime(os.getpid(), url, env["RELAY_REDIS_URL"]))
+        children += [
+            _spawn(["api", "--host", args.host, "--port", str(args.port)], env),
+            _spawn(["worker"], env),
+        ]
+        probe = f"http://127.0.0.1:{args.port}" if shown_host == "localhost" else url
+        if _wait_until_serving(probe, children):
+            _banner(url, env)
         while not stopping:
             exited = [c for c in children if c.poll() is not None]
             if exited:
@@ -150,9 +183,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
     finally:
         _stop_all(children)
         redis.stop()
-        runtime.unlink(missing_ok=True)
+        claim.release()
     print("relay dev: stopped", flush=True)
     return status
+
+
+def _banner(url: str, env: dict[str, str]) -> None:
+    print(f"relay {__version__} dev: {url}  (docs: /docs)", flush=True)
+    print(f"admin token: {env['RELAY_ADMIN_TOKEN']}", flush=True)
+    if env["RELAY_ALLOW_PRIVATE_TARGETS"] == "true":
+        print(
+            "private and loopback webhook targets are allowed (dev mode; "
+            "`relay api` and `relay worker` refuse them unless RELAY_ALLOW_PRIVATE_TARGETS=true)",
+            flush=True,
+        )
+    print("Ctrl-C stops the API, the worker and Redis.", flush=True)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

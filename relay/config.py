@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     disable_after: int = Field(432_000, ge=1)
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
     api_rate_limit: int = Field(1000, ge=0)
+    # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
+    metrics_token: SecretStr | None = None
 
     _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
 

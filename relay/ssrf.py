@@ -78,6 +78,11 @@ _IPV4_WRAPPERS: tuple[tuple[IPv6Network, str], ...] = (
 )
 
 _IPV4_PARTS = 4
+# Said with every refusal, so whoever tries relay on one machine learns how to allow it.
+_PUBLIC_ONLY = (
+    "webhooks must reach a public address (RELAY_ALLOW_PRIVATE_TARGETS=true allows private and "
+    "loopback targets, for development; RELAY_ALLOWED_CIDRS trusts chosen networks)"
+)
 _RADIX_DIGITS = {
     8: frozenset("01234567"),
     10: frozenset("0123456789"),
@@ -186,10 +191,8 @@ class AddressPolicy:
             # No CIDR can vouch for a name that every resolver maps to loopback.
             if self.allow_private:
                 return None
-            return f"host {hostname!r} is a localhost name; webhooks must reach a public address"
+            return f"host {hostname!r} is a localhost name; {_PUBLIC_ONLY}"
         ip = _ip_literal(host)
         if ip is None or self.allows(ip):
             return None
-        return (
-            f"host {hostname!r} is {ip}, {why_not_public(ip)}; webhooks must reach a public address"
-        )
+        return f"host {hostname!r} is {ip}, {why_not_public(ip)}; {_PUBLIC_ONLY}"

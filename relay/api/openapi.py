@@ -416,6 +416,9 @@ def build(operations: Sequence[Operation]) -> dict[str, Any]:
     readyz["responses"]["503"] = _problem(503) | {"description": "Redis unreachable"}
     metrics = _plain("Prometheus metrics", _STRING, "text/plain")
     metrics["responses"]["503"] = _problem(503)
+    # Open unless RELAY_METRICS_TOKEN is set; then that token is the bearer it wants.
+    metrics["security"] = [{}, {"bearer": []}]
+    metrics["responses"]["401"] = _problem(401)
     paths |= {
         "/healthz": {"get": _plain("Alive", _status("ok"))},
         "/readyz": {"get": readyz},

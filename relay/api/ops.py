@@ -12,10 +12,11 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from relay.api.errors import problem
-from relay.errors import Unavailable
+from relay.errors import Unauthorized, Unavailable
 from relay.metrics import render
 from relay.services import services
 from relay.store.metrics import snapshot
+from relay.tokens import same_token
 
 
 async def healthz(_: Request) -> Response:
@@ -33,8 +34,19 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+def _check_metrics_token(request: Request) -> None:
+    """With RELAY_METRICS_TOKEN set, /metrics wants it as a bearer token."""
+    expected = services(request).settings.metrics_token
+    if expected is None:
+        return
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not same_token(presented.strip(), expected.get_secret_value()):
+        raise Unauthorized("Send RELAY_METRICS_TOKEN as 'Authorization: Bearer <token>'.")
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text: counters shared by every API and worker process."""
+    _check_metrics_token(request)
     counters, pending = await snapshot(services(request).redis)
     body, content_type = render(counters, pending)
     return Response(body, media_type=content_type)

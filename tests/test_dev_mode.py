@@ -1,0 +1,172 @@
+"""`relay dev` as someone trying relay runs it: loopback receivers work, one dev per data dir,
+and a `relay dev` that was killed leaves nothing that breaks the next command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.receivers import Receiver
+from tests.support import free_port, spawn_relay, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dev_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_DATA_DIR"] = str(data_dir)
+    return env
+
+
+@dataclass
+class Dev:
+    """A running `relay dev` and the banner lines it printed."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    banner: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return next(line.split()[-1] for line in self.banner if line.startswith("admin token"))
+
+
+def _start_dev(data_dir: Path) -> Dev:
+    port = free_port()
+    process = spawn_relay(
+        ["dev", "--port", str(port)],
+        _dev_env(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    banner: list[str] = []
+
+    def read_banner() -> bool:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line, f"relay dev ended before its banner: {banner}"
+        banner.append(line.strip())
+        return line.startswith("Ctrl-C")
+
+    wait_until(read_banner, timeout=60, interval=0)
+    return Dev(process, port, banner)
+
+
+def _stop(dev: Dev) -> None:
+    if dev.process.poll() is None:
+        dev.process.send_signal(signal.SIGINT)
+    dev.process.communicate(timeout=30)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    running = _start_dev(tmp_path / "data")
+    yield running
+    _stop(running)
+
+
+def test_the_banner_comes_once_the_api_answers(dev: Dev) -> None:
+    # No waiting: whoever reads the banner may use the URL at once.
+    assert httpx.get(dev.url + "/healthz", timeout=2).status_code == 200
+    assert any(f"http://localhost:{dev.port}" in line for line in dev.banner)
+
+
+async def test_dev_delivers_to_a_loopback_receiver_and_says_it_may(dev: Dev) -> None:
+    assert any("loopback" in line and "allowed" in line for line in dev.banner), dev.banner
+    auth = {"authorization": f"Bearer {dev.token}"}
+    async with Receiver() as rx, httpx.AsyncClient(base_url=dev.url, headers=auth) as client:
+        made = await client.post(
+            "/v1/webhooks", json={"url": rx.url("/hook"), "tenant_id": "space_42"}
+        )
+        assert made.status_code == 201, made.text
+        event = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_1"}}
+        assert (await client.post("/v1/events", json=event)).status_code == 202
+        [request] = await rx.wait_for(1, timeout=20)
+    assert request.path == "/hook"
+
+
+async def test_a_production_api_refuses_loopback_and_names_the_variable(
+    make_client: ClientFactory,
+) -> None:
+    api = await make_client(allow_private_targets="false")
+    response = await api.post(
+        "/v1/webhooks", json={"url": "http://127.0.0.1:9911/hook", "tenant_id": "space_42"}
+    )
+    assert response.status_code == 422
+    [message] = response.json()["errors"]["url"]
+    assert "RELAY_ALLOW_PRIVATE_TARGETS" in message
+
+
+def test_a_second_dev_on_the_same_data_dir_stops_at_once_naming_the_first(
+    tmp_path: Path, dev: Dev
+) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "relay", "dev", "--port", str(free_port())],
+        env=_dev_env(tmp_path / "data"),
+        capture_output=True,
+        timeout=30,
+    )
+    assert second.returncode == 2
+    message = second.stderr.decode()
+    assert str(dev.process.pid) in message and f":{dev.port}" in message, message
+    assert "Traceback" not in message
+    # The first one is untouched: still serving, its runtime record still there.
+    assert httpx.get(dev.url + "/readyz", timeout=2).status_code == 200
+    assert (tmp_path / "data" / "runtime.json").exists()
+
+
+def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = _start_dev(data_dir)
+    children = psutil.Process(first.process.pid).children(recursive=True)
+    first.process.kill()
+    first.process.communicate(timeout=30)
+    psutil.wait_procs(children, timeout=30)
+
+    token = subprocess.run(
+        [sys.executable, "-m", "relay", "token", "create", "--role", "admin"],
+        env=_dev_env(data_dir),
+        capture_output=True,
+        timeout=30,
+    )
+    assert token.returncode == 2
+    message = token.stderr.decode()
+    assert "Traceback" not in message
+    assert "no longer running" in message and str(first.process.pid) in message
+
+    again = _start_dev(data_dir)
+    try:
+        assert any("did not stop cleanly" in line for line in again.banner), again.banner
+        listed = httpx.get(
+            again.url + "/v1/tokens", headers={"authorization": f"Bearer {again.token}"}
+        )
+        assert listed.status_code == 200
+    finally:
+        _stop(again)
+
+
+def test_make_run_passes_its_args_to_relay_dev() -> None:
+    planned = subprocess.run(
+        ["make", "-n", "run", "ARGS=--port 9000"], cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert planned.returncode == 0, planned.stderr
+    assert "relay dev --port 9000" in planned.stdout.decode()
+
+
+def test_readme_shows_where_the_relay_command_is() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert ".venv/bin/relay" in readme or "source .venv/bin/activate" in readme

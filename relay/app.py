@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from relay.api import deliveries, events, ops, tokens, webhooks
+from relay.api import deliveries, events, ops, stats, tokens, webhooks
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
 from relay.api.openapi import build as build_openapi
@@ -21,6 +21,7 @@ OPERATIONS: list[Operation] = [
     *events.OPERATIONS,
     *webhooks.OPERATIONS,
     *deliveries.OPERATIONS,
+    *stats.OPERATIONS,
 ]
 
 

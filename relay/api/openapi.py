@@ -16,8 +16,9 @@ import pydantic
 from relay import __version__
 from relay.api.pagination import id_schema
 from relay.api.routing import Operation
-from relay.deliveries import Status
+from relay.deliveries import RESTARTABLE, Status
 from relay.events import EVENT_TYPES
+from relay.stats import WINDOWS
 from relay.tokens import TOKEN_PREFIX, Role
 from relay.validation import TenantId
 
@@ -135,6 +136,15 @@ _ATTEMPT = _object(
     }
 )
 _DELETED = {"deleted": {"const": True}}
+_FIGURES = {
+    "events_accepted": _COUNT,
+    "attempts": _COUNT,
+    "attempts_succeeded": _COUNT,
+    "success_rate": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+    "deliveries": _object({s.value: _COUNT for s in RESTARTABLE}),
+    "latency_p50_ms": _nullable(_COUNT),
+    "latency_p95_ms": _nullable(_COUNT),
+}
 
 # The objects relay answers with (as each one's public view has them), by component name.
 _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -185,6 +195,21 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "Attempt": _ATTEMPT,
     "Requeued": _object({"requeued": _COUNT}),
+    "Stats": _object(
+        {
+            "window": {"type": "string", "enum": list(WINDOWS)},
+            "since": _TIMESTAMP,
+            "until": _TIMESTAMP,
+            "step_seconds": _COUNT,
+            "totals": _object(_FIGURES),
+            "series": {"type": "array", "items": _object({"start": _TIMESTAMP, **_FIGURES})},
+            "backlog": _COUNT,
+            "webhooks": {
+                "type": "array",
+                "items": _object({**_WEBHOOK, "failing_since": _nullable(_TIMESTAMP)}),
+            },
+        }
+    ),
 }
 # What each operation's `data` holds, by operationId; a list's items are each one of these.
 _DATA = {
@@ -210,6 +235,7 @@ _DATA = {
     "retry_delivery": "Delivery",
     "cancel_delivery": "Delivery",
     "recover_webhook": "Requeued",
+    "get_stats": "Stats",
 }
 # Success answers besides the operation's own status.
 _ALSO_SUCCEEDS = {

@@ -17,6 +17,7 @@ from relay.deliveries import Attempt, Delivery, Status
 from relay.errors import NotFound
 from relay.store import codec, keys
 from relay.store.jobs import JOB_TTL_MS, deliver_job, job_id
+from relay.store.metrics import BUMP, bucket_key
 from relay.timefmt import from_timestamp, now, rfc3339
 
 # KEYS: delivery, due, webhook, event, endpoint slots, endpoint rate.
@@ -54,13 +55,16 @@ redis.call('ZADD', KEYS[2], lease, ARGV[4])
 return {'ok', st[4], webhook or '', redis.call('HGET', KEYS[4], 'payload') or ''}
 """
 
-# KEYS: delivery, attempts, due, queue, next job, metrics, endpoint slots, endpoint failing.
+# KEYS: delivery, attempts, due, queue, next job, metrics, endpoint slots, endpoint failing,
+#       metrics bucket.
 # ARGV: attempt, attempt JSON ('' when none was made), status, next due ms (''), job id, job
 #       payload, job ttl ms, ttl s, last status code, last error, updated_at, delivered_at,
 #       delivery id, duration seconds, this attempt's job id, 'ok' / 'fail' / '' (endpoint
 #       health), now ms, failing ttl ms, then counter fields to increment.
 # Returns {1, failing since ms or ''}, or {0} if the delivery was taken over.
-_SETTLE = """
+_SETTLE = (
+    BUMP
+    + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempt_count')
 local n = tonumber(ARGV[1])
 if st[1] ~= 'delivering' or tonumber(st[2]) ~= n - 1 then return {0} end
@@ -85,7 +89,7 @@ end
 if ARGV[2] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[6], 'attempt_seconds_sum', ARGV[14])
 end
-for i = 19, #ARGV do redis.call('HINCRBY', KEYS[6], ARGV[i], 1) end
+for i = 19, #ARGV do bump(KEYS[6], KEYS[9], ARGV[i]) end
 if ARGV[16] == 'ok' then
   redis.call('DEL', KEYS[8])
 elseif ARGV[16] == 'fail' then
@@ -95,6 +99,7 @@ elseif ARGV[16] == 'fail' then
 end
 return {1, ''}
 """
+)
 
 # KEYS: delivery, due, queue, job. ARGV: expected attempt_count, now ms, job id, job payload,
 #       job ttl ms, updated_at, delivery id, statuses allowed (space-separated).
@@ -355,6 +360,7 @@ class DeliveryStore:
                 keys.METRICS,
                 keys.endpoint_slots(webhook_id),
                 keys.endpoint_failing(webhook_id),
+                bucket_key(now_ms),
             ],
             args=args,
         )

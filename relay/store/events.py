@@ -11,10 +11,14 @@ from redis.asyncio import Redis
 from relay.errors import NotFound
 from relay.store import codec, keys
 from relay.store.jobs import JOB_TTL_MS, Job
+from relay.store.metrics import BUMP, bucket_key
 
 # Written in one script so that the event, its deliveries, their due times and their jobs exist
 # together or not at all; an upstream id seen before returns the first event's id instead.
-_ACCEPT = """
+# The last key is the current metrics bucket.
+_ACCEPT = (
+    BUMP
+    + """
 local ttl = tonumber(ARGV[3])
 if ARGV[1] == '1' then
   local first = redis.call('GET', KEYS[2])
@@ -28,7 +32,7 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 redis.call('ZADD', KEYS[4], 0, ARGV[2])
 redis.call('SADD', KEYS[7], KEYS[4])
-redis.call('HINCRBY', KEYS[8], 'events_accepted:' .. ARGV[6], 1)
+bump(KEYS[8], KEYS[#KEYS], 'events_accepted:' .. ARGV[6])
 local count = tonumber(ARGV[11])
 for i = 0, count - 1 do
   local k = 9 + i * 5
@@ -48,6 +52,7 @@ for i = 0, count - 1 do
 end
 return false
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +136,7 @@ class EventStore:
                 d.job.key,
             ]
             args += [d.id, d.webhook_id, d.job.id, d.job.payload]
+        script_keys.append(bucket_key(now_ms))
         first = await self._accept(keys=script_keys, args=args)
         return first.decode() if first else None
 

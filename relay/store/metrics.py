@@ -1,10 +1,41 @@
-"""Reading the shared counters behind GET /metrics."""
+"""The shared counters behind GET /metrics and GET /v1/stats: bumping them, reading them.
+
+Each counter lives twice: in one all-time hash (for Prometheus, which takes its own rates) and
+in a hash per five-minute bucket that expires after a day, so the API can show the last hour or
+day without a time-series database.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
 from relay.store import keys
+
+BUCKET_SECONDS = 300
+# A bucket outlives the longest window shown (a day) by one bucket, then expires by itself.
+BUCKET_TTL_SECONDS = 86_400 + BUCKET_SECONDS
+
+# Lua prelude for the scripts that change state: `bump(total, bucket, field)` adds one to a
+# counter in the all-time hash and in the current bucket, in the same atomic step.
+BUMP = f"""
+local function bump(total, bucket, field)
+  redis.call('HINCRBY', total, field, 1)
+  redis.call('HINCRBY', bucket, field, 1)
+  redis.call('EXPIRE', bucket, {BUCKET_TTL_SECONDS}, 'NX')
+end
+"""
+
+
+def bucket_start(unix_seconds: float) -> int:
+    """The start of the bucket a moment falls in."""
+    return int(unix_seconds) // BUCKET_SECONDS * BUCKET_SECONDS
+
+
+def bucket_key(now_ms: int) -> str:
+    """The key of the bucket counting what happens at `now_ms`."""
+    return keys.metrics_bucket(bucket_start(now_ms / 1000))
 
 
 async def snapshot(redis: Redis) -> tuple[dict[bytes, bytes], int]:
@@ -14,3 +45,17 @@ async def snapshot(redis: Redis) -> tuple[dict[bytes, bytes], int]:
         pipe.zcard(keys.DUE)
         counters, pending = await pipe.execute()
     return counters, int(pending)
+
+
+async def backlog(redis: Redis) -> int:
+    """How many deliveries are pending or in flight."""
+    return int(await redis.zcard(keys.DUE))
+
+
+async def buckets(redis: Redis, starts: Sequence[int]) -> list[dict[str, int]]:
+    """The counters of each bucket, in order; an expired or empty bucket is `{}`."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in starts:
+            pipe.hgetall(keys.metrics_bucket(start))
+        rows: list[dict[bytes, bytes]] = await pipe.execute()
+    return [{k.decode(): int(v) for k, v in row.items()} for row in rows]

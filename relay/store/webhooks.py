@@ -89,3 +89,20 @@ class WebhookStore:
     async def forget_failures(self, webhook_id: str) -> None:
         """Start the webhook's failure streak afresh (when it is enabled again)."""
         await self._redis.delete(keys.endpoint_failing(webhook_id))
+
+    async def troubled(self, scan: int) -> list[tuple[Webhook, int | None]]:
+        """Of the newest `scan` webhooks, the disabled or failing ones, with failing since (ms)."""
+        ids = [i.decode() for i in await self._redis.zrange(keys.WEBHOOKS, 0, scan - 1, desc=True)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for webhook_id in ids:
+                pipe.get(keys.webhook(webhook_id))
+                pipe.get(keys.endpoint_failing(webhook_id))
+            rows = await pipe.execute()
+        found = []
+        for raw, failing in zip(rows[::2], rows[1::2], strict=True):
+            if raw is None:
+                continue
+            webhook = _load(raw)
+            if failing or not webhook.enabled:
+                found.append((webhook, int(failing) if failing else None))
+        return found

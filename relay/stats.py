@@ -1,0 +1,99 @@
+"""The overview operators look at first: figures over the last hour or day, and what needs care.
+
+Computed from the time-bucketed counters that the scripts changing state bump (see
+relay.store.metrics), so these figures and GET /metrics never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from relay.deliveries import RESTARTABLE
+from relay.metrics import DURATION_BUCKETS
+from relay.services import Services
+from relay.store.metrics import BUCKET_SECONDS, backlog, bucket_start, buckets
+from relay.timefmt import from_timestamp, rfc3339
+
+# Webhooks the overview looks through for failing or disabled ones, newest first.
+_WEBHOOK_SCAN = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How far back the overview looks, and how long each point of its charts is."""
+
+    name: str
+    seconds: int
+    step: int
+
+
+WINDOWS = {w.name: w for w in (Window("hour", 3600, 300), Window("day", 86_400, 3600))}
+
+
+def quantile_ms(counters: Mapping[str, int], q: float) -> int | None:
+    """The q-quantile of attempt durations in ms, interpolated within histogram buckets."""
+    total = counters.get("attempt_seconds_count", 0)
+    if not total:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0
+    for le in DURATION_BUCKETS:
+        cumulative = counters.get(f"attempt_seconds_bucket:{le}", 0)
+        if cumulative >= rank:
+            share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+            return round((lower + (le - lower) * share) * 1000)
+        lower, below = le, cumulative
+    # Slower than the largest bucket: like Prometheus, say the largest bound.
+    return round(DURATION_BUCKETS[-1] * 1000)
+
+
+def figures(counters: Mapping[str, int]) -> dict[str, object]:
+    """Events, attempts, finished deliveries, success rate and latency of a set of counters."""
+    attempts = sum(v for k, v in counters.items() if k.startswith("attempts:"))
+    succeeded = counters.get("attempts:2xx", 0)
+    return {
+        "events_accepted": sum(v for k, v in counters.items() if k.startswith("events_accepted:")),
+        "attempts": attempts,
+        "attempts_succeeded": succeeded,
+        "success_rate": round(succeeded / attempts, 4) if attempts else None,
+        "deliveries": {s.value: counters.get(f"deliveries:{s.value}", 0) for s in RESTARTABLE},
+        "latency_p50_ms": quantile_ms(counters, 0.5),
+        "latency_p95_ms": quantile_ms(counters, 0.95),
+    }
+
+
+def _merge(rows: Iterable[Mapping[str, int]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for row in rows:
+        total.update(row)
+    return total
+
+
+async def overview(ctx: Services, window: Window, moment: datetime) -> dict[str, object]:
+    """The window's totals and chart series, the backlog, and webhooks failing or disabled."""
+    count = window.seconds // BUCKET_SECONDS
+    first = bucket_start(moment.timestamp()) - (count - 1) * BUCKET_SECONDS
+    starts = [first + i * BUCKET_SECONDS for i in range(count)]
+    rows = await buckets(ctx.redis, starts)
+    per_point = window.step // BUCKET_SECONDS
+    series = [
+        {"start": from_timestamp(starts[i]), **figures(_merge(rows[i : i + per_point]))}
+        for i in range(0, count, per_point)
+    ]
+    troubled = await ctx.webhooks.troubled(_WEBHOOK_SCAN)
+    return {
+        "window": window.name,
+        "since": from_timestamp(first),
+        "until": rfc3339(moment),
+        "step_seconds": window.step,
+        "totals": figures(_merge(rows)),
+        "series": series,
+        "backlog": await backlog(ctx.redis),
+        "webhooks": [
+            {**w.public(), "failing_since": from_timestamp(since / 1000) if since else None}
+            for w, since in troubled
+        ],
+    }

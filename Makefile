@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench soak clean redis
+.PHONY: run test lint bench soak clean redis chromium
 
 run: $(STAMP) redis
 	$(BIN)/relay dev $(ARGS)
 
-test: $(STAMP) redis
+test: $(STAMP) redis chromium
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
@@ -34,6 +34,13 @@ redis:
 		echo "installing redis-server with apt-get"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# Debian's Chromium for the console's browser tests (Playwright drives it; it downloads nothing).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from relay.api import deliveries, events, ops, stats, tokens, webhooks
+from relay.api.console import console_routes
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
 from relay.api.openapi import build as build_openapi
@@ -37,7 +38,11 @@ def create_app(settings: Settings) -> Starlette:
             await app.state.services.aclose()
 
     app = Starlette(
-        routes=[*ops.ops_routes(), *routes(OPERATIONS)],
+        routes=[
+            *ops.ops_routes(),
+            *console_routes(settings.console_frame_ancestors),
+            *routes(OPERATIONS),
+        ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

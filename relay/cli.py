@@ -189,7 +189,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _banner(url: str, env: dict[str, str]) -> None:
-    print(f"relay {__version__} dev: {url}  (docs: /docs)", flush=True)
+    print(f"relay {__version__} dev: {url}  (console: {url}/console, docs: /docs)", flush=True)
     print(f"admin token: {env['RELAY_ADMIN_TOKEN']}", flush=True)
     if env["RELAY_ALLOW_PRIVATE_TARGETS"] == "true":
         print(

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
     disable_after: int = Field(432_000, ge=1)
+    # Who may embed the console in a frame (CSP `frame-ancestors` sources), e.g. a platform's
+    # settings page showing a portal link.
+    console_frame_ancestors: str = "'none'"
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
     api_rate_limit: int = Field(1000, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
@@ -59,6 +62,18 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         return RetryPolicy.parse(value) if isinstance(value, str) else value
+
+    @field_validator("console_frame_ancestors")
+    @classmethod
+    def _check_sources(cls, value: str) -> str:
+        # One directive's source list: a `;` or `,` would smuggle in another directive or
+        # policy, and a line break would end the header.
+        value = value.strip()
+        if not value or any(c in value for c in ";,\r\n"):
+            raise ValueError(
+                "give CSP sources separated by spaces, e.g. 'self' https://app.example"
+            )
+        return value
 
     @field_validator("allowed_cidrs", mode="before")
     @classmethod

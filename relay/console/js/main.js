@@ -1,0 +1,164 @@
+// The console: sign-in, navigation, and one page per `#/path`. Plain ES modules against the
+// JSON API; the browser loads them as they are, so there is nothing to build.
+import { ApiError, call, session, whenSignedOut } from "./api.js";
+import { clear, field, h, notice } from "./dom.js";
+import * as deliveries from "./pages/deliveries.js";
+import * as events from "./pages/events.js";
+import * as overview from "./pages/overview.js";
+import * as webhooks from "./pages/webhooks.js";
+
+const SECTIONS = [
+  { path: "/overview", title: "Overview", admin: true },
+  { path: "/webhooks", title: "Webhooks" },
+  { path: "/deliveries", title: "Deliveries" },
+  { path: "/events", title: "Events" },
+];
+
+const ROUTES = [
+  [/^\/overview$/, overview.page],
+  [/^\/webhooks$/, webhooks.list],
+  [/^\/webhooks\/([^/]+)$/, webhooks.detail],
+  [/^\/deliveries$/, deliveries.list],
+  [/^\/deliveries\/([^/]+)\/([^/]+)$/, deliveries.detail],
+  [/^\/events$/, events.lookup],
+  [/^\/events\/([^/]+)$/, events.detail],
+];
+
+const main = document.getElementById("main");
+let current = new AbortController();
+
+// Which role a token has, asked of the API itself: the overview is for admins only, the
+// webhook list for admins and tenants; an ingest token can do neither.
+async function roleOf(token) {
+  try {
+    await call("GET", "/v1/stats?window=hour", undefined, token);
+    return "admin";
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 403) throw err;
+  }
+  try {
+    await call("GET", "/v1/webhooks?limit=1", undefined, token);
+    return "tenant";
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 403) {
+      throw new Error("This token may only post events. Sign in with an admin or tenant token.");
+    }
+    throw err;
+  }
+}
+
+async function signIn(token, extra = {}) {
+  const role = await roleOf(token);
+  session.save({ token, role, ...extra });
+}
+
+// A portal link carries its token in the fragment (`#token=...&expires_at=...`), which
+// browsers never send to a server; it moves into sessionStorage and leaves the address bar.
+async function signInFromFragment() {
+  const raw = location.hash.replace(/^#/, "");
+  if (!raw || raw.startsWith("/")) return;
+  const params = new URLSearchParams(raw);
+  const token = params.get("token") || params.get("session");
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  if (!token) return;
+  session.clear();
+  await signIn(token, { portal: true, expires_at: params.get("expires_at") });
+}
+
+function signInPage(message) {
+  const input = h("input", {
+    type: "password", name: "token", autocomplete: "off", required: true, class: "wide",
+    spellcheck: "false",
+  });
+  const out = h("div", { "aria-live": "polite" }, message ? notice("info", message) : null);
+  const button = h("button", { class: "primary", type: "submit" }, "Sign in");
+  const form = h(
+    "form",
+    { class: "panel signin", "aria-labelledby": "signin-title" },
+    h("h1", { id: "signin-title" }, "Sign in to relay"),
+    h("p", { class: "muted" }, "Paste an admin or tenant API token. It is kept in this tab only and sent as a bearer header."),
+    h("div", { class: "row" }, field("API token", input), button),
+    out,
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    try {
+      await signIn(input.value.trim());
+      render(); // the page asked for before signing in, if any
+
+    } catch (err) {
+      clear(out, notice("error", err.message));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  clear(main, form);
+  renderChrome(null);
+  input.focus();
+}
+
+function renderChrome(who, path = "") {
+  const nav = document.getElementById("nav");
+  const whoEl = document.getElementById("who");
+  if (!who) {
+    nav.replaceChildren();
+    whoEl.replaceChildren();
+    return;
+  }
+  clear(
+    nav,
+    SECTIONS.filter((s) => !s.admin || who.role === "admin").map((s) =>
+      h("a", { href: `#${s.path}`, "aria-current": path.startsWith(s.path) ? "page" : null }, s.title),
+    ),
+  );
+  const label = who.role === "admin" ? "Admin" : who.portal ? "Portal session" : "Tenant";
+  const out = h("button", { type: "button" }, "Sign out");
+  out.addEventListener("click", () => {
+    session.clear();
+    location.hash = "#/";
+    render();
+  });
+  clear(whoEl, h("span", {}, label), out);
+}
+
+function route() {
+  const [path, query] = location.hash.replace(/^#/, "").split("?");
+  return { path: path || "/", query: new URLSearchParams(query ?? "") };
+}
+
+export function render() {
+  current.abort();
+  current = new AbortController();
+  const who = session.load();
+  if (!who) return signInPage();
+  const { path, query } = route();
+  if (path === "/") {
+    location.replace(who.role === "admin" ? "#/overview" : "#/webhooks");
+    return;
+  }
+  renderChrome(who, path);
+  for (const [pattern, page] of ROUTES) {
+    const match = pattern.exec(path);
+    if (match) {
+      const params = match.slice(1).map(decodeURIComponent);
+      page(main, { params, query, who, signal: current.signal });
+      main.focus();
+      return;
+    }
+  }
+  clear(main, h("h1", {}, "Not found"), h("p", {}, "There is no such page in the console."));
+}
+
+whenSignedOut((detail) => {
+  session.clear();
+  signInPage(`Signed out: ${detail || "the token is no longer valid"}. Sign in again.`);
+});
+
+window.addEventListener("hashchange", render);
+signInFromFragment()
+  .then(render)
+  .catch((err) => {
+    signInPage();
+    document.querySelector("form [aria-live]")?.append(notice("error", err.message));
+  });

@@ -1,0 +1,75 @@
+// Pieces more than one page uses: pagers, time inputs, delivery rows, the recover form.
+import { enc, post } from "../api.js";
+import { act, badge, field, h, link, notice, table, when } from "../dom.js";
+
+export function pager(base, query, nextCursor) {
+  const first = new URLSearchParams(query);
+  first.delete("cursor");
+  const next = new URLSearchParams(query);
+  if (nextCursor) next.set("cursor", nextCursor);
+  return h(
+    "nav",
+    { class: "pager", "aria-label": "Pages" },
+    query.get("cursor") ? link(`#${base}?${first}`, "First page") : null,
+    nextCursor ? link(`#${base}?${next}`, "Next page") : null,
+  );
+}
+
+// A datetime-local value (the viewer's time) as RFC 3339 UTC, or "" when empty.
+export function utc(value) {
+  return value ? new Date(value).toISOString() : "";
+}
+
+export function localInput(name, iso) {
+  const value = iso ? new Date(new Date(iso).getTime() - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
+  return h("input", { type: "datetime-local", name, value });
+}
+
+export function deliveryHref(d) {
+  return `#/deliveries/${enc(d.webhook_id)}/${enc(d.id)}`;
+}
+
+const DELIVERY_COLUMNS = [
+  ["Created", (d) => link(deliveryHref(d), when(d.created_at))],
+  ["Status", (d) => badge(d.status)],
+  ["Event type", (d) => d.event_type],
+  ["Webhook", (d) => link(`#/webhooks/${enc(d.webhook_id)}`, d.webhook_id)],
+  ["Tenant", (d) => d.tenant_id],
+  ["Attempts", (d) => String(d.attempt_count)],
+  ["Last answer", (d) => String(d.last_status_code ?? d.last_error ?? "—")],
+];
+
+// A table of deliveries; `omit` names columns the page already makes plain (e.g. "Webhook").
+export function deliveryTable(list, empty, omit = []) {
+  const columns = DELIVERY_COLUMNS.filter(([title]) => !omit.includes(title));
+  return table(
+    columns.map(([title]) => title),
+    list.map((d) => columns.map(([, cell]) => cell(d))),
+    empty,
+  );
+}
+
+export function recoverForm(webhookId) {
+  const since = localInput("since", new Date(Date.now() - 86_400_000).toISOString());
+  const until = localInput("until", "");
+  const out = h("div", { "aria-live": "polite" });
+  const button = h("button", { type: "submit" }, "Recover failed deliveries");
+  const form = h(
+    "form",
+    { class: "panel", "aria-label": "Recover failed deliveries" },
+    h("h2", {}, "Recover failed deliveries"),
+    h("p", { class: "muted" }, "Every failed delivery of this webhook created in the window goes again."),
+    h("div", { class: "row" }, field("Since", since), field("Until (empty: now)", until), button),
+    out,
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    act(button, out, async () => {
+      const body = { since: utc(since.value) };
+      if (until.value) body.until = utc(until.value);
+      const { data } = await post(`/v1/webhooks/${enc(webhookId)}/recover`, body);
+      return notice("success", `Requeued ${data.requeued} failed deliveries.`);
+    });
+  });
+  return form;
+}

@@ -1,0 +1,133 @@
+// Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
+import { enc, get, post } from "../api.js";
+import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
+import { deliveryTable, localInput, pager, recoverForm, utc } from "./common.js";
+
+const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
+const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
+const POLL_MS = 2000;
+
+function filterForm(query, who) {
+  const value = (name) => query.get(name) ?? "";
+  const status = h("select", { name: "status" }, STATUSES.map((s) => h("option", { value: s, selected: s === value("status") }, s || "any")));
+  const form = h(
+    "form",
+    { class: "panel row", role: "search", "aria-label": "Filter deliveries" },
+    field("Status", status),
+    field("Event type", h("input", { name: "event_type", value: value("event_type"), placeholder: "any" })),
+    field("Webhook", h("input", { name: "webhook_id", value: value("webhook_id"), placeholder: "wh_…" })),
+    who.role === "admin" ? field("Tenant", h("input", { name: "tenant_id", value: value("tenant_id"), placeholder: "any" })) : null,
+    field("Since", localInput("since", value("since"))),
+    field("Until", localInput("until", value("until"))),
+    h("button", { type: "submit", class: "primary" }, "Filter"),
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const next = new URLSearchParams();
+    for (const name of FILTERS) {
+      const raw = String(data.get(name) ?? "").trim();
+      const v = name === "since" || name === "until" ? utc(raw) : raw;
+      if (v) next.set(name, v);
+    }
+    location.hash = `#/deliveries?${next}`;
+  });
+  return form;
+}
+
+export async function list(main, { query, who }) {
+  const results = h("div", {}, loading("Loading deliveries…"));
+  const webhook = query.get("webhook_id");
+  clear(main, h("h1", {}, "Deliveries"), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
+  const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
+  try {
+    const page = await get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
+    clear(results, deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor));
+  } catch (err) {
+    clear(results, notice("error", err.message));
+  }
+}
+
+function attemptView(a) {
+  const good = a.status_code >= 200 && a.status_code < 300;
+  const code = a.status_code === null ? badge("no answer", "bad") : badge(String(a.status_code), good ? "ok" : "bad");
+  return h(
+    "details",
+    { class: "attempt" },
+    h("summary", {}, h("strong", {}, `Attempt ${a.number}`), code, when(a.started_at), `${a.duration_ms} ms`, a.error ? h("span", {}, a.error) : null),
+    h("h3", {}, "Request headers"),
+    table(["Header", "Value"], Object.entries(a.request_headers ?? {}).map(([k, v]) => [h("code", {}, k), h("code", {}, v)]), "None recorded."),
+    h("h3", {}, "Response body"),
+    h("pre", {}, a.response_body || "(empty)"),
+  );
+}
+
+function view(d, event, out) {
+  const path = `/v1/webhooks/${enc(d.webhook_id)}/deliveries/${enc(d.id)}`;
+  const retry = h("button", { type: "button", class: "primary" }, "Retry");
+  const cancel = h("button", { type: "button" }, "Cancel");
+  retry.addEventListener("click", () =>
+    act(retry, out, async () => {
+      const { data } = await post(`${path}/retry`);
+      return notice("success", `Retry queued: the delivery is ${data.status}.`);
+    }),
+  );
+  cancel.addEventListener("click", () =>
+    act(cancel, out, async () => {
+      const { data } = await post(`${path}/cancel`);
+      return notice("success", `The delivery is ${data.status}.`);
+    }),
+  );
+  return [
+    h(
+      "section",
+      { class: "panel" },
+      facts([
+        ["Status", badge(d.status)],
+        ["ID", h("code", {}, d.id)],
+        ["Event", link(`#/events/${enc(d.event_id)}`, `${d.event_type} · ${d.event_id}`)],
+        ["Webhook", link(`#/webhooks/${enc(d.webhook_id)}`, d.webhook_id)],
+        ["Tenant", d.tenant_id],
+        ["Attempts", String(d.attempt_count)],
+        ["Next attempt", when(d.next_attempt_at)],
+        ["Last answer", d.last_status_code === null ? "—" : String(d.last_status_code)],
+        ["Last error", d.last_error],
+        ["Created", when(d.created_at)],
+        ["Delivered", when(d.delivered_at)],
+      ]),
+      h("div", { class: "actions" }, retry, cancel),
+    ),
+    h("h2", {}, "Attempts"),
+    d.attempts.length ? h("section", { class: "panel attempts" }, d.attempts.map(attemptView)) : h("p", { class: "empty" }, "No attempt yet."),
+    h("h2", {}, "Event payload"),
+    event ? json(event.data) : h("p", { class: "empty" }, "The event has expired."),
+  ];
+}
+
+export async function detail(main, { params: [webhookId, id], signal }) {
+  const body = h("div", {}, loading("Loading the delivery…"));
+  const out = h("div", { "aria-live": "polite" });
+  clear(main, h("h1", {}, "Delivery"), out, body);
+  let event;
+  let shown = "";
+  // Refreshes while the page is open, so new attempts and status changes appear by themselves.
+  while (!signal.aborted) {
+    try {
+      const d = (await get(`/v1/webhooks/${enc(webhookId)}/deliveries/${enc(id)}`)).data;
+      event ??= await get(`/v1/events/${enc(d.event_id)}`).then((r) => r.data, () => null);
+      const fingerprint = JSON.stringify(d);
+      if (signal.aborted) return;
+      if (fingerprint !== shown) {
+        const open = [...body.querySelectorAll("details[open]")].map((x) => x.querySelector("strong")?.textContent);
+        clear(body, view(d, event, out));
+        for (const el of body.querySelectorAll("details")) if (open.includes(el.querySelector("strong")?.textContent)) el.open = true;
+        shown = fingerprint;
+      }
+    } catch (err) {
+      clear(body, notice("error", err.status === 404 ? `Not found: ${err.message}` : err.message));
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+

@@ -1,0 +1,281 @@
+"""The console in a real browser (Debian's Chromium through Playwright) against a real relay:
+an API and a worker process on a Redis of their own, delivering to a loopback receiver.
+
+One browser serves the whole module; each test opens a fresh context, so sessionStorage (where
+the console keeps its token) starts empty. Set CONSOLE_SCREENSHOTS=<dir> to save a PNG of each
+main page, as docs/ shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from relay.config import ConfigError, load_settings
+from tests.conftest import ClientFactory
+from tests.flows import post_event, wait_status, webhook
+from tests.receivers import Receiver, Reply
+from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
+
+ADMIN = "console-admin-token"
+XSS = "<img src=x onerror=alert(1)>"
+SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
+
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="module")
+def relay_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis_server = RedisServer(tmp_path_factory.mktemp("console-redis")).start()
+    env = relay_env(
+        redis_server.url,
+        RELAY_ADMIN_TOKEN=ADMIN,
+        RELAY_ALLOW_PRIVATE_TARGETS="true",
+        RELAY_RETRY_SCHEDULE="0.3,0.3",
+        RELAY_DELIVERY_TIMEOUT="2",
+    )
+    port = free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [
+        spawn_relay(["api", "--port", str(port)], env, **quiet),
+        spawn_relay(["worker"], env, **quiet),
+    ]
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (make test installs it)"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def api(relay_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(base_url=relay_url, headers=headers) as client:
+        yield client
+
+
+@pytest.fixture
+async def page(browser: Browser, relay_url: str) -> AsyncIterator[Page]:
+    context = await browser.new_context(base_url=relay_url, viewport={"width": 1280, "height": 900})
+    opened = await context.new_page()
+    dialogs: list[str] = []
+    errors: list[str] = []
+    opened.on("dialog", lambda d: dialogs.append(d.message))
+    opened.on("pageerror", lambda e: errors.append(str(e)))
+    opened.dialogs = dialogs  # type: ignore[attr-defined]
+    yield opened
+    await context.close()
+    assert errors == [], "the console's scripts failed"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as rx:
+        yield rx
+
+
+async def sign_in(page: Page, token: str) -> None:
+    await page.goto("/console")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=True)
+
+
+async def tenant_token(api: httpx.AsyncClient, tenant: str) -> str:
+    response = await api.post("/v1/tokens", json={"role": "tenant", "tenant_id": tenant})
+    assert response.status_code == 201, response.text
+    token: str = response.json()["data"]["token"]
+    return token
+
+
+async def event_for(api: httpx.AsyncClient, tenant: str, **data: Any) -> dict[str, Any]:
+    response = await post_event(api, tenant, data={"post_id": "p_1", **data})
+    assert response.status_code == 202, response.text
+    event: dict[str, Any] = response.json()["data"]
+    return event
+
+
+def test_the_console_is_served_under_a_strict_policy(relay_url: str) -> None:
+    response = httpx.get(f"{relay_url}/console")
+    assert response.status_code == 200
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    # No inline script for the policy to forbid: every script is a file of the package.
+    assert re.findall(r"<script[^>]*>", response.text) == [
+        '<script type="module" src="/console/assets/js/main.js">'
+    ]
+    script = httpx.get(f"{relay_url}/console/assets/js/main.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+
+
+async def test_admin_signs_in_sees_the_overview_and_creates_a_webhook(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await sign_in(page, ADMIN)
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await expect(page.get_by_text("Events accepted").first).to_be_visible()
+
+    await page.get_by_role("link", name="Webhooks").click()
+    await page.get_by_label("URL").fill(receiver.url("/created"))
+    await page.get_by_label("Tenant", exact=True).last.fill("space_console")
+    await page.get_by_label("Event types (comma-separated; * for all)").fill("post.published")
+    await page.get_by_role("button", name="Create webhook").click()
+    created = page.get_by_role("status").filter(has_text="Created")
+    await expect(created).to_contain_text("whsec_")
+
+    listed = (await api.get("/v1/webhooks", params={"tenant_id": "space_console"})).json()["data"]
+    assert [(w["url"], w["events"]) for w in listed] == [
+        (receiver.url("/created"), ["post.published"])
+    ]
+    await page.reload()
+    await expect(page.get_by_role("link", name=receiver.url("/created"))).to_be_visible()
+    await shot(page, "webhooks")
+
+
+async def test_a_failing_delivery_shows_its_attempts_and_a_retry_delivers_it(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.answer(Reply(status=500, body=b"receiver is down"), "/flaky")
+    hook = await webhook(api, receiver.url("/flaky"), "space_flaky")
+    event = await event_for(api, "space_flaky")
+    [delivery] = event["deliveries"]
+
+    await sign_in(page, ADMIN)
+    await page.goto(f"/console#/deliveries/{hook['id']}/{delivery['id']}")
+    attempts = page.locator("details.attempt")
+    await expect(attempts).to_have_count(3)
+    await expect(page.locator("dd .badge")).to_have_text("failed")
+    await attempts.first.locator("summary").click()
+    await expect(attempts.first).to_contain_text("receiver is down")
+    await expect(attempts.first).to_contain_text("webhook-signature")
+    await shot(page, "delivery")
+
+    receiver.answer(Reply(status=200, body=b"thanks"), "/flaky")
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.locator("dd .badge")).to_have_text("delivered")
+    await expect(attempts).to_have_count(4)
+
+    # Canceling a delivered delivery is a 409: the console shows the API's own words.
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.get_by_role("alert")).to_contain_text(
+        "409 The delivery is delivered; only a pending delivery can be canceled."
+    )
+
+    await page.goto("/console#/deliveries?status=delivered")
+    await expect(page.get_by_role("link", name=hook["id"]).first).to_be_visible()
+    await shot(page, "deliveries")
+    await page.goto("/console#/overview")
+    await expect(page.get_by_text("Delivered", exact=True)).to_be_visible()
+    await shot(page, "overview")
+
+
+async def test_rotating_a_secret_shows_the_new_one(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/rotate"), "space_rotate")
+    await sign_in(page, ADMIN)
+    await page.goto(f"/console#/webhooks/{hook['id']}")
+    await page.get_by_role("button", name="Reveal secret").click()
+    await expect(page.locator("code.secret")).to_have_text(hook["secret"])
+
+    await page.get_by_label("Grace for the previous secret (seconds)").fill("60")
+    await page.get_by_role("button", name="Rotate secret").click()
+    await expect(page.get_by_role("status").filter(has_text="New secret")).to_be_visible()
+    shown = await page.locator("code.secret").text_content()
+    current = (await api.get(f"/v1/webhooks/{hook['id']}/secret")).json()["data"]["secret"]
+    assert shown == current != hook["secret"]
+    await shot(page, "webhook")
+
+
+async def test_an_event_payload_is_shown_as_text_never_run(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/xss"), "space_xss")
+    event = await event_for(api, "space_xss", title=XSS)
+    await wait_status(api, hook["id"], event["deliveries"][0]["id"], "delivered")
+
+    await sign_in(page, ADMIN)
+    await page.goto(f"/console#/events/{event['id']}")
+    await expect(page.locator("pre")).to_contain_text(XSS)
+    await expect(page.get_by_role("link", name=event["deliveries"][0]["id"])).to_be_visible()
+    assert await page.locator("main img").count() == 0
+    await page.get_by_role("button", name="Retry failed deliveries").click()
+    await expect(page.get_by_role("status").filter(has_text="Requeued")).to_have_text(
+        "Requeued 0 failed deliveries."
+    )
+    await shot(page, "event")
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+async def test_a_tenant_sees_its_own_webhooks_and_nothing_of_another_tenant(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    mine = await webhook(api, receiver.url("/mine"), "space_mine")
+    theirs = await webhook(api, receiver.url("/theirs"), "space_theirs")
+    await sign_in(page, await tenant_token(api, "space_mine"))
+
+    await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    await expect(page.get_by_role("link", name="Overview")).to_have_count(0)
+    await expect(page.get_by_role("link", name=mine["url"])).to_be_visible()
+    await expect(page.get_by_role("link", name=theirs["url"])).to_have_count(0)
+
+    await page.goto(f"/console#/webhooks/{theirs['id']}")
+    await expect(page.get_by_role("alert")).to_contain_text("Not found")
+    await page.goto(f"/console#/webhooks/{mine['id']}")
+    await expect(page.get_by_role("heading", name=re.compile("Webhook"))).to_contain_text(
+        mine["url"]
+    )
+
+
+async def test_the_console_fits_a_phone_screen(page: Page) -> None:
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await sign_in(page, ADMIN)
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390
+
+
+async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory) -> None:
+    client = await make_client(console_frame_ancestors="'self' https://app.example")
+    for path in ("/console", "/console/assets/console.css"):
+        csp = (await client.get(path)).headers["content-security-policy"]
+        assert csp.endswith("frame-ancestors 'self' https://app.example"), path
+
+
+def test_the_frame_ancestors_setting_cannot_add_directives() -> None:
+    with pytest.raises(ConfigError, match="RELAY_CONSOLE_FRAME_ANCESTORS"):
+        load_settings(console_frame_ancestors="'self'; script-src *")

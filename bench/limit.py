@@ -26,13 +26,13 @@ import orjson
 import uvloop
 from httpx_aiohttp import AiohttpTransport
 
+from bench.procs import SECRET_ENV
 from relay.signing import decode_secret, signature_headers
 
 ClientName = Literal["aiohttp", "httpx", "httpx-aiohttp"]
 LoopName = Literal["asyncio", "uvloop"]
 CLIENTS: tuple[ClientName, ...] = get_args(ClientName)
 LOOPS: tuple[LoopName, ...] = get_args(LoopName)
-SECRET_ENV = "BENCH_SECRET"
 REQUEST_TIMEOUT = 15.0
 
 

@@ -80,12 +80,28 @@ class Api:
             data: dict[str, Any] = orjson.loads(text)["data"]
             return data
 
-    async def post_event(self, body: bytes) -> tuple[int, bytes]:
+    async def post_event(
+        self, body: bytes, idempotency_key: str | None = None
+    ) -> tuple[int, bytes]:
         """POST /v1/events; the status and raw answer."""
+        headers = self._post_headers
+        if idempotency_key is not None:
+            headers = {**headers, "idempotency-key": idempotency_key}
         async with self._session.post(
-            self._base + "/v1/events", data=body, headers=self._post_headers
+            self._base + "/v1/events", data=body, headers=headers
         ) as response:
             return response.status, await response.read()
+
+    async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """GET a page or an object; the whole answer, or LoadError unless 200."""
+        async with self._session.get(
+            self._base + path, params=params, headers=self._auth
+        ) as response:
+            text = await response.read()
+            if response.status != 200:
+                raise LoadError(f"GET {path}: {response.status} {text[:300]!r}")
+            answer: dict[str, Any] = orjson.loads(text)
+            return answer
 
     async def ready(self) -> bool:
         """Whether /readyz answers 200 (the API runs and reaches Redis)."""
@@ -102,6 +118,15 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=concurrency + 4),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
     )
+
+
+def latencies(accepted: Sequence[Accepted], first_seen: dict[str, float]) -> list[float]:
+    """Seconds from relay's created_at to the receiver having the body, per arrived event."""
+    return [
+        first_seen[event.event_id] - event.created_at
+        for event in accepted
+        if event.event_id in first_seen
+    ]
 
 
 @dataclass(slots=True)
@@ -219,6 +244,12 @@ class ReceiverClient:
         """The first arrival (unix seconds) of each webhook-id."""
         async with self._session.get(self.base + "/arrivals") as response:
             found: dict[str, float] = orjson.loads(await response.read())
+            return found
+
+    async def accepted(self) -> dict[str, dict[str, int]]:
+        """How many 2xx answers each webhook-id got, per path."""
+        async with self._session.get(self.base + "/accepted") as response:
+            found: dict[str, dict[str, int]] = orjson.loads(await response.read())
             return found
 
     async def reset(self) -> None:

@@ -8,30 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
 
 from bench import limit
-from bench.load import Api, ReceiverClient, percentile, post_burst, post_paced
+from bench.load import Api, ReceiverClient, latencies, percentile, post_burst, post_paced
 from bench.procs import (
     Child,
     Processes,
     RelaySettings,
     SetupError,
-    connected_to,
+    api_argv,
+    bench_env,
     free_port,
     harness_cpu_seconds,
     machine_cpu_seconds,
-    redis_argv,
-    relay_argv,
+    receiver_argv,
+    redis_calls,
+    spawn_worker,
+    start_redis,
     stop,
+    until_connected,
     wait_until,
 )
 from relay.signing import generate_secret
@@ -43,7 +45,6 @@ TENANT_TEN = "bench_ten"  # ten webhooks: fan-out 10
 FAN_OUT = {TENANT_ONE: 1, TENANT_TEN: 10}
 SETTLE_TIMEOUT = 60.0
 PLAIN_HTTPX_MAX = 2000
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +99,7 @@ class Bench:
 
     async def redis_calls(self) -> int:
         """Commands Redis has run so far, those inside Lua scripts included."""
-        stats = await self.redis.info("commandstats")
-        return sum(int(command["calls"]) for command in stats.values())
+        return await redis_calls(self.redis)
 
     async def used_memory(self) -> int:
         """Redis INFO used_memory, in bytes."""
@@ -125,21 +125,14 @@ async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession)
     Workers are started later (`start_workers`), once ingest has been measured without them.
     """
     redis_port = free_port()
-    redis_child = procs.spawn("redis", redis_argv(redis_port, procs.workdir), {})
+    redis_child = await start_redis(procs, redis_port)
     redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
-
-    async def redis_up() -> bool:
-        try:
-            return bool(await redis.ping())
-        except aioredis.RedisError:
-            return False
-
-    await wait_until(redis_up, redis_child, "redis-server")
 
     webhook_secret = generate_secret()
     receiver_port = free_port()
-    receiver_argv = [sys.executable, "-m", "bench.receiver", "--port", str(receiver_port)]
-    receiver_child = procs.spawn("receiver", receiver_argv, _with_secret(webhook_secret))
+    receiver_child = procs.spawn(
+        "receiver", receiver_argv(receiver_port), bench_env(webhook_secret)
+    )
 
     settings = RelaySettings(
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
@@ -148,8 +141,7 @@ async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession)
     )
     api_port = free_port()
     api_url = f"http://127.0.0.1:{api_port}"
-    api_argv = relay_argv("api", "--host", "127.0.0.1", "--port", str(api_port))
-    api_child = procs.spawn("api", api_argv, settings.env())
+    api_child = procs.spawn("api", api_argv(api_port), settings.env())
 
     admin = Api(session, api_url, settings.admin_token)
     receiver = ReceiverClient(session, receiver_port)
@@ -183,26 +175,15 @@ async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession)
     )
 
 
-def _with_secret(secret: str) -> dict[str, str]:
-    """The environment of the receiver and the limit loop: the webhook secret, and `bench`
-    importable although they run in the temp dir."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, limit.SECRET_ENV: secret, "PYTHONPATH": path}
-
-
 async def start_workers(bench: Bench, count: int) -> None:
     """Start `count` `relay worker` processes and wait until each has connected to Redis."""
     first = len(bench.workers) + 1
     started = [
-        bench.procs.spawn(f"worker{n}", relay_argv("worker"), bench.settings.env())
+        spawn_worker(bench.procs, f"worker{n}", bench.settings.env())
         for n in range(first, first + count)
     ]
     for worker in started:
-
-        async def connected(pid: int = worker.pid) -> bool:
-            return connected_to(pid, bench.redis_port)
-
-        await wait_until(connected, worker, worker.name)
+        await until_connected(worker, bench.redis_port)
     bench.workers += started
 
 
@@ -268,7 +249,7 @@ async def limit_run(bench: Bench, client: limit.ClientName, loop: limit.LoopName
     argv += ["--client", client, "--loop", loop, "--out", str(out)]
     await bench.receiver.reset()
     receiver_before = bench.receiver_child.cpu_seconds()
-    child = bench.procs.spawn(f"limit-{loop}-{client}", argv, _with_secret(bench.webhook_secret))
+    child = bench.procs.spawn(f"limit-{loop}-{client}", argv, bench_env(bench.webhook_secret))
     await _wait_exit(child, timeout=90 + count / 100)
     receiver_cpu = bench.receiver_child.cpu_seconds() - receiver_before
     if child.process.returncode != 0 or not out.exists():
@@ -472,12 +453,12 @@ async def steady_latency(bench: Bench) -> LatencyFigures:
     await bench.receiver.wait_for(posted.deliveries, timeout=60.0)
     first_seen = await bench.receiver.arrivals()
     bench.check_alive()
-    relay_side: list[float] = []
-    client_side: list[float] = []
-    for event in posted.accepted:
-        if (arrived := first_seen.get(event.event_id)) is not None:
-            relay_side.append(arrived - event.created_at)
-            client_side.append(arrived - event.sent_at)
+    relay_side = latencies(posted.accepted, first_seen)
+    client_side = [
+        first_seen[event.event_id] - event.sent_at
+        for event in posted.accepted
+        if event.event_id in first_seen
+    ]
     return LatencyFigures(
         rate=opts.rate,
         seconds=posted.seconds,

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+import redis.asyncio as aioredis
 
+from relay.embedded import free_port as free_port  # the one free_port, re-exported
 from relay.processes import die_with_parent
 
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 30.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where the receiver and the limit loop find the webhook secret every bench webhook imports.
+SECRET_ENV = "BENCH_SECRET"
 
 
 class SetupError(Exception):
@@ -114,8 +118,8 @@ class Processes:
 
     def stop_all(self) -> None:
         """Everything but Redis first (workers finish their writes), then Redis."""
-        stop([c for c in self.children if c.name != "redis"])
-        stop([c for c in self.children if c.name == "redis"])
+        stop([c for c in self.children if not c.name.startswith("redis")])
+        stop([c for c in self.children if c.name.startswith("redis")])
 
 
 def stop(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
@@ -147,14 +151,6 @@ def processes() -> Iterator[Processes]:
         finally:
             signal.signal(signal.SIGINT, previous)
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def free_port() -> int:
-    """An unused loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def wait_until(
@@ -189,6 +185,8 @@ class RelaySettings:
     redis_url: str
     admin_token: str
     endpoint_concurrency: int
+    # Other RELAY_* variables a run sets, e.g. a short retry schedule.
+    extra: dict[str, str] = field(default_factory=dict)
     master_key: str = field(
         default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
     )
@@ -204,6 +202,7 @@ class RelaySettings:
             RELAY_API_RATE_LIMIT="0",  # the limiter would cap the load we mean to measure
             RELAY_ENDPOINT_CONCURRENCY=str(self.endpoint_concurrency),
         )
+        env.update(self.extra)
         return env
 
     def shown(self) -> dict[str, str]:
@@ -212,6 +211,7 @@ class RelaySettings:
             "RELAY_ALLOW_PRIVATE_TARGETS": "true",
             "RELAY_API_RATE_LIMIT": "0",
             "RELAY_ENDPOINT_CONCURRENCY": str(self.endpoint_concurrency),
+            **self.extra,
         }
 
 
@@ -244,3 +244,58 @@ def harness_cpu_seconds() -> float:
     """User + system CPU time of this process (the load generator)."""
     times = psutil.Process().cpu_times()
     return float(times.user + times.system)
+
+
+def bench_env(secret: str) -> dict[str, str]:
+    """The environment of the receiver and the limit loop: the webhook secret, and `bench`
+    importable although they run in the temp dir."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, SECRET_ENV: secret, "PYTHONPATH": path}
+
+
+async def start_redis(procs: Processes, port: int, name: str = "redis") -> Child:
+    """redis-server on `port` with its data in the work dir (a restart finds it there)."""
+    child = procs.spawn(name, redis_argv(port, procs.workdir), {})
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+    async def answers() -> bool:
+        try:
+            return bool(await client.ping())
+        except aioredis.RedisError:
+            return False
+
+    try:
+        await wait_until(answers, child, name)
+    finally:
+        await client.aclose()
+    return child
+
+
+def receiver_argv(port: int, *options: str) -> list[str]:
+    """The benchmark receiver (bench/receiver.py) on `port`."""
+    return [sys.executable, "-m", "bench.receiver", "--port", str(port), *options]
+
+
+def api_argv(port: int) -> list[str]:
+    """`relay api` on loopback `port`."""
+    return relay_argv("api", "--host", "127.0.0.1", "--port", str(port))
+
+
+def spawn_worker(procs: Processes, name: str, env: dict[str, str]) -> Child:
+    """`relay worker` as production starts it."""
+    return procs.spawn(name, relay_argv("worker"), env)
+
+
+async def until_connected(worker: Child, redis_port: int) -> None:
+    """Wait until `worker` has connected to Redis (its imports take a while)."""
+
+    async def connected() -> bool:
+        return connected_to(worker.pid, redis_port)
+
+    await wait_until(connected, worker, worker.name)
+
+
+async def redis_calls(client: aioredis.Redis) -> int:
+    """Commands Redis has run so far, those inside Lua scripts included."""
+    stats = await client.info("commandstats")
+    return sum(int(command["calls"]) for command in stats.values())

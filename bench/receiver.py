@@ -2,23 +2,32 @@
 
     python -m bench.receiver --port P      (the `whsec_` secret comes in BENCH_SECRET)
 
-Every POST under /hook/ is answered 200 at once. Every request's signature is verified with an
-HMAC check written from the Standard Webhooks spec (a few microseconds, so it does not slow the
-receiver down); every 100th request is verified again with the `standardwebhooks` library, as a
-cross-check that relay and the off-the-shelf library agree. The harness reads counts from
-GET /stats, the first arrival time of each webhook-id from GET /arrivals, and clears both with
-POST /reset. Arrival times are unix seconds from this machine's clock, read once the body is in.
+Every POST under /hook/ is answered 200 at once. Endpoints that misbehave, for the chaos run and
+the waiting benchmark, live under their own prefixes: /flap/ answers 500 half the time, /hang/
+answers (503) only after --hang-seconds, past relay's delivery timeout, and /limit/ takes
+--limit-per-second requests a second and answers the rest 429 with `Retry-After: 1`.
+
+Every request's signature is verified with an HMAC check written from the Standard Webhooks
+spec (a few microseconds, so it does not slow the receiver down); every 100th request is
+verified again with the `standardwebhooks` library, as a cross-check that relay and the
+off-the-shelf library agree. The harness reads counts from GET /stats, the first arrival time
+of each webhook-id from GET /arrivals, how many 2xx answers each (path, webhook-id) got from
+GET /accepted, and clears all of them with POST /reset. Arrival times are unix seconds from this
+machine's clock, read once the body is in.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
 import os
+import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +36,8 @@ import standardwebhooks
 import uvloop
 from aiohttp import web
 
-SECRET_ENV = "BENCH_SECRET"
+from bench.procs import SECRET_ENV
+
 # The spec's default tolerance for webhook-timestamp.
 TOLERANCE_SECONDS = 300
 LIBRARY_EVERY = 100
@@ -90,6 +100,7 @@ class Tally:
     last: float | None = None
     arrivals: dict[str, float] = field(default_factory=dict)  # webhook-id -> first arrival
     seen: set[tuple[str, str]] = field(default_factory=set)  # (path, webhook-id)
+    accepted: Counter[tuple[str, str]] = field(default_factory=Counter)  # 2xx answers given
 
     def note(self, path: str, msg_id: str, arrived: float, ok: bool) -> None:
         """Count one request."""
@@ -124,15 +135,51 @@ class Tally:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    """How the endpoints that fail on purpose fail."""
+
+    hang_seconds: float = 30.0
+    limit_per_second: int = 5
+
+
 class Receiver:
     """The aiohttp handlers around one Tally."""
 
-    def __init__(self, verifier: Verifier) -> None:
+    def __init__(self, verifier: Verifier, misbehaviour: Misbehaviour | None = None) -> None:
         self.verifier = verifier
+        self.misbehaviour = misbehaviour or Misbehaviour()
         self.tally = Tally()
+        self._window = (0, 0)  # (unix second, requests taken in it) of the /limit/ endpoints
 
     async def hook(self, request: web.Request) -> web.Response:
-        """A webhook: verify, note the arrival, answer 200."""
+        """A healthy webhook: answer 200."""
+        return await self._take(request, 200)
+
+    async def flap(self, request: web.Request) -> web.Response:
+        """A flapping webhook: 500 half the time."""
+        return await self._take(request, 500 if random.random() < 0.5 else 200)
+
+    async def hang(self, request: web.Request) -> web.Response:
+        """A webhook that answers, 503, only after relay has given up waiting."""
+        await request.read()  # kept by aiohttp: relay may have hung up by the time we answer
+        await asyncio.sleep(self.misbehaviour.hang_seconds)
+        return await self._take(request, 503)
+
+    async def limit(self, request: web.Request) -> web.Response:
+        """A rate-limited webhook: past its requests per second, 429 with Retry-After."""
+        second, taken = self._window
+        now = int(time.time())
+        taken = taken + 1 if now == second else 1
+        self._window = (now, taken)
+        if taken > self.misbehaviour.limit_per_second:
+            return await self._take(request, 429, {"Retry-After": "1"})
+        return await self._take(request, 200)
+
+    async def _take(
+        self, request: web.Request, status: int, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        """Verify, note the arrival (and the 2xx answer, if it is one), answer `status`."""
         body = await request.read()
         arrived = time.time()
         ok = self.verifier.check(request.headers, body, arrived)
@@ -142,8 +189,11 @@ class Receiver:
             if not self.verifier.check_with_library(request.headers, body):
                 tally.library_rejected += 1
                 ok = False
-        tally.note(request.path, request.headers.get("webhook-id", ""), arrived, ok)
-        return web.Response()
+        msg_id = request.headers.get("webhook-id", "")
+        tally.note(request.path, msg_id, arrived, ok)
+        if status < 300:
+            tally.accepted[(request.path, msg_id)] += 1
+        return web.Response(status=status, headers=headers)
 
     async def stats(self, _: web.Request) -> web.Response:
         """The counts so far."""
@@ -152,6 +202,13 @@ class Receiver:
     async def arrivals(self, _: web.Request) -> web.Response:
         """The first arrival time of every webhook-id."""
         return web.json_response(self.tally.arrivals)
+
+    async def accepted(self, _: web.Request) -> web.Response:
+        """How many 2xx answers each webhook-id got, per path: {path: {webhook-id: count}}."""
+        by_path: dict[str, dict[str, int]] = {}
+        for (path, msg_id), count in self.tally.accepted.items():
+            by_path.setdefault(path, {})[msg_id] = count
+        return web.json_response(by_path)
 
     async def reset(self, _: web.Request) -> web.Response:
         """Forget everything, before a new phase."""
@@ -162,8 +219,12 @@ class Receiver:
         """The routes."""
         app = web.Application()
         app.router.add_post("/hook/{name}", self.hook)
+        app.router.add_post("/flap/{name}", self.flap)
+        app.router.add_post("/hang/{name}", self.hang)
+        app.router.add_post("/limit/{name}", self.limit)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/arrivals", self.arrivals)
+        app.router.add_get("/accepted", self.accepted)
         app.router.add_post("/reset", self.reset)
         return app
 
@@ -172,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve on 127.0.0.1 until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m bench.receiver")
     parser.add_argument("--port", type=int, required=True)
-    port: int = parser.parse_args(argv).port
+    parser.add_argument("--hang-seconds", type=float, default=Misbehaviour().hang_seconds)
+    parser.add_argument("--limit-per-second", type=int, default=Misbehaviour().limit_per_second)
+    ns = parser.parse_args(argv)
+    misbehaviour = Misbehaviour(ns.hang_seconds, ns.limit_per_second)
     secret = os.environ.get(SECRET_ENV, "")
     if not secret.startswith("whsec_"):
         print(f"receiver: {SECRET_ENV} must hold a whsec_ secret", file=sys.stderr)
@@ -183,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # uvloop: the receiver should be as fast as we can make it, it is the fixed point of the bench.
     web.run_app(
-        Receiver(verifier).app(),
+        Receiver(verifier, misbehaviour).app(),
         host="127.0.0.1",
-        port=port,
+        port=ns.port,
         access_log=None,
         print=None,
         loop=uvloop.new_event_loop(),

@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench soak clean redis chromium
+.PHONY: run test lint bench soak chaos clean redis chromium faketime
 
 run: $(STAMP) redis
 	$(BIN)/relay dev $(ARGS)
 
-test: $(STAMP) redis chromium
+test: $(STAMP) redis chromium faketime
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
@@ -21,12 +21,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/mypy
 
+# Throughput and latency, then what deliveries waiting behind a hanging endpoint cost.
 bench: $(STAMP) redis
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.waiting $(WAITING_ARGS)
 
 # Steady load with failing receivers; reports whether memory, files and queues stay bounded.
 soak: $(STAMP) redis
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# Load while workers and Redis are killed, paused and clock-skewed; nothing may be lost or stuck.
+chaos: $(STAMP) redis faketime
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 # Debian's redis-server, installed only when it is not on PATH already.
 redis:
@@ -41,6 +47,13 @@ chromium:
 		echo "installing chromium with apt-get"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's faketime (libfaketime): the chaos run skews one worker's clock with it.
+faketime:
+	@command -v faketime >/dev/null 2>&1 || { \
+		echo "installing faketime with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq faketime >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,625 @@
+"""Chaos run: steady load while workers, Redis and clocks fail; then, was anything lost?
+
+    .venv/bin/python -m bench.chaos [--seconds 300] [--rate 10] [--fault-every 2,5] [--seed N]
+
+It starts redis-server (AOF, fsync every second), `relay api`, two `relay worker`s and the bench
+receiver, registers three tenants' webhooks (each tenant a healthy endpoint and one that misbehaves:
+flapping 500 half the time, rate-limited 429 with Retry-After, hanging past the delivery timeout)
+and posts events at a steady rate, as an upstream service would: each with an upstream `id` and an
+Idempotency-Key, retried until relay answers 200 or 202. Meanwhile, every few seconds, it injects
+one fault, the kinds taken in shuffled rounds:
+
+- kill_worker   SIGKILL a worker, start another
+- term_worker   SIGTERM a worker (a deploy), wait for it to exit, start another
+- kill_redis    SIGKILL redis-server, start it again on the same port and data
+- stop_redis    SIGSTOP redis-server for 3 s
+- skew_worker   replace a worker by one whose clock runs 60 s ahead or behind (Debian's faketime)
+
+Then it waits for every delivery to end (delivered, failed or canceled) and prints what the
+operator would want to know: events accepted, deliveries expected, delivered, failed (with their
+reasons), lost, stuck, duplicates received and the faults injected. Exit status 0 when nothing was
+lost or stuck, every post resolved and no worker exited on its own; 1 when not; 2 when the run
+could not be done; 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import itertools
+import random
+import re
+import secrets
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+import uvloop
+
+from bench.load import Api, LoadError, ReceiverClient, new_session
+from bench.procs import (
+    Child,
+    Processes,
+    RelaySettings,
+    SetupError,
+    api_argv,
+    bench_env,
+    free_port,
+    processes,
+    receiver_argv,
+    spawn_worker,
+    start_redis,
+    until_connected,
+    wait_until,
+)
+from relay.signing import generate_secret
+
+# Short steps, so every delivery's whole schedule fits in the run and the wait after it.
+RETRY_SCHEDULE = "1,2,4"
+DELIVERY_TIMEOUT = 2.0
+ENDPOINT_CONCURRENCY = 4
+HANG_SECONDS = DELIVERY_TIMEOUT + 3
+LIMIT_PER_SECOND = 5
+STOP_REDIS_SECONDS = 3.0
+CLOCK_SKEW_SECONDS = 60
+# A worker told to stop may take its delivery timeout to finish what it holds; past this it is
+# killed and the run says so.
+TERM_WAIT = DELIVERY_TIMEOUT + 10.0
+POST_RETRY_MAX = 2.0
+FAULT_KINDS = ("kill_worker", "term_worker", "kill_redis", "stop_redis", "skew_worker")
+TERMINAL = frozenset({"delivered", "failed", "canceled"})
+
+Kind = Literal["hook", "flap", "limit", "hang"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A webhook and how its receiver behaves."""
+
+    tenant: str
+    kind: Kind
+    events: tuple[str, ...] = ("*",)
+
+    @property
+    def path(self) -> str:
+        """Its path on the receiver."""
+        return f"/{self.kind}/{self.tenant}"
+
+
+# The hanging endpoint takes only media uploads, a tenth of its tenant's events: every one of
+# its deliveries uses the whole schedule at ENDPOINT_CONCURRENCY / DELIVERY_TIMEOUT attempts a
+# second, so with all of them it would end long after the run.
+ENDPOINTS = (
+    Endpoint("chaos_a", "hook"),
+    Endpoint("chaos_a", "flap"),
+    Endpoint("chaos_b", "hook"),
+    Endpoint("chaos_b", "limit"),
+    Endpoint("chaos_c", "hook"),
+    Endpoint("chaos_c", "hang", ("media.uploaded",)),
+)
+TENANTS = tuple(dict.fromkeys(e.tenant for e in ENDPOINTS))
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The command line, checked."""
+
+    seconds: float
+    rate: float
+    workers: int
+    fault_every: tuple[float, float]
+    settle_seconds: float
+    seed: int
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    """Read and check the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    add = parser.add_argument
+    add("--seconds", type=float, default=300.0, help="how long to load and fault (default 300)")
+    add("--rate", type=float, default=10.0, help="events posted per second (default 10)")
+    add("--workers", type=int, default=2, help="relay workers kept running (default 2)")
+    add("--fault-every", default="2,5", help="seconds between faults, min,max (default 2,5)")
+    add("--settle-seconds", type=float, default=180.0, help="wait for deliveries to end (180)")
+    add("--seed", type=int, default=None, help="random seed, to repeat a run's choices")
+    ns = parser.parse_args(argv)
+    try:
+        low, high = (float(part) for part in ns.fault_every.split(","))
+    except ValueError:
+        parser.error("--fault-every takes two numbers, min,max")
+    if not 0 < low <= high or ns.seconds <= 0 or ns.rate <= 0 or ns.settle_seconds <= 0:
+        parser.error("--seconds, --rate, --settle-seconds and --fault-every must be positive")
+    if not 1 <= ns.workers <= 8:
+        parser.error("--workers must be 1..8")
+    seed = ns.seed if ns.seed is not None else secrets.randbelow(2**32)
+    return Options(ns.seconds, ns.rate, ns.workers, (low, high), ns.settle_seconds, seed)
+
+
+def say(text: str) -> None:
+    """A progress line."""
+    print(f"chaos: {text}", flush=True)
+
+
+# --- the system under test ---------------------------------------------------------------------
+
+
+def skewed_clock(seconds: int) -> dict[str, str]:
+    """Environment that shifts a process's wall clock by `seconds` with Debian's libfaketime.
+
+    Preloaded directly rather than through the `faketime` command, which forks: the harness
+    must signal the worker itself. Monotonic time is left alone, as a real clock offset would.
+    """
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    found += glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    if not found:
+        raise SetupError("libfaketime is not installed (`make faketime` installs it)")
+    return {
+        "LD_PRELOAD": found[0],
+        "FAKETIME": f"{seconds:+d}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+@dataclass(slots=True)
+class System:
+    """Redis, the API, the workers and the receiver of one run, and how to hurt them."""
+
+    procs: Processes
+    settings: RelaySettings
+    redis_port: int
+    redis: Child
+    api: Child
+    workers: list[Child] = field(default_factory=list)
+    started: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    exited_alone: list[str] = field(default_factory=list)  # worker exits nobody asked for
+
+    async def start_worker(self, skew: int = 0, *, wait: bool = True) -> Child:
+        """A new `relay worker`, its clock `skew` seconds off; with `wait`, once it has
+        reached Redis (mid-run it may die trying: `replace_dead_workers` notices)."""
+        env = self.settings.env()
+        if skew:
+            env.update(skewed_clock(skew))
+        name = f"worker{next(self.started)}" + (f"({skew:+d}s)" if skew else "")
+        worker = spawn_worker(self.procs, name, env)
+        self.workers.append(worker)
+        if wait:
+            await until_connected(worker, self.redis_port)
+        return worker
+
+    async def replace_dead_workers(self) -> None:
+        """Note and replace any worker that exited without being told to."""
+        for worker in [w for w in self.workers if not w.running]:
+            self.workers.remove(worker)
+            self.exited_alone.append(f"{worker.name} exited {worker.process.returncode}")
+            say(f"{worker.name} exited on its own ({worker.process.returncode}):\n{worker.tail()}")
+            await self.start_worker(wait=False)
+
+    async def restart_redis(self) -> None:
+        """redis-server again, on the same port and the same data."""
+        self.redis = await start_redis(self.procs, self.redis_port, f"redis{next(self.started)}")
+
+    def check_api(self) -> None:
+        """Stop the run if the API died: the chaos does not touch it."""
+        self.api.check_alive()
+
+
+async def _wait_exit(child: Child, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while child.running:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@dataclass(slots=True)
+class Faults:
+    """Injects faults and counts them; a worker's replacement starts in the background."""
+
+    system: System
+    rng: random.Random
+    injected: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # how the faults went
+    replacing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def kinds(self) -> Iterator[str]:
+        """Every kind once per round, each round in a new random order."""
+        while True:
+            yield from self.rng.sample(FAULT_KINDS, len(FAULT_KINDS))
+
+    async def inject(self, kind: str) -> None:
+        """One fault of `kind`."""
+        system = self.system
+        if kind in ("kill_worker", "term_worker", "skew_worker"):
+            if not system.workers:  # every one is being replaced: let one come up first
+                await asyncio.wait(self.replacing, return_when=asyncio.FIRST_COMPLETED)
+            worker = self.rng.choice(system.workers)
+            system.workers.remove(worker)
+            how = signal.SIGKILL if kind == "kill_worker" else signal.SIGTERM
+            skew = self.rng.choice((-CLOCK_SKEW_SECONDS, CLOCK_SKEW_SECONDS))
+            task = asyncio.create_task(
+                self._replace(worker, how, skew if kind == "skew_worker" else 0)
+            )
+            self.replacing.add(task)
+            task.add_done_callback(self.replacing.discard)
+        elif kind == "kill_redis":
+            system.redis.process.kill()
+            await _wait_exit(system.redis, 10)
+            await system.restart_redis()
+        elif kind == "stop_redis":
+            system.redis.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(STOP_REDIS_SECONDS)
+            finally:
+                system.redis.process.send_signal(signal.SIGCONT)
+        self.injected[kind] += 1
+
+    async def _replace(self, worker: Child, how: signal.Signals, skew: int) -> None:
+        """Signal `worker`, let it exit (a SIGTERM drains), start another in its place."""
+        worker.process.send_signal(how)
+        if not await _wait_exit(worker, TERM_WAIT):
+            self.notes[f"worker still running {TERM_WAIT:g} s after SIGTERM; killed"] += 1
+            worker.process.kill()
+            await _wait_exit(worker, 10)
+        await self.system.start_worker(skew, wait=False)
+
+    async def run_until(self, deadline: float, every: tuple[float, float]) -> None:
+        """Inject faults at random intervals until `deadline` (loop time); then let every
+        replacement worker start."""
+        loop = asyncio.get_running_loop()
+        for kind in self.kinds():
+            await asyncio.sleep(self.rng.uniform(*every))
+            if loop.time() >= deadline:
+                break
+            await self.system.replace_dead_workers()
+            self.system.check_api()
+            await self.inject(kind)
+        await asyncio.gather(*self.replacing)
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Load:
+    """What posting events gave."""
+
+    posted: int = 0
+    accepted: dict[str, str] = field(default_factory=dict)  # upstream id -> event id
+    expected: dict[str, tuple[str, str]] = field(default_factory=dict)  # delivery -> (wh, evt)
+    retried: Counter[str] = field(default_factory=Counter)  # why a post was sent again
+    unresolved: int = 0
+
+
+def event_body(number: int) -> dict[str, Any]:
+    """Event `number`: tenants in turn; every tenth of chaos_c's is a media upload."""
+    tenant = TENANTS[number % len(TENANTS)]
+    upstream_id = f"chaos-{number}"
+    if tenant == "chaos_c" and number // len(TENANTS) % 10 == 0:
+        data = {"media_id": f"m_{number}", "url": "https://cdn.example/m.png", "mime": "image/png"}
+        return {"type": "media.uploaded", "tenant_id": tenant, "data": data, "id": upstream_id}
+    data = {"post_id": f"p_{number}", "platform": "chaos"}
+    return {"type": "post.published", "tenant_id": tenant, "data": data, "id": upstream_id}
+
+
+async def post_until_answered(api: Api, body: dict[str, Any], load: Load, deadline: float) -> None:
+    """POST an event until relay says it has it (202, or 200 for a repeat of its upstream id)."""
+    loop = asyncio.get_running_loop()
+    raw = orjson.dumps(body)
+    pause = 0.1
+    load.posted += 1
+    while True:
+        try:
+            status, answer = await api.post_event(raw, idempotency_key=body["id"])
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, answer = 0, type(exc).__name__.encode()
+        if status in (200, 202):
+            data = orjson.loads(answer)["data"]
+            load.accepted[body["id"]] = data["id"]
+            for delivery in data["deliveries"]:
+                load.expected[delivery["id"]] = (delivery["webhook_id"], data["id"])
+            return
+        if status not in (0, 409, 429, 503) or loop.time() > deadline:
+            load.unresolved += 1
+            say(f"gave up posting {body['id']}: {status} {answer[:200]!r}")
+            return
+        load.retried[str(status or answer.decode())] += 1
+        await asyncio.sleep(pause)
+        pause = min(POST_RETRY_MAX, pause * 2)
+
+
+async def post_events(api: Api, opts: Options, load: Load, deadline: float) -> None:
+    """Start one post every 1/rate seconds for `seconds`; wait until every post is resolved."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    posts: list[asyncio.Task[None]] = []
+    for number in itertools.count():
+        due = began + number / opts.rate
+        if due >= began + opts.seconds:
+            break
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        posts.append(
+            asyncio.create_task(post_until_answered(api, event_body(number), load, deadline))
+        )
+    await asyncio.gather(*posts)
+
+
+# --- the outcome ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery as relay's API shows it at the end."""
+
+    id: str
+    webhook_id: str
+    event_id: str
+    status: str
+    last_error: str | None
+    attempts: int
+
+
+async def all_deliveries(admin: Api) -> dict[str, Delivery]:
+    """Every delivery relay has, page by page through GET /v1/deliveries."""
+    found: dict[str, Delivery] = {}
+    cursor: str | None = None
+    while True:
+        params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+        page = await admin.get("/v1/deliveries", params)
+        for d in page["data"]:
+            found[d["id"]] = Delivery(
+                d["id"],
+                d["webhook_id"],
+                d["event_id"],
+                d["status"],
+                d.get("last_error"),
+                d.get("attempt_count", 0),
+            )
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return found
+
+
+async def wait_terminal(
+    admin: Api, system: System, expected: dict[str, tuple[str, str]], seconds: float
+) -> dict[str, Delivery]:
+    """Poll until every expected delivery has ended, or `seconds` pass; the last view."""
+    deadline = time.monotonic() + seconds
+    while True:
+        await system.replace_dead_workers()
+        found = await all_deliveries(admin)
+        open_ = [d for d in expected if d in found and found[d].status not in TERMINAL]
+        if not open_ or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(2.0)
+
+
+def reason(error: str | None) -> str:
+    """A failure's last_error with its numbers blurred, so like failures group together."""
+    return re.sub(r"\d+(\.\d+)?", "N", error or "(no last_error)")[:90]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the run found."""
+
+    events_accepted: int
+    posts: int
+    unresolved: int
+    retried: Counter[str]
+    expected: int
+    delivered: int
+    failed: Counter[tuple[str, str]]  # (endpoint kind, reason) -> deliveries
+    canceled: int
+    lost: list[str]
+    stuck: Counter[str]
+    duplicates: int
+    max_per_delivery: int
+    unexpected: int
+    faults: Counter[str]
+    fault_notes: Counter[str]
+    exited_alone: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing stuck, every post answered, no worker died by itself."""
+        return not (self.lost or self.stuck or self.unresolved or self.exited_alone)
+
+
+def judge(
+    load: Load,
+    found: dict[str, Delivery],
+    received: dict[str, dict[str, int]],
+    kinds: dict[str, Endpoint],
+    faults: Faults,
+    system: System,
+) -> Outcome:
+    """Compare what was accepted with what relay says and what the receiver got."""
+    failed: Counter[tuple[str, str]] = Counter()
+    stuck: Counter[str] = Counter()
+    lost: list[str] = []
+    delivered = canceled = 0
+    for delivery_id, (webhook_id, event_id) in load.expected.items():
+        endpoint = kinds[webhook_id]
+        taken = received.get(endpoint.path, {}).get(event_id, 0)
+        seen = found.get(delivery_id)
+        if seen is None:
+            lost.append(f"{delivery_id}: relay no longer has it")
+        elif seen.status == "delivered":
+            delivered += 1
+            if not taken:
+                lost.append(f"{delivery_id}: delivered, but {endpoint.path} never took it")
+        elif seen.status == "failed":
+            failed[(endpoint.kind, reason(seen.last_error))] += 1
+        elif seen.status == "canceled":
+            canceled += 1
+        else:
+            stuck[f"{seen.status} ({endpoint.kind})"] += 1
+    counts = [n for by_id in received.values() for n in by_id.values()]
+    return Outcome(
+        events_accepted=len(load.accepted),
+        posts=load.posted,
+        unresolved=load.unresolved,
+        retried=load.retried,
+        expected=len(load.expected),
+        delivered=delivered,
+        failed=failed,
+        canceled=canceled,
+        lost=lost,
+        stuck=stuck,
+        duplicates=sum(n - 1 for n in counts if n > 1),
+        max_per_delivery=max(counts, default=0),
+        unexpected=len(set(found) - set(load.expected)),
+        faults=faults.injected,
+        fault_notes=faults.notes,
+        exited_alone=system.exited_alone,
+    )
+
+
+def render(outcome: Outcome, opts: Options, seconds: float) -> str:
+    """The report printed at the end."""
+    o = outcome
+    every = f"{opts.fault_every[0]:g}–{opts.fault_every[1]:g}"
+    lines = [
+        f"chaos run: {opts.seconds:g} s of load at {opts.rate:g} events/s, {opts.workers} workers, "
+        f"a fault every {every} s, seed {opts.seed}; {seconds:.0f} s in all",
+        f"events accepted            {o.events_accepted:>7,} of {o.posts:,} posted"
+        f" ({sum(o.retried.values()):,} posts sent again: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(o.retried.items())) or "none")
+        + f"; unresolved {o.unresolved})",
+        f"deliveries expected        {o.expected:>7,}",
+        f"delivered                  {o.delivered:>7,}",
+        f"failed                     {sum(o.failed.values()):>7,}",
+        *(f"  {n:>6,}  {kind:<5} {why}" for (kind, why), n in sorted(o.failed.items())),
+        f"canceled                   {o.canceled:>7,}",
+        f"lost (must be 0)           {len(o.lost):>7,}",
+        *(f"  {line}" for line in o.lost[:20]),
+        f"stuck non-terminal (must be 0) {sum(o.stuck.values()):>3,}"
+        + (
+            " (" + ", ".join(f"{k} {v}" for k, v in sorted(o.stuck.items())) + ")"
+            if o.stuck
+            else ""
+        ),
+        f"duplicates received        {o.duplicates:>7,} (max {o.max_per_delivery} per delivery)",
+        f"deliveries not from this run's posts {o.unexpected:,}",
+        f"faults injected            {sum(o.faults.values()):>7,}: "
+        + ", ".join(f"{kind} {o.faults[kind]}" for kind in FAULT_KINDS),
+        *(f"  {n} × {note}" for note, n in sorted(o.fault_notes.items())),
+        f"workers that exited on their own (must be 0) {len(o.exited_alone)}",
+        *(f"  {line}" for line in o.exited_alone),
+        "verdict: " + ("PASS" if o.ok else "FAIL"),
+    ]
+    return "\n".join(lines)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+async def start(
+    procs: Processes, opts: Options, session: aiohttp.ClientSession
+) -> tuple[System, Api, Api, ReceiverClient, dict[str, Endpoint]]:
+    """Everything up and the webhooks registered; the admin and ingest clients."""
+    redis_port = free_port()
+    redis = await start_redis(procs, redis_port)
+    secret = generate_secret()
+    receiver_port = free_port()
+    receiver_options = (
+        "--hang-seconds",
+        str(HANG_SECONDS),
+        "--limit-per-second",
+        str(LIMIT_PER_SECOND),
+    )
+    receiver_child = procs.spawn(
+        "receiver", receiver_argv(receiver_port, *receiver_options), bench_env(secret)
+    )
+    settings = RelaySettings(
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        admin_token=secrets.token_urlsafe(32),
+        endpoint_concurrency=ENDPOINT_CONCURRENCY,
+        extra={
+            "RELAY_RETRY_SCHEDULE": RETRY_SCHEDULE,
+            "RELAY_DELIVERY_TIMEOUT": str(DELIVERY_TIMEOUT),
+        },
+    )
+    api_port = free_port()
+    api_child = procs.spawn("api", api_argv(api_port), settings.env())
+    admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
+    receiver = ReceiverClient(session, receiver_port)
+    await wait_until(receiver.ready, receiver_child, "receiver")
+    await wait_until(admin.ready, api_child, "relay api")
+    kinds: dict[str, Endpoint] = {}
+    for endpoint in ENDPOINTS:
+        made = await admin.create(
+            "/v1/webhooks",
+            {
+                "url": receiver.base + endpoint.path,
+                "tenant_id": endpoint.tenant,
+                "events": list(endpoint.events),
+                "description": f"chaos {endpoint.kind}",
+                "secret": secret,  # the receiver checks every signature with it
+            },
+        )
+        kinds[made["id"]] = endpoint
+    token = await admin.create("/v1/tokens", {"role": "ingest", "name": "chaos"})
+    system = System(procs, settings, redis_port, redis, api_child)
+    for _ in range(opts.workers):
+        await system.start_worker()
+    return system, admin, admin.with_token(token["token"]), receiver, kinds
+
+
+async def run(procs: Processes, opts: Options) -> Outcome:
+    """Load and faults for `seconds`, then the wait, then the verdict."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    rng = random.Random(opts.seed)
+    say(f"starting redis-server, relay api, {opts.workers} workers, a receiver: {procs.workdir}")
+    async with new_session(64) as session:
+        system, admin, ingest, receiver, kinds = await start(procs, opts, session)
+        faults = Faults(system, rng)
+        load = Load()
+        end_of_load = loop.time() + opts.seconds
+        # Posts still being retried when the faults stop get a while longer to be answered.
+        post_deadline = end_of_load + 120.0
+        say(f"posting {opts.rate:g} events/s for {opts.seconds:g} s while injecting faults")
+        posting = asyncio.create_task(post_events(ingest, opts, load, post_deadline))
+        await faults.run_until(end_of_load, opts.fault_every)
+        await system.replace_dead_workers()
+        say(f"faults stopped ({sum(faults.injected.values())} injected); waiting for posts")
+        await posting
+        say(f"{len(load.expected):,} deliveries expected; waiting for every one to end")
+        found = await wait_terminal(admin, system, load.expected, opts.settle_seconds)
+        received = await receiver.accepted()
+        outcome = judge(load, found, received, kinds, faults, system)
+    print("\n" + render(outcome, opts, loop.time() - began), flush=True)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One chaos run; the exit status."""
+    opts = parse_args(argv)
+    try:
+        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            outcome = runner.run(run(procs, opts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\nchaos: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except (SetupError, LoadError) as exc:
+        print(f"chaos: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

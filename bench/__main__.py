@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import time
 from datetime import UTC, datetime
-
-import uvloop
 
 from bench import limit
 from bench.load import LoadError, new_session, post_burst
@@ -50,7 +47,7 @@ from bench.phases import (
     steady_latency,
     stop_workers_down_to,
 )
-from bench.procs import Processes, SetupError, processes
+from bench.procs import Processes, run_harness
 from bench.report import Results, machine, render, write
 
 
@@ -155,10 +152,6 @@ async def measure(bench: Bench, opts: Options, started: float) -> Results:
 
 async def run(procs: Processes, opts: Options) -> Results:
     """Start everything, measure, and hand back the figures (the children stop in main)."""
-    # SIGTERM (from `timeout`, CI or a supervisor) ends the run like Ctrl-C: cancelled, cleaned.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     started = time.time()
     load_before = list(os.getloadavg())
     say(f"starting redis-server, relay api and the receiver in {procs.workdir}")
@@ -191,15 +184,9 @@ def complete(results: Results) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """One benchmark run; the exit status."""
     opts = parse_args(argv)
-    try:
-        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run(procs, opts))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\nbench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (SetupError, LoadError, TimeoutError) as exc:
-        print(f"bench: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    results = run_harness("bench", lambda procs: run(procs, opts), (LoadError,))
+    if isinstance(results, int):
+        return results
     # Written first: the figures are kept even if rendering them fails.
     path = write(results)
     print("\n" + render(results) + "\n")

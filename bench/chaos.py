@@ -41,7 +41,6 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-import uvloop
 
 from bench.load import Api, LoadError, ReceiverClient, new_session
 from bench.procs import (
@@ -52,11 +51,12 @@ from bench.procs import (
     api_argv,
     bench_env,
     free_port,
-    processes,
     receiver_argv,
+    run_harness,
     spawn_worker,
     start_redis,
     until_connected,
+    wait_exit,
     wait_until,
 )
 from relay.signing import generate_secret
@@ -212,15 +212,6 @@ class System:
         self.api.check_alive()
 
 
-async def _wait_exit(child: Child, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while child.running:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 @dataclass(slots=True)
 class Faults:
     """Injects faults and counts them; a worker's replacement starts in the background."""
@@ -253,7 +244,7 @@ class Faults:
             task.add_done_callback(self.replacing.discard)
         elif kind == "kill_redis":
             system.redis.process.kill()
-            await _wait_exit(system.redis, 10)
+            await wait_exit(system.redis, 10)
             await system.restart_redis()
         elif kind == "stop_redis":
             system.redis.process.send_signal(signal.SIGSTOP)
@@ -266,10 +257,10 @@ class Faults:
     async def _replace(self, worker: Child, how: signal.Signals, skew: int) -> None:
         """Signal `worker`, let it exit (a SIGTERM drains), start another in its place."""
         worker.process.send_signal(how)
-        if not await _wait_exit(worker, TERM_WAIT):
+        if not await wait_exit(worker, TERM_WAIT):
             self.notes[f"worker still running {TERM_WAIT:g} s after SIGTERM; killed"] += 1
             worker.process.kill()
-            await _wait_exit(worker, 10)
+            await wait_exit(worker, 10)
         await self.system.start_worker(skew, wait=False)
 
     async def run_until(self, deadline: float, every: tuple[float, float]) -> None:
@@ -578,9 +569,6 @@ async def start(
 
 async def run(procs: Processes, opts: Options) -> Outcome:
     """Load and faults for `seconds`, then the wait, then the verdict."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     loop = asyncio.get_running_loop()
     began = loop.time()
     rng = random.Random(opts.seed)
@@ -609,15 +597,9 @@ async def run(procs: Processes, opts: Options) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     """One chaos run; the exit status."""
     opts = parse_args(argv)
-    try:
-        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            outcome = runner.run(run(procs, opts))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\nchaos: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (SetupError, LoadError) as exc:
-        print(f"chaos: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    outcome = run_harness("chaos", lambda procs: run(procs, opts), (LoadError,))
+    if isinstance(outcome, int):
+        return outcome
     return 0 if outcome.ok else 1
 
 

@@ -34,6 +34,7 @@ from bench.procs import (
     start_redis,
     stop,
     until_connected,
+    wait_exit,
     wait_until,
 )
 from relay.signing import generate_secret
@@ -250,7 +251,9 @@ async def limit_run(bench: Bench, client: limit.ClientName, loop: limit.LoopName
     await bench.receiver.reset()
     receiver_before = bench.receiver_child.cpu_seconds()
     child = bench.procs.spawn(f"limit-{loop}-{client}", argv, bench_env(bench.webhook_secret))
-    await _wait_exit(child, timeout=90 + count / 100)
+    if not await wait_exit(child, timeout=90 + count / 100):
+        stop([child])
+        raise SetupError(f"{child.name} did not finish in time")
     receiver_cpu = bench.receiver_child.cpu_seconds() - receiver_before
     if child.process.returncode != 0 or not out.exists():
         raise SetupError(f"the {loop}+{client} loop failed:\n{child.tail()}")
@@ -272,15 +275,6 @@ async def limit_run(bench: Bench, client: limit.ClientName, loop: limit.LoopName
             "receiver": receiver_cpu * 1000 / ok if ok else 0.0,
         },
     )
-
-
-async def _wait_exit(child: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while child.running:
-        if time.monotonic() > deadline:
-            stop([child])
-            raise SetupError(f"{child.name} did not finish within {timeout:.0f}s")
-        await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True, slots=True)

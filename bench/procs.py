@@ -17,16 +17,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import redis.asyncio as aioredis
+import uvloop
 
 from relay.embedded import free_port as free_port  # the one free_port, re-exported
 from relay.processes import die_with_parent
 
+T = TypeVar("T")
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 30.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +168,16 @@ async def wait_until(
         await asyncio.sleep(0.1)
 
 
+async def wait_exit(child: Child, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `child` to exit; whether it did."""
+    deadline = time.monotonic() + timeout
+    while child.running:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def redis_argv(port: int, workdir: Path) -> list[str]:
     """redis-server as production runs it: AOF fsynced every second, no eviction."""
     binary = shutil.which("redis-server")
@@ -299,3 +312,34 @@ async def redis_calls(client: aioredis.Redis) -> int:
     """Commands Redis has run so far, those inside Lua scripts included."""
     stats = await client.info("commandstats")
     return sum(int(command["calls"]) for command in stats.values())
+
+
+def run_harness(
+    name: str,
+    main: Callable[[Processes], Coroutine[Any, Any, T]],
+    failures: tuple[type[Exception], ...] = (),
+) -> T | int:
+    """Run `main` on uvloop with a work dir for its children, stopped however it ends.
+
+    Returns its result, or an exit status: 130 when interrupted (Ctrl-C, or SIGTERM from
+    `timeout`, CI or a supervisor), 2 when SetupError or one of `failures` says the run could
+    not be done.
+    """
+
+    async def cancellable(procs: Processes) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main(procs)
+
+    try:
+        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(cancellable(procs))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\n{name}: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, (SetupError, TimeoutError, *failures)):
+            raise
+        print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import uvloop
 
 from bench.load import (
     Api,
@@ -43,13 +42,12 @@ from bench.load import (
 from bench.procs import (
     Processes,
     RelaySettings,
-    SetupError,
     api_argv,
     bench_env,
     free_port,
-    processes,
     receiver_argv,
     redis_calls,
+    run_harness,
     spawn_worker,
     start_redis,
     until_connected,
@@ -211,15 +209,9 @@ def render(f: Figures, opts: Options) -> str:
 def main(argv: list[str] | None = None) -> int:
     """One run; the exit status."""
     opts = parse_args(argv)
-    try:
-        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            figures = runner.run(run(procs, opts))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\nwaiting: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (SetupError, LoadError, TimeoutError) as exc:
-        print(f"waiting: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    figures = run_harness("waiting", lambda procs: run(procs, opts), (LoadError,))
+    if isinstance(figures, int):
+        return figures
     print("\n" + render(figures, opts) + "\n", flush=True)
     return 0
 

@@ -223,15 +223,12 @@ def cmd_worker(_: argparse.Namespace) -> int:
     """One delivery worker."""
     import uvloop
 
-    from relay.worker import build_worker
+    from relay import worker
 
-    # arq logs every job at INFO: at thousands of deliveries a second that is noise, not news.
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    # Each attempt is a handful of Redis round trips and one HTTP exchange: the worker spends
-    # much of its time in the event loop's socket calls, which uvloop makes cheaper. arq runs
-    # the loop that is current when it is built.
-    asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(_server_settings()).run()
+    # Each attempt is a couple of Redis calls and one HTTP exchange: the worker spends much of
+    # its time in the event loop's socket calls, which uvloop makes cheaper.
+    uvloop.run(worker.run(_server_settings()))
     return 0
 
 

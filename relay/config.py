@@ -10,7 +10,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from relay.deliveries import RetryPolicy
+from relay.delivery.policy import RetryPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

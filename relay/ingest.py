@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 import pydantic
 
+from relay.delivery.store import NewEvent, PlannedDelivery
 from relay.events import envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
-from relay.store.events import NewEvent, PlannedDelivery, StoredEvent
-from relay.store.jobs import deliver_job
+from relay.store.events import StoredEvent
 from relay.timefmt import now, rfc3339
 from relay.validation import TenantId
 
@@ -43,15 +43,12 @@ async def accept(ctx: Services, spec: EventIn) -> tuple[dict[str, object], bool]
         type=spec.type,
         tenant_id=spec.tenant_id,
         created_at=created_at,
+        created_ms=now_ms,
         upstream_id=spec.id,
         payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
     )
-    planned = []
-    for webhook in targets:
-        delivery_id = new_id("dlv", now_ms)
-        job = deliver_job(delivery_id, 1, webhook.id, event.id, now_ms)
-        planned.append(PlannedDelivery(delivery_id, webhook.id, job))
-    first = await ctx.events.accept(event, planned, now_ms)
+    planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
+    first = await ctx.deliveries.accept(event, planned)
     if first is not None:
         return await event_view(ctx, await ctx.events.get(first)), False
     view = _view(event.id, event.type, event.tenant_id, event.created_at, spec.id, data)

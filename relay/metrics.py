@@ -17,7 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from relay.deliveries import Status
+from relay.delivery.model import Status
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -69,7 +69,7 @@ class _Snapshot(Collector):
             sum_value=c.get("attempt_seconds_sum", 0.0),
         )
         requeued = CounterMetricFamily(
-            "relay_sweeper_requeued", "Deliveries the sweeper re-enqueued after losing their job."
+            "relay_sweeper_requeued", "Deliveries taken over after their worker's lease ran out."
         )
         requeued.add_metric([], c.get("sweeper_requeued", 0.0))
         pending = GaugeMetricFamily(

@@ -9,10 +9,11 @@ from starlette.requests import Request
 
 from relay import __version__
 from relay.config import Settings
+from relay.delivery.queue import JobQueue
+from relay.delivery.store import DeliveryStore
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
-from relay.store.deliveries import DeliveryStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import TokenRateLimiter
@@ -75,6 +76,7 @@ class Services:
     events: EventStore
     rate_limiter: TokenRateLimiter
     deliveries: DeliveryStore
+    jobs: JobQueue
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -96,9 +98,15 @@ class Services:
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring),
             webhooks=WebhookStore(redis),
-            events=EventStore(redis, settings.retention_seconds),
+            events=EventStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
-            deliveries=DeliveryStore(redis, settings.retention_seconds, settings.disable_after),
+            deliveries=DeliveryStore(
+                redis,
+                settings.retention_seconds,
+                settings.disable_after,
+                settings.retry_schedule.longest_wait_seconds,
+            ),
+            jobs=JobQueue(redis),
         )
 
     async def aclose(self) -> None:

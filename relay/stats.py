@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from relay.deliveries import RESTARTABLE
+from relay.delivery.model import FINISHED
 from relay.metrics import DURATION_BUCKETS
 from relay.services import Services
 from relay.store.metrics import BUCKET_SECONDS, backlog, bucket_start, buckets
@@ -59,7 +59,7 @@ def figures(counters: Mapping[str, int]) -> dict[str, object]:
         "attempts": attempts,
         "attempts_succeeded": succeeded,
         "success_rate": round(succeeded / attempts, 4) if attempts else None,
-        "deliveries": {s.value: counters.get(f"deliveries:{s.value}", 0) for s in RESTARTABLE},
+        "deliveries": {s.value: counters.get(f"deliveries:{s.value}", 0) for s in FINISHED},
         "latency_p50_ms": quantile_ms(counters, 0.5),
         "latency_p95_ms": quantile_ms(counters, 0.95),
     }

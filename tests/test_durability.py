@@ -10,8 +10,8 @@ from collections import Counter
 import httpx
 import redis.asyncio
 
+from relay.delivery.store import DeliveryStore
 from relay.store import keys
-from relay.store.deliveries import DeliveryStore
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
@@ -66,16 +66,17 @@ async def test_sigkilled_worker_loses_nothing(admin: httpx.AsyncClient, workers:
     assert survivor.poll() is None
 
 
-async def test_sweeper_delivers_when_the_job_is_lost(
+async def test_a_delivery_whose_worker_died_after_claiming_it_is_taken_over(
     admin: httpx.AsyncClient, workers: Workers, redis_client: redis.asyncio.Redis
 ) -> None:
     async with Receiver() as rx:
         hook = await webhook(admin, rx.url("/hook"))
         event = (await post_event(admin)).json()["data"]
         [delivery] = event["deliveries"]
-        jobs = [k async for k in redis_client.scan_iter("arq:job:*")]
-        assert len(jobs) == 1
-        await redis_client.delete(*jobs, keys.QUEUE)
+        # A worker that claims the delivery and dies before it sends anything.
+        doomed = DeliveryStore(redis_client, 60, 3600, 0)
+        poll = await doomed.claim("doomed", 10, lease_ms=1500, concurrency=4)
+        assert [c.delivery_id for c in poll.claims] == [delivery["id"]]
         await workers()
         [request] = await rx.wait_for(1, timeout=15)
         await wait_status(admin, hook["id"], delivery["id"], "delivered")
@@ -152,10 +153,44 @@ async def test_retention_trims_every_index(
     ]
     for index in indexes:
         assert await redis_client.zcard(index) == 3, index
-    store = DeliveryStore(redis_client, retention_seconds=60, disable_after_seconds=3600)
+    store = DeliveryStore(
+        redis_client, retention_seconds=60, disable_after_seconds=3600, longest_schedule_seconds=0
+    )
     assert await store.trim(int(time.time() * 1000)) == 0
     removed = await store.trim(int(time.time() * 1000) + 61_000)
     assert removed == 15
     for index in indexes:
         assert await redis_client.zcard(index) == 0, index
     assert await redis_client.scard(keys.INDEXES) == 0
+
+
+async def test_retention_works_in_bounded_chunks_and_resumes_where_it_stopped(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    from relay import ids
+
+    old = int(time.time() * 1000) - 120_000
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for n in range(3000):
+            index = keys.webhook_deliveries(f"wh_{n}")
+            pipe.zadd(index, {ids.new_id("dlv", old): 0, ids.new_id("dlv"): 0})
+            pipe.sadd(keys.INDEXES, index)
+        big = keys.webhook_deliveries("wh_big")
+        pipe.zadd(big, {ids.new_id("dlv", old): 0 for _ in range(1200)})
+        pipe.sadd(keys.INDEXES, big)
+        await pipe.execute()
+    store = DeliveryStore(
+        redis_client, retention_seconds=60, disable_after_seconds=3600, longest_schedule_seconds=0
+    )
+    await redis_client.config_set("slowlog-log-slower-than", 20_000)  # 20 ms
+    await redis_client.slowlog_reset()
+    removed = 0
+    for _ in range(4):  # a large index loses a bounded number per pass
+        removed += await store.trim(int(time.time() * 1000))
+    slow = await redis_client.slowlog_get()
+    await redis_client.config_set("slowlog-log-slower-than", 10_000)
+    assert removed == 3000 + 1200
+    assert await redis_client.zcard(big) == 0
+    for n in (0, 2999):
+        assert await redis_client.zcard(keys.webhook_deliveries(f"wh_{n}")) == 1
+    assert [entry for entry in slow if b"EVALSHA" in entry["command"]] == []

@@ -225,6 +225,7 @@ async def test_real_objects_match_the_documented_responses(
     rotate = {"grace_seconds": 60}
     await tour.call("POST", "/v1/webhooks/{id}/rotate-secret", 200, ids=on_hook, body=rotate)
     await tour.call("POST", "/v1/webhooks/test", 200, body={"webhook_id": hook["id"]})
+    await tour.call("GET", "/v1/webhooks/{id}/tests", 200, ids=on_hook)
 
     event = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": 7}, "id": "u1"}
     first = (await tour.call("POST", "/v1/events", 202, body=event))["data"]
@@ -246,10 +247,11 @@ async def test_real_objects_match_the_documented_responses(
     assert [w["id"] for w in stats["webhooks"]] == [hook["id"]]  # failing
     window = {"since": first["created_at"]}
     recover = "/v1/webhooks/{id}/recover"
-    assert (await tour.call("POST", recover, 202, ids=on_hook, body=window))["data"][
-        "requeued"
-    ] == 1
-    await tour.call("POST", f"{delivery}/retry", 409, ids=on_delivery)  # pending again
+    recovery = (await tour.call("POST", recover, 202, ids=on_hook, body=window))["data"]
+    assert recovery["requeued"] == 1
+    on_recovery = {**on_hook, "recovery_id": recovery["id"]}
+    await tour.call("GET", "/v1/webhooks/{id}/recoveries/{recovery_id}", 200, ids=on_recovery)
+    await tour.call("POST", f"{delivery}/retry", 202, ids=on_delivery)  # pending: due now
     await tour.call("POST", f"{delivery}/cancel", 200, ids=on_delivery)
     await tour.call("POST", f"{delivery}/retry", 202, ids=on_delivery)
     await tour.call("POST", f"{delivery}/cancel", 200, ids=on_delivery)

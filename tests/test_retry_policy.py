@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.deliveries import DEFAULT_SCHEDULE, Outcome, RetryPolicy, outcome
+from relay.delivery.policy import DEFAULT_SCHEDULE, Outcome, RetryPolicy, outcome
 
 NOW = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy()
@@ -120,10 +120,17 @@ def test_retry_after_is_capped_at_the_largest_step() -> None:
     assert RetryPolicy.parse("1,60,5").next_delay(1, 429, "3600", NOW) == 60
 
 
-def test_retry_after_in_the_past_means_now() -> None:
+def test_retry_after_in_the_past_means_the_first_step() -> None:
     past = format_datetime(NOW - timedelta(hours=1), usegmt=True)
 
-    assert POLICY.next_delay(3, 503, past, NOW) == 0
+    assert POLICY.next_delay(3, 503, past, NOW) == 5
+
+
+@pytest.mark.parametrize("asked", ["0", "1", "4"])
+def test_retry_after_never_goes_below_the_first_step(asked: str) -> None:
+    # A receiver cannot make relay hammer it faster than the schedule's first step.
+    assert POLICY.next_delay(2, 429, asked, NOW, _no_jitter) == 5
+    assert RetryPolicy.parse("30,60").next_delay(1, 503, asked, NOW, _no_jitter) == 30
 
 
 @pytest.mark.parametrize("status", [500, 502, 404, 200, None])
@@ -144,6 +151,7 @@ def test_any_retry_after_gives_a_delay_within_bounds(value: str) -> None:
 
     assert delay is not None
     assert 0 <= delay <= 36000
+    assert delay >= 5 * 0.8  # the first step, less its jitter
 
 
 @pytest.mark.parametrize(

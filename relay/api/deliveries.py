@@ -10,11 +10,11 @@ from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.api.webhooks import ID, OWNERS, visible_webhook
-from relay.deliveries import RESTARTABLE, Delivery, Status
-from relay.errors import Conflict, Invalid, NotFound
+from relay.delivery import service
+from relay.delivery.model import Delivery, Status
+from relay.delivery.store import DeliveryFilter
+from relay.errors import Invalid, NotFound
 from relay.services import services
-from relay.store import keys
-from relay.store.deliveries import DeliveryFilter
 from relay.timefmt import parse_rfc3339
 from relay.tokens import Principal
 
@@ -49,10 +49,12 @@ def _page(found: list[Delivery], cursor: str | None) -> Response:
 
 
 async def _visible_delivery(request: Request, principal: Principal) -> Delivery:
-    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    # By the delivery's own tenant, so that the log of a deleted webhook stays readable until
+    # retention ends.
     delivery = await services(request).deliveries.get(request.path_params["delivery_id"])
-    if delivery.webhook_id != webhook.id:
+    if delivery.webhook_id != request.path_params["id"]:
         raise NotFound("No such delivery.")
+    principal.check_visible(delivery.tenant_id, "delivery")
     return delivery
 
 
@@ -61,7 +63,7 @@ async def webhook_deliveries(request: Request, principal: Principal) -> Response
     webhook = await visible_webhook(request, principal, request.path_params["id"])
     page = page_request(request, "dlv")
     query = DeliveryFilter(
-        keys.webhook_deliveries(webhook.id),
+        webhook_id=webhook.id,
         status=_status(request),
         event_type=request.query_params.get("event_type") or None,
         since_ms=_ms(request, "since"),
@@ -76,13 +78,8 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
     webhook_id = request.query_params.get("webhook_id")
     tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
     if webhook_id:
-        webhook = await visible_webhook(request, principal, webhook_id)
-        index = keys.webhook_deliveries(webhook.id)
-    elif tenant_id:
-        index = keys.tenant_deliveries(tenant_id)
-    else:
-        index = keys.DELIVERIES
-    query = DeliveryFilter(index, status=_status(request))
+        webhook_id = (await visible_webhook(request, principal, webhook_id)).id
+    query = DeliveryFilter(webhook_id=webhook_id, tenant_id=tenant_id, status=_status(request))
     return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
 
 
@@ -94,23 +91,15 @@ async def get_delivery(request: Request, principal: Principal) -> Response:
 
 
 async def retry_delivery(request: Request, principal: Principal) -> Response:
-    """Back to pending with a fresh schedule, history kept; 409 while pending or delivering."""
-    ctx = services(request)
+    """A finished delivery starts again, a pending one is due now; 409 while delivering."""
     delivery = await _visible_delivery(request, principal)
-    outcome = await ctx.deliveries.restart(delivery, RESTARTABLE)
-    if outcome != "ok":
-        raise Conflict(f"The delivery is {outcome}; only a finished delivery can be retried.")
-    return ok((await ctx.deliveries.get(delivery.id)).public(), 202)
+    return ok((await service.retry(services(request), delivery)).public(), 202)
 
 
 async def cancel_delivery(request: Request, principal: Principal) -> Response:
     """Cancel a pending delivery: it is never sent afterwards."""
-    ctx = services(request)
     delivery = await _visible_delivery(request, principal)
-    outcome = await ctx.deliveries.cancel(delivery.id)
-    if outcome != "ok":
-        raise Conflict(f"The delivery is {outcome}; only a pending delivery can be canceled.")
-    return ok((await ctx.deliveries.get(delivery.id)).public())
+    return ok((await service.cancel(services(request), delivery)).public())
 
 
 async def recover_webhook(request: Request, principal: Principal) -> Response:
@@ -121,14 +110,19 @@ async def recover_webhook(request: Request, principal: Principal) -> Response:
     until = parse_rfc3339(window.until, "until") if window.until else None
     if until is not None and until < since:
         raise Invalid("The window ends before it starts.", {"until": ["must not be before since"]})
-    ctx = services(request)
-    ids = await ctx.deliveries.ids_between(
-        keys.webhook_deliveries(webhook.id),
-        int(since.timestamp() * 1000),
-        int(until.timestamp() * 1000) if until else 2**47,
-    )
-    requeued = await ctx.deliveries.requeue_failed(await ctx.deliveries.many(ids))
-    return ok({"requeued": requeued}, 202)
+    since_ms = int(since.timestamp() * 1000)
+    until_ms = int(until.timestamp() * 1000) if until else 2**47
+    view = await service.recover(services(request), webhook, since_ms, until_ms)
+    return ok(view, 202, headers={"location": str(view["url"])})
+
+
+async def get_recovery(request: Request, principal: Principal) -> Response:
+    """How far a recovery has got."""
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    record = await services(request).deliveries.recovery(request.path_params["recovery_id"])
+    if record["webhook_id"] != webhook.id:
+        raise NotFound("No such recovery.")
+    return ok(service.recovery_view(record))
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))
@@ -203,5 +197,14 @@ OPERATIONS = [
         body=RecoverWindow,
         params=ID,
         status=202,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhooks/{id}/recoveries/{recovery_id}",
+        get_recovery,
+        "Get a recovery's progress",
+        OWNERS,
+        "deliveries",
+        params=(*ID, id_param("rcv", "recovery_id")),
     ),
 ]

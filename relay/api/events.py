@@ -8,6 +8,7 @@ from starlette.responses import Response
 from relay.api.bodies import ok, read_model
 from relay.api.pagination import id_param
 from relay.api.routing import Operation
+from relay.delivery import service
 from relay.ingest import EventIn, accept, event_view
 from relay.services import services
 from relay.store import codec
@@ -51,7 +52,7 @@ async def retry_event(request: Request, principal: Principal) -> Response:
     """Send this event's failed deliveries again; delivered ones are left alone."""
     ctx = services(request)
     event = await _visible_event(request, principal)
-    requeued = await ctx.deliveries.requeue_failed(await ctx.deliveries.many(event.delivery_ids))
+    requeued = await service.retry_failures(ctx, event)
     return ok({**await event_view(ctx, event), "requeued": requeued}, 202)
 
 

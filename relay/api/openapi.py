@@ -16,7 +16,7 @@ import pydantic
 from relay import __version__
 from relay.api.pagination import id_schema
 from relay.api.routing import Operation
-from relay.deliveries import RESTARTABLE, Status
+from relay.delivery.model import FINISHED, Status
 from relay.events import EVENT_TYPES
 from relay.stats import WINDOWS
 from relay.tokens import TOKEN_PREFIX, Role
@@ -133,7 +133,9 @@ _ATTEMPT = _object(
         "error": _nullable(_STRING),
         "response_body": {**_STRING, "description": "The first 4 KiB of the response"},
         "request_headers": _HEADERS,
-    }
+        "url": {**_STRING, "description": "Where the attempt went (empty if none was made)"},
+    },
+    optional=("url",),  # attempts logged before relay recorded it
 )
 _DELETED = {"deleted": {"const": True}}
 _FIGURES = {
@@ -141,7 +143,7 @@ _FIGURES = {
     "attempts": _COUNT,
     "attempts_succeeded": _COUNT,
     "success_rate": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
-    "deliveries": _object({s.value: _COUNT for s in RESTARTABLE}),
+    "deliveries": _object({s.value: _COUNT for s in FINISHED}),
     "latency_p50_ms": _nullable(_COUNT),
     "latency_p95_ms": _nullable(_COUNT),
 }
@@ -181,10 +183,14 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "TestResult": _object(
         {
             "event_id": id_schema("evt"),
+            "type": _EVENT_TYPE,
+            "sent_at": _TIMESTAMP,
+            "url": _STRING,
             "status_code": _nullable(_HTTP_STATUS),
             "duration_ms": _COUNT,
             "error": _nullable(_STRING),
             "response_body": _STRING,
+            "request_headers": _HEADERS,
         }
     ),
     "Event": _object(_EVENT),
@@ -194,7 +200,6 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         {**_DELIVERY, "attempts": {"type": "array", "items": _ref("Attempt")}}
     ),
     "Attempt": _ATTEMPT,
-    "Requeued": _object({"requeued": _COUNT}),
     "Stats": _object(
         {
             "window": {"type": "string", "enum": list(WINDOWS)},
@@ -208,6 +213,17 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "items": _object({**_WEBHOOK, "failing_since": _nullable(_TIMESTAMP)}),
             },
+        }
+    ),
+    "Recovery": _object(
+        {
+            "id": id_schema("rcv"),
+            "webhook_id": id_schema("wh"),
+            "status": {"type": "string", "enum": ["running", "done"]},
+            "requeued": {**_COUNT, "description": "Failed deliveries sent again so far"},
+            "since": _TIMESTAMP,
+            "until": _TIMESTAMP,
+            "url": {**_STRING, "description": "Where to GET the recovery's progress"},
         }
     ),
 }
@@ -234,8 +250,10 @@ _DATA = {
     "get_delivery": "DeliveryWithAttempts",
     "retry_delivery": "Delivery",
     "cancel_delivery": "Delivery",
-    "recover_webhook": "Requeued",
     "get_stats": "Stats",
+    "recover_webhook": "Recovery",
+    "get_recovery": "Recovery",
+    "list_tests": "TestResult",
 }
 # Success answers besides the operation's own status.
 _ALSO_SUCCEEDS = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,8 +10,8 @@ from relay import events
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ANY_ROLE, Operation, Param
+from relay.delivery import service
 from relay.errors import Invalid
-from relay.ids import new_id
 from relay.services import services
 from relay.timefmt import from_timestamp, now, rfc3339
 from relay.tokens import Principal, Role
@@ -25,11 +23,9 @@ from relay.webhooks import (
     WebhookUpdate,
     apply_update,
     check_target,
-    delivery_headers,
     new_webhook,
     reveal,
     rotate,
-    signing_keys,
 )
 
 OWNERS = frozenset({Role.ADMIN, Role.TENANT})
@@ -132,23 +128,13 @@ async def send_test_event(request: Request, principal: Principal) -> Response:
     """Send a signed sample event to the webhook now and report what its endpoint answered."""
     spec = await read_model(request, SampleSend)
     webhook = await visible_webhook(request, principal, spec.webhook_id)
-    ctx = services(request)
-    moment = now()
-    event_id = new_id("evt")
-    sample = events.EVENT_TYPES[spec.type].sample
-    body = events.envelope(event_id, spec.type, webhook.tenant_id, sample, rfc3339(moment))
-    keys = signing_keys(webhook, ctx.keyring, int(moment.timestamp() * 1000))
-    headers = delivery_headers(webhook, keys, event_id, int(time.time()), body)
-    result = await ctx.sender.send(webhook.url, body, headers)
-    return ok(
-        {
-            "event_id": event_id,
-            "status_code": result.status_code,
-            "duration_ms": result.duration_ms,
-            "error": result.error,
-            "response_body": result.response_body,
-        }
-    )
+    return ok(await service.send_test(services(request), webhook, spec.type))
+
+
+async def list_tests(request: Request, principal: Principal) -> Response:
+    """The webhook's recent test sends and what its endpoint answered, newest first."""
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    return listing(await services(request).deliveries.tests(webhook.id), None)
 
 
 async def event_types(_: Request, __: Principal) -> Response:
@@ -194,6 +180,16 @@ OPERATIONS = [
         OWNERS,
         "webhooks",
         body=SampleSend,
+    ),
+    Operation(
+        "GET",
+        "/v1/webhooks/{id}/tests",
+        list_tests,
+        "List a webhook's test sends",
+        OWNERS,
+        "webhooks",
+        params=ID,
+        list_of=True,
     ),
     Operation(
         "GET",

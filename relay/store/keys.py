@@ -46,14 +46,20 @@ def tenant_webhooks(tenant_id: str) -> str:
 
 EVENTS = PREFIX + "evts"
 DELIVERIES = PREFIX + "dlvs"
-# Deliveries that are pending (scored by due time) or delivering (scored by lease expiry).
+# The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by
+# lease expiry), and `wake:<webhook id>` markers for endpoints with parked deliveries.
 DUE = PREFIX + "due"
+# Idle workers block on this list; a script that makes something due now pushes to it.
+WAKE = PREFIX + "wake"
+# Where the retention pass over the per-tenant and per-webhook indexes has got to.
+TRIM_CURSOR = PREFIX + "trim:cursor"
+TRIM_LOCK = PREFIX + "trim:lock"
 # Every per-tenant and per-webhook index, so retention can trim them all.
 INDEXES = PREFIX + "indexes"
 # Counters every worker and API process adds to; /metrics reads them.
 METRICS = PREFIX + "metrics"
-# The arq queue relay's workers read; job records use arq's own key prefix.
-QUEUE = PREFIX + "queue"
+# The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.
+QUEUE = PREFIX + "jobs"
 
 
 def event(event_id: str) -> str:
@@ -78,7 +84,7 @@ def delivery(delivery_id: str) -> str:
 
 def attempts(delivery_id: str) -> str:
     """A delivery's attempt log (list of JSON)."""
-    return f"{PREFIX}dlv:{delivery_id}:att"
+    return f"{PREFIX}dlv:{delivery_id}{ATTEMPTS_SUFFIX}"
 
 
 def tenant_deliveries(tenant_id: str) -> str:
@@ -91,23 +97,31 @@ def webhook_deliveries(webhook_id: str) -> str:
     return f"{PREFIX}dlvs:wh:{webhook_id}"
 
 
-def job(job_id: str) -> str:
-    """An arq job record (arq's key layout)."""
-    return f"arq:job:{job_id}"
+ATTEMPTS_SUFFIX = ":att"
 
 
-# arq marks a job some worker is running with this key + job id, so that no other starts it.
-IN_PROGRESS_PREFIX = "arq:in-progress:"
+def endpoint_parked(webhook_id: str) -> str:
+    """Deliveries waiting for a slot or rate window of one webhook (scored by due time)."""
+    return f"{PREFIX}parked:{webhook_id}"
+
+
+def recovery(recovery_id: str) -> str:
+    """A recovery's progress (hash)."""
+    return f"{PREFIX}rcv:{recovery_id}"
+
+
+def webhook_tests(webhook_id: str) -> str:
+    """The results of test sends to one webhook (list of JSON, newest first)."""
+    return f"{PREFIX}tests:{webhook_id}"
 
 
 def endpoint_slots(webhook_id: str) -> str:
-    """Attempts in flight to one webhook (sorted set of job ids, scored by lease expiry)."""
+    """Attempts in flight to one webhook (sorted set of delivery ids, scored by lease expiry)."""
     return f"{PREFIX}slots:{webhook_id}"
 
 
-def endpoint_rate(webhook_id: str, second: int) -> str:
-    """Attempts started to one webhook within one wall-clock second."""
-    return f"{PREFIX}rate:{webhook_id}:{second}"
+# Attempts started to one webhook within one second of Redis's clock: + "<webhook id>:<second>".
+ENDPOINT_RATE_PREFIX = PREFIX + "rate:"
 
 
 def endpoint_failing(webhook_id: str) -> str:

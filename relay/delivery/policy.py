@@ -1,4 +1,4 @@
-"""Deliveries: what an attempt's result means, and when the next attempt is due (pure functions)."""
+"""The retry policy: what an attempt's result means, and when the next attempt is due (pure)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+from relay.delivery.model import Status
 
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
@@ -65,6 +67,12 @@ class RetryPolicy:
         return cls(schedule=tuple(steps))
 
     @property
+    def longest_wait_seconds(self) -> int:
+        """An upper bound on the time from a cycle's first attempt to its last."""
+        # Each wait is a jittered step or a Retry-After, and neither exceeds the largest step.
+        return math.ceil(max(self.schedule) * len(self.schedule) * (1 + self.jitter))
+
+    @property
     def max_attempts(self) -> int:
         """Attempts a delivery gets before it fails: the first plus one per step."""
         return len(self.schedule) + 1
@@ -85,8 +93,9 @@ class RetryPolicy:
         if status_code in _RETRY_AFTER_STATUSES and retry_after is not None:
             asked = _retry_after_seconds(retry_after, now)
             if asked is not None:
-                # Capped so a receiver cannot park a delivery beyond what the schedule allows.
-                return min(max(asked, 0.0), max(self.schedule))
+                # Within the schedule's bounds: a receiver can neither make us hammer it
+                # (below the first step) nor park a delivery beyond the largest step.
+                return min(max(asked, self.schedule[0]), max(self.schedule))
         step = self.schedule[attempts_made - 1]
         return step * (1 + self.jitter * (2 * rand() - 1))
 
@@ -104,33 +113,6 @@ def _retry_after_seconds(value: str, now: datetime) -> float | None:
         # RFC 9110 dates are GMT; "-0000" comes back naive from the parser.
         when = when.replace(tzinfo=UTC)
     return (when - now).total_seconds()
-
-
-class Status(enum.StrEnum):
-    """Where a delivery is: pending → delivering → delivered | failed, or canceled."""
-
-    PENDING = "pending"
-    DELIVERING = "delivering"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-
-# A manual retry starts a new cycle from any state the worker will not touch again.
-RESTARTABLE = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELED})
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at a delivery, as the log keeps it."""
-
-    number: int
-    started_at: str
-    duration_ms: int
-    status_code: int | None
-    error: str | None
-    response_body: str
-    request_headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,46 +146,3 @@ def judge(
     if delay is None:
         return Verdict(Status.FAILED, error=f"{reason} (retry schedule exhausted)")
     return Verdict(Status.PENDING, delay=delay, error=reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One event on its way to one webhook."""
-
-    id: str
-    event_id: str
-    webhook_id: str
-    tenant_id: str
-    event_type: str
-    status: Status
-    attempt_count: int
-    cycle_start: int  # attempts made before the current cycle (a manual retry starts one)
-    next_attempt_at: str | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: str
-    updated_at: str
-    delivered_at: str | None
-
-    @property
-    def attempts_in_cycle(self) -> int:
-        """Attempts made since the schedule last started (the retry policy counts these)."""
-        return self.attempt_count - self.cycle_start
-
-    def public(self) -> dict[str, object]:
-        """The delivery as the API shows it."""
-        return {
-            "id": self.id,
-            "event_id": self.event_id,
-            "webhook_id": self.webhook_id,
-            "tenant_id": self.tenant_id,
-            "event_type": self.event_type,
-            "status": self.status.value,
-            "attempt_count": self.attempt_count,
-            "next_attempt_at": self.next_attempt_at,
-            "last_status_code": self.last_status_code,
-            "last_error": self.last_error,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "delivered_at": self.delivered_at,
-        }

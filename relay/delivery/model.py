@@ -1,0 +1,143 @@
+"""A delivery's states and transitions, declared once; the records an attempt reads and writes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.StrEnum):
+    """Where a delivery is: pending → delivering → delivered | failed, or canceled."""
+
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        """Whether no worker will touch the delivery again unless someone retries it."""
+        return self in FINISHED
+
+
+FINISHED = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELED})
+
+
+class Transition(enum.StrEnum):
+    """Every change of a delivery's state; each is one Lua script of the same name."""
+
+    ACCEPT = "accept"  # (new) → pending, with its event
+    CLAIM = "claim"  # pending → delivering (or parked behind its endpoint's limits)
+    SETTLE = "settle"  # delivering → pending | delivered | failed | canceled
+    RESTART = "restart"  # finished → pending with a fresh schedule; pending → due now
+    CANCEL = "cancel"  # pending → canceled
+
+
+# From which statuses each operator transition may start.
+ALLOWED_FROM: dict[Transition, frozenset[Status]] = {
+    Transition.RESTART: frozenset({Status.PENDING, *FINISHED}),
+    Transition.CANCEL: frozenset({Status.PENDING}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at a delivery, as the log keeps it."""
+
+    number: int
+    started_at: str
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_body: str
+    request_headers: dict[str, str]
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event on its way to one webhook."""
+
+    id: str
+    event_id: str
+    webhook_id: str
+    tenant_id: str
+    event_type: str
+    status: Status
+    attempt_count: int
+    cycle_start: int  # attempts made before the current cycle (a manual retry starts one)
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    updated_at: str
+    delivered_at: str | None
+
+    def public(self) -> dict[str, object]:
+        """The delivery as the API shows it."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "webhook_id": self.webhook_id,
+            "tenant_id": self.tenant_id,
+            "event_type": self.event_type,
+            "status": self.status.value,
+            "attempt_count": self.attempt_count,
+            "next_attempt_at": self.next_attempt_at,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "delivered_at": self.delivered_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery leased to this worker for one attempt, with what the attempt needs.
+
+    `token` proves the lease at settle: a worker that paused past its lease and was overtaken
+    cannot write over the attempt of the worker that took the delivery over.
+    """
+
+    delivery_id: str
+    attempt: int
+    token: str
+    cycle_start: int
+    webhook_id: str
+    event_id: str
+    webhook_record: bytes | None
+    payload: bytes | None
+    now_ms: int  # Redis's clock when the lease was taken
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What to write when settling an attempt (or the decision not to make one)."""
+
+    status: Status
+    attempt: Attempt | None
+    delay_ms: int | None  # until the next attempt, when pending
+    last_status_code: int | None
+    last_error: str | None
+    counters: tuple[str, ...] = ()
+    duration_seconds: float = 0.0
+    endpoint_ok: bool | None = None  # None when no request was made
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What settling told: whether it was written, since when the endpoint fails, Redis's now."""
+
+    written: bool
+    failing_since_ms: int | None
+    now_ms: int
+
+
+class Restarted(enum.StrEnum):
+    """How an operator's retry came out."""
+
+    OK = "ok"
+    MISSING = "missing"
+    REFUSED = "refused"  # the status does not allow it (the reply carries the status)

@@ -1,0 +1,52 @@
+"""Background jobs through arq's public API: the only module that imports arq.
+
+Deliveries do not travel as arq jobs: the due set is their queue (see `claim.lua`), written in
+the same atomic step as the state it serves. arq runs the long, resumable operator jobs —
+a recovery's batches — with a deterministic `_job_id`, so enqueuing one twice is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import Worker, func
+from redis.asyncio import Redis
+
+from relay.store import keys
+
+JobFunction = Callable[..., Awaitable[Any]]
+
+
+class JobQueue:
+    """Enqueues background jobs on relay's arq queue, over an existing Redis connection pool."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._arq = ArqRedis(redis.connection_pool, default_queue_name=keys.QUEUE)
+
+    async def enqueue(self, name: str, job_id: str, *args: Any) -> bool:
+        """Queue `name(*args)` as job `job_id`; False if that job is already queued or ran."""
+        return await self._arq.enqueue_job(name, *args, _job_id=job_id) is not None
+
+
+def job_worker(
+    redis_url: str,
+    functions: Sequence[tuple[str, JobFunction]],
+    ctx: dict[str, Any],
+    timeout_seconds: float,
+) -> Worker:
+    """An arq worker running relay's background jobs; the caller supervises and stops it."""
+    return Worker(
+        functions=[
+            func(f, name=name, timeout=timeout_seconds)  # type: ignore[arg-type]
+            for name, f in functions
+        ],
+        queue_name=keys.QUEUE,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        ctx=ctx,
+        max_jobs=4,
+        keep_result=0,
+        handle_signals=False,
+        log_results=False,
+    )

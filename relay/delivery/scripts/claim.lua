@@ -1,0 +1,102 @@
+-- pending → delivering, for up to A.limit due deliveries at once.
+-- A delivery over its endpoint's concurrency or rate limit is parked instead: it leaves the due
+-- set for the endpoint's parked set and costs nothing until a slot frees (settle moves one back)
+-- or the endpoint's wake marker in the due set comes up (a lease ran out, a rate window opened).
+-- Everything examined is claimed, parked, rescheduled or dropped, so no backlog can hide what
+-- is due behind it.
+local MARK = 'wake:'
+
+local function free_slots(wh)
+  local slots = K.slots .. wh
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
+  return A.concurrency - redis.call('ZCARD', slots)
+end
+
+local function park(id, wh, score, wake_at)
+  redis.call('ZREM', K.due, id)
+  redis.call('ZADD', K.parked .. wh, score, id)
+  redis.call('ZADD', K.due, 'LT', wake_at, MARK .. wh)
+end
+
+local function unpark(wh)
+  redis.call('ZREM', K.due, MARK .. wh)
+  local parked = K.parked .. wh
+  local free = free_slots(wh)
+  if free > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', parked, 0, free - 1)) do
+      redis.call('ZREM', parked, id)
+      redis.call('ZADD', K.due, NOW, id)
+    end
+  end
+  if redis.call('EXISTS', parked) == 1 then
+    local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
+    redis.call('ZADD', K.due, 'LT', first or (NOW + 1000), MARK .. wh)
+  end
+end
+
+local sequence = 0
+local function try(id, score)
+  local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
+    'webhook_id', 'event_id', 'cycle_start')
+  local status = d[1]
+  if not status or (status ~= 'pending' and status ~= 'delivering') then
+    redis.call('ZREM', K.due, id)
+    return nil
+  end
+  if status == 'delivering' and tonumber(d[3]) > NOW then
+    redis.call('ZADD', K.due, d[3], id)  -- leased: its lease decides when to look again
+    return nil
+  end
+  if status == 'delivering' then
+    -- Its worker died or stalled past the lease: another attempt takes over.
+    bump(K.metrics, K.bucket, 'sweeper_requeued')
+  end
+  local wh = d[4]
+  local record = redis.call('GET', K.webhook .. wh)
+  local lease = NOW + A.lease_ms
+  if record then
+    local ok, w = pcall(cjson.decode, record)
+    if ok and w.enabled == true then
+      if free_slots(wh) <= 0 then
+        local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
+        park(id, wh, score, first)
+        return nil
+      end
+      local rate = w.rate_limit_per_second
+      if type(rate) == 'number' then
+        local second = math.floor(NOW / 1000)
+        local window = K.rate .. wh .. ':' .. int(second)
+        if tonumber(redis.call('GET', window) or '0') >= rate then
+          park(id, wh, score, (second + 1) * 1000)
+          return nil
+        end
+        redis.call('INCR', window)
+        redis.call('EXPIRE', window, 2)
+      end
+      redis.call('ZADD', K.slots .. wh, lease, id)
+      redis.call('PEXPIRE', K.slots .. wh, A.lease_ms)
+    end
+  end
+  sequence = sequence + 1
+  local token = A.owner .. ':' .. int(NOW) .. ':' .. sequence
+  redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
+    'lease_token', token)
+  redis.call('ZADD', K.due, lease, id)
+  local payload = redis.call('HGET', K.event .. d[5], 'payload')
+  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], record or '', payload or ''}
+end
+
+local claims = {}
+local due = redis.call('ZRANGEBYSCORE', K.due, '-inf', NOW, 'WITHSCORES', 'LIMIT', 0, A.scan)
+for i = 1, #due, 2 do
+  if #claims >= A.limit then break end
+  local member = due[i]
+  if string.sub(member, 1, #MARK) == MARK then
+    unpark(string.sub(member, #MARK + 1))
+  else
+    local claim = try(member, tonumber(due[i + 1]))
+    if claim then table.insert(claims, claim) end
+  end
+end
+local head = redis.call('ZRANGE', K.due, 0, 0, 'WITHSCORES')[2]
+return {int(NOW), head and int(tonumber(head) - NOW) or -1, claims}

@@ -1,0 +1,30 @@
+-- finished → pending with a fresh schedule (history kept), or a pending one made due now,
+-- for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok', 'missing', or
+-- the status that refused it, after Redis's clock.
+local allowed = {}
+for _, status in ipairs(A.allowed) do allowed[status] = true end
+local out = {}
+local woken = false
+for _, id in ipairs(A.ids) do
+  local key = K.delivery .. id
+  local st = redis.call('HMGET', key, 'status', 'attempt_count')
+  if not st[1] then
+    table.insert(out, 'missing')
+  elseif not allowed[st[1]] then
+    table.insert(out, st[1])
+  else
+    if st[1] ~= 'pending' then
+      redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '')
+      local event = redis.call('HGET', key, 'event_id')
+      for _, k in ipairs({key, K.delivery .. id .. K.attempts_suffix, K.event .. event}) do
+        keep(k, A.keep_seconds)
+      end
+    end
+    redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
+    redis.call('ZADD', K.due, NOW, id)
+    woken = true
+    table.insert(out, 'ok')
+  end
+end
+if woken then wake() end
+return {int(NOW), out}

@@ -1,0 +1,51 @@
+-- delivering → pending | delivered | failed | canceled, by the holder of the lease only.
+-- Writes the attempt (if one was made), the next due time, the counters and the endpoint's
+-- failure streak; frees the endpoint slot and moves one parked delivery back to due.
+local id = A.id
+local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token')
+if st[1] ~= 'delivering' or tonumber(st[2]) ~= A.attempt - 1 or st[3] ~= A.token then
+  return {0, '', int(NOW)}
+end
+if redis.call('ZREM', K.slots, id) == 1 then
+  local next = redis.call('ZRANGE', K.parked, 0, 0)[1]
+  if next then
+    redis.call('ZREM', K.parked, next)
+    redis.call('ZADD', K.due, NOW, next)
+    wake()
+  end
+end
+local count = A.attempt - 1
+if A.record ~= '' then
+  redis.call('RPUSH', K.attempts, A.record)
+  redis.call('HINCRBYFLOAT', K.metrics, 'attempt_seconds_sum', A.duration_seconds)
+  count = A.attempt
+end
+redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
+  'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(NOW))
+redis.call('HDEL', K.delivery, 'lease_until', 'lease_token')
+if A.status == 'pending' then
+  local due = NOW + A.delay_ms
+  redis.call('HSET', K.delivery, 'next_attempt_at', int(due))
+  redis.call('ZADD', K.due, due, id)
+  -- An idle worker sleeps until the head of the due set it last saw; this may be sooner.
+  wake()
+  -- Alive until the rest of the schedule has run and then for the retention window.
+  for _, key in ipairs({K.delivery, K.attempts, K.event}) do keep(key, A.keep_seconds) end
+else
+  if A.status == 'delivered' then redis.call('HSET', K.delivery, 'delivered_ms', int(NOW)) end
+  redis.call('HSET', K.delivery, 'next_attempt_at', '')
+  redis.call('ZREM', K.due, id)
+  -- The schedule ended now: kept for the retention window from here.
+  redis.call('EXPIRE', K.delivery, A.retention_seconds)
+  keep(K.attempts, A.retention_seconds)
+  keep(K.event, A.retention_seconds)
+end
+for _, field in ipairs(A.counters) do bump(K.metrics, K.bucket, field) end
+if A.endpoint == 'ok' then
+  redis.call('DEL', K.failing)
+elseif A.endpoint == 'fail' then
+  redis.call('SET', K.failing, int(NOW), 'NX')
+  redis.call('PEXPIRE', K.failing, A.failing_ttl_ms)
+  return {1, redis.call('GET', K.failing), int(NOW)}
+end
+return {1, '', int(NOW)}

@@ -1,0 +1,382 @@
+"""The use cases of a delivery's life: attempt, retry, cancel, recover, retry an event, test send.
+
+HTTP handlers and the worker call these and nothing below them. The receiver's request is built
+in one place, `receiver_request`, for deliveries and test sends alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from relay import events, ids
+from relay.delivery.model import (
+    ALLOWED_FROM,
+    Attempt,
+    Claim,
+    Delivery,
+    Settled,
+    Settlement,
+    Status,
+    Transition,
+)
+from relay.delivery.outage import REDIS_AWAY, Backoff
+from relay.delivery.policy import judge
+from relay.errors import Conflict
+from relay.metrics import attempt_counters
+from relay.secrets import Keyring, SecretDecryptionError
+from relay.sender import SendResult
+from relay.services import USER_AGENT, Services
+from relay.store import codec
+from relay.store.events import StoredEvent
+from relay.timefmt import from_timestamp
+from relay.webhooks import Webhook, delivery_headers, disable, signing_keys
+
+log = logging.getLogger("relay.delivery")
+
+# Deliveries one recovery step restarts with one script call.
+RECOVER_BATCH = 200
+RECOVER_JOB = "recover"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverRequest:
+    """Exactly what a receiver gets: where, which bytes, which headers."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def logged_headers(self) -> dict[str, str]:
+        """The headers as the attempt log shows them (the sender adds user-agent)."""
+        return {**self.headers, "user-agent": USER_AGENT}
+
+
+def receiver_request(
+    webhook: Webhook, keyring: Keyring, event_id: str, body: bytes, now_ms: int, *, test: bool
+) -> ReceiverRequest:
+    """The signed request for one attempt (or test send) of `body` to `webhook`."""
+    signing = signing_keys(webhook, keyring, now_ms)
+    headers = delivery_headers(webhook, signing, event_id, now_ms // 1000, body)
+    if test:
+        headers["webhook-test"] = "true"
+    return ReceiverRequest(webhook.url, body, headers)
+
+
+class _Once:
+    """Remembers which problems this process has logged, so each is logged once."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, ...]] = set()
+
+    def first(self, *key: str) -> bool:
+        """True the first time `key` is seen."""
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+_logged = _Once()
+
+
+def _no_attempt(claim: Claim) -> tuple[Webhook | None, Settlement | None]:
+    """The webhook to send to, or the settlement of a delivery that cannot be attempted."""
+
+    def end(status: Status, reason: str) -> Settlement:
+        return Settlement(status, None, None, None, reason, counters=(f"deliveries:{status}",))
+
+    if claim.webhook_record is None:
+        return None, end(Status.CANCELED, "the webhook was deleted")
+    webhook = Webhook.from_record(codec.loads(claim.webhook_record))
+    if not webhook.enabled:
+        reason = f"the webhook is disabled: {webhook.disabled_reason or 'by its owner'}"
+        return None, end(Status.FAILED, reason)
+    if claim.payload is None:
+        return None, end(Status.FAILED, "the event has expired")
+    return webhook, None
+
+
+def _unsent(error: str) -> SendResult:
+    return SendResult(
+        status_code=None, duration_ms=0, error=error, response_body="", retry_after=None
+    )
+
+
+async def _send(
+    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+) -> tuple[SendResult, dict[str, str]]:
+    """Prepare and make the attempt; a failure to prepare is the attempt's error, never raised."""
+    try:
+        request = receiver_request(
+            webhook, svc.keyring, claim.event_id, body, claim.now_ms, test=False
+        )
+    except SecretDecryptionError as exc:
+        if _logged.first("secret", webhook.id):
+            log.error(
+                "cannot sign for webhook %s: its secret cannot be decrypted (%s); "
+                "its deliveries fail until RELAY_SECRET_KEYS holds that key",
+                webhook.id,
+                exc,
+            )
+        return _unsent(f"could not sign: the webhook's secret cannot be decrypted ({exc})"), {}
+    return await svc.sender.send(request.url, request.body, request.headers), request.logged_headers
+
+
+async def _attempt(
+    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+) -> tuple[Settlement, bool]:
+    """Make the attempt and judge it: the settlement, and whether the endpoint is gone (410)."""
+    result, headers = await _send(svc, webhook, claim, body)
+    finished_ms = claim.now_ms + result.duration_ms
+    verdict = judge(
+        svc.settings.retry_schedule,
+        claim.attempt - claim.cycle_start,
+        result.status_code,
+        result.error,
+        result.retry_after,
+        datetime.fromtimestamp(finished_ms / 1000, UTC),
+    )
+    seconds = result.duration_ms / 1000
+    settlement = Settlement(
+        status=verdict.status,
+        attempt=Attempt(
+            number=claim.attempt,
+            started_at=from_timestamp(claim.now_ms / 1000),
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            error=result.error,
+            response_body=result.response_body,
+            request_headers=headers,
+            url=webhook.url,
+        ),
+        delay_ms=int(verdict.delay * 1000) if verdict.delay is not None else None,
+        last_status_code=result.status_code,
+        last_error=verdict.error,
+        counters=tuple(
+            attempt_counters(
+                result.status_code,
+                seconds,
+                verdict.status if verdict.status is not Status.PENDING else None,
+            )
+        ),
+        duration_seconds=seconds,
+        endpoint_ok=result.ok,
+    )
+    return settlement, verdict.disable_webhook
+
+
+def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
+    """An attempt that failed inside relay: a failed attempt like any other, retried on schedule."""
+    error = f"relay could not make the attempt: {type(exc).__name__}: {exc}"
+    verdict = judge(
+        svc.settings.retry_schedule,
+        claim.attempt - claim.cycle_start,
+        None,
+        error,
+        None,
+        datetime.now(UTC),
+    )
+    final = verdict.status if verdict.status is not Status.PENDING else None
+    return Settlement(
+        status=verdict.status,
+        attempt=Attempt(
+            claim.attempt, from_timestamp(claim.now_ms / 1000), 0, None, error, "", {}, ""
+        ),
+        delay_ms=int(verdict.delay * 1000) if verdict.delay is not None else None,
+        last_status_code=None,
+        last_error=verdict.error,
+        counters=tuple(attempt_counters(None, 0.0, final)),
+    )
+
+
+async def _settle(svc: Services, claim: Claim, settlement: Settlement, patience: float) -> Settled:
+    """Settle, trying again while Redis is away for up to `patience` seconds (the lease).
+
+    After that the lease has run out and another worker repeats the attempt: at least once.
+    """
+    backoff = Backoff()
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await svc.deliveries.settle(claim, settlement)
+        except REDIS_AWAY:
+            if time.monotonic() > deadline:
+                raise
+            await backoff.wait()
+
+
+async def deliver(svc: Services, claim: Claim, patience: float) -> None:
+    """Make one claimed attempt, log it, and schedule what comes next.
+
+    Whatever goes wrong in between ends as a logged, failed attempt with its reason: a claimed
+    delivery never stays `delivering` because of an error in relay.
+    """
+    gone = False
+    try:
+        webhook, settlement = _no_attempt(claim)
+        if webhook is not None and claim.payload is not None:
+            settlement, gone = await _attempt(svc, webhook, claim, claim.payload)
+    except Exception as exc:  # the attempt must end settled, whatever broke
+        log.exception(
+            "delivery %s attempt %s failed inside relay", claim.delivery_id, claim.attempt
+        )
+        settlement = _broken(svc, claim, exc)
+    assert settlement is not None
+    settled = await _settle(svc, claim, settlement, patience)
+    if not settled.written:
+        log.warning(
+            "delivery %s attempt %s was taken over; result dropped",
+            claim.delivery_id,
+            claim.attempt,
+        )
+        return
+    why = _disable_reason(
+        gone, settled.failing_since_ms, settled.now_ms, svc.settings.disable_after
+    )
+    if why is not None:
+        await svc.webhooks.change(claim.webhook_id, lambda w: disable(w, why))
+
+
+def _disable_reason(
+    gone: bool, failing_since_ms: int | None, now_ms: int, disable_after: int
+) -> str | None:
+    """Why the webhook should be disabled now, if it should."""
+    if gone:
+        return "the endpoint answered 410 Gone"
+    if failing_since_ms is not None and now_ms - failing_since_ms >= disable_after * 1000:
+        since = from_timestamp(failing_since_ms / 1000)
+        return f"every attempt since {since} failed (more than {disable_after} s)"
+    return None
+
+
+async def retry(svc: Services, delivery: Delivery) -> Delivery:
+    """A finished delivery starts a fresh schedule now (history kept); a pending one is due now."""
+    now_ms, [outcome] = await svc.deliveries.restart(
+        [delivery.id], ALLOWED_FROM[Transition.RESTART]
+    )
+    if outcome != "ok":
+        raise Conflict(f"The delivery is {outcome}; it can be retried once its attempt ends.")
+    # As the transition wrote it: a worker may take it the next moment.
+    stamp = from_timestamp(now_ms / 1000)
+    cycle_start = delivery.cycle_start if delivery.status is Status.PENDING else None
+    return replace(
+        delivery,
+        status=Status.PENDING,
+        cycle_start=delivery.attempt_count if cycle_start is None else cycle_start,
+        next_attempt_at=stamp,
+        updated_at=stamp,
+        delivered_at=None,
+    )
+
+
+async def cancel(svc: Services, delivery: Delivery) -> Delivery:
+    """Cancel a pending delivery: it is never sent afterwards."""
+    outcome = await svc.deliveries.cancel(delivery.id)
+    if outcome != "ok":
+        raise Conflict(f"The delivery is {outcome}; only a pending delivery can be canceled.")
+    return await svc.deliveries.get(delivery.id)
+
+
+async def retry_failures(svc: Services, event: StoredEvent) -> int:
+    """Send an event's failed deliveries again; how many went."""
+    failed_only = frozenset({Status.FAILED})
+    requeued = 0
+    for start in range(0, len(event.delivery_ids), RECOVER_BATCH):
+        chunk = event.delivery_ids[start : start + RECOVER_BATCH]
+        requeued += (await svc.deliveries.restart(chunk, failed_only))[1].count("ok")
+    return requeued
+
+
+async def _recover_step(
+    svc: Services, webhook_id: str, cursor: str, until_ms: int
+) -> tuple[str, int, bool]:
+    """Restart the failed deliveries of one batch; (new cursor, how many went, finished)."""
+    batch = await svc.deliveries.ids_after(webhook_id, cursor, until_ms, RECOVER_BATCH)
+    if not batch:
+        return cursor, 0, True
+    _, outcomes = await svc.deliveries.restart(batch, frozenset({Status.FAILED}))
+    return batch[-1], outcomes.count("ok"), len(batch) < RECOVER_BATCH
+
+
+async def recover(
+    svc: Services, webhook: Webhook, since_ms: int, until_ms: int
+) -> dict[str, object]:
+    """Send again every failed delivery of the webhook created in [since, until].
+
+    The first batch goes at once; a larger window carries on as a background job whose
+    progress `recovery_view` shows.
+    """
+    recovery_id = ids.new_id("rcv")
+    cursor, requeued, done = await _recover_step(
+        svc, webhook.id, ids.time_floor("dlv", since_ms), until_ms
+    )
+    await svc.deliveries.start_recovery(
+        recovery_id,
+        {
+            "id": recovery_id,
+            "webhook_id": webhook.id,
+            "tenant_id": webhook.tenant_id,
+            "since_ms": since_ms,
+            "until_ms": until_ms,
+            "cursor": cursor,
+            "requeued": requeued,
+            "status": "done" if done else "running",
+        },
+    )
+    if not done:
+        await svc.jobs.enqueue(RECOVER_JOB, recovery_id, recovery_id)
+    return recovery_view(await svc.deliveries.recovery(recovery_id))
+
+
+async def continue_recovery(svc: Services, recovery_id: str) -> None:
+    """Run a recovery's remaining batches, saving progress after each (a re-run resumes)."""
+    record = await svc.deliveries.recovery(recovery_id)
+    cursor, requeued = record["cursor"], int(record["requeued"])
+    done = record["status"] == "done"
+    while not done:
+        cursor, went, done = await _recover_step(
+            svc, record["webhook_id"], cursor, int(record["until_ms"])
+        )
+        requeued += went
+        await svc.deliveries.recovery_progress(recovery_id, cursor, requeued, done)
+
+
+def recovery_view(record: dict[str, str]) -> dict[str, object]:
+    """A recovery as the API shows it."""
+    return {
+        "id": record["id"],
+        "webhook_id": record["webhook_id"],
+        "status": record["status"],
+        "requeued": int(record["requeued"]),
+        "since": from_timestamp(int(record["since_ms"]) / 1000),
+        "until": from_timestamp(int(record["until_ms"]) / 1000),
+        "url": f"/v1/webhooks/{record['webhook_id']}/recoveries/{record['id']}",
+    }
+
+
+async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[str, object]:
+    """Send a signed sample event now, record what the endpoint answered, and return it."""
+    now_ms = await svc.deliveries.redis_now_ms()
+    event_id = ids.new_id("evt", now_ms)
+    sent_at = from_timestamp(now_ms / 1000)
+    sample = events.EVENT_TYPES[event_type].sample
+    body = events.envelope(event_id, event_type, webhook.tenant_id, sample, sent_at)
+    request = receiver_request(webhook, svc.keyring, event_id, body, now_ms, test=True)
+    result = await svc.sender.send(request.url, request.body, request.headers)
+    view: dict[str, object] = {
+        "event_id": event_id,
+        "type": event_type,
+        "sent_at": sent_at,
+        "url": request.url,
+        "status_code": result.status_code,
+        "duration_ms": result.duration_ms,
+        "error": result.error,
+        "response_body": result.response_body,
+        "request_headers": request.logged_headers,
+    }
+    await svc.deliveries.record_test(webhook.id, view)
+    return view

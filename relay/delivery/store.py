@@ -1,0 +1,494 @@
+"""Deliveries in Redis: the only delivery code that knows key names.
+
+Each transition of `model.Transition` is one Lua script in `scripts/` taking one JSON argument
+with named fields. Every script compares and sets the state it expects, and reads the time from
+Redis (`TIME`), so workers, operators and the API can race — and run on clocks that disagree —
+without a delivery being sent twice by one cycle, skipped, or left in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from relay import ids
+from relay.delivery.model import (
+    Claim,
+    Delivery,
+    Settled,
+    Settlement,
+    Status,
+    Transition,
+)
+from relay.errors import NotFound
+from relay.store import codec, keys
+from relay.store.metrics import BUMP, bucket_key
+from relay.timefmt import from_timestamp
+
+
+@cache
+def script_text(name: str) -> str:
+    """The Lua of one script, after the shared preludes (JSON argument, Redis clock, counters)."""
+    folder = resources.files("relay.delivery") / "scripts"
+    prelude = (folder / "prelude.lua").read_text()
+    return prelude + BUMP + (folder / f"{name}.lua").read_text()
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value else None
+
+
+def _ms_to_rfc3339(value: bytes | None) -> str | None:
+    return from_timestamp(int(value) / 1000) if value else None
+
+
+def _delivery(fields: dict[bytes, bytes]) -> Delivery:
+    status = Status(fields[b"status"].decode())
+    code = fields.get(b"last_status_code")
+    return Delivery(
+        id=fields[b"id"].decode(),
+        event_id=fields[b"event_id"].decode(),
+        webhook_id=fields[b"webhook_id"].decode(),
+        tenant_id=fields[b"tenant_id"].decode(),
+        event_type=fields[b"event_type"].decode(),
+        status=status,
+        attempt_count=int(fields[b"attempt_count"]),
+        cycle_start=int(fields[b"cycle_start"]),
+        next_attempt_at=_ms_to_rfc3339(fields.get(b"next_attempt_at"))
+        if status is Status.PENDING
+        else None,
+        last_status_code=int(code) if code else None,
+        last_error=_text(fields.get(b"last_error")),
+        created_at=fields[b"created_at"].decode(),
+        updated_at=_ms_to_rfc3339(fields.get(b"updated_ms")) or fields[b"created_at"].decode(),
+        delivered_at=_ms_to_rfc3339(fields.get(b"delivered_ms")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An accepted event as it will be stored."""
+
+    id: str
+    type: str
+    tenant_id: str
+    created_at: str
+    created_ms: int
+    upstream_id: str | None
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    """A delivery to create with its event."""
+
+    id: str
+    webhook_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """What one claim call took, and how long until the next delivery is due (None: nothing)."""
+
+    claims: list[Claim]
+    next_due_in_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries a list shows: one webhook's, one tenant's, or all."""
+
+    webhook_id: str | None = None
+    tenant_id: str | None = None
+    status: Status | None = None
+    event_type: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @property
+    def index(self) -> str:
+        """The index the list reads."""
+        if self.webhook_id:
+            return keys.webhook_deliveries(self.webhook_id)
+        if self.tenant_id:
+            return keys.tenant_deliveries(self.tenant_id)
+        return keys.DELIVERIES
+
+
+# A filtered list reads at most this many ids per request; a sparse match returns a short page
+# with a cursor rather than scanning an index of millions.
+_SCAN_BUDGET = 1000
+# Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
+_CLAIM_SCAN = 200
+# Per retention call: indexes scanned, and entries removed from each at most.
+_TRIM_INDEXES, _TRIM_PER_INDEX = 500, 500
+# Test sends kept per webhook.
+_TESTS_KEPT = 50
+
+
+class DeliveryStore:
+    """Persistence and transitions of deliveries."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        retention_seconds: int,
+        disable_after_seconds: int,
+        longest_schedule_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self._retention = retention_seconds
+        # While a schedule runs, its keys live until it could end, plus the retention window.
+        self._keep = retention_seconds + longest_schedule_seconds
+        # A failure streak is forgotten after twice the disable threshold without failures.
+        self._failing_ttl_ms = disable_after_seconds * 2000
+        self._scripts: dict[Transition, AsyncScript] = {
+            t: redis.register_script(script_text(t.value)) for t in Transition
+        }
+        # Retention is maintenance, not a transition of any one delivery.
+        self._trim = redis.register_script(script_text("trim"))
+
+    async def _run(self, transition: Transition | AsyncScript, arg: dict[str, Any]) -> Any:
+        script = self._scripts[transition] if isinstance(transition, Transition) else transition
+        return await script(keys=[], args=[codec.dumps(arg)])
+
+    async def accept(self, event: NewEvent, deliveries: Sequence[PlannedDelivery]) -> str | None:
+        """Write the event and its deliveries atomically, due now.
+
+        Returns None when written, or the id of the event first accepted under the same
+        upstream id (then nothing is written).
+        """
+        upstream = (
+            keys.event_by_upstream_id(
+                event.tenant_id, hashlib.sha256(event.upstream_id.encode()).hexdigest()
+            )
+            if event.upstream_id is not None
+            else None
+        )
+        first = await self._run(
+            Transition.ACCEPT,
+            {
+                "keys": {
+                    "event": keys.event(event.id),
+                    "events": keys.EVENTS,
+                    "tenant_events": keys.tenant_events(event.tenant_id),
+                    "indexes": keys.INDEXES,
+                    "metrics": keys.METRICS,
+                    "bucket": bucket_key(event.created_ms),
+                    "due": keys.DUE,
+                    "wake": keys.WAKE,
+                },
+                "upstream_key": upstream,
+                "id": event.id,
+                "ttl": self._retention,
+                "payload": event.payload.decode(),
+                "type": event.type,
+                "tenant_id": event.tenant_id,
+                "created_at": event.created_at,
+                "created_ms": event.created_ms,
+                "upstream_id": event.upstream_id or "",
+                "delivery_ids": codec.dumps([d.id for d in deliveries]).decode(),
+                "deliveries": [
+                    {
+                        "id": d.id,
+                        "webhook_id": d.webhook_id,
+                        "key": keys.delivery(d.id),
+                        "indexes": [
+                            keys.DELIVERIES,
+                            keys.tenant_deliveries(event.tenant_id),
+                            keys.webhook_deliveries(d.webhook_id),
+                        ],
+                    }
+                    for d in deliveries
+                ],
+            },
+        )
+        return first.decode() if first else None
+
+    async def get(self, delivery_id: str) -> Delivery:
+        """A delivery by id, or NotFound."""
+        fields: dict[bytes, bytes] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
+        if not fields:
+            raise NotFound("No such delivery.")
+        return _delivery(fields)
+
+    async def many(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        """Deliveries by id, in order, skipping any that expired."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.hgetall(keys.delivery(delivery_id))
+            rows = await pipe.execute()
+        return [_delivery(r) for r in rows if r]
+
+    async def attempts(self, delivery_id: str) -> list[dict[str, object]]:
+        """The attempt log, oldest first."""
+        rows = await self._redis.lrange(keys.attempts(delivery_id), 0, -1)  # type: ignore[misc]
+        return [codec.loads(r) for r in rows]
+
+    async def claim(self, owner: str, limit: int, lease_ms: int, concurrency: int) -> Poll:
+        """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits."""
+        now, wait, rows = await self._run(
+            Transition.CLAIM,
+            {
+                "keys": {
+                    "due": keys.DUE,
+                    "delivery": keys.delivery(""),
+                    "webhook": keys.webhook(""),
+                    "event": keys.event(""),
+                    "slots": keys.endpoint_slots(""),
+                    "parked": keys.endpoint_parked(""),
+                    "rate": keys.ENDPOINT_RATE_PREFIX,
+                    "wake": keys.WAKE,
+                    "metrics": keys.METRICS,
+                    "bucket": bucket_key(time.time_ns() // 1_000_000),
+                },
+                "owner": owner,
+                "limit": limit,
+                "scan": max(limit, _CLAIM_SCAN),
+                "lease_ms": lease_ms,
+                "concurrency": concurrency,
+            },
+        )
+        claims = [
+            Claim(
+                delivery_id=r[0].decode(),
+                attempt=int(r[1]),
+                token=r[2].decode(),
+                cycle_start=int(r[3]),
+                webhook_id=r[4].decode(),
+                event_id=r[5].decode(),
+                webhook_record=r[6] or None,
+                payload=r[7] or None,
+                now_ms=int(now),
+            )
+            for r in rows
+        ]
+        return Poll(claims, int(wait) if int(wait) >= 0 else None)
+
+    async def settle(self, claim: Claim, result: Settlement) -> Settled:
+        """Record an attempt and the next state, if `claim` still holds the lease."""
+        reply = await self._run(
+            Transition.SETTLE,
+            {
+                "keys": {
+                    "delivery": keys.delivery(claim.delivery_id),
+                    "attempts": keys.attempts(claim.delivery_id),
+                    "event": keys.event(claim.event_id),
+                    "due": keys.DUE,
+                    "wake": keys.WAKE,
+                    "slots": keys.endpoint_slots(claim.webhook_id),
+                    "parked": keys.endpoint_parked(claim.webhook_id),
+                    "metrics": keys.METRICS,
+                    # Counters for the stats overview: bucketed by when the attempt ended.
+                    "bucket": bucket_key(claim.now_ms + result_ms(result)),
+                    "failing": keys.endpoint_failing(claim.webhook_id),
+                },
+                "id": claim.delivery_id,
+                "attempt": claim.attempt,
+                "token": claim.token,
+                "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
+                "status": result.status.value,
+                "delay_ms": result.delay_ms,
+                "last_status_code": result.last_status_code or "",
+                "last_error": result.last_error or "",
+                "counters": list(result.counters),
+                "duration_seconds": result.duration_seconds,
+                "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
+                "failing_ttl_ms": self._failing_ttl_ms,
+                "retention_seconds": self._retention,
+                "keep_seconds": self._keep,
+            },
+        )
+        failing = reply[1]
+        return Settled(bool(reply[0]), int(failing) if failing else None, int(reply[2]))
+
+    async def restart(
+        self, delivery_ids: Sequence[str], allowed: frozenset[Status]
+    ) -> tuple[int, list[str]]:
+        """Start a new cycle now (or make a pending one due now) for each id whose status allows.
+
+        Returns Redis's now (ms) and per id "ok", "missing" or the status that refused it.
+        """
+        if not delivery_ids:
+            return 0, []
+        now, outcomes = await self._run(
+            Transition.RESTART,
+            {
+                "keys": {
+                    "delivery": keys.delivery(""),
+                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
+                    "event": keys.event(""),
+                    "due": keys.DUE,
+                    "wake": keys.WAKE,
+                },
+                "ids": list(delivery_ids),
+                "allowed": sorted(s.value for s in allowed),
+                "keep_seconds": self._keep,
+            },
+        )
+        return int(now), [r.decode() for r in outcomes]
+
+    async def cancel(self, delivery_id: str) -> str:
+        """Cancel a pending delivery; "ok", or the status that prevented it ("missing" if gone)."""
+        reply = await self._run(
+            Transition.CANCEL,
+            {"keys": {"delivery": keys.delivery(delivery_id), "due": keys.DUE}, "id": delivery_id},
+        )
+        return str(reply.decode())
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Block until a script says something became due now, or `timeout` seconds pass."""
+        # Redis takes fractions of a second; redis-py's annotation says int.
+        await self._redis.blpop([keys.WAKE], timeout=timeout)  # type: ignore[misc, arg-type]
+
+    async def redis_now_ms(self) -> int:
+        """Redis's clock, which every due time and lease is measured by."""
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def page(
+        self, query: DeliveryFilter, limit: int, cursor: str | None
+    ) -> tuple[list[Delivery], str | None]:
+        """Matching deliveries newest first, reading at most a bounded number of ids."""
+        high = f"({cursor}" if cursor else "+"
+        if query.until_ms is not None:
+            until = f"({ids.time_floor('dlv', query.until_ms + 1)}"
+            high = min(high, until) if cursor else until
+        low = f"[{ids.time_floor('dlv', query.since_ms)}" if query.since_ms is not None else "-"
+        found: list[Delivery] = []
+        scanned = 0
+        # One match more than the page holds tells whether a next page exists.
+        while len(found) <= limit and scanned < _SCAN_BUDGET:
+            batch = await self._redis.zrange(
+                query.index,
+                high,  # type: ignore[arg-type]
+                low,  # type: ignore[arg-type]
+                desc=True,
+                bylex=True,
+                offset=0,
+                num=min(limit * 2, 200),
+            )
+            if not batch:
+                return found, None
+            batch_ids = [m.decode() for m in batch]
+            scanned += len(batch_ids)
+            for delivery in await self.many(batch_ids):
+                if query.status and delivery.status is not query.status:
+                    continue
+                if query.event_type and delivery.event_type != query.event_type:
+                    continue
+                found.append(delivery)
+                if len(found) > limit:
+                    return found[:limit], found[limit - 1].id
+            high = f"({batch_ids[-1]}"
+        return found, high[1:]  # the scan budget ran out: carry on from here next time
+
+    async def ids_after(
+        self, webhook_id: str, after: str | None, until_ms: int, count: int
+    ) -> list[str]:
+        """Up to `count` ids of a webhook's deliveries, oldest first, after `after`, to until_ms."""
+        raw = await self._redis.zrange(
+            keys.webhook_deliveries(webhook_id),
+            f"({after}",  # type: ignore[arg-type]
+            f"({ids.time_floor('dlv', until_ms + 1)}",  # type: ignore[arg-type]
+            bylex=True,
+            offset=0,
+            num=count,
+        )
+        return [m.decode() for m in raw]
+
+    async def trim(self, now_ms: int) -> int:
+        """One retention pass over every index, in bounded chunks; how many entries went.
+
+        The cursor is saved after each chunk, so a pass cut short carries on where it stopped.
+        """
+        raw = await self._redis.get(keys.TRIM_CURSOR)
+        cursor = raw.decode() if raw else "0"
+        floors = now_ms - self._retention * 1000
+        removed = 0
+        while True:
+            next_cursor, gone = await self._run(
+                self._trim,
+                {
+                    "keys": {
+                        "events": keys.EVENTS,
+                        "deliveries": keys.DELIVERIES,
+                        "indexes": keys.INDEXES,
+                        "event_prefix": keys.EVENTS,
+                    },
+                    "cursor": cursor,
+                    "count": _TRIM_INDEXES,
+                    "per_index": _TRIM_PER_INDEX,
+                    "event_floor": f"({ids.time_floor('evt', floors)}",
+                    "delivery_floor": f"({ids.time_floor('dlv', floors)}",
+                },
+            )
+            cursor, removed = next_cursor.decode(), removed + int(gone)
+            await self._redis.set(keys.TRIM_CURSOR, cursor, ex=86_400)
+            if cursor == "0":
+                return removed
+
+    async def take_trim_lock(self, seconds: int) -> bool:
+        """Whether this process may run the retention pass now (one at a time)."""
+        return bool(await self._redis.set(keys.TRIM_LOCK, "1", nx=True, ex=seconds))
+
+    async def record_test(self, webhook_id: str, result: dict[str, object]) -> None:
+        """Keep a test send's result with the webhook's recent ones (newest first)."""
+        key = keys.webhook_tests(webhook_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, codec.dumps(result))
+            pipe.ltrim(key, 0, _TESTS_KEPT - 1)
+            pipe.expire(key, self._retention)
+            await pipe.execute()
+
+    async def tests(self, webhook_id: str) -> list[dict[str, object]]:
+        """A webhook's recent test sends, newest first."""
+        rows = await self._redis.lrange(keys.webhook_tests(webhook_id), 0, -1)  # type: ignore[misc]
+        return [codec.loads(r) for r in rows]
+
+    async def start_recovery(self, recovery_id: str, record: dict[str, str | int]) -> None:
+        """Store a new recovery's progress record."""
+        key = keys.recovery(recovery_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=record)
+            pipe.expire(key, self._retention)
+            await pipe.execute()
+
+    async def recovery_progress(
+        self, recovery_id: str, cursor: str, requeued: int, done: bool
+    ) -> None:
+        """Advance a recovery: where it got to, how many went again, whether it finished."""
+        await self._redis.hset(  # type: ignore[misc]
+            keys.recovery(recovery_id),
+            mapping={
+                "cursor": cursor,
+                "requeued": requeued,
+                "status": "done" if done else "running",
+            },
+        )
+
+    async def recovery(self, recovery_id: str) -> dict[str, str]:
+        """A recovery's progress record, or NotFound."""
+        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.recovery(recovery_id))  # type: ignore[misc]
+        if not raw:
+            raise NotFound("No such recovery.")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def result_ms(result: Settlement) -> int:
+    """How long the attempt behind a settlement took (0 when none was made)."""
+    return result.attempt.duration_ms if result.attempt else 0
+
+
+def new_owner() -> str:
+    """A worker's lease-owner id, unique per process."""
+    return secrets.token_hex(6)

@@ -117,6 +117,7 @@ async def test_every_key_expires_or_has_an_owner(
         keys.METRICS,
         keys.DUE,
         keys.QUEUE,  # arq's queue: each job leaves it when it runs
+        keys.WAKE,  # idle workers' wake-up list: emptied as they wake
         keys.webhook(hook["id"]),
         keys.tenant_webhooks("space_42"),
     }

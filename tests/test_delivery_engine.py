@@ -21,7 +21,7 @@ from relay.secrets import generate_master_key
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
-from tests.support import RedisServer, relay_env, spawn_relay
+from tests.support import RedisServer, free_port, relay_env, spawn_relay
 
 Json = dict[str, Any]
 
@@ -319,3 +319,30 @@ async def test_test_sends_are_marked_and_listed(admin: httpx.AsyncClient) -> Non
     assert test["status_code"] == 201 and test["response_body"] == "thanks"
     assert test["event_id"] == sent.json()["data"]["event_id"] == request.headers["webhook-id"]
     assert test["url"] == url
+
+
+async def test_a_worker_started_before_redis_waits_for_it(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "late-redis", port=free_port())
+    env = relay_env(server.url, RELAY_ALLOW_PRIVATE_TARGETS="true")
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = spawn_relay(["worker"], env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await asyncio.sleep(2)
+            assert worker.poll() is None, log.read_text()
+            waiting = [line for line in log.read_text().splitlines() if "waiting for redis" in line]
+            assert waiting and all("Traceback" not in line for line in waiting), log.read_text()
+            await asyncio.to_thread(server.start)
+            client = await make_client(redis_url=server.url)
+            async with Receiver() as rx:
+                await webhook(client, rx.url("/hook"))
+                event = await _accepted(client)
+                [request] = await rx.wait_for(1, timeout=20)
+            assert request.headers["webhook-id"] == event["id"]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(worker.wait, 15)
+            server.stop()
+    assert "Traceback" not in log.read_text()

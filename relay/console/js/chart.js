@@ -4,7 +4,7 @@ import { h } from "./dom.js";
 const NS = "http://www.w3.org/2000/svg";
 const W = 320;
 const H = 130;
-const PAD = { left: 38, right: 6, top: 8, bottom: 20 };
+const PAD = { left: 48, right: 6, top: 8, bottom: 20 };
 const COLOURS = ["#0b5cad", "#d4761c", "#c2261c"];
 
 function svg(tag, attrs = {}, ...children) {

@@ -86,6 +86,8 @@ export async function act(button, out, action) {
   }
 }
 
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 export function randomKey(prefix) {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");

@@ -1,6 +1,6 @@
 // Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
 import { enc, get, post } from "../api.js";
-import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
+import { act, badge, clear, facts, field, h, json, link, loading, notice, sleep, table, when } from "../dom.js";
 import { deliveryTable, localInput, pager, recoverForm, utc } from "./common.js";
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
@@ -127,7 +127,7 @@ export async function detail(main, { params: [webhookId, id], signal }) {
       clear(body, notice("error", err.status === 404 ? `Not found: ${err.message}` : err.message));
       return;
     }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    await sleep(POLL_MS);
   }
 }
 

@@ -1,7 +1,7 @@
 // Overview (admins): the last hour or day at a glance, from GET /v1/stats.
 import { get } from "../api.js";
 import { chart } from "../chart.js";
-import { badge, clear, h, link, loading, notice, percent, table, when } from "../dom.js";
+import { badge, clear, h, link, loading, notice, percent, sleep, table, when } from "../dom.js";
 
 const ms = (v) => (v === null || v === undefined ? "—" : `${v} ms`);
 
@@ -72,6 +72,8 @@ function troubled(webhooks) {
   );
 }
 
+const REFRESH_MS = 10_000;
+
 export async function page(main, { query, signal }) {
   const window = query.get("window") === "day" ? "day" : "hour";
   const body = h("div", {}, loading("Loading figures…"));
@@ -87,6 +89,14 @@ export async function page(main, { query, signal }) {
     ),
     body,
   );
+  // Live figures: read again every few seconds while the page is open.
+  while (!signal.aborted) {
+    await show(body, window, signal);
+    await sleep(REFRESH_MS);
+  }
+}
+
+async function show(body, window, signal) {
   try {
     const stats = (await get("/v1/stats", { window })).data;
     if (signal.aborted) return;

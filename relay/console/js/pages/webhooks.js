@@ -1,6 +1,6 @@
 // Webhooks: list (per tenant for admins), create, edit, enable/disable, delete, secrets, tests.
 import { del, enc, get, patch, post } from "../api.js";
-import { act, badge, clear, facts, field, h, json, link, loading, notice, percent, table, when } from "../dom.js";
+import { act, badge, clear, facts, field, h, link, loading, notice, percent, table, when } from "../dom.js";
 import { deliveryTable, pager, recoverForm } from "./common.js";
 
 function headerText(headers) {

@@ -30,6 +30,8 @@ from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_h
 ADMIN = "console-admin-token"
 XSS = "<img src=x onerror=alert(1)>"
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
+# Pages served from http://localhost may frame the console (at 127.0.0.1); others may not.
+FRAMERS = "http://localhost:*"
 
 expect.set_options(timeout=15_000)
 
@@ -43,6 +45,7 @@ def relay_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         RELAY_ALLOW_PRIVATE_TARGETS="true",
         RELAY_RETRY_SCHEDULE="0.3,0.3",
         RELAY_DELIVERY_TIMEOUT="2",
+        RELAY_CONSOLE_FRAME_ANCESTORS=FRAMERS,
     )
     port = free_port()
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -131,7 +134,7 @@ def test_the_console_is_served_under_a_strict_policy(relay_url: str) -> None:
     response = httpx.get(f"{relay_url}/console")
     assert response.status_code == 200
     csp = response.headers["content-security-policy"]
-    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src 'self'" in csp and f"frame-ancestors {FRAMERS}" in csp
     assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     # No inline script for the policy to forbid: every script is a file of the package.
     assert re.findall(r"<script[^>]*>", response.text) == [
@@ -218,34 +221,48 @@ async def test_rotating_a_secret_shows_the_new_one(
     await shot(page, "webhook")
 
 
-async def test_an_event_payload_is_shown_as_text_never_run(
+async def test_payloads_and_response_bodies_are_shown_as_text_never_run(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
-    hook = await webhook(api, receiver.url("/xss"), "space_xss")
+    receiver.answer(Reply(body=XSS.encode()), "/xss")
+    hook = await webhook(api, receiver.url("/xss"), "space_xss", description=XSS)
     event = await event_for(api, "space_xss", title=XSS)
-    await wait_status(api, hook["id"], event["deliveries"][0]["id"], "delivered")
+    delivery_id = event["deliveries"][0]["id"]
+    await wait_status(api, hook["id"], delivery_id, "delivered")
 
     await sign_in(page, ADMIN)
     await page.goto(f"/console#/events/{event['id']}")
     await expect(page.locator("pre")).to_contain_text(XSS)
-    await expect(page.get_by_role("link", name=event["deliveries"][0]["id"])).to_be_visible()
-    assert await page.locator("main img").count() == 0
     await page.get_by_role("button", name="Retry failed deliveries").click()
     await expect(page.get_by_role("status").filter(has_text="Requeued")).to_have_text(
         "Requeued 0 failed deliveries."
     )
     await shot(page, "event")
+
+    await page.get_by_role("link", name=delivery_id).click()
+    await page.locator("details.attempt summary").click()
+    await expect(page.locator("details.attempt pre")).to_have_text(XSS)
+    await page.goto(f"/console#/webhooks/{hook['id']}")
+    await expect(page.locator("dl.facts").first).to_contain_text(XSS)
+    assert await page.locator("img").count() == 0
     assert page.dialogs == []  # type: ignore[attr-defined]
 
 
-async def test_a_tenant_sees_its_own_webhooks_and_nothing_of_another_tenant(
+async def test_a_portal_link_signs_a_tenant_in_to_its_own_webhooks_only(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     mine = await webhook(api, receiver.url("/mine"), "space_mine")
     theirs = await webhook(api, receiver.url("/theirs"), "space_theirs")
-    await sign_in(page, await tenant_token(api, "space_mine"))
+    response = await api.post("/v1/portal-sessions", json={"tenant_id": "space_mine"})
+    assert response.status_code == 201, response.text
+    link = response.json()["data"]["url"]
 
+    await page.goto(link)
     await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    # The token left the address bar (and history) for this tab's sessionStorage; no cookie.
+    assert "token=" not in page.url
+    assert await page.evaluate("document.cookie") == ""
     await expect(page.get_by_role("link", name="Overview")).to_have_count(0)
     await expect(page.get_by_role("link", name=mine["url"])).to_be_visible()
     await expect(page.get_by_role("link", name=theirs["url"])).to_have_count(0)
@@ -256,6 +273,38 @@ async def test_a_tenant_sees_its_own_webhooks_and_nothing_of_another_tenant(
     await expect(page.get_by_role("heading", name=re.compile("Webhook"))).to_contain_text(
         mine["url"]
     )
+    await shot(page, "portal")
+
+
+async def test_a_platform_embeds_a_portal_link_and_only_allowed_sites_may(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await webhook(api, receiver.url("/embedded"), "space_embed")
+    response = await api.post("/v1/portal-sessions", json={"tenant_id": "space_embed"})
+    link = response.json()["data"]["url"]
+    settings_page = f'<h1>Your settings</h1><iframe src="{link}" title="Webhooks"></iframe>'
+    receiver.answer(
+        Reply(headers={"content-type": "text/html"}, body=settings_page.encode()), "/settings"
+    )
+
+    await page.goto(receiver.url("/settings", host="localhost"))
+    portal = page.frame_locator("iframe")
+    await expect(portal.get_by_role("link", name=receiver.url("/embedded"))).to_be_visible()
+
+    await page.goto(receiver.url("/settings"))  # 127.0.0.1 is not in the frame-ancestors
+    await expect(page.get_by_role("heading", name="Your settings")).to_be_visible()
+    assert await portal.get_by_role("heading", name="Webhooks").count() == 0
+
+
+async def test_a_tenant_token_pasted_in_is_scoped_like_the_api(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    theirs = await webhook(api, receiver.url("/other"), "space_other")
+    await sign_in(page, await tenant_token(api, "space_pasted"))
+    await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    await expect(page.get_by_text("No webhooks yet. Create one below.")).to_be_visible()
+    await page.goto(f"/console#/deliveries?webhook_id={theirs['id']}")
+    await expect(page.get_by_role("alert")).to_contain_text("404")
 
 
 async def test_an_owner_tests_edits_disables_recovers_and_deletes_a_webhook(
@@ -341,6 +390,9 @@ async def test_the_overview_shows_live_figures_and_failing_webhooks(
 
 
 async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory) -> None:
+    default = await make_client()
+    csp = (await default.get("/console")).headers["content-security-policy"]
+    assert csp.endswith("frame-ancestors 'none'")
     client = await make_client(console_frame_ancestors="'self' https://app.example")
     for path in ("/console", "/console/assets/console.css"):
         csp = (await client.get(path)).headers["content-security-policy"]

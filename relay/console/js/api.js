@@ -15,19 +15,34 @@ export class ApiError extends Error {
   }
 }
 
+// The tab's sessionStorage, or the page's memory where a browser refuses storage to a framed
+// page from another site (an embedded portal link): then a reload asks for a new link.
+const memory = new Map();
+function store() {
+  try {
+    return window.sessionStorage;
+  } catch {
+    return {
+      getItem: (k) => memory.get(k) ?? null,
+      setItem: (k, v) => memory.set(k, v),
+      removeItem: (k) => memory.delete(k),
+    };
+  }
+}
+
 export const session = {
   load() {
     try {
-      return JSON.parse(sessionStorage.getItem(KEY)) ?? null;
+      return JSON.parse(store().getItem(KEY)) ?? null;
     } catch {
       return null;
     }
   },
   save(value) {
-    sessionStorage.setItem(KEY, JSON.stringify(value));
+    store().setItem(KEY, JSON.stringify(value));
   },
   clear() {
-    sessionStorage.removeItem(KEY);
+    store().removeItem(KEY);
   },
 };
 

@@ -65,12 +65,12 @@ async function signInFromFragment() {
   await signIn(token, { portal: true, expires_at: params.get("expires_at") });
 }
 
-function signInPage(message) {
+function signInPage(message, kind = "info") {
   const input = h("input", {
     type: "password", name: "token", autocomplete: "off", required: true, class: "wide",
     spellcheck: "false",
   });
-  const out = h("div", { "aria-live": "polite" }, message ? notice("info", message) : null);
+  const out = h("div", { "aria-live": "polite" }, message ? notice(kind, message) : null);
   const button = h("button", { class: "primary", type: "submit" }, "Sign in");
   const form = h(
     "form",
@@ -158,7 +158,4 @@ whenSignedOut((detail) => {
 window.addEventListener("hashchange", render);
 signInFromFragment()
   .then(render)
-  .catch((err) => {
-    signInPage();
-    document.querySelector("form [aria-live]")?.append(notice("error", err.message));
-  });
+  .catch((err) => signInPage(`The link did not sign you in: ${err.message}`, "error"));

@@ -588,7 +588,7 @@ async def run(procs: Processes, opts: Options) -> Outcome:
         await posting
         say(f"{len(load.expected):,} deliveries expected; waiting for every one to end")
         found = await wait_terminal(admin, system, load.expected, opts.settle_seconds)
-        received = await receiver.accepted()
+        received = {path: t.accepted for path, t in (await receiver.paths()).items()}
         outcome = judge(load, found, received, kinds, faults, system)
     print("\n" + render(outcome, opts, loop.time() - began), flush=True)
     return outcome

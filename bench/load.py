@@ -224,6 +224,14 @@ class Arrivals:
     last: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class PathTally:
+    """What one webhook path of the receiver got."""
+
+    requests: int
+    accepted: dict[str, int]  # webhook-id -> 2xx answers given
+
+
 class ReceiverClient:
     """Calls to the benchmark receiver's control endpoints."""
 
@@ -246,11 +254,11 @@ class ReceiverClient:
             found: dict[str, float] = orjson.loads(await response.read())
             return found
 
-    async def accepted(self) -> dict[str, dict[str, int]]:
-        """How many 2xx answers each webhook-id got, per path."""
-        async with self._session.get(self.base + "/accepted") as response:
-            found: dict[str, dict[str, int]] = orjson.loads(await response.read())
-            return found
+    async def paths(self) -> dict[str, PathTally]:
+        """Per webhook path: the requests it got and the 2xx answers per webhook-id."""
+        async with self._session.get(self.base + "/paths") as response:
+            found = orjson.loads(await response.read())
+        return {path: PathTally(t["requests"], t["accepted"]) for path, t in found.items()}
 
     async def reset(self) -> None:
         """Forget what has arrived."""

@@ -3,7 +3,8 @@
     python -m bench.receiver --port P      (the `whsec_` secret comes in BENCH_SECRET)
 
 Every POST under /hook/ is answered 200 at once. Endpoints that misbehave, for the chaos run and
-the waiting benchmark, live under their own prefixes: /flap/ answers 500 half the time, /hang/
+the waiting benchmark, live under their own prefixes: /fail/ answers 500, /flap/ 500 half the
+time, /hang/
 answers (503) only after --hang-seconds, past relay's delivery timeout, and /limit/ takes
 --limit-per-second requests a second and answers the rest 429 with `Retry-After: 1`.
 
@@ -11,9 +12,9 @@ Every request's signature is verified with an HMAC check written from the Standa
 spec (a few microseconds, so it does not slow the receiver down); every 100th request is
 verified again with the `standardwebhooks` library, as a cross-check that relay and the
 off-the-shelf library agree. The harness reads counts from GET /stats, the first arrival time
-of each webhook-id from GET /arrivals, how many 2xx answers each (path, webhook-id) got from
-GET /accepted, and clears all of them with POST /reset. Arrival times are unix seconds from this
-machine's clock, read once the body is in.
+of each webhook-id from GET /arrivals, per path the requests and how many 2xx answers each
+webhook-id got from GET /paths, and clears all of them with POST /reset. Arrival times are unix
+seconds from this machine's clock, read once the body is in.
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ class Tally:
     arrivals: dict[str, float] = field(default_factory=dict)  # webhook-id -> first arrival
     seen: set[tuple[str, str]] = field(default_factory=set)  # (path, webhook-id)
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)  # 2xx answers given
+    by_path: Counter[str] = field(default_factory=Counter)  # requests per path
 
     def note(self, path: str, msg_id: str, arrived: float, ok: bool) -> None:
         """Count one request."""
         self.requests += 1
+        self.by_path[path] += 1
         if ok:
             self.verified += 1
         else:
@@ -156,6 +159,10 @@ class Receiver:
         """A healthy webhook: answer 200."""
         return await self._take(request, 200)
 
+    async def fail(self, request: web.Request) -> web.Response:
+        """A failing webhook: always 500."""
+        return await self._take(request, 500)
+
     async def flap(self, request: web.Request) -> web.Response:
         """A flapping webhook: 500 half the time."""
         return await self._take(request, 500 if random.random() < 0.5 else 200)
@@ -203,11 +210,12 @@ class Receiver:
         """The first arrival time of every webhook-id."""
         return web.json_response(self.tally.arrivals)
 
-    async def accepted(self, _: web.Request) -> web.Response:
-        """How many 2xx answers each webhook-id got, per path: {path: {webhook-id: count}}."""
-        by_path: dict[str, dict[str, int]] = {}
-        for (path, msg_id), count in self.tally.accepted.items():
-            by_path.setdefault(path, {})[msg_id] = count
+    async def paths(self, _: web.Request) -> web.Response:
+        """Per path: its requests, and how many 2xx answers each webhook-id got."""
+        tally = self.tally
+        by_path = {path: {"requests": n, "accepted": {}} for path, n in tally.by_path.items()}
+        for (path, msg_id), count in tally.accepted.items():
+            by_path[path]["accepted"][msg_id] = count  # type: ignore[index]
         return web.json_response(by_path)
 
     async def reset(self, _: web.Request) -> web.Response:
@@ -219,12 +227,13 @@ class Receiver:
         """The routes."""
         app = web.Application()
         app.router.add_post("/hook/{name}", self.hook)
+        app.router.add_post("/fail/{name}", self.fail)
         app.router.add_post("/flap/{name}", self.flap)
         app.router.add_post("/hang/{name}", self.hang)
         app.router.add_post("/limit/{name}", self.limit)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/arrivals", self.arrivals)
-        app.router.add_get("/accepted", self.accepted)
+        app.router.add_get("/paths", self.paths)
         app.router.add_post("/reset", self.reset)
         return app
 

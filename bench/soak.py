@@ -17,37 +17,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import functools
 import itertools
 import json
 import math
 import os
 import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
-import httpx
+import aiohttp
+import orjson
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
-import redis
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from relay.processes import die_with_parent
+from bench.load import Api, LoadError, PathTally, ReceiverClient, new_session
+from bench.procs import (
+    Child,
+    Processes,
+    RelaySettings,
+    api_argv,
+    bench_env,
+    free_port,
+    receiver_argv,
+    run_harness,
+    spawn_worker,
+    start_redis,
+    until_connected,
+    wait_until,
+)
+from relay.signing import generate_secret
 from relay.store import keys
 
 # Short retry steps so whole schedules, and the retry traffic they make, fit in the run.
@@ -63,14 +68,6 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ReceiverKind = Literal["healthy", "error", "slow"]
 MeasureKind = Literal["level", "stored", "counter"]
 Phase = Literal["start", "load", "end", "drained"]
-
-
-class SetupError(Exception):
-    """The soak could not get relay running."""
-
-
-class ChildDied(Exception):
-    """A process the soak started exited on its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,122 +116,20 @@ def parse_args(argv: list[str] | None) -> Options:
     return Options(**vars(ns))
 
 
-# --- child processes ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Child:
-    """A process the soak started, with its output captured in a log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        """The end of its output, to show why it failed."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        """Raise ChildDied if it has exited."""
-        if self.process.poll() is not None:
-            raise ChildDied(
-                f"{self.name} exited with {self.process.returncode}; its last output:\n"
-                + self.tail()
-            )
-
-
-def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Child:
-    """Start `argv` in `workdir`, output to `<workdir>/<name>.log`."""
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            cwd=workdir,  # so no `.env` of the operator's working directory is read
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C reaches only this script, which then stops the children
-            # in order. die_with_parent: if this script is SIGKILLed, the kernel ends them too.
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-    return Child(name, process, log)
-
-
-def stop_children(children: list[Child], timeout: float = 10.0) -> None:
-    """SIGTERM each child, then SIGKILL whichever is still running after `timeout` seconds."""
-    for child in children:
-        if child.process.poll() is None:
-            child.process.terminate()
-    deadline = time.monotonic() + timeout
-    for child in children:
-        try:
-            child.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.process.kill()
-            child.process.wait()
-
-
-def wait_until(check: Callable[[], bool], child: Child, what: str, timeout: float = 20.0) -> None:
-    """Poll `check` until true; fail early if `child` dies, with its output on a timeout."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        child.check_alive()
-        if time.monotonic() > deadline:
-            raise SetupError(f"{what} not ready within {timeout:.0f}s; output:\n{child.tail()}")
-        time.sleep(0.1)
-
-
-def free_port() -> int:
-    """An unused loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def redis_answers(port: int) -> bool:
-    """Whether a redis-server answers PING on this loopback port."""
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def api_ready(url: str) -> bool:
-    """Whether the API answers /readyz (it reaches Redis)."""
-    try:
-        return httpx.get(f"{url}/readyz", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def connected_to(pid: int, port: int) -> bool:
-    """Whether process `pid` holds an open TCP connection to loopback `port`."""
-    return any(
-        conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
-        for conn in psutil.Process(pid).net_connections(kind="tcp")
-    )
+# --- the system under test ----------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class Cluster:
-    """Redis, the API and the workers of one soak run."""
+    """Redis, the API, the workers and the receiver of one soak run."""
 
     redis_url: str
-    api_url: str
-    admin_token: str
+    admin: Api
     redis: Child
     api: Child
     workers: list[Child]
+    receiver: ReceiverClient
+    secret: str  # every webhook imports it, so the receiver can check every signature
 
     @property
     def relay(self) -> list[Child]:
@@ -242,128 +137,57 @@ class Cluster:
         return [self.api, *self.workers]
 
 
-def relay_env(redis_url: str, admin_token: str, retention_days: int) -> dict[str, str]:
-    """The environment of the relay processes: fresh secrets, nothing of the operator's RELAY_*."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
-    env.update(
-        RELAY_REDIS_URL=redis_url,
-        RELAY_ADMIN_TOKEN=admin_token,
-        RELAY_SECRET_KEYS=base64.b64encode(secrets.token_bytes(32)).decode(),
-        RELAY_ALLOW_PRIVATE_TARGETS="true",  # every receiver is on loopback
-        RELAY_RETRY_SCHEDULE=",".join(map(str, RETRY_SCHEDULE)),
-        RELAY_DELIVERY_TIMEOUT=str(DELIVERY_TIMEOUT),
-        RELAY_ENDPOINT_CONCURRENCY=str(ENDPOINT_CONCURRENCY),
-        RELAY_RETENTION_DAYS=str(retention_days),
+async def start_cluster(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Cluster:
+    """Start redis-server, the receiver, the API and the workers; wait until all are up."""
+    redis_port = free_port()
+    redis_child = await start_redis(procs, redis_port)
+    secret = generate_secret()
+    receiver_port = free_port()
+    receiver_options = ("--hang-seconds", str(SLOW_REPLY_SECONDS))
+    receiver_child = procs.spawn(
+        "receiver", receiver_argv(receiver_port, *receiver_options), bench_env(secret)
     )
-    return env
-
-
-@contextlib.contextmanager
-def running_cluster(opts: Options) -> Iterator[Cluster]:
-    """Start redis-server, the API and the workers in a temp dir; stop them all and remove it."""
-    workdir = Path(tempfile.mkdtemp(prefix="relay-soak-"))
-    started: list[Child] = []
-    try:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SetupError("redis-server is not installed (`make redis` installs it)")
-        redis_port = free_port()
-        redis_argv = [binary, "--port", str(redis_port), "--bind", "127.0.0.1"]
-        redis_argv += ["--dir", str(workdir), "--appendonly", "yes", "--appendfsync", "everysec"]
-        redis_argv += ["--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no"]
-        redis_child = spawn("redis", redis_argv, workdir, dict(os.environ))
-        started.append(redis_child)
-        wait_until(lambda: redis_answers(redis_port), redis_child, "redis-server")
-
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        admin_token = secrets.token_urlsafe(32)
-        env = relay_env(redis_url, admin_token, opts.retention_days)
-        relay_cmd = [sys.executable, "-m", "relay"]
-        api_port = free_port()
-        api_url = f"http://127.0.0.1:{api_port}"
-        api_argv = [*relay_cmd, "api", "--host", "127.0.0.1", "--port", str(api_port)]
-        api = spawn("api", api_argv, workdir, env)
-        started.append(api)
-        workers = [
-            spawn(f"worker{n}", [*relay_cmd, "worker"], workdir, env)
-            for n in range(1, opts.workers + 1)
-        ]
-        started += workers
-        wait_until(lambda: api_ready(api_url), api, "relay api")
-        for worker in workers:
-            # A worker connects to Redis once its (slow) imports are done; waiting for that keeps
-            # start-up out of the "start" figures.
-            connected = functools.partial(connected_to, worker.process.pid, redis_port)
-            wait_until(connected, worker, worker.name)
-        yield Cluster(redis_url, api_url, admin_token, redis_child, api, workers)
-    finally:
-        # A second, impatient Ctrl-C must not leave processes behind: cleanup is bounded anyway.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            # Relay first, so workers finish their writes while Redis is still there.
-            stop_children([c for c in started if c.name != "redis"])
-            stop_children([c for c in started if c.name == "redis"])
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            shutil.rmtree(workdir, ignore_errors=True)
+    settings = RelaySettings(
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        admin_token=secrets.token_urlsafe(32),
+        endpoint_concurrency=ENDPOINT_CONCURRENCY,
+        extra={
+            "RELAY_RETRY_SCHEDULE": ",".join(map(str, RETRY_SCHEDULE)),
+            "RELAY_DELIVERY_TIMEOUT": str(DELIVERY_TIMEOUT),
+            "RELAY_RETENTION_DAYS": str(opts.retention_days),
+            "RELAY_API_RATE_LIMIT": "1000",  # production's default: it is part of what is soaked
+        },
+    )
+    api_port = free_port()
+    api = procs.spawn("api", api_argv(api_port), settings.env())
+    workers = [
+        spawn_worker(procs, f"worker{n}", settings.env()) for n in range(1, opts.workers + 1)
+    ]
+    admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
+    receiver = ReceiverClient(session, receiver_port)
+    await wait_until(receiver.ready, receiver_child, "receiver")
+    await wait_until(admin.ready, api, "relay api")
+    for worker in workers:
+        # Waiting for the connection keeps the workers' slow start-up out of the "start" figures.
+        await until_connected(worker, redis_port)
+    return Cluster(settings.redis_url, admin, redis_child, api, workers, receiver, secret)
 
 
 # --- receivers and webhooks --------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Receiver:
-    """An HTTP endpoint on loopback answering as its kind says, counting what arrives."""
-
-    kind: ReceiverKind
-    port: int = 0
-    requests: int = 0
-    delivered: set[str] = field(default_factory=set)  # webhook-id of each 2xx answered in time
-    runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        """Where relay delivers to."""
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def start(self) -> None:
-        """Listen on a free loopback port."""
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        # No access log (hundreds of lines a second); a short shutdown, since the slow
-        # receiver's answers would otherwise hold it up.
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self.runner, sock, shutdown_timeout=1.0).start()
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.requests += 1
-        if self.kind == "error":
-            return web.Response(status=500, text="soak: failing on purpose")
-        if self.kind == "slow":
-            # Longer than RELAY_DELIVERY_TIMEOUT: relay gives up first and logs a timeout.
-            await asyncio.sleep(SLOW_REPLY_SECONDS)
-            return web.Response(status=200)
-        self.delivered.add(request.headers.get("webhook-id", ""))
-        return web.Response(status=200)
+# Where each kind of endpoint lives on the bench receiver.
+PATHS: dict[ReceiverKind, str] = {"healthy": "hook", "error": "fail", "slow": "hang"}
 
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """A registered webhook and the receiver behind it."""
+    """A registered webhook and the receiver path behind it."""
 
     id: str
     tenant: str
-    receiver: Receiver
+    kind: ReceiverKind
+    path: str
 
 
 def tenant_name(index: int) -> str:
@@ -386,36 +210,23 @@ def webhook_kinds(tenants: int, per_tenant: int, failing_share: float) -> list[l
     return kinds
 
 
-async def register(
-    client: httpx.AsyncClient, kinds: list[list[ReceiverKind]], receivers: list[Receiver]
-) -> list[Webhook]:
-    """Create one webhook per receiver through the API."""
+async def register(cluster: Cluster, kinds: list[list[ReceiverKind]]) -> list[Webhook]:
+    """Create one webhook per receiver path through the API."""
     webhooks: list[Webhook] = []
-    receiver_of = iter(receivers)
     for index, tenant_kinds in enumerate(kinds):
-        for kind in tenant_kinds:
-            receiver = next(receiver_of)
+        for number, kind in enumerate(tenant_kinds):
+            path = f"/{PATHS[kind]}/{tenant_name(index)}-{number}"
             body = {
-                "url": receiver.url,
+                "url": cluster.receiver.base + path,
                 "tenant_id": tenant_name(index),
                 # The slow endpoint gets only the rare media events: see `slow_event_every`.
                 "events": ["media.uploaded"] if kind == "slow" else ["*"],
                 "description": f"soak {kind}",
+                "secret": cluster.secret,
             }
-            response = await client.post("/v1/webhooks", json=body)
-            if response.status_code != 201:
-                raise SetupError(f"creating a webhook: {response.status_code} {response.text}")
-            webhooks.append(Webhook(response.json()["data"]["id"], tenant_name(index), receiver))
+            made = await cluster.admin.create("/v1/webhooks", body)
+            webhooks.append(Webhook(made["id"], tenant_name(index), kind, path))
     return webhooks
-
-
-async def ingest_token(client: httpx.AsyncClient) -> str:
-    """A new ingest token: events are posted the way an upstream service would."""
-    response = await client.post("/v1/tokens", json={"role": "ingest", "name": "soak"})
-    if response.status_code != 201:
-        raise SetupError(f"creating a token: {response.status_code} {response.text}")
-    token: str = response.json()["data"]["token"]
-    return token
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -457,24 +268,24 @@ class LoadStats:
     expected: Counter[str] = field(default_factory=Counter)  # webhook id → deliveries made
 
 
-async def post_event(client: httpx.AsyncClient, body: dict[str, Any], stats: LoadStats) -> None:
+async def post_event(api: Api, body: dict[str, Any], stats: LoadStats) -> None:
     """Post one event and count what the API answered."""
     began = time.perf_counter()
     try:
-        response = await client.post("/v1/events", json=body)
-    except httpx.HTTPError as exc:
+        status, answer = await api.post_event(orjson.dumps(body))
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         stats.refused[type(exc).__name__] += 1
         return
     stats.latencies.append(time.perf_counter() - began)
-    if response.status_code != 202:
-        stats.refused[str(response.status_code)] += 1
+    if status != 202:
+        stats.refused[str(status)] += 1
         return
     stats.accepted += 1
-    for delivery in response.json()["data"]["deliveries"]:
+    for delivery in orjson.loads(answer)["data"]["deliveries"]:
         stats.expected[delivery["webhook_id"]] += 1
 
 
-async def post_events(client: httpx.AsyncClient, opts: Options, stats: LoadStats) -> None:
+async def post_events(api: Api, opts: Options, stats: LoadStats) -> None:
     """Post events on a fixed timetable (event n at n / rate) until the time is up.
 
     A few senders share one timetable: when the API falls behind they post back to back, at
@@ -492,7 +303,7 @@ async def post_events(client: httpx.AsyncClient, opts: Options, stats: LoadStats
             if due >= deadline or loop.time() >= deadline:
                 return
             await asyncio.sleep(max(0.0, due - loop.time()))
-            await post_event(client, event_body(number, opts.tenants, media_every), stats)
+            await post_event(api, event_body(number, opts.tenants, media_every), stats)
 
     await asyncio.gather(*(sender() for _ in range(opts.concurrency)))
 
@@ -549,17 +360,14 @@ class Watch:
 
     cluster: Cluster
     redis: aioredis.Redis
-    receivers: list[Receiver]
     stats: LoadStats
     processes: dict[str, Any]  # name → psutil.Process
 
     @classmethod
-    def of(
-        cls, cluster: Cluster, client: aioredis.Redis, receivers: list[Receiver], stats: LoadStats
-    ) -> Watch:
-        """Watch these processes, Redis and receivers."""
-        processes = {c.name: psutil.Process(c.process.pid) for c in [*cluster.relay, cluster.redis]}
-        return cls(cluster, client, receivers, stats, processes)
+    def of(cls, cluster: Cluster, client: aioredis.Redis, stats: LoadStats) -> Watch:
+        """Watch these processes, Redis and the receiver."""
+        processes = {c.name: psutil.Process(c.pid) for c in [*cluster.relay, cluster.redis]}
+        return cls(cluster, client, stats, processes)
 
 
 async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
@@ -577,8 +385,9 @@ async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     values["queue depth"] = await watch.redis.zcard(keys.QUEUE)
     values["pending deliveries"] = await watch.redis.zcard(keys.DUE)
     values["events accepted"] = watch.stats.accepted
-    values["receiver requests"] = sum(r.requests for r in watch.receivers)
-    values["delivered"] = sum(len(r.delivered) for r in watch.receivers)
+    paths = await watch.cluster.receiver.paths()
+    values["receiver requests"] = sum(p.requests for p in paths.values())
+    values["delivered"] = sum(len(p.accepted) for p in paths.values())
     return Sample(round(t, 2), phase, values)
 
 
@@ -637,67 +446,57 @@ class Report:
     samples: list[Sample]
     stats: LoadStats
     webhooks: list[Webhook]
+    received: dict[str, PathTally]  # what the receiver got, per webhook path
     load_seconds: float
     drained: bool
 
 
-async def soak(cluster: Cluster, opts: Options) -> Report:
-    """Receivers up, webhooks registered, the load posted and watched, then drained."""
+async def soak(procs: Processes, opts: Options) -> Report:
+    """Everything up, webhooks registered, the load posted and watched, then drained."""
     kinds = webhook_kinds(opts.tenants, opts.webhooks_per_tenant, opts.failing_share)
-    receivers = [Receiver(kind) for tenant_kinds in kinds for kind in tenant_kinds]
     stats = LoadStats()
     samples: list[Sample] = []
-    async with contextlib.AsyncExitStack() as stack:
-        for receiver in receivers:
-            await receiver.start()
-            stack.push_async_callback(receiver.stop)
+    async with new_session(opts.concurrency) as session:
+        cluster = await start_cluster(procs, opts, session)
         redis_client = aioredis.Redis.from_url(cluster.redis_url)
-        stack.push_async_callback(redis_client.aclose)
-        admin = httpx.AsyncClient(
-            base_url=cluster.api_url,
-            headers={"authorization": f"Bearer {cluster.admin_token}"},
-            timeout=10,
-        )
-        await stack.enter_async_context(admin)
-        webhooks = await register(admin, kinds, receivers)
-        ingest = httpx.AsyncClient(
-            base_url=cluster.api_url,
-            headers={"authorization": f"Bearer {await ingest_token(admin)}"},
-            timeout=10,
-            limits=httpx.Limits(max_connections=opts.concurrency),
-        )
-        await stack.enter_async_context(ingest)
-        counts = Counter(kind for tenant_kinds in kinds for kind in tenant_kinds)
-        print(
-            f"soak: {opts.tenants} tenants, {len(webhooks)} webhooks ({counts['healthy']} healthy,"
-            f" {counts['error']} answering 500, {counts['slow']} slower than the"
-            f" {DELIVERY_TIMEOUT:g}s timeout); {opts.rate:g} events/s for {opts.seconds:g}s,"
-            f" {opts.workers} workers",
-            flush=True,
-        )
-
-        watch = Watch.of(cluster, redis_client, receivers, stats)
-        loop = asyncio.get_running_loop()
-        samples.append(await take_sample(watch, 0.0, "start"))
-        print(sample_line(samples[-1], opts.workers), flush=True)
-        began = loop.time()
-        load = asyncio.create_task(post_events(ingest, opts, stats))
         try:
-            await watch_load(load, watch, began, opts, samples)
-            await load
-        finally:
-            load.cancel()  # does nothing once it is done; stops it if watching failed
-            with contextlib.suppress(asyncio.CancelledError):
-                await load
-        load_seconds = loop.time() - began
-        samples.append(await take_sample(watch, load_seconds, "end"))
-        print(sample_line(samples[-1], opts.workers), flush=True)
+            webhooks = await register(cluster, kinds)
+            token = await cluster.admin.create("/v1/tokens", {"role": "ingest", "name": "soak"})
+            ingest = cluster.admin.with_token(token["token"])
+            counts = Counter(kind for tenant_kinds in kinds for kind in tenant_kinds)
+            print(
+                f"soak: {opts.tenants} tenants, {len(webhooks)} webhooks ({counts['healthy']}"
+                f" healthy, {counts['error']} answering 500, {counts['slow']} slower than the"
+                f" {DELIVERY_TIMEOUT:g}s timeout); {opts.rate:g} events/s for {opts.seconds:g}s,"
+                f" {opts.workers} workers",
+                flush=True,
+            )
 
-        print(f"soak: load done; waiting up to {opts.drain:g}s for retries to end", flush=True)
-        drained = await drain(watch, opts.drain)
-        samples.append(await take_sample(watch, loop.time() - began, "drained"))
-        print(sample_line(samples[-1], opts.workers), flush=True)
-    return Report(samples, stats, webhooks, load_seconds, drained)
+            watch = Watch.of(cluster, redis_client, stats)
+            loop = asyncio.get_running_loop()
+            samples.append(await take_sample(watch, 0.0, "start"))
+            print(sample_line(samples[-1], opts.workers), flush=True)
+            began = loop.time()
+            load = asyncio.create_task(post_events(ingest, opts, stats))
+            try:
+                await watch_load(load, watch, began, opts, samples)
+                await load
+            finally:
+                load.cancel()  # does nothing once it is done; stops it if watching failed
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+            load_seconds = loop.time() - began
+            samples.append(await take_sample(watch, load_seconds, "end"))
+            print(sample_line(samples[-1], opts.workers), flush=True)
+
+            print(f"soak: load done; waiting up to {opts.drain:g}s for retries to end", flush=True)
+            drained = await drain(watch, opts.drain)
+            samples.append(await take_sample(watch, loop.time() - began, "drained"))
+            print(sample_line(samples[-1], opts.workers), flush=True)
+            received = await cluster.receiver.paths()
+        finally:
+            await redis_client.aclose()
+    return Report(samples, stats, webhooks, received, load_seconds, drained)
 
 
 # --- verdict -----------------------------------------------------------------------------------
@@ -794,16 +593,17 @@ def table(report: Report, opts: Options, judgements: list[Judgement]) -> list[st
 
 def delivery_check(report: Report) -> tuple[dict[str, int], list[str]]:
     """Healthy deliveries expected against arrived, and what the failing endpoints took."""
-    healthy = [w for w in report.webhooks if w.receiver.kind == "healthy"]
+    got = {w.id: report.received.get(w.path, PathTally(0, {})) for w in report.webhooks}
+    healthy = [w for w in report.webhooks if w.kind == "healthy"]
     expected = sum(report.stats.expected[w.id] for w in healthy)
-    arrived = sum(min(len(w.receiver.delivered), report.stats.expected[w.id]) for w in healthy)
+    arrived = sum(min(len(got[w.id].accepted), report.stats.expected[w.id]) for w in healthy)
     figures = {"healthy_expected": expected, "healthy_arrived": arrived}
     lines = [f"healthy endpoints: {arrived:,} of {expected:,} deliveries arrived"]
     for kind in ("error", "slow"):
-        hooks = [w for w in report.webhooks if w.receiver.kind == kind]
+        hooks = [w for w in report.webhooks if w.kind == kind]
         if hooks:
             made = sum(report.stats.expected[w.id] for w in hooks)
-            attempts = sum(w.receiver.requests for w in hooks)
+            attempts = sum(got[w.id].requests for w in hooks)
             figures[f"{kind}_deliveries"], figures[f"{kind}_attempts"] = made, attempts
             lines.append(
                 f"{kind} endpoints: {made:,} deliveries, {attempts:,} attempts received"
@@ -894,24 +694,12 @@ def write_results(
 # --- entry point -------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one soak; the exit status."""
     opts = parse_args(argv)
-    # A SIGTERM (from `timeout`, CI or a supervisor) cleans up exactly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with running_cluster(opts) as cluster:
-            report = asyncio.run(soak(cluster, opts))
-    except KeyboardInterrupt:
-        print("\nsoak: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except (SetupError, ChildDied) as exc:
-        print(f"soak: {exc}", file=sys.stderr)
-        return 2
+    report = run_harness("soak", lambda procs: soak(procs, opts), (LoadError,))
+    if isinstance(report, int):
+        return report
     return finish(report, opts)
 
 

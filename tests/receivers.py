@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
 from typing import Self
+
+from relay.embedded import free_port
 
 
 @dataclass(slots=True, frozen=True)
@@ -213,8 +214,5 @@ async def _write_reply(writer: asyncio.StreamWriter, reply: Reply) -> None:
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A loopback port nothing listens on: a free one, bound and released."""
+    return free_port()

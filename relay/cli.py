@@ -255,7 +255,7 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
 
     async def run() -> tuple[int, int, tuple[int, int]]:
         redis = connect_redis(_redis_url(settings))
-        store = WebhookStore(redis)
+        store = WebhookStore(redis, settings.max_webhooks_per_tenant)
         changed: set[str] = set()
 
         def edit(webhook: Webhook) -> Webhook:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Who may embed the console in a frame (CSP `frame-ancestors` sources), e.g. a platform's
     # settings page showing a portal link.
     console_frame_ancestors: str = "'none'"
+    max_webhooks_per_tenant: int = Field(100, ge=1, le=100_000)
+    capture_response_bytes: int = Field(4096, ge=0, le=1_048_576)
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
     api_rate_limit: int = Field(1000, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).

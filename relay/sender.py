@@ -28,15 +28,13 @@ from httpx_aiohttp import AiohttpTransport
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressCheck = Callable[[IPAddress], bool]
 
-RESPONSE_BODY_LIMIT = 4096
-
 
 @dataclass(slots=True, frozen=True)
 class SendResult:
     """What one POST produced.
 
-    `error` says why no response arrived (then `status_code` is None), or why reading the first
-    4 KiB of its body was cut short (then the status stands: a 2xx in time is a delivery).
+    `error` says why no response arrived (then `status_code` is None), or why reading the
+    captured start of its body was cut short (then the status stands: a 2xx in time is a delivery).
     """
 
     status_code: int | None
@@ -86,8 +84,10 @@ class Sender:
         max_connections: int,
         user_agent: str,
         address_check: AddressCheck | None = None,
+        capture_bytes: int = 4096,
     ) -> None:
         self._timeout = timeout
+        self._capture_bytes = capture_bytes
         self._max_connections = max_connections
         self._user_agent = user_agent
         self._address_check = address_check
@@ -97,7 +97,7 @@ class Sender:
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
-            # We keep only 4 KiB of a response, so compression would buy nothing and let a
+            # We keep only the start of a response, so compression would buy nothing and let a
             # receiver make us inflate a bomb; callers may still override it per send.
             headers={"accept-encoding": "identity"},
             # A cookie one receiver sets must never reach another receiver on the same host.
@@ -123,7 +123,7 @@ class Sender:
             ):
                 status = response.status_code
                 retry_after = response.headers.get("retry-after")
-                await _read_capped(response, captured)
+                await _read_capped(response, captured, self._capture_bytes)
         except (_Refused, httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError) as exc:
             error = _describe(exc, self._timeout, status)
         return SendResult(
@@ -185,11 +185,13 @@ class Sender:
         )
 
 
-async def _read_capped(response: httpx.Response, into: bytearray) -> None:
-    """Append at most `RESPONSE_BODY_LIMIT` bytes of the body; the rest is never read."""
+async def _read_capped(response: httpx.Response, into: bytearray, limit: int) -> None:
+    """Append at most `limit` bytes of the body; the rest is never read."""
+    if limit <= 0:
+        return  # capture is off: not a byte of the body is read
     async for chunk in response.aiter_bytes():
-        into += chunk[: RESPONSE_BODY_LIMIT - len(into)]
-        if len(into) >= RESPONSE_BODY_LIMIT:
+        into += chunk[: limit - len(into)]
+        if len(into) >= limit:
             # Leaving the stream unfinished makes aiohttp close the connection instead of
             # pooling it, so the unread rest is dropped rather than drained.
             return

@@ -94,10 +94,11 @@ class Services:
                 max_connections=256,
                 user_agent=USER_AGENT,
                 address_check=policy.allows,
+                capture_bytes=settings.capture_response_bytes,
             ),
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring),
-            webhooks=WebhookStore(redis),
+            webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
             events=EventStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
             deliveries=DeliveryStore(

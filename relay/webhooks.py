@@ -18,16 +18,26 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from relay.errors import Invalid
+from relay.errors import Conflict, Invalid
 from relay.events import EVENT_TYPES, matches
 from relay.ids import new_id
 from relay.secrets import Keyring
-from relay.signing import SECRET_PREFIX, decode_secret, generate_secret, signature_headers
+from relay.signing import (
+    SECRET_PREFIX,
+    Scheme,
+    SigningKey,
+    decode_secret,
+    generate_signing_secret,
+    signature_headers,
+    signing_key,
+    verification_key,
+)
 from relay.ssrf import AddressPolicy
-from relay.timefmt import now, rfc3339
+from relay.timefmt import from_timestamp, now, rfc3339
 from relay.validation import JSON_INT, TenantId
 
 _MAX_URL_CHARS = 2048
@@ -224,6 +234,8 @@ _Headers = Annotated[
 ]
 _RateLimit = Annotated[int, Field(gt=0, le=_MAX_RATE_PER_SECOND), JSON_INT]
 _Secret = Annotated[str, AfterValidator(_check_secret), WithJsonSchema(_SECRET_SCHEMA)]
+# An enum read from its JSON string (strict mode would take only Scheme instances).
+_Scheme = Annotated[Scheme, Field(strict=False)]
 
 # Strict: JSON already has real booleans and numbers, so "false" or "5" is a client bug to report.
 # Inputs are kept out of error texts, which may be logged, because secrets pass through here.
@@ -243,6 +255,24 @@ class WebhookCreate(BaseModel):
     enabled: bool = True
     rate_limit_per_second: _RateLimit | None = None
     secret: _Secret | None = Field(default=None, repr=False)
+    signature_scheme: _Scheme = Scheme.HMAC_SHA256
+
+    @model_validator(mode="after")
+    def _secret_fits_scheme(self) -> WebhookCreate:
+        if self.secret is not None and self.signature_scheme is not Scheme.HMAC_SHA256:
+            raise ValidationError.from_exception_data(
+                "WebhookCreate",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "secret", "Only hmac-sha256 webhooks take an imported secret."
+                        ),
+                        loc=("secret",),
+                        input=None,
+                    )
+                ],
+            )
+        return self
 
 
 def _patch_schema(schema: dict[str, Any]) -> None:
@@ -268,8 +298,11 @@ class WebhookUpdate(BaseModel):
     headers: _Headers | None = None
     enabled: bool | None = None
     rate_limit_per_second: _RateLimit | None = None
+    signature_scheme: _Scheme | None = None
 
-    @field_validator("url", "events", "description", "headers", "enabled", mode="before")
+    @field_validator(
+        "url", "events", "description", "headers", "enabled", "signature_scheme", mode="before"
+    )
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Only the rate limit has "none" as a value; null anywhere else would erase a setting.
@@ -282,9 +315,11 @@ class WebhookUpdate(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
-# Current secret plus at most two still in their grace period: enough for back-to-back rotations.
-MAX_LIVE_SECRETS = 3
+# The current secret plus at most three previous ones in their grace periods: every one of them
+# signs each delivery, so the cap bounds the signature header and the signing work.
+MAX_LIVE_SECRETS = 4
 MAX_GRACE_SECONDS = 7 * 86_400
+DEFAULT_GRACE_SECONDS = 86_400
 
 
 class RotateSecret(BaseModel):
@@ -292,7 +327,9 @@ class RotateSecret(BaseModel):
 
     model_config = _INPUT
 
-    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS), JSON_INT] = 86_400
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS), JSON_INT] = (
+        DEFAULT_GRACE_SECONDS
+    )
 
 
 @dataclass(slots=True)
@@ -319,6 +356,7 @@ class Webhook:
     updated_at: str
     secrets: list[SigningSecret]
     disabled_reason: str | None = None
+    signature_scheme: Scheme = Scheme.HMAC_SHA256
 
     def public(self) -> dict[str, object]:
         """The webhook as the API shows it: never a secret."""
@@ -332,6 +370,7 @@ class Webhook:
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
             "rate_limit_per_second": self.rate_limit_per_second,
+            "signature_scheme": self.signature_scheme.value,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -344,7 +383,8 @@ class Webhook:
     def from_record(cls, data: dict[str, Any]) -> Webhook:
         """Rebuild from `record()`."""
         secrets = [SigningSecret(**s) for s in data.pop("secrets")]
-        return cls(**data, secrets=secrets)
+        scheme = Scheme(data.pop("signature_scheme", Scheme.HMAC_SHA256))
+        return cls(**data, secrets=secrets, signature_scheme=scheme)
 
     def wants(self, event_type: str) -> bool:
         """Whether an event of this type fans out to this webhook now."""
@@ -356,9 +396,10 @@ def _seal(keyring: Keyring, webhook_id: str, secret: str) -> SigningSecret:
 
 
 def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[Webhook, str]:
-    """A webhook from a create request, and its plaintext secret (given or generated)."""
+    """A webhook from a create request, and what its receiver verifies with: the plaintext
+    `whsec_` secret (given or generated), or an Ed25519 key pair's `whpk_` public key."""
     webhook_id = new_id("wh")
-    secret = spec.secret or generate_secret()
+    secret = spec.secret or generate_signing_secret(spec.signature_scheme)
     stamp = rfc3339(now())
     webhook = Webhook(
         id=webhook_id,
@@ -372,8 +413,9 @@ def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[
         created_at=stamp,
         updated_at=stamp,
         secrets=[_seal(keyring, webhook_id, secret)],
+        signature_scheme=spec.signature_scheme,
     )
-    return webhook, secret
+    return webhook, verification_key(secret)
 
 
 def check_target(url: str, policy: AddressPolicy) -> None:
@@ -386,12 +428,20 @@ def check_target(url: str, policy: AddressPolicy) -> None:
         raise Invalid("The webhook URL is not allowed.", {"url": [reason]})
 
 
-def apply_update(webhook: Webhook, changes: dict[str, Any]) -> Webhook:
-    """The webhook with a PATCH applied; enabling it again clears why it was disabled."""
+def apply_update(webhook: Webhook, changes: dict[str, Any], keyring: Keyring) -> Webhook:
+    """The webhook with a PATCH applied; enabling it again clears why it was disabled.
+
+    Another `signature_scheme` is a rotation to a new key of that scheme, with the default
+    grace: the old keys keep signing alongside until receivers have the new one.
+    """
+    switching = changes.get("signature_scheme", webhook.signature_scheme)
+    switching = switching != webhook.signature_scheme
     for name, value in changes.items():
         setattr(webhook, name, value)
     if changes.get("enabled") is True:
         webhook.disabled_reason = None
+    if switching:
+        webhook, _, _ = rotate(webhook, keyring, DEFAULT_GRACE_SECONDS)
     webhook.updated_at = rfc3339(now())
     return webhook
 
@@ -408,40 +458,62 @@ def _live(webhook: Webhook, now_ms: int) -> list[SigningSecret]:
     return [s for s in webhook.secrets if s.expires_at_ms is None or s.expires_at_ms > now_ms]
 
 
-def rotate(
-    webhook: Webhook, keyring: Keyring, grace_seconds: int
-) -> tuple[Webhook, str, int | None]:
-    """A new current secret; the old one signs alongside for `grace_seconds`.
+def rotate(webhook: Webhook, keyring: Keyring, grace_seconds: int) -> tuple[Webhook, str, int]:
+    """A new current secret (of the webhook's scheme); the old one signs alongside for
+    `grace_seconds`, and older ones still in their grace keep signing until they were promised.
 
-    Returns the webhook, the new plaintext secret and when the previous one stops (unix ms, or
-    None with no grace). Expired secrets are dropped, and no more than MAX_LIVE_SECRETS kept.
+    Returns the webhook, what the receiver verifies the new secret with, and when the previous
+    one stops (unix ms). A grace of 0 ends every previous secret now. A rotation that would need
+    more than MAX_LIVE_SECRETS live secrets is a Conflict naming when a slot frees up: no
+    secret ever stops signing before its promised time.
     """
     now_ms = int(now().timestamp() * 1000)
-    previous_expires = now_ms + grace_seconds * 1000 if grace_seconds else None
-    older = []
-    for s in _live(webhook, now_ms):
-        if s.expires_at_ms is None:  # the outgoing current secret
-            if previous_expires is None:
-                continue
-            s = SigningSecret(s.ciphertext, previous_expires)
-        older.append(s)
-    secret = generate_secret()
-    webhook.secrets = [_seal(keyring, webhook.id, secret), *older][:MAX_LIVE_SECRETS]
+    live = _live(webhook, now_ms)
+    previous = [s for s in live if s.expires_at_ms is not None]
+    if grace_seconds == 0:
+        kept: list[SigningSecret] = []
+        previous_expires = now_ms
+    else:
+        if len(previous) + 2 > MAX_LIVE_SECRETS:
+            frees = min(s.expires_at_ms for s in previous if s.expires_at_ms is not None)
+            raise Conflict(
+                f"At most {MAX_LIVE_SECRETS} secrets sign at once, and a rotation with grace "
+                f"would need one more. The oldest previous secret stops signing at "
+                f"{from_timestamp(frees / 1000)}; rotate after that, or with grace_seconds 0 to "
+                "end every previous secret now."
+            )
+        previous_expires = now_ms + grace_seconds * 1000
+        kept = [
+            SigningSecret(s.ciphertext, previous_expires) if s.expires_at_ms is None else s
+            for s in live
+        ]
+    secret = generate_signing_secret(webhook.signature_scheme)
+    webhook.secrets = [_seal(keyring, webhook.id, secret), *kept]
     webhook.updated_at = rfc3339(now())
-    return webhook, secret, previous_expires
+    return webhook, verification_key(secret), previous_expires
 
 
-def reveal(webhook: Webhook, keyring: Keyring) -> str:
-    """The current secret in plaintext, for its owner."""
-    return keyring.decrypt(webhook.secrets[0].ciphertext, webhook.id.encode()).decode()
+def _plaintext(webhook: Webhook, keyring: Keyring, secret: SigningSecret) -> str:
+    return keyring.decrypt(secret.ciphertext, webhook.id.encode()).decode()
 
 
-def signing_keys(webhook: Webhook, keyring: Keyring, now_ms: int) -> list[bytes]:
-    """The HMAC keys of every live secret, current first: all of them sign during a grace."""
-    return [
-        decode_secret(keyring.decrypt(s.ciphertext, webhook.id.encode()).decode())
-        for s in _live(webhook, now_ms)
-    ]
+def reveal(webhook: Webhook, keyring: Keyring) -> dict[str, object]:
+    """For its owner: what verifies the current secret (`whsec_` secret or `whpk_` public key),
+    and until when each previous secret still signs (never their values)."""
+    now_ms = int(now().timestamp() * 1000)
+    return {
+        "secret": verification_key(_plaintext(webhook, keyring, webhook.secrets[0])),
+        "previous": [
+            {"expires_at": from_timestamp(s.expires_at_ms / 1000)}
+            for s in _live(webhook, now_ms)
+            if s.expires_at_ms is not None
+        ],
+    }
+
+
+def signing_keys(webhook: Webhook, keyring: Keyring, now_ms: int) -> list[SigningKey]:
+    """The keys of every live secret, current first: all of them sign during a grace."""
+    return [signing_key(_plaintext(webhook, keyring, s)) for s in _live(webhook, now_ms)]
 
 
 def reencrypt(webhook: Webhook, keyring: Keyring) -> bool:
@@ -456,7 +528,7 @@ def reencrypt(webhook: Webhook, keyring: Keyring) -> bool:
 
 
 def delivery_headers(
-    webhook: Webhook, keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes
+    webhook: Webhook, keys: Sequence[SigningKey], msg_id: str, timestamp: int, body: bytes
 ) -> dict[str, str]:
     """Every header of one attempt but user-agent (the sender's): custom ones, then signatures."""
     return {

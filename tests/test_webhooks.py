@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay.secrets import generate_master_key
 from relay.signing import generate_secret
 from tests.conftest import ClientFactory
+from tests.flows import Workers, post_event, wait_status
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, relay_env, run_relay
 
@@ -181,7 +182,7 @@ async def test_event_types_are_listed_with_schemas(admin: httpx.AsyncClient) -> 
 async def test_secret_is_revealed_to_its_owner(admin: httpx.AsyncClient) -> None:
     made = await create(admin, "https://a.example.com/")
     shown = (await admin.get(f"/v1/webhooks/{made['id']}/secret")).json()["data"]
-    assert shown == {"secret": made["secret"]}
+    assert shown == {"secret": made["secret"], "previous": []}
 
 
 async def test_imported_secret_signs(admin: httpx.AsyncClient) -> None:
@@ -318,30 +319,6 @@ async def test_rotation_default_grace_is_a_day_and_bounded(admin: httpx.AsyncCli
     assert too_long.status_code == 422
 
 
-async def test_many_rotations_keep_a_few_live_secrets(
-    admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
-) -> None:
-    async with Receiver() as rx:
-        made = await create(admin, rx.url("/hook"))
-        secrets = [made["secret"]]
-        for _ in range(5):
-            rotated = await admin.post(
-                f"/v1/webhooks/{made['id']}/rotate-secret", json={"grace_seconds": 3600}
-            )
-            secrets.append(rotated.json()["data"]["secret"])
-        await admin.post("/v1/webhooks/test", json={"webhook_id": made["id"]})
-        [request] = await rx.wait_for(1)
-    signatures = request.headers["webhook-signature"].split(" ")
-    assert len(signatures) == 3
-    for live in secrets[-3:]:
-        verify(live, request)
-    for dropped in secrets[:-3]:
-        with pytest.raises(WebhookVerificationError):
-            verify(dropped, request)
-    stored = await redis_client.get(f"relay:wh:{made['id']}")
-    assert stored is not None and stored.count(b'"ciphertext"') == 3
-
-
 async def test_keys_reencrypt_moves_secrets_to_the_new_master_key(
     redis_server: RedisServer, make_client: ClientFactory, master_key: str
 ) -> None:
@@ -408,3 +385,63 @@ async def test_a_name_resolving_to_loopback_is_blocked_at_send_time(
     assert result["data"]["status_code"] is None
     assert "blocked" in result["data"]["error"]
     assert rx.connections == 0
+
+
+async def test_a_tenant_has_at_most_the_configured_number_of_webhooks(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(max_webhooks_per_tenant=3)
+    made = [await create(client, f"https://a.example.com/{i}") for i in range(3)]
+    refused = await client.post(
+        "/v1/webhooks", json={"url": "https://a.example.com/4", "tenant_id": "space_42"}
+    )
+    assert refused.status_code == 422
+    assert "RELAY_MAX_WEBHOOKS_PER_TENANT" in refused.json()["detail"]
+    assert refused.json()["errors"] == {"tenant_id": ["at most 3 webhooks per tenant"]}
+    other = await client.post(
+        "/v1/webhooks", json={"url": "https://a.example.com/", "tenant_id": "space_43"}
+    )
+    assert other.status_code == 201
+    assert (await client.delete(f"/v1/webhooks/{made[0]['id']}")).status_code == 200
+    await create(client, "https://a.example.com/again")
+
+
+async def test_concurrent_creates_cannot_pass_the_webhook_cap_together(
+    make_client: ClientFactory,
+) -> None:
+    clients = [await make_client(max_webhooks_per_tenant=5) for _ in range(4)]
+    body = {"url": "https://a.example.com/", "tenant_id": "space_42"}
+    answers = await asyncio.gather(
+        *(clients[i % 4].post("/v1/webhooks", json=body) for i in range(20))
+    )
+    assert sorted(a.status_code for a in answers) == [201] * 5 + [422] * 15
+    listed = await clients[0].get("/v1/webhooks", params={"tenant_id": "space_42"})
+    assert len(listed.json()["data"]) == 5
+
+
+@pytest.mark.parametrize(("capture", "kept"), [("0", 0), ("10", 10), (None, 4096)])
+async def test_response_capture_is_bounded_and_can_be_turned_off(
+    make_client: ClientFactory, capture: str | None, kept: int
+) -> None:
+    client = await make_client(
+        **({"capture_response_bytes": capture} if capture is not None else {})
+    )
+    async with Receiver() as rx:
+        rx.answer(Reply(200, body=b"y" * 10_000))
+        hook = await create(client, rx.url("/hook"))
+        result = (await client.post("/v1/webhooks/test", json={"webhook_id": hook["id"]})).json()
+    assert result["data"]["status_code"] == 200
+    assert result["data"]["response_body"] == "y" * kept
+
+
+async def test_the_attempt_log_keeps_no_response_when_capture_is_off(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers(RELAY_CAPTURE_RESPONSE_BYTES="0")
+    async with Receiver() as rx:
+        rx.answer(Reply(200, body=b"internal data from a private network"))
+        hook = await create(admin, rx.url("/hook"))
+        event = (await post_event(admin)).json()["data"]
+        found = await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "delivered")
+    [attempt] = found["attempts"]
+    assert attempt["status_code"] == 200 and attempt["response_body"] == ""

@@ -18,6 +18,7 @@ from relay.api.pagination import id_schema
 from relay.api.routing import Operation
 from relay.delivery.model import FINISHED, Status
 from relay.events import EVENT_TYPES
+from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
 from relay.tokens import TOKEN_PREFIX, Role
 from relay.validation import TenantId
@@ -91,10 +92,18 @@ _WEBHOOK = {
     "enabled": {"type": "boolean"},
     "disabled_reason": _nullable(_STRING),
     "rate_limit_per_second": _nullable({"type": "integer", "minimum": 1}),
+    "signature_scheme": {"type": "string", "enum": [s.value for s in Scheme]},
     "created_at": _TIMESTAMP,
     "updated_at": _TIMESTAMP,
 }
-_SECRET = {"type": "string", "pattern": "^whsec_[A-Za-z0-9+/]+={0,2}$"}
+_SECRET = {
+    "type": "string",
+    "pattern": f"^({SECRET_PREFIX}|{PUBLIC_KEY_PREFIX})[A-Za-z0-9+/]+={{0,2}}$",
+    "description": (
+        f"What a receiver verifies with: the {SECRET_PREFIX} secret (hmac-sha256), or the "
+        f"{PUBLIC_KEY_PREFIX} public key (ed25519)"
+    ),
+}
 _EVENT = {
     "id": id_schema("evt"),
     "type": _STRING,
@@ -131,7 +140,10 @@ _ATTEMPT = _object(
         "duration_ms": _COUNT,
         "status_code": _nullable(_HTTP_STATUS),
         "error": _nullable(_STRING),
-        "response_body": {**_STRING, "description": "The first 4 KiB of the response"},
+        "response_body": {
+            **_STRING,
+            "description": "The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)",
+        },
         "request_headers": _HEADERS,
         "url": {**_STRING, "description": "Where the attempt went (empty if none was made)"},
     },
@@ -178,7 +190,16 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Webhook": _object(_WEBHOOK),
     "NewWebhook": _object({**_WEBHOOK, "secret": _SECRET}),
     "DeletedWebhook": _object({**_WEBHOOK, **_DELETED}),
-    "Secret": _object({"secret": _SECRET}),
+    "Secret": _object(
+        {
+            "secret": _SECRET,
+            "previous": {
+                "type": "array",
+                "description": "Previous secrets that still sign, and until when",
+                "items": _object({"expires_at": _TIMESTAMP}),
+            },
+        }
+    ),
     "RotatedSecret": _object({"secret": _SECRET, "previous_expires_at": _TIMESTAMP}),
     "TestResult": _object(
         {

@@ -81,9 +81,11 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
     if "url" in changes:
         check_target(changes["url"], services(request).policy)
 
+    keyring = services(request).keyring
+
     def edit(webhook: Webhook) -> Webhook:
         principal.check_visible(webhook.tenant_id, "webhook")
-        return apply_update(webhook, changes)
+        return apply_update(webhook, changes, keyring)
 
     store = services(request).webhooks
     webhook = await store.change(request.path_params["id"], edit)
@@ -101,16 +103,16 @@ async def delete_webhook(request: Request, principal: Principal) -> Response:
 
 
 async def get_secret(request: Request, principal: Principal) -> Response:
-    """The current signing secret, for the webhook's owner."""
+    """What verifies the current signature, and until when previous secrets still sign."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return ok({"secret": reveal(webhook, services(request).keyring)})
+    return ok(reveal(webhook, services(request).keyring))
 
 
 async def rotate_secret(request: Request, principal: Principal) -> Response:
     """A new secret signs from now on; the previous one also signs until previous_expires_at."""
     grace = (await read_model(request, RotateSecret)).grace_seconds
     ctx = services(request)
-    made: list[tuple[str, int | None]] = []
+    made: list[tuple[str, int]] = []
 
     def edit(webhook: Webhook) -> Webhook:
         principal.check_visible(webhook.tenant_id, "webhook")
@@ -120,8 +122,7 @@ async def rotate_secret(request: Request, principal: Principal) -> Response:
 
     await ctx.webhooks.change(request.path_params["id"], edit)
     secret, expires_ms = made[-1]
-    expires = from_timestamp(expires_ms / 1000) if expires_ms else rfc3339(now())
-    return ok({"secret": secret, "previous_expires_at": expires})
+    return ok({"secret": secret, "previous_expires_at": from_timestamp(expires_ms / 1000)})
 
 
 async def send_test_event(request: Request, principal: Principal) -> Response:

@@ -7,10 +7,19 @@ from collections.abc import Callable
 import redis.exceptions
 from redis.asyncio import Redis
 
-from relay.errors import Conflict, NotFound
+from relay.errors import Conflict, Invalid, NotFound
 from relay.store import codec, keys
 from relay.store.pages import newest_first
 from relay.webhooks import Webhook
+
+# Count and add in one script, so that concurrent creates cannot pass the cap together.
+_ADD = """
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+return 1
+"""
 
 
 def _load(raw: bytes) -> Webhook:
@@ -20,16 +29,25 @@ def _load(raw: bytes) -> Webhook:
 class WebhookStore:
     """Persistence of webhooks; every change is atomic."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, max_per_tenant: int) -> None:
         self._redis = redis
+        self._max_per_tenant = max_per_tenant
+        self._add = redis.register_script(_ADD)
 
     async def add(self, webhook: Webhook) -> None:
-        """Store a new webhook with its index entries."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.webhook(webhook.id), codec.dumps(webhook.record()))
-            pipe.zadd(keys.WEBHOOKS, {webhook.id: 0})
-            pipe.zadd(keys.tenant_webhooks(webhook.tenant_id), {webhook.id: 0})
-            await pipe.execute()
+        """Store a new webhook with its index entries; Invalid once its tenant has the most
+        webhooks RELAY_MAX_WEBHOOKS_PER_TENANT allows (each one is fanned out to per event)."""
+        added = await self._add(
+            keys=[keys.webhook(webhook.id), keys.WEBHOOKS, keys.tenant_webhooks(webhook.tenant_id)],
+            args=[codec.dumps(webhook.record()), webhook.id, self._max_per_tenant],
+        )
+        if not added:
+            limit = self._max_per_tenant
+            raise Invalid(
+                f"The tenant already has {limit} webhooks, the most RELAY_MAX_WEBHOOKS_PER_TENANT "
+                "allows; delete one first.",
+                {"tenant_id": [f"at most {limit} webhooks per tenant"]},
+            )
 
     async def get(self, webhook_id: str) -> Webhook:
         """A webhook by id, or NotFound."""

@@ -332,8 +332,20 @@ def _refine_event_in(schema: dict[str, Any]) -> None:
     properties["data"] = {"type": "object", "description": "Fields depend on `type`"}
 
 
+def _refine_webhook_create(schema: dict[str, Any]) -> None:
+    # WebhookCreate's validator: only an hmac-sha256 webhook takes an imported secret.
+    schema["anyOf"] = [
+        {"properties": {"signature_scheme": {"const": Scheme.HMAC_SHA256.value}}},
+        {"properties": {"secret": {"type": "null"}}},
+    ]
+
+
 # Rules the request models enforce in validators, which their generated schemas cannot show.
-_REFINE = {"TokenSpec": _refine_token_spec, "EventIn": _refine_event_in}
+_REFINE = {
+    "TokenSpec": _refine_token_spec,
+    "EventIn": _refine_event_in,
+    "WebhookCreate": _refine_webhook_create,
+}
 
 
 def _body_schema(model: type[pydantic.BaseModel], components: dict[str, Any]) -> dict[str, Any]:

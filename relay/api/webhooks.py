@@ -13,7 +13,7 @@ from relay.api.routing import ANY_ROLE, Operation, Param
 from relay.delivery import service
 from relay.errors import Invalid
 from relay.services import services
-from relay.timefmt import from_timestamp, now, rfc3339
+from relay.timefmt import from_timestamp
 from relay.tokens import Principal, Role
 from relay.webhooks import (
     RotateSecret,

@@ -179,8 +179,11 @@ async def test_deliveries_waiting_for_a_busy_endpoint_cost_next_to_nothing(
         before = await _commands(redis_client)
         await asyncio.sleep(3)
         spent = await _commands(redis_client) - before
+        metrics = (await admin.get("/metrics")).text
     # 300 deliveries wait behind one attempt in flight: idle polling, not work per delivery.
     assert spent < 300, spent
+    # Parked, they still count as pending.
+    assert "relay_deliveries_pending 300.0" in metrics, metrics
 
 
 async def test_a_free_worker_starts_due_deliveries_behind_ones_running_elsewhere(

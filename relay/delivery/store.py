@@ -241,6 +241,7 @@ class DeliveryStore:
             {
                 "keys": {
                     "due": keys.DUE,
+                    "wakes": keys.WAKES,
                     "delivery": keys.delivery(""),
                     "webhook": keys.webhook(""),
                     "event": keys.event(""),
@@ -341,7 +342,14 @@ class DeliveryStore:
         """Cancel a pending delivery; "ok", or the status that prevented it ("missing" if gone)."""
         reply = await self._run(
             Transition.CANCEL,
-            {"keys": {"delivery": keys.delivery(delivery_id), "due": keys.DUE}, "id": delivery_id},
+            {
+                "keys": {
+                    "delivery": keys.delivery(delivery_id),
+                    "due": keys.DUE,
+                    "parked": keys.endpoint_parked(""),
+                },
+                "id": delivery_id,
+            },
         )
         return str(reply.decode())
 

@@ -47,8 +47,11 @@ def tenant_webhooks(tenant_id: str) -> str:
 EVENTS = PREFIX + "evts"
 DELIVERIES = PREFIX + "dlvs"
 # The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by
-# lease expiry), and `wake:<webhook id>` markers for endpoints with parked deliveries.
+# lease expiry). Parked deliveries wait in their endpoint's set instead (`endpoint_parked`).
 DUE = PREFIX + "due"
+# Endpoints with parked deliveries, scored by when to look at them again: the earliest lease
+# expiry of their slots, or the next rate window.
+WAKES = PREFIX + "wakes"
 # Idle workers block on this list; a script that makes something due now pushes to it.
 WAKE = PREFIX + "wake"
 # Where the retention pass over the per-tenant and per-webhook indexes has got to.

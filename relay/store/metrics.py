@@ -40,16 +40,23 @@ def bucket_key(now_ms: int) -> str:
 
 async def snapshot(redis: Redis) -> tuple[dict[bytes, bytes], int]:
     """The counters hash and how many deliveries are pending or in flight."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.METRICS)
-        pipe.zcard(keys.DUE)
-        counters, pending = await pipe.execute()
-    return counters, int(pending)
+    counters: dict[bytes, bytes] = await redis.hgetall(keys.METRICS)  # type: ignore[misc]
+    return counters, await backlog(redis)
 
 
 async def backlog(redis: Redis) -> int:
-    """How many deliveries are pending or in flight."""
-    return int(await redis.zcard(keys.DUE))
+    """How many deliveries are pending (due, waiting, parked behind their endpoint) or in flight."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.DUE)
+        pipe.zrange(keys.WAKES, 0, -1)
+        due, parking = await pipe.execute()
+    if not parking:
+        return int(due)
+    async with redis.pipeline(transaction=False) as pipe:
+        for webhook_id in parking:
+            pipe.zcard(keys.endpoint_parked(webhook_id.decode()))
+        parked = await pipe.execute()
+    return int(due) + sum(int(n) for n in parked)
 
 
 async def buckets(redis: Redis, starts: Sequence[int]) -> list[dict[str, int]]:

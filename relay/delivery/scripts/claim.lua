@@ -1,10 +1,9 @@
 -- pending → delivering, for up to A.limit due deliveries at once.
 -- A delivery over its endpoint's concurrency or rate limit is parked instead: it leaves the due
 -- set for the endpoint's parked set and costs nothing until a slot frees (settle moves one back)
--- or the endpoint's wake marker in the due set comes up (a lease ran out, a rate window opened).
+-- or the endpoint comes up in the wakes set (a lease ran out, a rate window opened).
 -- Everything examined is claimed, parked, rescheduled or dropped, so no backlog can hide what
 -- is due behind it.
-local MARK = 'wake:'
 
 local function free_slots(wh)
   local slots = K.slots .. wh
@@ -15,11 +14,11 @@ end
 local function park(id, wh, score, wake_at)
   redis.call('ZREM', K.due, id)
   redis.call('ZADD', K.parked .. wh, score, id)
-  redis.call('ZADD', K.due, 'LT', wake_at, MARK .. wh)
+  redis.call('ZADD', K.wakes, 'LT', wake_at, wh)
 end
 
 local function unpark(wh)
-  redis.call('ZREM', K.due, MARK .. wh)
+  redis.call('ZREM', K.wakes, wh)
   local parked = K.parked .. wh
   local free = free_slots(wh)
   if free > 0 then
@@ -30,7 +29,7 @@ local function unpark(wh)
   end
   if redis.call('EXISTS', parked) == 1 then
     local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
-    redis.call('ZADD', K.due, 'LT', first or (NOW + 1000), MARK .. wh)
+    redis.call('ZADD', K.wakes, 'LT', first or (NOW + 1000), wh)
   end
 end
 
@@ -86,17 +85,20 @@ local function try(id, score)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], record or '', payload or ''}
 end
 
+for _, wh in ipairs(redis.call('ZRANGEBYSCORE', K.wakes, '-inf', NOW, 'LIMIT', 0, A.scan)) do
+  unpark(wh)
+end
 local claims = {}
 local due = redis.call('ZRANGEBYSCORE', K.due, '-inf', NOW, 'WITHSCORES', 'LIMIT', 0, A.scan)
 for i = 1, #due, 2 do
   if #claims >= A.limit then break end
-  local member = due[i]
-  if string.sub(member, 1, #MARK) == MARK then
-    unpark(string.sub(member, #MARK + 1))
-  else
-    local claim = try(member, tonumber(due[i + 1]))
-    if claim then table.insert(claims, claim) end
-  end
+  local claim = try(due[i], tonumber(due[i + 1]))
+  if claim then table.insert(claims, claim) end
 end
-local head = redis.call('ZRANGE', K.due, 0, 0, 'WITHSCORES')[2]
-return {int(NOW), head and int(tonumber(head) - NOW) or -1, claims}
+-- How long until anything is due: the caller may sleep that long unless woken.
+local head = nil
+for _, set in ipairs({K.due, K.wakes}) do
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')[2]
+  if first and (not head or tonumber(first) < head) then head = tonumber(first) end
+end
+return {int(NOW), head and int(head - NOW) or -1, claims}

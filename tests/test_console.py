@@ -388,6 +388,14 @@ async def test_the_overview_shows_live_figures_and_failing_webhooks(
     await expect(page.get_by_role("img", name=re.compile("Events accepted"))).to_be_visible()
     await shot(page, "overview")
 
+    # A newcomer's way from the overview to a failed delivery's retry button.
+    await page.get_by_role("link", name="Failed deliveries").click()
+    row = page.get_by_role("row").filter(has_text=broken["id"])
+    await row.get_by_role("link").first.click()
+    await expect(page.get_by_role("heading", name="Delivery")).to_be_visible()
+    await expect(page.get_by_text("Connection refused").first).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry")).to_be_visible()
+
 
 async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory) -> None:
     default = await make_client()

@@ -21,7 +21,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "console"
 def policy(frame_ancestors: str) -> dict[str, str]:
     """The headers every console response carries."""
     csp = (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "connect-src 'self'; base-uri 'none'; form-action 'none'; "
         f"frame-ancestors {frame_ancestors}"
     )

@@ -114,6 +114,12 @@ async function show(body, window, signal) {
         card("Latency p95", ms(t.latency_p95_ms)),
         card("Backlog (pending)", stats.backlog),
       ),
+      h(
+        "p",
+        { class: "actions" },
+        link("#/deliveries?status=failed", "Failed deliveries"),
+        link("#/deliveries?status=pending", "Pending deliveries"),
+      ),
       charts(stats),
       h("h2", {}, "Webhooks failing or disabled"),
       troubled(stats.webhooks),

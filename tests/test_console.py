@@ -8,6 +8,7 @@ main page, as docs/ shows them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -356,6 +357,22 @@ async def test_an_owner_tests_edits_disables_recovers_and_deletes_a_webhook(
     await page.get_by_role("button", name="Press again to delete").click()
     await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
     assert (await api.get(f"/v1/webhooks/{hook['id']}")).status_code == 404
+
+
+async def test_lists_page_through_more_than_a_page(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/many"), "space_many")
+    await asyncio.gather(*(event_for(api, "space_many") for _ in range(51)))
+    await sign_in(page, ADMIN)
+    await page.goto("/console#/deliveries?tenant_id=space_many")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(50)
+    await page.get_by_role("link", name="Next page").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text(hook["id"])
+    await page.get_by_role("link", name="First page").click()
+    await expect(rows).to_have_count(50)
 
 
 async def test_the_console_fits_a_phone_screen(page: Page) -> None:

@@ -1,0 +1,35 @@
+"""The chaos run, shortened: faults of every kind under load, and nothing lost or stuck."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from bench.chaos import FAULT_KINDS
+
+
+def _figure(report: str, label: str) -> int:
+    match = re.search(rf"^{re.escape(label)}\s+([\d,]+)", report, re.M)
+    assert match, f"no {label!r} in:\n{report}"
+    return int(match[1].replace(",", ""))
+
+
+def test_a_short_chaos_run_loses_nothing_and_strands_nothing() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--seconds", "10", "--fault-every", "1,1.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = run.stdout[run.stdout.find("chaos run:") :]
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    accepted = _figure(report, "events accepted")
+    assert accepted > 0
+    assert _figure(report, "deliveries expected") > accepted
+    assert _figure(report, "lost (must be 0)") == 0
+    assert _figure(report, "stuck non-terminal (must be 0)") == 0
+    assert _figure(report, "workers that exited on their own (must be 0)") == 0
+    faults = dict(re.findall(r"(\w+_\w+) (\d+)", report.split("faults injected", 1)[1]))
+    assert all(int(faults[kind]) >= 1 for kind in FAULT_KINDS), report
+    assert "verdict: PASS" in report

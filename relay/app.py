@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from relay.api import deliveries, events, ops, stats, tokens, webhooks
+from relay.api import audit, deliveries, events, ops, stats, tokens, webhooks
 from relay.api.console import console_routes
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
@@ -19,6 +19,7 @@ from relay.services import Services
 
 OPERATIONS: list[Operation] = [
     *tokens.OPERATIONS,
+    *audit.OPERATIONS,
     *events.OPERATIONS,
     *webhooks.OPERATIONS,
     *deliveries.OPERATIONS,

@@ -14,6 +14,7 @@ from relay.delivery.store import DeliveryStore
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
+from relay.store.audit import AuditLog
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import TokenRateLimiter
@@ -73,6 +74,7 @@ class Services:
     tokens: TokenStore
     idempotency: IdempotencyStore
     webhooks: WebhookStore
+    audit: AuditLog
     events: EventStore
     rate_limiter: TokenRateLimiter
     deliveries: DeliveryStore
@@ -99,6 +101,7 @@ class Services:
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring),
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
+            audit=AuditLog(redis, settings.retention_seconds),
             events=EventStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
             deliveries=DeliveryStore(

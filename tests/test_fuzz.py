@@ -257,6 +257,9 @@ async def test_real_objects_match_the_documented_responses(
     await tour.call("POST", f"{delivery}/cancel", 200, ids=on_delivery)
     await tour.call("POST", "/v1/events/{id}/retry", 202, ids=on_event)  # nothing failed now
     await tour.call("DELETE", "/v1/webhooks/{id}", 200, ids=on_hook)
+    trail = {"tenant_id": "space_42", "action": "webhook.delete", "since": first["created_at"]}
+    [deleted] = (await tour.call("GET", "/v1/audit-log", 200, query=trail))["data"]
+    assert deleted["object_id"] == hook["id"]
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         await tour.call("GET", path, 200)
 

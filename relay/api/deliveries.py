@@ -10,6 +10,7 @@ from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.api.webhooks import ID, OWNERS, visible_webhook
+from relay.audit import Audit
 from relay.delivery import service
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
@@ -177,6 +178,7 @@ OPERATIONS = [
         "deliveries",
         params=DELIVERY,
         status=202,
+        audit=Audit("delivery.retry"),
     ),
     Operation(
         "POST",
@@ -186,6 +188,7 @@ OPERATIONS = [
         OWNERS,
         "deliveries",
         params=DELIVERY,
+        audit=Audit("delivery.cancel"),
     ),
     Operation(
         "POST",
@@ -197,6 +200,7 @@ OPERATIONS = [
         body=RecoverWindow,
         params=ID,
         status=202,
+        audit=Audit("webhook.recover", object_field="webhook_id"),
     ),
     Operation(
         "GET",

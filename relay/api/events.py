@@ -8,6 +8,7 @@ from starlette.responses import Response
 from relay.api.bodies import ok, read_model
 from relay.api.pagination import id_param
 from relay.api.routing import Operation
+from relay.audit import Audit
 from relay.delivery import service
 from relay.ingest import EventIn, accept, event_view
 from relay.services import services
@@ -86,5 +87,6 @@ OPERATIONS = [
         "events",
         params=ID,
         status=202,
+        audit=Audit("event.retry"),
     ),
 ]

@@ -168,6 +168,25 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         {**_TOKEN, "token": {"type": "string", "pattern": f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$"}}
     ),
     "RevokedToken": _object({**_TOKEN, **_DELETED}),
+    "AuditEntry": _object(
+        {
+            "id": id_schema("aud"),
+            "at": _TIMESTAMP,
+            "action": {**_STRING, "description": "What was done, e.g. webhook.secret.rotate"},
+            "actor": _object(
+                {
+                    "token_id": {**_STRING, "description": "The token's id, or `system`"},
+                    "role": _STRING,
+                }
+            ),
+            "object_id": _nullable(_STRING),
+            "tenant_id": _nullable(_TENANT),
+            "request_id": {
+                **_nullable(_STRING),
+                "description": "The request's X-Request-Id (the caller's, or one relay made)",
+            },
+        }
+    ),
     "PortalSession": _object(
         {
             "url": {
@@ -254,6 +273,7 @@ _DATA = {
     "list_tokens": "Token",
     "delete_token": "RevokedToken",
     "create_portal_session": "PortalSession",
+    "audit_log": "AuditEntry",
     "event_types": "EventType",
     "create_webhook": "NewWebhook",
     "list_webhooks": "Webhook",
@@ -282,7 +302,9 @@ _ALSO_SUCCEEDS = {
 }
 # Operations that look something up by an id in their body or query, or that a tenant token
 # can point at another tenant: 404 although no path parameter names an object.
-_LOOKS_UP = frozenset({"create_webhook", "list_webhooks", "send_test_event", "all_deliveries"})
+_LOOKS_UP = frozenset(
+    {"create_webhook", "list_webhooks", "send_test_event", "all_deliveries", "audit_log"}
+)
 
 _ERRORS = {
     401: "Missing or unknown token",

@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relay.api import trail
 from relay.api.auth import authenticate
 from relay.api.errors import problem
 from relay.api.idempotency import RerunCheck, idempotent
+from relay.audit import Audit
 from relay.errors import RateLimited, RelayError
 from relay.services import services
 from relay.tokens import Principal, Role
@@ -58,15 +60,21 @@ class Operation:
     list_of: bool = False
     # Set when the domain makes a second run of a request harmless (see `idempotent`).
     rerun_unknown: RerunCheck | None = None
+    # Set on every operation that changes something: what the audit trail records of it.
+    audit: Audit | None = None
 
 
 def _endpoint(op: Operation) -> PublicHandler:
     async def call(request: Request, principal: Principal) -> Response:
         try:
-            return await op.handler(request, principal)
+            response = await op.handler(request, principal)
         except RelayError as err:
             # Rendered here, not by the app's handler, so idempotency can store the outcome.
             return problem(err)
+        if op.audit is not None and response.status_code < 300:
+            # Inside the idempotent call: a replayed response records nothing again.
+            await trail.record(request, principal, op.audit, response)
+        return response
 
     async def endpoint(request: Request) -> Response:
         principal = await authenticate(request)

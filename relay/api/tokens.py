@@ -8,6 +8,7 @@ from starlette.responses import Response
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, Operation
+from relay.audit import Audit
 from relay.services import services
 from relay.tokens import PortalSessionSpec, Principal, TokenSpec
 
@@ -64,6 +65,7 @@ OPERATIONS = [
         "tokens",
         body=TokenSpec,
         status=201,
+        audit=Audit("token.create"),
     ),
     Operation(
         "GET",
@@ -83,6 +85,7 @@ OPERATIONS = [
         ADMIN,
         "tokens",
         params=(id_param("tok"),),
+        audit=Audit("token.revoke"),
     ),
     Operation(
         "POST",
@@ -93,5 +96,6 @@ OPERATIONS = [
         "tokens",
         body=PortalSessionSpec,
         status=201,
+        audit=Audit("portal_session.create", object_field="token_id"),
     ),
 ]

@@ -10,6 +10,7 @@ from relay import events
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ANY_ROLE, Operation, Param
+from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
 from relay.services import services
@@ -162,6 +163,7 @@ OPERATIONS = [
         "webhooks",
         body=WebhookCreate,
         status=201,
+        audit=Audit("webhook.create"),
     ),
     Operation(
         "GET",
@@ -210,6 +212,7 @@ OPERATIONS = [
         "webhooks",
         body=WebhookUpdate,
         params=ID,
+        audit=Audit(webhook_change),
     ),
     Operation(
         "DELETE",
@@ -219,6 +222,7 @@ OPERATIONS = [
         OWNERS,
         "webhooks",
         params=ID,
+        audit=Audit("webhook.delete"),
     ),
     Operation(
         "GET",
@@ -228,6 +232,7 @@ OPERATIONS = [
         OWNERS,
         "webhooks",
         params=ID,
+        audit=Audit("webhook.secret.reveal"),
     ),
     Operation(
         "POST",
@@ -238,5 +243,6 @@ OPERATIONS = [
         "webhooks",
         body=RotateSecret,
         params=ID,
+        audit=Audit("webhook.secret.rotate"),
     ),
 ]

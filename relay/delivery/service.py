@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from relay import events, ids
+from relay import audit, events, ids
 from relay.delivery.model import (
     ALLOWED_FROM,
     Attempt,
@@ -238,7 +238,10 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
         gone, settled.failing_since_ms, settled.now_ms, svc.settings.disable_after
     )
     if why is not None:
-        await svc.webhooks.change(claim.webhook_id, lambda w: disable(w, why))
+        disabled = await svc.webhooks.change(claim.webhook_id, lambda w: disable(w, why))
+        await svc.audit.add(
+            audit.entry("webhook.auto_disable", audit.SYSTEM, disabled.id, disabled.tenant_id, None)
+        )
 
 
 def _disable_reason(

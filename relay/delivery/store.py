@@ -32,6 +32,7 @@ from relay.delivery.model import (
 from relay.errors import NotFound
 from relay.store import codec, keys
 from relay.store.metrics import BUMP, bucket_key
+from relay.store.pages import Window, filtered_newest_first
 from relay.timefmt import from_timestamp
 
 
@@ -124,9 +125,6 @@ class DeliveryFilter:
         return keys.DELIVERIES
 
 
-# A filtered list reads at most this many ids per request; a sparse match returns a short page
-# with a cursor rather than scanning an index of millions.
-_SCAN_BUDGET = 1000
 # Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
 _CLAIM_SCAN = 200
 # Per retention call: indexes scanned, and entries removed from each at most.
@@ -367,38 +365,22 @@ class DeliveryStore:
         self, query: DeliveryFilter, limit: int, cursor: str | None
     ) -> tuple[list[Delivery], str | None]:
         """Matching deliveries newest first, reading at most a bounded number of ids."""
-        high = f"({cursor}" if cursor else "+"
-        if query.until_ms is not None:
-            until = f"({ids.time_floor('dlv', query.until_ms + 1)}"
-            high = min(high, until) if cursor else until
-        low = f"[{ids.time_floor('dlv', query.since_ms)}" if query.since_ms is not None else "-"
-        found: list[Delivery] = []
-        scanned = 0
-        # One match more than the page holds tells whether a next page exists.
-        while len(found) <= limit and scanned < _SCAN_BUDGET:
-            batch = await self._redis.zrange(
-                query.index,
-                high,  # type: ignore[arg-type]
-                low,  # type: ignore[arg-type]
-                desc=True,
-                bylex=True,
-                offset=0,
-                num=min(limit * 2, 200),
+
+        def wanted(delivery: Delivery) -> bool:
+            return (query.status is None or delivery.status is query.status) and (
+                not query.event_type or delivery.event_type == query.event_type
             )
-            if not batch:
-                return found, None
-            batch_ids = [m.decode() for m in batch]
-            scanned += len(batch_ids)
-            for delivery in await self.many(batch_ids):
-                if query.status and delivery.status is not query.status:
-                    continue
-                if query.event_type and delivery.event_type != query.event_type:
-                    continue
-                found.append(delivery)
-                if len(found) > limit:
-                    return found[:limit], found[limit - 1].id
-            high = f"({batch_ids[-1]}"
-        return found, high[1:]  # the scan budget ran out: carry on from here next time
+
+        return await filtered_newest_first(
+            self._redis,
+            query.index,
+            Window("dlv", query.since_ms, query.until_ms),
+            limit,
+            cursor,
+            self.many,
+            wanted,
+            lambda d: d.id,
+        )
 
     async def ids_after(
         self, webhook_id: str, after: str | None, until_ms: int, count: int

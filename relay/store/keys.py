@@ -44,6 +44,20 @@ def tenant_webhooks(tenant_id: str) -> str:
     return f"{PREFIX}whs:t:{tenant_id}"
 
 
+# The audit trail: entries by id, and indexes of all entries and of each tenant's.
+AUDIT = PREFIX + "auds"
+
+
+def audit_entry(entry_id: str) -> str:
+    """One audit entry (JSON)."""
+    return f"{PREFIX}aud:{entry_id}"
+
+
+def tenant_audit(tenant_id: str) -> str:
+    """Index of one tenant's audit entries."""
+    return f"{PREFIX}auds:t:{tenant_id}"
+
+
 EVENTS = PREFIX + "evts"
 DELIVERIES = PREFIX + "dlvs"
 # The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by

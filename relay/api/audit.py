@@ -1,0 +1,47 @@
+"""/v1/audit-log: who changed what through the API, for operators and for each tenant."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay.api.bodies import listing
+from relay.api.deliveries import TIME
+from relay.api.pagination import page_params, page_request
+from relay.api.routing import Operation, Param
+from relay.services import services
+from relay.store.audit import AuditQuery
+from relay.timefmt import parse_rfc3339
+from relay.tokens import Principal, Role
+
+
+def _ms(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    return int(parse_rfc3339(value, name).timestamp() * 1000) if value else None
+
+
+async def audit_log(request: Request, principal: Principal) -> Response:
+    """Entries newest first; a tenant token sees only its own tenant's."""
+    page = page_request(request, "aud")
+    query = AuditQuery(
+        tenant_id=principal.tenant_scope(request.query_params.get("tenant_id") or None),
+        action=request.query_params.get("action") or None,
+        since_ms=_ms(request, "since"),
+        until_ms=_ms(request, "until"),
+    )
+    found, cursor = await services(request).audit.page(query, page.limit, page.cursor)
+    return listing([e.public() for e in found], cursor)
+
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/audit-log",
+        audit_log,
+        "List the audit trail",
+        frozenset({Role.ADMIN, Role.TENANT}),
+        "audit",
+        params=(*page_params("aud"), Param("tenant_id"), Param("action"), *TIME),
+        list_of=True,
+    ),
+]

@@ -1,0 +1,66 @@
+"""Recording API changes in the audit trail, and the request id each entry carries."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay import audit
+from relay.errors import NotFound
+from relay.ids import has_prefix
+from relay.services import services
+from relay.store import codec
+from relay.tokens import Principal
+
+_HEADER = "x-request-id"
+# A caller's id is kept only if it is short printable ASCII: it ends up in logs and the trail.
+_USABLE = re.compile(r"[!-~]{1,128}")
+
+
+def request_id(request: Request) -> str:
+    """The id of this request: the caller's `X-Request-Id` if usable, else one made here
+    (the same one for the whole request)."""
+    made: str | None = getattr(request.state, "request_id", None)
+    if made is None:
+        given = request.headers.get(_HEADER, "")
+        made = given if _USABLE.fullmatch(given) else uuid.uuid4().hex
+        request.state.request_id = made
+    return made
+
+
+async def record(
+    request: Request, principal: Principal, rule: audit.Audit, response: Response
+) -> None:
+    """Add the entry for a successful change: the object and its tenant come from the answer's
+    `data`, else from the path's `id` (a webhook's tenant is looked up)."""
+    data = codec.loads(bytes(response.body)).get("data")
+    data = data if isinstance(data, dict) else {}
+    object_id = data.get(rule.object_field) or request.path_params.get("id")
+    tenant_id = data.get("tenant_id") or await _tenant_of(request, object_id) or principal.tenant_id
+    try:
+        body = orjson.loads(await request.body() or b"{}")
+    except orjson.JSONDecodeError:
+        body = None
+    await services(request).audit.add(
+        audit.entry(
+            rule.action_for(body),
+            audit.Actor(principal.token_id, principal.role.value),
+            object_id,
+            tenant_id,
+            request_id(request),
+        )
+    )
+
+
+async def _tenant_of(request: Request, object_id: str | None) -> str | None:
+    if object_id is None or not has_prefix(object_id, "wh"):
+        return None
+    webhooks = services(request).webhooks
+    try:
+        return (await webhooks.get(object_id)).tenant_id
+    except NotFound:
+        return None

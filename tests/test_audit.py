@@ -3,6 +3,7 @@ the request it came in; tenants see only their own tenant's entries."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -91,7 +92,10 @@ async def test_the_trail_filters_by_tenant_action_and_time(
     admin: httpx.AsyncClient,
 ) -> None:
     first = await webhook(admin, "https://a.example.com/", tenant="t1")
+    # Entries are stamped to the millisecond: keep `middle` in a millisecond of its own.
+    await asyncio.sleep(0.005)
     middle = datetime.now(UTC)
+    await asyncio.sleep(0.005)
     second = await webhook(admin, "https://b.example.com/", tenant="t2")
     await admin.delete(f"/v1/webhooks/{second['id']}")
 

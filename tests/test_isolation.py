@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
-import time
-from collections import Counter
 
 import httpx
 
@@ -23,23 +20,18 @@ async def test_a_hanging_endpoint_does_not_hold_up_a_healthy_one(
         await webhook(admin, healthy.url("/fast"), tenant="quiet")
         backlog = await asyncio.gather(*(post_event(admin, tenant="noisy") for _ in range(200)))
         assert all(r.status_code == 202 for r in backlog)
-        latencies = []
-        for _ in range(15):
-            sent = time.monotonic()
+        for sent in range(1, 16):
             await post_event(admin, tenant="quiet")
-            await healthy.wait_for(len(latencies) + 1, timeout=10)
-            latencies.append(time.monotonic() - sent)
+            await healthy.wait_for(sent, timeout=30)
             await asyncio.sleep(0.1)
+        reached_hanging = len(hanging.requests)
         in_flight_to_hanging = hanging.max_open_connections
-    print(
-        f"healthy endpoint beside a hanging one: p50 {statistics.median(latencies) * 1000:.0f} ms,"
-        f" max {max(latencies) * 1000:.0f} ms"
-    )
     # The cap is what protects the healthy endpoint: the hanging one never holds more slots.
     assert in_flight_to_hanging <= 4
-    # Without the cap, 200 two-second attempts on 100 worker slots would queue the healthy
-    # endpoint's events for seconds; with it they wait at most one poll cycle or so.
-    assert max(latencies) < 1.5, latencies
+    # Every healthy event arrived while the hanging endpoint's backlog was still almost whole:
+    # the healthy deliveries were never queued behind it. (How fast they arrive is a benchmark's
+    # question — see bench — not a timed assertion here.)
+    assert reached_hanging < 100, reached_hanging
 
 
 async def test_rate_limit_per_second_is_honoured_without_burning_attempts(
@@ -50,14 +42,18 @@ async def test_rate_limit_per_second_is_honoured_without_burning_attempts(
         hook = await webhook(admin, rx.url("/hook"), rate_limit_per_second=5)
         events = [(await post_event(admin)).json()["data"] for _ in range(20)]
         await rx.wait_for(20, timeout=20)
-        arrivals = Counter(int(r.received_at) for r in rx.requests)
+        arrivals = sorted(r.received_at for r in rx.requests)
         for event in events:
             delivered = await wait_status(
                 admin, hook["id"], event["deliveries"][0]["id"], "delivered"
             )
             assert delivered["attempt_count"] == 1
-    assert max(arrivals.values()) <= 5, arrivals
-    assert len(arrivals) >= 4
+    # Five a second: any eleven in a row span three rate windows, so more than a second of
+    # starts. Arrival times add network jitter, hence the margin; unlimited, all twenty would
+    # arrive within a few tens of milliseconds.
+    spans = [later - first for first, later in zip(arrivals, arrivals[10:], strict=False)]
+    assert min(spans) > 0.5, spans
+    assert arrivals[-1] - arrivals[0] > 1.5
 
 
 async def test_an_endpoint_failing_for_too_long_is_disabled_then_recovers(

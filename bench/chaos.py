@@ -1,6 +1,6 @@
 """Chaos run: steady load while workers, Redis and clocks fail; then, was anything lost?
 
-    .venv/bin/python -m bench.chaos [--seconds 300] [--rate 10] [--fault-every 2,5] [--seed N]
+    .venv/bin/python -m bench.chaos [--seconds 300] [--rate 10] [--fault-every 2,4] [--seed N]
 
 It starts redis-server (AOF, fsync every second), `relay api`, two `relay worker`s and the bench
 receiver, registers three tenants' webhooks (each tenant a healthy endpoint and one that misbehaves:
@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None) -> Options:
     add("--seconds", type=float, default=300.0, help="how long to load and fault (default 300)")
     add("--rate", type=float, default=10.0, help="events posted per second (default 10)")
     add("--workers", type=int, default=2, help="relay workers kept running (default 2)")
-    add("--fault-every", default="2,5", help="seconds between faults, min,max (default 2,5)")
+    add("--fault-every", default="2,4", help="seconds between faults, min,max (default 2,4)")
     add("--settle-seconds", type=float, default=180.0, help="wait for deliveries to end (180)")
     add("--seed", type=int, default=None, help="random seed, to repeat a run's choices")
     ns = parser.parse_args(argv)

@@ -15,12 +15,8 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
 
-    @property
-    def finished(self) -> bool:
-        """Whether no worker will touch the delivery again unless someone retries it."""
-        return self in FINISHED
 
-
+# No worker touches these again unless someone retries the delivery.
 FINISHED = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELED})
 
 
@@ -34,11 +30,9 @@ class Transition(enum.StrEnum):
     CANCEL = "cancel"  # pending → canceled
 
 
-# From which statuses each operator transition may start.
-ALLOWED_FROM: dict[Transition, frozenset[Status]] = {
-    Transition.RESTART: frozenset({Status.PENDING, *FINISHED}),
-    Transition.CANCEL: frozenset({Status.PENDING}),
-}
+# What an operator's retry may start from: a finished delivery starts a fresh schedule, a
+# pending one is made due now; a delivering one must end its attempt first.
+RETRYABLE = frozenset({Status.PENDING, *FINISHED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +127,3 @@ class Settled:
     written: bool
     failing_since_ms: int | None
     now_ms: int
-
-
-class Restarted(enum.StrEnum):
-    """How an operator's retry came out."""
-
-    OK = "ok"
-    MISSING = "missing"
-    REFUSED = "refused"  # the status does not allow it (the reply carries the status)

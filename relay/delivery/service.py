@@ -13,14 +13,13 @@ from datetime import UTC, datetime
 
 from relay import audit, events, ids
 from relay.delivery.model import (
-    ALLOWED_FROM,
+    RETRYABLE,
     Attempt,
     Claim,
     Delivery,
     Settled,
     Settlement,
     Status,
-    Transition,
 )
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.policy import judge
@@ -258,9 +257,7 @@ def _disable_reason(
 
 async def retry(svc: Services, delivery: Delivery) -> Delivery:
     """A finished delivery starts a fresh schedule now (history kept); a pending one is due now."""
-    now_ms, [outcome] = await svc.deliveries.restart(
-        [delivery.id], ALLOWED_FROM[Transition.RESTART]
-    )
+    now_ms, [outcome] = await svc.deliveries.restart([delivery.id], RETRYABLE)
     if outcome != "ok":
         raise Conflict(f"The delivery is {outcome}; it can be retried once its attempt ends.")
     # As the transition wrote it: a worker may take it the next moment.

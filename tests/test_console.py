@@ -157,13 +157,15 @@ async def test_admin_signs_in_sees_the_overview_and_creates_a_webhook(
     await page.get_by_label("URL").fill(receiver.url("/created"))
     await page.get_by_label("Tenant", exact=True).last.fill("space_console")
     await page.get_by_label("Event types (comma-separated; * for all)").fill("post.published")
+    await page.get_by_label("Signature scheme").select_option("ed25519")
     await page.get_by_role("button", name="Create webhook").click()
     created = page.get_by_role("status").filter(has_text="Created")
-    await expect(created).to_contain_text("whsec_")
+    await expect(created).to_contain_text("Its public key")
+    await expect(created.locator("code")).to_contain_text("whpk_")
 
     listed = (await api.get("/v1/webhooks", params={"tenant_id": "space_console"})).json()["data"]
-    assert [(w["url"], w["events"]) for w in listed] == [
-        (receiver.url("/created"), ["post.published"])
+    assert [(w["url"], w["events"], w["signature_scheme"]) for w in listed] == [
+        (receiver.url("/created"), ["post.published"], "ed25519")
     ]
     await page.reload()
     await expect(page.get_by_role("link", name=receiver.url("/created"))).to_be_visible()
@@ -219,6 +221,9 @@ async def test_rotating_a_secret_shows_the_new_one(
     shown = await page.locator("code.secret").text_content()
     current = (await api.get(f"/v1/webhooks/{hook['id']}/secret")).json()["data"]["secret"]
     assert shown == current != hook["secret"]
+    await page.get_by_role("button", name="Reveal secret").click()
+    await expect(page.locator("code.secret")).to_have_text(current)
+    await expect(page.get_by_text("a previous secret signs until")).to_be_visible()
     await shot(page, "webhook")
 
 

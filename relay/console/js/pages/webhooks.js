@@ -3,6 +3,13 @@ import { del, enc, get, patch, post } from "../api.js";
 import { act, badge, clear, facts, field, h, link, loading, notice, percent, table, when } from "../dom.js";
 import { deliveryTable, pager, recoverForm } from "./common.js";
 
+const SCHEMES = ["hmac-sha256", "ed25519"];
+
+// An Ed25519 webhook's owner gets the public key that verifies it, not a shared secret.
+function keyLabel(value) {
+  return value.startsWith("whpk_") ? "Public key" : "Secret";
+}
+
 function headerText(headers) {
   return Object.entries(headers ?? {}).map(([k, v]) => `${k}: ${v}`).join("\n");
 }
@@ -27,6 +34,9 @@ function webhookFields(w, { tenant }) {
     description: h("input", { name: "description", value: w.description ?? "" }),
     rate: h("input", { type: "number", name: "rate_limit_per_second", min: 1, value: w.rate_limit_per_second ?? "" }),
     headers: h("textarea", { name: "headers", rows: 2, placeholder: "X-Custom: value" }),
+    scheme: !w.id
+      ? h("select", { name: "signature_scheme" }, SCHEMES.map((v) => h("option", { value: v }, v)))
+      : null,
   };
   inputs.headers.value = headerText(w.headers);
   const controls = [
@@ -37,6 +47,7 @@ function webhookFields(w, { tenant }) {
       field("Event types (comma-separated; * for all)", inputs.events),
       field("Description", inputs.description),
       field("Rate limit per second (empty: none)", inputs.rate),
+      inputs.scheme ? field("Signature scheme", inputs.scheme) : null,
     ),
     field("Custom headers, one per line", inputs.headers),
   ];
@@ -49,6 +60,7 @@ function webhookFields(w, { tenant }) {
       rate_limit_per_second: inputs.rate.value ? Number(inputs.rate.value) : null,
     };
     if (tenant) body.tenant_id = inputs.tenant_id.value.trim();
+    if (inputs.scheme) body.signature_scheme = inputs.scheme.value;
     return body;
   };
   return { controls, read };
@@ -67,7 +79,7 @@ function createForm(who) {
         "success",
         "Created ",
         link(`#/webhooks/${enc(data.id)}`, data.id),
-        ". Its signing secret (shown here once; you can reveal it again on its page): ",
+        `. Its ${keyLabel(data.secret).toLowerCase()} (you can reveal it again on its page): `,
         h("code", {}, data.secret),
       );
     });
@@ -136,13 +148,17 @@ function secretPanel(id) {
   reveal.addEventListener("click", () =>
     act(reveal, out, async () => {
       const { data } = await get(`/v1/webhooks/${enc(id)}/secret`);
-      return h("p", {}, "Current secret: ", h("code", { class: "secret" }, data.secret));
+      const previous = (data.previous ?? []).map((p) => h("li", {}, "a previous secret signs until ", when(p.expires_at)));
+      return [
+        h("p", {}, `${keyLabel(data.secret)}: `, h("code", { class: "secret" }, data.secret)),
+        previous.length ? h("ul", {}, previous) : null,
+      ];
     }),
   );
   rotate.addEventListener("click", () =>
     act(rotate, out, async () => {
       const { data } = await post(`/v1/webhooks/${enc(id)}/rotate-secret`, { grace_seconds: Number(grace.value || 0) });
-      return notice("success", "New secret: ", h("code", { class: "secret" }, data.secret), ". The previous one also signs until ", when(data.previous_expires_at), ".");
+      return notice("success", `New ${keyLabel(data.secret).toLowerCase()}: `, h("code", { class: "secret" }, data.secret), ". The previous one also signs until ", when(data.previous_expires_at), ".");
     }),
   );
   return h(
@@ -204,6 +220,7 @@ function summary(w) {
     ["Description", w.description || "—"],
     ["Custom headers", headerText(w.headers) || "—"],
     ["Rate limit", w.rate_limit_per_second ? `${w.rate_limit_per_second} per second` : "none"],
+    ["Signatures", w.signature_scheme],
     ["Created", when(w.created_at)],
     ["Updated", when(w.updated_at)],
   ]);

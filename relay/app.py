@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp
 
+from relay import tracing
 from relay.api import audit, deliveries, events, ops, stats, tokens, webhooks
 from relay.api.console import console_routes
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
 from relay.api.openapi import build as build_openapi
+from relay.api.request_log import RequestLog
 from relay.api.routing import Operation, routes
 from relay.config import Settings
 from relay.services import Services
@@ -27,6 +30,17 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+class _Relay(Starlette):
+    """Starlette with the request id and trace outside its error middleware.
+
+    Starlette's outermost layer renders unhandled errors; wrapping it puts the request id (and
+    the span) on every response, a 500 included.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return tracing.asgi(RequestLog(super().build_middleware_stack()))
+
+
 def create_app(settings: Settings) -> Starlette:
     """The API app; its lifespan opens and closes the process's services."""
 
@@ -38,7 +52,7 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await app.state.services.aclose()
 
-    app = Starlette(
+    app = _Relay(
         routes=[
             *ops.ops_routes(),
             *console_routes(settings.console_frame_ancestors),

@@ -1,10 +1,9 @@
-"""The `relay` command: dev, api, worker, token."""
+"""The `relay` command: dev, api, worker, token, keys, config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -13,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay import __version__
-from relay.config import ConfigError, Settings, load_settings
+from relay import __version__, logs, tracing
+from relay.config import ConfigError, Settings, effective, load_settings
 from relay.embedded import EmbeddedRedis, EmbeddedRedisError, data_dir_ready
 from relay.errors import RelayError
 from relay.processes import die_with_parent
@@ -32,9 +31,11 @@ class CliError(Exception):
 
 def _settings(**overrides: Any) -> Settings:
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
+    logs.configure(settings.log_format or logs.LogFormat.JSON, settings.log_level)
+    return settings
 
 
 def _server_settings() -> Settings:
@@ -122,6 +123,8 @@ def _dev_environment(settings: Settings, secrets: dict[str, str]) -> dict[str, s
     explicit = "allow_private_targets" in settings.model_fields_set
     allow = settings.allow_private_targets or not explicit
     env["RELAY_ALLOW_PRIVATE_TARGETS"] = "true" if allow else "false"
+    if settings.log_format is None:  # a person reads dev's lines at a terminal
+        env["RELAY_LOG_FORMAT"] = logs.LogFormat.TEXT
     return env
 
 
@@ -140,6 +143,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             flush=True,
         )
     env = _dev_environment(settings, _dev_secrets(data_dir))
+    logs.configure(settings.log_format or logs.LogFormat.TEXT, settings.log_level)
 
     stopping = False
 
@@ -206,13 +210,16 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from relay.app import create_app
 
+    settings = _server_settings()
+    tracing.configure("relay-api")
     uvicorn.run(
-        create_app(_server_settings()),
+        create_app(settings),
         host=args.host,
         port=args.port,
         loop="uvloop",
         http="httptools",
-        access_log=False,
+        access_log=False,  # relay.http logs each request, with its id
+        log_config=None,  # keep the format `relay` set up
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
@@ -225,10 +232,11 @@ def cmd_worker(_: argparse.Namespace) -> int:
 
     from relay import worker
 
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    settings = _server_settings()
+    tracing.configure("relay-worker")
     # Each attempt is a couple of Redis calls and one HTTP exchange: the worker spends much of
     # its time in the event loop's socket calls, which uvloop makes cheaper.
-    uvloop.run(worker.run(_server_settings()))
+    uvloop.run(worker.run(settings))
     return 0
 
 
@@ -299,6 +307,16 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_check(_: argparse.Namespace) -> int:
+    """Validate the environment as `api` and `worker` would; print what is in force, masked."""
+    settings = _server_settings()
+    for name, value in effective(settings):
+        print(f"{name}={value}")
+    print(f"tracing: {tracing.describe()}")
+    print("relay config check: ok")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Webhook relay and delivery retry.")
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -329,14 +347,18 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser(
         "reencrypt", help="re-encrypt all secrets at rest under the first key"
     ).set_defaults(func=cmd_keys_reencrypt)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True
+    )
+    config.add_parser(
+        "check", help="validate the environment and print the settings in force"
+    ).set_defaults(func=cmd_config_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `relay` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every request at INFO: one line per delivery attempt is the attempt log's job.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     try:
         status: int = args.func(args)

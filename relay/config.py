@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.delivery.policy import RetryPolicy
+from relay.logs import LogFormat, LogLevel
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     api_rate_limit: int = Field(1000, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
     metrics_token: SecretStr | None = None
+    # Unset means `json`, except under `relay dev`, which a person reads at a terminal.
+    log_format: LogFormat | None = None
+    log_level: LogLevel = LogLevel.INFO
 
     _split_lists = field_validator("secret_keys", "retry_schedule", mode="before")(_split)
 
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("allowed_cidrs", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -95,6 +106,49 @@ class Settings(BaseSettings):
     def retention_seconds(self) -> int:
         """How long events, deliveries and attempts are kept, in seconds."""
         return self.retention_days * 86_400
+
+
+_MASK = "********"
+# Fields whose values are credentials even when typed as plain strings.
+_SECRET_WORDS = ("token", "secret", "password", "key")
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{host}"))
+
+
+def _shown(name: str, value: object) -> str:
+    if name == "log_format" and value is None:
+        return LogFormat.JSON.value  # what `api` and `worker` use when it is unset
+    if value is None or value == ():
+        return "(unset)"
+    if isinstance(value, SecretStr) or any(word in name for word in _SECRET_WORDS):
+        count = len(value) if isinstance(value, tuple) else 1
+        return _MASK if count == 1 else f"{_MASK} ({count} values)"
+    if isinstance(value, RetryPolicy):
+        value = value.schedule
+    if isinstance(value, tuple):
+        return ",".join(_shown(name, item) for item in value)
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if name == "redis_url":
+        return _without_password(str(value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def effective(settings: Settings) -> list[tuple[str, str]]:
+    """Every RELAY_* variable with the value in force, credentials masked."""
+    return [
+        (f"RELAY_{name.upper()}", _shown(name, getattr(settings, name)))
+        for name in type(settings).model_fields
+    ]
 
 
 def load_settings(**overrides: object) -> Settings:

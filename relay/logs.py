@@ -1,0 +1,145 @@
+"""Log lines: one JSON object a line (or plain text for `relay dev`), carrying the ids in play.
+
+The ids of what a process is working on — the request, the event, the delivery — are kept in a
+context variable, so every line logged while handling it carries them without each call having
+to pass them along. Nothing secret is ever put there: ids, counts and status codes only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+# The fields a line may carry besides time, level, logger and message, in the order shown.
+FIELDS = (
+    "request_id",
+    "tenant_id",
+    "event_id",
+    "delivery_id",
+    "webhook_id",
+    "attempt",
+    "status",
+    "status_code",
+    "duration_ms",
+    "error",
+    "method",
+    "path",
+    "trace_id",
+)
+
+# One dict per request or job. Code deeper down adds to it in place, so what a handler learns
+# (the event id it made) is on the request's closing line even across task boundaries.
+_context: ContextVar[dict[str, object] | None] = ContextVar("relay_log_context", default=None)
+
+
+class LogFormat(StrEnum):
+    """RELAY_LOG_FORMAT: `json` for machines, `text` for a person at a terminal."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    """RELAY_LOG_LEVEL."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@contextmanager
+def scope(**fields: object) -> Iterator[dict[str, object]]:
+    """Start a fresh set of ids (one request, one job) for the lines logged inside."""
+    token = _context.set({k: v for k, v in fields.items() if v is not None})
+    try:
+        yield _context.get() or {}
+    finally:
+        _context.reset(token)
+
+
+def annotate(**fields: object) -> None:
+    """Add ids to the current request's or job's lines (no-op outside a scope)."""
+    current = _context.get()
+    if current is not None:
+        current.update({k: v for k, v in fields.items() if v is not None})
+
+
+def request_id() -> str | None:
+    """The id of the HTTP request being handled, if any (for audit records and errors)."""
+    current = _context.get()
+    value = current.get("request_id") if current else None
+    return value if isinstance(value, str) else None
+
+
+def _fields(record: logging.LogRecord) -> dict[str, object]:
+    """The ids of the current scope, overridden by any passed as `extra=` to the call."""
+    merged = dict(_context.get() or {})
+    for name in FIELDS:
+        value = record.__dict__.get(name)
+        if value is not None:
+            merged[name] = value
+    return merged
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, then the ids that apply."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _rfc3339(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(_fields(record))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger message key=value …` for reading at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ids = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if not ids:
+            return text
+        head, newline, rest = text.partition("\n")  # keep a traceback below the ids
+        return f"{head} {ids}{newline}{rest}"
+
+
+# Libraries whose INFO lines repeat, per request or per job, what relay's own lines say.
+_QUIETER = {"httpx": logging.WARNING, "arq.worker": logging.WARNING}
+
+
+def configure(fmt: LogFormat, level: LogLevel) -> None:
+    """Send every logger's lines (relay's, uvicorn's, arq's) to stderr in one format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name, quieter in _QUIETER.items():
+        logging.getLogger(name).setLevel(max(quieter, root.level))
+    # uvicorn configures its own handlers unless told not to; make sure its lines come here.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

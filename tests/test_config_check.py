@@ -1,0 +1,76 @@
+"""`relay config check`: the environment checked as `api` and `worker` would, secrets masked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.config import Settings
+from tests.support import TEST_MASTER_KEY
+
+ADMIN = "rly_config_check_admin_token_0123456789"
+REDIS_PASSWORD = "hunter2-redis-password"
+
+
+def _check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OTEL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "config", "check"],
+        env={**clean, **env},
+        cwd=tmp_path,  # no stray .env
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _good(**extra: str) -> dict[str, str]:
+    return {
+        "RELAY_REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0",
+        "RELAY_SECRET_KEYS": TEST_MASTER_KEY,
+        "RELAY_ADMIN_TOKEN": ADMIN,
+        **extra,
+    }
+
+
+def test_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None:
+    result = _check(tmp_path, **_good(RELAY_RETRY_SCHEDULE="1,2", RELAY_LOG_LEVEL="WARNING"))
+    assert result.returncode == 0, result.stderr
+    shown = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert set(shown) >= {f"RELAY_{name.upper()}" for name in Settings.model_fields}
+    assert shown["RELAY_REDIS_URL"] == "redis://:********@redis.internal:6379/0"
+    assert shown["RELAY_ADMIN_TOKEN"] == "********"
+    assert shown["RELAY_SECRET_KEYS"] == "********"
+    assert shown["RELAY_RETRY_SCHEDULE"] == "1,2" and shown["RELAY_LOG_LEVEL"] == "warning"
+    assert shown["RELAY_LOG_FORMAT"] == "json"
+    assert "tracing: off" in result.stdout
+    for secret in (ADMIN, TEST_MASTER_KEY, REDIS_PASSWORD):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_says_where_traces_go(tmp_path: Path) -> None:
+    result = _check(tmp_path, **_good(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318"))
+    assert result.returncode == 0, result.stderr
+    assert "tracing: on, OTLP/HTTP to http://127.0.0.1:4318" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_DELIVERY_TIMEOUT", "soon"),
+        ("RELAY_LOG_FORMAT", "xml"),
+        ("RELAY_LOG_LEVEL", "loud"),
+        ("RELAY_SECRET_KEYS", "not-a-key"),
+        ("RELAY_REDIS_URL", ""),
+        ("RELAY_ALLOWED_CIDRS", "10.0.0.0/99"),
+    ],
+)
+def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, value: str) -> None:
+    result = _check(tmp_path, **_good(**{variable: value}))
+    assert result.returncode != 0
+    assert variable in result.stderr
+    assert ADMIN not in result.stdout + result.stderr

@@ -1,0 +1,117 @@
+"""Log lines and request ids as an operator sees them: a real `relay api`, its stderr read back."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
+
+ADMIN = "rly_admin_token_for_the_log_test_0123456789"
+
+
+async def test_a_request_id_is_returned_on_every_response(make_client: ClientFactory) -> None:
+    client = await make_client(max_body_bytes="2048")
+    given = await client.get("/v1/tokens", headers={"x-request-id": "upstream-42.a:b"})
+    assert given.status_code == 200 and given.headers["x-request-id"] == "upstream-42.a:b"
+
+    made = [await client.get("/healthz"), await client.get("/healthz")]
+    ids = [r.headers["x-request-id"] for r in made]
+    assert all(i.startswith("req_") for i in ids) and ids[0] != ids[1]
+
+    # Ids that could smuggle text into headers or logs are replaced, not echoed.
+    for bad in ("has space", "x" * 129, "line\tbreak"):
+        replaced = await client.get("/healthz", headers={"x-request-id": bad})
+        assert replaced.headers["x-request-id"].startswith("req_")
+
+    # Problems carry it too: unknown path, no token, a body over the limit.
+    anonymous = await make_client(token=None)
+    problems = [
+        await client.get("/v1/nowhere"),
+        await anonymous.get("/v1/tokens"),
+        await client.post("/v1/tokens", content=b"x" * 4096),
+    ]
+    assert [r.status_code for r in problems] == [404, 401, 413]
+    assert all(r.headers["x-request-id"].startswith("req_") for r in problems)
+
+
+class LoggedApi:
+    """A `relay api` whose stderr goes to a file, read once the API has stopped."""
+
+    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
+        self.base = f"http://127.0.0.1:{free_port()}"
+        self.log_path = log_path
+        self._file = log_path.open("wb")
+        port = self.base.rsplit(":", 1)[1]
+        self._process = spawn_relay(
+            ["api", "--port", port], relay_env(redis_url, **env), stderr=self._file
+        )
+        wait_http(self.base + "/healthz")
+
+    def stop(self) -> str:
+        """Stop the API (SIGTERM, as an orchestrator would) and return everything it logged."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            self._process.wait(15)
+        self._file.close()
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def logged_api(redis_server: RedisServer, tmp_path: Path) -> Iterator[LoggedApi]:
+    api = LoggedApi(redis_server.url, tmp_path / "api.log", RELAY_ADMIN_TOKEN=ADMIN)
+    yield api
+    api.stop()
+
+
+def _lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_api_logs_one_json_line_per_request_and_no_secret(logged_api: LoggedApi) -> None:
+    base = logged_api.base
+    admin = httpx.Client(base_url=base, headers={"authorization": f"Bearer {ADMIN}"})
+    issued = admin.post("/v1/tokens", json={"role": "ingest"}, headers={"x-request-id": "rq-1"})
+    token = issued.json()["data"]["token"]
+    created = admin.post(
+        "/v1/webhooks", json={"url": "https://example.com/hook", "tenant_id": "space_42"}
+    )
+    secret = created.json()["data"]["secret"]
+    refused = httpx.get(base + "/v1/tokens", headers={"authorization": "Bearer rly_wrong_token"})
+    assert (issued.status_code, created.status_code, refused.status_code) == (201, 201, 401)
+    admin.close()
+    text = logged_api.stop()
+    lines = _lines(text)  # every line is one JSON object (JSON is the default format)
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's own lines too
+
+    requests = [line for line in lines if line["logger"] == "relay.http"]
+    first = next(line for line in requests if line["request_id"] == "rq-1")
+    assert first["method"] == "POST" and first["path"] == "/v1/tokens"
+    assert first["status_code"] == 201 and first["duration_ms"] >= 0
+    webhook_line = next(line for line in requests if line["path"] == "/v1/webhooks")
+    assert webhook_line["request_id"] == created.headers["x-request-id"]
+    assert any(line["status_code"] == 401 for line in requests)
+
+    for secret_text in (ADMIN, token, secret, "rly_wrong_token"):
+        assert secret_text not in text
+
+
+def test_text_format_is_for_people(redis_server: RedisServer, tmp_path: Path) -> None:
+    api = LoggedApi(
+        redis_server.url, tmp_path / "api.log", RELAY_LOG_FORMAT="TEXT", RELAY_LOG_LEVEL="debug"
+    )
+    try:
+        httpx.get(api.base + "/healthz", headers={"x-request-id": "rq-text"})
+    finally:
+        text = api.stop()
+    assert not text.lstrip().startswith("{")
+    # Health checks are logged only at debug level, which this process asked for.
+    assert any("GET /healthz 200" in ln and "request_id=rq-text" in ln for ln in text.splitlines())

@@ -113,6 +113,11 @@ _MASK = "********"
 _SECRET_WORDS = ("token", "secret", "password", "key")
 
 
+def redacted_url(url: str | None) -> str | None:
+    """A URL safe to show or log: its password, if any, masked."""
+    return None if url is None else _without_password(url)
+
+
 def _without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:

@@ -2,6 +2,9 @@
 
 Workers have no HTTP server and there may be many of each process, so the numbers live in Redis
 (one HINCRBY inside the scripts that change state) and GET /metrics renders them for Prometheus.
+Scrape one replica (through the Service or load balancer), not each: every replica reports the
+same totals. The exception is `relay_redis_up`, which says whether the replica that answered could
+read Redis; when it could not, that gauge is all the page has.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from relay import __version__
 from relay.delivery.model import Status
+from relay.store.metrics import Snapshot
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -36,13 +41,53 @@ def attempt_counters(status_code: int | None, seconds: float, final: Status | No
     return fields
 
 
+class RedisErrorTally:
+    """Redis failures this process saw, held until Redis answers again and can add them up."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def note(self, count: int = 1) -> None:
+        """Count failed Redis calls (or hand back a count that could not be stored)."""
+        self._count += count
+
+    def take(self) -> int:
+        """The count so far, reset to zero; `note` it again if storing it fails."""
+        count, self._count = self._count, 0
+        return count
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(name, text)
+    gauge.add_metric([], value)
+    return gauge
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    counter = CounterMetricFamily(name, text)
+    counter.add_metric([], value)
+    return counter
+
+
 class _Snapshot(Collector):
-    def __init__(self, counters: dict[str, float], pending: int) -> None:
-        self._counters = counters
-        self._pending = pending
+    def __init__(self, snap: Snapshot | None) -> None:
+        self._snap = snap
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        c = self._counters
+        info = GaugeMetricFamily("relay_build_info", "relay's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        up = 1 if self._snap is not None else 0
+        yield _gauge("relay_redis_up", "1 when this API replica can read Redis.", up)
+        if self._snap is not None:
+            yield from self._shared(self._snap)
+
+    def _shared(
+        self, snap: Snapshot
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        c = {k.decode(): float(v) for k, v in snap.counters.items()}
         events = CounterMetricFamily(
             "relay_events_accepted", "Events accepted, by type.", labels=["type"]
         )
@@ -68,19 +113,37 @@ class _Snapshot(Collector):
             buckets=buckets,
             sum_value=c.get("attempt_seconds_sum", 0.0),
         )
-        requeued = CounterMetricFamily(
-            "relay_sweeper_requeued", "Deliveries taken over after their worker's lease ran out."
+        yield from (events, attempts, finished, duration)
+        yield _counter(
+            "relay_sweeper_requeued",
+            "Deliveries taken over after their worker's lease ran out.",
+            c.get("sweeper_requeued", 0.0),
         )
-        requeued.add_metric([], c.get("sweeper_requeued", 0.0))
-        pending = GaugeMetricFamily(
-            "relay_deliveries_pending", "Deliveries waiting for an attempt or in one."
+        yield _counter(
+            "relay_redis_errors",
+            "Redis calls that failed, in any API or worker process.",
+            c.get("redis_errors", 0.0),
         )
-        pending.add_metric([], self._pending)
-        yield from (events, attempts, finished, duration, requeued, pending)
+        yield _gauge(
+            "relay_deliveries_pending", "Deliveries waiting for an attempt or in one.", snap.pending
+        )
+        yield _gauge(
+            "relay_deliveries_due",
+            "Deliveries whose attempt is due now and not yet taken by a worker: the backlog.",
+            snap.due,
+        )
+        yield _gauge(
+            "relay_workers", "Workers that announced themselves in the last 30 s.", snap.workers
+        )
+        yield _gauge(
+            "relay_webhooks_disabled",
+            "Webhooks disabled by their owner or for failing.",
+            snap.disabled_webhooks,
+        )
 
 
-def render(counters: dict[bytes, bytes], pending: int) -> tuple[bytes, str]:
-    """Prometheus text for a snapshot of the counters hash and the pending count."""
+def render(snap: Snapshot | None) -> tuple[bytes, str]:
+    """Prometheus text for a snapshot, or for a replica that could not read Redis (None)."""
     registry = CollectorRegistry()
-    registry.register(_Snapshot({k.decode(): float(v) for k, v in counters.items()}, pending))
+    registry.register(_Snapshot(snap))
     return generate_latest(registry), CONTENT_TYPE_LATEST

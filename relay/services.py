@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from starlette.requests import Request
@@ -11,6 +11,7 @@ from relay import __version__
 from relay.config import Settings
 from relay.delivery.queue import JobQueue
 from relay.delivery.store import DeliveryStore
+from relay.metrics import RedisErrorTally
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
@@ -79,6 +80,7 @@ class Services:
     rate_limiter: TokenRateLimiter
     deliveries: DeliveryStore
     jobs: JobQueue
+    redis_errors: RedisErrorTally = field(default_factory=RedisErrorTally)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:

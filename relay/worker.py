@@ -18,12 +18,13 @@ import logging
 import signal
 from typing import Any
 
-from relay.config import Settings
+from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.queue import job_worker
 from relay.delivery.store import new_owner
+from relay.presence import keep_announcing, worker_name
 from relay.services import Services, require_redis_url
 
 log = logging.getLogger("relay.worker")
@@ -76,6 +77,7 @@ class DeliveryWorker:
                 backoff.reset()
             except REDIS_AWAY as exc:
                 log.warning("redis unavailable while claiming (%s); retrying", exc)
+                self._svc.redis_errors.note()
                 await backoff.wait()
 
     async def _idle(self, next_due_in_ms: int | None) -> None:
@@ -150,7 +152,7 @@ async def wait_for_redis(svc: Services, stopping: asyncio.Event) -> bool:
             await svc.redis.ping()
             return True
         except REDIS_AWAY as exc:
-            log.warning("waiting for redis at %s: %s", svc.settings.redis_url, exc)
+            log.warning("waiting for redis at %s: %s", redacted_url(svc.settings.redis_url), exc)
             await backoff.wait()
     return False
 
@@ -178,6 +180,7 @@ async def run(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(_trim_forever(svc, stopping)),
             asyncio.create_task(_jobs_forever(svc, stopping)),
+            asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.redis_errors)),
         ]
         await worker.run()
         await worker.drain(settings.delivery_timeout + 1)

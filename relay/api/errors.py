@@ -18,6 +18,7 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
+from relay.services import services
 from relay.store import codec
 
 log = logging.getLogger("relay.api")
@@ -84,9 +85,10 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return problem(err)
 
 
-async def on_redis_error(_: Request, exc: Exception) -> Response:
+async def on_redis_error(request: Request, exc: Exception) -> Response:
     """Redis unreachable or too slow: a clear 503 the client may retry, never a 500."""
     log.warning("redis unavailable: %s", exc)
+    services(request).redis_errors.note()
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 

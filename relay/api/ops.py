@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.exceptions
 from starlette.requests import Request
@@ -26,10 +27,12 @@ async def healthz(_: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when Redis answers within a second."""
+    svc = services(request)
     try:
         async with asyncio.timeout(1.0):
-            await services(request).redis.ping()
+            await svc.redis.ping()
     except (TimeoutError, redis.exceptions.RedisError, OSError):
+        svc.redis_errors.note()
         return problem(Unavailable("Redis is unreachable."))
     return JSONResponse({"status": "ready"})
 
@@ -45,10 +48,19 @@ def _check_metrics_token(request: Request) -> None:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text: counters shared by every API and worker process."""
+    """Prometheus text: counters shared by every API and worker process.
+
+    With Redis unreachable it still answers, with `relay_redis_up 0`, so the alert can say so.
+    """
     _check_metrics_token(request)
-    counters, pending = await snapshot(services(request).redis)
-    body, content_type = render(counters, pending)
+    svc = services(request)
+    untold = svc.redis_errors.take()
+    try:
+        snap = await snapshot(svc.redis, time.time_ns() // 1_000_000, untold)
+    except (redis.exceptions.RedisError, OSError):
+        svc.redis_errors.note(untold + 1)
+        snap = None
+    body, content_type = render(snap)
     return Response(body, media_type=content_type)
 
 

@@ -77,6 +77,10 @@ INDEXES = PREFIX + "indexes"
 METRICS = PREFIX + "metrics"
 # The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.
 QUEUE = PREFIX + "jobs"
+# Workers alive, scored by when each last said so (unix ms); expires when none is left.
+WORKERS = PREFIX + "workers"
+# Ids of the webhooks that are disabled, for the gauge on /metrics.
+DISABLED_WEBHOOKS = PREFIX + "whs:disabled"
 
 
 def event(event_id: str) -> str:

@@ -1,4 +1,5 @@
-"""The shared counters behind GET /metrics and GET /v1/stats: bumping them, reading them.
+"""The shared counters behind GET /metrics and GET /v1/stats: bumping them, reading them;
+and the workers' presence.
 
 Each counter lives twice: in one all-time hash (for Prometheus, which takes its own rates) and
 in a hash per five-minute bucket that expires after a day, so the API can show the last hour or
@@ -8,6 +9,7 @@ day without a time-series database.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -38,10 +40,34 @@ def bucket_key(now_ms: int) -> str:
     return keys.metrics_bucket(bucket_start(now_ms / 1000))
 
 
-async def snapshot(redis: Redis) -> tuple[dict[bytes, bytes], int]:
-    """The counters hash and how many deliveries are pending or in flight."""
-    counters: dict[bytes, bytes] = await redis.hgetall(keys.METRICS)  # type: ignore[misc]
-    return counters, await backlog(redis)
+# A worker that has not announced itself for this long is counted as gone.
+WORKER_SILENCE_MS = 30_000
+
+
+@dataclass(slots=True, frozen=True)
+class Snapshot:
+    """Everything /metrics shows, read in one round trip."""
+
+    counters: dict[bytes, bytes]
+    pending: int
+    due: int
+    workers: int
+    disabled_webhooks: int
+
+
+async def snapshot(redis: Redis, now_ms: int, redis_errors: int = 0) -> Snapshot:
+    """The counters hash and the gauges; first adds this process's untold Redis errors."""
+    async with redis.pipeline(transaction=False) as pipe:
+        if redis_errors:
+            pipe.hincrby(keys.METRICS, "redis_errors", redis_errors)
+        pipe.hgetall(keys.METRICS)
+        pipe.zcount(keys.DUE, "-inf", now_ms)
+        pipe.zcount(keys.WORKERS, now_ms - WORKER_SILENCE_MS, "+inf")
+        pipe.scard(keys.DISABLED_WEBHOOKS)
+        results = await pipe.execute()
+    counters, due, workers, disabled = results[-4:]
+    pending = await backlog(redis)
+    return Snapshot(counters, pending, int(due), int(workers), int(disabled))
 
 
 async def backlog(redis: Redis) -> int:
@@ -66,3 +92,14 @@ async def buckets(redis: Redis, starts: Sequence[int]) -> list[dict[str, int]]:
             pipe.hgetall(keys.metrics_bucket(start))
         rows: list[dict[bytes, bytes]] = await pipe.execute()
     return [{k.decode(): int(v) for k, v in row.items()} for row in rows]
+
+
+async def announce(redis: Redis, worker_id: str, now_ms: int, redis_errors: int = 0) -> None:
+    """Say that a worker is alive (and add the Redis errors it saw meanwhile)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.WORKERS, {worker_id: now_ms})
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", now_ms - 10 * WORKER_SILENCE_MS)
+        pipe.pexpire(keys.WORKERS, 10 * WORKER_SILENCE_MS)
+        if redis_errors:
+            pipe.hincrby(keys.METRICS, "redis_errors", redis_errors)
+        await pipe.execute()

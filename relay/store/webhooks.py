@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import redis.exceptions
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay.errors import Conflict, Invalid, NotFound
 from relay.store import codec, keys
@@ -18,12 +19,21 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
+if ARGV[4] == '0' then redis.call('SADD', KEYS[4], ARGV[2]) end
 return 1
 """
 
 
 def _load(raw: bytes) -> Webhook:
     return Webhook.from_record(codec.loads(raw))
+
+
+def _note_enabled(pipe: Pipeline, webhook: Webhook) -> None:
+    """Keep the set of disabled webhooks (counted on /metrics) in step with the record."""
+    if webhook.enabled:
+        pipe.srem(keys.DISABLED_WEBHOOKS, webhook.id)
+    else:
+        pipe.sadd(keys.DISABLED_WEBHOOKS, webhook.id)
 
 
 class WebhookStore:
@@ -38,8 +48,18 @@ class WebhookStore:
         """Store a new webhook with its index entries; Invalid once its tenant has the most
         webhooks RELAY_MAX_WEBHOOKS_PER_TENANT allows (each one is fanned out to per event)."""
         added = await self._add(
-            keys=[keys.webhook(webhook.id), keys.WEBHOOKS, keys.tenant_webhooks(webhook.tenant_id)],
-            args=[codec.dumps(webhook.record()), webhook.id, self._max_per_tenant],
+            keys=[
+                keys.webhook(webhook.id),
+                keys.WEBHOOKS,
+                keys.tenant_webhooks(webhook.tenant_id),
+                keys.DISABLED_WEBHOOKS,
+            ],
+            args=[
+                codec.dumps(webhook.record()),
+                webhook.id,
+                self._max_per_tenant,
+                int(webhook.enabled),
+            ],
         )
         if not added:
             limit = self._max_per_tenant
@@ -88,6 +108,7 @@ class WebhookStore:
                     webhook = edit(_load(raw))
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, codec.dumps(webhook.record()))
+                    _note_enabled(pipe, webhook)
                     await pipe.execute()
                     return webhook
                 except redis.exceptions.WatchError:
@@ -101,6 +122,7 @@ class WebhookStore:
             pipe.delete(keys.webhook(webhook_id), keys.endpoint_failing(webhook_id))
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
+            pipe.srem(keys.DISABLED_WEBHOOKS, webhook_id)
             await pipe.execute()
         return webhook
 

@@ -1,0 +1,78 @@
+"""GET /metrics as Prometheus sees it: the gauges and counters the alerts and dashboard use."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+
+from tests.conftest import ClientFactory
+from tests.flows import Workers, webhook
+from tests.support import RedisServer
+
+
+def _value(scrape: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", scrape, re.M)
+    return float(match[1]) if match else None
+
+
+async def _scrape(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def test_metrics_say_redis_is_unreachable_and_count_the_errors_once_it_is_back(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    before = await _scrape(client)
+    assert _value(before, "relay_redis_up") == 1
+    assert _value(before, "relay_redis_errors_total") == 0
+
+    own_redis.stop()
+    down = await _scrape(client)  # still a page, so Prometheus can alert on it
+    assert _value(down, "relay_redis_up") == 0
+    assert _value(down, "relay_deliveries_due") is None  # nothing made up
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/v1/webhooks")).status_code == 503
+
+    own_redis.start()
+    for _ in range(100):
+        if (await client.get("/readyz")).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    after = await _scrape(client)
+    assert _value(after, "relay_redis_up") == 1
+    # The failed scrape, the failed readiness check and the 503 were each counted.
+    errors = _value(after, "relay_redis_errors_total")
+    assert errors is not None and errors >= 3
+
+
+async def test_disabled_webhooks_are_counted(admin: httpx.AsyncClient) -> None:
+    first = await webhook(admin, "https://example.com/a")
+    second = await webhook(admin, "https://example.com/b")
+    assert _value(await _scrape(admin), "relay_webhooks_disabled") == 0
+
+    for hook in (first, second):
+        await admin.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": False})
+    assert _value(await _scrape(admin), "relay_webhooks_disabled") == 2
+
+    await admin.patch(f"/v1/webhooks/{first['id']}", json={"enabled": True})
+    await admin.delete(f"/v1/webhooks/{second['id']}")
+    assert _value(await _scrape(admin), "relay_webhooks_disabled") == 0
+
+
+async def test_live_workers_are_counted(admin: httpx.AsyncClient, workers: Workers) -> None:
+    assert _value(await _scrape(admin), "relay_workers") == 0
+    started = await workers(2)
+
+    async def count() -> float | None:
+        return _value(await _scrape(admin), "relay_workers")
+
+    for _ in range(200):
+        if await count() == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert await count() == 2 and len(started) == 2

@@ -4,14 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench soak chaos clean redis chromium faketime
+.PHONY: run test lint bench soak chaos clean redis chromium faketime promtool image
 
 run: $(STAMP) redis
 	$(BIN)/relay dev $(ARGS)
 
-test: $(STAMP) redis chromium faketime
+test: $(STAMP) redis chromium faketime promtool
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
@@ -54,6 +55,18 @@ faketime:
 		echo "installing faketime with apt-get"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq faketime >/dev/null; }
+
+# promtool checks and unit-tests the alert rules; Debian ships it in the prometheus package.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing promtool (Debian's prometheus package) with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			prometheus >/dev/null; }
+
+# The container image (needs a Docker or Podman daemon and access to the base image's registry).
+image:
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t relay:$(VERSION) .
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,338 @@
+"""deploy/: every file a production install uses, checked by the tool that would consume it.
+
+hadolint lints the Dockerfile, docker-compose parses the compose file, kubectl's kustomize
+renders the manifests and kubernetes-validate checks them against the API schemas, promtool
+checks and unit-tests the alerts, and the dashboard's queries are matched against what a
+running relay exports. All offline: the tools come as wheels (and promtool from Debian).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from relay.config import Settings
+from tests.conftest import ClientFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+OBSERVABILITY = DEPLOY / "observability"
+K8S = DEPLOY / "kubernetes"
+BIN = Path(sys.executable).parent
+# The attempt's own timeout plus the slack the worker gives a job (relay.worker).
+JOB_SLACK_SECONDS = 5
+
+
+def _tool(name: str) -> str:
+    """A checker from the venv (wheels) or PATH (promtool, from Debian)."""
+    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert found, f"{name} is not installed (make test installs it)"
+    return found
+
+
+def _run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert match and duration, duration
+    return int(match[1] or 0) * 60 + float(match[2] or 0)
+
+
+# --- the image ---------------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint_and_builds_a_slim_non_root_image_from_the_wheel() -> None:
+    hadolint = _tool("hadolint")
+    print(_run(hadolint, "deploy/Dockerfile").stdout)
+    # The linter is live: a careless Dockerfile fails it.
+    sloppy = subprocess.run(
+        [hadolint, "-"],
+        input="FROM python:latest\nRUN apt-get update && apt-get install -y curl\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sloppy.returncode != 0 and "DL3007" in sloppy.stdout
+
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(stages) == 2 and all("slim" in s or s.startswith("${") for s in stages)
+    assert "--wheel" in text and "--no-index" in text  # the runtime installs only the wheels
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1]
+    assert user.split(":")[0].isdigit() and not user.startswith("0")
+    for label in ("title", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{label}" in text
+    assert '"relay"' in re.findall(r"^ENTRYPOINT (.+)", text, re.M)[0]
+
+    # Only what the wheel is built from is sent to the builder.
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!relay/"]
+
+
+# --- compose -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> dict[str, Any]:
+    """deploy/compose.yaml as docker-compose resolves it, with relay.env from the example."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    shutil.copy(copy / "relay.env.example", copy / "relay.env")
+    result = _run(
+        _tool("docker-compose"),
+        "-f",
+        "compose.yaml",
+        "--profile",
+        "observability",
+        "config",
+        "--format",
+        "json",
+        cwd=copy,
+    )
+    resolved: dict[str, Any] = json.loads(result.stdout)
+    return resolved
+
+
+def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    env = _env_file(DEPLOY / "relay.env.example")
+    assert {"redis", "api", "worker", "lb", "prometheus", "grafana"} <= services.keys()
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis["volumes"])
+    conf = (DEPLOY / "redis.conf").read_text()
+    assert re.search(r"^appendonly yes$", conf, re.M)
+    assert re.search(r"^maxmemory-policy noeviction$", conf, re.M)
+
+    timeout = float(env["RELAY_DELIVERY_TIMEOUT"])
+    for name in ("api", "worker"):
+        service = services[name]
+        assert service["deploy"]["replicas"] == 2
+        assert service["read_only"] is True and not service["user"].startswith("0")
+        assert {"RELAY_REDIS_URL", "RELAY_SECRET_KEYS"} <= service["environment"].keys()
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert _seconds(service["stop_grace_period"]) > timeout
+    assert _seconds(services["worker"]["stop_grace_period"]) > timeout + JOB_SLACK_SECONDS
+    assert services["api"]["command"][0] == "api" and services["worker"]["command"] == ["worker"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert "8000" in {str(p["target"]) for p in services["lb"]["ports"]}
+
+    # Secrets reach the containers from the env file only, never from the compose file.
+    for secret in ("RELAY_SECRET_KEYS", "RELAY_ADMIN_TOKEN", "RELAY_REDIS_URL"):
+        assert secret in env and secret not in (DEPLOY / "compose.yaml").read_text()
+    assert "deploy/relay.env" in (ROOT / ".gitignore").read_text().split()
+
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"]
+        for volume in services[name]["volumes"]:
+            if volume["type"] == "bind":  # a file or folder of deploy/ (copied to tmp_path)
+                assert Path(volume["source"]).exists(), volume["source"]
+
+
+# --- Kubernetes --------------------------------------------------------------------------
+
+
+def _kustomize(path: Path) -> list[dict[str, Any]]:
+    rendered = _run(_tool("kubectl"), "kustomize", str(path)).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.mark.parametrize("tree", ["base", "overlays/example"])
+def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(tree: str) -> None:
+    docs = _kustomize(K8S / tree)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        ["ConfigMap", "Deployment", "Deployment", "Service", "HorizontalPodAutoscaler"]
+        + ["PodDisruptionBudget"] * 2
+        + ["NetworkPolicy"] * 3
+    )
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    # The validator is live: a misspelt field is refused.
+    broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment")))
+    broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.30.0", strict=True)
+
+
+def test_kubernetes_deployments_are_locked_down_probed_and_configured() -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    config = by_kind["ConfigMap"][0]["data"]
+    timeout = float(config["RELAY_DELIVERY_TIMEOUT"])
+    every_variable = {f"RELAY_{name.upper()}" for name in Settings.model_fields}
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    assert set(deployments) == {"relay-api", "relay-worker"}
+    assert all(d["metadata"]["namespace"] == "relay" for d in docs)
+
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["terminationGracePeriodSeconds"] > timeout + JOB_SLACK_SECONDS
+        assert pod["initContainers"][0]["args"] == ["config", "check"]
+        for container in pod["initContainers"] + pod["containers"]:
+            assert container["image"] == "registry.example.com/relay:0.1.0"
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["requests"]["cpu"], name
+            # Every RELAY_* variable reaches every container: from the ConfigMap or the Secret.
+            from_secret = {
+                e["name"]
+                for e in container["env"]
+                if e["valueFrom"]["secretKeyRef"]["name"] == "relay-secrets"
+            }
+            assert container["envFrom"] == [{"configMapRef": {"name": "relay-config"}}]
+            assert every_variable <= set(config) | from_secret, name
+            assert not from_secret & set(config)  # no secret in the ConfigMap
+
+    api = deployments["relay-api"]["spec"]["template"]["spec"]["containers"][0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    api_labels = deployments["relay-api"]["spec"]["template"]["metadata"]["labels"]
+    service = by_kind["Service"][0]
+    assert service["spec"]["selector"].items() <= api_labels.items()
+    hpa = by_kind["HorizontalPodAutoscaler"][0]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "relay-api" and hpa["minReplicas"] >= 2
+    for pdb in by_kind["PodDisruptionBudget"]:
+        selected = pdb["spec"]["selector"]["matchLabels"].items()
+        assert any(
+            selected <= d["spec"]["template"]["metadata"]["labels"].items()
+            for d in deployments.values()
+        )
+    # Redis is an external URL, never deployed by these manifests.
+    assert not any("redis" in d["metadata"]["name"] for d in docs)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in config
+
+
+# --- alerts and dashboard ----------------------------------------------------------------
+
+REQUIRED_ALERTS = {
+    "RelayBacklogGrowing",
+    "RelayDeliverySuccessLow",
+    "RelayWorkersAbsent",
+    "RelayRedisUnreachable",
+    "RelaySweeperRequeuing",
+}
+
+
+def _alerts() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_alert_rules_pass_promtool_and_each_alert_has_a_unit_test_and_a_runbook() -> None:
+    promtool = _tool("promtool")
+    print(_run(promtool, "check", "rules", "alerts.yml", cwd=OBSERVABILITY).stdout)
+    print(_run(promtool, "test", "rules", "alerts.test.yml", cwd=OBSERVABILITY).stdout)
+
+    alerts = _alerts()
+    assert {a["alert"] for a in alerts} >= REQUIRED_ALERTS
+    unit_tests = yaml.safe_load((OBSERVABILITY / "alerts.test.yml").read_text())["tests"]
+    tested = {
+        case["alertname"]
+        for test in unit_tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    for alert in alerts:
+        assert alert["alert"] in tested, f"{alert['alert']} never shown firing"
+        assert len(alert["annotations"]["runbook"]) > 150, alert["alert"]
+        assert alert["annotations"]["summary"] and alert["labels"]["severity"]
+
+
+def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
+    """An alert that never fires fails its test: promtool's verdict is not a formality."""
+    shutil.copy(OBSERVABILITY / "alerts.test.yml", tmp_path)
+    rules = (OBSERVABILITY / "alerts.yml").read_text()
+    (tmp_path / "alerts.yml").write_text(rules.replace("relay_workers < 1", "relay_workers < 0"))
+    result = _run(_tool("promtool"), "test", "rules", "alerts.test.yml", cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "RelayWorkersAbsent" in result.stdout + result.stderr
+
+
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "relay.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def _exported(scrape: str) -> set[str]:
+    """Every series name a /metrics page can carry, from its # TYPE lines."""
+    names = set()
+    for kind_name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", scrape, re.M):
+        names.add(kind_name)
+        if kind == "histogram":
+            names |= {kind_name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    return names
+
+
+async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await make_client()
+    scrape = (await client.get("/metrics")).text
+    exported = _exported(scrape)
+    queries = _dashboard_queries()
+    rules = [rule["expr"] for rule in _alerts()]
+    used = {name for q in queries + rules for name in re.findall(r"\brelay_[a-z_]+\b", q)}
+    assert used and used <= exported, used - exported
+    # The dashboard shows what an operator needs: ingest, outcomes, latency, backlog,
+    # webhooks and Redis.
+    for needed in (
+        "relay_events_accepted_total",
+        "relay_attempts_total",
+        "relay_deliveries_finished_total",
+        "relay_attempt_duration_seconds_bucket",
+        "relay_deliveries_due",
+        "relay_webhooks_disabled",
+        "relay_redis_errors_total",
+        "relay_workers",
+    ):
+        assert needed in used, needed
+
+    # Every query is valid PromQL: promtool parses them as recording rules.
+    recorded = [{"record": f"dashboard:query_{n}", "expr": q} for n, q in enumerate(queries)]
+    (tmp_path / "queries.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]})
+    )
+    _run(_tool("promtool"), "check", "rules", str(tmp_path / "queries.yml"))
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_its_data_source() -> None:
+    provisioning = OBSERVABILITY / "grafana" / "provisioning"
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    uid = source["datasources"][0]["uid"]
+    dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "relay.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}
+    provider = yaml.safe_load((provisioning / "dashboards" / "relay.yml").read_text())
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert f"dashboards:{provider['providers'][0]['options']['path']}:ro" in compose
+    prometheus = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["api:8000"]

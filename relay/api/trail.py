@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import re
-import uuid
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay import audit
+from relay import audit, logs
 from relay.errors import NotFound
 from relay.ids import has_prefix
 from relay.services import services
 from relay.store import codec
 from relay.tokens import Principal
 
-_HEADER = "x-request-id"
-# A caller's id is kept only if it is short printable ASCII: it ends up in logs and the trail.
-_USABLE = re.compile(r"[!-~]{1,128}")
 
-
-def request_id(request: Request) -> str:
-    """The id of this request: the caller's `X-Request-Id` if usable, else one made here
-    (the same one for the whole request)."""
-    made: str | None = getattr(request.state, "request_id", None)
-    if made is None:
-        given = request.headers.get(_HEADER, "")
-        made = given if _USABLE.fullmatch(given) else uuid.uuid4().hex
-        request.state.request_id = made
-    return made
+def request_id(_: Request) -> str | None:
+    """The id of this request: the one relay's request middleware took or made, logged with
+    every line of the request and returned in `X-Request-Id`."""
+    return logs.request_id()
 
 
 async def record(

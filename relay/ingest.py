@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pydantic
 
+from relay import logs, tracing
 from relay.delivery.store import NewEvent, PlannedDelivery
 from relay.events import envelope, validate_event
 from relay.ids import new_id
@@ -46,7 +47,9 @@ async def accept(ctx: Services, spec: EventIn) -> tuple[dict[str, object], bool]
         created_ms=now_ms,
         upstream_id=spec.id,
         payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
+        traceparent=tracing.traceparent(),
     )
+    logs.annotate(tenant_id=spec.tenant_id, event_id=event_id)
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
     first = await ctx.deliveries.accept(event, planned)
     if first is not None:

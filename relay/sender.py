@@ -25,6 +25,8 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
+from relay import tracing
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressCheck = Callable[[IPAddress], bool]
 
@@ -103,6 +105,7 @@ class Sender:
             # A cookie one receiver sets must never reach another receiver on the same host.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
+        tracing.instrument(self._client)  # a client span per request, when tracing
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
         """POST exactly `body` to `url`; network failures come back as `error`, never raised."""

@@ -11,12 +11,14 @@ nothing here imports OpenTelemetry, and each hook below costs one check of a mod
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.types import ASGIApp
+
+from relay import logs
 
 if TYPE_CHECKING:
     import httpx
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 # Set by `enable`; None means tracing is off.
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
-
-# Called with an attempt's status code and error once it is known.
-RecordAttempt = Callable[[int | None, str | None], None]
 
 _QUIET_PATHS = "/healthz,/readyz,/metrics"
 
@@ -112,12 +111,14 @@ def instrument(client: httpx.AsyncClient) -> None:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    def without_secrets(span: Span, request: Any) -> None:
+    async def without_secrets(span: Span, request: Any) -> None:  # async: an AsyncClient's
         # Webhook URLs may carry credentials or tokens in their query: record only the rest.
         parts = urlsplit(str(request.url))
         host = parts.hostname or ""
         netloc = f"{host}:{parts.port}" if parts.port else host
-        span.set_attribute("url.full", urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+        plain = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        for name in ("url.full", "http.url"):  # current and older semantic conventions
+            span.set_attribute(name, plain)
 
     HTTPXClientInstrumentor.instrument_client(
         client, tracer_provider=_provider, request_hook=without_secrets
@@ -145,30 +146,33 @@ def traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-def _ignore(status_code: int | None, error: str | None) -> None:
-    return None
-
-
 @contextmanager
-def attempt_span(
-    parent: str | None, attributes: Mapping[str, str | int]
-) -> Iterator[RecordAttempt]:
+def attempt_span(parent: str | None, attributes: Mapping[str, str | int]) -> Iterator[None]:
     """A span for one delivery attempt, a child of the span whose `traceparent` is `parent`."""
     if _tracer is None:
-        yield _ignore
+        yield
         return
     from opentelemetry.propagate import extract
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind
 
     context = extract({"traceparent": parent}) if parent else None
+    named = {f"relay.{k}": v for k, v in attributes.items()}
     with _tracer.start_as_current_span(
-        "deliver", context=context, kind=SpanKind.CONSUMER, attributes=dict(attributes)
-    ) as span:
+        "deliver", context=context, kind=SpanKind.CONSUMER, attributes=named
+    ):
+        logs.annotate(trace_id=trace_id())
+        yield
 
-        def record(status_code: int | None, error: str | None) -> None:
-            if status_code is not None:
-                span.set_attribute("http.response.status_code", status_code)
-            if error is not None or status_code is None or not 200 <= status_code < 300:
-                span.set_status(Status(StatusCode.ERROR, error or f"status {status_code}"))
 
-        yield record
+def record_attempt(status_code: int | None, error: str | None) -> None:
+    """Put an attempt's outcome on the current attempt span (no-op when not tracing)."""
+    if _tracer is None:
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+
+    span = trace.get_current_span()
+    if status_code is not None:
+        span.set_attribute("http.response.status_code", status_code)
+    if error is not None or status_code is None or not 200 <= status_code < 300:
+        span.set_status(Status(StatusCode.ERROR, error or f"status {status_code}"))

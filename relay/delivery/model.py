@@ -104,6 +104,16 @@ class Claim:
     webhook_record: bytes | None
     payload: bytes | None
     now_ms: int  # Redis's clock when the lease was taken
+    traceparent: str | None = None  # the ingest span's, when tracing
+
+    def log_ids(self) -> dict[str, str | int]:
+        """The ids an attempt's log line and span carry."""
+        return {
+            "delivery_id": self.delivery_id,
+            "event_id": self.event_id,
+            "webhook_id": self.webhook_id,
+            "attempt": self.attempt,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from relay import audit, events, ids
+from relay import audit, events, ids, logs, tracing
 from relay.delivery.model import (
     RETRYABLE,
     Attempt,
@@ -214,9 +214,15 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
     Whatever goes wrong in between ends as a logged, failed attempt with its reason: a claimed
     delivery never stays `delivering` because of an error in relay.
     """
+    with logs.scope(**claim.log_ids()), tracing.attempt_span(claim.traceparent, claim.log_ids()):
+        await _deliver(svc, claim, patience)
+
+
+async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
     gone = False
     try:
         webhook, settlement = _no_attempt(claim)
+        logs.annotate(tenant_id=webhook.tenant_id if webhook else None)
         if webhook is not None and claim.payload is not None:
             settlement, gone = await _attempt(svc, webhook, claim, claim.payload)
     except Exception as exc:  # the attempt must end settled, whatever broke
@@ -225,6 +231,7 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
         )
         settlement = _broken(svc, claim, exc)
     assert settlement is not None
+    _finished(claim, settlement)
     settled = await _settle(svc, claim, settlement, patience)
     if not settled.written:
         log.warning(
@@ -241,6 +248,25 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
         await svc.audit.add(
             audit.entry("webhook.auto_disable", audit.SYSTEM, disabled.id, disabled.tenant_id, None)
         )
+
+
+def _finished(claim: Claim, settlement: Settlement) -> None:
+    """The attempt's one log line, and its span's outcome (no URL, header or body: ids only)."""
+    attempt = settlement.attempt
+    code = attempt.status_code if attempt else None
+    tracing.record_attempt(code, settlement.last_error)
+    log.info(
+        "attempt %d: %s; delivery %s",
+        claim.attempt,
+        code or settlement.last_error,
+        settlement.status.value,
+        extra={
+            "status": settlement.status.value,
+            "status_code": code,
+            "duration_ms": attempt.duration_ms if attempt else 0,
+            "error": settlement.last_error,
+        },
+    )
 
 
 def _disable_reason(

@@ -86,6 +86,7 @@ class NewEvent:
     created_ms: int
     upstream_id: str | None
     payload: bytes
+    traceparent: str | None = None  # of the ingest span, so attempts join its trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,7 @@ class DeliveryStore:
                 "created_at": event.created_at,
                 "created_ms": event.created_ms,
                 "upstream_id": event.upstream_id or "",
+                "traceparent": event.traceparent or "",
                 "delivery_ids": codec.dumps([d.id for d in deliveries]).decode(),
                 "deliveries": [
                     {
@@ -268,6 +270,7 @@ class DeliveryStore:
                 webhook_record=r[6] or None,
                 payload=r[7] or None,
                 now_ms=int(now),
+                traceparent=r[8].decode() or None,
             )
             for r in rows
         ]

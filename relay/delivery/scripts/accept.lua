@@ -17,6 +17,7 @@ for _, d in ipairs(A.deliveries) do
     'tenant_id', A.tenant_id, 'event_type', A.type, 'status', 'pending', 'attempt_count', 0,
     'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
     'updated_ms', int(A.created_ms))
+  if A.traceparent ~= '' then redis.call('HSET', d.key, 'traceparent', A.traceparent) end
   redis.call('EXPIRE', d.key, A.ttl)
   for _, index in ipairs(d.indexes) do redis.call('ZADD', index, 0, d.id) end
   redis.call('SADD', K.indexes, d.indexes[2], d.indexes[3])

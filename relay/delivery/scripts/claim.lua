@@ -36,7 +36,7 @@ end
 local sequence = 0
 local function try(id, score)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
-    'webhook_id', 'event_id', 'cycle_start')
+    'webhook_id', 'event_id', 'cycle_start', 'traceparent')
   local status = d[1]
   if not status or (status ~= 'pending' and status ~= 'delivering') then
     redis.call('ZREM', K.due, id)
@@ -82,7 +82,8 @@ local function try(id, score)
     'lease_token', token)
   redis.call('ZADD', K.due, lease, id)
   local payload = redis.call('HGET', K.event .. d[5], 'payload')
-  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], record or '', payload or ''}
+  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], record or '', payload or '',
+    d[7] or ''}
 end
 
 for _, wh in ipairs(redis.call('ZRANGEBYSCORE', K.wakes, '-inf', NOW, 'LIMIT', 0, A.scan)) do

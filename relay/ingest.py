@@ -79,9 +79,9 @@ def _view(
     }
 
 
-async def event_view(ctx: Services, event: StoredEvent) -> dict[str, object]:
-    """An event as the API shows it, with its deliveries' current status."""
-    view = _view(
+def event_summary(event: StoredEvent) -> dict[str, object]:
+    """An event as a list shows it: without its deliveries."""
+    return _view(
         event.id,
         event.type,
         event.tenant_id,
@@ -89,6 +89,11 @@ async def event_view(ctx: Services, event: StoredEvent) -> dict[str, object]:
         event.upstream_id,
         orjson.loads(event.payload)["data"],
     )
+
+
+async def event_view(ctx: Services, event: StoredEvent) -> dict[str, object]:
+    """An event as the API shows it, with its deliveries' current status."""
+    view = event_summary(event)
     view["deliveries"] = [
         {"id": d.id, "webhook_id": d.webhook_id, "status": d.status.value}
         for d in await ctx.deliveries.many(event.delivery_ids)

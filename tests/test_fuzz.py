@@ -239,7 +239,9 @@ async def test_real_objects_match_the_documented_responses(
     await tour.call("GET", "/v1/events/{id}", 200, ids=on_event)
     failed = {"status": "failed", "event_type": "post.published", "since": first["created_at"]}
     await tour.call("GET", "/v1/webhooks/{id}/deliveries", 200, ids=on_hook, query=failed)
-    await tour.call("GET", "/v1/deliveries", 200, query={"webhook_id": hook["id"]})
+    await tour.call("GET", "/v1/deliveries", 200, query={"webhook_id": hook["id"], **failed})
+    await tour.call("GET", "/v1/deliveries/{id}", 200, ids={"id": on_delivery["delivery_id"]})
+    await tour.call("GET", "/v1/events", 200, query={"type": "post.published", "id": "u1"})
     delivery = "/v1/webhooks/{id}/deliveries/{delivery_id}"
     found = (await tour.call("GET", delivery, 200, ids=on_delivery))["data"]
     assert found["attempts"], found

@@ -6,18 +6,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api.bodies import listing
-from relay.api.deliveries import TIME
 from relay.api.pagination import page_params, page_request
 from relay.api.routing import Operation, Param
+from relay.api.times import TIME, query_ms
 from relay.services import services
 from relay.store.audit import AuditQuery
-from relay.timefmt import parse_rfc3339
 from relay.tokens import Principal, Role
-
-
-def _ms(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    return int(parse_rfc3339(value, name).timestamp() * 1000) if value else None
 
 
 async def audit_log(request: Request, principal: Principal) -> Response:
@@ -26,8 +20,8 @@ async def audit_log(request: Request, principal: Principal) -> Response:
     query = AuditQuery(
         tenant_id=principal.tenant_scope(request.query_params.get("tenant_id") or None),
         action=request.query_params.get("action") or None,
-        since_ms=_ms(request, "since"),
-        until_ms=_ms(request, "until"),
+        since_ms=query_ms(request, "since"),
+        until_ms=query_ms(request, "until"),
     )
     found, cursor = await services(request).audit.page(query, page.limit, page.cursor)
     return listing([e.public() for e in found], cursor)

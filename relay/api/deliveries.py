@@ -9,6 +9,7 @@ from starlette.responses import Response
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
 from relay.api.routing import Operation, Param
+from relay.api.times import TIME, query_ms
 from relay.api.webhooks import ID, OWNERS, visible_webhook
 from relay.audit import Audit
 from relay.delivery import service
@@ -27,11 +28,6 @@ class RecoverWindow(pydantic.BaseModel):
 
     since: str
     until: str | None = None
-
-
-def _ms(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    return int(parse_rfc3339(value, name).timestamp() * 1000) if value else None
 
 
 def _status(request: Request) -> Status | None:
@@ -67,8 +63,8 @@ async def webhook_deliveries(request: Request, principal: Principal) -> Response
         webhook_id=webhook.id,
         status=_status(request),
         event_type=request.query_params.get("event_type") or None,
-        since_ms=_ms(request, "since"),
-        until_ms=_ms(request, "until"),
+        since_ms=query_ms(request, "since"),
+        until_ms=query_ms(request, "until"),
     )
     return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
 
@@ -80,15 +76,32 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
     tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
     if webhook_id:
         webhook_id = (await visible_webhook(request, principal, webhook_id)).id
-    query = DeliveryFilter(webhook_id=webhook_id, tenant_id=tenant_id, status=_status(request))
+    query = DeliveryFilter(
+        webhook_id=webhook_id,
+        tenant_id=tenant_id,
+        status=_status(request),
+        event_type=request.query_params.get("event_type") or None,
+        since_ms=query_ms(request, "since"),
+        until_ms=query_ms(request, "until"),
+    )
     return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
+
+
+async def _with_attempts(request: Request, delivery: Delivery) -> Response:
+    attempts = await services(request).deliveries.attempts(delivery.id)
+    return ok({**delivery.public(), "attempts": attempts})
 
 
 async def get_delivery(request: Request, principal: Principal) -> Response:
     """A delivery with its attempt log."""
-    delivery = await _visible_delivery(request, principal)
-    attempts = await services(request).deliveries.attempts(delivery.id)
-    return ok({**delivery.public(), "attempts": attempts})
+    return await _with_attempts(request, await _visible_delivery(request, principal))
+
+
+async def get_delivery_by_id(request: Request, principal: Principal) -> Response:
+    """A delivery with its attempt log, by its id alone; another tenant's is a 404."""
+    delivery = await services(request).deliveries.get(request.path_params["id"])
+    principal.check_visible(delivery.tenant_id, "delivery")
+    return await _with_attempts(request, delivery)
 
 
 async def retry_delivery(request: Request, principal: Principal) -> Response:
@@ -127,11 +140,6 @@ async def get_recovery(request: Request, principal: Principal) -> Response:
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))
-_TIMESTAMP: dict[str, object] = {"type": "string", "format": "date-time"}
-TIME: tuple[Param, ...] = (
-    Param("since", schema=_TIMESTAMP, description="RFC 3339; created at or after"),
-    Param("until", schema=_TIMESTAMP, description="RFC 3339; created at or before"),
-)
 STATUS = Param("status", schema={"type": "string", "enum": [s.value for s in Status]})
 
 OPERATIONS = [
@@ -157,8 +165,19 @@ OPERATIONS = [
             Param("webhook_id", schema=id_schema("wh")),
             Param("tenant_id"),
             STATUS,
+            Param("event_type"),
+            *TIME,
         ),
         list_of=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/deliveries/{id}",
+        get_delivery_by_id,
+        "Get a delivery with its attempts",
+        OWNERS,
+        "deliveries",
+        params=(id_param("dlv"),),
     ),
     Operation(
         "GET",

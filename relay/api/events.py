@@ -5,15 +5,16 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api.bodies import ok, read_model
-from relay.api.pagination import id_param
-from relay.api.routing import Operation
+from relay.api.bodies import listing, ok, read_model
+from relay.api.pagination import id_param, page_params, page_request
+from relay.api.routing import Operation, Param
+from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
-from relay.ingest import EventIn, accept, event_view
+from relay.ingest import EventIn, accept, event_summary, event_view
 from relay.services import services
 from relay.store import codec
-from relay.store.events import StoredEvent
+from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal, Role
 
 ID = (id_param("evt"),)
@@ -44,6 +45,20 @@ async def post_event(request: Request, _: Principal) -> Response:
     return ok(view, 202 if created else 200)
 
 
+async def list_events(request: Request, principal: Principal) -> Response:
+    """Events newest first, by type, upstream id and time; a tenant token sees its own."""
+    page = page_request(request, "evt")
+    query = EventFilter(
+        tenant_id=principal.tenant_scope(request.query_params.get("tenant_id") or None),
+        type=request.query_params.get("type") or None,
+        upstream_id=request.query_params.get("id") or None,
+        since_ms=query_ms(request, "since"),
+        until_ms=query_ms(request, "until"),
+    )
+    found, cursor = await services(request).events.page(query, page.limit, page.cursor)
+    return listing([event_summary(e) for e in found], cursor)
+
+
 async def get_event(request: Request, principal: Principal) -> Response:
     """An event with its deliveries."""
     return ok(await event_view(services(request), await _visible_event(request, principal)))
@@ -68,6 +83,22 @@ OPERATIONS = [
         body=EventIn,
         status=202,
         rerun_unknown=names_upstream_id,
+    ),
+    Operation(
+        "GET",
+        "/v1/events",
+        list_events,
+        "List events",
+        OWNERS,
+        "events",
+        params=(
+            *page_params("evt"),
+            Param("type", description="Only events of this type"),
+            Param("id", description="Only events posted with this upstream id"),
+            Param("tenant_id", description="Only this tenant's events"),
+            *TIME,
+        ),
+        list_of=True,
     ),
     Operation(
         "GET",

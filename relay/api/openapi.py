@@ -234,6 +234,7 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "Event": _object(_EVENT),
+    "EventSummary": _object({k: v for k, v in _EVENT.items() if k != "deliveries"}),
     "RetriedEvent": _object({**_EVENT, "requeued": _COUNT}),
     "Delivery": _object(_DELIVERY),
     "DeliveryWithAttempts": _object(
@@ -285,6 +286,8 @@ _DATA = {
     "rotate_secret": "RotatedSecret",
     "post_event": "Event",
     "get_event": "Event",
+    "list_events": "EventSummary",
+    "get_delivery_by_id": "DeliveryWithAttempts",
     "retry_event": "RetriedEvent",
     "webhook_deliveries": "Delivery",
     "all_deliveries": "Delivery",
@@ -303,7 +306,14 @@ _ALSO_SUCCEEDS = {
 # Operations that look something up by an id in their body or query, or that a tenant token
 # can point at another tenant: 404 although no path parameter names an object.
 _LOOKS_UP = frozenset(
-    {"create_webhook", "list_webhooks", "send_test_event", "all_deliveries", "audit_log"}
+    {
+        "create_webhook",
+        "list_webhooks",
+        "send_test_event",
+        "all_deliveries",
+        "audit_log",
+        "list_events",
+    }
 )
 
 _ERRORS = {

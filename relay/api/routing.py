@@ -3,8 +3,10 @@ are built, and through which every call is authenticated, authorized and made id
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydantic
 from starlette.requests import Request
@@ -16,8 +18,9 @@ from relay.api.auth import authenticate
 from relay.api.errors import problem
 from relay.api.idempotency import RerunCheck, idempotent
 from relay.audit import Audit
-from relay.errors import RateLimited, RelayError
+from relay.errors import Invalid, RateLimited, RelayError
 from relay.services import services
+from relay.timefmt import read_rfc3339
 from relay.tokens import Principal, Role
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
@@ -27,14 +30,56 @@ ANY_ROLE = frozenset(Role)
 ADMIN = frozenset({Role.ADMIN})
 
 
+# Decimal digits only (not other scripts' digits, "+5" or "1e2"); "50.0" is the integer 50.
+_INTEGER = re.compile(r"([0-9]+)(?:\.0*)?")
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A query or path parameter, for the OpenAPI document."""
+    """A query or path parameter: the OpenAPI document describes it, every call is held to it."""
 
     name: str
     where: str = "query"
-    schema: dict[str, object] = field(default_factory=lambda: {"type": "string"})
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
     description: str = ""
+
+    def problem(self, value: str) -> str | None:
+        """Why `value` does not fit this parameter's schema, or None if it does."""
+        schema = self.schema
+        if schema.get("type") == "integer":
+            digits = _INTEGER.fullmatch(value)
+            low, high = schema.get("minimum", 0), schema.get("maximum", 2**63)
+            if digits is None or not low <= int(digits[1]) <= high:
+                return f"must be an integer from {low} to {high}"
+        if "enum" in schema and value not in schema["enum"]:
+            return "must be one of: " + ", ".join(schema["enum"])
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            return f"must match {schema['pattern']}"
+        if schema.get("format") == "date-time" and read_rfc3339(value) is None:
+            return "must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z"
+        return None
+
+
+def check_query(params: Sequence[Param], request: Request) -> None:
+    """Raise Invalid naming every query parameter that is unknown, repeated or malformed.
+
+    Done here, for every operation from its declared parameters, so that no list can quietly
+    ignore a filter it does not know. An empty value is the same as leaving the parameter out.
+    """
+    declared = {p.name: p for p in params if p.where == "query"}
+    errors: dict[str, list[str]] = {}
+    for name in dict.fromkeys(request.query_params.keys()):
+        values = request.query_params.getlist(name)
+        param = declared.get(name)
+        if param is None:
+            takes = ", ".join(declared) or "none"
+            errors[name] = [f"unknown parameter; this operation takes: {takes}"]
+        elif len(values) > 1:
+            errors[name] = ["given more than once"]
+        elif values[0] and (reason := param.problem(values[0])) is not None:
+            errors[name] = [reason]
+    if errors:
+        raise Invalid("The query has unknown or invalid parameters.", errors)
 
 
 PAGE = (
@@ -67,6 +112,7 @@ class Operation:
 def _endpoint(op: Operation) -> PublicHandler:
     async def call(request: Request, principal: Principal) -> Response:
         try:
+            check_query(op.params, request)
             response = await op.handler(request, principal)
         except RelayError as err:
             # Rendered here, not by the app's handler, so idempotency can store the outcome.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from relay.errors import NotFound
 from relay.store import codec, keys
+from relay.store.pages import Window, filtered_newest_first
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,17 @@ class StoredEvent:
     delivery_ids: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a list shows."""
+
+    tenant_id: str | None = None
+    type: str | None = None
+    upstream_id: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
 class EventStore:
     """Reading events."""
 
@@ -34,12 +47,40 @@ class EventStore:
         fields: dict[bytes, bytes] = await self._redis.hgetall(keys.event(event_id))  # type: ignore[misc]
         if not fields:
             raise NotFound("No such event.")
-        return StoredEvent(
-            id=event_id,
-            type=fields[b"type"].decode(),
-            tenant_id=fields[b"tenant_id"].decode(),
-            created_at=fields[b"created_at"].decode(),
-            upstream_id=fields[b"upstream_id"].decode() or None,
-            payload=fields[b"payload"],
-            delivery_ids=codec.loads(fields[b"deliveries"]),
+        return _stored(event_id, fields)
+
+    async def many(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        """Events by id, in order, skipping any that expired."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.hgetall(keys.event(event_id))
+            rows = await pipe.execute()
+        return [_stored(i, r) for i, r in zip(event_ids, rows, strict=True) if r]
+
+    async def page(
+        self, query: EventFilter, limit: int, cursor: str | None
+    ) -> tuple[list[StoredEvent], str | None]:
+        """Matching events newest first, reading at most a bounded number of ids."""
+
+        def keep(event: StoredEvent) -> bool:
+            return (query.type is None or event.type == query.type) and (
+                query.upstream_id is None or event.upstream_id == query.upstream_id
+            )
+
+        window = Window("evt", query.since_ms, query.until_ms)
+        index = keys.tenant_events(query.tenant_id) if query.tenant_id else keys.EVENTS
+        return await filtered_newest_first(
+            self._redis, index, window, limit, cursor, self.many, keep, lambda e: e.id
         )
+
+
+def _stored(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
+    return StoredEvent(
+        id=event_id,
+        type=fields[b"type"].decode(),
+        tenant_id=fields[b"tenant_id"].decode(),
+        created_at=fields[b"created_at"].decode(),
+        upstream_id=fields[b"upstream_id"].decode() or None,
+        payload=fields[b"payload"],
+        delivery_ids=codec.loads(fields[b"deliveries"]),
+    )

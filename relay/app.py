@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from relay import tracing
-from relay.api import audit, deliveries, events, ops, stats, tokens, webhooks
+from relay.api import audit, deliveries, event_types, events, ops, stats, tokens, webhooks
 from relay.api.console import console_routes
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
@@ -23,6 +23,7 @@ from relay.services import Services
 OPERATIONS: list[Operation] = [
     *tokens.OPERATIONS,
     *audit.OPERATIONS,
+    *event_types.OPERATIONS,
     *events.OPERATIONS,
     *webhooks.OPERATIONS,
     *deliveries.OPERATIONS,

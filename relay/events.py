@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Annotated, Any
 
+import jsonschema
 import orjson
+from jsonschema import Draft202012Validator
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,9 +23,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from relay.errors import Invalid
-from relay.timefmt import read_rfc3339
-from relay.validation import JSON_INT, MAX_INT, MIN_INT, integral, parse
+from relay.errors import Conflict, Invalid
+from relay.timefmt import now, read_rfc3339, rfc3339
+from relay.validation import JSON_INT, MAX_INT, MIN_INT, Patch, integral, parse
 
 # RFC 6838 type/subtype, optionally followed by parameters such as `; charset=utf-8`. Python and
 # JSON Schema (ECMA-262) regexes must read it alike, so no `\s` or `.`: their meanings differ.
@@ -184,15 +187,163 @@ EVENT_TYPES: Mapping[str, EventType] = MappingProxyType(
 )
 
 
-def validate_event(type_name: str, data: object) -> dict[str, object]:
-    """Check `data` against its type and return it as received, or raise `Invalid`."""
+# Registered types are named like the built-in ones: lower-case dotted words.
+NAME_PATTERN = r"^[a-z0-9_-]{1,64}(\.[a-z0-9_-]{1,64}){0,7}$"
+# A webhook filter `prefix.*` takes every type whose name starts with `prefix.`.
+WILDCARD_PATTERN = r"^[a-z0-9_-]{1,64}(\.[a-z0-9_-]{1,64}){0,6}\.\*$"
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _local_refs_only(node: object) -> None:
+    # A remote $ref would make relay fetch a URL while validating an event: refused up front.
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise ValueError("Only local $ref values (starting with '#') are allowed.")
+        for value in node.values():
+            _local_refs_only(value)
+    elif isinstance(node, list):
+        for value in node:
+            _local_refs_only(value)
+
+
+def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"Not a valid JSON Schema (draft 2020-12): {exc.message}") from None
+    _local_refs_only(schema)
+    return schema
+
+
+_Schema = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_schema),
+    WithJsonSchema({"type": "object", "description": "JSON Schema (draft 2020-12) of `data`"}),
+]
+_TypeName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+_TypeDescription = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class EventTypeSpec(BaseModel):
+    """`POST /v1/event-types`: a new type, and the JSON Schema its events' data must match."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
+
+    name: _TypeName
+    description: _TypeDescription = ""
+    data_schema: _Schema = Field(alias="schema")
+
+
+class EventTypeChange(Patch):
+    """`PATCH /v1/event-types/{name}`: only the fields present change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: _TypeDescription | None = None
+    data_schema: _Schema | None = Field(None, alias="schema")
+    deprecated: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredType:
+    """An event type an operator registered: validated by its JSON Schema, not by a model."""
+
+    name: str
+    description: str
+    data_schema: dict[str, Any]
+    deprecated: bool
+    created_at: str
+    updated_at: str
+
+    def record(self) -> dict[str, object]:
+        """What the store keeps."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> RegisteredType:
+        """Rebuild from `record()`."""
+        return cls(**data)
+
+    def public(self) -> dict[str, object]:
+        """The type as `GET /v1/event-types` lists it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "schema": self.data_schema,
+            "example": None,
+            "deprecated": self.deprecated,
+            "builtin": False,
+        }
+
+
+def check_registrable(name: str) -> None:
+    """Refuse to register or change a built-in type: its rules are relay's own code."""
+    if name in EVENT_TYPES:
+        raise Conflict(f"{name} is built in; register a type of another name instead.")
+
+
+def register(spec: EventTypeSpec) -> RegisteredType:
+    """A new registered type from a request."""
+    check_registrable(spec.name)
+    stamp = rfc3339(now())
+    return RegisteredType(spec.name, spec.description, spec.data_schema, False, stamp, stamp)
+
+
+def apply_change(event_type: RegisteredType, changes: dict[str, Any]) -> RegisteredType:
+    """The type with a PATCH applied."""
+    return replace(event_type, **changes, updated_at=rfc3339(now()))
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: bytes) -> Draft202012Validator:
+    # Compiled once per distinct schema: a PATCHed schema is a new key, so it applies at once.
+    return Draft202012Validator(orjson.loads(schema_json))
+
+
+def _schema_errors(schema: dict[str, Any], data: object) -> dict[str, list[str]]:
+    validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    errors: dict[str, list[str]] = {}
+    for err in validator.iter_errors(data):
+        path = ["data", *(str(p) for p in err.absolute_path)]
+        if err.validator == "required" and isinstance(err.instance, dict):
+            # jsonschema reports a missing field at its parent; name the field itself.
+            for missing in err.validator_value:
+                if missing not in err.instance:
+                    errors.setdefault(".".join([*path, missing]), []).append("Field required")
+            continue
+        errors.setdefault(".".join(path), []).append(err.message)
+    return errors
+
+
+def is_wildcard(name: str) -> bool:
+    """Whether a webhook filter is a `prefix.*` wildcard."""
+    return re.fullmatch(WILDCARD_PATTERN, name) is not None
+
+
+def validate_event(
+    type_name: str, data: object, registered: RegisteredType | None = None
+) -> dict[str, object]:
+    """Check `data` against its type and return it as received, or raise `Invalid`.
+
+    A built-in type is checked by its model; `registered`, the type of that name an operator
+    registered (if any), by its JSON Schema.
+    """
     event_type = EVENT_TYPES.get(type_name)
-    if event_type is None:
+    if event_type is None and registered is None:
         known = ", ".join(EVENT_TYPES)
-        raise Invalid("Unknown event type.", {"type": [f"Unknown event type; known: {known}."]})
+        raise Invalid(
+            "Unknown event type.",
+            {"type": [f"Unknown event type; known: {known} and those registered."]},
+        )
     if not isinstance(data, dict):
         raise Invalid("The event data is not an object.", {"data": ["Must be a JSON object."]})
-    parse(event_type.model, data, prefix="data")
+    if event_type is not None:
+        parse(event_type.model, data, prefix="data")
+    elif registered is not None:
+        errors = _schema_errors(registered.data_schema, data)
+        if errors:
+            raise Invalid("The event data does not match its type's schema.", errors)
     # The model only checks: what is stored and sent is the upstream's JSON, key order, extra
     # fields and all, not the model's re-serialization of it.
     return data
@@ -200,11 +351,15 @@ def validate_event(type_name: str, data: object) -> dict[str, object]:
 
 def matches(filters: Sequence[str], type_name: str) -> bool:
     """Tell whether a webhook subscribed to `filters` receives events of `type_name`."""
-    return "*" in filters or type_name in filters
+    return (
+        "*" in filters
+        or type_name in filters
+        or any(f.endswith(".*") and type_name.startswith(f[:-1]) for f in filters)
+    )
 
 
-def catalog() -> list[dict[str, object]]:
-    """List every event type as `GET /v1/event-types` serves it."""
+def catalog(registered: Sequence[RegisteredType] = ()) -> list[dict[str, object]]:
+    """List every event type as `GET /v1/event-types` serves it: built-in ones first."""
     # Copies, so that nothing a caller does to the answer can change the catalog itself.
     return [
         {
@@ -212,9 +367,11 @@ def catalog() -> list[dict[str, object]]:
             "description": t.description,
             "schema": copy.deepcopy(t.schema),
             "example": copy.deepcopy(t.sample),
+            "deprecated": False,
+            "builtin": True,
         }
         for t in EVENT_TYPES.values()
-    ]
+    ] + [t.public() for t in registered]
 
 
 def envelope(event_id: str, type_name: str, tenant_id: str, data: object, timestamp: str) -> bytes:

@@ -16,6 +16,7 @@ from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
 from relay.store.audit import AuditLog
+from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import TokenRateLimiter
@@ -77,6 +78,7 @@ class Services:
     webhooks: WebhookStore
     audit: AuditLog
     events: EventStore
+    event_types: EventTypeStore
     rate_limiter: TokenRateLimiter
     deliveries: DeliveryStore
     jobs: JobQueue
@@ -105,6 +107,7 @@ class Services:
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
             audit=AuditLog(redis, settings.retention_seconds),
             events=EventStore(redis),
+            event_types=EventTypeStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
             deliveries=DeliveryStore(
                 redis,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import pydantic
 
@@ -23,12 +23,44 @@ def field_errors(exc: pydantic.ValidationError, prefix: str = "") -> dict[str, l
     return out
 
 
-def parse(model: type[M], data: Any, prefix: str = "") -> M:
+def parse(model: type[M], data: Any, prefix: str = "", context: dict[str, Any] | None = None) -> M:
     """Validate `data` against `model` or raise `Invalid` naming every failing field."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except pydantic.ValidationError as exc:
         raise Invalid("The request has invalid fields.", field_errors(exc, prefix)) from exc
+
+
+def _patch_schema(schema: dict[str, Any], model: type[Any]) -> None:
+    # A field left out of a PATCH keeps its value, so there are no defaults; null is refused
+    # everywhere but in NULLABLE, so it is no part of the other fields' schemas.
+    for name, field in schema.get("properties", {}).items():
+        field.pop("default", None)
+        branches = field.get("anyOf", [])
+        if name not in model.NULLABLE and {"type": "null"} in branches:
+            (kept,) = [b for b in branches if b != {"type": "null"}]
+            del field["anyOf"]
+            field.update({**kept, **field})
+
+
+class Patch(pydantic.BaseModel):
+    """A PATCH body: only the fields present change, and null only where it is a value."""
+
+    model_config = pydantic.ConfigDict(json_schema_extra=_patch_schema)
+
+    # Fields for which null is a value ("none"); anywhere else null would erase a setting.
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: object, info: pydantic.ValidationInfo) -> object:
+        if value is None and info.field_name not in cls.NULLABLE:
+            raise ValueError("Must not be null; leave the field out to keep its value.")
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """Return the fields this update sets, with their new values."""
+        return self.model_dump(exclude_unset=True)
 
 
 # Tenant ids come from upstream systems; kept to a charset safe in keys, logs and URLs.

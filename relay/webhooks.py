@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -23,7 +24,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from relay.errors import Conflict, Invalid
-from relay.events import EVENT_TYPES, matches
+from relay.events import EVENT_TYPES, WILDCARD_PATTERN, is_wildcard, matches
 from relay.ids import new_id
 from relay.secrets import Keyring
 from relay.signing import (
@@ -38,7 +39,7 @@ from relay.signing import (
 )
 from relay.ssrf import AddressPolicy
 from relay.timefmt import from_timestamp, now, rfc3339
-from relay.validation import JSON_INT, TenantId
+from relay.validation import JSON_INT, Patch, TenantId
 
 _MAX_URL_CHARS = 2048
 _MAX_HEADER_BYTES = 4096
@@ -112,9 +113,14 @@ def _check_url(url: str) -> str:
     return f"{parts.scheme}://{userinfo}{at}{host_port.lower()}{rest}"
 
 
-def _check_event_filter(name: str) -> str:
-    if name != "*" and name not in EVENT_TYPES:
-        raise ValueError(f"Unknown event type; expected '*' or one of: {', '.join(EVENT_TYPES)}.")
+def _check_event_filter(name: str, info: ValidationInfo) -> str:
+    # The API passes the registered types' names as context; without it, the built-in ones.
+    known = (info.context or {}).get(KNOWN_TYPES, EVENT_TYPES)
+    if name != "*" and name not in known and not is_wildcard(name):
+        raise ValueError(
+            "Unknown event type; expected '*', a wildcard such as 'post.*', or one of: "
+            f"{', '.join(known)}."
+        )
     return name
 
 
@@ -215,7 +221,15 @@ _SECRET_SCHEMA = {
     ),
     "description": f"{SECRET_PREFIX} and the standard base64 of 24 to 64 random bytes.",
 }
-_EVENT_FILTER_SCHEMA = {"type": "string", "enum": ["*", *EVENT_TYPES]}
+# Validation context key: the names of every event type a filter may name.
+KNOWN_TYPES = "event_types"
+_EVENT_FILTER_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "enum": ["*", *EVENT_TYPES]},
+        {"type": "string", "pattern": WILDCARD_PATTERN},
+    ],
+    "description": "'*', an event type's name (built in or registered), or 'prefix.*'.",
+}
 
 _Url = Annotated[
     str,
@@ -275,22 +289,11 @@ class WebhookCreate(BaseModel):
         return self
 
 
-def _patch_schema(schema: dict[str, Any]) -> None:
-    # A field left out of a PATCH keeps its value, so there are no defaults; and null is refused
-    # (see _not_null) everywhere but the rate limit, so it is no part of the other fields.
-    for name, field in schema.get("properties", {}).items():
-        field.pop("default", None)
-        branches = field.get("anyOf", [])
-        if name != "rate_limit_per_second" and {"type": "null"} in branches:
-            (kept,) = [b for b in branches if b != {"type": "null"}]
-            del field["anyOf"]
-            field.update({**kept, **field})
-
-
-class WebhookUpdate(BaseModel):
+class WebhookUpdate(Patch):
     """A change to a webhook's settings: only the fields present change."""
 
-    model_config = ConfigDict(**_INPUT, json_schema_extra=_patch_schema)
+    model_config = _INPUT
+    NULLABLE = frozenset({"rate_limit_per_second"})
 
     url: _Url | None = None
     events: _EventFilters | None = None
@@ -299,20 +302,6 @@ class WebhookUpdate(BaseModel):
     enabled: bool | None = None
     rate_limit_per_second: _RateLimit | None = None
     signature_scheme: _Scheme | None = None
-
-    @field_validator(
-        "url", "events", "description", "headers", "enabled", "signature_scheme", mode="before"
-    )
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        # Only the rate limit has "none" as a value; null anywhere else would erase a setting.
-        if value is None:
-            raise ValueError("Must not be null; leave the field out to keep its value.")
-        return value
-
-    def changes(self) -> dict[str, Any]:
-        """Return the fields this update sets, with their new values."""
-        return self.model_dump(exclude_unset=True)
 
 
 # The current secret plus at most three previous ones in their grace periods: every one of them

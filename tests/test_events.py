@@ -220,7 +220,11 @@ def test_changing_a_catalog_answer_does_not_change_the_catalog() -> None:
         (["post.failed", "media.uploaded"], "media.uploaded", True),
         (["post.published"], "post.failed", False),
         ([], "post.published", False),
-        (["post.*"], "post.published", False),
+        (["post.*"], "post.published", True),
+        (["post.*"], "media.uploaded", False),
+        (["post.*"], "postal.sent", False),
+        (["custom.*"], "custom", False),
+        (["custom.*"], "custom.orders.placed", True),
         (["Post.Published"], "post.published", False),
     ],
 )

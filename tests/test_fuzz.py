@@ -207,6 +207,10 @@ async def test_real_objects_match_the_documented_responses(
     # A target nothing listens on: attempts fail fast, and there is a log of them to read.
     dead = f"http://127.0.0.1:{closed_port()}/hook"
 
+    ordered = {"name": "custom.ordered", "schema": {"type": "object", "required": ["order_id"]}}
+    await tour.call("POST", "/v1/event-types", 201, body=ordered)
+    named = {"name": ordered["name"]}
+    await tour.call("PATCH", "/v1/event-types/{name}", 200, ids=named, body={"deprecated": True})
     await tour.call("GET", "/v1/event-types", 200)
     key = {"Idempotency-Key": "tour-token"}
     token = (await tour.call("POST", "/v1/tokens", 201, body=TENANT_TOKEN, headers=key))["data"]

@@ -227,7 +227,9 @@ def test_header_errors_never_quote_the_value() -> None:
         (["post.deleted"], "events.0"),
         (["*", "nope"], "events.1"),
         (["post.published", "Post.Failed"], "events.1"),
-        (["post.*"], "events.0"),
+        (["post*"], "events.0"),
+        (["*.published"], "events.0"),
+        (["post.**"], "events.0"),
         ([], "events"),
         ("post.published", "events"),
         ([1], "events.0"),
@@ -251,6 +253,7 @@ def test_an_unknown_event_filter_lists_the_known_types() -> None:
         (["post.failed"], ["post.failed"]),
         (["media.uploaded", "post.failed", "media.uploaded"], ["media.uploaded", "post.failed"]),
         (["*", "*"], ["*"]),
+        (["post.*", "media.uploaded"], ["post.*", "media.uploaded"]),
     ],
 )
 def test_event_filters_are_kept_in_order_without_duplicates(

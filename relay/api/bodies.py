@@ -30,12 +30,12 @@ async def read_json(request: Request) -> Any:
         raise Invalid("The body is not valid JSON.", {"body": [str(exc)]}) from None
 
 
-async def read_model(request: Request, model: type[M]) -> M:
+async def read_model(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M:
     """The JSON body validated against `model` (errors name each field)."""
     data = await read_json(request)
     if not isinstance(data, dict):
         raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
-    return parse(model, data)
+    return parse(model, data, context=context)
 
 
 def ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

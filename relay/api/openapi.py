@@ -17,7 +17,7 @@ from relay import __version__
 from relay.api.pagination import id_schema
 from relay.api.routing import Operation
 from relay.delivery.model import FINISHED, Status
-from relay.events import EVENT_TYPES
+from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
 from relay.tokens import TOKEN_PREFIX, Role
@@ -50,6 +50,8 @@ _STRING = {"type": "string"}
 _COUNT = {"type": "integer", "minimum": 0}
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 _TENANT = pydantic.TypeAdapter(TenantId).json_schema()
+_EVENT_TYPE_NAME = {"type": "string", "pattern": NAME_PATTERN}
+# Test sends are samples of the built-in types only.
 _EVENT_TYPE = {"type": "string", "enum": list(EVENT_TYPES)}
 _STATUS = {"type": "string", "enum": [s.value for s in Status]}
 _HEADERS = {"type": "object", "additionalProperties": _STRING}
@@ -86,7 +88,8 @@ _WEBHOOK = {
     "id": id_schema("wh"),
     "tenant_id": _TENANT,
     "url": _STRING,
-    "events": {"type": "array", "items": {"type": "string", "enum": ["*", *EVENT_TYPES]}},
+    # Names of built-in and registered types, '*' and 'prefix.*' wildcards.
+    "events": {"type": "array", "items": _STRING},
     "description": _STRING,
     "headers": _HEADERS,
     "enabled": {"type": "boolean"},
@@ -200,10 +203,15 @@ _RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "EventType": _object(
         {
-            "name": _EVENT_TYPE,
+            "name": _EVENT_TYPE_NAME,
             "description": _STRING,
             "schema": {"type": "object", "description": "JSON Schema of the event's data"},
-            "example": {"type": "object"},
+            "example": _nullable({"type": "object"}),
+            "deprecated": {"type": "boolean"},
+            "builtin": {
+                "type": "boolean",
+                "description": "Built into relay (fixed) rather than registered",
+            },
         }
     ),
     "Webhook": _object(_WEBHOOK),
@@ -276,6 +284,8 @@ _DATA = {
     "create_portal_session": "PortalSession",
     "audit_log": "AuditEntry",
     "event_types": "EventType",
+    "create_event_type": "EventType",
+    "update_event_type": "EventType",
     "create_webhook": "NewWebhook",
     "list_webhooks": "Webhook",
     "send_test_event": "TestResult",
@@ -352,16 +362,28 @@ def _refine_token_spec(schema: dict[str, Any]) -> None:
 
 def _refine_event_in(schema: dict[str, Any]) -> None:
     # EventIn takes any `type` and `data` and validates them against the event-type catalog:
-    # the document spells the catalog out, one alternative per type.
-    properties = schema["properties"]
+    # the document spells the built-in types out, one complete alternative per type, so that
+    # each one (and a client generated from it) has every field: `tenant_id` and `id` too.
+    # Registered types are data, not part of the document; GET /v1/event-types lists them.
+    properties = schema.pop("properties")
+    required = schema.pop("required")
+    for rule in ("type", "additionalProperties"):
+        schema.pop(rule)
     schema["oneOf"] = [
         {
-            "properties": {"type": {"const": name}, "data": _ref(event_type.model.__name__)},
+            "title": f"{event_type.model.__name__}Event",
+            "type": "object",
+            "properties": {
+                **properties,
+                "type": {"const": name},
+                "data": _ref(event_type.model.__name__),
+            },
+            "required": required,
+            "additionalProperties": False,
         }
         for name, event_type in EVENT_TYPES.items()
     ]
-    properties["type"] = _EVENT_TYPE
-    properties["data"] = {"type": "object", "description": "Fields depend on `type`"}
+    schema["description"] += " Types registered at /v1/event-types are accepted as well."
 
 
 def _refine_webhook_create(schema: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,7 +11,7 @@ from starlette.responses import Response
 from relay import events
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import ANY_ROLE, Operation, Param
+from relay.api.routing import Operation, Param
 from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
@@ -17,6 +19,7 @@ from relay.services import services
 from relay.timefmt import from_timestamp
 from relay.tokens import Principal, Role
 from relay.webhooks import (
+    KNOWN_TYPES,
     RotateSecret,
     SampleSend,
     Webhook,
@@ -43,6 +46,12 @@ class _WebhookSegment(StringConvertor):
 register_url_convertor("webhook", _WebhookSegment())
 
 
+async def _filter_context(request: Request) -> dict[str, Any]:
+    """What `events` filters may name: the built-in types and those registered."""
+    registered = await services(request).event_types.names()
+    return {KNOWN_TYPES: [*events.EVENT_TYPES, *registered]}
+
+
 async def visible_webhook(request: Request, principal: Principal, webhook_id: str) -> Webhook:
     """The webhook, if the caller may see it; another tenant's is a 404."""
     webhook = await services(request).webhooks.get(webhook_id)
@@ -52,7 +61,7 @@ async def visible_webhook(request: Request, principal: Principal, webhook_id: st
 
 async def create_webhook(request: Request, principal: Principal) -> Response:
     """Register an endpoint; its secret is in the response (and later via /secret)."""
-    spec = await read_model(request, WebhookCreate)
+    spec = await read_model(request, WebhookCreate, await _filter_context(request))
     tenant_id = principal.tenant_scope(spec.tenant_id)
     if tenant_id is None:
         raise Invalid("Say which tenant the webhook is for.", {"tenant_id": ["required"]})
@@ -78,7 +87,7 @@ async def get_webhook(request: Request, principal: Principal) -> Response:
 
 async def update_webhook(request: Request, principal: Principal) -> Response:
     """Change only the fields given; enabling a disabled webhook clears its disabled_reason."""
-    changes = (await read_model(request, WebhookUpdate)).changes()
+    changes = (await read_model(request, WebhookUpdate, await _filter_context(request))).changes()
     if "url" in changes:
         check_target(changes["url"], services(request).policy)
 
@@ -139,21 +148,7 @@ async def list_tests(request: Request, principal: Principal) -> Response:
     return listing(await services(request).deliveries.tests(webhook.id), None)
 
 
-async def event_types(_: Request, __: Principal) -> Response:
-    """The event types relay accepts, each with the JSON Schema of its data."""
-    return listing(events.catalog(), None)
-
-
 OPERATIONS = [
-    Operation(
-        "GET",
-        "/v1/event-types",
-        event_types,
-        "List event types and their schemas",
-        ANY_ROLE,
-        "events",
-        list_of=True,
-    ),
     Operation(
         "POST",
         "/v1/webhooks",

@@ -58,6 +58,15 @@ def tenant_audit(tenant_id: str) -> str:
     return f"{PREFIX}auds:t:{tenant_id}"
 
 
+# The names of registered event types (built-in ones are relay's code, not data).
+EVENT_TYPES = PREFIX + "evtypes"
+
+
+def event_type(name: str) -> str:
+    """A registered event type (JSON): description, JSON Schema, deprecated."""
+    return f"{PREFIX}evtype:{name}"
+
+
 EVENTS = PREFIX + "evts"
 DELIVERIES = PREFIX + "dlvs"
 # The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by

@@ -1,0 +1,76 @@
+"""/v1/event-types: the catalogue of event types; admins register and change their own."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay import events
+from relay.api.bodies import listing, ok, read_model
+from relay.api.routing import ADMIN, ANY_ROLE, Operation, Param
+from relay.audit import Audit
+from relay.events import EventTypeChange, EventTypeSpec
+from relay.services import services
+from relay.tokens import Principal
+
+NAME = (Param("name", "path", schema={"type": "string", "pattern": events.NAME_PATTERN}),)
+
+
+async def event_types(request: Request, _: Principal) -> Response:
+    """The event types relay accepts: the built-in ones, then those registered, with schemas."""
+    registered = await services(request).event_types.all()
+    return listing(events.catalog(registered), None)
+
+
+async def create_event_type(request: Request, _: Principal) -> Response:
+    """Register an event type with the JSON Schema its events' data must match."""
+    spec = await read_model(request, EventTypeSpec)
+    event_type = events.register(spec)
+    await services(request).event_types.add(event_type)
+    return ok(event_type.public(), 201)
+
+
+async def update_event_type(request: Request, _: Principal) -> Response:
+    """Change a registered type's description or schema, or (un)deprecate it."""
+    name = request.path_params["name"]
+    events.check_registrable(name)
+    changes = (await read_model(request, EventTypeChange)).changes()
+    event_type = await services(request).event_types.change(
+        name, lambda current: events.apply_change(current, changes)
+    )
+    return ok(event_type.public())
+
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/event-types",
+        event_types,
+        "List event types and their schemas",
+        ANY_ROLE,
+        "events",
+        list_of=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/event-types",
+        create_event_type,
+        "Register an event type",
+        ADMIN,
+        "events",
+        body=EventTypeSpec,
+        status=201,
+        audit=Audit("event_type.create", object_field="name"),
+    ),
+    Operation(
+        "PATCH",
+        "/v1/event-types/{name}",
+        update_event_type,
+        "Change or deprecate a registered event type",
+        ADMIN,
+        "events",
+        body=EventTypeChange,
+        params=NAME,
+        audit=Audit("event_type.update", object_field="name"),
+    ),
+]

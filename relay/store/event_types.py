@@ -1,0 +1,57 @@
+"""Registered event types in Redis: one JSON record per type, and an index of their names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from relay.errors import Conflict
+from relay.events import RegisteredType
+from relay.store import codec, keys
+from relay.store.records import edit_record
+
+
+class EventTypeStore:
+    """Persistence of the event types operators register."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    async def add(self, event_type: RegisteredType) -> None:
+        """Register a new type; Conflict if one of that name exists."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.event_type(event_type.name), codec.dumps(event_type.record()), nx=True)
+            pipe.zadd(keys.EVENT_TYPES, {event_type.name: 0})
+            created, _ = await pipe.execute()
+        if not created:
+            raise Conflict(f"The event type {event_type.name} exists; PATCH it to change it.")
+
+    async def get(self, name: str) -> RegisteredType | None:
+        """A registered type by name (one Redis call: this is on the ingest path)."""
+        raw = await self._redis.get(keys.event_type(name))
+        return RegisteredType.from_record(codec.loads(raw)) if raw else None
+
+    async def names(self) -> list[str]:
+        """The names of every registered type."""
+        return [n.decode() for n in await self._redis.zrange(keys.EVENT_TYPES, 0, -1)]
+
+    async def all(self) -> list[RegisteredType]:
+        """Every registered type, by name."""
+        names = await self.names()
+        if not names:
+            return []
+        rows = await self._redis.mget([keys.event_type(n) for n in names])
+        return [RegisteredType.from_record(codec.loads(r)) for r in rows if r]
+
+    async def change(
+        self, name: str, edit: Callable[[RegisteredType], RegisteredType]
+    ) -> RegisteredType:
+        """Read, edit and write a type atomically; retried if it changed meanwhile."""
+
+        def apply(record: dict[str, Any]) -> tuple[RegisteredType, object]:
+            event_type = edit(RegisteredType.from_record(record))
+            return event_type, event_type.record()
+
+        return await edit_record(self._redis, keys.event_type(name), apply, "event type")

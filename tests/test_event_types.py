@@ -1,0 +1,182 @@
+"""Event types as data: admins register a type with a JSON Schema; events of it are checked
+against that schema, fan out to webhooks that name it or a `prefix.*` wildcard, and arrive
+exactly as built-in ones do."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.flows import Workers, webhook
+from tests.receivers import Receiver
+
+ORDERED = {
+    "name": "custom.ordered",
+    "description": "An order was placed.",
+    "schema": {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["order_id", "total"],
+        "properties": {
+            "order_id": {"type": "string", "minLength": 1},
+            "total": {"type": "number", "minimum": 0},
+            "lines": {"type": "array", "items": {"$ref": "#/$defs/line"}},
+        },
+        "$defs": {"line": {"type": "object", "required": ["sku"]}},
+    },
+}
+VALID = {"order_id": "o_1", "total": 12.5, "lines": [{"sku": "a"}], "note": "passed through"}
+
+
+async def _register(admin: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
+    return await admin.post("/v1/event-types", json={**ORDERED, **overrides})
+
+
+async def _post(
+    client: httpx.AsyncClient, data: object, type_name: str = "custom.ordered"
+) -> httpx.Response:
+    body = {"type": type_name, "tenant_id": "space_42", "data": data}
+    return await client.post("/v1/events", json=body)
+
+
+async def test_a_registered_type_round_trips_to_a_wildcard_webhook(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    made = await _register(admin)
+    assert made.status_code == 201, made.text
+    assert made.json()["data"]["schema"] == ORDERED["schema"]
+    await workers(1)
+    async with Receiver() as rx:
+        custom = await webhook(admin, rx.url("/custom"), events=["custom.*"])
+        await webhook(admin, rx.url("/posts"), events=["post.published"])
+
+        accepted = await _post(admin, VALID)
+        assert accepted.status_code == 202, accepted.text
+        [delivery] = accepted.json()["data"]["deliveries"]
+        assert delivery["webhook_id"] == custom["id"]
+
+        refused = await _post(admin, {"total": -1})
+        assert refused.status_code == 422
+        assert set(refused.json()["errors"]) == {"data.order_id", "data.total"}
+        nested = await _post(admin, {**VALID, "lines": [{"qty": 1}]})
+        assert set(nested.json()["errors"]) == {"data.lines.0.sku"}
+
+        # A built-in event is not one of custom.*: it goes to the other webhook only.
+        post = await _post(admin, {"post_id": "p_1"}, "post.published")
+        assert [d["webhook_id"] for d in post.json()["data"]["deliveries"]] != [custom["id"]]
+        await rx.wait_for(2, timeout=20)
+        [received] = rx.requests_to("/custom")
+    body = orjson.loads(received.body)
+    assert list(body) == ["id", "type", "timestamp", "tenant_id", "data"]
+    assert body["type"] == "custom.ordered" and body["data"] == VALID
+    assert body["id"] == accepted.json()["data"]["id"]
+
+
+async def test_the_catalogue_lists_built_in_types_then_registered_ones(
+    admin: httpx.AsyncClient,
+) -> None:
+    await _register(admin)
+    listed = (await admin.get("/v1/event-types")).json()["data"]
+    assert [t["name"] for t in listed] == [
+        "post.published",
+        "post.failed",
+        "media.uploaded",
+        "custom.ordered",
+    ]
+    assert [t["builtin"] for t in listed] == [True, True, True, False]
+    assert listed[-1]["schema"] == ORDERED["schema"]
+    assert listed[-1]["deprecated"] is False
+
+
+async def test_a_schema_change_applies_to_the_next_event_on_every_replica(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    other_replica = await make_client()
+    await _register(admin)
+    assert (await _post(other_replica, VALID)).status_code == 202
+    schema = {**ORDERED["schema"], "required": ["order_id", "total", "currency"]}
+    changed = await admin.patch("/v1/event-types/custom.ordered", json={"schema": schema})
+    assert changed.status_code == 200, changed.text
+    refused = await _post(other_replica, VALID)
+    assert refused.status_code == 422
+    assert list(refused.json()["errors"]) == ["data.currency"]
+    assert (await _post(other_replica, {**VALID, "currency": "EUR"})).status_code == 202
+
+
+async def test_a_deprecated_type_is_listed_so_and_still_accepted(
+    admin: httpx.AsyncClient,
+) -> None:
+    await _register(admin)
+    changed = await admin.patch("/v1/event-types/custom.ordered", json={"deprecated": True})
+    assert changed.json()["data"]["deprecated"] is True
+    listed = (await admin.get("/v1/event-types")).json()["data"]
+    assert listed[-1]["deprecated"] is True
+    assert (await _post(admin, VALID)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"schema": {"type": "objekt"}}, "schema"),
+        ({"schema": {"properties": {"a": {"$ref": "https://example.com/s.json"}}}}, "schema"),
+        ({"schema": []}, "schema"),
+        ({"name": "Custom Ordered"}, "name"),
+        ({"name": ""}, "name"),
+        ({"description": 5}, "description"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+async def test_a_bad_registration_is_a_422_naming_the_field(
+    admin: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await _register(admin, **body)
+    assert response.status_code == 422, response.text
+    assert list(response.json()["errors"]) == [field]
+
+
+async def test_names_are_unique_and_built_in_types_fixed(admin: httpx.AsyncClient) -> None:
+    assert (await _register(admin)).status_code == 201
+    assert (await _register(admin)).status_code == 409
+    assert (await _register(admin, name="post.published")).status_code == 409
+    fixed = await admin.patch("/v1/event-types/post.published", json={"deprecated": True})
+    assert fixed.status_code == 409
+    missing = await admin.patch("/v1/event-types/custom.nothing", json={"deprecated": True})
+    assert missing.status_code == 404
+    empty = await admin.patch("/v1/event-types/custom.ordered", json={"schema": None})
+    assert list(empty.json()["errors"]) == ["schema"]
+
+
+async def test_only_admins_register_and_change_types(
+    admin: httpx.AsyncClient,
+    make_client: ClientFactory,
+    token_for: Callable[..., Awaitable[str]],
+) -> None:
+    tenant = await make_client(token=await token_for("tenant", "space_42"))
+    assert (await _register(tenant)).status_code == 403
+    await _register(admin)
+    change = await tenant.patch("/v1/event-types/custom.ordered", json={"deprecated": True})
+    assert change.status_code == 403
+    assert (await tenant.get("/v1/event-types")).status_code == 200
+
+
+async def test_a_webhook_filter_names_a_registered_type_or_a_wildcard(
+    admin: httpx.AsyncClient,
+) -> None:
+    url = "https://hooks.example.com/relay"
+    early = await admin.post(
+        "/v1/webhooks", json={"url": url, "tenant_id": "space_42", "events": ["custom.ordered"]}
+    )
+    assert early.status_code == 422
+    [message] = early.json()["errors"]["events.0"]
+    assert "post.*" in message  # the way to subscribe to types not registered yet
+    assert (await webhook(admin, url, events=["custom.*"]))["events"] == ["custom.*"]
+    await _register(admin)
+    made = await webhook(admin, url, events=["custom.ordered", "post.failed"])
+    assert made["events"] == ["custom.ordered", "post.failed"]
+    changed = await admin.patch(f"/v1/webhooks/{made['id']}", json={"events": ["custom.ordered"]})
+    assert changed.status_code == 200

@@ -1,4 +1,4 @@
-"""The `relay` command: dev, api, worker, token, keys, config."""
+"""The `relay` command: dev, api, worker, token, keys, config, and the operator commands."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__, logs, tracing
+from relay.client import ApiRefused, Unreachable
 from relay.config import ConfigError, Settings, effective, load_settings
 from relay.embedded import EmbeddedRedis, EmbeddedRedisError, data_dir_ready
 from relay.errors import RelayError
+from relay.operator import UsageError
+from relay.operator import add_commands as add_operator_commands
 from relay.processes import die_with_parent
 from relay.runtime import DataDirBusy, DevClaim, Runtime, StaleRuntime, running
 from relay.store import codec
@@ -201,6 +204,10 @@ def _banner(url: str, env: dict[str, str]) -> None:
             "`relay api` and `relay worker` refuse them unless RELAY_ALLOW_PRIVATE_TARGETS=true)",
             flush=True,
         )
+    print(
+        f"operator CLI: RELAY_URL={url} RELAY_TOKEN=<admin token> .venv/bin/relay deliveries list",
+        flush=True,
+    )
     print("Ctrl-C stops the API, the worker and Redis.", flush=True)
 
 
@@ -354,6 +361,7 @@ def _parser() -> argparse.ArgumentParser:
     config.add_parser(
         "check", help="validate the environment and print the settings in force"
     ).set_defaults(func=cmd_config_check)
+    add_operator_commands(sub)
     return parser
 
 
@@ -362,9 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         status: int = args.func(args)
-    except CliError as exc:
+    except (CliError, UsageError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
+    except (ApiRefused, Unreachable) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     except RelayError as exc:  # e.g. a bad --tenant, reported like the API would
         fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.errors.items())
         print(f"relay: {exc.detail} {fields}".strip(), file=sys.stderr)

@@ -131,3 +131,55 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
             return False
 
     wait_until(up, timeout)
+
+
+def dev_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `relay dev` on its own data dir, with nothing else of relay's set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return {**env, "RELAY_DATA_DIR": str(data_dir), **extra}
+
+
+@dataclass
+class Dev:
+    """A running `relay dev` and the banner lines it printed."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    banner: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return next(line.split()[-1] for line in self.banner if line.startswith("admin token"))
+
+
+def start_dev(data_dir: Path, **env: str) -> Dev:
+    """Start `relay dev` on a free port and read its banner (printed once the API answers)."""
+    port = free_port()
+    process = spawn_relay(
+        ["dev", "--port", str(port)],
+        dev_env(data_dir, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    banner: list[str] = []
+
+    def read_banner() -> bool:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line, f"relay dev ended before its banner: {banner}"
+        banner.append(line.strip())
+        return line.startswith("Ctrl-C")
+
+    wait_until(read_banner, timeout=60, interval=0)
+    return Dev(process, port, banner)
+
+
+def stop_dev(dev: Dev) -> None:
+    """Stop `relay dev` as Ctrl-C does and wait for it."""
+    if dev.process.poll() is None:
+        dev.process.send_signal(signal.SIGINT)
+    dev.process.communicate(timeout=30)

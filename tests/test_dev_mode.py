@@ -3,12 +3,9 @@ and a `relay dev` that was killed leaves nothing that breaks the next command.""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,66 +14,16 @@ import pytest
 
 from tests.conftest import ClientFactory
 from tests.receivers import Receiver
-from tests.support import free_port, spawn_relay, wait_until
+from tests.support import Dev, dev_env, free_port, start_dev, stop_dev
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _dev_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env["RELAY_DATA_DIR"] = str(data_dir)
-    return env
-
-
-@dataclass
-class Dev:
-    """A running `relay dev` and the banner lines it printed."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    banner: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def token(self) -> str:
-        return next(line.split()[-1] for line in self.banner if line.startswith("admin token"))
-
-
-def _start_dev(data_dir: Path) -> Dev:
-    port = free_port()
-    process = spawn_relay(
-        ["dev", "--port", str(port)],
-        _dev_env(data_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    banner: list[str] = []
-
-    def read_banner() -> bool:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode()
-        assert line, f"relay dev ended before its banner: {banner}"
-        banner.append(line.strip())
-        return line.startswith("Ctrl-C")
-
-    wait_until(read_banner, timeout=60, interval=0)
-    return Dev(process, port, banner)
-
-
-def _stop(dev: Dev) -> None:
-    if dev.process.poll() is None:
-        dev.process.send_signal(signal.SIGINT)
-    dev.process.communicate(timeout=30)
-
-
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Dev]:
-    running = _start_dev(tmp_path / "data")
+    running = start_dev(tmp_path / "data")
     yield running
-    _stop(running)
+    stop_dev(running)
 
 
 def test_the_banner_comes_once_the_api_answers(dev: Dev) -> None:
@@ -116,7 +63,7 @@ def test_a_second_dev_on_the_same_data_dir_stops_at_once_naming_the_first(
 ) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "relay", "dev", "--port", str(free_port())],
-        env=_dev_env(tmp_path / "data"),
+        env=dev_env(tmp_path / "data"),
         capture_output=True,
         timeout=30,
     )
@@ -131,7 +78,7 @@ def test_a_second_dev_on_the_same_data_dir_stops_at_once_naming_the_first(
 
 def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = _start_dev(data_dir)
+    first = start_dev(data_dir)
     children = psutil.Process(first.process.pid).children(recursive=True)
     first.process.kill()
     first.process.communicate(timeout=30)
@@ -139,7 +86,7 @@ def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: 
 
     token = subprocess.run(
         [sys.executable, "-m", "relay", "token", "create", "--role", "admin"],
-        env=_dev_env(data_dir),
+        env=dev_env(data_dir),
         capture_output=True,
         timeout=30,
     )
@@ -148,7 +95,7 @@ def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: 
     assert "Traceback" not in message
     assert "no longer running" in message and str(first.process.pid) in message
 
-    again = _start_dev(data_dir)
+    again = start_dev(data_dir)
     try:
         assert any("did not stop cleanly" in line for line in again.banner), again.banner
         listed = httpx.get(
@@ -156,7 +103,7 @@ def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: 
         )
         assert listed.status_code == 200
     finally:
-        _stop(again)
+        stop_dev(again)
 
 
 def test_make_run_passes_its_args_to_relay_dev() -> None:

@@ -1,0 +1,177 @@
+"""The operator commands of `relay`: deliveries, webhooks, recover, events and tokens, over the
+HTTP API (never Redis), so they work from anywhere the API is reachable.
+
+Exit status: 0 done, 1 the API said no (its detail is printed), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+from relay.client import RelayClient
+from relay.tables import as_json, record, table
+
+DELIVERY_COLUMNS = (
+    "id",
+    "webhook_id",
+    "event_type",
+    "status",
+    "attempt_count",
+    "last_status_code",
+    "created_at",
+)
+DELIVERY_FIELDS = (
+    *DELIVERY_COLUMNS,
+    "event_id",
+    "tenant_id",
+    "next_attempt_at",
+    "last_error",
+    "updated_at",
+    "delivered_at",
+)
+WEBHOOK_COLUMNS = ("id", "tenant_id", "url", "events", "enabled", "disabled_reason")
+TOKEN_COLUMNS = ("id", "role", "tenant_id", "name", "created_at")
+EVENT_FIELDS = ("id", "type", "tenant_id", "upstream_id", "created_at")
+ATTEMPT_COLUMNS = ("number", "started_at", "status_code", "duration_ms", "error")
+
+
+class UsageError(Exception):
+    """Missing settings or arguments: exit status 2."""
+
+
+def client_from_env() -> RelayClient:
+    """A client for RELAY_URL with RELAY_TOKEN, both required."""
+    url, token = os.environ.get("RELAY_URL", ""), os.environ.get("RELAY_TOKEN", "")
+    missing = [name for name, value in (("RELAY_URL", url), ("RELAY_TOKEN", token)) if not value]
+    if missing:
+        raise UsageError(
+            f"set {' and '.join(missing)} (the API's base URL, e.g. http://localhost:8000, "
+            "and an API token)"
+        )
+    return RelayClient(url, token)
+
+
+Show = Callable[[RelayClient, argparse.Namespace], tuple[object, str]]
+
+
+def _deliveries_list(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    page = api.call(
+        "GET",
+        "/v1/deliveries",
+        params={
+            "status": args.status,
+            "webhook_id": args.webhook,
+            "since": args.since,
+            "limit": str(args.limit),
+        },
+    )
+    text = table(page["data"], DELIVERY_COLUMNS)
+    if page["next_cursor"]:
+        text += "\n(more: narrow with --since or --status)"
+    return page, text
+
+
+def _delivery_action(action: str) -> Show:
+    def run(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+        done = api.delivery_action(args.id, action)
+        return done, record(done, DELIVERY_FIELDS)
+
+    return run
+
+
+def _webhooks_list(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    page = api.call("GET", "/v1/webhooks", params={"tenant_id": args.tenant, "limit": "100"})
+    return page, table(page["data"], WEBHOOK_COLUMNS)
+
+
+def _webhook_enabled(enabled: bool) -> Show:
+    def run(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+        done = api.data("PATCH", f"/v1/webhooks/{args.id}", body={"enabled": enabled})
+        return done, record(done, WEBHOOK_COLUMNS)
+
+    return run
+
+
+def _recover(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    body = {"since": args.since, **({"until": args.until} if args.until else {})}
+    done = api.data("POST", f"/v1/webhooks/{args.webhook}/recover", body=body)
+    return done, f"requeued {done['requeued']} failed deliveries"
+
+
+def _event_get(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    event = api.data("GET", f"/v1/events/{args.id}")
+    deliveries = table(event["deliveries"], ("id", "webhook_id", "status"))
+    return event, f"{record(event, EVENT_FIELDS)}\n\ndeliveries:\n{deliveries}"
+
+
+def _tokens_list(api: RelayClient, _: argparse.Namespace) -> tuple[object, str]:
+    page = api.call("GET", "/v1/tokens", params={"limit": "100"})
+    return page, table(page["data"], TOKEN_COLUMNS)
+
+
+def _token_revoke(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    done = api.data("DELETE", f"/v1/tokens/{args.id}")
+    return done, f"revoked {done['id']} ({done['role']}, {done['name'] or 'unnamed'})"
+
+
+def run(show: Show, args: argparse.Namespace) -> int:
+    """Call the API and print what it answered, as a table or (--json) as JSON."""
+    api = client_from_env()
+    try:
+        answer, text = show(api, args)
+    finally:
+        api.close()
+    print(as_json(answer) if args.json else text)
+    return 0
+
+
+def _command(parser: argparse.ArgumentParser, show: Show) -> None:
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.set_defaults(func=lambda args: run(show, args))
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the operator commands to the `relay` parser's subcommands."""
+    deliveries = sub.add_parser("deliveries", help="list, retry and cancel deliveries")
+    actions = deliveries.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser("list", help="deliveries, newest first")
+    listed.add_argument("--status", help="pending, delivering, delivered, failed or canceled")
+    listed.add_argument("--webhook", help="only this webhook's (wh_...)")
+    listed.add_argument("--since", help="created at or after this RFC 3339 time")
+    listed.add_argument("--limit", type=int, default=50, help="at most this many (1-100)")
+    _command(listed, _deliveries_list)
+    for action, text in (("retry", "send again"), ("cancel", "cancel a pending delivery")):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("id", help="the delivery (dlv_...)")
+        _command(p, _delivery_action(action))
+
+    webhooks = sub.add_parser("webhooks", help="list, enable and disable webhooks")
+    actions = webhooks.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser("list", help="webhooks, newest first")
+    listed.add_argument("--tenant", help="only this tenant's")
+    _command(listed, _webhooks_list)
+    for action, enabled in (("enable", True), ("disable", False)):
+        p = actions.add_parser(action, help=f"{action} a webhook")
+        p.add_argument("id", help="the webhook (wh_...)")
+        _command(p, _webhook_enabled(enabled))
+
+    recover = sub.add_parser("recover", help="send a webhook's failed deliveries of a window again")
+    recover.add_argument("webhook", help="the webhook (wh_...)")
+    recover.add_argument("--since", required=True, help="RFC 3339 start of the window")
+    recover.add_argument("--until", help="RFC 3339 end of the window (default: now)")
+    _command(recover, _recover)
+
+    events = sub.add_parser("events", help="look at events")
+    actions = events.add_subparsers(dest="action", required=True)
+    get = actions.add_parser("get", help="an event and its deliveries")
+    get.add_argument("id", help="the event (evt_...)")
+    _command(get, _event_get)
+
+    tokens = sub.add_parser("tokens", help="list and revoke API tokens")
+    actions = tokens.add_subparsers(dest="action", required=True)
+    _command(actions.add_parser("list", help="API tokens, newest first"), _tokens_list)
+    revoke = actions.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("id", help="the token (tok_...)")
+    _command(revoke, _token_revoke)

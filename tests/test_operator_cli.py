@@ -1,0 +1,148 @@
+"""The operator CLI against a real `relay dev` (API, worker, Redis): output and exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.receivers import Receiver, Reply
+from tests.support import Dev, run_relay, start_dev, stop_dev
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    # A long second step: a delivery that failed once stays pending, for `cancel`.
+    running = start_dev(tmp_path_factory.mktemp("cli") / "data", RELAY_RETRY_SCHEDULE="600")
+    yield running
+    stop_dev(running)
+
+
+@pytest.fixture
+async def api(dev: Dev) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"authorization": f"Bearer {dev.token}"}
+    async with httpx.AsyncClient(base_url=dev.url, headers=headers) as client:
+        yield client
+
+
+def _env(dev: Dev, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return {**env, "RELAY_URL": dev.url, "RELAY_TOKEN": dev.token, **extra}
+
+
+async def relay(dev: Dev, *args: str, code: int = 0, **env: str) -> str:
+    """Run `relay <args>`, check its exit status, and return what it printed for that status."""
+    done = await run_relay(list(args), _env(dev, **env))
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == code, (args, done.returncode, out, err)
+    assert "Traceback" not in err
+    return out if code == 0 else err
+
+
+async def _delivery(
+    api: httpx.AsyncClient, delivery_id: str, status: str, attempts: int = 1
+) -> dict[str, Any]:
+    for _ in range(400):
+        data: dict[str, Any] = (await api.get(f"/v1/deliveries/{delivery_id}")).json()["data"]
+        if data["status"] == status and data["attempt_count"] >= attempts:
+            return data
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{delivery_id} is {data['status']}, not {status}")
+
+
+async def _hook(api: httpx.AsyncClient, url: str, tenant: str) -> str:
+    made = await api.post("/v1/webhooks", json={"url": url, "tenant_id": tenant})
+    assert made.status_code == 201, made.text
+    hook_id: str = made.json()["data"]["id"]
+    return hook_id
+
+
+async def _post(api: httpx.AsyncClient, tenant: str) -> dict[str, Any]:
+    body = {"type": "post.published", "tenant_id": tenant, "data": {"post_id": "p_1"}}
+    response = await api.post("/v1/events", json=body)
+    assert response.status_code == 202, response.text
+    event: dict[str, Any] = response.json()["data"]
+    return event
+
+
+async def test_every_operator_command_against_a_running_relay(
+    dev: Dev, api: httpx.AsyncClient
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(410), path="/gone")  # fails the delivery at once, disables the webhook
+        rx.answer(Reply(500), path="/broken")  # fails once, then waits 600 s: stays pending
+        gone = await _hook(api, rx.url("/gone"), "t_gone")
+        broken = await _hook(api, rx.url("/broken"), "t_broken")
+        fine = await _hook(api, rx.url("/fine"), "t_fine")
+        since = (await api.get(f"/v1/webhooks/{gone}")).json()["data"]["created_at"]
+        failed = [(await _post(api, "t_gone"))["deliveries"][0]["id"] for _ in range(2)]
+        waiting = (await _post(api, "t_broken"))["deliveries"][0]["id"]
+        event = await _post(api, "t_fine")
+        for delivery_id in failed:
+            await _delivery(api, delivery_id, "failed")
+        await _delivery(api, event["deliveries"][0]["id"], "delivered")
+        await _delivery(api, waiting, "pending")  # its first attempt made and failed
+
+        # deliveries list: a table by default, JSON with --json, each filter applied.
+        listed = await relay(dev, "deliveries", "list")
+        header = listed.splitlines()[0].split()
+        assert header[:4] == ["ID", "WEBHOOK_ID", "EVENT_TYPE", "STATUS"]
+        assert all(d in listed for d in [*failed, waiting])
+        only_failed = json.loads(
+            await relay(dev, "deliveries", "list", "--status", "failed", "--json")
+        )
+        assert [d["id"] for d in only_failed["data"]] == failed[::-1]
+        by_hook = await relay(dev, "deliveries", "list", "--webhook", broken)
+        assert waiting in by_hook and failed[0] not in by_hook
+        assert failed[0] in await relay(dev, "deliveries", "list", "--since", since)
+        bad = await relay(dev, "deliveries", "list", "--since", "yesterday", code=1)
+        assert "since" in bad
+
+        # cancel: a pending delivery is canceled; a second cancel is refused by the API.
+        assert "canceled" in await relay(dev, "deliveries", "cancel", waiting)
+        refused = await relay(dev, "deliveries", "cancel", waiting, code=1)
+        assert "only a pending delivery can be canceled" in refused
+
+        # webhooks: the 410 disabled `gone`; enable it again, disable `fine`.
+        hooks = await relay(dev, "webhooks", "list")
+        assert all(h in hooks for h in (gone, broken, fine))
+        assert gone in await relay(dev, "webhooks", "enable", gone)
+        rx.answer(Reply(200), path="/gone")
+        shown = json.loads(await relay(dev, "webhooks", "disable", fine, "--json"))
+        assert shown["enabled"] is False
+
+        # retry one failed delivery, then recover the other through the time window.
+        assert failed[0] in await relay(dev, "deliveries", "retry", failed[0])
+        await _delivery(api, failed[0], "delivered")
+        assert "requeued 1" in await relay(dev, "recover", gone, "--since", since)
+        await _delivery(api, failed[1], "delivered")
+
+        # events get: the event and its deliveries.
+        shown_event = await relay(dev, "events", "get", event["id"])
+        assert event["id"] in shown_event and event["deliveries"][0]["id"] in shown_event
+
+        # tokens: list, revoke, and a second revoke is the API's 404.
+        issued = (await api.post("/v1/tokens", json={"role": "ingest", "name": "ci"})).json()
+        token_id = issued["data"]["id"]
+        assert token_id in await relay(dev, "tokens", "list")
+        assert token_id in await relay(dev, "tokens", "revoke", token_id)
+        assert "No such token" in await relay(dev, "tokens", "revoke", token_id, code=1)
+        assert "No such delivery" in await relay(
+            dev, "deliveries", "retry", "dlv_" + "0" * 26, code=1
+        )
+
+
+async def test_usage_errors_exit_2(dev: Dev) -> None:
+    assert "RELAY_TOKEN" in await relay(dev, "webhooks", "list", code=2, RELAY_TOKEN="")
+    await relay(dev, "deliveries", code=2)
+    await relay(dev, "recover", "wh_x", code=2)  # --since is required
+
+
+async def test_a_token_the_api_refuses_exits_1_with_its_detail(dev: Dev) -> None:
+    said = await relay(dev, "tokens", "list", code=1, RELAY_TOKEN="rly_wrong")
+    assert "unknown or has been revoked" in said

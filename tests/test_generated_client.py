@@ -22,6 +22,7 @@ from tests.receivers import Receiver, Reply
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
 ADMIN = "generated-client-admin"
+AUTH = {"authorization": f"Bearer {ADMIN}"}
 PACKAGE = "relay_generated_client"
 
 
@@ -89,11 +90,11 @@ async def test_a_generated_client_posts_lists_and_retries(live_relay: str, tmp_p
         models = _module("models")
         async with Receiver() as rx:
             rx.answer(Reply(500))
-            made = await _module("api.webhooks.create_webhook").asyncio(
-                client=client,
-                body=models.WebhookCreate(url=rx.url("/hook"), tenant_id="space_42"),
-            )
-            hook_id = made.data.id
+            async with httpx.AsyncClient(base_url=live_relay, headers=AUTH) as plain:
+                made = await plain.post(
+                    "/v1/webhooks", json={"url": rx.url("/hook"), "tenant_id": "space_42"}
+                )
+            hook_id = made.json()["data"]["id"]
 
             event = models.PostPublishedEvent(
                 type_="post.published",

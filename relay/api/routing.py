@@ -52,7 +52,7 @@ class Param:
             if digits is None or not low <= int(digits[1]) <= high:
                 return f"must be an integer from {low} to {high}"
         if "enum" in schema and value not in schema["enum"]:
-            return "must be one of: " + ", ".join(schema["enum"])
+            return "one of " + ", ".join(schema["enum"])
         if "pattern" in schema and not re.search(schema["pattern"], value):
             return f"must match {schema['pattern']}"
         if schema.get("format") == "date-time" and read_rfc3339(value) is None:

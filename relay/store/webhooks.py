@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from relay.errors import Conflict, Invalid, NotFound
+from relay.errors import Invalid, NotFound
 from relay.store import codec, keys
 from relay.store.pages import newest_first
+from relay.store.records import edit_record
 from relay.webhooks import Webhook
 
 # Count and add in one script, so that concurrent creates cannot pass the cap together.
@@ -97,23 +98,14 @@ class WebhookStore:
 
     async def change(self, webhook_id: str, edit: Callable[[Webhook], Webhook]) -> Webhook:
         """Read, edit and write a webhook atomically; retried if it changed meanwhile."""
-        key = keys.webhook(webhook_id)
-        for _ in range(10):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        raise NotFound("No such webhook.")
-                    webhook = edit(_load(raw))
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, codec.dumps(webhook.record()))
-                    _note_enabled(pipe, webhook)
-                    await pipe.execute()
-                    return webhook
-                except redis.exceptions.WatchError:
-                    continue
-        raise Conflict("The webhook is being changed by another request; try again.")
+
+        def apply(record: dict[str, Any]) -> tuple[Webhook, object]:
+            webhook = edit(Webhook.from_record(record))
+            return webhook, webhook.record()
+
+        return await edit_record(
+            self._redis, keys.webhook(webhook_id), apply, "webhook", also=_note_enabled
+        )
 
     async def delete(self, webhook_id: str) -> Webhook:
         """Remove a webhook and its index entries."""

@@ -337,8 +337,8 @@ def measures(workers: int, rate: float) -> list[Measure]:
         Measure("redis used_memory", "stored", "bytes"),
         Measure("redis keys", "stored", "count"),
         # Backlogs jitter with retry timing; one second of events is noise, not growth.
-        Measure("queue depth", "level", "count", slack=rate),
-        Measure("pending deliveries", "level", "count", slack=rate),
+        Measure("due deliveries", "level", "count", slack=rate),
+        Measure("parked deliveries", "level", "count", slack=rate),
         Measure("events accepted", "counter", "count"),
         Measure("receiver requests", "counter", "count"),
         Measure("delivered", "counter", "count"),
@@ -370,6 +370,16 @@ class Watch:
         return cls(cluster, client, stats, processes)
 
 
+async def parked(client: aioredis.Redis) -> int:
+    """Deliveries parked behind every endpoint that has any."""
+    endpoints = await client.zrange(keys.WAKES, 0, -1)
+    async with client.pipeline(transaction=False) as pipe:
+        for webhook_id in endpoints:
+            pipe.zcard(keys.endpoint_parked(webhook_id.decode()))
+        counts = await pipe.execute()
+    return sum(counts)
+
+
 async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     """Read every measure now."""
     for child in [*watch.cluster.relay, watch.cluster.redis]:
@@ -382,8 +392,10 @@ async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     memory = await watch.redis.info("memory")
     values["redis used_memory"] = memory["used_memory"]
     values["redis keys"] = await watch.redis.dbsize()
-    values["queue depth"] = await watch.redis.zcard(keys.QUEUE)
-    values["pending deliveries"] = await watch.redis.zcard(keys.DUE)
+    # The due set is the delivery queue; deliveries waiting for a busy endpoint sit in its
+    # parked set instead, so the backlog is both.
+    values["due deliveries"] = await watch.redis.zcard(keys.DUE)
+    values["parked deliveries"] = await parked(watch.redis)
     values["events accepted"] = watch.stats.accepted
     paths = await watch.cluster.receiver.paths()
     values["receiver requests"] = sum(p.requests for p in paths.values())
@@ -406,7 +418,7 @@ def sample_line(sample: Sample, workers: int) -> str:
         f" redis {v['redis rss'] / mib:.1f}"
         f" | fds api {v['api fds']:.0f} workers {worker_fds}"
         f" | redis {v['redis used_memory'] / mib:.1f} MiB {v['redis keys']:,.0f} keys"
-        f" | queue {v['queue depth']:,.0f} pending {v['pending deliveries']:,.0f}"
+        f" | due {v['due deliveries']:,.0f} parked {v['parked deliveries']:,.0f}"
     )
 
 

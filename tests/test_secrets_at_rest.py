@@ -18,7 +18,7 @@ PREFIXES = ("whsec_", "whsk_", "rly_")
 
 
 def _shown_secrets(value: Any) -> Iterator[str]:
-    """Every string in a response body that is a secret shown once."""
+    """Every secret shown once in a response body, a portal link's token among them."""
     if isinstance(value, dict):
         for item in value.values():
             yield from _shown_secrets(item)
@@ -27,6 +27,8 @@ def _shown_secrets(value: Any) -> Iterator[str]:
             yield from _shown_secrets(item)
     elif isinstance(value, str) and value.startswith(PREFIXES):
         yield value
+    elif isinstance(value, str) and "#token=" in value:
+        yield value.partition("#token=")[2]
 
 
 def _encodings(secret: str) -> set[bytes]:
@@ -98,9 +100,11 @@ async def test_no_secret_shown_once_is_in_redis_or_its_aof(
         await _idempotent_post(
             admin, f"/v1/webhooks/{made['data']['id']}/rotate-secret", {"grace_seconds": 60}
         ),
+        await _idempotent_post(admin, "/v1/portal-sessions", {"tenant_id": "t1"}),
     ]
     secrets = {s for body in bodies for s in _shown_secrets(body)}
-    assert len(secrets) == 5, secrets
+    assert len(secrets) == 6, secrets
+    assert all(s.startswith(PREFIXES) for s in secrets), secrets
     # The stored token must not authenticate a replayed request either: it is the real one.
     token = bodies[0]["data"]["token"]
     assert (
@@ -113,7 +117,7 @@ async def test_no_secret_shown_once_is_in_redis_or_its_aof(
         ["keys", "reencrypt"], relay_env(own_redis.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}")
     )
     assert result.returncode == 0, result.stderr
-    assert "re-encrypted 5 of 5 stored idempotent responses" in result.stdout.decode()
+    assert "re-encrypted 6 of 6 stored idempotent responses" in result.stdout.decode()
     rotated = await make_client(redis_url=own_redis.url, secret_keys=new_key)
     body = {"role": "admin"}
     key = f"/v1/tokens {sorted(body.items())}"

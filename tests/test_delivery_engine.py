@@ -21,7 +21,7 @@ from relay.secrets import generate_master_key
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
-from tests.support import RedisServer, free_port, relay_env, spawn_relay
+from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_until
 
 Json = dict[str, Any]
 
@@ -335,10 +335,14 @@ async def test_a_worker_started_before_redis_waits_for_it(
     with log.open("wb") as out:
         worker = spawn_relay(["worker"], env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            await asyncio.sleep(2)
+            # However long the machine takes to start it, the worker says it waits, and stays.
+            waiting = await asyncio.to_thread(
+                wait_until,
+                lambda: [ln for ln in log.read_text().splitlines() if "waiting for redis" in ln],
+                30,
+            )
             assert worker.poll() is None, log.read_text()
-            waiting = [line for line in log.read_text().splitlines() if "waiting for redis" in line]
-            assert waiting and all("Traceback" not in line for line in waiting), log.read_text()
+            assert all("Traceback" not in line for line in waiting), log.read_text()
             await asyncio.to_thread(server.start)
             client = await make_client(redis_url=server.url)
             async with Receiver() as rx:

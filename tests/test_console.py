@@ -15,8 +15,11 @@ import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -33,6 +36,7 @@ XSS = "<img src=x onerror=alert(1)>"
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
 # Pages served from http://localhost may frame the console (at 127.0.0.1); others may not.
 FRAMERS = "http://localhost:*"
+VIEWER_ZONE = "Asia/Kolkata"
 
 expect.set_options(timeout=15_000)
 
@@ -87,7 +91,11 @@ async def api(relay_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def page(browser: Browser, relay_url: str) -> AsyncIterator[Page]:
-    context = await browser.new_context(base_url=relay_url, viewport={"width": 1280, "height": 900})
+    # A zone half an hour off any whole-hour one, so a time read in the wrong zone finds the
+    # wrong deliveries.
+    context = await browser.new_context(
+        base_url=relay_url, viewport={"width": 1280, "height": 900}, timezone_id=VIEWER_ZONE
+    )
     opened = await context.new_page()
     dialogs: list[str] = []
     errors: list[str] = []
@@ -181,7 +189,7 @@ async def test_a_failing_delivery_shows_its_attempts_and_a_retry_delivers_it(
     [delivery] = event["deliveries"]
 
     await sign_in(page, ADMIN)
-    await page.goto(f"/console#/deliveries/{hook['id']}/{delivery['id']}")
+    await page.goto(f"/console#/deliveries/{delivery['id']}")
     attempts = page.locator("details.attempt")
     await expect(attempts).to_have_count(3)
     await expect(page.locator("dd .badge")).to_have_text("failed")
@@ -204,6 +212,156 @@ async def test_a_failing_delivery_shows_its_attempts_and_a_retry_delivers_it(
     await page.goto("/console#/deliveries?status=delivered")
     await expect(page.get_by_role("link", name=hook["id"]).first).to_be_visible()
     await shot(page, "deliveries")
+
+
+async def test_a_delivery_id_alone_opens_its_page_for_those_who_may_see_it(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.answer(Reply(status=202, body=b"got it"), "/by-id")
+    hook = await webhook(api, receiver.url("/by-id"), "space_by_id")
+    event = await event_for(api, "space_by_id")
+    delivery_id = event["deliveries"][0]["id"]
+    await wait_status(api, hook["id"], delivery_id, "delivered")
+
+    await sign_in(page, ADMIN)
+    await page.get_by_role("link", name="Deliveries", exact=True).click()
+    # Pasted from a log line, stray spaces and all, and opened with Enter.
+    await page.get_by_label("Delivery id").fill(f" {delivery_id} ")
+    await page.get_by_label("Delivery id").press("Enter")
+    await expect(page.get_by_role("heading", name=f"Delivery {delivery_id}")).to_be_visible()
+    facts = page.locator("dl.facts")
+    await expect(facts).to_contain_text(hook["id"])
+    await expect(facts.locator(".badge")).to_have_text("delivered")
+    await expect(page.locator("details.attempt")).to_contain_text("202")
+    assert page.url.endswith(f"/console#/deliveries/{delivery_id}")
+    await page.reload()
+    await expect(facts.locator(".badge")).to_have_text("delivered")
+
+    missing = "dlv_" + "0" * 26
+    await page.goto(f"/console#/deliveries/{missing}")
+    await expect(page.get_by_role("alert")).to_contain_text(f"No delivery with id {missing}.")
+    # Links that also name the webhook, as the console made them before, still open the page.
+    await page.goto(f"/console#/deliveries/{hook['id']}/{delivery_id}")
+    await expect(facts.locator(".badge")).to_have_text("delivered")
+
+    # Another tenant's delivery is not found, as the API answers it.
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, await tenant_token(api, "space_by_id_other"))
+    await page.goto(f"/console#/deliveries/{delivery_id}")
+    await expect(page.get_by_role("alert")).to_contain_text(f"No delivery with id {delivery_id}.")
+    await expect(page.locator("dl.facts")).to_have_count(0)
+
+
+async def test_an_event_is_found_by_its_id_or_upstream_id_and_its_failures_retried(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.answer(Reply(status=503, body=b"busy"), "/lookup")
+    hook = await webhook(api, receiver.url("/lookup"), "space_lookup")
+    upstream = "order-1234"
+    mine, twin = [
+        (await post_event(api, tenant, id=upstream)).json()["data"]
+        for tenant in ("space_lookup", "space_lookup_twin")
+    ]
+    delivery_id = mine["deliveries"][0]["id"]
+    await wait_status(api, hook["id"], delivery_id, "failed")
+
+    # A tenant's session lists and finds its own events only.
+    await sign_in(page, await tenant_token(api, "space_lookup"))
+    await page.get_by_role("link", name="Events", exact=True).click()
+    await expect(page.get_by_role("row").filter(has_text=mine["id"])).to_contain_text(upstream)
+    await expect(page.get_by_role("link", name=twin["id"])).to_have_count(0)
+    outcome = page.get_by_role("search", name="Find an event").get_by_role("status")
+    for unknown in ("no-such-order", twin["id"]):
+        await page.get_by_label("Event id or upstream id").fill(unknown)
+        await page.get_by_label("Event id or upstream id").press("Enter")
+        await expect(outcome).to_have_text(f"No event with id {unknown}.")
+
+    await page.get_by_label("Event id or upstream id").fill(upstream)
+    await page.get_by_role("button", name="Find").click()
+    await expect(page.get_by_role("heading", name=f"Event {mine['id']}")).to_be_visible()
+    row = page.get_by_role("row").filter(has_text=delivery_id)
+    await expect(row.locator(".badge")).to_have_text("failed")
+    receiver.answer(Reply(status=200), "/lookup")
+    await page.get_by_role("button", name="Retry failed deliveries").click()
+    await expect(page.get_by_role("status").filter(has_text="Requeued")).to_have_text(
+        "Requeued 1 failed deliveries."
+    )
+    # The page follows the delivery it sent again, without a reload.
+    await expect(row.locator(".badge")).to_have_text("delivered")
+
+    # An admin finds the upstream id in both tenants and picks one; the search is a link.
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, ADMIN)
+    await page.goto(f"/console#/events?id={upstream}")
+    found = page.get_by_role("search", name="Find an event")
+    await expect(found.get_by_role("status")).to_have_text(
+        f"2 events have the upstream id {upstream}, one in each of these tenants."
+    )
+    await expect(found.get_by_role("row").filter(has_text=twin["id"])).to_contain_text(
+        "space_lookup_twin"
+    )
+    await found.get_by_role("link", name=twin["id"]).click()
+    await expect(page.get_by_role("heading", name=f"Event {twin['id']}")).to_be_visible()
+    await page.reload()
+    await expect(page.locator("dl.facts")).to_contain_text("space_lookup_twin")
+
+    await page.get_by_role("link", name="Events", exact=True).click()
+    await page.get_by_label("Event id or upstream id").fill(mine["id"])
+    await page.get_by_label("Event id or upstream id").press("Enter")
+    await expect(page.get_by_role("heading", name=f"Event {mine['id']}")).to_be_visible()
+    missing = "evt_" + "0" * 26
+    await page.goto(f"/console#/events/{missing}")
+    await expect(page.get_by_role("alert")).to_contain_text(f"No event with id {missing}.")
+
+
+async def test_deliveries_filter_by_event_type_and_a_time_range_in_the_viewers_zone(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await webhook(api, receiver.url("/types"), "space_types")
+    await event_for(api, "space_types")
+    response = await post_event(
+        api, "space_types", type="post.failed", data={"post_id": "p_2", "error": {"message": "x"}}
+    )
+    assert response.status_code == 202, response.text
+    failed_delivery = response.json()["data"]["deliveries"][0]["id"]
+
+    await sign_in(page, ADMIN)
+    await page.goto("/console#/deliveries?tenant_id=space_types")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(2)
+    filters = page.get_by_role("search", name="Filter deliveries")
+    event_type = filters.get_by_label("Event type")
+    await expect(filters.locator('datalist option[value="post.failed"]')).to_have_count(1)
+    await event_type.fill("post.failed")
+    await event_type.press("Enter")
+    await expect(rows).to_have_count(1)
+    await expect(rows.get_by_role("cell").nth(2)).to_have_text("post.failed")
+    await page.reload()
+    await expect(event_type).to_have_value("post.failed")
+    await expect(rows).to_have_count(1)
+
+    # Times are typed in the viewer's zone and asked of the API in UTC.
+    now = datetime.now(ZoneInfo(VIEWER_ZONE)).replace(second=0, microsecond=0)
+    since, until = now - timedelta(minutes=10), now + timedelta(minutes=10)
+    await filters.get_by_label("Since").fill(since.strftime("%Y-%m-%dT%H:%M"))
+    await filters.get_by_label("Until").fill(until.strftime("%Y-%m-%dT%H:%M"))
+    await filters.get_by_role("button", name="Filter").click()
+    utc_since = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:00.000Z")
+    await expect(page).to_have_url(re.compile(f"since={re.escape(quote(utc_since))}"))
+    await expect(rows).to_have_count(1)
+    await expect(filters.get_by_label("Since")).to_have_value(since.strftime("%Y-%m-%dT%H:%M"))
+    await rows.get_by_role("link").first.click()
+    await expect(page.get_by_role("heading", name=f"Delivery {failed_delivery}")).to_be_visible()
+    await page.go_back()
+
+    await filters.get_by_label("Until").fill(
+        (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page.get_by_text("No deliveries match these filters.")).to_be_visible()
+    await page.get_by_role("link", name="Clear filters").click()
+    await expect(event_type).to_have_value("")
+    await expect(filters.get_by_label("Since")).to_have_value("")
 
 
 async def test_rotating_a_secret_shows_the_new_one(

@@ -19,7 +19,8 @@ const ROUTES = [
   [/^\/webhooks$/, webhooks.list],
   [/^\/webhooks\/([^/]+)$/, webhooks.detail],
   [/^\/deliveries$/, deliveries.list],
-  [/^\/deliveries\/([^/]+)\/([^/]+)$/, deliveries.detail],
+  // A delivery by its id; links of the form /deliveries/<webhook id>/<id> still open it.
+  [/^\/deliveries\/(?:[^/]+\/)?([^/]+)$/, deliveries.detail],
   [/^\/events$/, events.lookup],
   [/^\/events\/([^/]+)$/, events.detail],
 ];

@@ -1,6 +1,8 @@
-// Pieces more than one page uses: pagers, time inputs, delivery rows, the recover form.
+// Pieces more than one page uses: pagers, time inputs, delivery rows, live views, the recover form.
 import { enc, post } from "../api.js";
-import { act, badge, field, h, link, notice, table, when } from "../dom.js";
+import { act, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
+
+const POLL_MS = 2000;
 
 export function pager(base, query, nextCursor) {
   const first = new URLSearchParams(query);
@@ -20,13 +22,43 @@ export function utc(value) {
   return value ? new Date(value).toISOString() : "";
 }
 
+// An input showing an RFC 3339 time in the viewer's zone, at that moment's offset (which
+// daylight saving time may make differ from today's).
 export function localInput(name, iso) {
-  const value = iso ? new Date(new Date(iso).getTime() - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
+  const at = iso ? new Date(iso) : null;
+  const value = at ? new Date(at.getTime() - at.getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
   return h("input", { type: "datetime-local", name, value });
 }
 
+// A delivery's page is named by its id alone, so an id from a log or an alert opens it.
 export function deliveryHref(d) {
-  return `#/deliveries/${enc(d.webhook_id)}/${enc(d.id)}`;
+  return `#/deliveries/${enc(d.id)}`;
+}
+
+// Shows what `load` answers through `view`, again every two seconds while the page is open,
+// so new attempts and status changes appear by themselves; sections the reader opened stay
+// open. A 404 shows `missing` instead.
+export async function live(signal, body, load, view, missing) {
+  let shown = "";
+  while (!signal.aborted) {
+    let value;
+    try {
+      value = await load();
+    } catch (err) {
+      if (!signal.aborted) clear(body, notice("error", err.status === 404 ? missing : err.message));
+      return;
+    }
+    if (signal.aborted) return;
+    const fingerprint = JSON.stringify(value);
+    if (fingerprint !== shown) {
+      const key = (el) => el.querySelector("summary strong")?.textContent;
+      const open = [...body.querySelectorAll("details[open]")].map(key);
+      clear(body, view(value));
+      for (const el of body.querySelectorAll("details")) if (open.includes(key(el))) el.open = true;
+      shown = fingerprint;
+    }
+    await sleep(POLL_MS);
+  }
 }
 
 const DELIVERY_COLUMNS = [

@@ -1,25 +1,53 @@
 // Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
 import { enc, get, post } from "../api.js";
-import { act, badge, clear, facts, field, h, json, link, loading, notice, sleep, table, when } from "../dom.js";
-import { deliveryTable, localInput, pager, recoverForm, utc } from "./common.js";
+import { act, append, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
+import { deliveryHref, deliveryTable, live, localInput, pager, recoverForm, utc } from "./common.js";
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
 const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
-const POLL_MS = 2000;
+
+// Opens a delivery by the id alone, as a log line or an alert gives it.
+function openForm() {
+  const input = h("input", { name: "id", required: true, placeholder: "dlv_…", spellcheck: "false", autocomplete: "off" });
+  const form = h(
+    "form",
+    { class: "panel row", role: "search", "aria-label": "Open a delivery by id" },
+    field("Delivery id", input),
+    h("button", { type: "submit" }, "Open delivery"),
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = deliveryHref({ id: input.value.trim() });
+  });
+  return form;
+}
+
+// The event types relay knows, offered as suggestions; any other name may still be typed.
+function eventTypeInput(value) {
+  const choices = h("datalist", { id: "event-types" });
+  // Suggestions only: without them the field works as plain text, so a failure is not shown.
+  get("/v1/event-types").then(
+    ({ data }) => append(choices, data.map((t) => h("option", { value: t.name }))),
+    () => {},
+  );
+  return [h("input", { name: "event_type", value, placeholder: "any", list: "event-types", autocomplete: "off" }), choices];
+}
 
 function filterForm(query, who) {
   const value = (name) => query.get(name) ?? "";
   const status = h("select", { name: "status" }, STATUSES.map((s) => h("option", { value: s, selected: s === value("status") }, s || "any")));
+  const filtered = FILTERS.some((name) => query.get(name));
   const form = h(
     "form",
     { class: "panel row", role: "search", "aria-label": "Filter deliveries" },
     field("Status", status),
-    field("Event type", h("input", { name: "event_type", value: value("event_type"), placeholder: "any" })),
+    field("Event type", eventTypeInput(value("event_type"))),
     field("Webhook", h("input", { name: "webhook_id", value: value("webhook_id"), placeholder: "wh_…" })),
     who.role === "admin" ? field("Tenant", h("input", { name: "tenant_id", value: value("tenant_id"), placeholder: "any" })) : null,
     field("Since", localInput("since", value("since"))),
     field("Until", localInput("until", value("until"))),
     h("button", { type: "submit", class: "primary" }, "Filter"),
+    filtered ? link("#/deliveries", "Clear filters") : null,
   );
   form.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -38,7 +66,7 @@ function filterForm(query, who) {
 export async function list(main, { query, who }) {
   const results = h("div", {}, loading("Loading deliveries…"));
   const webhook = query.get("webhook_id");
-  clear(main, h("h1", {}, "Deliveries"), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
+  clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
   const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
   try {
     const page = await get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
@@ -104,30 +132,16 @@ function view(d, event, out) {
   ];
 }
 
-export async function detail(main, { params: [webhookId, id], signal }) {
+export async function detail(main, { params: [id], signal }) {
   const body = h("div", {}, loading("Loading the delivery…"));
   const out = h("div", { "aria-live": "polite" });
-  clear(main, h("h1", {}, "Delivery"), out, body);
+  clear(main, h("h1", {}, "Delivery ", h("span", { class: "mono" }, id)), out, body);
   let event;
-  let shown = "";
-  // Refreshes while the page is open, so new attempts and status changes appear by themselves.
-  while (!signal.aborted) {
-    try {
-      const d = (await get(`/v1/webhooks/${enc(webhookId)}/deliveries/${enc(id)}`)).data;
-      event ??= await get(`/v1/events/${enc(d.event_id)}`).then((r) => r.data, () => null);
-      const fingerprint = JSON.stringify(d);
-      if (signal.aborted) return;
-      if (fingerprint !== shown) {
-        const open = [...body.querySelectorAll("details[open]")].map((x) => x.querySelector("strong")?.textContent);
-        clear(body, view(d, event, out));
-        for (const el of body.querySelectorAll("details")) if (open.includes(el.querySelector("strong")?.textContent)) el.open = true;
-        shown = fingerprint;
-      }
-    } catch (err) {
-      clear(body, notice("error", err.status === 404 ? `Not found: ${err.message}` : err.message));
-      return;
-    }
-    await sleep(POLL_MS);
-  }
+  const load = async () => {
+    const d = (await get(`/v1/deliveries/${enc(id)}`)).data;
+    event ??= await get(`/v1/events/${enc(d.event_id)}`).then((r) => r.data, () => null);
+    return { d, event };
+  };
+  const missing = [`No delivery with id ${id}. `, link("#/deliveries", "Find deliveries")];
+  await live(signal, body, load, (value) => view(value.d, value.event, out), missing);
 }
-

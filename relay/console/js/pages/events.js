@@ -1,10 +1,60 @@
 // Events: look one up by relay id or upstream id, see its deliveries, retry its failures.
 import { enc, get, post } from "../api.js";
 import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
-import { deliveryHref } from "./common.js";
+import { deliveryHref, live, pager } from "./common.js";
 
-export async function lookup(main, { query }) {
-  const input = h("input", { name: "id", required: true, class: "wide", value: query.get("id") ?? "", placeholder: "evt_… or the upstream id" });
+// relay's own event ids (see relay/ids.py); anything else can only be an upstream id.
+const EVENT_ID = /^evt_[0-9a-hjkmnp-tv-z]{26}$/;
+
+const eventHref = (ev) => `#/events/${enc(ev.id)}`;
+
+function eventTable(events, empty) {
+  return table(
+    ["Event", "Type", "Upstream id", "Tenant", "Created"],
+    events.map((ev) => [link(eventHref(ev), ev.id), ev.type, ev.upstream_id ?? "—", ev.tenant_id, when(ev.created_at)]),
+    empty,
+  );
+}
+
+// The events an id names: the one with that relay id, else those its producers sent with that
+// upstream id (unique per tenant, so an admin may find one in each of several tenants).
+async function find(wanted) {
+  if (EVENT_ID.test(wanted)) {
+    try {
+      return [(await get(`/v1/events/${enc(wanted)}`)).data];
+    } catch (err) {
+      if (err.status !== 404) throw err;
+    }
+  }
+  return (await get("/v1/events", { id: wanted, limit: 100 })).data;
+}
+
+async function search(wanted, out, signal) {
+  clear(out, loading(`Looking for ${wanted}…`));
+  try {
+    const found = await find(wanted);
+    if (signal.aborted) return;
+    if (found.length === 1) {
+      location.replace(eventHref(found[0]));
+    } else if (found.length) {
+      clear(out, notice("info", `${found.length} events have the upstream id ${wanted}, one in each of these tenants.`), eventTable(found, ""));
+    } else {
+      clear(
+        out,
+        notice("info", `No event with id ${wanted}.`),
+        h("p", { class: "muted" }, "Paste relay's event id (evt_…) or the id the producer sent with the event, exactly as sent."),
+      );
+    }
+  } catch (err) {
+    clear(out, notice("error", err.message));
+  }
+}
+
+function lookupForm(wanted, signal) {
+  const input = h("input", {
+    name: "id", required: true, class: "wide", value: wanted, placeholder: "evt_… or the upstream id",
+    spellcheck: "false", autocomplete: "off",
+  });
   const out = h("div", { "aria-live": "polite" });
   const form = h(
     "form",
@@ -12,60 +62,41 @@ export async function lookup(main, { query }) {
     h("div", { class: "row" }, field("Event id or upstream id", input), h("button", { class: "primary", type: "submit" }, "Find")),
     out,
   );
-  form.addEventListener("submit", async (e) => {
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    const wanted = input.value.trim();
-    if (/^evt_[0-9a-z]{26}$/i.test(wanted)) {
-      location.hash = `#/events/${enc(wanted)}`;
-      return;
-    }
-    clear(out, loading("Looking…"));
-    try {
-      const { data } = await get("/v1/events", { id: wanted });
-      if (data.length) location.hash = `#/events/${enc(data[0].id)}`;
-      else clear(out, notice("info", `No event has the id ${wanted}.`));
-    } catch (err) {
-      clear(out, notice("error", err.message));
-    }
+    // The search lives in the address, so it survives a reload and can be shared.
+    const target = `#/events?${new URLSearchParams({ id: input.value.trim() })}`;
+    if (location.hash === target) search(input.value.trim(), out, signal);
+    else location.hash = target;
   });
+  return { form, out };
+}
+
+export async function lookup(main, { query, signal }) {
+  const wanted = query.get("id")?.trim() ?? "";
+  const { form, out } = lookupForm(wanted, signal);
   const recent = h("div", {}, loading("Loading recent events…"));
   clear(main, h("h1", {}, "Events"), form, h("h2", {}, "Recent events"), recent);
-  input.focus();
+  if (wanted) search(wanted, out, signal);
+  const pages = new URLSearchParams(query);
+  pages.delete("id");
   try {
-    const { data } = await get("/v1/events", { limit: 20 });
-    clear(
-      recent,
-      table(
-        ["Created", "Type", "Tenant", "Event"],
-        data.map((ev) => [when(ev.created_at), ev.type, ev.tenant_id, link(`#/events/${enc(ev.id)}`, ev.id)]),
-        "No events yet.",
-      ),
-    );
+    const page = await get("/v1/events", { limit: 20, cursor: pages.get("cursor") });
+    clear(recent, eventTable(page.data, "No events yet."), pager("/events", pages, page.next_cursor));
   } catch (err) {
     clear(recent, notice("error", err.message));
   }
 }
 
-export async function detail(main, { params: [id] }) {
-  clear(main, h("h1", {}, "Event"), loading("Loading the event…"));
-  let ev;
-  try {
-    ev = (await get(`/v1/events/${enc(id)}`)).data;
-  } catch (err) {
-    clear(main, h("h1", {}, "Event"), notice("error", err.status === 404 ? `Not found: ${err.message}` : err.message));
-    return;
-  }
-  const out = h("div", { "aria-live": "polite" });
+function view(ev, out) {
   const retry = h("button", { type: "button", class: "primary" }, "Retry failed deliveries");
   retry.addEventListener("click", () =>
     act(retry, out, async () => {
-      const { data } = await post(`/v1/events/${enc(id)}/retry`);
+      const { data } = await post(`/v1/events/${enc(ev.id)}/retry`);
       return notice("success", `Requeued ${data.requeued} failed deliveries.`);
     }),
   );
-  clear(
-    main,
-    h("h1", {}, "Event ", h("span", { class: "mono" }, ev.id)),
+  return [
     h(
       "section",
       { class: "panel" },
@@ -76,7 +107,6 @@ export async function detail(main, { params: [id] }) {
         ["Created", when(ev.created_at)],
       ]),
       h("div", { class: "actions" }, retry),
-      out,
     ),
     h("h2", {}, "Deliveries"),
     table(
@@ -86,5 +116,14 @@ export async function detail(main, { params: [id] }) {
     ),
     h("h2", {}, "Payload"),
     json(ev.data),
-  );
+  ];
+}
+
+export async function detail(main, { params: [id], signal }) {
+  const body = h("div", {}, loading("Loading the event…"));
+  const out = h("div", { "aria-live": "polite" });
+  clear(main, h("h1", {}, "Event ", h("span", { class: "mono" }, id)), out, body);
+  const load = async () => (await get(`/v1/events/${enc(id)}`)).data;
+  const missing = [`No event with id ${id}. `, link(`#/events?${new URLSearchParams({ id })}`, "Look it up as an upstream id")];
+  await live(signal, body, load, (ev) => view(ev, out), missing);
 }

@@ -300,6 +300,7 @@ async def test_an_event_is_found_by_its_id_or_upstream_id_and_its_failures_retri
     await expect(found.get_by_role("row").filter(has_text=twin["id"])).to_contain_text(
         "space_lookup_twin"
     )
+    await shot(page, "events")
     await found.get_by_role("link", name=twin["id"]).click()
     await expect(page.get_by_role("heading", name=f"Event {twin['id']}")).to_be_visible()
     await page.reload()

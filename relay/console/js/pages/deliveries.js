@@ -112,7 +112,6 @@ function view(d, event, out) {
       { class: "panel" },
       facts([
         ["Status", badge(d.status)],
-        ["ID", h("code", {}, d.id)],
         ["Event", link(`#/events/${enc(d.event_id)}`, `${d.event_type} · ${d.event_id}`)],
         ["Webhook", link(`#/webhooks/${enc(d.webhook_id)}`, d.webhook_id)],
         ["Tenant", d.tenant_id],

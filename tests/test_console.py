@@ -538,6 +538,14 @@ async def test_lists_page_through_more_than_a_page(
     await page.get_by_role("link", name="First page").click()
     await expect(rows).to_have_count(50)
 
+    # Recent events page by twenty, newest first.
+    await page.goto("/console#/events")
+    await expect(rows).to_have_count(20)
+    newest = await rows.first.text_content()
+    await page.get_by_role("link", name="Next page").click()
+    await expect(rows).to_have_count(20)
+    await expect(rows.first).not_to_have_text(newest or "")
+
 
 async def test_the_console_fits_a_phone_screen(page: Page) -> None:
     await page.set_viewport_size({"width": 390, "height": 844})

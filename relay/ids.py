@@ -62,3 +62,9 @@ def has_prefix(value: str, prefix: str) -> bool:
 def time_floor(prefix: str, ms: int) -> str:
     """The smallest possible id of this kind made at `ms`: a lexicographic bound for time ranges."""
     return f"{prefix}_{_base32(max(ms, 0), 10)}"
+
+
+def pattern(prefix: str) -> str:
+    """A regular expression matching exactly the ids of one kind."""
+    # The prefix, then 26 characters of Crockford base32 (no i, l, o or u).
+    return f"^{prefix}_[0-9a-hjkmnp-tv-z]{{26}}$"

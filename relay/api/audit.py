@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api import shapes
 from relay.api.bodies import listing
 from relay.api.pagination import page_params, page_request
 from relay.api.routing import Operation, Param
@@ -35,6 +36,8 @@ OPERATIONS = [
         "List the audit trail",
         frozenset({Role.ADMIN, Role.TENANT}),
         "audit",
+        answers=shapes.AuditEntry,
+        looks_up=True,
         params=(*page_params("aud"), Param("tenant_id"), Param("action"), *TIME),
         list_of=True,
     ),

@@ -6,6 +6,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
 from relay.api.routing import Operation, Param
@@ -150,6 +151,7 @@ OPERATIONS = [
         "List a webhook's deliveries",
         OWNERS,
         "deliveries",
+        answers=shapes.Delivery,
         params=(*ID, *page_params("dlv"), STATUS, Param("event_type"), *TIME),
         list_of=True,
     ),
@@ -160,6 +162,8 @@ OPERATIONS = [
         "List deliveries",
         OWNERS,
         "deliveries",
+        answers=shapes.Delivery,
+        looks_up=True,
         params=(
             *page_params("dlv"),
             Param("webhook_id", schema=id_schema("wh")),
@@ -177,6 +181,7 @@ OPERATIONS = [
         "Get a delivery with its attempts",
         OWNERS,
         "deliveries",
+        answers=shapes.DeliveryWithAttempts,
         params=(id_param("dlv"),),
     ),
     Operation(
@@ -186,6 +191,7 @@ OPERATIONS = [
         "Get a delivery with its attempts",
         OWNERS,
         "deliveries",
+        answers=shapes.DeliveryWithAttempts,
         params=DELIVERY,
     ),
     Operation(
@@ -195,6 +201,7 @@ OPERATIONS = [
         "Retry a delivery",
         OWNERS,
         "deliveries",
+        answers=shapes.Delivery,
         params=DELIVERY,
         status=202,
         audit=Audit("delivery.retry"),
@@ -206,6 +213,7 @@ OPERATIONS = [
         "Cancel a pending delivery",
         OWNERS,
         "deliveries",
+        answers=shapes.Delivery,
         params=DELIVERY,
         audit=Audit("delivery.cancel"),
     ),
@@ -216,6 +224,7 @@ OPERATIONS = [
         "Resend failed deliveries of a time window",
         OWNERS,
         "deliveries",
+        answers=shapes.Recovery,
         body=RecoverWindow,
         params=ID,
         status=202,
@@ -228,6 +237,7 @@ OPERATIONS = [
         "Get a recovery's progress",
         OWNERS,
         "deliveries",
+        answers=shapes.Recovery,
         params=(*ID, id_param("rcv", "recovery_id")),
     ),
 ]

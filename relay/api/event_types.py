@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import events
+from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, Param
 from relay.audit import Audit
@@ -49,6 +50,7 @@ OPERATIONS = [
         "List event types and their schemas",
         ANY_ROLE,
         "events",
+        answers=shapes.EventType,
         list_of=True,
     ),
     Operation(
@@ -58,6 +60,7 @@ OPERATIONS = [
         "Register an event type",
         ADMIN,
         "events",
+        answers=shapes.EventType,
         body=EventTypeSpec,
         status=201,
         audit=Audit("event_type.create", object_field="name"),
@@ -69,6 +72,7 @@ OPERATIONS = [
         "Change or deprecate a registered event type",
         ADMIN,
         "events",
+        answers=shapes.EventType,
         body=EventTypeChange,
         params=NAME,
         audit=Audit("event_type.update", object_field="name"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import Operation, Param
@@ -80,8 +81,12 @@ OPERATIONS = [
         "Post an event",
         POSTERS,
         "events",
+        answers=shapes.Event,
         body=EventIn,
         status=202,
+        also_succeeds=(
+            (200, "A repeat of an upstream `id`: the first event; nothing new is created"),
+        ),
         rerun_unknown=names_upstream_id,
     ),
     Operation(
@@ -91,6 +96,8 @@ OPERATIONS = [
         "List events",
         OWNERS,
         "events",
+        answers=shapes.EventSummary,
+        looks_up=True,
         params=(
             *page_params("evt"),
             Param("type", description="Only events of this type"),
@@ -107,6 +114,7 @@ OPERATIONS = [
         "Get an event and its deliveries",
         READERS,
         "events",
+        answers=shapes.Event,
         params=ID,
     ),
     Operation(
@@ -116,6 +124,7 @@ OPERATIONS = [
         "Retry an event's failed deliveries",
         OWNERS,
         "events",
+        answers=shapes.RetriedEvent,
         params=ID,
         status=202,
         audit=Audit("event.retry"),

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from relay.api.routing import Param
 from relay.errors import Invalid
-from relay.ids import has_prefix
+from relay.ids import has_prefix, pattern
 
 DEFAULT_LIMIT = 50
 _LIMIT = re.compile(r"([0-9]+)(?:\.0*)?")
@@ -44,8 +44,7 @@ def page_request(request: Request, id_prefix: str) -> PageRequest:
 
 def id_schema(prefix: str) -> dict[str, object]:
     """The JSON Schema of an id of one kind (see relay.ids)."""
-    # The prefix, then 26 characters of Crockford base32 (no i, l, o or u).
-    return {"type": "string", "pattern": f"^{prefix}_[0-9a-hjkmnp-tv-z]{{26}}$"}
+    return {"type": "string", "pattern": pattern(prefix)}
 
 
 def id_param(prefix: str, name: str = "id") -> Param:

@@ -17,6 +17,7 @@ from relay.api import trail
 from relay.api.auth import authenticate
 from relay.api.errors import problem
 from relay.api.idempotency import RerunCheck, idempotent
+from relay.api.shapes import envelope
 from relay.audit import Audit
 from relay.errors import Invalid, RateLimited, RelayError
 from relay.services import services
@@ -99,10 +100,17 @@ class Operation:
     summary: str
     roles: frozenset[Role]
     tag: str
+    # What its success holds (relay.api.shapes), or a page of them when `list_of`.
+    answers: type[pydantic.BaseModel]
     body: type[pydantic.BaseModel] | None = None
     params: tuple[Param, ...] = ()
     status: int = 200
     list_of: bool = False
+    # Successes besides `status`, with what each means.
+    also_succeeds: tuple[tuple[int, str], ...] = ()
+    # Set when it looks an object up by an id in its body or query, or a tenant token can name
+    # another tenant there: it can answer 404 although no path parameter names an object.
+    looks_up: bool = False
     # Set when the domain makes a second run of a request harmless (see `idempotent`).
     rerun_unknown: RerunCheck | None = None
     # Set on every operation that changes something: what the audit trail records of it.
@@ -110,6 +118,8 @@ class Operation:
 
 
 def _endpoint(op: Operation) -> PublicHandler:
+    answer = envelope(op.answers, op.list_of)
+
     async def call(request: Request, principal: Principal) -> Response:
         try:
             check_query(op.params, request)
@@ -117,6 +127,10 @@ def _endpoint(op: Operation) -> PublicHandler:
         except RelayError as err:
             # Rendered here, not by the app's handler, so idempotency can store the outcome.
             return problem(err)
+        if response.status_code < 300:
+            # The document promises this shape: an answer outside it is a bug, raised (a
+            # logged 500) rather than sent. Strict: the JSON as sent, without coercion.
+            answer.model_validate_json(bytes(response.body), strict=True)
         if op.audit is not None and response.status_code < 300:
             # Inside the idempotent call: a replayed response records nothing again.
             await trail.record(request, principal, op.audit, response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api import shapes
 from relay.api.bodies import ok
 from relay.api.routing import ADMIN, Operation, Param
 from relay.errors import Invalid
@@ -31,6 +32,7 @@ OPERATIONS = [
         "Delivery figures over the last hour or day",
         ADMIN,
         "operations",
+        answers=shapes.Stats,
         params=(Param("window", schema={"type": "string", "enum": list(WINDOWS)}),),
     ),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, Operation
@@ -63,6 +64,7 @@ OPERATIONS = [
         "Issue an API token",
         ADMIN,
         "tokens",
+        answers=shapes.IssuedToken,
         body=TokenSpec,
         status=201,
         audit=Audit("token.create"),
@@ -74,6 +76,7 @@ OPERATIONS = [
         "List API tokens",
         ADMIN,
         "tokens",
+        answers=shapes.Token,
         params=page_params("tok"),
         list_of=True,
     ),
@@ -84,6 +87,7 @@ OPERATIONS = [
         "Revoke an API token",
         ADMIN,
         "tokens",
+        answers=shapes.RevokedToken,
         params=(id_param("tok"),),
         audit=Audit("token.revoke"),
     ),
@@ -94,6 +98,7 @@ OPERATIONS = [
         "Open a console session for one tenant",
         ADMIN,
         "tokens",
+        answers=shapes.PortalSession,
         body=PortalSessionSpec,
         status=201,
         audit=Audit("portal_session.create", object_field="token_id"),

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import events
+from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import Operation, Param
@@ -156,6 +157,8 @@ OPERATIONS = [
         "Register a webhook",
         OWNERS,
         "webhooks",
+        answers=shapes.NewWebhook,
+        looks_up=True,
         body=WebhookCreate,
         status=201,
         audit=Audit("webhook.create"),
@@ -167,6 +170,8 @@ OPERATIONS = [
         "List webhooks",
         OWNERS,
         "webhooks",
+        answers=shapes.Webhook,
+        looks_up=True,
         params=(*page_params("wh"), Param("tenant_id")),
         list_of=True,
     ),
@@ -177,6 +182,8 @@ OPERATIONS = [
         "Send a sample event now",
         OWNERS,
         "webhooks",
+        answers=shapes.TestResult,
+        looks_up=True,
         body=SampleSend,
     ),
     Operation(
@@ -186,6 +193,7 @@ OPERATIONS = [
         "List a webhook's test sends",
         OWNERS,
         "webhooks",
+        answers=shapes.TestResult,
         params=ID,
         list_of=True,
     ),
@@ -196,6 +204,7 @@ OPERATIONS = [
         "Get a webhook",
         OWNERS,
         "webhooks",
+        answers=shapes.Webhook,
         params=ID,
     ),
     Operation(
@@ -205,6 +214,7 @@ OPERATIONS = [
         "Change a webhook",
         OWNERS,
         "webhooks",
+        answers=shapes.Webhook,
         body=WebhookUpdate,
         params=ID,
         audit=Audit(webhook_change),
@@ -216,6 +226,7 @@ OPERATIONS = [
         "Delete a webhook",
         OWNERS,
         "webhooks",
+        answers=shapes.DeletedWebhook,
         params=ID,
         audit=Audit("webhook.delete"),
     ),
@@ -226,6 +237,7 @@ OPERATIONS = [
         "Reveal the signing secret",
         OWNERS,
         "webhooks",
+        answers=shapes.Secret,
         params=ID,
         audit=Audit("webhook.secret.reveal"),
     ),
@@ -236,6 +248,7 @@ OPERATIONS = [
         "Rotate the secret",
         OWNERS,
         "webhooks",
+        answers=shapes.RotatedSecret,
         body=RotateSecret,
         params=ID,
         audit=Audit("webhook.secret.rotate"),

@@ -1,0 +1,377 @@
+"""What the API answers with, declared once: each object's fields, types and rules.
+
+Every operation names its answer's model (`Operation.answers`); /openapi.json is generated from
+these models and every answer is checked against its model before it leaves (see routing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import core_schema
+
+from relay.delivery.model import Status
+from relay.events import EVENT_TYPES, NAME_PATTERN
+from relay.ids import pattern as id_pattern
+from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
+from relay.stats import WINDOWS
+from relay.tokens import TOKEN_PREFIX, Role
+from relay.validation import TenantId
+
+
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """A string that is one of `names`: an enum whose members are data (registry keys)."""
+
+    names: tuple[str, ...]
+
+    def __get_pydantic_core_schema__(
+        self, _source: Any, _handler: pydantic.GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.literal_schema(list(self.names))
+
+
+def _one_of(names: Iterable[str]) -> OneOf:
+    return OneOf(tuple(names))
+
+
+# Answers are rendered with timestamps as RFC 3339 strings (relay.timefmt).
+Timestamp = datetime
+Count = Annotated[int, Field(ge=0)]
+HttpStatus = Annotated[int, Field(ge=100, le=599)]
+Headers = dict[str, str]
+TokenId = Annotated[str, StringConstraints(pattern=id_pattern("tok"))]
+WebhookId = Annotated[str, StringConstraints(pattern=id_pattern("wh"))]
+EventId = Annotated[str, StringConstraints(pattern=id_pattern("evt"))]
+DeliveryId = Annotated[str, StringConstraints(pattern=id_pattern("dlv"))]
+VerificationKey = Annotated[
+    str,
+    StringConstraints(pattern=f"^({SECRET_PREFIX}|{PUBLIC_KEY_PREFIX})[A-Za-z0-9+/]+={{0,2}}$"),
+    Field(
+        description=(
+            f"What a receiver verifies with: the {SECRET_PREFIX} secret (hmac-sha256), or the "
+            f"{PUBLIC_KEY_PREFIX} public key (ed25519)"
+        )
+    ),
+]
+
+
+class Shape(BaseModel):
+    """An object relay answers with: closed, so an undeclared field is an error, not news."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Deleted(Shape):
+    """The last view of an object that no longer exists."""
+
+    deleted: Literal[True]
+
+
+class Problem(Shape):
+    """An RFC 9457 problem: what went wrong, and for invalid input which fields and why."""
+
+    type: str
+    title: str
+    status: Annotated[int, Field(ge=400, le=599)]
+    detail: str
+    code: str
+    errors: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class Token(Shape):
+    """An API token, never its plaintext."""
+
+    id: TokenId
+    role: Role
+    tenant_id: TenantId | None
+    name: str
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    last_used_at: Timestamp | None = Field(
+        description="When the token last authenticated, to the minute"
+    )
+
+
+class IssuedToken(Token):
+    """A new token, with its plaintext: in this answer and nowhere else, ever."""
+
+    token: Annotated[str, StringConstraints(pattern=f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$")]
+
+
+class RevokedToken(Token, Deleted):
+    """A token that no longer authenticates."""
+
+
+class Actor(Shape):
+    """Who made a change."""
+
+    token_id: str = Field(description="The token's id, or `system`")
+    role: str
+
+
+class AuditEntry(Shape):
+    """One change made through the API."""
+
+    id: Annotated[str, StringConstraints(pattern=id_pattern("aud"))]
+    at: Timestamp
+    action: str = Field(description="What was done, e.g. webhook.secret.rotate")
+    actor: Actor
+    object_id: str | None
+    tenant_id: TenantId | None
+    request_id: str | None = Field(
+        description="The request's X-Request-Id (the caller's, or one relay made)"
+    )
+
+
+class PortalSession(Shape):
+    """A console link signed in as a short-lived token of one tenant."""
+
+    url: str = Field(description="The console, signed in by the token in the URL's fragment")
+    token_id: TokenId
+    tenant_id: TenantId
+    expires_at: Timestamp
+
+
+class EventType(Shape):
+    """An event type relay accepts, and the JSON Schema its events' data must match."""
+
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+    description: str
+    data_schema: dict[str, Any] = Field(
+        alias="schema", description="JSON Schema of the event's data"
+    )
+    example: dict[str, Any] | None
+    deprecated: bool
+    builtin: bool = Field(description="Built into relay (fixed) rather than registered")
+
+
+class Webhook(Shape):
+    """An endpoint that receives a tenant's events."""
+
+    id: WebhookId
+    tenant_id: TenantId
+    url: str
+    # Names of built-in and registered types, '*' and 'prefix.*' wildcards.
+    events: list[str]
+    description: str
+    headers: Headers
+    enabled: bool
+    disabled_reason: str | None
+    rate_limit_per_second: Annotated[int, Field(ge=1)] | None
+    signature_scheme: Scheme
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class NewWebhook(Webhook):
+    """A webhook just registered, with what its receiver verifies signatures with."""
+
+    secret: VerificationKey
+
+
+class DeletedWebhook(Webhook, Deleted):
+    """A webhook that receives nothing more."""
+
+
+class PreviousSecret(Shape):
+    """A secret replaced by a rotation that still signs for a while."""
+
+    expires_at: Timestamp
+
+
+class Secret(Shape):
+    """What verifies a webhook's signatures now, and until when previous secrets still sign."""
+
+    secret: VerificationKey
+    previous: list[PreviousSecret] = Field(
+        description="Previous secrets that still sign, and until when"
+    )
+
+
+class RotatedSecret(Shape):
+    """The new secret; the previous one also signs until previous_expires_at."""
+
+    secret: VerificationKey
+    previous_expires_at: Timestamp
+
+
+class TestResult(Shape):
+    """A sample event sent to a webhook now, and what its endpoint answered."""
+
+    event_id: EventId
+    # Test sends are samples of the built-in types only.
+    type: Annotated[str, _one_of(EVENT_TYPES)]
+    sent_at: Timestamp
+    url: str
+    status_code: HttpStatus | None
+    duration_ms: Count
+    error: str | None
+    response_body: str
+    request_headers: Headers
+
+
+class EventSummary(Shape):
+    """An event as a list shows it."""
+
+    id: EventId
+    type: str
+    tenant_id: TenantId
+    created_at: Timestamp
+    upstream_id: str | None
+    data: dict[str, Any]
+
+
+class EventDelivery(Shape):
+    """One of an event's deliveries, and where it is."""
+
+    id: DeliveryId
+    webhook_id: WebhookId
+    status: Status
+
+
+class Event(EventSummary):
+    """An event with its deliveries' current status."""
+
+    deliveries: list[EventDelivery]
+
+
+class RetriedEvent(Event):
+    """An event whose failed deliveries went again."""
+
+    requeued: Count
+
+
+class Attempt(Shape):
+    """One try at a delivery: what was sent and what the endpoint answered."""
+
+    number: Annotated[int, Field(ge=1)]
+    started_at: Timestamp
+    duration_ms: Count
+    status_code: HttpStatus | None
+    error: str | None
+    response_body: str = Field(
+        description="The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)"
+    )
+    request_headers: Headers
+    # Optional: attempts logged before relay recorded it have none.
+    url: str = Field("", description="Where the attempt went (empty if none was made)")
+
+
+class Delivery(Shape):
+    """One event on its way to one webhook."""
+
+    id: DeliveryId
+    event_id: EventId
+    webhook_id: WebhookId
+    tenant_id: TenantId
+    event_type: str
+    status: Status
+    attempt_count: Count
+    next_attempt_at: Timestamp | None
+    last_status_code: HttpStatus | None
+    last_error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    delivered_at: Timestamp | None
+
+
+class DeliveryWithAttempts(Delivery):
+    """A delivery with its attempt log, oldest first."""
+
+    attempts: list[Attempt]
+
+
+class DeliveryCounts(Shape):
+    """Deliveries that finished, by how (every status in relay.delivery.model.FINISHED)."""
+
+    delivered: Count
+    failed: Count
+    canceled: Count
+
+
+class Figures(Shape):
+    """Events, attempts, finished deliveries, success rate and latency over a span of time."""
+
+    events_accepted: Count
+    attempts: Count
+    attempts_succeeded: Count
+    success_rate: Annotated[float, Field(ge=0, le=1)] | None
+    deliveries: DeliveryCounts
+    latency_p50_ms: Count | None
+    latency_p95_ms: Count | None
+
+
+class Point(Figures):
+    """One point of a chart: the figures of the step that starts at `start`."""
+
+    start: Timestamp
+
+
+class TroubledWebhook(Webhook):
+    """A webhook that is failing or disabled."""
+
+    failing_since: Timestamp | None
+
+
+class Stats(Shape):
+    """The overview: figures over the last hour or day, and what needs care."""
+
+    window: Annotated[str, _one_of(WINDOWS)]
+    since: Timestamp
+    until: Timestamp
+    step_seconds: Count
+    totals: Figures
+    series: list[Point]
+    backlog: Count
+    webhooks: list[TroubledWebhook]
+
+
+class Recovery(Shape):
+    """Failed deliveries of a time window being sent again, and how far that has got."""
+
+    id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
+    webhook_id: WebhookId
+    status: Literal["running", "done"]
+    requeued: Count = Field(description="Failed deliveries sent again so far")
+    since: Timestamp
+    until: Timestamp
+    url: str = Field(description="Where to GET the recovery's progress")
+
+
+class Alive(Shape):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Ready(Shape):
+    """Redis is reachable."""
+
+    status: Literal["ready"]
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class One(Shape, Generic[T]):
+    """An answer of one object: `{"data": {...}}`."""
+
+    data: T
+
+
+class Page(Shape, Generic[T]):
+    """An answer of a list: one page of it, and where the next starts."""
+
+    data: list[T]
+    next_cursor: str | None
+
+
+def envelope(answers: type[BaseModel], list_of: bool) -> type[BaseModel]:
+    """The whole body of an operation's success: its `answers` in `One` or `Page`."""
+    return Page[answers] if list_of else One[answers]  # type: ignore[valid-type]

@@ -1,5 +1,6 @@
 """A client generated from /openapi.json by openapi-python-client works against a live relay:
-it posts an event with `tenant_id` and an upstream `id`, lists webhooks and retries a delivery."""
+it posts an event with `tenant_id` and an upstream `id`, lists webhooks and retries a delivery,
+and its models carry every field relay answers with."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import redis
 
+from relay.app import OPERATIONS
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
@@ -83,11 +86,26 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
+def _missing_fields(models: ModuleType) -> dict[str, set[str]]:
+    """Fields of each operation's answer model that the generated model of that name lacks."""
+    missing = {}
+    for op in OPERATIONS:
+        declared = op.answers.model_json_schema(mode="serialization")["properties"]
+        # The generator appends `_` to names that would shadow a Python builtin.
+        generated = {
+            name.rstrip("_") for name in attrs.fields_dict(getattr(models, op.answers.__name__))
+        }
+        if lacking := set(declared) - generated:
+            missing[op.answers.__name__] = lacking
+    return missing
+
+
 async def test_a_generated_client_posts_lists_and_retries(live_relay: str, tmp_path: Path) -> None:
     package = _generate(live_relay, tmp_path)
     try:
         client = package.AuthenticatedClient(base_url=live_relay, token=ADMIN)
         models = _module("models")
+        assert _missing_fields(models) == {}
         async with Receiver() as rx:
             rx.answer(Reply(500))
             async with httpx.AsyncClient(base_url=live_relay, headers=AUTH) as plain:
@@ -113,6 +131,7 @@ async def test_a_generated_client_posts_lists_and_retries(live_relay: str, tmp_p
 
             listed = await _module("api.webhooks.list_webhooks").asyncio(client=client)
             assert [w.id for w in listed.data] == [hook_id]
+            assert listed.data[0].signature_scheme == models.Scheme.HMAC_SHA256
 
             rx.answer(Reply(200))
             read = _module("api.deliveries.get_delivery_by_id")
@@ -122,6 +141,7 @@ async def test_a_generated_client_posts_lists_and_retries(live_relay: str, tmp_p
                     break
                 await asyncio.sleep(0.05)
             assert found.data.status == "failed"
+            assert [a.status_code for a in found.data.attempts] == [500, 500]
             retry = _module("api.deliveries.retry_delivery")
             retried = await retry.asyncio_detailed(hook_id, delivery.id, client=client)
             assert retried.status_code == 202, retried.content

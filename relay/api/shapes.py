@@ -375,3 +375,23 @@ class Page(Shape, Generic[T]):
 def envelope(answers: type[BaseModel], list_of: bool) -> type[BaseModel]:
     """The whole body of an operation's success: its `answers` in `One` or `Page`."""
     return Page[answers] if list_of else One[answers]  # type: ignore[valid-type]
+
+
+class OffShape(Exception):
+    """An answer that its model does not describe: a bug in relay, never sent."""
+
+
+def check(answer: type[BaseModel], body: bytes) -> None:
+    """Raise OffShape naming each field of `body` (JSON) that `answer` does not allow.
+
+    Strict: the JSON as it is sent, with no coercion. The message names fields and rules,
+    never values: an answer can hold a secret, and this ends up in the log.
+    """
+    try:
+        answer.model_validate_json(body, strict=True)
+    except pydantic.ValidationError as exc:
+        wrong = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise OffShape(f"An answer is not a {answer.__name__}: {wrong}") from None

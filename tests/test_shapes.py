@@ -1,0 +1,73 @@
+"""Each answer's shape is declared once, as a model named on its operation: /openapi.json states
+exactly that model, and an answer outside it is never sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+import relay.app
+from relay.api import shapes, webhooks
+from relay.app import OPERATIONS
+from relay.delivery.model import FINISHED
+from tests.conftest import ClientFactory
+
+REF = "#/components/schemas/"
+
+
+def _data_schema(document: dict[str, Any], operation_id: str, status: int) -> dict[str, Any]:
+    """The schema of `data` in one operation's success, as the document states it."""
+    for methods in document["paths"].values():
+        for spec in methods.values():
+            if spec.get("operationId") == operation_id:
+                content = spec["responses"][str(status)]["content"]["application/json"]
+                data: dict[str, Any] = content["schema"]["properties"]["data"]
+                return data
+    raise AssertionError(f"{operation_id} is not in the document")
+
+
+async def test_the_document_states_each_operations_model(admin: httpx.AsyncClient) -> None:
+    document = (await admin.get("/openapi.json")).json()
+    components = document["components"]["schemas"]
+    for op in OPERATIONS:
+        data = _data_schema(document, op.handler.__name__, op.status)
+        name = op.answers.__name__
+        assert (data["items"] if op.list_of else data) == {"$ref": REF + name}, name
+        component = components[name]
+        # Closed, with every field the model has (under its JSON name) and no other.
+        assert component["additionalProperties"] is False, name
+        fields = {f.alias or n for n, f in op.answers.model_fields.items()}
+        assert set(component["properties"]) == fields, name
+
+
+async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As if create_webhook's model had lost its `secret` field: the handler still answers one.
+    narrowed = [
+        dataclasses.replace(op, answers=shapes.Webhook)
+        if op.handler is webhooks.create_webhook
+        else op
+        for op in OPERATIONS
+    ]
+    monkeypatch.setattr(relay.app, "OPERATIONS", narrowed)
+    client = await make_client()
+    with caplog.at_level(logging.ERROR, logger="relay.api"):
+        made = await client.post(
+            "/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "tenant_id": "space_42"}
+        )
+    assert made.status_code == 500, made.text
+    assert made.headers["content-type"] == "application/problem+json"
+    assert "whsec_" not in made.text
+    logged = "\n".join(r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in caplog.records)
+    assert "data.secret: Extra inputs are not permitted" in logged
+    # The log names the field, never its value.
+    assert "whsec_" not in caplog.text
+
+
+def test_stats_count_every_finished_status() -> None:
+    assert set(shapes.DeliveryCounts.model_fields) == {s.value for s in FINISHED}

@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from relay.api.errors import problem
+from relay.api.shapes import Alive, Ready
 from relay.errors import Unauthorized, Unavailable
 from relay.metrics import render
 from relay.services import services
@@ -22,7 +23,7 @@ from relay.tokens import same_token
 
 async def healthz(_: Request) -> Response:
     """The process is alive."""
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(Alive(status="ok").model_dump())
 
 
 async def readyz(request: Request) -> Response:
@@ -34,7 +35,7 @@ async def readyz(request: Request) -> Response:
     except (TimeoutError, redis.exceptions.RedisError, OSError):
         svc.redis_errors.note()
         return problem(Unavailable("Redis is unreachable."))
-    return JSONResponse({"status": "ready"})
+    return JSONResponse(Ready(status="ready").model_dump())
 
 
 def _check_metrics_token(request: Request) -> None:

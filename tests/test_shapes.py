@@ -67,6 +67,9 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
     assert "data.secret: Extra inputs are not permitted" in logged
     # The log names the field, never its value.
     assert "whsec_" not in caplog.text
+    # The webhook was made before its answer was found wanting: the audit trail says so.
+    trail = (await client.get("/v1/audit-log")).json()["data"]
+    assert [entry["action"] for entry in trail] == ["webhook.create"]
 
 
 def test_stats_count_every_finished_status() -> None:

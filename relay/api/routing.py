@@ -127,13 +127,13 @@ def _endpoint(op: Operation) -> PublicHandler:
         except RelayError as err:
             # Rendered here, not by the app's handler, so idempotency can store the outcome.
             return problem(err)
-        if response.status_code < 300:
-            # The document promises this shape: an answer outside it is a bug, raised (a
-            # logged 500) rather than sent.
-            check(answer, bytes(response.body))
         if op.audit is not None and response.status_code < 300:
             # Inside the idempotent call: a replayed response records nothing again.
             await trail.record(request, principal, op.audit, response)
+        if response.status_code < 300:
+            # The document promises this shape: an answer outside it is a bug, raised (a
+            # logged 500) rather than sent. After the audit record: the change was made.
+            check(answer, bytes(response.body))
         return response
 
     async def endpoint(request: Request) -> Response:

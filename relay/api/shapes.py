@@ -6,7 +6,6 @@ these models and every answer is checked against its model before it leaves (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -34,10 +33,6 @@ class OneOf:
         self, _source: Any, _handler: pydantic.GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
         return core_schema.literal_schema(list(self.names))
-
-
-def _one_of(names: Iterable[str]) -> OneOf:
-    return OneOf(tuple(names))
 
 
 # Answers are rendered with timestamps as RFC 3339 strings (relay.timefmt).
@@ -206,7 +201,7 @@ class TestResult(Shape):
 
     event_id: EventId
     # Test sends are samples of the built-in types only.
-    type: Annotated[str, _one_of(EVENT_TYPES)]
+    type: Annotated[str, OneOf(tuple(EVENT_TYPES))]
     sent_at: Timestamp
     url: str
     status_code: HttpStatus | None
@@ -322,7 +317,7 @@ class TroubledWebhook(Webhook):
 class Stats(Shape):
     """The overview: figures over the last hour or day, and what needs care."""
 
-    window: Annotated[str, _one_of(WINDOWS)]
+    window: Annotated[str, OneOf(tuple(WINDOWS))]
     since: Timestamp
     until: Timestamp
     step_seconds: Count

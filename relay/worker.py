@@ -3,7 +3,8 @@
 One claim script leases a batch of due deliveries at a time (see relay/delivery/); each attempt
 runs as a task, at most `MAX_IN_FLIGHT` at once. When nothing is due the worker blocks on the
 wake list until a script says something became due, or until the next due time. Alongside run
-the retention pass (one worker at a time, by lock) and arq's worker for background jobs.
+maintenance — finishing accepts their API process abandoned half-written, and the retention pass
+(one worker at a time, by lock) — and arq's worker for background jobs.
 
 Redis going away — restarted, killed, failed over, paused — never ends the process: every loop
 logs one line and tries again with backoff. SIGTERM stops claiming and lets the attempts in flight
@@ -35,8 +36,13 @@ MAX_IN_FLIGHT = 100
 _LEASE_SLACK_SECONDS = 8
 # Longest block on the wake list: also how often an idle worker looks at the due set.
 _IDLE_SECONDS = 1.0
-_TRIM_EVERY_SECONDS = 60.0
+_MAINTAIN_EVERY_SECONDS = 60.0
 _TRIM_LOCK_SECONDS = 120
+# An accept in progress writes one bounded chunk after another, each a call that answers within
+# milliseconds or times out in 1.5 s; an accept that made no progress for this long was
+# abandoned by its API process (killed, or cut off from Redis), so a worker finishes it. Taking
+# over a live one too early would only repeat work: written deliveries are skipped.
+_ABANDONED_AFTER_MS = 30_000
 
 
 class DeliveryWorker:
@@ -102,20 +108,23 @@ class DeliveryWorker:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
-async def _trim_forever(svc: Services, stopping: asyncio.Event) -> None:
-    """The retention pass, chunk by chunk, by one worker at a time, resuming where it stopped."""
+async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
+    """Finish abandoned accepts; and the retention pass, chunk by chunk, by one worker at a
+    time, resuming where it stopped."""
     backoff = Backoff()
     while not stopping.is_set():
         try:
+            if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
+                log.warning("finished %d accepts that their API process abandoned", finished)
             if await svc.deliveries.take_trim_lock(_TRIM_LOCK_SECONDS):
                 await svc.deliveries.trim(await svc.deliveries.redis_now_ms())
             backoff.reset()
         except REDIS_AWAY as exc:
-            log.warning("redis unavailable during retention (%s); retrying", exc)
+            log.warning("redis unavailable during maintenance (%s); retrying", exc)
             await backoff.wait()
             continue
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), _TRIM_EVERY_SECONDS)
+            await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
 
 
 async def _recover_job(ctx: dict[str, Any], recovery_id: str) -> None:
@@ -178,7 +187,7 @@ async def run(settings: Settings) -> None:
             return
         log.info("worker connected")
         tasks = [
-            asyncio.create_task(_trim_forever(svc, stopping)),
+            asyncio.create_task(_maintain_forever(svc, stopping)),
             asyncio.create_task(_jobs_forever(svc, stopping)),
             asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.redis_errors)),
         ]

@@ -82,6 +82,9 @@ TRIM_CURSOR = PREFIX + "trim:cursor"
 TRIM_LOCK = PREFIX + "trim:lock"
 # Every per-tenant and per-webhook index, so retention can trim them all.
 INDEXES = PREFIX + "indexes"
+# Events whose deliveries are still being written in chunks, scored by when each last made
+# progress (Redis ms); an event leaves when its last chunk is written.
+ACCEPTING = PREFIX + "accepting"
 # Counters every worker and API process adds to; /metrics reads them.
 METRICS = PREFIX + "metrics"
 # The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.
@@ -100,6 +103,11 @@ def event(event_id: str) -> str:
 def event_by_upstream_id(tenant_id: str, digest: str) -> str:
     """The event an upstream id (hashed) of a tenant was first accepted as."""
     return f"{PREFIX}evtup:{tenant_id}:{digest}"
+
+
+def event_plan(event_id: str) -> str:
+    """The deliveries an event being accepted in chunks has still to write (JSON)."""
+    return f"{PREFIX}evtplan:{event_id}"
 
 
 def tenant_events(tenant_id: str) -> str:

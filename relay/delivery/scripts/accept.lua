@@ -1,27 +1,68 @@
--- (new) → pending: the event, its deliveries, their indexes and due times, all or nothing.
--- An upstream id seen before returns the first event's id and writes nothing.
+-- (new) → pending: an event, its deliveries, their indexes and due times.
+-- A fan-out within the store's bound is one call, all or nothing (A.step 'whole'). A larger one
+-- is written in steps of that bound, so that no call blocks Redis for long: 'begin' writes the
+-- event, its plan (the deliveries still to write, ARGV[3]) and the first chunk, and enters the
+-- event in the accepting set; each 'chunk' writes more, skipping any delivery written before;
+-- 'finish' takes the event out of the set. An event left there because its writer died is
+-- finished from its plan by a retry of the same upstream id, or by a worker's maintenance.
+-- A score in the accepting set is when that event last made progress (Redis's clock).
+
+local function write(deliveries, skip_written)
+  local written = 0
+  for _, d in ipairs(deliveries) do
+    if not (skip_written and redis.call('EXISTS', d.key) == 1) then
+      redis.call('HSET', d.key, 'id', d.id, 'event_id', A.id, 'webhook_id', d.webhook_id,
+        'tenant_id', A.tenant_id, 'event_type', A.type, 'status', 'pending', 'attempt_count', 0,
+        'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
+        'updated_ms', int(A.created_ms))
+      if A.traceparent ~= '' then redis.call('HSET', d.key, 'traceparent', A.traceparent) end
+      redis.call('EXPIRE', d.key, A.ttl)
+      for _, index in ipairs(d.indexes) do redis.call('ZADD', index, 0, d.id) end
+      redis.call('SADD', K.indexes, d.indexes[2], d.indexes[3])
+      redis.call('ZADD', K.due, NOW, d.id)
+      written = written + 1
+    end
+  end
+  if written > 0 then wake() end
+end
+
+-- The last step of every accept, whatever its size: from here on the event is whole.
+local function finish()
+  redis.call('ZREM', K.accepting, A.id)
+  redis.call('DEL', K.plan)
+end
+
+if A.step == 'chunk' then
+  write(A.deliveries, true)
+  redis.call('ZADD', K.accepting, 'XX', NOW, A.id)
+  return false
+end
+if A.step == 'finish' then
+  finish()
+  return false
+end
+
+-- 'whole' or 'begin'. An upstream id seen before writes nothing and returns the first event's
+-- id, with 1 if that event is still being accepted.
 if A.upstream_key ~= cjson.null then
   local first = redis.call('GET', A.upstream_key)
-  if first then return first end
+  if first then return {first, redis.call('ZSCORE', K.accepting, first) and 1 or 0} end
   redis.call('SET', A.upstream_key, A.id, 'EX', A.ttl)
 end
+-- The delivery ids (ARGV[2]) and the plan come as raw JSON: decoding them would cost as much
+-- as a chunk.
 redis.call('HSET', K.event, 'payload', A.payload, 'type', A.type, 'tenant_id', A.tenant_id,
-  'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', A.delivery_ids)
+  'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', ARGV[2])
 redis.call('EXPIRE', K.event, A.ttl)
 redis.call('ZADD', K.events, 0, A.id)
 redis.call('ZADD', K.tenant_events, 0, A.id)
 redis.call('SADD', K.indexes, K.tenant_events)
 bump(K.metrics, K.bucket, 'events_accepted:' .. A.type)
-for _, d in ipairs(A.deliveries) do
-  redis.call('HSET', d.key, 'id', d.id, 'event_id', A.id, 'webhook_id', d.webhook_id,
-    'tenant_id', A.tenant_id, 'event_type', A.type, 'status', 'pending', 'attempt_count', 0,
-    'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
-    'updated_ms', int(A.created_ms))
-  if A.traceparent ~= '' then redis.call('HSET', d.key, 'traceparent', A.traceparent) end
-  redis.call('EXPIRE', d.key, A.ttl)
-  for _, index in ipairs(d.indexes) do redis.call('ZADD', index, 0, d.id) end
-  redis.call('SADD', K.indexes, d.indexes[2], d.indexes[3])
-  redis.call('ZADD', K.due, NOW, d.id)
+write(A.deliveries, false)
+if A.step == 'begin' then
+  redis.call('SET', K.plan, ARGV[3], 'EX', A.ttl)
+  redis.call('ZADD', K.accepting, NOW, A.id)
+else
+  finish()
 end
-if #A.deliveries > 0 then wake() end
 return false

@@ -37,6 +37,10 @@ def _note_enabled(pipe: Pipeline, webhook: Webhook) -> None:
         pipe.sadd(keys.DISABLED_WEBHOOKS, webhook.id)
 
 
+# Most webhook records one MGET reads.
+_READ_CHUNK = 1000
+
+
 class WebhookStore:
     """Persistence of webhooks; every change is atomic."""
 
@@ -89,8 +93,13 @@ class WebhookStore:
     async def of_tenant(self, tenant_id: str) -> list[Webhook]:
         """Every webhook of a tenant, for fan-out."""
         ids = await self._redis.zrange(keys.tenant_webhooks(tenant_id), 0, -1)
-        raws = await self._redis.mget([keys.webhook(i.decode()) for i in ids]) if ids else []
-        return [_load(r) for r in raws if r]
+        # Bounded MGETs in one round trip: one MGET of a raised cap's worth of records would
+        # hold Redis for tens of milliseconds while it builds a reply of megabytes.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(ids), _READ_CHUNK):
+                pipe.mget([keys.webhook(i.decode()) for i in ids[start : start + _READ_CHUNK]])
+            batches = await pipe.execute()
+        return [_load(r) for batch in batches for r in batch if r]
 
     async def all_ids(self) -> list[str]:
         """Every webhook id (for maintenance commands)."""

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench soak chaos clean redis chromium faketime promtool image
+.PHONY: run test lint bench fanout soak chaos clean redis chromium faketime promtool image
 
 run: $(STAMP) redis
 	$(BIN)/relay dev $(ARGS)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 bench: $(STAMP) redis
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.waiting $(WAITING_ARGS)
+
+# One event fanned out to 20,000 webhooks: how long Redis stalls for every other call meanwhile.
+fanout: $(STAMP) redis
+	$(BIN)/python -m bench.fanout $(FANOUT_ARGS)
 
 # Steady load with failing receivers; reports whether memory, files and queues stay bounded.
 soak: $(STAMP) redis

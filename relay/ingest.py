@@ -1,4 +1,4 @@
-"""Accepting an event: validate it, fan it out to the tenant's webhooks, store it in one step."""
+"""Accepting an event: validate it, fan it out to the tenant's webhooks, store it durably."""
 
 from __future__ import annotations
 

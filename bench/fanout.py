@@ -1,0 +1,226 @@
+"""What one wide fan-out costs everyone else: how long Redis stalls while it is accepted.
+
+    .venv/bin/python -m bench.fanout [--webhooks 20000] [--events 3]
+
+Starts a throwaway redis-server (AOF, fsync every second) and `relay api` with
+RELAY_MAX_WEBHOOKS_PER_TENANT raised, stores that many webhooks for one tenant (straight into
+the store: creating them is not what is measured), then posts events to that tenant one at a
+time while a thread PINGs Redis in a loop. Per event it reports the longest PING — how long any
+other API or worker call would have waited — the longest single call Redis logged (SLOWLOG) and
+the accept's total time. No worker runs, so only the accept is measured. Exit status: 0 when
+every event was accepted with a delivery per webhook, 1 when not, 2 when the run could not be
+done, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import secrets
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from bench.load import Api, LoadError, event_body, new_session
+from bench.procs import (
+    Processes,
+    RelaySettings,
+    api_argv,
+    free_port,
+    run_harness,
+    start_redis,
+    wait_until,
+)
+from bench.report import RESULTS_DIR, machine
+from relay.secrets import Keyring
+from relay.store.webhooks import WebhookStore
+from relay.validation import parse
+from relay.webhooks import WebhookCreate, new_webhook
+
+TENANT = "bench_wide"
+# Only what a slow call would hold up is logged: any call of a millisecond or more.
+SLOWLOG_FLOOR_MICROS = 1000
+# Which step of an accept a logged script call was (the start of its JSON argument).
+STEP = re.compile(rb'"step":"(\w+)"')
+
+
+class Pinger:
+    """PINGs Redis back to back from a thread, keeping the longest round trip of a window."""
+
+    def __init__(self, port: int) -> None:
+        self._client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
+        self._lock = threading.Lock()
+        self._longest = 0.0
+        self._last_started = 0.0  # when the last finished PING was sent
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self._client.ping()
+            took = time.perf_counter() - started
+            with self._lock:
+                self._longest = max(self._longest, took)
+                self._last_started = started
+            time.sleep(0.001)  # a ping storm would slow down what it measures
+
+    def __enter__(self) -> Pinger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._client.close()
+
+    def take(self) -> float:
+        """The longest PING (seconds) since the last call, the one in flight now included."""
+        now = time.perf_counter()
+        while True:
+            with self._lock:
+                if self._last_started > now:
+                    longest, self._longest = self._longest, 0.0
+                    return longest
+            time.sleep(0.001)
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """What one accept of a wide fan-out cost."""
+
+    status: int
+    deliveries: int
+    seconds: float  # POST sent to 202 read
+    longest_ping_ms: float
+    longest_call_ms: float
+    longest_call: str  # the command of that call
+    slow_calls: int  # calls of a millisecond or more
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--webhooks", type=int, default=20_000, help="webhooks of the tenant")
+    parser.add_argument("--events", type=int, default=3, help="events posted, one at a time")
+    return parser.parse_args(argv)
+
+
+async def store_webhooks(client: aioredis.Redis, keyring: Keyring, count: int) -> None:
+    """`count` webhooks of one tenant, stored as the API stores them."""
+    store = WebhookStore(client, count)
+    spec = parse(WebhookCreate, {"url": "http://127.0.0.1:9/hook"})  # discard port; no worker
+    for start in range(0, count, 500):
+        batch = range(start, min(count, start + 500))
+        made = [new_webhook(spec, TENANT, keyring)[0] for _ in batch]
+        await asyncio.gather(*(store.add(w) for w in made))
+
+
+def _named(command: bytes) -> str:
+    """A logged call by its command, and for an accept script its step."""
+    step = STEP.search(command)
+    name = command.split(b" ", 1)[0].decode()
+    return f"{name} {step.group(1).decode()}" if step else name
+
+
+async def longest_call(client: aioredis.Redis) -> tuple[float, str, int]:
+    """The longest call SLOWLOG holds (ms), what it was, how many it holds; then clear it."""
+    entries = await client.slowlog_get(10_000)
+    await client.slowlog_reset()
+    if not entries:
+        return 0.0, "", 0
+    top = max(entries, key=lambda e: e["duration"])
+    return top["duration"] / 1000, _named(top["command"]), len(entries)
+
+
+async def accept_one(api: Api, client: aioredis.Redis, pinger: Pinger, number: int) -> Accept:
+    """Post one event to the wide tenant and measure what it cost."""
+    await client.slowlog_reset()
+    await asyncio.to_thread(pinger.take)
+    started = time.perf_counter()
+    status, raw = await api.post_event(event_body(TENANT, number))
+    seconds = time.perf_counter() - started
+    stall = await asyncio.to_thread(pinger.take)
+    call_ms, command, slow = await longest_call(client)
+    deliveries = len(orjson.loads(raw)["data"]["deliveries"]) if status == 202 else 0
+    return Accept(status, deliveries, seconds, stall * 1000, call_ms, command, slow)
+
+
+async def run(procs: Processes, webhooks: int, events: int) -> list[Accept]:
+    """Start Redis and the API, store the webhooks, post the events; what each accept cost."""
+    redis_port, api_port = free_port(), free_port()
+    await start_redis(procs, redis_port)
+    token = secrets.token_urlsafe(24)
+    settings = RelaySettings(
+        f"redis://127.0.0.1:{redis_port}/0",
+        token,
+        endpoint_concurrency=4,
+        extra={"RELAY_MAX_WEBHOOKS_PER_TENANT": str(webhooks)},
+    )
+    client = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=60)
+    try:
+        started = time.perf_counter()
+        await store_webhooks(client, Keyring.from_strings([settings.master_key]), webhooks)
+        print(f"stored {webhooks} webhooks in {time.perf_counter() - started:.1f}s")
+        api_child = procs.spawn("api", api_argv(api_port), settings.env())
+        await client.config_set("slowlog-log-slower-than", SLOWLOG_FLOOR_MICROS)
+        await client.config_set("slowlog-max-len", 10_000)
+        async with new_session(4) as session:
+            api = Api(session, f"http://127.0.0.1:{api_port}", token)
+            await wait_until(api.ready, api_child, "relay api")
+            with Pinger(redis_port) as pinger:
+                return [await accept_one(api, client, pinger, n) for n in range(events)]
+    finally:
+        await client.aclose()
+
+
+def render(results: list[Accept], webhooks: int) -> str:
+    """The table of what each accept cost."""
+    lines = [
+        f"one accept fanned out to {webhooks} webhooks, while another client PINGs Redis",
+        f"{'event':>5} {'status':>6} {'deliveries':>10} {'accept s':>9} "
+        f"{'longest PING ms':>16} {'longest call ms':>16} {'(command)':>14} {'calls >= 1 ms':>14}",
+    ]
+    for n, r in enumerate(results, 1):
+        lines.append(
+            f"{n:>5} {r.status:>6} {r.deliveries:>10} {r.seconds:>9.2f} "
+            f"{r.longest_ping_ms:>16.1f} {r.longest_call_ms:>16.1f} {r.longest_call:>14} "
+            f"{r.slow_calls:>14}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fan-out benchmark; the exit status."""
+    options = parse_args(argv)
+
+    async def go(procs: Processes) -> list[Accept]:
+        return await run(procs, options.webhooks, options.events)
+
+    outcome = run_harness("bench.fanout", go, (LoadError,))
+    if isinstance(outcome, int):
+        return outcome
+    print(render(outcome, options.webhooks))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"fanout-{stamp}.json"
+    document = {
+        "machine": machine(),
+        "webhooks": options.webhooks,
+        "accepts": [asdict(r) for r in outcome],
+    }
+    path.write_text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    print(f"results: {path}")
+    whole = all(r.status == 202 and r.deliveries == options.webhooks for r in outcome)
+    return 0 if whole else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

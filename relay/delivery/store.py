@@ -167,9 +167,10 @@ class DeliveryFilter:
         return keys.DELIVERIES
 
 
-# Most deliveries one accept call writes. Each costs ~60 µs of Redis time inside the script
-# (HSET, EXPIRE, four ZADDs, SADD) on a shared 2-core machine, so a call blocks Redis for
-# ~12 ms there (measured by `make fanout`); a wider fan-out is written in calls of this size.
+# Most deliveries one accept call writes; a wider fan-out is written in calls of this size. Each
+# costs ~60 µs of Redis time inside the script (HSET, EXPIRE, four ZADDs, SADD) on a shared
+# 2-core machine: ~12 ms a call there, and the longest `make fanout` saw was 20-70 ms on the busy
+# machine, well under the 1.5 s after which every caller gives up.
 FANOUT_CHUNK = 200
 # Abandoned accepts one maintenance pass finishes at most (each may take many calls).
 _ABANDONED_PER_PASS = 20

@@ -13,6 +13,7 @@ from relay.events import EVENT_TYPES, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
 from relay.store.events import StoredEvent
+from relay.store.idempotency import Commit
 from relay.timefmt import now, rfc3339
 from relay.validation import TenantId
 
@@ -28,10 +29,13 @@ class EventIn(pydantic.BaseModel):
     id: str | None = pydantic.Field(None, min_length=1, max_length=255)
 
 
-async def accept(ctx: Services, spec: EventIn) -> tuple[dict[str, object], bool]:
+async def accept(
+    ctx: Services, spec: EventIn, commit: Commit[dict[str, object]] | None = None
+) -> tuple[dict[str, object], bool]:
     """Store the event with a delivery per matching webhook; (view, created).
 
     A repeated upstream id creates nothing and returns the first event (created False).
+    `commit` stores the request's answer to the created event's view with it.
     """
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
     registered = None if spec.type in EVENT_TYPES else await ctx.event_types.get(spec.type)
@@ -53,13 +57,14 @@ async def accept(ctx: Services, spec: EventIn) -> tuple[dict[str, object], bool]
     )
     logs.annotate(tenant_id=spec.tenant_id, event_id=event_id)
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
-    first = await ctx.deliveries.accept(event, planned)
-    if first is not None:
-        return await event_view(ctx, await ctx.events.get(first)), False
     view = _view(event.id, event.type, event.tenant_id, event.created_at, spec.id, data)
     view["deliveries"] = [
         {"id": d.id, "webhook_id": d.webhook_id, "status": "pending"} for d in planned
     ]
+    answer = None if commit is None else commit.lua(view)
+    first = await ctx.deliveries.accept(event, planned, answer)
+    if first is not None:
+        return await event_view(ctx, await ctx.events.get(first)), False
     return view, True
 
 

@@ -10,13 +10,17 @@ from typing import Self
 
 class Link:
     """Forwards connections to a real server; replies to a request containing `swallow_after`
-    are never delivered (the server still runs the command): a reply lost on the way back."""
+    are never delivered (the server still runs the command): a reply lost on the way back.
+    A request containing `drop_at` never reaches the server, and nothing more comes back on
+    its connection: the server went away before the command."""
 
     def __init__(self, port: int) -> None:
         self._target = port
         self._server: asyncio.Server | None = None
         self.swallow_after: bytes | None = None
         self.swallowed = 0
+        self.drop_at: bytes | None = None
+        self.dropped = 0
 
     @property
     def port(self) -> int:
@@ -38,10 +42,16 @@ class Link:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target)
-        lost = asyncio.Event()
+        lost, gone = asyncio.Event(), asyncio.Event()
 
         async def upstream() -> None:
             while chunk := await client_r.read(65536):
+                if self.drop_at is not None and self.drop_at in chunk:
+                    self.dropped += 1
+                    lost.set()
+                    gone.set()
+                if gone.is_set():
+                    continue
                 if self.swallow_after is not None and self.swallow_after in chunk:
                     lost.set()
                     self.swallowed += 1

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
+import pytest
 import redis.asyncio
+import redis.exceptions
 
 from relay.secrets import Keyring
-from relay.store.idempotency import Claim, IdempotencyStore
-from relay.tokens import BOOTSTRAP_ID
+from relay.store import keys
+from relay.store.idempotency import CLAIM_MOVED, ClaimMoved, Held, IdempotencyStore, StoredResponse
+from relay.store.tokens import TokenStore
+from relay.store.webhooks import WebhookStore
+from relay.tokens import BOOTSTRAP_ID, Role, TokenSpec
+from relay.webhooks import WebhookCreate, new_webhook
 from tests.conftest import ClientFactory
 from tests.flows import webhook
 from tests.links import Link
@@ -59,10 +68,10 @@ async def test_key_still_in_flight_is_409(
     # Another API replica has claimed the key and is still working on the same request.
     body = b'{"role":"ingest"}'
     fingerprint = hashlib.sha256(b"\0".join((b"POST", b"/v1/tokens", body))).hexdigest()
-    assert (
-        await IdempotencyStore(redis_client, KEYRING).claim(BOOTSTRAP_ID, "busy", fingerprint, 60)
-        is Claim.RUN
+    held = await IdempotencyStore(redis_client, KEYRING).claim(
+        BOOTSTRAP_ID, "busy", fingerprint, 60
     )
+    assert isinstance(held, Held)
     response = await admin.post(
         "/v1/tokens",
         content=body,
@@ -125,56 +134,297 @@ async def _deliveries_of(client: httpx.AsyncClient, webhook_id: str) -> list[str
     return [d["event_id"] for d in listed.json()["data"]]
 
 
-async def test_a_write_whose_reply_was_lost_is_never_made_twice(
+def _fingerprint(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(b"\0".join((method.encode(), path.encode(), body))).hexdigest()
+
+
+Send = Callable[[], Awaitable[httpx.Response]]
+# Asserts that exactly one write was made, and that `answer` tells what it made.
+Check = Callable[[httpx.Response], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Write:
+    """A request with an Idempotency-Key, bytes only its write sends to Redis, and its check."""
+
+    send: Send
+    marker: bytes
+    check: Check
+
+
+async def _create_webhook(client: httpx.AsyncClient) -> Write:
+    await webhook(client, "https://hooks.example.com/first", tenant="t1")  # Redis has the script
+    url = "https://hooks.example.com/made-once"
+    body = {"url": url, "tenant_id": "t1"}
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 201, answer.text
+        made = answer.json()["data"]
+        listed = (await client.get("/v1/webhooks", params={"tenant_id": "t1"})).json()["data"]
+        assert [w["id"] for w in listed if w["url"] == url] == [made["id"]]
+        shown = (await client.get(f"/v1/webhooks/{made['id']}")).json()["data"]
+        assert {**shown, "secret": made["secret"]} == made
+        secret = await client.get(f"/v1/webhooks/{made['id']}/secret")
+        assert secret.json()["data"]["secret"] == made["secret"]
+
+    return Write(
+        lambda: client.post("/v1/webhooks", json=body, headers={"Idempotency-Key": "k"}),
+        url.encode(),
+        check,
+    )
+
+
+async def _rotate_secret(client: httpx.AsyncClient) -> Write:
+    url = "https://hooks.example.com/rotated-once"
+    hook = await webhook(client, url, tenant="t1")
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 200, answer.text
+        shown = (await client.get(f"/v1/webhooks/{hook['id']}/secret")).json()["data"]
+        assert shown["secret"] == answer.json()["data"]["secret"] != hook["secret"]
+        assert [p["expires_at"] for p in shown["previous"]] == [
+            answer.json()["data"]["previous_expires_at"]
+        ]
+
+    return Write(
+        lambda: client.post(
+            f"/v1/webhooks/{hook['id']}/rotate-secret", json={}, headers={"Idempotency-Key": "k"}
+        ),
+        url.encode(),  # only the record written back carries it
+        check,
+    )
+
+
+async def _create_token(client: httpx.AsyncClient) -> Write:
+    body = {"role": "admin", "name": "made-once"}
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 201, answer.text
+        made = answer.json()["data"]
+        listed = (await client.get("/v1/tokens", params={"limit": 100})).json()["data"]
+        assert [t["id"] for t in listed if t["name"] == "made-once"] == [made["id"]]
+        bearer = {"authorization": f"Bearer {made['token']}"}
+        assert (await client.get("/v1/tokens", headers=bearer)).status_code == 200
+
+    return Write(
+        lambda: client.post("/v1/tokens", json=body, headers={"Idempotency-Key": "k"}),
+        b"made-once",
+        check,
+    )
+
+
+async def _update_webhook(client: httpx.AsyncClient) -> Write:
+    hook = await webhook(client, "https://hooks.example.com/changed", tenant="t1")
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 200, answer.text
+        shown = (await client.get(f"/v1/webhooks/{hook['id']}")).json()["data"]
+        assert answer.json()["data"] == shown
+        assert shown["description"] == "changed-once"
+
+    return Write(
+        lambda: client.patch(
+            f"/v1/webhooks/{hook['id']}",
+            json={"description": "changed-once"},
+            headers={"Idempotency-Key": "k"},
+        ),
+        b"changed-once",
+        check,
+    )
+
+
+async def _delete_webhook(client: httpx.AsyncClient) -> Write:
+    hook = await webhook(client, "https://hooks.example.com/deleted", tenant="t1")
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["data"]["id"] == hook["id"]
+        assert answer.json()["data"]["deleted"] is True
+        assert (await client.get(f"/v1/webhooks/{hook['id']}")).status_code == 404
+
+    return Write(
+        lambda: client.delete(f"/v1/webhooks/{hook['id']}", headers={"Idempotency-Key": "k"}),
+        b'"state":"done"',  # the answer, stored by the transaction that deletes
+        check,
+    )
+
+
+async def _post_event(client: httpx.AsyncClient) -> Write:
+    hook = await webhook(client, "https://hooks.example.com/a", tenant="t1")
+    plain = {"type": "post.published", "tenant_id": "t1", "data": {"post_id": "sent-once"}}
+    # One event gets through first, so Redis has the accept script cached.
+    first = {**plain, "data": {"post_id": "p"}}
+    assert (await client.post("/v1/events", json=first)).status_code == 202
+
+    async def check(answer: httpx.Response) -> None:
+        assert answer.status_code == 202, answer.text
+        event = answer.json()["data"]
+        assert [d["webhook_id"] for d in event["deliveries"]] == [hook["id"]]
+        written = await _deliveries_of(client, hook["id"])
+        assert written.count(event["id"]) == 1 and len(written) == 2, written
+        shown = (await client.get(f"/v1/events/{event['id']}")).json()["data"]
+        assert {k: shown[k] for k in ("id", "data", "created_at")} == {
+            k: event[k] for k in ("id", "data", "created_at")
+        }
+
+    return Write(
+        lambda: client.post("/v1/events", json=plain, headers={"Idempotency-Key": "k"}),
+        b"sent-once",
+        check,
+    )
+
+
+WRITES = [
+    _create_webhook,
+    _rotate_secret,
+    _create_token,
+    _update_webhook,
+    _delete_webhook,
+    _post_event,
+]
+
+
+@pytest.mark.parametrize("make", WRITES, ids=lambda make: make.__name__.strip("_"))
+async def test_a_write_whose_reply_was_lost_is_answered_to_the_retry(
+    make: Callable[[httpx.AsyncClient], Awaitable[Write]],
+    make_client: ClientFactory,
+    own_redis: RedisServer,
+) -> None:
+    async with Link(own_redis.port) as link:
+        client = await make_client(redis_url=f"redis://127.0.0.1:{link.port}/0")
+        write = await make(client)
+        # Redis makes the write, but its reply never comes back: relay cannot tell it wrote.
+        link.swallow_after = write.marker
+        lost = await write.send()
+        link.swallow_after = None
+        assert link.swallowed == 1
+        assert lost.status_code == 503, lost.text
+
+        # The answer was stored by the write itself: the retry learns it, nothing runs again.
+        retry = await write.send()
+        assert retry.headers["idempotent-replayed"] == "true", retry.text
+        await write.check(retry)
+        again = await write.send()
+        assert (again.status_code, again.json()) == (retry.status_code, retry.json())
+
+
+@pytest.mark.parametrize("make", WRITES, ids=lambda make: make.__name__.strip("_"))
+async def test_a_write_that_never_reached_redis_runs_once_on_the_retry(
+    make: Callable[[httpx.AsyncClient], Awaitable[Write]],
+    make_client: ClientFactory,
+    own_redis: RedisServer,
+) -> None:
+    async with Link(own_redis.port) as link:
+        client = await make_client(redis_url=f"redis://127.0.0.1:{link.port}/0")
+        write = await make(client)
+        # The connection dies before the write gets to Redis: nothing was written.
+        link.drop_at = write.marker
+        lost = await write.send()
+        link.drop_at = None
+        assert link.dropped == 1
+        assert lost.status_code == 503, lost.text
+
+        retry = await write.send()
+        assert "idempotent-replayed" not in retry.headers, retry.text
+        await write.check(retry)
+        again = await write.send()
+        assert again.headers["idempotent-replayed"] == "true"
+        assert (again.status_code, again.json()) == (retry.status_code, retry.json())
+
+
+async def test_an_event_with_an_upstream_id_whose_reply_was_lost_is_found_by_the_retry(
     make_client: ClientFactory, own_redis: RedisServer
 ) -> None:
     async with Link(own_redis.port) as link:
         client = await make_client(redis_url=f"redis://127.0.0.1:{link.port}/0")
         hook = await webhook(client, "https://hooks.example.com/a", tenant="t1")
-        plain = {"type": "post.published", "tenant_id": "t1", "data": {"post_id": "lost-reply"}}
-        upstream = {**plain, "data": {"post_id": "lost-reply-2"}, "id": "up_1"}
-        # One event gets through first, so Redis has the accept script cached.
-        assert (
-            await client.post("/v1/events", json={**plain, "data": {"post_id": "p"}})
-        ).status_code == 202
-        # Redis runs the accept, but its reply never comes back: relay cannot know it wrote.
+        upstream = {
+            "type": "post.published",
+            "tenant_id": "t1",
+            "data": {"post_id": "lost-reply"},
+            "id": "up_1",
+        }
+        first = {**upstream, "data": {"post_id": "p"}, "id": "up_0"}
+        assert (await client.post("/v1/events", json=first)).status_code == 202
         link.swallow_after = b"lost-reply"
-        first = await client.post("/v1/events", json=plain, headers={"Idempotency-Key": "a"})
-        second = await client.post("/v1/events", json=upstream, headers={"Idempotency-Key": "b"})
+        lost = await client.post("/v1/events", json=upstream, headers={"Idempotency-Key": "b"})
         link.swallow_after = None
-        assert link.swallowed == 2
-        assert first.status_code == second.status_code == 503, (first.text, second.text)
+        assert link.swallowed == 1
+        assert lost.status_code == 503, lost.text
 
-        # Without an upstream id nothing can tell whether the first try wrote: the key stays
-        # taken and a retry says so, rather than writing the event a second time.
-        retry = await client.post("/v1/events", json=plain, headers={"Idempotency-Key": "a"})
-        assert retry.status_code == 409, retry.text
-        assert "may have taken effect" in retry.json()["detail"]
-        # With one, the upstream id decides: the retry finds the event the first try wrote.
         found = await client.post("/v1/events", json=upstream, headers={"Idempotency-Key": "b"})
-        assert found.status_code == 200, found.text
+        assert found.status_code == 202, found.text
         replay = await client.post("/v1/events", json=upstream, headers={"Idempotency-Key": "b"})
         assert replay.headers["idempotent-replayed"] == "true"
         assert replay.json() == found.json()
-
+        # The same upstream id under another key is the upstream id's repeat: nothing new.
+        other = await client.post("/v1/events", json=upstream, headers={"Idempotency-Key": "c"})
+        assert other.status_code == 200, other.text
+        assert other.json()["data"]["id"] == found.json()["data"]["id"]
         written = await _deliveries_of(client, hook["id"])
-    assert len(written) == 3, written
+    assert len(written) == 2, written
     assert found.json()["data"]["id"] in written
 
 
-async def test_a_claim_whose_holder_died_is_not_run_again(
+async def test_a_claim_whose_holder_died_before_its_write_runs_once_again(
     admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
 ) -> None:
-    # An API process claimed the key, sent its write and died before recording the outcome.
+    # An API process claimed the key and died before its write committed (a committed write
+    # would have stored its answer): the lapsed claim is taken by the retry, which runs once.
     body = b'{"role":"ingest"}'
-    fingerprint = hashlib.sha256(b"\0".join((b"POST", b"/v1/tokens", body))).hexdigest()
     store = IdempotencyStore(redis_client, KEYRING)
-    assert await store.claim(BOOTSTRAP_ID, "orphan", fingerprint, 1) is Claim.RUN
+    fingerprint = _fingerprint("POST", "/v1/tokens", body)
+    assert isinstance(await store.claim(BOOTSTRAP_ID, "orphan", fingerprint, 1), Held)
     await asyncio.sleep(1.2)
-    response = await admin.post(
-        "/v1/tokens",
-        content=body,
-        headers={"Idempotency-Key": "orphan", "content-type": "application/json"},
-    )
+    headers = {"Idempotency-Key": "orphan", "content-type": "application/json"}
+    response = await admin.post("/v1/tokens", content=body, headers=headers)
+    assert response.status_code == 201, response.text
+    again = await admin.post("/v1/tokens", content=body, headers=headers)
+    assert again.json() == response.json()
+    assert await _token_count(admin) == 1
+
+
+async def test_a_claim_left_by_an_older_release_is_not_run_again(
+    admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
+) -> None:
+    # Before writes stored their answers, a failed run left `unknown` with no run token: it
+    # may have written, so it is still never run again.
+    body = b'{"role":"ingest"}'
+    key = IdempotencyStore._key(BOOTSTRAP_ID, "legacy")
+    record = {"state": "unknown", "fingerprint": _fingerprint("POST", "/v1/tokens", body)}
+    await redis_client.set(key, json.dumps(record), ex=3600)
+    headers = {"Idempotency-Key": "legacy", "content-type": "application/json"}
+    response = await admin.post("/v1/tokens", content=body, headers=headers)
     assert response.status_code == 409
+    assert "may have taken effect" in response.json()["detail"]
     assert await _token_count(admin) == 0
+
+
+async def test_a_stale_runs_delayed_write_cannot_land_after_the_claim_moved_on(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = IdempotencyStore(redis_client, KEYRING)
+    tokens = TokenStore(redis_client)
+    webhooks = WebhookStore(redis_client, max_per_tenant=10)
+    spec = TokenSpec(role=Role.INGEST)
+    answer = StoredResponse(201, {}, b"{}")
+    stale = await store.claim(BOOTSTRAP_ID, "k", "f", 60)
+    assert isinstance(stale, Held)
+    # The run failed (its reply timed out); a retry took the key over.
+    await store.mark_unknown(stale)
+    current = await store.claim(BOOTSTRAP_ID, "k", "f", 60)
+    assert isinstance(current, Held)
+    # The first run's writes arrive late, in a transaction and in a script: neither lands.
+    with pytest.raises(ClaimMoved):
+        await tokens.issue(spec, stale.commit(lambda _: answer))
+    hook, _ = new_webhook(WebhookCreate(url="https://hooks.example.com/a"), "t1", KEYRING)
+    with pytest.raises(redis.exceptions.ResponseError, match=CLAIM_MOVED):
+        await webhooks.add(hook, stale.commit(lambda _: answer))
+    assert await redis_client.zcard(keys.TOKENS) == 0
+    assert await webhooks.all_ids() == []
+    # Nor does its late failure undo what the retry stored.
+    await tokens.issue(spec, current.commit(lambda _: answer))
+    await store.mark_unknown(stale)
+    await store.release(stale)
+    await store.mark_unknown(current)
+    assert await store.claim(BOOTSTRAP_ID, "k", "f", 60) == answer

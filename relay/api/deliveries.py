@@ -205,6 +205,9 @@ OPERATIONS = [
         params=DELIVERY,
         status=202,
         audit=Audit("delivery.retry"),
+        # Again, it finds the delivery pending and makes it due now once more; one that was
+        # delivered meanwhile goes once more, which at-least-once receivers dedupe by its id.
+        repeats=True,
     ),
     Operation(
         "POST",
@@ -216,6 +219,8 @@ OPERATIONS = [
         answers=shapes.Delivery,
         params=DELIVERY,
         audit=Audit("delivery.cancel"),
+        # Again, it finds the delivery canceled and changes nothing (409 says so).
+        repeats=True,
     ),
     Operation(
         "POST",
@@ -229,6 +234,9 @@ OPERATIONS = [
         params=ID,
         status=202,
         audit=Audit("webhook.recover", object_field="webhook_id"),
+        # Batches that may outlive the request; again, it restarts only deliveries still
+        # failed, so those the first run restarted are left alone.
+        repeats=True,
     ),
     Operation(
         "GET",

@@ -20,6 +20,7 @@ from relay.errors import (
 )
 from relay.services import services
 from relay.store import codec
+from relay.store.idempotency import CLAIM_MOVED, ClaimMoved
 
 log = logging.getLogger("relay.api")
 
@@ -99,7 +100,10 @@ _NOT_NOW = ("BUSY ", "MASTERDOWN ", "NOREPLICAS ", "TRYAGAIN ")
 
 
 async def on_redis_reply(request: Request, exc: Exception) -> Response:
-    """Redis refused a command for now (failover, a busy script): 503 the client may retry."""
+    """Redis refused a command for now (failover, a busy script): 503 the client may retry.
+    A script that found its request's Idempotency-Key taken over wrote nothing: 409."""
+    if str(exc).startswith(CLAIM_MOVED):
+        return problem(ClaimMoved())
     if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(_NOT_NOW):
         log.warning("redis refused a command for now: %s", exc)
         return problem(Unavailable("The store cannot take this request right now; retry shortly."))

@@ -8,9 +8,10 @@ from starlette.responses import Response
 from relay import events
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
+from relay.api.idempotency import commit
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, Param
 from relay.audit import Audit
-from relay.events import EventTypeChange, EventTypeSpec
+from relay.events import EventTypeChange, EventTypeSpec, RegisteredType
 from relay.services import services
 from relay.tokens import Principal
 
@@ -27,8 +28,8 @@ async def create_event_type(request: Request, _: Principal) -> Response:
     """Register an event type with the JSON Schema its events' data must match."""
     spec = await read_model(request, EventTypeSpec)
     event_type = events.register(spec)
-    await services(request).event_types.add(event_type)
-    return ok(event_type.public(), 201)
+    await services(request).event_types.add(event_type, commit(_registered))
+    return _registered(event_type)
 
 
 async def update_event_type(request: Request, _: Principal) -> Response:
@@ -37,8 +38,16 @@ async def update_event_type(request: Request, _: Principal) -> Response:
     events.check_registrable(name)
     changes = (await read_model(request, EventTypeChange)).changes()
     event_type = await services(request).event_types.change(
-        name, lambda current: events.apply_change(current, changes)
+        name, lambda current: events.apply_change(current, changes), commit(_shown)
     )
+    return _shown(event_type)
+
+
+def _registered(event_type: RegisteredType) -> Response:
+    return ok(event_type.public(), 201)
+
+
+def _shown(event_type: RegisteredType) -> Response:
     return ok(event_type.public())
 
 

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
+from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.api.times import TIME, query_ms
@@ -14,7 +15,6 @@ from relay.audit import Audit
 from relay.delivery import service
 from relay.ingest import EventIn, accept, event_summary, event_view
 from relay.services import services
-from relay.store import codec
 from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal, Role
 
@@ -30,20 +30,15 @@ async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
     return event
 
 
-def names_upstream_id(body: bytes) -> bool:
-    """An event with an upstream id is stored once per id, so posting it again writes nothing."""
-    try:
-        event = codec.loads(body)
-    except ValueError:
-        return False
-    return isinstance(event, dict) and isinstance(event.get("id"), str)
+def _accepted(view: dict[str, object]) -> Response:
+    return ok(view, 202)
 
 
 async def post_event(request: Request, _: Principal) -> Response:
     """Accept an event: 202 once it and its deliveries are durably stored; 200 for a repeat."""
     spec = await read_model(request, EventIn)
-    view, created = await accept(services(request), spec)
-    return ok(view, 202 if created else 200)
+    view, created = await accept(services(request), spec, commit(_accepted))
+    return _accepted(view) if created else ok(view, 200)
 
 
 async def list_events(request: Request, principal: Principal) -> Response:
@@ -87,7 +82,6 @@ OPERATIONS = [
         also_succeeds=(
             (200, "A repeat of an upstream `id`: the first event; nothing new is created"),
         ),
-        rerun_unknown=names_upstream_id,
     ),
     Operation(
         "GET",
@@ -128,5 +122,7 @@ OPERATIONS = [
         params=ID,
         status=202,
         audit=Audit("event.retry"),
+        # Batches; again, it restarts only deliveries still failed.
+        repeats=True,
     ),
 ]

@@ -5,23 +5,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TypeVar
 
 import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.errors import Conflict, Invalid
+from relay.errors import Invalid
 from relay.services import services
-from relay.store.idempotency import Claim, StoredResponse
+from relay.store.idempotency import Commit, Held, StoredResponse
 from relay.tokens import Principal
 
 HEADER = "idempotency-key"
 METHODS = frozenset({"POST", "PATCH", "DELETE"})
 # Answers that say the request did nothing and the client should retry: not stored.
 _TRANSIENT = frozenset({409, 429, 503})
-# Tells whether a request body may run again after an earlier run's outcome was lost,
-# because the domain itself makes a second run write nothing.
-RerunCheck = Callable[[bytes], bool]
+
+T = TypeVar("T")
+
+# The claim of the request being handled, when its answer is stored with its write.
+_HELD: ContextVar[Held | None] = ContextVar("idempotency_claim", default=None)
 
 
 def _valid_key(key: str) -> str:
@@ -32,18 +36,31 @@ def _valid_key(key: str) -> str:
     return key
 
 
+def _stored(response: Response) -> StoredResponse:
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return StoredResponse(response.status_code, headers, bytes(response.body))
+
+
+def commit(render: Callable[[T], Response]) -> Commit[T] | None:
+    """What the write answering this request passes to its store, so that it stores
+    `render(result)` as the replay in the same atomic step; None without a key."""
+    held = _HELD.get()
+    return None if held is None else held.commit(lambda result: _stored(render(result)))
+
+
 async def idempotent(
     request: Request,
     principal: Principal,
     call: Callable[[], Awaitable[Response]],
-    rerun_unknown: RerunCheck | None = None,
+    repeats: bool,
 ) -> Response:
     """Run `call` once per (token, key); replay its response for repeats of the same request.
 
-    When the first run fails without knowing whether it wrote (Redis stopped answering after
-    a write was sent), the key stays taken: a repeat never writes a second time. It runs again
-    only if `rerun_unknown` says the domain deduplicates it (an event with an upstream id);
-    otherwise it is a 409 saying the outcome is unknown.
+    Unless the operation `repeats` harmlessly, its write stores its answer in the same atomic
+    step (see `commit`). So when a run fails without knowing whether it wrote (Redis stopped
+    answering after a write was sent), either the write committed and a retry replays its
+    answer, or it did not and never will (its claim is checked as it lands), and the retry runs
+    the request again.
     """
     raw_key = request.headers.get(HEADER)
     if raw_key is None or request.method not in METHODS:
@@ -56,32 +73,24 @@ async def idempotent(
     ctx = services(request)
     store = ctx.idempotency
     lease = int(max(60.0, 4 * ctx.settings.delivery_timeout))
-    rerun = rerun_unknown is not None and rerun_unknown(body)
-    claim = await store.claim(principal.token_id, key, fingerprint, lease, rerun_unknown=rerun)
+    claim = await store.claim(principal.token_id, key, fingerprint, lease)
     if isinstance(claim, StoredResponse):
         headers = {**claim.headers, "Idempotent-Replayed": "true"}
         return Response(claim.body, claim.status, headers)
-    if claim is Claim.UNKNOWN:
-        raise Conflict(
-            "An earlier request with this Idempotency-Key failed after it may have taken effect; "
-            "it is not run again. Check the resource it changes before using a new key."
-        )
+    held = _HELD.set(None if repeats else claim)
     try:
         response = await call()
     except Exception:
-        # Redis may have applied a write whose reply never came: keep the key taken. If even
-        # this fails, the claim's lease lapses and the key reads as unknown just the same.
+        # The record stays `done` if the write committed; otherwise the key is free to run
+        # again. If even this fails, the claim's lease lapses to the same effect.
         with contextlib.suppress(redis.exceptions.RedisError):
-            await store.mark_unknown(principal.token_id, key, fingerprint)
+            await store.mark_unknown(claim)
         raise
+    finally:
+        _HELD.reset(held)
     if response.status_code >= 500 or response.status_code in _TRANSIENT:
-        await store.release(principal.token_id, key)
+        await store.release(claim)
     else:
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in {"content-length"}}
-        await store.complete(
-            principal.token_id,
-            key,
-            fingerprint,
-            StoredResponse(response.status_code, headers, bytes(response.body)),
-        )
+        # A write that stored its answer already made the record `done`: this changes nothing.
+        await store.complete(claim, _stored(response))
     return response

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from relay.api import trail
 from relay.api.auth import authenticate
 from relay.api.errors import problem
-from relay.api.idempotency import RerunCheck, idempotent
+from relay.api.idempotency import idempotent
 from relay.api.shapes import check, envelope
 from relay.audit import Audit
 from relay.errors import Invalid, RateLimited, RelayError
@@ -111,8 +111,13 @@ class Operation:
     # Set when it looks an object up by an id in its body or query, or a tenant token can name
     # another tenant there: it can answer 404 although no path parameter names an object.
     looks_up: bool = False
-    # Set when the domain makes a second run of a request harmless (see `idempotent`).
-    rerun_unknown: RerunCheck | None = None
+    # When a run with an Idempotency-Key fails not knowing whether it wrote (its reply was
+    # lost), a retry must never write twice. Unless `repeats`, the handler passes
+    # `idempotency.commit(...)` to the store, whose write stores the answer in the same atomic
+    # step: a retry replays it, or runs again if it never committed. `repeats` says instead that
+    # the effect is several steps, each of which leaves the same state when made again (the
+    # operation says why), so a retry simply runs again.
+    repeats: bool = False
     # Set on every operation that changes something: what the audit trail records of it.
     audit: Audit | None = None
 
@@ -141,9 +146,7 @@ def _endpoint(op: Operation) -> PublicHandler:
         if not await services(request).rate_limiter.allow(principal.token_id):
             raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
-        return await idempotent(
-            request, principal, lambda: call(request, principal), op.rerun_unknown
-        )
+        return await idempotent(request, principal, lambda: call(request, principal), op.repeats)
 
     endpoint.__name__ = op.handler.__name__
     return endpoint

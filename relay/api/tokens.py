@@ -7,20 +7,26 @@ from starlette.responses import Response
 
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
+from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, Operation
 from relay.audit import Audit
 from relay.services import services
+from relay.store.tokens import Issued, TokenRecord
 from relay.tokens import PortalSessionSpec, Principal, TokenSpec
 
 CONSOLE_PATH = "/console"
 
 
-async def create_token(request: Request, _: Principal) -> Response:
-    """Issue a token; its plaintext is in this response and nowhere else, ever."""
-    spec = await read_model(request, TokenSpec)
-    record, plaintext = await services(request).tokens.issue(spec)
+def _issued(issued: Issued) -> Response:
+    record, plaintext = issued
     return ok({**record.public(), "token": plaintext}, 201)
+
+
+async def create_token(request: Request, _: Principal) -> Response:
+    """Issue a token; its plaintext is in this response (and its encrypted replay) only."""
+    spec = await read_model(request, TokenSpec)
+    return _issued(await services(request).tokens.issue(spec, commit(_issued)))
 
 
 async def list_tokens(request: Request, _: Principal) -> Response:
@@ -32,7 +38,11 @@ async def list_tokens(request: Request, _: Principal) -> Response:
 
 async def delete_token(request: Request, _: Principal) -> Response:
     """Revoke a token."""
-    record = await services(request).tokens.delete(request.path_params["id"])
+    tokens = services(request).tokens
+    return _revoked(await tokens.delete(request.path_params["id"], commit(_revoked)))
+
+
+def _revoked(record: TokenRecord) -> Response:
     return ok({**record.public(), "deleted": True})
 
 
@@ -43,17 +53,21 @@ async def create_portal_session(request: Request, _: Principal) -> Response:
     out of access logs and Referer headers.
     """
     spec = await read_model(request, PortalSessionSpec)
-    record, plaintext = await services(request).tokens.issue(spec.token_spec())
     base = str(request.base_url).rstrip("/")
-    return ok(
-        {
-            "url": f"{base}{CONSOLE_PATH}#token={plaintext}",
-            "token_id": record.id,
-            "tenant_id": record.tenant_id,
-            "expires_at": record.expires_at,
-        },
-        201,
-    )
+
+    def opened(issued: Issued) -> Response:
+        record, plaintext = issued
+        return ok(
+            {
+                "url": f"{base}{CONSOLE_PATH}#token={plaintext}",
+                "token_id": record.id,
+                "tenant_id": record.tenant_id,
+                "expires_at": record.expires_at,
+            },
+            201,
+        )
+
+    return opened(await services(request).tokens.issue(spec.token_spec(), commit(opened)))
 
 
 OPERATIONS = [

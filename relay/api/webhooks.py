@@ -11,6 +11,7 @@ from starlette.responses import Response
 from relay import events
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
+from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.audit import Audit, webhook_change
@@ -69,8 +70,9 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     ctx = services(request)
     check_target(spec.url, ctx.policy)
     webhook, secret = new_webhook(spec, tenant_id, ctx.keyring)
-    await ctx.webhooks.add(webhook)
-    return ok({**webhook.public(), "secret": secret}, 201)
+    response = ok({**webhook.public(), "secret": secret}, 201)
+    await ctx.webhooks.add(webhook, commit(lambda _: response))
+    return response
 
 
 async def list_webhooks(request: Request, principal: Principal) -> Response:
@@ -98,19 +100,28 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
         principal.check_visible(webhook.tenant_id, "webhook")
         return apply_update(webhook, changes, keyring)
 
-    store = services(request).webhooks
-    webhook = await store.change(request.path_params["id"], edit)
-    if changes.get("enabled") is True:
-        # Days of failures before it was disabled must not count against it now.
-        await store.forget_failures(webhook.id)
+    # Days of failures before it was disabled must not count against it now.
+    webhook = await services(request).webhooks.change(
+        request.path_params["id"],
+        edit,
+        commit(_shown),
+        forget_failures=changes.get("enabled") is True,
+    )
+    return _shown(webhook)
+
+
+def _shown(webhook: Webhook) -> Response:
     return ok(webhook.public())
+
+
+def _deleted(webhook: Webhook) -> Response:
+    return ok({**webhook.public(), "deleted": True})
 
 
 async def delete_webhook(request: Request, principal: Principal) -> Response:
     """Remove a webhook; it receives nothing more."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    await services(request).webhooks.delete(webhook.id)
-    return ok({**webhook.public(), "deleted": True})
+    return _deleted(await services(request).webhooks.delete(webhook.id, commit(_deleted)))
 
 
 async def get_secret(request: Request, principal: Principal) -> Response:
@@ -123,17 +134,17 @@ async def rotate_secret(request: Request, principal: Principal) -> Response:
     """A new secret signs from now on; the previous one also signs until previous_expires_at."""
     grace = (await read_model(request, RotateSecret)).grace_seconds
     ctx = services(request)
-    made: list[tuple[str, int]] = []
+    answers: list[Response] = []  # the last edit's is the one written
 
     def edit(webhook: Webhook) -> Webhook:
         principal.check_visible(webhook.tenant_id, "webhook")
         webhook, secret, expires_ms = rotate(webhook, ctx.keyring, grace)
-        made.append((secret, expires_ms))
+        expires_at = from_timestamp(expires_ms / 1000)
+        answers.append(ok({"secret": secret, "previous_expires_at": expires_at}))
         return webhook
 
-    await ctx.webhooks.change(request.path_params["id"], edit)
-    secret, expires_ms = made[-1]
-    return ok({"secret": secret, "previous_expires_at": from_timestamp(expires_ms / 1000)})
+    await ctx.webhooks.change(request.path_params["id"], edit, commit(lambda _: answers[-1]))
+    return answers[-1]
 
 
 async def send_test_event(request: Request, principal: Principal) -> Response:
@@ -185,6 +196,8 @@ OPERATIONS = [
         answers=shapes.TestResult,
         looks_up=True,
         body=SampleSend,
+        # A sample changes nothing but the list of test sends; again, it sends another.
+        repeats=True,
     ),
     Operation(
         "GET",

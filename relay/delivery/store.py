@@ -31,6 +31,7 @@ from relay.delivery.model import (
 )
 from relay.errors import NotFound
 from relay.store import codec, keys
+from relay.store.idempotency import COMMIT
 from relay.store.metrics import BUMP, bucket_key
 from relay.store.pages import Window, filtered_newest_first
 from relay.timefmt import from_timestamp
@@ -38,10 +39,11 @@ from relay.timefmt import from_timestamp
 
 @cache
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (JSON argument, Redis clock, counters)."""
+    """The Lua of one script, after the shared preludes (JSON argument, Redis clock, counters,
+    idempotency commits)."""
     folder = resources.files("relay.delivery") / "scripts"
     prelude = (folder / "prelude.lua").read_text()
-    return prelude + BUMP + (folder / f"{name}.lua").read_text()
+    return prelude + BUMP + COMMIT + (folder / f"{name}.lua").read_text()
 
 
 def _text(value: bytes | None) -> str | None:
@@ -213,18 +215,29 @@ class DeliveryStore:
         script = self._scripts[transition] if isinstance(transition, Transition) else transition
         return await script(keys=[], args=[codec.dumps(arg), *raw])
 
-    async def accept(self, event: NewEvent, deliveries: Sequence[PlannedDelivery]) -> str | None:
-        """Write the event and its deliveries, due now, in calls of at most the store's chunk.
+    async def accept(
+        self,
+        event: NewEvent,
+        deliveries: Sequence[PlannedDelivery],
+        commit: dict[str, str] | None = None,
+    ) -> str | None:
+        """Write the event and its deliveries, due now, in calls of at most the store's chunk;
+        `commit` (the request's answer, from `Commit.lua`), if given, goes with the first call.
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
         """
-        begun = await self.begin_accept(event, deliveries)
+        begun = await self.begin_accept(event, deliveries, commit)
         if begun.unfinished:
             await self.finish_accept(begun.event_id)
         return begun.event_id if begun.repeat else None
 
-    async def begin_accept(self, event: NewEvent, deliveries: Sequence[PlannedDelivery]) -> Begun:
+    async def begin_accept(
+        self,
+        event: NewEvent,
+        deliveries: Sequence[PlannedDelivery],
+        commit: dict[str, str] | None = None,
+    ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan."""
         whole = len(deliveries) <= self._chunk
@@ -238,6 +251,7 @@ class DeliveryStore:
         )
         arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
+        arg["commit"] = commit
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
         reply = await self._run(
             Transition.ACCEPT,

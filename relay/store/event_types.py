@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay.errors import Conflict
 from relay.events import RegisteredType
 from relay.store import codec, keys
-from relay.store.records import edit_record
+from relay.store.idempotency import Commit
+from relay.store.records import edit_record, transact
 
 
 class EventTypeStore:
@@ -19,14 +21,22 @@ class EventTypeStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def add(self, event_type: RegisteredType) -> None:
+    async def add(
+        self, event_type: RegisteredType, commit: Commit[RegisteredType] | None = None
+    ) -> None:
         """Register a new type; Conflict if one of that name exists."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.event_type(event_type.name), codec.dumps(event_type.record()), nx=True)
+        key = keys.event_type(event_type.name)
+
+        def decide(raw: bytes | None) -> RegisteredType:
+            if raw is not None:
+                raise Conflict(f"The event type {event_type.name} exists; PATCH it to change it.")
+            return event_type
+
+        def write(pipe: Pipeline, _: RegisteredType) -> None:
+            pipe.set(key, codec.dumps(event_type.record()))
             pipe.zadd(keys.EVENT_TYPES, {event_type.name: 0})
-            created, _ = await pipe.execute()
-        if not created:
-            raise Conflict(f"The event type {event_type.name} exists; PATCH it to change it.")
+
+        await transact(self._redis, key, decide, write, "event type", commit)
 
     async def get(self, name: str) -> RegisteredType | None:
         """A registered type by name (one Redis call: this is on the ingest path)."""
@@ -46,7 +56,10 @@ class EventTypeStore:
         return [RegisteredType.from_record(codec.loads(r)) for r in rows if r]
 
     async def change(
-        self, name: str, edit: Callable[[RegisteredType], RegisteredType]
+        self,
+        name: str,
+        edit: Callable[[RegisteredType], RegisteredType],
+        commit: Commit[RegisteredType] | None = None,
     ) -> RegisteredType:
         """Read, edit and write a type atomically; retried if it changed meanwhile."""
 
@@ -54,4 +67,6 @@ class EventTypeStore:
             event_type = edit(RegisteredType.from_record(record))
             return event_type, event_type.record()
 
-        return await edit_record(self._redis, keys.event_type(name), apply, "event type")
+        return await edit_record(
+            self._redis, keys.event_type(name), apply, "event type", commit=commit
+        )

@@ -1,29 +1,69 @@
-"""Stored responses for Idempotency-Key: claim, complete, release or mark unknown, per key.
+"""Stored responses for Idempotency-Key: claim, then the answer is stored with the write.
 
-A record is `pending` while its first request runs (with a lease), `unknown` when that request
-failed in a way that may or may not have written (Redis stopped answering mid-write, or the
-process died with its lease), and `done` with the response to replay. Responses can carry
-secrets shown once (webhook secrets, API tokens), so they are stored encrypted under the master
-keyring, bound to the record's key.
+A record is `pending` while a request runs (with a lease and the run's random token), `unknown`
+when that run failed, and `done` with the response to replay. A write that answers a request
+checks, in its own atomic step, that the record is still its run's pending claim, and sets the
+`done` record there too (a `Commit`): so a write that committed always left its answer, and a
+record still `pending` after its lease, or `unknown`, means its run wrote nothing that can land
+later — a retry may claim the key and run again. Responses can carry secrets shown once (webhook
+secrets, API tokens), so they are stored encrypted under the master keyring, bound to the
+record's key.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay.errors import Conflict, Invalid
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.store import codec, keys
 
 KEEP_SECONDS = 24 * 3600
+# How a commit that finds its claim gone fails, from Lua or from Python.
+CLAIM_MOVED = "CLAIMMOVED"
+
+T = TypeVar("T")
+
+# Lua helpers shared by every script that checks or commits a claim. `holds` is the one rule:
+# the record is still the pending claim of this run (whatever its lease says — a run whose
+# lease lapsed may still commit, until a retry or its own failure has taken the key).
+HOLDS = """
+local function holds(key, run)
+  local raw = redis.call('GET', key)
+  if not raw then return false end
+  local record = cjson.decode(raw)
+  return record.state == 'pending' and record.run == run
+end
+"""
+
+# Prepended to a script whose write answers a request: `commit(c)` writes nothing and fails
+# unless `c` (key, run, record; nil or null without a key) still holds its claim, then stores
+# the answer. Call it after every early return that writes nothing, before the first write.
+COMMIT = (
+    HOLDS
+    + f"""
+local function commit(c)
+  if c == nil or c == cjson.null then return end
+  if not holds(c.key, c.run) then
+    error({{err = '{CLAIM_MOVED} a later request with this Idempotency-Key took it over'}})
+  end
+  redis.call('SET', c.key, c.record, 'KEEPTTL')
+end
+"""
+)
 
 # One atomic step decides what a request with a key may do. Times come from Redis, so API
 # replicas with different clocks agree on when a lease has lapsed. A lapsed lease means the
-# process holding it died: whether it wrote is unknown, so the key is not free again.
+# process holding it died before its write committed (a committed write leaves `done`): the
+# key is claimed again. Records written before runs carried tokens cannot say whether their
+# write landed: those stay unknown.
 _CLAIM = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -35,13 +75,29 @@ if raw then
   if record.state == 'pending' and tonumber(record.lease_until) > now_ms then
     return {'running'}
   end
-  if ARGV[4] ~= '1' then return {'unknown'} end
+  if not record.run then return {'unknown'} end
 end
-local pending = cjson.encode({state = 'pending', fingerprint = ARGV[1],
+local pending = cjson.encode({state = 'pending', fingerprint = ARGV[1], run = ARGV[4],
   lease_until = now_ms + tonumber(ARGV[2])})
 redis.call('SET', KEYS[1], pending, 'EX', ARGV[3])
 return {'claimed'}
 """
+
+# Settles a claim only while this run holds it: to ARGV[2], or deleted when that is empty.
+_SETTLE = (
+    HOLDS
+    + """
+if not holds(KEYS[1], ARGV[1]) then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+end
+return 1
+"""
+)
+
+_HOLDS = HOLDS + "return holds(KEYS[1], ARGV[1]) and 1 or 0"
 
 # Re-encrypts one record only if nobody changed it meanwhile; its expiry stays as it was.
 _REPLACE = """
@@ -62,11 +118,64 @@ class StoredResponse:
     body: bytes
 
 
-class Claim(enum.Enum):
-    """What a request may do with its key when no response is stored to replay."""
+class ClaimMoved(Conflict):
+    """The run's claim is gone (its lease lapsed and a retry took the key): it wrote nothing."""
 
-    RUN = "claimed"  # the key is this request's: run it
-    UNKNOWN = "unknown"  # an earlier request with the key may have written: do not run
+    def __init__(self) -> None:
+        super().__init__(
+            "A later request with this Idempotency-Key took it over while this one ran; "
+            "this one changed nothing."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Commit(Generic[T]):
+    """A request's answer, stored by the write that produces it, in the same atomic step.
+
+    The write first checks that `key` is still `run`'s pending claim (else it writes nothing),
+    then sets `seal(result)`: the `done` record answering the write's result.
+    """
+
+    key: str
+    run: str
+    seal: Callable[[T], str]
+
+    def lua(self, result: T) -> dict[str, str]:
+        """The argument of the Lua `commit` helper for a write with this result."""
+        return {"key": self.key, "run": self.run, "record": self.seal(result)}
+
+    async def hold(self, pipe: Pipeline) -> None:
+        """In a pipeline before MULTI: watch the claim, and raise ClaimMoved if it is not ours."""
+        await pipe.watch(self.key)
+        if not await pipe.eval(_HOLDS, 1, self.key, self.run):  # type: ignore[misc]
+            raise ClaimMoved()
+
+    def store(self, pipe: Pipeline, result: T) -> None:
+        """Queue, inside MULTI after `hold`, the answer's record."""
+        pipe.set(self.key, self.seal(result), keepttl=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A run's claim on its key: what its write must find, and how its answer is sealed."""
+
+    key: str
+    run: str
+    fingerprint: str
+    keyring: Keyring
+
+    def record(self, response: StoredResponse) -> str:
+        """The `done` record for `response`, its body encrypted and bound to the key."""
+        plain = codec.dumps(
+            {"status": response.status, "headers": response.headers, "body": response.body.decode()}
+        )
+        sealed = self.keyring.encrypt(plain, self.key.encode())
+        record = {"state": "done", "fingerprint": self.fingerprint, "response": sealed}
+        return codec.dumps(record).decode()
+
+    def commit(self, answer: Callable[[T], StoredResponse]) -> Commit[T]:
+        """The commit that stores `answer(result)` with the write producing `result`."""
+        return Commit(self.key, self.run, lambda result: self.record(answer(result)))
 
 
 class IdempotencyStore:
@@ -76,6 +185,7 @@ class IdempotencyStore:
         self._redis = redis
         self._keyring = keyring
         self._claim = redis.register_script(_CLAIM)
+        self._settle = redis.register_script(_SETTLE)
         self._replace = redis.register_script(_REPLACE)
 
     @staticmethod
@@ -84,27 +194,17 @@ class IdempotencyStore:
         return keys.idempotency(token_id, hashlib.sha256(idempotency_key.encode()).hexdigest())
 
     async def claim(
-        self,
-        token_id: str,
-        idempotency_key: str,
-        fingerprint: str,
-        lease_seconds: int,
-        *,
-        rerun_unknown: bool = False,
-    ) -> Claim | StoredResponse:
-        """Claim the key for a new request, or return the response to replay.
+        self, token_id: str, idempotency_key: str, fingerprint: str, lease_seconds: int
+    ) -> Held | StoredResponse:
+        """Claim the key for a new run of the request, or return the response to replay.
 
-        Raises Conflict while another request with the key runs and Invalid when the key was
-        used with a different request. An earlier request whose outcome is unknown answers
-        UNKNOWN, or is claimed again when `rerun_unknown` (the request cannot write twice).
+        Raises Conflict while another run holds the key, or when a run from before answers were
+        committed with writes failed (it may have written), and Invalid when the key was used
+        with a different request.
         """
         key = self._key(token_id, idempotency_key)
-        args: list[str | int] = [
-            fingerprint,
-            lease_seconds * 1000,
-            KEEP_SECONDS,
-            "1" if rerun_unknown else "0",
-        ]
+        run = secrets.token_hex(16)
+        args: list[str | int] = [fingerprint, lease_seconds * 1000, KEEP_SECONDS, run]
         verdict, *rest = await self._claim(keys=[key], args=args)
         match verdict.decode():
             case "mismatch":
@@ -116,34 +216,27 @@ class IdempotencyStore:
                 raise Conflict("A request with this Idempotency-Key is still in progress.")
             case "done":
                 return self._open(key, rest[0].decode())
-            case verdict_name:
-                return Claim(verdict_name)
+            case "unknown":
+                raise Conflict(
+                    "An earlier request with this Idempotency-Key failed after it may have "
+                    "taken effect; it is not run again. Check the resource it changes before "
+                    "using a new key."
+                )
+        return Held(key, run, fingerprint, self._keyring)
 
-    async def complete(
-        self, token_id: str, idempotency_key: str, fingerprint: str, response: StoredResponse
-    ) -> None:
-        """Keep the response, encrypted, for 24 h so repeats replay it."""
-        key = self._key(token_id, idempotency_key)
-        plain = codec.dumps(
-            {"status": response.status, "headers": response.headers, "body": response.body.decode()}
-        )
-        record = {
-            "state": "done",
-            "fingerprint": fingerprint,
-            "response": self._keyring.encrypt(plain, key.encode()),
-        }
-        await self._redis.set(key, codec.dumps(record), ex=KEEP_SECONDS)
+    async def complete(self, held: Held, response: StoredResponse) -> None:
+        """Keep the response, encrypted, so repeats replay it (unless the run lost its claim)."""
+        await self._settle(keys=[held.key], args=[held.run, held.record(response)])
 
-    async def mark_unknown(self, token_id: str, idempotency_key: str, fingerprint: str) -> None:
-        """Keep the key taken: its request failed in a way that may have written."""
-        record = {"state": "unknown", "fingerprint": fingerprint}
-        await self._redis.set(
-            self._key(token_id, idempotency_key), codec.dumps(record), ex=KEEP_SECONDS
-        )
+    async def mark_unknown(self, held: Held) -> None:
+        """The run failed: if its claim is still pending, no write of it committed or will
+        (each checks the claim), so a retry may run again. A `done` record stays as it is."""
+        record = {"state": "unknown", "fingerprint": held.fingerprint, "run": held.run}
+        await self._settle(keys=[held.key], args=[held.run, codec.dumps(record)])
 
-    async def release(self, token_id: str, idempotency_key: str) -> None:
+    async def release(self, held: Held) -> None:
         """Forget a claim whose request wrote nothing, so the client may try the key again."""
-        await self._redis.delete(self._key(token_id, idempotency_key))
+        await self._settle(keys=[held.key], args=[held.run, ""])
 
     async def reencrypt(self) -> tuple[int, int]:
         """Re-encrypt stored responses under the current master key; (changed, stored)."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from relay import ids, timefmt
 from relay.errors import NotFound
 from relay.store import codec, keys
+from relay.store.idempotency import Commit
 from relay.store.pages import newest_first
+from relay.store.records import transact
 from relay.tokens import Principal, Role, TokenSpec, new_secret_token, token_hash
 
 # An expired token's record stays this long, so that it answers "expired" rather than "unknown".
@@ -60,10 +63,20 @@ class TokenRecord:
         return Principal(self.id, self.role, self.tenant_id)
 
 
+# A new token: its record and its plaintext.
+Issued = tuple[TokenRecord, str]
+
+
 def _record(raw: bytes) -> TokenRecord:
     data = codec.loads(raw)
     data["role"] = Role(data["role"])
     return TokenRecord(**data)
+
+
+def _found(raw: bytes | None) -> TokenRecord:
+    if not raw:
+        raise NotFound("No such token.")
+    return _record(raw)
 
 
 class TokenStore:
@@ -73,8 +86,11 @@ class TokenStore:
         self._redis = redis
         self._lookup = redis.register_script(_LOOKUP)
 
-    async def issue(self, spec: TokenSpec) -> tuple[TokenRecord, str]:
-        """Create a token; returns its record and the plaintext, which is never stored."""
+    async def issue(
+        self, spec: TokenSpec, commit: Commit[Issued] | None = None
+    ) -> tuple[TokenRecord, str]:
+        """Create a token; returns its record and the plaintext, which is never stored
+        (but for the request's answer, encrypted, when `commit` stores it)."""
         plaintext = new_secret_token()
         record = TokenRecord(
             id=ids.new_id("tok"),
@@ -85,18 +101,19 @@ class TokenStore:
             hash=token_hash(plaintext),
             expires_at=spec.expires_at,
         )
-        await self._add(record)
-        return record, plaintext
+        return await transact(
+            self._redis, None, lambda _: (record, plaintext), self._add, "token", commit
+        )
 
-    async def _add(self, record: TokenRecord) -> None:
+    @staticmethod
+    def _add(pipe: Pipeline, issued: Issued) -> None:
+        record, _ = issued
         raw = codec.dumps(asdict(record))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key in (keys.token(record.id), keys.token_by_hash(record.hash)):
-                pipe.set(key, raw)
-                if record.expires_at is not None:
-                    pipe.pexpireat(key, _ms(record.expires_at) + _EXPIRED_KEPT_MS)
-            pipe.zadd(keys.TOKENS, {record.id: 0})
-            await pipe.execute()
+        for key in (keys.token(record.id), keys.token_by_hash(record.hash)):
+            pipe.set(key, raw)
+            if record.expires_at is not None:
+                pipe.pexpireat(key, _ms(record.expires_at) + _EXPIRED_KEPT_MS)
+        pipe.zadd(keys.TOKENS, {record.id: 0})
 
     async def by_hash(self, digest: str, now_ms: int) -> TokenRecord | None:
         """The token whose hash is `digest`, if any, noting that it is being used now."""
@@ -108,10 +125,7 @@ class TokenStore:
 
     async def get(self, token_id: str) -> TokenRecord:
         """A token by id, or NotFound."""
-        raw = await self._redis.get(keys.token(token_id))
-        if not raw:
-            raise NotFound("No such token.")
-        return _record(raw)
+        return _found(await self._redis.get(keys.token(token_id)))
 
     async def page(
         self, limit: int, cursor: str | None
@@ -128,16 +142,16 @@ class TokenStore:
             (record, int(u) if u else None) for record, u in zip(records, used, strict=True)
         ], page.next_cursor
 
-    async def delete(self, token_id: str) -> TokenRecord:
+    async def delete(self, token_id: str, commit: Commit[TokenRecord] | None = None) -> TokenRecord:
         """Revoke a token: it stops authenticating at once, on every replica (nothing caches it)."""
-        record = await self.get(token_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def write(pipe: Pipeline, record: TokenRecord) -> None:
             pipe.delete(
                 keys.token(record.id), keys.token_by_hash(record.hash), keys.token_used(record.hash)
             )
             pipe.zrem(keys.TOKENS, record.id)
-            await pipe.execute()
-        return record
+
+        return await transact(self._redis, keys.token(token_id), _found, write, "token", commit)
 
 
 def _ms(stamp: str) -> int:

@@ -10,19 +10,25 @@ from redis.asyncio.client import Pipeline
 
 from relay.errors import Invalid, NotFound
 from relay.store import codec, keys
+from relay.store.idempotency import COMMIT, Commit
 from relay.store.pages import newest_first
-from relay.store.records import edit_record
+from relay.store.records import edit_record, transact
 from relay.webhooks import Webhook
 
-# Count and add in one script, so that concurrent creates cannot pass the cap together.
-_ADD = """
+# Count and add in one script, so that concurrent creates cannot pass the cap together; the
+# request's answer is stored with the webhook (see `Commit`).
+_ADD = (
+    COMMIT
+    + """
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
+commit(cjson.decode(ARGV[5]))
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 if ARGV[4] == '0' then redis.call('SADD', KEYS[4], ARGV[2]) end
 return 1
 """
+)
 
 
 def _load(raw: bytes) -> Webhook:
@@ -49,7 +55,7 @@ class WebhookStore:
         self._max_per_tenant = max_per_tenant
         self._add = redis.register_script(_ADD)
 
-    async def add(self, webhook: Webhook) -> None:
+    async def add(self, webhook: Webhook, commit: Commit[Webhook] | None = None) -> None:
         """Store a new webhook with its index entries; Invalid once its tenant has the most
         webhooks RELAY_MAX_WEBHOOKS_PER_TENANT allows (each one is fanned out to per event)."""
         added = await self._add(
@@ -64,6 +70,7 @@ class WebhookStore:
                 webhook.id,
                 self._max_per_tenant,
                 int(webhook.enabled),
+                codec.dumps(None if commit is None else commit.lua(webhook)),
             ],
         )
         if not added:
@@ -76,10 +83,7 @@ class WebhookStore:
 
     async def get(self, webhook_id: str) -> Webhook:
         """A webhook by id, or NotFound."""
-        raw = await self._redis.get(keys.webhook(webhook_id))
-        if raw is None:
-            raise NotFound("No such webhook.")
-        return _load(raw)
+        return self._found(await self._redis.get(keys.webhook(webhook_id)))
 
     async def page(
         self, tenant_id: str | None, limit: int, cursor: str | None
@@ -105,31 +109,49 @@ class WebhookStore:
         """Every webhook id (for maintenance commands)."""
         return [i.decode() for i in await self._redis.zrange(keys.WEBHOOKS, 0, -1)]
 
-    async def change(self, webhook_id: str, edit: Callable[[Webhook], Webhook]) -> Webhook:
-        """Read, edit and write a webhook atomically; retried if it changed meanwhile."""
+    async def change(
+        self,
+        webhook_id: str,
+        edit: Callable[[Webhook], Webhook],
+        commit: Commit[Webhook] | None = None,
+        *,
+        forget_failures: bool = False,
+    ) -> Webhook:
+        """Read, edit and write a webhook atomically; retried if it changed meanwhile.
+
+        `forget_failures` starts its failure streak afresh (when it is enabled again).
+        """
 
         def apply(record: dict[str, Any]) -> tuple[Webhook, object]:
             webhook = edit(Webhook.from_record(record))
             return webhook, webhook.record()
 
-        return await edit_record(
-            self._redis, keys.webhook(webhook_id), apply, "webhook", also=_note_enabled
-        )
+        def also(pipe: Pipeline, webhook: Webhook) -> None:
+            _note_enabled(pipe, webhook)
+            if forget_failures:
+                pipe.delete(keys.endpoint_failing(webhook.id))
 
-    async def delete(self, webhook_id: str) -> Webhook:
+        key = keys.webhook(webhook_id)
+        return await edit_record(self._redis, key, apply, "webhook", also, commit)
+
+    async def delete(self, webhook_id: str, commit: Commit[Webhook] | None = None) -> Webhook:
         """Remove a webhook and its index entries."""
-        webhook = await self.get(webhook_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+
+        def write(pipe: Pipeline, webhook: Webhook) -> None:
             pipe.delete(keys.webhook(webhook_id), keys.endpoint_failing(webhook_id))
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
             pipe.srem(keys.DISABLED_WEBHOOKS, webhook_id)
-            await pipe.execute()
-        return webhook
 
-    async def forget_failures(self, webhook_id: str) -> None:
-        """Start the webhook's failure streak afresh (when it is enabled again)."""
-        await self._redis.delete(keys.endpoint_failing(webhook_id))
+        return await transact(
+            self._redis, keys.webhook(webhook_id), self._found, write, "webhook", commit
+        )
+
+    @staticmethod
+    def _found(raw: bytes | None) -> Webhook:
+        if raw is None:
+            raise NotFound("No such webhook.")
+        return _load(raw)
 
     async def troubled(self, scan: int) -> list[tuple[Webhook, int | None]]:
         """Of the newest `scan` webhooks, the disabled or failing ones, with failing since (ms)."""

@@ -244,7 +244,7 @@ async def _delete_webhook(client: httpx.AsyncClient) -> Write:
 
     return Write(
         lambda: client.delete(f"/v1/webhooks/{hook['id']}", headers={"Idempotency-Key": "k"}),
-        b'"state":"done"',  # the answer, stored by the transaction that deletes
+        keys.endpoint_failing(hook["id"]).encode(),  # only the delete names this key
         check,
     )
 
@@ -330,6 +330,25 @@ async def test_a_write_that_never_reached_redis_runs_once_on_the_retry(
         again = await write.send()
         assert again.headers["idempotent-replayed"] == "true"
         assert (again.status_code, again.json()) == (retry.status_code, retry.json())
+
+
+async def test_a_transaction_whose_reply_was_lost_is_not_taken_for_a_conflict(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    # Without a key: the optimistic loop must not read the lost EXEC reply as "changed
+    # meanwhile" and rotate again (the first rotation may have, and here did, commit).
+    async with Link(own_redis.port) as link:
+        client = await make_client(redis_url=f"redis://127.0.0.1:{link.port}/0")
+        url = "https://hooks.example.com/rotated"
+        hook = await webhook(client, url, tenant="t1")
+        link.swallow_after = url.encode()
+        lost = await client.post(f"/v1/webhooks/{hook['id']}/rotate-secret", json={})
+        link.swallow_after = None
+        assert lost.status_code == 503, lost.text
+        shown = (await client.get(f"/v1/webhooks/{hook['id']}/secret")).json()["data"]
+    assert link.swallowed == 1
+    assert shown["secret"] != hook["secret"]
+    assert len(shown["previous"]) == 1, shown
 
 
 async def test_an_event_with_an_upstream_id_whose_reply_was_lost_is_found_by_the_retry(

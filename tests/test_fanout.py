@@ -91,9 +91,16 @@ async def test_a_fan_out_several_chunks_wide_delivers_once_per_webhook(
     async with Receiver() as rx:
         webhook_ids = await _webhooks(client, rx, count)
         body = {"type": "post.published", "tenant_id": TENANT, "data": {"post_id": "p_1"}}
-        accepted = await client.post("/v1/events", json=body)
+        # Under a key, the answer is stored with the first step and replayed as the 202 was.
+        key = {"Idempotency-Key": "wide-1"}
+        accepted = await client.post("/v1/events", json=body, headers=key)
         assert accepted.status_code == 202, accepted.text
+        again = await client.post("/v1/events", json=body, headers=key)
+        assert again.headers.get("idempotent-replayed") == "true", again.text
+        assert (again.status_code, again.json()) == (202, accepted.json())
         event = accepted.json()["data"]
+        listed_events = (await client.get("/v1/events", params={"tenant_id": TENANT})).json()
+        assert [e["id"] for e in listed_events["data"]] == [event["id"]]
         _one_each(event["deliveries"], webhook_ids)
         assert await redis_client.zcard(keys.ACCEPTING) == 0
         await workers()

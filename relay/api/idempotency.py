@@ -19,6 +19,8 @@ from relay.tokens import Principal
 
 HEADER = "idempotency-key"
 METHODS = frozenset({"POST", "PATCH", "DELETE"})
+# Set on a replayed response.
+REPLAYED = "Idempotent-Replayed"
 # Answers that say the request did nothing and the client should retry: not stored.
 _TRANSIENT = frozenset({409, 429, 503})
 
@@ -39,6 +41,15 @@ def _valid_key(key: str) -> str:
 def _stored(response: Response) -> StoredResponse:
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
     return StoredResponse(response.status_code, headers, bytes(response.body))
+
+
+def audit_marker(request: Request, principal: Principal) -> str | None:
+    """The key that lets the change made under this request's Idempotency-Key be audited once,
+    by its first run or, if that lost its reply, by the retry that replays it; None without."""
+    key = request.headers.get(HEADER)
+    if key is None or request.method not in METHODS:
+        return None
+    return services(request).idempotency.audit_marker(principal.token_id, key)
 
 
 def commit(render: Callable[[T], Response]) -> Commit[T] | None:
@@ -75,7 +86,7 @@ async def idempotent(
     lease = int(max(60.0, 4 * ctx.settings.delivery_timeout))
     claim = await store.claim(principal.token_id, key, fingerprint, lease)
     if isinstance(claim, StoredResponse):
-        headers = {**claim.headers, "Idempotent-Replayed": "true"}
+        headers = {**claim.headers, REPLAYED: "true"}
         return Response(claim.body, claim.status, headers)
     held = _HELD.set(None if repeats else claim)
     try:

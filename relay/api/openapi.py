@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pydantic
 
 from relay import __version__
+from relay.api.idempotency import REPLAYED
 from relay.api.routing import Operation
 from relay.api.shapes import Alive, Problem, Ready, envelope
 from relay.events import EVENT_TYPES
@@ -165,7 +166,7 @@ def _success(op: Operation, description: str, components: dict[str, Any]) -> dic
     }
     if op.method in _IDEMPOTENT:
         response["headers"] = _headers(
-            {"Idempotent-Replayed": "`true` on a replay of a stored response"}, required=False
+            {REPLAYED: "`true` on a replay of a stored response"}, required=False
         )
     return response
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from relay.api import trail
 from relay.api.auth import authenticate
 from relay.api.errors import problem
-from relay.api.idempotency import idempotent
+from relay.api.idempotency import REPLAYED, idempotent
 from relay.api.shapes import check, envelope
 from relay.audit import Audit
 from relay.errors import Invalid, RateLimited, RelayError
@@ -133,7 +133,6 @@ def _endpoint(op: Operation) -> PublicHandler:
             # Rendered here, not by the app's handler, so idempotency can store the outcome.
             return problem(err)
         if op.audit is not None and response.status_code < 300:
-            # Inside the idempotent call: a replayed response records nothing again.
             await trail.record(request, principal, op.audit, response)
         if response.status_code < 300:
             # The document promises this shape: an answer outside it is a bug, raised (a
@@ -146,7 +145,14 @@ def _endpoint(op: Operation) -> PublicHandler:
         if not await services(request).rate_limiter.allow(principal.token_id):
             raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
-        return await idempotent(request, principal, lambda: call(request, principal), op.repeats)
+        response = await idempotent(
+            request, principal, lambda: call(request, principal), op.repeats
+        )
+        if op.audit is not None and response.status_code < 300 and REPLAYED in response.headers:
+            # A change whose first run lost its reply (Redis went away after the write) was
+            # never recorded; its replay records it. Once per key: a replay after that is a no-op.
+            await trail.record(request, principal, op.audit, response)
+        return response
 
     endpoint.__name__ = op.handler.__name__
     return endpoint

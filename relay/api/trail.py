@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import audit, logs
+from relay.api.idempotency import audit_marker
 from relay.errors import NotFound
 from relay.ids import has_prefix
 from relay.services import services
@@ -40,7 +41,8 @@ async def record(
             object_id,
             tenant_id,
             request_id(request),
-        )
+        ),
+        once=audit_marker(request, principal),
     )
 
 

@@ -24,28 +24,45 @@ class AuditQuery:
     until_ms: int | None = None
 
 
+# KEYS: the entry, the marker (or the entry again when there is none), then its indexes.
+# ARGV: the entry's record, its id, the retention in seconds, the trimming floor. An entry
+# with a marker is added only by whoever sets the marker first.
+_ADD = """
+if KEYS[2] ~= KEYS[1] and not redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], 0, ARGV[2])
+  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[4])
+  -- A tenant's index lapses a retention period after its last entry.
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return 1
+"""
+
+
 class AuditLog:
     """Persistence of the audit trail."""
 
     def __init__(self, redis: Redis, retention_seconds: int) -> None:
         self._redis = redis
         self._retention = retention_seconds
+        self._add = redis.register_script(_ADD)
 
-    async def add(self, entry: AuditEntry) -> None:
-        """Store an entry; its indexes lose entries past the retention window meanwhile."""
+    async def add(self, entry: AuditEntry, once: str | None = None) -> None:
+        """Store an entry, unless `once` (a marker key) says its change is recorded already;
+        its indexes lose entries past the retention window meanwhile."""
         indexes = [keys.AUDIT]
         if entry.tenant_id is not None:
             indexes.append(keys.tenant_audit(entry.tenant_id))
         oldest_kept_ms = time.time_ns() // 1_000_000 - self._retention * 1000
         floor = f"({ids.time_floor('aud', oldest_kept_ms)}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.audit_entry(entry.id), codec.dumps(entry.record()), ex=self._retention)
-            for index in indexes:
-                pipe.zadd(index, {entry.id: 0})
-                pipe.zremrangebylex(index, "-", floor)
-                # A tenant's index lapses a retention period after its last entry.
-                pipe.expire(index, self._retention)
-            await pipe.execute()
+        key = keys.audit_entry(entry.id)
+        await self._add(
+            keys=[key, once or key, *indexes],
+            args=[codec.dumps(entry.record()), entry.id, self._retention, floor],
+        )
 
     async def page(
         self, query: AuditQuery, limit: int, cursor: str | None

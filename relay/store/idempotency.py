@@ -109,6 +109,10 @@ return 0
 """
 
 
+def _digest(idempotency_key: str) -> str:
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """A response to replay for a repeated key."""
@@ -191,7 +195,12 @@ class IdempotencyStore:
     @staticmethod
     def _key(token_id: str, idempotency_key: str) -> str:
         # Hash the client's key so any printable string makes a well-formed Redis key.
-        return keys.idempotency(token_id, hashlib.sha256(idempotency_key.encode()).hexdigest())
+        return keys.idempotency(token_id, _digest(idempotency_key))
+
+    @staticmethod
+    def audit_marker(token_id: str, idempotency_key: str) -> str:
+        """The key that says the change made under this Idempotency-Key is audited."""
+        return keys.audited_request(token_id, _digest(idempotency_key))
 
     async def claim(
         self, token_id: str, idempotency_key: str, fingerprint: str, lease_seconds: int

@@ -31,6 +31,11 @@ def idempotency(token_id: str, key_digest: str) -> str:
     return f"{PREFIX}idem:{token_id}:{key_digest}"
 
 
+def audited_request(token_id: str, key_digest: str) -> str:
+    """Set once the change made under one Idempotency-Key of one token is in the audit trail."""
+    return f"{PREFIX}audited:{token_id}:{key_digest}"
+
+
 WEBHOOKS = PREFIX + "whs"
 
 

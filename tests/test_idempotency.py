@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,9 @@ import pytest
 import redis.asyncio
 import redis.exceptions
 
+import relay.app
+from relay.api import events
+from relay.app import OPERATIONS
 from relay.secrets import Keyring
 from relay.store import keys
 from relay.store.idempotency import CLAIM_MOVED, ClaimMoved, Held, IdempotencyStore, StoredResponse
@@ -22,7 +26,7 @@ from relay.store.webhooks import WebhookStore
 from relay.tokens import BOOTSTRAP_ID, Role, TokenSpec
 from relay.webhooks import WebhookCreate, new_webhook
 from tests.conftest import ClientFactory
-from tests.flows import webhook
+from tests.flows import post_event, webhook
 from tests.links import Link
 from tests.support import TEST_MASTER_KEY, RedisServer
 
@@ -423,3 +427,22 @@ async def test_a_stale_runs_delayed_write_cannot_land_after_the_claim_moved_on(
     await store.release(stale)
     await store.mark_unknown(current)
     assert await store.claim(BOOTSTRAP_ID, "k", "f", 60) == answer
+
+
+async def test_an_operation_that_does_not_store_its_answer_with_its_write_fails_loudly(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if retrying an event had been declared to store its answer with its write and its
+    # handler had not: a lost reply would let a retry run it twice, so a keyed call is refused.
+    forgetful = [
+        dataclasses.replace(op, repeats=False) if op.handler is events.retry_event else op
+        for op in OPERATIONS
+    ]
+    monkeypatch.setattr(relay.app, "OPERATIONS", forgetful)
+    client = await make_client()
+    event = (await post_event(client)).json()["data"]
+    path = f"/v1/events/{event['id']}/retry"
+    assert (await client.post(path)).status_code == 202  # without a key nothing is at stake
+    keyed = await client.post(path, headers={"Idempotency-Key": "forgot"})
+    assert keyed.status_code == 500, keyed.text
+    assert keyed.headers["content-type"] == "application/problem+json"

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.exceptions
@@ -26,8 +27,17 @@ _TRANSIENT = frozenset({409, 429, 503})
 
 T = TypeVar("T")
 
-# The claim of the request being handled, when its answer is stored with its write.
-_HELD: ContextVar[Held | None] = ContextVar("idempotency_claim", default=None)
+
+@dataclass(slots=True)
+class _Run:
+    """The claim of the request being handled, and whether its handler took the commit."""
+
+    held: Held
+    committing: bool = False
+
+
+# Set while a keyed request of an operation that does not `repeats` runs.
+_RUN: ContextVar[_Run | None] = ContextVar("idempotency_run", default=None)
 
 
 def _valid_key(key: str) -> str:
@@ -55,8 +65,11 @@ def audit_marker(request: Request, principal: Principal) -> str | None:
 def commit(render: Callable[[T], Response]) -> Commit[T] | None:
     """What the write answering this request passes to its store, so that it stores
     `render(result)` as the replay in the same atomic step; None without a key."""
-    held = _HELD.get()
-    return None if held is None else held.commit(lambda result: _stored(render(result)))
+    run = _RUN.get()
+    if run is None:
+        return None
+    run.committing = True
+    return run.held.commit(lambda result: _stored(render(result)))
 
 
 async def idempotent(
@@ -88,7 +101,8 @@ async def idempotent(
     if isinstance(claim, StoredResponse):
         headers = {**claim.headers, REPLAYED: "true"}
         return Response(claim.body, claim.status, headers)
-    held = _HELD.set(None if repeats else claim)
+    run = None if repeats else _Run(claim)
+    token = _RUN.set(run)
     try:
         response = await call()
     except Exception:
@@ -98,7 +112,14 @@ async def idempotent(
             await store.mark_unknown(claim)
         raise
     finally:
-        _HELD.reset(held)
+        _RUN.reset(token)
+    if run is not None and not run.committing and response.status_code < 300:
+        # Only a write that stores its answer makes a lost reply safe to run again (the claim
+        # would lapse and a retry write twice): an operation that forgot is a bug, made loud.
+        raise RuntimeError(
+            f"{request.method} {request.url.path} succeeded without storing its answer with its "
+            "write: pass idempotency.commit(...) to the store, or declare the operation `repeats`"
+        )
     if response.status_code >= 500 or response.status_code in _TRANSIENT:
         await store.release(claim)
     else:

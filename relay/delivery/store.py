@@ -222,7 +222,7 @@ class DeliveryStore:
         commit: dict[str, str] | None = None,
     ) -> str | None:
         """Write the event and its deliveries, due now, in calls of at most the store's chunk;
-        `commit` (the request's answer, from `Commit.lua`), if given, goes with the first call.
+        `commit` (the request's answer, as `Commit.lua` gives it) goes with the first call.
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = None
+    database_url: str | None = None
     data_dir: Path = Path(".relay")
     admin_token: SecretStr | None = None
     secret_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
@@ -143,7 +144,7 @@ def _shown(name: str, value: object) -> str:
         return str(value.value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if name == "redis_url":
+    if name in {"redis_url", "database_url"}:
         return _without_password(str(value))
     return str(value).lower() if isinstance(value, bool) else str(value)
 

@@ -52,6 +52,13 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+def require_database_url(settings: Settings) -> str:
+    """RELAY_DATABASE_URL, which the API and workers cannot do without."""
+    if not settings.database_url:
+        raise MissingSetting("RELAY_DATABASE_URL is required (or use `relay dev`).")
+    return settings.database_url
+
+
 def keyring(settings: Settings) -> Keyring:
     """The master keyring from RELAY_SECRET_KEYS, which must be set and valid."""
     if not settings.secret_keys:

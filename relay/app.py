@@ -48,6 +48,9 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.services = Services.open(settings)
+        # Like the worker: start serving once PostgreSQL answers with the schema this release
+        # knows; another version stops the start-up, naming `relay migrate`.
+        await app.state.services.database.wait()
         try:
             yield
         finally:

@@ -43,11 +43,17 @@ def _settings(**overrides: Any) -> Settings:
 
 def _server_settings() -> Settings:
     """Settings for `api` and `worker`, with what they cannot run without checked up front."""
-    from relay.services import MissingSetting, keyring, require_redis_url
+    from relay.services import (
+        MissingSetting,
+        keyring,
+        require_database_url,
+        require_redis_url,
+    )
 
     settings = _settings()
     try:
         require_redis_url(settings)
+        require_database_url(settings)
         keyring(settings)
     except MissingSetting as exc:
         raise CliError(str(exc)) from None
@@ -324,6 +330,29 @@ def cmd_config_check(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(_: argparse.Namespace) -> int:
+    """Bring the PostgreSQL schema to this release's version."""
+    import asyncpg
+
+    from relay.history import migrations
+    from relay.history.db import POSTGRES_AWAY
+    from relay.services import MissingSetting, require_database_url
+
+    settings = _settings()
+    try:
+        url = require_database_url(settings)
+    except MissingSetting as exc:
+        raise CliError(str(exc)) from None
+    try:
+        applied = asyncio.run(migrations.apply(url))
+    except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:
+        raise CliError(f"cannot migrate the database: {exc}") from None
+    for migration in applied:
+        print(f"applied {migration.version:04d} {migration.name}")
+    print(f"relay migrate: schema at version {migrations.latest()}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Webhook relay and delivery retry.")
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -361,6 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     config.add_parser(
         "check", help="validate the environment and print the settings in force"
     ).set_defaults(func=cmd_config_check)
+    sub.add_parser("migrate", help="apply the PostgreSQL schema (numbered SQL files)").set_defaults(
+        func=cmd_migrate
+    )
     add_operator_commands(sub)
     return parser
 

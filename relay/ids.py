@@ -68,3 +68,11 @@ def pattern(prefix: str) -> str:
     """A regular expression matching exactly the ids of one kind."""
     # The prefix, then 26 characters of Crockford base32 (no i, l, o or u).
     return f"^{prefix}_[0-9a-hjkmnp-tv-z]{{26}}$"
+
+
+def created_ms(value: str) -> int:
+    """When an id was made (unix ms), read back from its time part."""
+    ms = 0
+    for char in value.partition("_")[2][:10]:
+        ms = ms * 32 + _ALPHABET.index(char)
+    return ms

@@ -41,8 +41,8 @@ def attempt_counters(status_code: int | None, seconds: float, final: Status | No
     return fields
 
 
-class RedisErrorTally:
-    """Redis failures this process saw, held until Redis answers again and can add them up."""
+class Tally:
+    """Failures this process saw, held until Redis answers again and can add them up."""
 
     __slots__ = ("_count",)
 
@@ -50,7 +50,7 @@ class RedisErrorTally:
         self._count = 0
 
     def note(self, count: int = 1) -> None:
-        """Count failed Redis calls (or hand back a count that could not be stored)."""
+        """Count failures (or hand back a count that could not be stored)."""
         self._count += count
 
     def take(self) -> int:
@@ -72,8 +72,9 @@ def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
 
 
 class _Snapshot(Collector):
-    def __init__(self, snap: Snapshot | None) -> None:
+    def __init__(self, snap: Snapshot | None, postgres_up: bool) -> None:
         self._snap = snap
+        self._postgres_up = postgres_up
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         info = GaugeMetricFamily("relay_build_info", "relay's version.", labels=["version"])
@@ -81,6 +82,11 @@ class _Snapshot(Collector):
         yield info
         up = 1 if self._snap is not None else 0
         yield _gauge("relay_redis_up", "1 when this API replica can read Redis.", up)
+        yield _gauge(
+            "relay_postgres_up",
+            "1 when this API replica can query PostgreSQL.",
+            1 if self._postgres_up else 0,
+        )
         if self._snap is not None:
             yield from self._shared(self._snap)
 
@@ -124,6 +130,21 @@ class _Snapshot(Collector):
             "Redis calls that failed, in any API or worker process.",
             c.get("redis_errors", 0.0),
         )
+        yield _counter(
+            "relay_history_write_errors",
+            "Batches the history writer could not write to PostgreSQL (they are kept and retried).",
+            c.get("history_write_errors", 0.0),
+        )
+        yield _gauge(
+            "relay_history_backlog",
+            "Records waiting in Redis to be written to PostgreSQL.",
+            snap.history_backlog,
+        )
+        yield _gauge(
+            "relay_history_lag_seconds",
+            "Age of the oldest record not yet written to PostgreSQL (0 when none waits).",
+            snap.history_lag_ms / 1000,
+        )
         yield _gauge(
             "relay_deliveries_pending", "Deliveries waiting for an attempt or in one.", snap.pending
         )
@@ -142,8 +163,8 @@ class _Snapshot(Collector):
         )
 
 
-def render(snap: Snapshot | None) -> tuple[bytes, str]:
+def render(snap: Snapshot | None, postgres_up: bool) -> tuple[bytes, str]:
     """Prometheus text for a snapshot, or for a replica that could not read Redis (None)."""
     registry = CollectorRegistry()
-    registry.register(_Snapshot(snap))
+    registry.register(_Snapshot(snap, postgres_up))
     return generate_latest(registry), CONTENT_TYPE_LATEST

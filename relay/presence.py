@@ -6,11 +6,12 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import redis.exceptions
 from redis.asyncio import Redis
 
-from relay.metrics import RedisErrorTally
+from relay.metrics import Tally
 from relay.store.metrics import announce
 
 INTERVAL_SECONDS = 5.0
@@ -21,12 +22,14 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def keep_announcing(client: Redis, name: str, errors: RedisErrorTally) -> None:
-    """Announce `name` until cancelled, passing on the Redis errors this process counted."""
+async def keep_announcing(client: Redis, name: str, tallies: Mapping[str, Tally]) -> None:
+    """Announce `name` until cancelled, adding up the failures this process counted (by the
+    counter each tally feeds)."""
     while True:
-        untold = errors.take()
+        untold = {field: tally.take() for field, tally in tallies.items()}
         try:
             await announce(client, name, time.time_ns() // 1_000_000, untold)
         except (redis.exceptions.RedisError, OSError):
-            errors.note(untold + 1)
+            for field, tally in tallies.items():
+                tally.note(untold[field] + (field == "redis_errors"))
         await asyncio.sleep(INTERVAL_SECONDS)

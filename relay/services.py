@@ -11,7 +11,9 @@ from relay import __version__
 from relay.config import Settings
 from relay.delivery.queue import JobQueue
 from relay.delivery.store import DeliveryStore
-from relay.metrics import RedisErrorTally
+from relay.history.db import Database
+from relay.history.reader import PostgresArchive
+from relay.metrics import Tally
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
@@ -89,12 +91,16 @@ class Services:
     rate_limiter: TokenRateLimiter
     deliveries: DeliveryStore
     jobs: JobQueue
-    redis_errors: RedisErrorTally = field(default_factory=RedisErrorTally)
+    database: Database
+    redis_errors: Tally = field(default_factory=Tally)
+    history_errors: Tally = field(default_factory=Tally)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         """Build the services for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
+        database = Database(require_database_url(settings))
+        archive = PostgresArchive(database)
         policy = AddressPolicy(settings.allow_private_targets, settings.allowed_cidrs)
         ring = keyring(settings)
         return cls(
@@ -113,7 +119,7 @@ class Services:
             idempotency=IdempotencyStore(redis, ring),
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
             audit=AuditLog(redis, settings.retention_seconds),
-            events=EventStore(redis),
+            events=EventStore(redis, archive),
             event_types=EventTypeStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
             deliveries=DeliveryStore(
@@ -121,14 +127,17 @@ class Services:
                 settings.retention_seconds,
                 settings.disable_after,
                 settings.retry_schedule.longest_wait_seconds,
+                archive,
             ),
             jobs=JobQueue(redis),
+            database=database,
         )
 
     async def aclose(self) -> None:
         """Close connections."""
         await self.sender.aclose()
         await self.redis.aclose()
+        await self.database.aclose()
 
 
 def services(request: Request) -> Services:

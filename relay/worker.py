@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay.config import Settings, redacted_url
@@ -25,6 +26,9 @@ from relay.delivery.model import Claim
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.queue import job_worker
 from relay.delivery.store import new_owner
+from relay.history import partitions
+from relay.history.db import POSTGRES_AWAY
+from relay.history.writer import HistoryWriter
 from relay.presence import keep_announcing, worker_name
 from relay.services import Services, require_redis_url
 
@@ -117,14 +121,30 @@ async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
             if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
                 log.warning("finished %d accepts that their API process abandoned", finished)
             if await svc.deliveries.take_trim_lock(_TRIM_LOCK_SECONDS):
-                await svc.deliveries.trim(await svc.deliveries.redis_now_ms())
+                now_ms = await svc.deliveries.redis_now_ms()
+                await svc.deliveries.trim(now_ms)
+                await _keep_partitions(svc, now_ms)
             backoff.reset()
         except REDIS_AWAY as exc:
             log.warning("redis unavailable during maintenance (%s); retrying", exc)
             await backoff.wait()
             continue
+        except POSTGRES_AWAY as exc:
+            log.warning("postgresql unavailable during maintenance (%s); retrying", exc)
+            await backoff.wait()
+            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
+
+
+async def _keep_partitions(svc: Services, now_ms: int) -> None:
+    """History's partitions: the next days' made ahead, those past retention dropped."""
+    today = datetime.fromtimestamp(now_ms / 1000, UTC).date()
+    oldest_kept = today - timedelta(days=svc.settings.retention_days)
+    async with (await svc.database.pool()).acquire() as conn:
+        await partitions.ahead(conn, today)
+        if dropped := await partitions.drop_before(conn, oldest_kept):
+            log.info("retention dropped %d partitions: %s", len(dropped), ", ".join(dropped))
 
 
 async def _recover_job(ctx: dict[str, Any], recovery_id: str) -> None:
@@ -183,13 +203,24 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     try:
-        if not await wait_for_redis(svc, stopping):
+        if not await wait_for_redis(svc, stopping) or not await svc.database.wait(stopping):
             return
         log.info("worker connected")
         tasks = [
             asyncio.create_task(_maintain_forever(svc, stopping)),
             asyncio.create_task(_jobs_forever(svc, stopping)),
-            asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.redis_errors)),
+            asyncio.create_task(
+                keep_announcing(
+                    svc.redis,
+                    worker_name(),
+                    {"redis_errors": svc.redis_errors, "history_write_errors": svc.history_errors},
+                )
+            ),
+            asyncio.create_task(
+                HistoryWriter(
+                    svc.deliveries, await svc.database.pool(), worker_name(), svc.history_errors
+                ).run(stopping)
+            ),
         ]
         await worker.run()
         await worker.drain(settings.delivery_timeout + 1)

@@ -62,6 +62,7 @@ async def webhook_deliveries(request: Request, principal: Principal) -> Response
     page = page_request(request, "dlv")
     query = DeliveryFilter(
         webhook_id=webhook.id,
+        tenant_id=webhook.tenant_id,
         status=_status(request),
         event_type=request.query_params.get("event_type") or None,
         since_ms=query_ms(request, "since"),
@@ -76,7 +77,8 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
     webhook_id = request.query_params.get("webhook_id")
     tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
     if webhook_id:
-        webhook_id = (await visible_webhook(request, principal, webhook_id)).id
+        webhook = await visible_webhook(request, principal, webhook_id)
+        webhook_id, tenant_id = webhook.id, webhook.tenant_id
     query = DeliveryFilter(
         webhook_id=webhook_id,
         tenant_id=tenant_id,
@@ -89,7 +91,7 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
 
 
 async def _with_attempts(request: Request, delivery: Delivery) -> Response:
-    attempts = await services(request).deliveries.attempts(delivery.id)
+    attempts = await services(request).deliveries.attempts(delivery)
     return ok({**delivery.public(), "attempts": attempts})
 
 

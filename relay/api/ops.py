@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -15,8 +16,9 @@ from swagger_ui_bundle import swagger_ui_path
 from relay.api.errors import problem
 from relay.api.shapes import Alive, Ready
 from relay.errors import Unauthorized, Unavailable
+from relay.history.db import POSTGRES_AWAY
 from relay.metrics import render
-from relay.services import services
+from relay.services import Services, services
 from relay.store.metrics import snapshot
 from relay.tokens import same_token
 
@@ -27,7 +29,7 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when Redis answers within a second."""
+    """Ready when Redis and PostgreSQL answer within a second each."""
     svc = services(request)
     try:
         async with asyncio.timeout(1.0):
@@ -35,7 +37,19 @@ async def readyz(request: Request) -> Response:
     except (TimeoutError, redis.exceptions.RedisError, OSError):
         svc.redis_errors.note()
         return problem(Unavailable("Redis is unreachable."))
+    if not await _postgres_up(svc):
+        return problem(Unavailable("PostgreSQL is unreachable."))
     return JSONResponse(Ready(status="ready").model_dump())
+
+
+async def _postgres_up(svc: Services) -> bool:
+    """Whether this process can query PostgreSQL, within a second."""
+    try:
+        async with asyncio.timeout(1.0):
+            await (await svc.database.pool()).fetchval("SELECT 1")
+    except (*POSTGRES_AWAY, asyncpg.PostgresError):
+        return False
+    return True
 
 
 def _check_metrics_token(request: Request) -> None:
@@ -61,7 +75,7 @@ async def metrics(request: Request) -> Response:
     except (redis.exceptions.RedisError, OSError):
         svc.redis_errors.note(untold + 1)
         snap = None
-    body, content_type = render(snap)
+    body, content_type = render(snap, await _postgres_up(svc))
     return Response(body, media_type=content_type)
 
 

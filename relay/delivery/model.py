@@ -28,6 +28,7 @@ class Transition(enum.StrEnum):
     SETTLE = "settle"  # delivering → pending | delivered | failed | canceled
     RESTART = "restart"  # finished → pending with a fresh schedule; pending → due now
     CANCEL = "cancel"  # pending → canceled
+    RELEASE = "release"  # finished and written to history → gone from Redis
 
 
 # What an operator's retry may start from: a finished delivery starts a fresh schedule, a

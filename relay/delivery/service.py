@@ -318,10 +318,12 @@ async def retry_failures(svc: Services, event: StoredEvent) -> int:
 
 
 async def _recover_step(
-    svc: Services, webhook_id: str, cursor: str, until_ms: int
+    svc: Services, tenant_id: str, webhook_id: str, cursor: str, until_ms: int
 ) -> tuple[str, int, bool]:
     """Restart the failed deliveries of one batch; (new cursor, how many went, finished)."""
-    batch = await svc.deliveries.ids_after(webhook_id, cursor, until_ms, RECOVER_BATCH)
+    batch = await svc.deliveries.failed_after(
+        tenant_id, webhook_id, cursor, until_ms, RECOVER_BATCH
+    )
     if not batch:
         return cursor, 0, True
     _, outcomes = await svc.deliveries.restart(batch, frozenset({Status.FAILED}))
@@ -338,7 +340,7 @@ async def recover(
     """
     recovery_id = ids.new_id("rcv")
     cursor, requeued, done = await _recover_step(
-        svc, webhook.id, ids.time_floor("dlv", since_ms), until_ms
+        svc, webhook.tenant_id, webhook.id, ids.time_floor("dlv", since_ms), until_ms
     )
     await svc.deliveries.start_recovery(
         recovery_id,
@@ -365,7 +367,7 @@ async def continue_recovery(svc: Services, recovery_id: str) -> None:
     done = record["status"] == "done"
     while not done:
         cursor, went, done = await _recover_step(
-            svc, record["webhook_id"], cursor, int(record["until_ms"])
+            svc, record["tenant_id"], record["webhook_id"], cursor, int(record["until_ms"])
         )
         requeued += went
         await svc.deliveries.recovery_progress(recovery_id, cursor, requeued, done)

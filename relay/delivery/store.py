@@ -12,16 +12,20 @@ import hashlib
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from relay import ids
+from relay.delivery.archive import Archive
 from relay.delivery.model import (
+    FINISHED,
+    Attempt,
     Claim,
     Delivery,
     Settled,
@@ -29,12 +33,13 @@ from relay.delivery.model import (
     Status,
     Transition,
 )
-from relay.errors import NotFound
+from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
+from relay.store.events import StoredEvent, stored_event
 from relay.store.idempotency import COMMIT
 from relay.store.metrics import BUMP, bucket_key
-from relay.store.pages import Window, filtered_newest_first
-from relay.timefmt import from_timestamp
+from relay.store.pages import Window, filtered_newest_first, merge_newest_first
+from relay.timefmt import from_timestamp, read_rfc3339
 
 
 @cache
@@ -182,6 +187,10 @@ _CLAIM_SCAN = 200
 _TRIM_INDEXES, _TRIM_PER_INDEX = 500, 500
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
+# Records waiting for the history writer past which new events are refused (503): PostgreSQL
+# away or too slow must not grow Redis until it runs out of memory. Each waiting record holds
+# its delivery (~1-3 KB with attempts and payload share) in Redis: 200,000 is ~0.5 GB.
+HISTORY_BACKLOG = 200_000
 
 
 class DeliveryStore:
@@ -193,9 +202,14 @@ class DeliveryStore:
         retention_seconds: int,
         disable_after_seconds: int,
         longest_schedule_seconds: int,
+        archive: Archive,
         fanout_chunk: int = FANOUT_CHUNK,
+        history_backlog: int = HISTORY_BACKLOG,
     ) -> None:
         self._redis = redis
+        self._archive = archive
+        self._history_backlog = history_backlog
+        self._group_ready = False
         self._chunk = fanout_chunk
         self._retention = retention_seconds
         # While a schedule runs, its keys live until it could end, plus the retention window.
@@ -252,13 +266,23 @@ class DeliveryStore:
         arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
+        arg["live"] = len(deliveries)
+        arg["history_max"] = self._history_backlog
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
-        reply = await self._run(
-            Transition.ACCEPT,
-            arg,
-            codec.dumps([d.id for d in deliveries]),
-            b"" if whole else codec.dumps(_Plan.of(event, rest)),
-        )
+        try:
+            reply = await self._run(
+                Transition.ACCEPT,
+                arg,
+                codec.dumps([d.id for d in deliveries]),
+                b"" if whole else codec.dumps(_Plan.of(event, rest)),
+            )
+        except ResponseError as exc:
+            if "HISTORY_BACKLOG" not in str(exc):
+                raise
+            raise Unavailable(
+                f"More than {self._history_backlog} records are waiting to be written to "
+                "PostgreSQL; relay takes new events again once the history writer catches up."
+            ) from None
         if reply:
             return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
         return Begun(event.id, repeat=False, unfinished=not whole)
@@ -315,6 +339,7 @@ class DeliveryStore:
                 "wake": keys.WAKE,
                 "accepting": keys.ACCEPTING,
                 "plan": keys.event_plan(event.id),
+                "history": keys.HISTORY,
             },
             "id": event.id,
             "ttl": self._retention,
@@ -328,35 +353,48 @@ class DeliveryStore:
                     "id": d.id,
                     "webhook_id": d.webhook_id,
                     "key": keys.delivery(d.id),
-                    "indexes": [
-                        keys.DELIVERIES,
-                        keys.tenant_deliveries(event.tenant_id),
-                        keys.webhook_deliveries(d.webhook_id),
-                    ],
+                    "indexes": _delivery_indexes(event.tenant_id, d.webhook_id),
                 }
                 for d in deliveries
             ],
         }
 
     async def get(self, delivery_id: str) -> Delivery:
-        """A delivery by id, or NotFound."""
+        """A delivery by id, in flight or in history, or NotFound."""
         fields: dict[bytes, bytes] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
-        if not fields:
+        if fields:
+            return _delivery(fields)
+        archived = await self._archive.delivery(delivery_id)
+        if archived is None:
             raise NotFound("No such delivery.")
-        return _delivery(fields)
+        return archived
 
-    async def many(self, delivery_ids: Sequence[str]) -> list[Delivery]:
-        """Deliveries by id, in order, skipping any that expired."""
+    async def _live(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in delivery_ids:
                 pipe.hgetall(keys.delivery(delivery_id))
             rows = await pipe.execute()
         return [_delivery(r) for r in rows if r]
 
-    async def attempts(self, delivery_id: str) -> list[dict[str, object]]:
-        """The attempt log, oldest first."""
-        rows = await self._redis.lrange(keys.attempts(delivery_id), 0, -1)  # type: ignore[misc]
-        return [codec.loads(r) for r in rows]
+    async def many(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        """Deliveries by id, in order, from Redis or history, skipping any that are gone."""
+        found = {d.id: d for d in await self._live(delivery_ids)}
+        missing = [i for i in delivery_ids if i not in found]
+        if missing:
+            found.update((d.id, d) for d in await self._archive.deliveries(missing))
+        return [found[i] for i in delivery_ids if i in found]
+
+    async def attempts(self, delivery: Delivery) -> list[dict[str, object]]:
+        """The attempt log, oldest first: what history holds, then what Redis still holds."""
+        rows = await self._redis.lrange(keys.attempts(delivery.id), 0, -1)  # type: ignore[misc]
+        live = [codec.loads(r) for r in rows]
+        # A delivery that never left Redis has nothing in history; one that came back from
+        # history for a retry has its earlier cycles there.
+        if live and live[0]["number"] == 1:
+            return live
+        archived = await self._archive.attempts(delivery)
+        numbers = {a["number"] for a in archived}
+        return archived + [a for a in live if a["number"] not in numbers]
 
     async def claim(self, owner: str, limit: int, lease_ms: int, concurrency: int) -> Poll:
         """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits."""
@@ -417,6 +455,7 @@ class DeliveryStore:
                     # Counters for the stats overview: bucketed by when the attempt ended.
                     "bucket": bucket_key(claim.now_ms + result_ms(result)),
                     "failing": keys.endpoint_failing(claim.webhook_id),
+                    "history": keys.HISTORY,
                 },
                 "id": claim.delivery_id,
                 "attempt": claim.attempt,
@@ -457,11 +496,37 @@ class DeliveryStore:
                     "wake": keys.WAKE,
                 },
                 "ids": list(delivery_ids),
+                "revive": await self._revivals(delivery_ids, allowed),
                 "allowed": sorted(s.value for s in allowed),
                 "keep_seconds": self._keep,
             },
         )
         return int(now), [r.decode() for r in outcomes]
+
+    async def _revivals(
+        self, delivery_ids: Sequence[str], allowed: frozenset[Status]
+    ) -> dict[str, dict[str, Any]]:
+        """For the deliveries that left Redis for history: what restart writes back."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.exists(keys.delivery(delivery_id))
+            present = await pipe.execute()
+        gone = [i for i, here in zip(delivery_ids, present, strict=True) if not here]
+        revive: dict[str, dict[str, Any]] = {}
+        for delivery in await self._archive.deliveries(gone) if gone else []:
+            event = await self._archive.event(delivery.event_id)
+            if delivery.status not in allowed or event is None:
+                revive[delivery.id] = {"status": delivery.status.value}
+                continue
+            revive[delivery.id] = {
+                "status": delivery.status.value,
+                "delivery": _flat(_hash_of(delivery)),
+                "indexes": _delivery_indexes(delivery.tenant_id, delivery.webhook_id),
+                "event_id": event.id,
+                "event": _flat(_event_hash(event)),
+                "event_indexes": [keys.EVENTS, keys.tenant_events(event.tenant_id)],
+            }
+        return revive
 
     async def cancel(self, delivery_id: str) -> str:
         """Cancel a pending delivery; "ok", or the status that prevented it ("missing" if gone)."""
@@ -472,6 +537,7 @@ class DeliveryStore:
                     "delivery": keys.delivery(delivery_id),
                     "due": keys.DUE,
                     "parked": keys.endpoint_parked(""),
+                    "history": keys.HISTORY,
                 },
                 "id": delivery_id,
             },
@@ -498,21 +564,24 @@ class DeliveryStore:
                 not query.event_type or delivery.event_type == query.event_type
             )
 
-        return await filtered_newest_first(
+        live = await filtered_newest_first(
             self._redis,
             query.index,
             Window("dlv", query.since_ms, query.until_ms),
             limit,
             cursor,
-            self.many,
+            self._live,
             wanted,
             lambda d: d.id,
         )
+        archived = await self._archive.delivery_page(query, limit, cursor)
+        return merge_newest_first([live, archived], limit, lambda d: d.id)
 
-    async def ids_after(
-        self, webhook_id: str, after: str | None, until_ms: int, count: int
+    async def failed_after(
+        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
     ) -> list[str]:
-        """Up to `count` ids of a webhook's deliveries, oldest first, after `after`, to until_ms."""
+        """Up to `count` ids of a webhook's deliveries, oldest first, after `after`, to
+        until_ms, that may have failed: all those in flight, and history's failed ones."""
         raw = await self._redis.zrange(
             keys.webhook_deliveries(webhook_id),
             f"({after}",  # type: ignore[arg-type]
@@ -521,7 +590,115 @@ class DeliveryStore:
             offset=0,
             num=count,
         )
-        return [m.decode() for m in raw]
+        live = [m.decode() for m in raw]
+        archived = await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
+        return sorted(set(live) | set(archived))[:count]
+
+    async def handed_over(self, consumer: str, count: int, block_ms: int) -> list[Handover]:
+        """The next records for history, as this consumer of the writers' group reads them:
+        first any it read before and did not release (it crashed), then new ones."""
+        await self._ensure_group()
+        entries = await self._read_group(consumer, "0", count, None)
+        if not entries:
+            entries = await self._read_group(consumer, ">", count, block_ms)
+        return await self._load(entries)
+
+    async def adopt(self, consumer: str, idle_ms: int, count: int) -> list[Handover]:
+        """Records another writer read and left unreleased for `idle_ms` (it died): now this
+        consumer's."""
+        await self._ensure_group()
+        reply = await self._redis.xautoclaim(
+            keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
+        )
+        return await self._load([(entry_id, fields) for entry_id, fields in reply[1] if fields])
+
+    async def release(self, handed: Sequence[Handover]) -> int:
+        """Let records that history now holds go from Redis; how many deliveries left."""
+        released = await self._run(
+            Transition.RELEASE,
+            {
+                "keys": {
+                    "history": keys.HISTORY,
+                    "group": keys.HISTORY_GROUP,
+                    "event": keys.event(""),
+                    "events": keys.EVENTS,
+                    "tenant_events": keys.tenant_events(""),
+                    "delivery": keys.delivery(""),
+                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
+                    "deliveries": keys.DELIVERIES,
+                    "tenant_deliveries": keys.tenant_deliveries(""),
+                    "webhook_deliveries": keys.webhook_deliveries(""),
+                },
+                "entries": [h.entry_id for h in handed],
+                "events": [h.event.id for h in handed if h.event is not None],
+                "deliveries": [
+                    [h.delivery.id, h.delivery.status.value, h.version]
+                    for h in handed
+                    if h.delivery is not None
+                ],
+            },
+        )
+        return int(released)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(keys.HISTORY, keys.HISTORY_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _read_group(
+        self, consumer: str, start: str, count: int, block_ms: int | None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        try:
+            reply = await self._redis.xreadgroup(
+                keys.HISTORY_GROUP, consumer, {keys.HISTORY: start}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            # Redis restarted without the group (or the stream): make it again, read again.
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False
+            return []
+        return [(i, f) for _, entries in reply for i, f in entries if f] if reply else []
+
+    async def _load(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Handover]:
+        """Each entry with its record as Redis holds it now (None when it is gone)."""
+        if not entries:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, fields in entries:
+                record_id = fields[b"i"].decode()
+                if fields[b"k"] == b"e":
+                    pipe.hgetall(keys.event(record_id))
+                else:
+                    pipe.hgetall(keys.delivery(record_id))
+                    pipe.lrange(keys.attempts(record_id), 0, -1)
+            rows = iter(await pipe.execute())
+        handed = []
+        for entry_id, fields in entries:
+            record_id = fields[b"i"].decode()
+            if fields[b"k"] == b"e":
+                raw = next(rows)
+                event = stored_event(record_id, raw) if raw else None
+                handed.append(Handover(entry_id.decode(), event=event))
+                continue
+            raw, attempts = next(rows), next(rows)
+            delivery = (
+                _delivery(raw) if raw and Status(raw[b"status"].decode()) in FINISHED else None
+            )
+            handed.append(
+                Handover(
+                    entry_id.decode(),
+                    delivery=delivery,
+                    version=raw.get(b"updated_ms", b"").decode() if raw else "",
+                    attempts=[Attempt(**codec.loads(a)) for a in attempts] if delivery else [],
+                )
+            )
+        return handed
 
     async def trim(self, now_ms: int) -> int:
         """One retention pass over every index, in bounded chunks; how many entries went.
@@ -599,6 +776,73 @@ class DeliveryStore:
         if not raw:
             raise NotFound("No such recovery.")
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """One record handed to history: an event, or a finished delivery with its attempts.
+
+    Both None: the record left Redis already (released before, or expired); only the entry
+    remains to acknowledge. `version` is the delivery's `updated_ms` as read: it leaves Redis
+    only if still unchanged.
+    """
+
+    entry_id: str
+    event: StoredEvent | None = None
+    delivery: Delivery | None = None
+    version: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def _delivery_indexes(tenant_id: str, webhook_id: str) -> list[str]:
+    """The lists a delivery in flight is found by."""
+    return [
+        keys.DELIVERIES,
+        keys.tenant_deliveries(tenant_id),
+        keys.webhook_deliveries(webhook_id),
+    ]
+
+
+def _ms(stamp: str | None) -> str:
+    moment = read_rfc3339(stamp) if stamp else None
+    return str(round(moment.timestamp() * 1000)) if moment else ""
+
+
+def _hash_of(delivery: Delivery) -> dict[str, str | int]:
+    """A delivery's hash as the scripts write it, rebuilt from history."""
+    return {
+        "id": delivery.id,
+        "event_id": delivery.event_id,
+        "webhook_id": delivery.webhook_id,
+        "tenant_id": delivery.tenant_id,
+        "event_type": delivery.event_type,
+        "status": delivery.status.value,
+        "attempt_count": delivery.attempt_count,
+        "cycle_start": delivery.cycle_start,
+        "next_attempt_at": "",
+        "created_at": delivery.created_at,
+        "updated_ms": _ms(delivery.updated_at),
+        "delivered_ms": _ms(delivery.delivered_at),
+        "last_status_code": delivery.last_status_code or "",
+        "last_error": delivery.last_error or "",
+    }
+
+
+def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
+    """An event's hash as accept writes it, rebuilt from history."""
+    return {
+        "payload": event.payload,
+        "type": event.type,
+        "tenant_id": event.tenant_id,
+        "created_at": event.created_at,
+        "upstream_id": event.upstream_id or "",
+        "deliveries": codec.dumps(event.delivery_ids),
+    }
+
+
+def _flat(fields: dict[str, Any]) -> list[Any]:
+    """A mapping as HSET's field, value, field, value… arguments (JSON-safe)."""
+    return [v.decode() if isinstance(v, bytes) else v for pair in fields.items() for v in pair]
 
 
 def result_ms(result: Settlement) -> int:

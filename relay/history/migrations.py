@@ -1,8 +1,8 @@
 """The PostgreSQL schema: numbered SQL files applied in order by `relay migrate`.
 
-Each file runs in its own transaction under an advisory lock, so two processes migrating at once
-apply each file once. `api` and `worker` only check the version and refuse a schema they do not
-know, rather than change a database that other releases may be using.
+Each file runs in its own transaction, all under one advisory lock, so two processes migrating
+at once apply each file once. `api` and `worker` only check the version and refuse a schema they
+do not know, rather than change a database that other releases may be using.
 """
 
 from __future__ import annotations
@@ -67,23 +67,24 @@ async def current(conn: asyncpg.Connection) -> int:
 
 async def apply(url: str) -> list[Migration]:
     """Apply every migration the database lacks; the ones applied now."""
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url, timeout=10)
     applied = []
     try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
         await conn.execute(_BOOKKEEPING)
         for migration in migrations():
+            if await current(conn) >= migration.version:
+                continue
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
-                if await current(conn) >= migration.version:
-                    continue
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO relay_schema (version, name) VALUES ($1, $2)",
                     migration.version,
                     migration.name,
                 )
-                applied.append(migration)
+            applied.append(migration)
     finally:
+        # Closing the session releases the lock too.
         await conn.close()
     return applied
 

@@ -1,15 +1,20 @@
-"""Events in Redis, as read back (they are written with their deliveries by the delivery store)."""
+"""Events as read back: from Redis while any of their deliveries is in flight, else from history.
+
+They are written with their deliveries by the delivery store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from relay.errors import NotFound
 from relay.store import codec, keys
-from relay.store.pages import Window, filtered_newest_first
+from relay.store.pages import Window, filtered_newest_first, merge_newest_first
+
+if TYPE_CHECKING:
+    from relay.delivery.archive import Archive
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,28 +44,31 @@ class EventFilter:
 class EventStore:
     """Reading events."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, archive: Archive) -> None:
         self._redis = redis
+        self._archive = archive
 
     async def get(self, event_id: str) -> StoredEvent:
         """An event by id, or NotFound."""
         fields: dict[bytes, bytes] = await self._redis.hgetall(keys.event(event_id))  # type: ignore[misc]
-        if not fields:
+        if fields:
+            return stored_event(event_id, fields)
+        archived = await self._archive.event(event_id)
+        if archived is None:
             raise NotFound("No such event.")
-        return _stored(event_id, fields)
+        return archived
 
-    async def many(self, event_ids: Sequence[str]) -> list[StoredEvent]:
-        """Events by id, in order, skipping any that expired."""
+    async def _live(self, event_ids: list[str]) -> list[StoredEvent]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
                 pipe.hgetall(keys.event(event_id))
             rows = await pipe.execute()
-        return [_stored(i, r) for i, r in zip(event_ids, rows, strict=True) if r]
+        return [stored_event(i, r) for i, r in zip(event_ids, rows, strict=True) if r]
 
     async def page(
         self, query: EventFilter, limit: int, cursor: str | None
     ) -> tuple[list[StoredEvent], str | None]:
-        """Matching events newest first, reading at most a bounded number of ids."""
+        """Matching events newest first: those Redis still holds, and history's."""
 
         def keep(event: StoredEvent) -> bool:
             return (query.type is None or event.type == query.type) and (
@@ -69,12 +77,15 @@ class EventStore:
 
         window = Window("evt", query.since_ms, query.until_ms)
         index = keys.tenant_events(query.tenant_id) if query.tenant_id else keys.EVENTS
-        return await filtered_newest_first(
-            self._redis, index, window, limit, cursor, self.many, keep, lambda e: e.id
+        live = await filtered_newest_first(
+            self._redis, index, window, limit, cursor, self._live, keep, lambda e: e.id
         )
+        archived = await self._archive.event_page(query, limit, cursor)
+        return merge_newest_first([live, archived], limit, lambda e: e.id)
 
 
-def _stored(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
+def stored_event(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:
+    """An event from its Redis hash."""
     return StoredEvent(
         id=event_id,
         type=fields[b"type"].decode(),

@@ -90,6 +90,10 @@ INDEXES = PREFIX + "indexes"
 # Events whose deliveries are still being written in chunks, scored by when each last made
 # progress (Redis ms); an event leaves when its last chunk is written.
 ACCEPTING = PREFIX + "accepting"
+# Records that reached their end (events as accepted, finished deliveries), by kind and id, for
+# the history writer's consumer group; each entry leaves once PostgreSQL holds its record.
+HISTORY = PREFIX + "history"
+HISTORY_GROUP = "writers"
 # Counters every worker and API process adds to; /metrics reads them.
 METRICS = PREFIX + "metrics"
 # The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.

@@ -8,7 +8,7 @@ day without a time-series database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -53,6 +53,8 @@ class Snapshot:
     due: int
     workers: int
     disabled_webhooks: int
+    history_backlog: int = 0
+    history_lag_ms: int = 0
 
 
 async def snapshot(redis: Redis, now_ms: int, redis_errors: int = 0) -> Snapshot:
@@ -64,10 +66,16 @@ async def snapshot(redis: Redis, now_ms: int, redis_errors: int = 0) -> Snapshot
         pipe.zcount(keys.DUE, "-inf", now_ms)
         pipe.zcount(keys.WORKERS, now_ms - WORKER_SILENCE_MS, "+inf")
         pipe.scard(keys.DISABLED_WEBHOOKS)
+        pipe.xlen(keys.HISTORY)
+        pipe.xrange(keys.HISTORY, "-", "+", count=1)
         results = await pipe.execute()
-    counters, due, workers, disabled = results[-4:]
+    counters, due, workers, disabled, waiting, oldest = results[-6:]
     pending = await backlog(redis)
-    return Snapshot(counters, pending, int(due), int(workers), int(disabled))
+    # A stream entry's id starts with the Redis time (ms) it was added at.
+    lag = now_ms - int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
+    return Snapshot(
+        counters, pending, int(due), int(workers), int(disabled), int(waiting), max(lag, 0)
+    )
 
 
 async def backlog(redis: Redis) -> int:
@@ -94,12 +102,15 @@ async def buckets(redis: Redis, starts: Sequence[int]) -> list[dict[str, int]]:
     return [{k.decode(): int(v) for k, v in row.items()} for row in rows]
 
 
-async def announce(redis: Redis, worker_id: str, now_ms: int, redis_errors: int = 0) -> None:
-    """Say that a worker is alive (and add the Redis errors it saw meanwhile)."""
+async def announce(
+    redis: Redis, worker_id: str, now_ms: int, counts: Mapping[str, int] | None = None
+) -> None:
+    """Say that a worker is alive (and add the failures it counted meanwhile, by counter)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zadd(keys.WORKERS, {worker_id: now_ms})
         pipe.zremrangebyscore(keys.WORKERS, "-inf", now_ms - 10 * WORKER_SILENCE_MS)
         pipe.pexpire(keys.WORKERS, 10 * WORKER_SILENCE_MS)
-        if redis_errors:
-            pipe.hincrby(keys.METRICS, "redis_errors", redis_errors)
+        for field, count in (counts or {}).items():
+            if count:
+                pipe.hincrby(keys.METRICS, field, count)
         await pipe.execute()

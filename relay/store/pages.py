@@ -102,3 +102,24 @@ async def filtered_newest_first(
                 return found[:limit], id_of(found[limit - 1])
         high = f"({batch_ids[-1]}"
     return found, high[1:]  # the scan budget ran out: carry on from here next time
+
+
+def merge_newest_first(
+    sources: list[tuple[list[T], str | None]], limit: int, id_of: Callable[[T], str]
+) -> tuple[list[T], str | None]:
+    """One page out of pages read from several places, each newest first with its own cursor.
+
+    An object found in more than one place is shown once, as the first place has it. Past the
+    cursor of a place that has more, that place has not been read: the page stops there, so
+    nothing is skipped and the next page carries on from it.
+    """
+    seen: dict[str, T] = {}
+    for items, _ in sources:
+        for item in items:
+            seen.setdefault(id_of(item), item)
+    frontier = max((cursor for _, cursor in sources if cursor is not None), default=None)
+    ordered = sorted(seen.values(), key=id_of, reverse=True)
+    complete = [i for i in ordered if frontier is None or id_of(i) >= frontier]
+    if len(complete) > limit:
+        return complete[:limit], id_of(complete[limit - 1])
+    return complete, frontier

@@ -48,6 +48,11 @@ if A.upstream_key ~= cjson.null then
   local first = redis.call('GET', A.upstream_key)
   if first then return {first, redis.call('ZSCORE', K.accepting, first) and 1 or 0} end
 end
+-- Past this backlog PostgreSQL is not keeping up (or is away): refuse new work rather than
+-- fill Redis's memory with history.
+if redis.call('XLEN', K.history) >= A.history_max then
+  return redis.error_reply('HISTORY_BACKLOG')
+end
 -- The request's answer is stored with the first step: from it on, the event exists and is
 -- finished from its plan whatever happens to this writer.
 commit(A.commit)
@@ -55,12 +60,15 @@ if A.upstream_key ~= cjson.null then redis.call('SET', A.upstream_key, A.id, 'EX
 -- The delivery ids (ARGV[2]) and the plan come as raw JSON: decoding them would cost as much
 -- as a chunk.
 redis.call('HSET', K.event, 'payload', A.payload, 'type', A.type, 'tenant_id', A.tenant_id,
-  'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', ARGV[2])
+  'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', ARGV[2],
+  'live', A.live)
 redis.call('EXPIRE', K.event, A.ttl)
 redis.call('ZADD', K.events, 0, A.id)
 redis.call('ZADD', K.tenant_events, 0, A.id)
 redis.call('SADD', K.indexes, K.tenant_events)
 bump(K.metrics, K.bucket, 'events_accepted:' .. A.type)
+-- The event goes to history at once, so lists find it; it leaves Redis with its last delivery.
+archive('e', A.id)
 write(A.deliveries, false)
 if A.step == 'begin' then
   redis.call('SET', K.plan, ARGV[3], 'EX', A.ttl)

@@ -6,4 +6,5 @@ redis.call('HSET', K.delivery, 'status', 'canceled', 'next_attempt_at', '',
   'last_error', 'canceled by an operator', 'updated_ms', int(NOW))
 redis.call('ZREM', K.due, A.id)
 redis.call('ZREM', K.parked .. redis.call('HGET', K.delivery, 'webhook_id'), A.id)
+archive('d', A.id)
 return 'ok'

@@ -18,3 +18,8 @@ local function wake()
   redis.call('LPUSH', K.wake, 1)
   redis.call('LTRIM', K.wake, 0, 15)
 end
+-- Hand a record that reached its end to the history writer (PostgreSQL). Only its kind and id
+-- travel: the writer reads the record itself, and lets it go from Redis once it is written.
+local function archive(kind, id)
+  redis.call('XADD', K.history, '*', 'k', kind, 'i', id)
+end

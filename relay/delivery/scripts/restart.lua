@@ -1,15 +1,37 @@
 -- finished → pending with a fresh schedule (history kept), or a pending one made due now,
 -- for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok', 'missing', or
 -- the status that refused it, after Redis's clock.
+-- A finished delivery that has left Redis for history comes back with its record from
+-- A.revive (and its event, when that left too), in this same step: it is in flight again.
 local allowed = {}
 for _, status in ipairs(A.allowed) do allowed[status] = true end
+
+local function revive(id, r)
+  local key = K.delivery .. id
+  redis.call('HSET', key, unpack(r.delivery))
+  for _, index in ipairs(r.indexes) do redis.call('ZADD', index, 0, id) end
+  local event = K.event .. r.event_id
+  if redis.call('EXISTS', event) == 1 then
+    redis.call('HINCRBY', event, 'live', 1)
+  else
+    redis.call('HSET', event, unpack(r.event))
+    redis.call('HSET', event, 'live', 1, 'stored', 1)
+    for _, index in ipairs(r.event_indexes) do redis.call('ZADD', index, 0, r.event_id) end
+  end
+end
+
 local out = {}
 local woken = false
 for _, id in ipairs(A.ids) do
   local key = K.delivery .. id
   local st = redis.call('HMGET', key, 'status', 'attempt_count')
+  local r = A.revive[id]
+  if not st[1] and r and allowed[r.status] then
+    revive(id, r)
+    st = redis.call('HMGET', key, 'status', 'attempt_count')
+  end
   if not st[1] then
-    table.insert(out, 'missing')
+    table.insert(out, r and r.status or 'missing')
   elseif not allowed[st[1]] then
     table.insert(out, st[1])
   else

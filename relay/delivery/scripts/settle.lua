@@ -35,10 +35,12 @@ else
   if A.status == 'delivered' then redis.call('HSET', K.delivery, 'delivered_ms', int(NOW)) end
   redis.call('HSET', K.delivery, 'next_attempt_at', '')
   redis.call('ZREM', K.due, id)
-  -- The schedule ended now: kept for the retention window from here.
-  redis.call('EXPIRE', K.delivery, A.retention_seconds)
+  -- The schedule ended: history takes it from here. Until the writer has it, it is kept
+  -- for the retention window at least.
+  keep(K.delivery, A.retention_seconds)
   keep(K.attempts, A.retention_seconds)
   keep(K.event, A.retention_seconds)
+  archive('d', id)
 end
 for _, field in ipairs(A.counters) do bump(K.metrics, K.bucket, field) end
 if A.endpoint == 'ok' then

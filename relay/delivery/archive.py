@@ -1,0 +1,49 @@
+"""What the delivery engine asks of history: records that have left Redis.
+
+A delivery lives in Redis while it is in flight and in history (PostgreSQL) once it has ended;
+an event, in both until its last delivery has left Redis. The stores look in Redis first and
+ask the archive for the rest, so readers see one log. The engine knows only this protocol;
+`relay.history` implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from relay.delivery.model import Delivery
+
+if TYPE_CHECKING:
+    from relay.delivery.store import DeliveryFilter
+    from relay.store.events import EventFilter, StoredEvent
+
+
+class Archive(Protocol):
+    """Finished deliveries, their attempts, and events, as history keeps them."""
+
+    async def delivery(self, delivery_id: str) -> Delivery | None:
+        """A delivery by id, or None."""
+
+    async def deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        """The deliveries of these ids that history holds, in any order."""
+
+    async def attempts(self, delivery: Delivery) -> list[dict[str, object]]:
+        """A delivery's attempts, oldest first."""
+
+    async def delivery_page(
+        self, query: DeliveryFilter, limit: int, before: str | None
+    ) -> tuple[list[Delivery], str | None]:
+        """Matching deliveries with ids below `before`, newest first; the cursor if more."""
+
+    async def failed_after(
+        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
+    ) -> list[str]:
+        """Ids of a webhook's failed deliveries after `after` up to `until_ms`, oldest first."""
+
+    async def event(self, event_id: str) -> StoredEvent | None:
+        """An event by id, or None."""
+
+    async def event_page(
+        self, query: EventFilter, limit: int, before: str | None
+    ) -> tuple[list[StoredEvent], str | None]:
+        """Matching events with ids below `before`, newest first; the cursor if more."""

@@ -1,0 +1,42 @@
+-- Records the history writer has committed to PostgreSQL leave Redis, and their stream entries
+-- are acknowledged and deleted, in one step. A delivery leaves only if it is still in the state
+-- that was written (same status and `updated_ms`): one retried meanwhile stays in flight, and
+-- comes back to the writer when it ends again. An event leaves once it is written and none of
+-- its deliveries is left in Redis (`live` counts them).
+local function forget_event(id)
+  local e = redis.call('HMGET', K.event .. id, 'tenant_id', 'live', 'stored')
+  if e[1] and e[3] == '1' and tonumber(e[2] or '0') <= 0 then
+    redis.call('DEL', K.event .. id)
+    redis.call('ZREM', K.events, id)
+    redis.call('ZREM', K.tenant_events .. e[1], id)
+  end
+end
+
+for _, e in ipairs(A.events) do
+  if redis.call('EXISTS', K.event .. e) == 1 then
+    redis.call('HSET', K.event .. e, 'stored', 1)
+    forget_event(e)
+  end
+end
+local released = 0
+for _, d in ipairs(A.deliveries) do
+  local key = K.delivery .. d[1]
+  local st = redis.call('HMGET', key, 'status', 'updated_ms', 'event_id', 'tenant_id',
+    'webhook_id')
+  if st[1] and st[1] == d[2] and st[2] == d[3] then
+    redis.call('DEL', key, key .. K.attempts_suffix)
+    redis.call('ZREM', K.deliveries, d[1])
+    redis.call('ZREM', K.tenant_deliveries .. st[4], d[1])
+    redis.call('ZREM', K.webhook_deliveries .. st[5], d[1])
+    if redis.call('EXISTS', K.event .. st[3]) == 1 then
+      redis.call('HINCRBY', K.event .. st[3], 'live', -1)
+      forget_event(st[3])
+    end
+    released = released + 1
+  end
+end
+if #A.entries > 0 then
+  redis.call('XACK', K.history, K.group, unpack(A.entries))
+  redis.call('XDEL', K.history, unpack(A.entries))
+end
+return released

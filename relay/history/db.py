@@ -1,0 +1,91 @@
+"""Connections to PostgreSQL: one pool per process, and what counts as "PostgreSQL is away"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from relay.config import redacted_url
+from relay.delivery.outage import Backoff
+from relay.history.migrations import check
+from relay.store import codec
+
+log = logging.getLogger("relay.history")
+
+# Failures that mean "not now" rather than "wrong": the server is down, restarting, unreachable
+# or too slow. Anything else is a bug and is raised.
+POSTGRES_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+async def open_pool(url: str, size: int = 8) -> asyncpg.Pool:
+    """A pool of up to `size` connections; each query gives up after 10 s."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, command_timeout=10, timeout=5, init=_codecs
+    )
+    return pool
+
+
+async def _codecs(conn: asyncpg.Connection) -> None:
+    # Attempts keep their request headers as jsonb: read and written as Python objects.
+    await conn.set_type_codec("jsonb", encoder=_json_text, decoder=codec.loads, schema="pg_catalog")
+
+
+def _json_text(value: object) -> str:
+    """JSON text for a jsonb parameter."""
+    return codec.dumps(value).decode()
+
+
+class Database:
+    """The process's PostgreSQL pool, opened once PostgreSQL answers with a known schema."""
+
+    def __init__(self, url: str, size: int = 8) -> None:
+        self.url = url
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool; the first call opens it (PostgresAway-type errors if it cannot)."""
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    pool = await open_pool(self.url, self._size)
+                    try:
+                        async with pool.acquire() as conn:
+                            await check(conn)
+                    except BaseException:
+                        await pool.close()
+                        raise
+                    self._pool = pool
+        return self._pool
+
+    async def wait(self, stopping: asyncio.Event | None = None) -> bool:
+        """Wait until PostgreSQL answers, saying so once per try; False if stopped meanwhile.
+
+        A schema of another version raises SchemaMismatch: waiting would not help.
+        """
+        backoff = Backoff()
+        while stopping is None or not stopping.is_set():
+            try:
+                await self.pool()
+                return True
+            except POSTGRES_AWAY as exc:
+                log.warning("waiting for postgresql at %s: %s", redacted_url(self.url), exc)
+                await backoff.wait()
+        return False
+
+    async def aclose(self) -> None:
+        """Close the pool, if it was opened."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,212 @@
+"""Reading history: the `Archive` the delivery and event stores fall back to.
+
+Every query names the partitions it needs through `created_at` (the time in an id), and every
+list is an index range scan newest first, so a page costs the same on a day or on a year.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from relay import ids
+from relay.delivery.model import Delivery, Status
+from relay.delivery.store import DeliveryFilter
+from relay.history.db import Database
+from relay.store.events import EventFilter, StoredEvent
+from relay.timefmt import rfc3339
+
+
+def id_time(value: str) -> datetime:
+    """The moment in an id: the `created_at` of its row."""
+    return datetime.fromtimestamp(ids.created_ms(value) / 1000, UTC)
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment else None
+
+
+def _delivery(row: asyncpg.Record) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        webhook_id=row["webhook_id"],
+        tenant_id=row["tenant_id"],
+        event_type=row["event_type"],
+        status=Status(row["status"]),
+        attempt_count=row["attempt_count"],
+        cycle_start=row["cycle_start"],
+        next_attempt_at=None,
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
+        delivered_at=_stamp(row["delivered_at"]),
+    )
+
+
+def _event(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        id=row["id"],
+        type=row["type"],
+        tenant_id=row["tenant_id"],
+        created_at=rfc3339(row["created_at"]),
+        upstream_id=row["upstream_id"],
+        payload=bytes(row["payload"]),
+        delivery_ids=list(row["delivery_ids"]),
+    )
+
+
+class _Where:
+    """A WHERE clause built one condition at a time, with numbered parameters."""
+
+    def __init__(self) -> None:
+        self.conditions: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, condition: str, value: Any) -> None:
+        """Add `condition`, where `$` stands for `value`'s parameter."""
+        self.args.append(value)
+        self.conditions.append(condition.replace("$", f"${len(self.args)}"))
+
+    def window(
+        self, prefix: str, before: str | None, since_ms: int | None, until_ms: int | None
+    ) -> None:
+        """Ids below the cursor, made within [since, until]: bounds on both id and partition."""
+        if before is not None:
+            self.add("id < $", before)
+        if since_ms is not None:
+            self.add("id >= $", ids.time_floor(prefix, since_ms))
+            self.add("created_at >= $", datetime.fromtimestamp(since_ms / 1000, UTC))
+        if until_ms is not None:
+            self.add("id < $", ids.time_floor(prefix, until_ms + 1))
+            self.add("created_at < $", datetime.fromtimestamp((until_ms + 1) / 1000, UTC))
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.conditions) if self.conditions else "true"
+
+
+async def _page(
+    db: Database, table: str, where: _Where, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    rows = await (await db.pool()).fetch(
+        f"SELECT * FROM {table} WHERE {where.sql} ORDER BY id DESC LIMIT {int(limit) + 1}",
+        *where.args,
+    )
+    if len(rows) > limit:
+        return rows[:limit], rows[limit - 1]["id"]
+    return rows, None
+
+
+class PostgresArchive:
+    """History in PostgreSQL, as the stores read it."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def delivery(self, delivery_id: str) -> Delivery | None:
+        """A delivery by id, or None."""
+        if not ids.has_prefix(delivery_id, "dlv"):
+            return None
+        row = await (await self._db.pool()).fetchrow(
+            "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2",
+            delivery_id,
+            id_time(delivery_id),
+        )
+        return _delivery(row) if row else None
+
+    async def deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        """The deliveries of these ids that history holds."""
+        wanted = [i for i in delivery_ids if ids.has_prefix(i, "dlv")]
+        if not wanted:
+            return []
+        rows = await (await self._db.pool()).fetch(
+            "SELECT * FROM deliveries WHERE id = ANY($1::text[]) "
+            "AND created_at = ANY($2::timestamptz[])",
+            wanted,
+            sorted({id_time(i) for i in wanted}),
+        )
+        return [_delivery(r) for r in rows]
+
+    async def attempts(self, delivery: Delivery) -> list[dict[str, object]]:
+        """A delivery's attempts, oldest first."""
+        rows = await (await self._db.pool()).fetch(
+            "SELECT * FROM attempts WHERE tenant_id = $1 AND delivery_id = $2 "
+            "AND created_at = $3 ORDER BY number",
+            delivery.tenant_id,
+            delivery.id,
+            id_time(delivery.id),
+        )
+        return [
+            {
+                "number": r["number"],
+                "started_at": rfc3339(r["started_at"]),
+                "duration_ms": r["duration_ms"],
+                "status_code": r["status_code"],
+                "error": r["error"],
+                "response_body": r["response_body"],
+                "request_headers": r["request_headers"],
+                "url": r["url"],
+            }
+            for r in rows
+        ]
+
+    async def delivery_page(
+        self, query: DeliveryFilter, limit: int, before: str | None
+    ) -> tuple[list[Delivery], str | None]:
+        """Matching deliveries below `before`, newest first; the cursor if more."""
+        where = _Where()
+        for column in ("tenant_id", "webhook_id", "event_type"):
+            value = getattr(query, column)
+            if value:
+                where.add(f"{column} = $", value)
+        if query.status is not None:
+            where.add("status = $", query.status.value)
+        where.window("dlv", before, query.since_ms, query.until_ms)
+        rows, cursor = await _page(self._db, "deliveries", where, limit)
+        return [_delivery(r) for r in rows], cursor
+
+    async def failed_after(
+        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
+    ) -> list[str]:
+        """Ids of a webhook's failed deliveries after `after` up to `until_ms`, oldest first."""
+        rows = await (await self._db.pool()).fetch(
+            "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 "
+            "AND status = 'failed' AND id > $3 AND id < $4 AND created_at >= $5 "
+            "ORDER BY id LIMIT $6",
+            tenant_id,
+            webhook_id,
+            after,
+            ids.time_floor("dlv", until_ms + 1),
+            id_time(after),
+            count,
+        )
+        return [r["id"] for r in rows]
+
+    async def event(self, event_id: str) -> StoredEvent | None:
+        """An event by id, or None."""
+        if not ids.has_prefix(event_id, "evt"):
+            return None
+        row = await (await self._db.pool()).fetchrow(
+            "SELECT * FROM events WHERE id = $1 AND created_at = $2", event_id, id_time(event_id)
+        )
+        return _event(row) if row else None
+
+    async def event_page(
+        self, query: EventFilter, limit: int, before: str | None
+    ) -> tuple[list[StoredEvent], str | None]:
+        """Matching events below `before`, newest first; the cursor if more."""
+        where = _Where()
+        if query.tenant_id:
+            where.add("tenant_id = $", query.tenant_id)
+        if query.type:
+            where.add("type = $", query.type)
+        if query.upstream_id is not None:
+            where.add("upstream_id = $", query.upstream_id)
+        where.window("evt", before, query.since_ms, query.until_ms)
+        rows, cursor = await _page(self._db, "events", where, limit)
+        return [_event(r) for r in rows], cursor

@@ -1,0 +1,190 @@
+"""The history writer: moves records that reached their end from Redis to PostgreSQL.
+
+Scripts that end a record add its kind and id to a Redis stream in the same atomic step. Each
+worker reads the stream as one consumer of a group, in batches of up to `BATCH` entries (or what
+came within `BLOCK_MS`), writes the batch in one PostgreSQL transaction, and only then releases
+the records from Redis and acknowledges their entries (`release.lua`). A writer that dies
+between the two leaves its entries pending: it reads them again when it restarts, or another
+writer adopts them after `ADOPT_AFTER_MS`. Writing a record twice leaves one row (every insert
+is keyed), so a repeat after a crash or a lost reply is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from relay.delivery.outage import REDIS_AWAY, Backoff
+from relay.delivery.store import DeliveryStore, Handover
+from relay.history import partitions
+from relay.history.db import POSTGRES_AWAY
+from relay.history.reader import id_time
+from relay.metrics import Tally
+from relay.store import codec
+from relay.timefmt import read_rfc3339
+
+log = logging.getLogger("relay.history")
+
+BATCH = 1000
+BLOCK_MS = 200
+# A writer holding entries this long without releasing them has died: another takes them over.
+ADOPT_AFTER_MS = 15_000
+_ADOPT_EVERY_SECONDS = 10.0
+
+_EVENTS = """
+INSERT INTO events (tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)
+SELECT e.tenant_id, e.id, e.created_at, e.type, e.upstream_id, e.payload,
+       ARRAY(SELECT jsonb_array_elements_text(e.delivery_ids::jsonb))
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::bytea[],
+            $7::text[])
+     AS e(tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)
+ON CONFLICT DO NOTHING
+"""
+
+# A retried delivery ends again: its row takes the newer ending, never an older one.
+_DELIVERIES = """
+INSERT INTO deliveries (tenant_id, id, created_at, event_id, webhook_id, event_type, status,
+                        attempt_count, cycle_start, last_status_code, last_error, updated_at,
+                        delivered_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::int[], $9::int[], $10::int[], $11::text[],
+                     $12::timestamptz[], $13::timestamptz[])
+ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
+    status = EXCLUDED.status, attempt_count = EXCLUDED.attempt_count,
+    cycle_start = EXCLUDED.cycle_start, last_status_code = EXCLUDED.last_status_code,
+    last_error = EXCLUDED.last_error, updated_at = EXCLUDED.updated_at,
+    delivered_at = EXCLUDED.delivered_at
+WHERE deliveries.updated_at <= EXCLUDED.updated_at
+"""
+
+_ATTEMPTS = """
+INSERT INTO attempts (tenant_id, delivery_id, number, created_at, started_at, duration_ms,
+                      status_code, error, response_body, request_headers, url)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[],
+                     $6::int[], $7::int[], $8::text[], $9::text[], $10::jsonb[], $11::text[])
+ON CONFLICT DO NOTHING
+"""
+
+
+def _moment(stamp: str | None) -> datetime | None:
+    return read_rfc3339(stamp) if stamp else None
+
+
+def _json(value: object) -> str:
+    return codec.dumps(value).decode()
+
+
+def _columns(rows: Sequence[Sequence[object]]) -> list[list[object]]:
+    """Rows as one list per column, for unnest."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
+    """Write a batch of records in one transaction (a repeat leaves the same rows)."""
+    events = [h.event for h in handed if h.event is not None]
+    deliveries = [h for h in handed if h.delivery is not None]
+    event_rows = [
+        # An array of arrays would be read as a two-dimensional array: the ids go as JSON text.
+        (e.tenant_id, e.id, id_time(e.id), e.type, e.upstream_id, e.payload, _json(e.delivery_ids))
+        for e in events
+    ]
+    delivery_rows = []
+    attempt_rows = []
+    for h in deliveries:
+        d = h.delivery
+        assert d is not None
+        created = id_time(d.id)
+        delivery_rows.append(
+            (
+                d.tenant_id,
+                d.id,
+                created,
+                d.event_id,
+                d.webhook_id,
+                d.event_type,
+                d.status.value,
+                d.attempt_count,
+                d.cycle_start,
+                d.last_status_code,
+                d.last_error,
+                _moment(d.updated_at),
+                _moment(d.delivered_at),
+            )
+        )
+        attempt_rows += [
+            (
+                d.tenant_id,
+                d.id,
+                a.number,
+                created,
+                _moment(a.started_at),
+                a.duration_ms,
+                a.status_code,
+                a.error,
+                a.response_body,
+                a.request_headers,
+                a.url,
+            )
+            for a in h.attempts
+        ]
+    days = {partitions.day_of(r[2]) for r in event_rows + delivery_rows}
+    async with pool.acquire() as conn:
+        await partitions.ensure(conn, days)
+        async with conn.transaction():
+            if event_rows:
+                await conn.execute(_EVENTS, *_columns(event_rows))
+            if delivery_rows:
+                await conn.execute(_DELIVERIES, *_columns(delivery_rows))
+            if attempt_rows:
+                await conn.execute(_ATTEMPTS, *_columns(attempt_rows))
+
+
+class HistoryWriter:
+    """One worker's share of the history writing, until stopped."""
+
+    def __init__(
+        self, store: DeliveryStore, pool: asyncpg.Pool, consumer: str, errors: Tally
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._consumer = consumer
+        self._errors = errors
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Write and release batches until `stopping` is set; outages are waited out."""
+        backoff = Backoff()
+        adopted_at = 0.0
+        while not stopping.is_set():
+            try:
+                if time.monotonic() - adopted_at > _ADOPT_EVERY_SECONDS:
+                    adopted_at = time.monotonic()
+                    handed = await self._store.adopt(self._consumer, ADOPT_AFTER_MS, BATCH)
+                else:
+                    handed = await self._store.handed_over(self._consumer, BATCH, BLOCK_MS)
+                if handed:
+                    await self.flush(handed)
+                backoff.reset()
+            except REDIS_AWAY as exc:
+                log.warning("redis unavailable to the history writer (%s); retrying", exc)
+                await backoff.wait()
+            except POSTGRES_AWAY as exc:
+                self._errors.note()
+                log.warning("postgresql unavailable to the history writer (%s); retrying", exc)
+                await backoff.wait()
+            except asyncpg.PostgresError as exc:
+                # Not an outage: a bug or a full disk. Say so loudly, keep the records, retry.
+                self._errors.note()
+                log.error("the history writer could not write a batch: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 5.0)
+
+    async def flush(self, handed: Sequence[Handover]) -> None:
+        """Write one batch to PostgreSQL, then let it go from Redis."""
+        await write(self._pool, handed)
+        await self._store.release(handed)

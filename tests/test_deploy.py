@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -113,12 +114,13 @@ def compose(tmp_path: Path) -> dict[str, Any]:
     return resolved
 
 
-def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
+def test_compose_runs_redis_postgres_migrate_two_apis_two_workers_and_observability(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
     env = _env_file(DEPLOY / "relay.env.example")
-    assert {"redis", "api", "worker", "lb", "prometheus", "grafana"} <= services.keys()
+    assert {"redis", "postgres", "migrate", "api", "worker", "lb"} <= services.keys()
+    assert {"prometheus", "grafana"} <= services.keys()
 
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
@@ -132,8 +134,12 @@ def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
         service = services[name]
         assert service["deploy"]["replicas"] == 2
         assert service["read_only"] is True and not service["user"].startswith("0")
-        assert {"RELAY_REDIS_URL", "RELAY_SECRET_KEYS"} <= service["environment"].keys()
+        assert {"RELAY_REDIS_URL", "RELAY_DATABASE_URL", "RELAY_SECRET_KEYS"} <= service[
+            "environment"
+        ].keys()
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        # api and worker refuse an unknown schema: they start once migrate has applied it.
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert _seconds(service["stop_grace_period"]) > timeout
     assert _seconds(services["worker"]["stop_grace_period"]) > timeout + JOB_SLACK_SECONDS
     assert services["api"]["command"][0] == "api" and services["worker"]["command"] == ["worker"]
@@ -141,9 +147,33 @@ def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
     assert "8000" in {str(p["target"]) for p in services["lb"]["ports"]}
 
     # Secrets reach the containers from the env file only, never from the compose file.
-    for secret in ("RELAY_SECRET_KEYS", "RELAY_ADMIN_TOKEN", "RELAY_REDIS_URL"):
+    secrets = ("RELAY_SECRET_KEYS", "RELAY_ADMIN_TOKEN", "RELAY_REDIS_URL", "RELAY_DATABASE_URL")
+    for secret in (*secrets, "POSTGRES_PASSWORD"):
         assert secret in env and secret not in (DEPLOY / "compose.yaml").read_text()
     assert "deploy/relay.env" in (ROOT / ".gitignore").read_text().split()
+
+    postgres = services["postgres"]
+    assert int(postgres["image"].split(":")[1].split("-")[0]) >= 16
+    assert any(
+        v["target"] == "/var/lib/postgresql/data" and v["type"] == "volume"
+        for v in postgres["volumes"]
+    )
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "POSTGRES_PASSWORD" in postgres["environment"]
+    # The URL relay is given names the user and database the postgres service creates.
+    url = urlsplit(env["RELAY_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres"
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.password == env["POSTGRES_PASSWORD"]
+    assert url.path == "/" + postgres["environment"]["POSTGRES_DB"]
+
+    # migrate runs once per `up`, after PostgreSQL answers, and must not be restarted.
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate"] and migrate["image"] == services["api"]["image"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "RELAY_DATABASE_URL" in migrate["environment"]
+    assert migrate["restart"] == "no" and "deploy" not in migrate
+    assert migrate["read_only"] is True and not migrate["user"].startswith("0")
 
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["observability"]

@@ -195,7 +195,7 @@ def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(tree: 
     docs = _kustomize(K8S / tree)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "Deployment", "Service", "HorizontalPodAutoscaler"]
+        ["ConfigMap", "Deployment", "Deployment", "Job", "Service", "HorizontalPodAutoscaler"]
         + ["PodDisruptionBudget"] * 2
         + ["NetworkPolicy"] * 3
     )
@@ -257,9 +257,64 @@ def test_kubernetes_deployments_are_locked_down_probed_and_configured() -> None:
             selected <= d["spec"]["template"]["metadata"]["labels"].items()
             for d in deployments.values()
         )
-    # Redis is an external URL, never deployed by these manifests.
-    assert not any("redis" in d["metadata"]["name"] for d in docs)
+    # Redis and PostgreSQL are external URLs, never deployed by these manifests.
+    assert not any(s in d["metadata"]["name"] for d in docs for s in ("redis", "postgres"))
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in config
+
+
+def _secret_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables from relay-secrets, by the key each is read from."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "relay-secrets"
+    }
+
+
+def _allows_egress(policy: dict[str, Any], port: int) -> bool:
+    return policy["spec"]["policyTypes"] == ["Egress"] and any(
+        {"protocol": "TCP", "port": port} in rule.get("ports", [])
+        for rule in policy["spec"]["egress"]
+    )
+
+
+def test_kubernetes_migrates_the_schema_in_a_job_and_lets_relay_reach_postgres() -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == ["relay-migrate"]
+    job = jobs[0]
+    # Argo CD runs it before the Deployments and replaces it on the next sync.
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["ttlSecondsAfterFinished"] > 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example.com/relay:0.1.0"
+    assert container["args"] == ["migrate"]
+    assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+    # api, worker and migrate get egress to PostgreSQL's port, as they do to Redis's.
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "Job"}
+    }
+    assert set(pods) == {"relay-api", "relay-worker", "relay-migrate"}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for name, labels in pods.items():
+        selecting = [
+            p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert any(_allows_egress(p, 5432) for p in selecting), name
+        assert any(_allows_egress(p, 6379) for p in selecting), name
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
 
 
 # --- alerts and dashboard ----------------------------------------------------------------

@@ -325,6 +325,16 @@ REQUIRED_ALERTS = {
     "RelayWorkersAbsent",
     "RelayRedisUnreachable",
     "RelaySweeperRequeuing",
+    "RelayHistoryBehind",
+    "RelayHistoryWriteErrors",
+    "RelayPostgresUnreachable",
+}
+# What the workers' history writer exports about moving finished records to PostgreSQL.
+HISTORY_METRICS = {
+    "relay_history_backlog",
+    "relay_history_lag_seconds",
+    "relay_history_write_errors_total",
+    "relay_postgres_up",
 }
 
 
@@ -351,6 +361,14 @@ def test_alert_rules_pass_promtool_and_each_alert_has_a_unit_test_and_a_runbook(
         assert alert["alert"] in tested, f"{alert['alert']} never shown firing"
         assert len(alert["annotations"]["runbook"]) > 150, alert["alert"]
         assert alert["annotations"]["summary"] and alert["labels"]["severity"]
+
+    # The history writer is watched on each thing that can go wrong with it.
+    by_name = {a["alert"]: a for a in alerts}
+    assert "relay_history_lag_seconds" in by_name["RelayHistoryBehind"]["expr"]
+    assert "relay_history_backlog" in by_name["RelayHistoryBehind"]["annotations"]["summary"]
+    assert "relay_history_write_errors_total" in by_name["RelayHistoryWriteErrors"]["expr"]
+    assert "relay_postgres_up" in by_name["RelayPostgresUnreachable"]["expr"]
+    assert by_name["RelayPostgresUnreachable"]["labels"]["severity"] == "critical"
 
 
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
@@ -384,11 +402,15 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
     scrape = (await client.get("/metrics")).text
     exported = _exported(scrape)
     queries = _dashboard_queries()
-    rules = [rule["expr"] for rule in _alerts()]
+    # Expressions, and the summaries and runbooks that name metrics for on-call to look at.
+    rules = [text for rule in _alerts() for text in (rule["expr"], *rule["annotations"].values())]
     used = {name for q in queries + rules for name in re.findall(r"\brelay_[a-z_]+\b", q)}
-    assert used and used <= exported, used - exported
+    # The history writer's metrics are watched before relay exports them; once it does,
+    # test_relay_exports_the_history_metrics passes and its strict xfail fails the run, so that
+    # this allowance is removed with the marker.
+    assert used and used - HISTORY_METRICS <= exported, used - exported
     # The dashboard shows what an operator needs: ingest, outcomes, latency, backlog,
-    # webhooks and Redis.
+    # webhooks, Redis, and the history written to PostgreSQL.
     for needed in (
         "relay_events_accepted_total",
         "relay_attempts_total",
@@ -400,6 +422,8 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
         "relay_workers",
     ):
         assert needed in used, needed
+    on_dashboard = {name for q in queries for name in re.findall(r"\brelay_[a-z_]+\b", q)}
+    assert on_dashboard >= HISTORY_METRICS, HISTORY_METRICS - on_dashboard
 
     # Every query is valid PromQL: promtool parses them as recording rules.
     recorded = [{"record": f"dashboard:query_{n}", "expr": q} for n, q in enumerate(queries)]
@@ -407,6 +431,13 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
         yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]})
     )
     _run(_tool("promtool"), "check", "rules", str(tmp_path / "queries.yml"))
+
+
+@pytest.mark.xfail(strict=True, reason="the history writer does not export its metrics yet")
+async def test_relay_exports_the_history_metrics(make_client: ClientFactory) -> None:
+    client = await make_client()
+    exported = _exported((await client.get("/metrics")).text)
+    assert exported >= HISTORY_METRICS, HISTORY_METRICS - exported
 
 
 def test_grafana_is_provisioned_with_the_dashboard_and_its_data_source() -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -113,12 +114,13 @@ def compose(tmp_path: Path) -> dict[str, Any]:
     return resolved
 
 
-def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
+def test_compose_runs_redis_postgres_migrate_two_apis_two_workers_and_observability(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
     env = _env_file(DEPLOY / "relay.env.example")
-    assert {"redis", "api", "worker", "lb", "prometheus", "grafana"} <= services.keys()
+    assert {"redis", "postgres", "migrate", "api", "worker", "lb"} <= services.keys()
+    assert {"prometheus", "grafana"} <= services.keys()
 
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
@@ -132,8 +134,12 @@ def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
         service = services[name]
         assert service["deploy"]["replicas"] == 2
         assert service["read_only"] is True and not service["user"].startswith("0")
-        assert {"RELAY_REDIS_URL", "RELAY_SECRET_KEYS"} <= service["environment"].keys()
+        assert {"RELAY_REDIS_URL", "RELAY_DATABASE_URL", "RELAY_SECRET_KEYS"} <= service[
+            "environment"
+        ].keys()
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        # api and worker refuse an unknown schema: they start once migrate has applied it.
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert _seconds(service["stop_grace_period"]) > timeout
     assert _seconds(services["worker"]["stop_grace_period"]) > timeout + JOB_SLACK_SECONDS
     assert services["api"]["command"][0] == "api" and services["worker"]["command"] == ["worker"]
@@ -141,9 +147,33 @@ def test_compose_runs_redis_two_apis_two_workers_and_the_observability_profile(
     assert "8000" in {str(p["target"]) for p in services["lb"]["ports"]}
 
     # Secrets reach the containers from the env file only, never from the compose file.
-    for secret in ("RELAY_SECRET_KEYS", "RELAY_ADMIN_TOKEN", "RELAY_REDIS_URL"):
+    secrets = ("RELAY_SECRET_KEYS", "RELAY_ADMIN_TOKEN", "RELAY_REDIS_URL", "RELAY_DATABASE_URL")
+    for secret in (*secrets, "POSTGRES_PASSWORD"):
         assert secret in env and secret not in (DEPLOY / "compose.yaml").read_text()
     assert "deploy/relay.env" in (ROOT / ".gitignore").read_text().split()
+
+    postgres = services["postgres"]
+    assert int(postgres["image"].split(":")[1].split("-")[0]) >= 16
+    assert any(
+        v["target"] == "/var/lib/postgresql/data" and v["type"] == "volume"
+        for v in postgres["volumes"]
+    )
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "POSTGRES_PASSWORD" in postgres["environment"]
+    # The URL relay is given names the user and database the postgres service creates.
+    url = urlsplit(env["RELAY_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres"
+    assert url.username == postgres["environment"]["POSTGRES_USER"]
+    assert url.password == env["POSTGRES_PASSWORD"]
+    assert url.path == "/" + postgres["environment"]["POSTGRES_DB"]
+
+    # migrate runs once per `up`, after PostgreSQL answers, and must not be restarted.
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate"] and migrate["image"] == services["api"]["image"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "RELAY_DATABASE_URL" in migrate["environment"]
+    assert migrate["restart"] == "no" and "deploy" not in migrate
+    assert migrate["read_only"] is True and not migrate["user"].startswith("0")
 
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["observability"]
@@ -165,7 +195,7 @@ def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(tree: 
     docs = _kustomize(K8S / tree)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "Deployment", "Service", "HorizontalPodAutoscaler"]
+        ["ConfigMap", "Deployment", "Deployment", "Job", "Service", "HorizontalPodAutoscaler"]
         + ["PodDisruptionBudget"] * 2
         + ["NetworkPolicy"] * 3
     )
@@ -227,9 +257,64 @@ def test_kubernetes_deployments_are_locked_down_probed_and_configured() -> None:
             selected <= d["spec"]["template"]["metadata"]["labels"].items()
             for d in deployments.values()
         )
-    # Redis is an external URL, never deployed by these manifests.
-    assert not any("redis" in d["metadata"]["name"] for d in docs)
+    # Redis and PostgreSQL are external URLs, never deployed by these manifests.
+    assert not any(s in d["metadata"]["name"] for d in docs for s in ("redis", "postgres"))
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in config
+
+
+def _secret_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables from relay-secrets, by the key each is read from."""
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "relay-secrets"
+    }
+
+
+def _allows_egress(policy: dict[str, Any], port: int) -> bool:
+    return policy["spec"]["policyTypes"] == ["Egress"] and any(
+        {"protocol": "TCP", "port": port} in rule.get("ports", [])
+        for rule in policy["spec"]["egress"]
+    )
+
+
+def test_kubernetes_migrates_the_schema_in_a_job_and_lets_relay_reach_postgres() -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert [j["metadata"]["name"] for j in jobs] == ["relay-migrate"]
+    job = jobs[0]
+    # Argo CD runs it before the Deployments and replaces it on the next sync.
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["ttlSecondsAfterFinished"] > 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example.com/relay:0.1.0"
+    assert container["args"] == ["migrate"]
+    assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+    # api, worker and migrate get egress to PostgreSQL's port, as they do to Redis's.
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "Job"}
+    }
+    assert set(pods) == {"relay-api", "relay-worker", "relay-migrate"}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for name, labels in pods.items():
+        selecting = [
+            p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert any(_allows_egress(p, 5432) for p in selecting), name
+        assert any(_allows_egress(p, 6379) for p in selecting), name
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
 
 
 # --- alerts and dashboard ----------------------------------------------------------------
@@ -240,6 +325,16 @@ REQUIRED_ALERTS = {
     "RelayWorkersAbsent",
     "RelayRedisUnreachable",
     "RelaySweeperRequeuing",
+    "RelayHistoryBehind",
+    "RelayHistoryWriteErrors",
+    "RelayPostgresUnreachable",
+}
+# What the workers' history writer exports about moving finished records to PostgreSQL.
+HISTORY_METRICS = {
+    "relay_history_backlog",
+    "relay_history_lag_seconds",
+    "relay_history_write_errors_total",
+    "relay_postgres_up",
 }
 
 
@@ -266,6 +361,14 @@ def test_alert_rules_pass_promtool_and_each_alert_has_a_unit_test_and_a_runbook(
         assert alert["alert"] in tested, f"{alert['alert']} never shown firing"
         assert len(alert["annotations"]["runbook"]) > 150, alert["alert"]
         assert alert["annotations"]["summary"] and alert["labels"]["severity"]
+
+    # The history writer is watched on each thing that can go wrong with it.
+    by_name = {a["alert"]: a for a in alerts}
+    assert "relay_history_lag_seconds" in by_name["RelayHistoryBehind"]["expr"]
+    assert "relay_history_backlog" in by_name["RelayHistoryBehind"]["annotations"]["summary"]
+    assert "relay_history_write_errors_total" in by_name["RelayHistoryWriteErrors"]["expr"]
+    assert "relay_postgres_up" in by_name["RelayPostgresUnreachable"]["expr"]
+    assert by_name["RelayPostgresUnreachable"]["labels"]["severity"] == "critical"
 
 
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
@@ -299,11 +402,15 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
     scrape = (await client.get("/metrics")).text
     exported = _exported(scrape)
     queries = _dashboard_queries()
-    rules = [rule["expr"] for rule in _alerts()]
+    # Expressions, and the summaries and runbooks that name metrics for on-call to look at.
+    rules = [text for rule in _alerts() for text in (rule["expr"], *rule["annotations"].values())]
     used = {name for q in queries + rules for name in re.findall(r"\brelay_[a-z_]+\b", q)}
-    assert used and used <= exported, used - exported
+    # The history writer's metrics are watched before relay exports them; once it does,
+    # test_relay_exports_the_history_metrics passes and its strict xfail fails the run, so that
+    # this allowance is removed with the marker.
+    assert used and used - HISTORY_METRICS <= exported, used - exported
     # The dashboard shows what an operator needs: ingest, outcomes, latency, backlog,
-    # webhooks and Redis.
+    # webhooks, Redis, and the history written to PostgreSQL.
     for needed in (
         "relay_events_accepted_total",
         "relay_attempts_total",
@@ -315,6 +422,8 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
         "relay_workers",
     ):
         assert needed in used, needed
+    on_dashboard = {name for q in queries for name in re.findall(r"\brelay_[a-z_]+\b", q)}
+    assert on_dashboard >= HISTORY_METRICS, HISTORY_METRICS - on_dashboard
 
     # Every query is valid PromQL: promtool parses them as recording rules.
     recorded = [{"record": f"dashboard:query_{n}", "expr": q} for n, q in enumerate(queries)]
@@ -322,6 +431,13 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
         yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]})
     )
     _run(_tool("promtool"), "check", "rules", str(tmp_path / "queries.yml"))
+
+
+@pytest.mark.xfail(strict=True, reason="the history writer does not export its metrics yet")
+async def test_relay_exports_the_history_metrics(make_client: ClientFactory) -> None:
+    client = await make_client()
+    exported = _exported((await client.get("/metrics")).text)
+    assert exported >= HISTORY_METRICS, HISTORY_METRICS - exported
 
 
 def test_grafana_is_provisioned_with_the_dashboard_and_its_data_source() -> None:

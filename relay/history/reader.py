@@ -25,6 +25,16 @@ def id_time(value: str) -> datetime:
     return datetime.fromtimestamp(ids.created_ms(value) / 1000, UTC)
 
 
+def _known(value: str, prefix: str) -> datetime | None:
+    """The moment of an id of this kind; None for anything that cannot be one (no lookup)."""
+    if not ids.has_prefix(value, prefix):
+        return None
+    try:
+        return id_time(value)
+    except (ValueError, OverflowError):  # well formed, but past the year 9999
+        return None
+
+
 def _stamp(moment: datetime | None) -> str | None:
     return rfc3339(moment) if moment else None
 
@@ -110,25 +120,25 @@ class PostgresArchive:
 
     async def delivery(self, delivery_id: str) -> Delivery | None:
         """A delivery by id, or None."""
-        if not ids.has_prefix(delivery_id, "dlv"):
+        when = _known(delivery_id, "dlv")
+        if when is None:
             return None
         row = await (await self._db.pool()).fetchrow(
-            "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2",
-            delivery_id,
-            id_time(delivery_id),
+            "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2", delivery_id, when
         )
         return _delivery(row) if row else None
 
     async def deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         """The deliveries of these ids that history holds."""
-        wanted = [i for i in delivery_ids if ids.has_prefix(i, "dlv")]
+        known = {i: when for i in delivery_ids if (when := _known(i, "dlv")) is not None}
+        wanted = list(known)
         if not wanted:
             return []
         rows = await (await self._db.pool()).fetch(
             "SELECT * FROM deliveries WHERE id = ANY($1::text[]) "
             "AND created_at = ANY($2::timestamptz[])",
             wanted,
-            sorted({id_time(i) for i in wanted}),
+            sorted({known[i] for i in wanted}),
         )
         return [_delivery(r) for r in rows]
 
@@ -189,10 +199,11 @@ class PostgresArchive:
 
     async def event(self, event_id: str) -> StoredEvent | None:
         """An event by id, or None."""
-        if not ids.has_prefix(event_id, "evt"):
+        when = _known(event_id, "evt")
+        if when is None:
             return None
         row = await (await self._db.pool()).fetchrow(
-            "SELECT * FROM events WHERE id = $1 AND created_at = $2", event_id, id_time(event_id)
+            "SELECT * FROM events WHERE id = $1 AND created_at = $2", event_id, when
         )
         return _event(row) if row else None
 

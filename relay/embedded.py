@@ -48,6 +48,9 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(MISSING)
         directory = (self.data_dir / "redis").resolve()
         directory.mkdir(parents=True, exist_ok=True)
+        # Its AOF files are world-readable; when root lets PostgreSQL's user into the data dir,
+        # that user must still not reach them.
+        directory.chmod(0o700)
         port = free_port()
         password = secrets.token_urlsafe(24)
         config = directory / "redis.conf"

@@ -23,6 +23,7 @@ from tests.support import (
     TEST_MASTER_KEY,
     PostgresServer,
     RedisServer,
+    empty_history,
     postgres_dir,
     use_database,
 )
@@ -59,23 +60,12 @@ def postgres_server() -> Iterator[PostgresServer]:
             server.stop()
 
 
-# Every table but the migrations' own bookkeeping; partitions go with their parent.
-_HISTORY_TABLES = """
-SELECT format('%I.%I', n.nspname, c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'relay_schema'
-  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
-"""
-
-
 @pytest.fixture
 async def history_db(postgres_server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the session's database, every history table emptied first."""
     conn = await asyncpg.connect(postgres_server.url)
     try:
-        tables = [row[0] for row in await conn.fetch(_HISTORY_TABLES)]
-        if tables:
-            await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        await empty_history(conn)
         yield conn
     finally:
         await conn.close()

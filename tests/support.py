@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 import redis
 
@@ -136,6 +137,22 @@ class PostgresServer:
 
     def stop(self) -> None:
         self.embedded.stop()
+
+
+# Every table but the migrations' own bookkeeping; partitions go with their parent.
+_HISTORY_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'relay_schema'
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+"""
+
+
+async def empty_history(conn: asyncpg.Connection) -> None:
+    """TRUNCATE every history table, found in the catalog so that new ones are included."""
+    tables = [row[0] for row in await conn.fetch(_HISTORY_TABLES)]
+    if tables:
+        await conn.execute(f"TRUNCATE {', '.join(tables)}")
 
 
 # The session's database (set by the `postgres_server` fixture), given to every relay subprocess.

@@ -13,7 +13,8 @@ import pytest
 
 import relay.embedded
 from relay.embedded import PG_MISSING, EmbeddedPostgres, EmbeddedPostgresError
-from tests.support import FAST_POSTGRES, postgres_dir
+from relay.history import migrations
+from tests.support import FAST_POSTGRES, empty_history, postgres_dir
 
 
 @pytest.fixture
@@ -81,3 +82,23 @@ def test_without_postgresql_it_says_how_to_get_it(
         EmbeddedPostgres(data_dir).start()
     assert str(raised.value) == PG_MISSING
     assert "apt-get install postgresql" in PG_MISSING and "RELAY_DATABASE_URL" in PG_MISSING
+
+
+async def test_history_db_empties_every_history_table_but_keeps_the_schema(
+    history_db: asyncpg.Connection,
+) -> None:
+    await history_db.execute(
+        "CREATE TABLE events_test PARTITION OF events "
+        "FOR VALUES FROM ('2020-01-01') TO ('2020-01-02')"
+    )
+    try:
+        await history_db.execute(
+            "INSERT INTO events (tenant_id, id, created_at, type, payload, delivery_ids) "
+            "VALUES ('t', 'evt_1', '2020-01-01T12:00:00Z', 'post.published', '', '{}')"
+        )
+        await empty_history(history_db)
+        assert await history_db.fetchval("SELECT count(*) FROM events") == 0
+        version = await history_db.fetchval("SELECT max(version) FROM relay_schema")
+        assert version == migrations.latest()
+    finally:
+        await history_db.execute("DROP TABLE events_test")

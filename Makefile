@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench fanout soak chaos clean redis chromium faketime promtool image
+.PHONY: run test lint bench fanout soak chaos clean redis postgres chromium faketime promtool image
 
-run: $(STAMP) redis
+run: $(STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
 
-test: $(STAMP) redis chromium faketime promtool
+test: $(STAMP) redis postgres chromium faketime promtool
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
@@ -23,20 +23,20 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Throughput and latency, then what deliveries waiting behind a hanging endpoint cost.
-bench: $(STAMP) redis
+bench: $(STAMP) redis postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.waiting $(WAITING_ARGS)
 
 # One event fanned out to 20,000 webhooks: how long Redis stalls for every other call meanwhile.
-fanout: $(STAMP) redis
+fanout: $(STAMP) redis postgres
 	$(BIN)/python -m bench.fanout $(FANOUT_ARGS)
 
 # Steady load with failing receivers; reports whether memory, files and queues stay bounded.
-soak: $(STAMP) redis
+soak: $(STAMP) redis postgres
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 # Load while workers and Redis are killed, paused and clock-skewed; nothing may be lost or stuck.
-chaos: $(STAMP) redis faketime
+chaos: $(STAMP) redis postgres faketime
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 # Debian's redis-server, installed only when it is not on PATH already.
@@ -45,6 +45,20 @@ redis:
 		echo "installing redis-server with apt-get"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# Debian's PostgreSQL server, installed only when no initdb and postgres are found; Debian keeps
+# them off PATH. relay runs its own cluster, so Debian is told not to create and start its own.
+postgres:
+	@{ ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		{ command -v initdb && command -v postgres; } >/dev/null 2>&1; } || { \
+		echo "installing postgresql with apt-get"; \
+		[ -e /etc/postgresql-common/createcluster.conf ] || { \
+			$(SUDO) mkdir -p /etc/postgresql-common && \
+			echo "create_main_cluster = false" | \
+				$(SUDO) tee /etc/postgresql-common/createcluster.conf >/dev/null; }; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 \
+			apt-get install -y -qq postgresql >/dev/null; }
 
 # Debian's Chromium for the console's browser tests (Playwright drives it; it downloads nothing).
 chromium:

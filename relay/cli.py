@@ -14,8 +14,14 @@ from typing import Any
 
 from relay import __version__, logs, tracing
 from relay.client import ApiRefused, Unreachable
-from relay.config import ConfigError, Settings, effective, load_settings
-from relay.embedded import EmbeddedRedis, EmbeddedRedisError, data_dir_ready
+from relay.config import ConfigError, Settings, effective, load_settings, redacted_url
+from relay.embedded import (
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    data_dir_ready,
+)
 from relay.errors import RelayError
 from relay.operator import UsageError
 from relay.operator import add_commands as add_operator_commands
@@ -137,8 +143,23 @@ def _dev_environment(settings: Settings, secrets: dict[str, str]) -> dict[str, s
     return env
 
 
+def _migrate(url: str) -> None:
+    """Bring the database to this release's schema, as `relay dev` does before its children."""
+    import asyncpg
+
+    from relay.history import migrations
+
+    try:
+        applied = asyncio.run(migrations.apply(url))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CliError(f"could not migrate the database at {redacted_url(url)}: {exc}") from None
+    if applied:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        print(f"relay dev: applied database migrations {names}", flush=True)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Redis (embedded unless RELAY_REDIS_URL), the API and one worker, until Ctrl-C."""
+    """The stores (embedded unless their URLs are set), the API and one worker, until Ctrl-C."""
     settings = _settings()
     data_dir = data_dir_ready(settings.data_dir)
     claim = DevClaim(data_dir)
@@ -166,6 +187,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     shown_host = "localhost" if args.host in {"127.0.0.1", "0.0.0.0"} else args.host
     url = f"http://{shown_host}:{args.port}"
     redis = EmbeddedRedis(data_dir)
+    database = EmbeddedPostgres(data_dir)
+    embedded: list[str] = []
     children: list[subprocess.Popen[bytes]] = []
     status = 0
     try:
@@ -176,14 +199,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 env["RELAY_REDIS_URL"] = redis.start()
             except EmbeddedRedisError as exc:
                 raise CliError(str(exc)) from None
-        claim.publish(Runtime(os.getpid(), url, env["RELAY_REDIS_URL"]))
+            embedded.append("Redis")
+        if settings.database_url:
+            env["RELAY_DATABASE_URL"] = settings.database_url
+        else:
+            try:
+                env["RELAY_DATABASE_URL"] = database.start()
+            except EmbeddedPostgresError as exc:
+                raise CliError(str(exc)) from None
+            embedded.append("PostgreSQL")
+        # An external database too: `api` and `worker` refuse a schema they do not know.
+        _migrate(env["RELAY_DATABASE_URL"])
+        claim.publish(Runtime(os.getpid(), url, env["RELAY_REDIS_URL"], env["RELAY_DATABASE_URL"]))
         children += [
             _spawn(["api", "--host", args.host, "--port", str(args.port)], env),
             _spawn(["worker"], env),
         ]
         probe = f"http://127.0.0.1:{args.port}" if shown_host == "localhost" else url
         if _wait_until_serving(probe, children):
-            _banner(url, env)
+            _banner(url, env, embedded)
         while not stopping:
             exited = [c for c in children if c.poll() is not None]
             if exited:
@@ -194,14 +228,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
     finally:
+        # The children first: they write to the stores until they exit.
         _stop_all(children)
+        database.stop()
         redis.stop()
         claim.release()
     print("relay dev: stopped", flush=True)
     return status
 
 
-def _banner(url: str, env: dict[str, str]) -> None:
+def _banner(url: str, env: dict[str, str], embedded: list[str]) -> None:
     print(f"relay {__version__} dev: {url}  (console: {url}/console, docs: /docs)", flush=True)
     print(f"admin token: {env['RELAY_ADMIN_TOKEN']}", flush=True)
     if env["RELAY_ALLOW_PRIVATE_TARGETS"] == "true":
@@ -214,7 +250,8 @@ def _banner(url: str, env: dict[str, str]) -> None:
         f"operator CLI: RELAY_URL={url} RELAY_TOKEN=<admin token> .venv/bin/relay deliveries list",
         flush=True,
     )
-    print("Ctrl-C stops the API, the worker and Redis.", flush=True)
+    stopped = ["the API", "the worker", *embedded]
+    print(f"Ctrl-C stops {', '.join(stopped[:-1])} and {stopped[-1]}.", flush=True)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -359,7 +396,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, func, text in (
-        ("dev", cmd_dev, "Redis, API and a worker in one process tree, for one machine"),
+        (
+            "dev",
+            cmd_dev,
+            "Redis, PostgreSQL, the API and a worker in one process tree, for one machine "
+            "(Ctrl-C stops them all)",
+        ),
         ("api", cmd_api, "the HTTP API"),
     ):
         p = sub.add_parser(name, help=text)

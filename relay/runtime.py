@@ -27,11 +27,12 @@ class StaleRuntime(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """Where a running `relay dev` serves: its PID, API URL and embedded Redis URL."""
+    """Where a running `relay dev` serves: its PID, API URL, and the stores it uses."""
 
     pid: int
     api_url: str
     redis_url: str
+    database_url: str
 
     def describe(self) -> str:
         """PID and URL, for messages."""
@@ -41,7 +42,13 @@ class Runtime:
 def _read(data_dir: Path) -> Runtime | None:
     try:
         saved = codec.loads((data_dir / _RUNTIME).read_bytes())
-        return Runtime(int(saved["pid"]), str(saved["api_url"]), str(saved["redis_url"]))
+        return Runtime(
+            int(saved["pid"]),
+            str(saved["api_url"]),
+            str(saved["redis_url"]),
+            # Absent from the record of a relay dev older than history.
+            str(saved.get("database_url", "")),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -84,12 +91,17 @@ class DevClaim:
         self.stale = _read(self._dir)
 
     def publish(self, runtime: Runtime) -> None:
-        """Write runtime.json (readable by the owner only: the Redis URL holds a password)."""
+        """Write runtime.json (readable by the owner only: the store URLs hold passwords)."""
         path = self._dir / _RUNTIME
         path.touch(mode=0o600)
         path.write_bytes(
             codec.dumps(
-                {"pid": runtime.pid, "api_url": runtime.api_url, "redis_url": runtime.redis_url}
+                {
+                    "pid": runtime.pid,
+                    "api_url": runtime.api_url,
+                    "redis_url": runtime.redis_url,
+                    "database_url": runtime.database_url,
+                }
             )
         )
 

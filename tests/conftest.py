@@ -1,20 +1,32 @@
-"""Fixtures: one real redis-server per session, and the app over an ASGI transport."""
+"""Fixtures: one real redis-server and one PostgreSQL per session, and the app over an ASGI
+transport."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
+from relay.history import migrations
 from tests.flows import own_redis, workers  # noqa: F401  (fixtures shared by delivery tests)
-from tests.support import TEST_MASTER_KEY, RedisServer
+from tests.support import (
+    TEST_MASTER_KEY,
+    PostgresServer,
+    RedisServer,
+    empty_history,
+    postgres_dir,
+    use_database,
+)
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -26,6 +38,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_server() -> Iterator[PostgresServer]:
+    """One migrated PostgreSQL for the session; every relay subprocess is given its URL.
+
+    Autouse, so that no relay subprocess runs without a database, whichever fixtures its test
+    asked for.
+    """
+    with postgres_dir() as directory:
+        server = PostgresServer(directory).start()
+        try:
+            # In a thread: asyncio.run would replace the event loop pytest-asyncio keeps.
+            with ThreadPoolExecutor(1) as thread:
+                thread.submit(asyncio.run, migrations.apply(server.url)).result()
+            use_database(server.url)
+            yield server
+        finally:
+            use_database(None)
+            server.stop()
+
+
+@pytest.fixture
+async def history_db(postgres_server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the session's database, every history table emptied first."""
+    conn = await asyncpg.connect(postgres_server.url)
+    try:
+        await empty_history(conn)
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +86,12 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
 
 @pytest.fixture
 def settings_for(
-    redis_server: RedisServer, master_key: str, tmp_path: Path
+    redis_server: RedisServer, postgres_server: PostgresServer, master_key: str, tmp_path: Path
 ) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "redis_url": redis_server.url,
+            "database_url": postgres_server.url,
             "admin_token": ADMIN_TOKEN,
             "secret_keys": master_key,
             "allow_private_targets": "true",

@@ -1,4 +1,4 @@
-"""Real processes for tests: redis-server on a free port, `relay` subprocesses."""
+"""Real processes for tests: redis-server on a free port, PostgreSQL, `relay` subprocesses."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
 import redis
 
+from relay.embedded import EmbeddedPostgres
 from relay.embedded import free_port as free_port  # the one free_port, re-exported
 from relay.secrets import generate_master_key
 
@@ -95,13 +99,90 @@ class RedisServer:
             self.process.wait(10)
 
 
+# What a test database does not need: surviving a crash. Without them a commit costs no fsync.
+FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@contextmanager
+def postgres_dir() -> Iterator[Path]:
+    """A fresh temp dir for a PostgreSQL cluster, removed afterwards.
+
+    Not one of pytest's: under root, PostgreSQL runs as the `postgres` user, and pytest's temp
+    dirs sit under a directory only root may enter.
+    """
+    path = Path(tempfile.mkdtemp(prefix="relay-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL: relay's embedded one, with durability traded for speed."""
+
+    directory: Path
+    embedded: EmbeddedPostgres = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.embedded = EmbeddedPostgres(self.directory, FAST_POSTGRES)
+
+    @property
+    def url(self) -> str:
+        return self.embedded.url
+
+    def start(self) -> PostgresServer:
+        self.embedded.start()
+        return self
+
+    def stop(self) -> None:
+        self.embedded.stop()
+
+
+# Every table but the migrations' own bookkeeping; partitions go with their parent.
+_HISTORY_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'relay_schema'
+  AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+"""
+
+
+async def empty_history(conn: asyncpg.Connection) -> None:
+    """TRUNCATE every history table, found in the catalog so that new ones are included."""
+    tables = [row[0] for row in await conn.fetch(_HISTORY_TABLES)]
+    if tables:
+        await conn.execute(f"TRUNCATE {', '.join(tables)}")
+
+
+# The session's database (set by the `postgres_server` fixture), given to every relay subprocess.
+_database_url: str | None = None
+
+
+def use_database(url: str | None) -> None:
+    """Make `relay_env` and `dev_env` point relay subprocesses at this database."""
+    global _database_url
+    _database_url = url
+
+
+def _database_env() -> dict[str, str]:
+    return {"RELAY_DATABASE_URL": _database_url} if _database_url else {}
+
+
 TEST_MASTER_KEY = generate_master_key()
 
 
 def relay_env(redis_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a relay subprocess pointed at a test Redis."""
+    """The environment of a relay subprocess pointed at a test Redis and the test database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update({"RELAY_REDIS_URL": redis_url, "RELAY_SECRET_KEYS": TEST_MASTER_KEY, **extra})
+    env.update(
+        {
+            "RELAY_REDIS_URL": redis_url,
+            **_database_env(),
+            "RELAY_SECRET_KEYS": TEST_MASTER_KEY,
+            **extra,
+        }
+    )
     return env
 
 
@@ -133,10 +214,15 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
     wait_until(up, timeout)
 
 
-def dev_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `relay dev` on its own data dir, with nothing else of relay's set."""
+def dev_env(data_dir: Path, own_database: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of a `relay dev` on its own data dir, with nothing else of relay's set.
+
+    It uses the session's database, unless `own_database` asks for it to start its embedded one
+    (a cluster per test costs an initdb, and the data dir must be one `postgres_dir` made).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    return {**env, "RELAY_DATA_DIR": str(data_dir), **extra}
+    database = {} if own_database else _database_env()
+    return {**env, "RELAY_DATA_DIR": str(data_dir), **database, **extra}
 
 
 @dataclass
@@ -156,12 +242,12 @@ class Dev:
         return next(line.split()[-1] for line in self.banner if line.startswith("admin token"))
 
 
-def start_dev(data_dir: Path, **env: str) -> Dev:
+def start_dev(data_dir: Path, own_database: bool = False, **env: str) -> Dev:
     """Start `relay dev` on a free port and read its banner (printed once the API answers)."""
     port = free_port()
     process = spawn_relay(
         ["dev", "--port", str(port)],
-        dev_env(data_dir, **env),
+        dev_env(data_dir, own_database, **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

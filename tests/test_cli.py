@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from tests.support import (
     RedisServer,
+    dev_env,
     free_port,
     relay_env,
     spawn_relay,
@@ -27,12 +27,6 @@ def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-def _dev_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update({"RELAY_DATA_DIR": str(data_dir), **extra})
-    return env
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_dev_runs_redis_api_and_worker_and_stops_them_all(
     tmp_path: Path, stop_signal: signal.Signals
@@ -41,7 +35,7 @@ def test_dev_runs_redis_api_and_worker_and_stops_them_all(
     data_dir = tmp_path / "data"
     dev = spawn_relay(
         ["dev", "--port", str(port)],
-        _dev_env(data_dir),
+        dev_env(data_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -61,7 +55,7 @@ def test_dev_runs_redis_api_and_worker_and_stops_them_all(
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
     # The admin token is kept: a second start prints the same one, and it works.
-    dev = spawn_relay(["dev", "--port", str(port)], _dev_env(data_dir), stdout=subprocess.PIPE)
+    dev = spawn_relay(["dev", "--port", str(port)], dev_env(data_dir), stdout=subprocess.PIPE)
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=30)
         listed = httpx.get(
@@ -75,7 +69,7 @@ def test_dev_runs_redis_api_and_worker_and_stops_them_all(
 
 
 def test_dev_without_redis_says_how_to_get_it(tmp_path: Path) -> None:
-    env = _dev_env(tmp_path / "data", PATH=str(tmp_path))  # nothing on PATH
+    env = dev_env(tmp_path / "data", PATH=str(tmp_path))  # nothing on PATH
     result = subprocess.run(
         [sys.executable, "-m", "relay", "dev", "--port", str(free_port())],
         env=env,
@@ -90,7 +84,7 @@ def test_dev_without_redis_says_how_to_get_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [["api"], ["worker"], ["dev"]])
 def test_bad_configuration_names_the_variable(tmp_path: Path, command: list[str]) -> None:
-    env = _dev_env(tmp_path, RELAY_DELIVERY_TIMEOUT="soon")
+    env = dev_env(tmp_path, RELAY_DELIVERY_TIMEOUT="soon")
     result = subprocess.run(
         [sys.executable, "-m", "relay", *command], env=env, capture_output=True, timeout=30
     )
@@ -102,7 +96,7 @@ def test_bad_configuration_names_the_variable(tmp_path: Path, command: list[str]
 def test_api_and_worker_need_a_redis_url(tmp_path: Path, command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "relay", *command],
-        env=_dev_env(tmp_path),
+        env=dev_env(tmp_path),
         capture_output=True,
         timeout=30,
     )

@@ -1,20 +1,25 @@
 """`relay dev` as someone trying relay runs it: loopback receivers work, one dev per data dir,
-and a `relay dev` that was killed leaves nothing that breaks the next command."""
+its own PostgreSQL kept across restarts, and a `relay dev` that was killed leaves nothing that
+breaks the next command."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import psutil
 import pytest
 
+from relay.history import migrations
 from tests.conftest import ClientFactory
 from tests.receivers import Receiver
-from tests.support import Dev, dev_env, free_port, start_dev, stop_dev
+from tests.support import Dev, dev_env, free_port, postgres_dir, start_dev, stop_dev
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +49,60 @@ async def test_dev_delivers_to_a_loopback_receiver_and_says_it_may(dev: Dev) -> 
         assert (await client.post("/v1/events", json=event)).status_code == 202
         [request] = await rx.wait_for(1, timeout=20)
     assert request.path == "/hook"
+
+
+async def _deliver_once(dev: Dev) -> None:
+    auth = {"authorization": f"Bearer {dev.token}"}
+    async with Receiver() as rx, httpx.AsyncClient(base_url=dev.url, headers=auth) as client:
+        made = await client.post(
+            "/v1/webhooks", json={"url": rx.url("/hook"), "tenant_id": "space_42"}
+        )
+        assert made.status_code == 201, made.text
+        event = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_1"}}
+        assert (await client.post("/v1/events", json=event)).status_code == 202
+        await rx.wait_for(1, timeout=20)
+
+
+async def _database(data_dir: Path) -> tuple[str, int, bool]:
+    """The URL dev published, the schema version, and whether the marker table is there."""
+    url = json.loads((data_dir / "runtime.json").read_bytes())["database_url"]
+    conn = await asyncpg.connect(url)
+    try:
+        version = await conn.fetchval("SELECT max(version) FROM relay_schema")
+        marked = await conn.fetchval("SELECT to_regclass('made_by_the_first_dev') IS NOT NULL")
+    finally:
+        await conn.close()
+    return url, version, marked
+
+
+async def test_dev_runs_its_own_postgresql_and_a_restart_keeps_its_data() -> None:
+    with postgres_dir() as data_dir:
+        first = start_dev(data_dir, own_database=True)
+        try:
+            assert any("applied database migrations" in line for line in first.banner)
+            assert first.banner[-1].endswith("Redis and PostgreSQL."), first.banner
+            await _deliver_once(first)
+            url, version, _ = await _database(data_dir)
+            assert version == migrations.latest()
+            conn = await asyncpg.connect(url)
+            await conn.execute("CREATE TABLE made_by_the_first_dev ()")
+            await conn.close()
+            descendants = psutil.Process(first.process.pid).children(recursive=True)
+            servers = [p for p in descendants if p.name() == "postgres"]
+            assert servers
+        finally:
+            stop_dev(first)
+        assert first.process.returncode == 0
+        assert not [p for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        second = start_dev(data_dir, own_database=True)
+        try:
+            assert not any("applied database migrations" in line for line in second.banner)
+            again, version, marked = await _database(data_dir)
+            assert marked and version == migrations.latest()
+            assert urlsplit(again).password == urlsplit(url).password
+        finally:
+            stop_dev(second)
 
 
 async def test_a_production_api_refuses_loopback_and_names_the_variable(

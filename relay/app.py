@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from relay.api.openapi import build as build_openapi
 from relay.api.request_log import RequestLog
 from relay.api.routing import Operation, routes
 from relay.config import Settings
+from relay.presence import flush, keep_announcing
 from relay.services import Services
 
 OPERATIONS: list[Operation] = [
@@ -51,9 +53,15 @@ def create_app(settings: Settings) -> Starlette:
         # Like the worker: start serving once PostgreSQL answers with the schema this release
         # knows; another version stops the start-up, naming `relay migrate`.
         await app.state.services.database.wait()
+        counting = asyncio.create_task(
+            keep_announcing(app.state.services.redis, None, app.state.services.counts)
+        )
         try:
             yield
         finally:
+            counting.cancel()
+            await asyncio.gather(counting, return_exceptions=True)
+            await flush(app.state.services.redis, None, app.state.services.counts)
             await app.state.services.aclose()
 
     app = _Relay(

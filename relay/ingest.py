@@ -65,6 +65,7 @@ async def accept(
     first = await ctx.deliveries.accept(event, planned, answer)
     if first is not None:
         return await event_view(ctx, await ctx.events.get(first)), False
+    ctx.counts.add(f"events_accepted:{spec.type}")
     return view, True
 
 

@@ -1,7 +1,8 @@
 """Metrics: counters every process adds to one Redis hash, served by any API replica.
 
 Workers have no HTTP server and there may be many of each process, so the numbers live in Redis
-(one HINCRBY inside the scripts that change state) and GET /metrics renders them for Prometheus.
+(each process counts in memory and adds its counts every few seconds) and GET /metrics renders
+them for Prometheus.
 Scrape one replica (through the Service or load balancer), not each: every replica reports the
 same totals. The exception is `relay_redis_up`, which says whether the replica that answered could
 read Redis; when it could not, that gauge is all the page has.
@@ -9,7 +10,7 @@ read Redis; when it could not, that gauge is all the page has.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -41,22 +42,37 @@ def attempt_counters(status_code: int | None, seconds: float, final: Status | No
     return fields
 
 
-class Tally:
-    """Failures this process saw, held until Redis answers again and can add them up."""
+class Counts:
+    """What this process counted since it last added it to the shared counters in Redis.
 
-    __slots__ = ("_count",)
+    Attempts, finished deliveries, accepted events and failures are counted here, in memory,
+    and added to Redis a few times a minute: Redis sees one HINCRBYFLOAT per counter per flush,
+    never a write per attempt.
+    """
+
+    __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        self._count = 0
+        self._counts: dict[str, float] = {}
 
-    def note(self, count: int = 1) -> None:
-        """Count failures (or hand back a count that could not be stored)."""
-        self._count += count
+    def add(self, field: str, amount: float = 1) -> None:
+        """Count `amount` more of `field`."""
+        self._counts[field] = self._counts.get(field, 0) + amount
 
-    def take(self) -> int:
-        """The count so far, reset to zero; `note` it again if storing it fails."""
-        count, self._count = self._count, 0
-        return count
+    def add_all(self, fields: Iterable[str]) -> None:
+        """Count one more of each field."""
+        for field in fields:
+            self.add(field)
+
+    def take(self) -> dict[str, float]:
+        """The counts so far, reset to zero; `give_back` them if storing them fails."""
+        taken, self._counts = self._counts, {}
+        return taken
+
+    def give_back(self, taken: Mapping[str, float]) -> None:
+        """Return counts that could not be stored, to be added next time."""
+        for field, amount in taken.items():
+            self.add(field, amount)
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

@@ -6,12 +6,11 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Mapping
 
 import redis.exceptions
 from redis.asyncio import Redis
 
-from relay.metrics import Tally
+from relay.metrics import Counts
 from relay.store.metrics import announce
 
 INTERVAL_SECONDS = 5.0
@@ -22,14 +21,20 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def keep_announcing(client: Redis, name: str, tallies: Mapping[str, Tally]) -> None:
-    """Announce `name` until cancelled, adding up the failures this process counted (by the
-    counter each tally feeds)."""
+async def keep_announcing(client: Redis, name: str | None, counts: Counts) -> None:
+    """Add what this process counted every few seconds until cancelled (and announce worker
+    `name`, if any)."""
     while True:
-        untold = {field: tally.take() for field, tally in tallies.items()}
-        try:
-            await announce(client, name, time.time_ns() // 1_000_000, untold)
-        except (redis.exceptions.RedisError, OSError):
-            for field, tally in tallies.items():
-                tally.note(untold[field] + (field == "redis_errors"))
+        await flush(client, name, counts)
         await asyncio.sleep(INTERVAL_SECONDS)
+
+
+async def flush(client: Redis, name: str | None, counts: Counts) -> None:
+    """Add this process's counts to the shared counters (and announce worker `name`, if any);
+    on failure keep them for next time, and count the failure."""
+    taken = counts.take()
+    try:
+        await announce(client, name, time.time_ns() // 1_000_000, taken)
+    except (redis.exceptions.RedisError, OSError):
+        counts.give_back(taken)
+        counts.add("redis_errors")

@@ -13,7 +13,7 @@ from relay.delivery.queue import JobQueue
 from relay.delivery.store import DeliveryStore
 from relay.history.db import Database
 from relay.history.reader import PostgresArchive
-from relay.metrics import Tally
+from relay.metrics import Counts
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
@@ -92,8 +92,7 @@ class Services:
     deliveries: DeliveryStore
     jobs: JobQueue
     database: Database
-    redis_errors: Tally = field(default_factory=Tally)
-    history_errors: Tally = field(default_factory=Tally)
+    counts: Counts = field(default_factory=Counts)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:

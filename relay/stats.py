@@ -1,7 +1,7 @@
 """The overview operators look at first: figures over the last hour or day, and what needs care.
 
-Computed from the time-bucketed counters that the scripts changing state bump (see
-relay.store.metrics), so these figures and GET /metrics never disagree.
+Computed from the per-minute figures the history writer keeps in PostgreSQL with what they
+count: an attempt shows here once it is written there (within a second or so).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from relay.delivery.model import FINISHED
+from relay.history.reader import counters
 from relay.metrics import DURATION_BUCKETS
 from relay.services import Services
-from relay.store.metrics import BUCKET_SECONDS, backlog, bucket_start, buckets
+from relay.store.metrics import backlog
 from relay.timefmt import from_timestamp, rfc3339
 
 # Webhooks the overview looks through for failing or disabled ones, newest first.
@@ -74,14 +75,13 @@ def _merge(rows: Iterable[Mapping[str, int]]) -> Counter[str]:
 
 async def overview(ctx: Services, window: Window, moment: datetime) -> dict[str, object]:
     """The window's totals and chart series, the backlog, and webhooks failing or disabled."""
-    count = window.seconds // BUCKET_SECONDS
-    first = bucket_start(moment.timestamp()) - (count - 1) * BUCKET_SECONDS
-    starts = [first + i * BUCKET_SECONDS for i in range(count)]
-    rows = await buckets(ctx.redis, starts)
-    per_point = window.step // BUCKET_SECONDS
+    count = window.seconds // window.step
+    # Points start on whole steps, the last one holding `moment`.
+    first = int(moment.timestamp()) // window.step * window.step - (count - 1) * window.step
+    points = await counters(ctx.database, first, window.step, count, DURATION_BUCKETS)
     series = [
-        {"start": from_timestamp(starts[i]), **figures(_merge(rows[i : i + per_point]))}
-        for i in range(0, count, per_point)
+        {"start": from_timestamp(first + i * window.step), **figures(point)}
+        for i, point in enumerate(points)
     ]
     troubled = await ctx.webhooks.troubled(_WEBHOOK_SCAN)
     return {
@@ -89,7 +89,7 @@ async def overview(ctx: Services, window: Window, moment: datetime) -> dict[str,
         "since": from_timestamp(first),
         "until": rfc3339(moment),
         "step_seconds": window.step,
-        "totals": figures(_merge(rows)),
+        "totals": figures(_merge(points)),
         "series": series,
         "backlog": await backlog(ctx.redis),
         "webhooks": [

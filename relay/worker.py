@@ -29,7 +29,7 @@ from relay.delivery.store import new_owner
 from relay.history import partitions
 from relay.history.db import POSTGRES_AWAY
 from relay.history.writer import HistoryWriter
-from relay.presence import keep_announcing, worker_name
+from relay.presence import flush, keep_announcing, worker_name
 from relay.services import Services, require_redis_url
 
 log = logging.getLogger("relay.worker")
@@ -78,6 +78,7 @@ class DeliveryWorker:
                 poll = await self._svc.deliveries.claim(
                     self._owner, free, self._lease_ms, self._svc.settings.endpoint_concurrency
                 )
+                self._svc.counts.add("sweeper_requeued", poll.taken_over)
                 for claim in poll.claims:
                     task = asyncio.create_task(self._attempt(claim))
                     self._tasks.add(task)
@@ -87,7 +88,7 @@ class DeliveryWorker:
                 backoff.reset()
             except REDIS_AWAY as exc:
                 log.warning("redis unavailable while claiming (%s); retrying", exc)
-                self._svc.redis_errors.note()
+                self._svc.counts.add("redis_errors")
                 await backoff.wait()
 
     async def _idle(self, next_due_in_ms: int | None) -> None:
@@ -209,16 +210,10 @@ async def run(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(_maintain_forever(svc, stopping)),
             asyncio.create_task(_jobs_forever(svc, stopping)),
-            asyncio.create_task(
-                keep_announcing(
-                    svc.redis,
-                    worker_name(),
-                    {"redis_errors": svc.redis_errors, "history_write_errors": svc.history_errors},
-                )
-            ),
+            asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.counts)),
             asyncio.create_task(
                 HistoryWriter(
-                    svc.deliveries, await svc.database.pool(), worker_name(), svc.history_errors
+                    svc.deliveries, await svc.database.pool(), worker_name(), svc.counts
                 ).run(stopping)
             ),
         ]
@@ -227,6 +222,7 @@ async def run(settings: Settings) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await flush(svc.redis, worker_name(), svc.counts)
     finally:
         await svc.aclose()
         log.info("worker stopped")

@@ -89,7 +89,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 async def on_redis_error(request: Request, exc: Exception) -> Response:
     """Redis unreachable or too slow: a clear 503 the client may retry, never a 500."""
     log.warning("redis unavailable: %s", exc)
-    services(request).redis_errors.note()
+    services(request).counts.add("redis_errors")
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 

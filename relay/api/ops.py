@@ -18,6 +18,7 @@ from relay.api.shapes import Alive, Ready
 from relay.errors import Unauthorized, Unavailable
 from relay.history.db import POSTGRES_AWAY
 from relay.metrics import render
+from relay.presence import flush
 from relay.services import Services, services
 from relay.store.metrics import snapshot
 from relay.tokens import same_token
@@ -35,7 +36,7 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(1.0):
             await svc.redis.ping()
     except (TimeoutError, redis.exceptions.RedisError, OSError):
-        svc.redis_errors.note()
+        svc.counts.add("redis_errors")
         return problem(Unavailable("Redis is unreachable."))
     if not await _postgres_up(svc):
         return problem(Unavailable("PostgreSQL is unreachable."))
@@ -69,11 +70,12 @@ async def metrics(request: Request) -> Response:
     """
     _check_metrics_token(request)
     svc = services(request)
-    untold = svc.redis_errors.take()
+    # What this replica counted goes in first, so a scrape sees its own requests' effects.
+    await flush(svc.redis, None, svc.counts)
     try:
-        snap = await snapshot(svc.redis, time.time_ns() // 1_000_000, untold)
+        snap = await snapshot(svc.redis, time.time_ns() // 1_000_000)
     except (redis.exceptions.RedisError, OSError):
-        svc.redis_errors.note(untold + 1)
+        svc.counts.add("redis_errors")
         snap = None
     body, content_type = render(snap, await _postgres_up(svc))
     return Response(body, media_type=content_type)

@@ -233,7 +233,11 @@ async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
     assert settlement is not None
     _finished(claim, settlement)
     settled = await _settle(svc, claim, settlement, patience)
-    if not settled.written:
+    if settled.written:
+        # Counted once the attempt is on record, so a result dropped below is not counted.
+        svc.counts.add_all(settlement.counters)
+        svc.counts.add("attempt_seconds_sum", settlement.duration_seconds)
+    else:
         log.warning(
             "delivery %s attempt %s was taken over; result dropped",
             claim.delivery_id,

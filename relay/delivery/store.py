@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -37,18 +36,17 @@ from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
 from relay.store.events import StoredEvent, stored_event
 from relay.store.idempotency import COMMIT
-from relay.store.metrics import BUMP, bucket_key
 from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 from relay.timefmt import from_timestamp, read_rfc3339
 
 
 @cache
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (JSON argument, Redis clock, counters,
+    """The Lua of one script, after the shared preludes (JSON argument, Redis clock,
     idempotency commits)."""
     folder = resources.files("relay.delivery") / "scripts"
     prelude = (folder / "prelude.lua").read_text()
-    return prelude + BUMP + COMMIT + (folder / f"{name}.lua").read_text()
+    return prelude + COMMIT + (folder / f"{name}.lua").read_text()
 
 
 def _text(value: bytes | None) -> str | None:
@@ -151,6 +149,7 @@ class Poll:
 
     claims: list[Claim]
     next_due_in_ms: int | None
+    taken_over: int = 0  # leases that had run out (their worker died or stalled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,8 +332,6 @@ class DeliveryStore:
                 "events": keys.EVENTS,
                 "tenant_events": keys.tenant_events(event.tenant_id),
                 "indexes": keys.INDEXES,
-                "metrics": keys.METRICS,
-                "bucket": bucket_key(event.created_ms),
                 "due": keys.DUE,
                 "wake": keys.WAKE,
                 "accepting": keys.ACCEPTING,
@@ -398,7 +395,7 @@ class DeliveryStore:
 
     async def claim(self, owner: str, limit: int, lease_ms: int, concurrency: int) -> Poll:
         """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits."""
-        now, wait, rows = await self._run(
+        now, wait, rows, taken_over = await self._run(
             Transition.CLAIM,
             {
                 "keys": {
@@ -411,8 +408,6 @@ class DeliveryStore:
                     "parked": keys.endpoint_parked(""),
                     "rate": keys.ENDPOINT_RATE_PREFIX,
                     "wake": keys.WAKE,
-                    "metrics": keys.METRICS,
-                    "bucket": bucket_key(time.time_ns() // 1_000_000),
                 },
                 "owner": owner,
                 "limit": limit,
@@ -436,7 +431,7 @@ class DeliveryStore:
             )
             for r in rows
         ]
-        return Poll(claims, int(wait) if int(wait) >= 0 else None)
+        return Poll(claims, int(wait) if int(wait) >= 0 else None, int(taken_over))
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
         """Record an attempt and the next state, if `claim` still holds the lease."""
@@ -451,9 +446,6 @@ class DeliveryStore:
                     "wake": keys.WAKE,
                     "slots": keys.endpoint_slots(claim.webhook_id),
                     "parked": keys.endpoint_parked(claim.webhook_id),
-                    "metrics": keys.METRICS,
-                    # Counters for the stats overview: bucketed by when the attempt ended.
-                    "bucket": bucket_key(claim.now_ms + result_ms(result)),
                     "failing": keys.endpoint_failing(claim.webhook_id),
                     "history": keys.HISTORY,
                 },
@@ -465,8 +457,6 @@ class DeliveryStore:
                 "delay_ms": result.delay_ms,
                 "last_status_code": result.last_status_code or "",
                 "last_error": result.last_error or "",
-                "counters": list(result.counters),
-                "duration_seconds": result.duration_seconds,
                 "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
                 "failing_ttl_ms": self._failing_ttl_ms,
                 "retention_seconds": self._retention,
@@ -843,11 +833,6 @@ def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
 def _flat(fields: dict[str, Any]) -> list[Any]:
     """A mapping as HSET's field, value, field, value… arguments (JSON-safe)."""
     return [v.decode() if isinstance(v, bytes) else v for pair in fields.items() for v in pair]
-
-
-def result_ms(result: Settlement) -> int:
-    """How long the attempt behind a settlement took (0 when none was made)."""
-    return result.attempt.duration_ms if result.attempt else 0
 
 
 def new_owner() -> str:

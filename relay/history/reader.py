@@ -6,6 +6,7 @@ list is an index range scan newest first, so a page costs the same on a day or o
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -221,3 +222,36 @@ class PostgresArchive:
         where.window("evt", before, query.since_ms, query.until_ms)
         rows, cursor = await _page(self._db, "events", where, limit)
         return [_event(r) for r in rows], cursor
+
+
+_COUNTERS = """
+SELECT (extract(epoch FROM minute)::bigint - $1) / $3 AS point, kind, label, bucket,
+       sum(n)::bigint AS n
+FROM stats
+WHERE minute >= to_timestamp($1) AND minute < to_timestamp($2)
+GROUP BY 1, 2, 3, 4
+"""
+
+
+async def counters(
+    db: Database, first: int, step: int, points: int, bounds: Sequence[float]
+) -> list[Counter[str]]:
+    """Per point of a chart from `first` (unix s), `points` of `step` seconds: the counters
+    the overview's figures are made of, from the per-minute stats (`bounds`: latency buckets,
+    in seconds, as Prometheus names them)."""
+    rows = await (await db.pool()).fetch(_COUNTERS, first, first + step * points, step)
+    series: list[Counter[str]] = [Counter() for _ in range(points)]
+    for row in rows:
+        c, n = series[row["point"]], row["n"]
+        if row["kind"] == "event":
+            c[f"events_accepted:{row['label']}"] += n
+        elif row["kind"] == "delivery":
+            c[f"deliveries:{row['label']}"] += n
+        else:
+            c[f"attempts:{row['label']}"] += n
+            c["attempt_seconds_count"] += n
+            # width_bucket's bucket b holds durations below bound b (0-based): each bound from
+            # there up counts it, as Prometheus's cumulative buckets do.
+            for le in bounds[row["bucket"] :]:
+                c[f"attempt_seconds_bucket:{le}"] += n
+    return series

@@ -25,7 +25,7 @@ from relay.delivery.store import DeliveryStore, Handover
 from relay.history import partitions
 from relay.history.db import POSTGRES_AWAY
 from relay.history.reader import id_time
-from relay.metrics import Tally
+from relay.metrics import DURATION_BUCKETS, Counts
 from relay.store import codec
 from relay.timefmt import read_rfc3339
 
@@ -37,7 +37,19 @@ BLOCK_MS = 200
 ADOPT_AFTER_MS = 15_000
 _ADOPT_EVERY_SECONDS = 10.0
 
+# Each insert counts what it newly wrote into the per-minute `stats`, in the same statement:
+# a record written again after a crash inserts nothing, so it is not counted twice.
+_COUNT = """
+INSERT INTO stats (tenant_id, minute, webhook_id, kind, label, bucket, n, duration_ms)
+SELECT tenant_id, date_trunc('minute', at), webhook_id, '{kind}', label, bucket, count(*),
+       sum(duration_ms)
+FROM new GROUP BY 1, 2, 3, 5, 6
+ON CONFLICT (tenant_id, minute, webhook_id, kind, label, bucket) DO UPDATE
+SET n = stats.n + EXCLUDED.n, duration_ms = stats.duration_ms + EXCLUDED.duration_ms
+"""
+
 _EVENTS = """
+WITH new AS (
 INSERT INTO events (tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)
 SELECT e.tenant_id, e.id, e.created_at, e.type, e.upstream_id, e.payload,
        ARRAY(SELECT jsonb_array_elements_text(e.delivery_ids::jsonb))
@@ -45,10 +57,14 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $
             $7::text[])
      AS e(tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)
 ON CONFLICT DO NOTHING
-"""
+RETURNING tenant_id, created_at AS at, '' AS webhook_id, type AS label, 0 AS bucket,
+          0 AS duration_ms
+)""" + _COUNT.format(kind="event")
 
-# A retried delivery ends again: its row takes the newer ending, never an older one.
+# A retried delivery ends again: its row takes the newer ending, never an older one (and the
+# same ending written again changes nothing, so it is not counted again).
 _DELIVERIES = """
+WITH new AS (
 INSERT INTO deliveries (tenant_id, id, created_at, event_id, webhook_id, event_type, status,
                         attempt_count, cycle_start, last_status_code, last_error, updated_at,
                         delivered_at)
@@ -60,16 +76,25 @@ ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
     cycle_start = EXCLUDED.cycle_start, last_status_code = EXCLUDED.last_status_code,
     last_error = EXCLUDED.last_error, updated_at = EXCLUDED.updated_at,
     delivered_at = EXCLUDED.delivered_at
-WHERE deliveries.updated_at <= EXCLUDED.updated_at
-"""
+WHERE deliveries.updated_at < EXCLUDED.updated_at
+RETURNING tenant_id, updated_at AS at, webhook_id, status AS label, 0 AS bucket,
+          0 AS duration_ms
+)""" + _COUNT.format(kind="delivery")
 
+# Latency buckets are the bounds of relay_attempt_duration_seconds, in ms ($13).
 _ATTEMPTS = """
-INSERT INTO attempts (tenant_id, delivery_id, number, created_at, started_at, duration_ms,
-                      status_code, error, response_body, request_headers, url)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[],
-                     $6::int[], $7::int[], $8::text[], $9::text[], $10::jsonb[], $11::text[])
+WITH new AS (
+INSERT INTO attempts (tenant_id, delivery_id, number, created_at, webhook_id, started_at,
+                      duration_ms, status_code, error, response_body, request_headers, url)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[],
+                     $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::text[],
+                     $11::jsonb[], $12::text[])
 ON CONFLICT DO NOTHING
-"""
+RETURNING tenant_id, started_at AS at, webhook_id,
+          coalesce((status_code / 100)::text || 'xx', 'error') AS label,
+          width_bucket(duration_ms, $13::int[]) AS bucket, duration_ms
+)""" + _COUNT.format(kind="attempt")
+BUCKET_BOUNDS_MS = [round(le * 1000) for le in DURATION_BUCKETS]
 
 
 def _moment(stamp: str | None) -> datetime | None:
@@ -123,6 +148,7 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
                 d.id,
                 a.number,
                 created,
+                d.webhook_id,
                 _moment(a.started_at),
                 a.duration_ms,
                 a.status_code,
@@ -133,7 +159,10 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
             )
             for a in h.attempts
         ]
-    days = {partitions.day_of(r[2]) for r in event_rows + delivery_rows}
+    # Rows go to the day of their id; what they count, to the day it happened.
+    moments = [r[2] for r in event_rows + delivery_rows] + [r[11] for r in delivery_rows]
+    moments += [r[5] for r in attempt_rows]
+    days = {partitions.day_of(m) for m in moments if m is not None}
     async with pool.acquire() as conn:
         await partitions.ensure(conn, days)
         async with conn.transaction():
@@ -142,19 +171,19 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
             if delivery_rows:
                 await conn.execute(_DELIVERIES, *_columns(delivery_rows))
             if attempt_rows:
-                await conn.execute(_ATTEMPTS, *_columns(attempt_rows))
+                await conn.execute(_ATTEMPTS, *_columns(attempt_rows), BUCKET_BOUNDS_MS)
 
 
 class HistoryWriter:
     """One worker's share of the history writing, until stopped."""
 
     def __init__(
-        self, store: DeliveryStore, pool: asyncpg.Pool, consumer: str, errors: Tally
+        self, store: DeliveryStore, pool: asyncpg.Pool, consumer: str, counts: Counts
     ) -> None:
         self._store = store
         self._pool = pool
         self._consumer = consumer
-        self._errors = errors
+        self._counts = counts
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Write and release batches until `stopping` is set; outages are waited out."""
@@ -174,12 +203,12 @@ class HistoryWriter:
                 log.warning("redis unavailable to the history writer (%s); retrying", exc)
                 await backoff.wait()
             except POSTGRES_AWAY as exc:
-                self._errors.note()
+                self._counts.add("history_write_errors")
                 log.warning("postgresql unavailable to the history writer (%s); retrying", exc)
                 await backoff.wait()
             except asyncpg.PostgresError as exc:
                 # Not an outage: a bug or a full disk. Say so loudly, keep the records, retry.
-                self._errors.note()
+                self._counts.add("history_write_errors")
                 log.error("the history writer could not write a batch: %s", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 5.0)

@@ -176,11 +176,6 @@ def endpoint_failing(webhook_id: str) -> str:
     return f"{PREFIX}failing:{webhook_id}"
 
 
-def metrics_bucket(start: int) -> str:
-    """The same counters, counted only within the time bucket starting at `start` (unix s)."""
-    return f"{PREFIX}metrics:{start}"
-
-
 def token_rate(token_id: str, second: int) -> str:
     """API requests one token made within one wall-clock second."""
     return f"{PREFIX}apirate:{token_id}:{second}"

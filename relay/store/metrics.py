@@ -1,44 +1,18 @@
-"""The shared counters behind GET /metrics and GET /v1/stats: bumping them, reading them;
-and the workers' presence.
+"""The shared counters behind GET /metrics: adding to them, reading them; and the workers'
+presence.
 
-Each counter lives twice: in one all-time hash (for Prometheus, which takes its own rates) and
-in a hash per five-minute bucket that expires after a day, so the API can show the last hour or
-day without a time-series database.
+The counters live in one all-time hash (Prometheus takes its own rates); each process adds its
+counts every few seconds. The overview's figures over time come from PostgreSQL instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from relay.store import keys
-
-BUCKET_SECONDS = 300
-# A bucket outlives the longest window shown (a day) by one bucket, then expires by itself.
-BUCKET_TTL_SECONDS = 86_400 + BUCKET_SECONDS
-
-# Lua prelude for the scripts that change state: `bump(total, bucket, field)` adds one to a
-# counter in the all-time hash and in the current bucket, in the same atomic step.
-BUMP = f"""
-local function bump(total, bucket, field)
-  redis.call('HINCRBY', total, field, 1)
-  redis.call('HINCRBY', bucket, field, 1)
-  redis.call('EXPIRE', bucket, {BUCKET_TTL_SECONDS}, 'NX')
-end
-"""
-
-
-def bucket_start(unix_seconds: float) -> int:
-    """The start of the bucket a moment falls in."""
-    return int(unix_seconds) // BUCKET_SECONDS * BUCKET_SECONDS
-
-
-def bucket_key(now_ms: int) -> str:
-    """The key of the bucket counting what happens at `now_ms`."""
-    return keys.metrics_bucket(bucket_start(now_ms / 1000))
-
 
 # A worker that has not announced itself for this long is counted as gone.
 WORKER_SILENCE_MS = 30_000
@@ -57,11 +31,9 @@ class Snapshot:
     history_lag_ms: int = 0
 
 
-async def snapshot(redis: Redis, now_ms: int, redis_errors: int = 0) -> Snapshot:
-    """The counters hash and the gauges; first adds this process's untold Redis errors."""
+async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
+    """The counters hash and the gauges."""
     async with redis.pipeline(transaction=False) as pipe:
-        if redis_errors:
-            pipe.hincrby(keys.METRICS, "redis_errors", redis_errors)
         pipe.hgetall(keys.METRICS)
         pipe.zcount(keys.DUE, "-inf", now_ms)
         pipe.zcount(keys.WORKERS, now_ms - WORKER_SILENCE_MS, "+inf")
@@ -93,24 +65,17 @@ async def backlog(redis: Redis) -> int:
     return int(due) + sum(int(n) for n in parked)
 
 
-async def buckets(redis: Redis, starts: Sequence[int]) -> list[dict[str, int]]:
-    """The counters of each bucket, in order; an expired or empty bucket is `{}`."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for start in starts:
-            pipe.hgetall(keys.metrics_bucket(start))
-        rows: list[dict[bytes, bytes]] = await pipe.execute()
-    return [{k.decode(): int(v) for k, v in row.items()} for row in rows]
-
-
 async def announce(
-    redis: Redis, worker_id: str, now_ms: int, counts: Mapping[str, int] | None = None
+    redis: Redis, worker_id: str | None, now_ms: int, counts: Mapping[str, float]
 ) -> None:
-    """Say that a worker is alive (and add the failures it counted meanwhile, by counter)."""
+    """Add a process's counts to the shared counters; and say that worker `worker_id` (if
+    one) is alive."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(keys.WORKERS, {worker_id: now_ms})
-        pipe.zremrangebyscore(keys.WORKERS, "-inf", now_ms - 10 * WORKER_SILENCE_MS)
-        pipe.pexpire(keys.WORKERS, 10 * WORKER_SILENCE_MS)
-        for field, count in (counts or {}).items():
+        if worker_id is not None:
+            pipe.zadd(keys.WORKERS, {worker_id: now_ms})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", now_ms - 10 * WORKER_SILENCE_MS)
+            pipe.pexpire(keys.WORKERS, 10 * WORKER_SILENCE_MS)
+        for field, count in counts.items():
             if count:
-                pipe.hincrby(keys.METRICS, field, count)
+                pipe.hincrbyfloat(keys.METRICS, field, count)
         await pipe.execute()

@@ -66,7 +66,6 @@ redis.call('EXPIRE', K.event, A.ttl)
 redis.call('ZADD', K.events, 0, A.id)
 redis.call('ZADD', K.tenant_events, 0, A.id)
 redis.call('SADD', K.indexes, K.tenant_events)
-bump(K.metrics, K.bucket, 'events_accepted:' .. A.type)
 -- The event goes to history at once, so lists find it; it leaves Redis with its last delivery.
 archive('e', A.id)
 write(A.deliveries, false)

@@ -34,6 +34,7 @@ local function unpark(wh)
 end
 
 local sequence = 0
+local taken_over = 0
 local function try(id, score)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
     'webhook_id', 'event_id', 'cycle_start', 'traceparent')
@@ -48,7 +49,7 @@ local function try(id, score)
   end
   if status == 'delivering' then
     -- Its worker died or stalled past the lease: another attempt takes over.
-    bump(K.metrics, K.bucket, 'sweeper_requeued')
+    taken_over = taken_over + 1
   end
   local wh = d[4]
   local record = redis.call('GET', K.webhook .. wh)
@@ -102,4 +103,4 @@ for _, set in ipairs({K.due, K.wakes}) do
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')[2]
   if first and (not head or tonumber(first) < head) then head = tonumber(first) end
 end
-return {int(NOW), head and int(head - NOW) or -1, claims}
+return {int(NOW), head and int(head - NOW) or -1, claims, taken_over}

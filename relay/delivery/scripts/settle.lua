@@ -1,6 +1,6 @@
 -- delivering → pending | delivered | failed | canceled, by the holder of the lease only.
--- Writes the attempt (if one was made), the next due time, the counters and the endpoint's
--- failure streak; frees the endpoint slot and moves one parked delivery back to due.
+-- Writes the attempt (if one was made), the next due time and the endpoint's failure streak;
+-- frees the endpoint slot and moves one parked delivery back to due.
 local id = A.id
 local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token')
 if st[1] ~= 'delivering' or tonumber(st[2]) ~= A.attempt - 1 or st[3] ~= A.token then
@@ -17,7 +17,6 @@ end
 local count = A.attempt - 1
 if A.record ~= '' then
   redis.call('RPUSH', K.attempts, A.record)
-  redis.call('HINCRBYFLOAT', K.metrics, 'attempt_seconds_sum', A.duration_seconds)
   count = A.attempt
 end
 redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
@@ -42,7 +41,6 @@ else
   keep(K.event, A.retention_seconds)
   archive('d', id)
 end
-for _, field in ipairs(A.counters) do bump(K.metrics, K.bucket, field) end
 if A.endpoint == 'ok' then
   redis.call('DEL', K.failing)
 elseif A.endpoint == 'fail' then

@@ -54,6 +54,7 @@ CREATE TABLE attempts (
     delivery_id     text        NOT NULL,
     number          integer     NOT NULL,
     created_at      timestamptz NOT NULL,
+    webhook_id      text        NOT NULL,
     started_at      timestamptz NOT NULL,
     duration_ms     integer     NOT NULL,
     status_code     integer,
@@ -63,3 +64,18 @@ CREATE TABLE attempts (
     url             text        NOT NULL,
     PRIMARY KEY (tenant_id, delivery_id, number, created_at)
 ) PARTITION BY RANGE (created_at);
+
+-- Per-minute figures behind /v1/stats, by tenant, webhook, kind and outcome. The history writer
+-- adds to them in the transaction that writes what they count, from the rows that transaction
+-- newly wrote: a record written twice is counted once.
+CREATE TABLE stats (
+    tenant_id   text        NOT NULL,
+    minute      timestamptz NOT NULL,
+    webhook_id  text        NOT NULL,  -- '' for events
+    kind        text        NOT NULL,  -- attempt | delivery | event
+    label       text        NOT NULL,  -- status class (2xx… or error) | final status | event type
+    bucket      smallint    NOT NULL,  -- attempts: latency bucket (width_bucket); else 0
+    n           bigint      NOT NULL,
+    duration_ms bigint      NOT NULL,
+    PRIMARY KEY (tenant_id, minute, webhook_id, kind, label, bucket)
+) PARTITION BY RANGE (minute);

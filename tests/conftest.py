@@ -18,6 +18,8 @@ import redis.asyncio
 from relay.app import create_app
 from relay.config import Settings, load_settings
 from relay.history import migrations
+from relay.history.db import Database
+from relay.history.reader import PostgresArchive
 from tests.flows import own_redis, workers  # noqa: F401  (fixtures shared by delivery tests)
 from tests.support import (
     TEST_MASTER_KEY,
@@ -77,11 +79,28 @@ def master_key() -> str:
 
 
 @pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+async def redis_client(
+    redis_server: RedisServer, postgres_server: PostgresServer
+) -> AsyncIterator[redis.asyncio.Redis]:
+    """A client of the session's Redis, emptied first; history is emptied too, so that each
+    test starts with both stores blank."""
     client = redis.asyncio.Redis.from_url(redis_server.url)
     await client.flushdb()
+    conn = await asyncpg.connect(postgres_server.url)
+    try:
+        await empty_history(conn)
+    finally:
+        await conn.close()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def archive(postgres_server: PostgresServer) -> AsyncIterator[PostgresArchive]:
+    """History as the delivery and event stores read it, for tests that build a store."""
+    database = Database(postgres_server.url)
+    yield PostgresArchive(database)
+    await database.aclose()
 
 
 @pytest.fixture

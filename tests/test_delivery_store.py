@@ -7,6 +7,7 @@ import asyncio
 import orjson
 import redis.asyncio
 
+from relay.delivery.archive import Archive
 from relay.delivery.model import Attempt, Settlement, Status
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.store import keys
@@ -21,9 +22,9 @@ def _result(code: int) -> Settlement:
 
 
 async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over(
-    redis_client: redis.asyncio.Redis,
+    redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, 60)
+    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
     await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
     event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
     await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
@@ -42,4 +43,4 @@ async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over
     assert (await store.settle(fresh, _result(200))).written
     delivery = await store.get("dlv_1")
     assert delivery.status is Status.DELIVERED and delivery.attempt_count == 1
-    assert [a["status_code"] for a in await store.attempts("dlv_1")] == [200]
+    assert [a["status_code"] for a in await store.attempts(delivery)] == [200]

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import redis.asyncio
 
+from relay.delivery.archive import Archive
 from relay.delivery.model import Attempt, Settlement, Status
 from relay.delivery.store import FANOUT_CHUNK, DeliveryStore, NewEvent, PlannedDelivery
 from relay.events import envelope
@@ -25,8 +26,10 @@ TENANT = "space_wide"
 UPSTREAM_ID = "post-77-published"
 
 
-def _store(redis_client: redis.asyncio.Redis, chunk: int = FANOUT_CHUNK) -> DeliveryStore:
-    return DeliveryStore(redis_client, 3600, 3600, 60, fanout_chunk=chunk)
+def _store(
+    redis_client: redis.asyncio.Redis, archive: Archive, chunk: int = FANOUT_CHUNK
+) -> DeliveryStore:
+    return DeliveryStore(redis_client, 3600, 3600, 60, archive, fanout_chunk=chunk)
 
 
 def _event(upstream_id: str | None = UPSTREAM_ID) -> NewEvent:
@@ -114,7 +117,7 @@ async def test_a_fan_out_several_chunks_wide_delivers_once_per_webhook(
 
 
 async def test_no_script_call_writes_more_than_one_chunk_of_deliveries(
-    redis_client: redis.asyncio.Redis,
+    redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     written: list[int] = []
 
@@ -126,7 +129,10 @@ async def test_no_script_call_writes_more_than_one_chunk_of_deliveries(
     watched = Watched(connection_pool=redis_client.connection_pool)
     count = 2 * FANOUT_CHUNK + 1
     event = _event()
-    assert await _store(watched).accept(event, _planned([f"wh_{n}" for n in range(count)])) is None
+    assert (
+        await _store(watched, archive).accept(event, _planned([f"wh_{n}" for n in range(count)]))
+        is None
+    )
     assert sum(written) == count
     assert max(written) <= FANOUT_CHUNK
     assert await redis_client.zcard(keys.DELIVERIES) == count
@@ -134,8 +140,10 @@ async def test_no_script_call_writes_more_than_one_chunk_of_deliveries(
     assert await redis_client.exists(keys.event_plan(event.id)) == 0
 
 
-async def test_a_fan_out_within_one_chunk_is_one_call(redis_client: redis.asyncio.Redis) -> None:
-    store = _store(redis_client, chunk=3)
+async def test_a_fan_out_within_one_chunk_is_one_call(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = _store(redis_client, archive, chunk=3)
     begun = await store.begin_accept(_event(), _planned(["wh_1", "wh_2", "wh_3"]))
     assert not begun.unfinished and not begun.repeat
     assert await redis_client.zcard(keys.DELIVERIES) == 3
@@ -143,9 +151,9 @@ async def test_a_fan_out_within_one_chunk_is_one_call(redis_client: redis.asynci
 
 
 async def test_finishing_twice_at_once_writes_each_delivery_once_and_keeps_progress(
-    redis_client: redis.asyncio.Redis,
+    redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = _store(redis_client, chunk=3)
+    store = _store(redis_client, archive, chunk=3)
     event = _event()
     planned = _planned([f"wh_{n}" for n in range(10)])
     begun = await store.begin_accept(event, planned)
@@ -162,7 +170,7 @@ async def test_finishing_twice_at_once_writes_each_delivery_once_and_keeps_progr
 
     assert await store.finish_abandoned(idle_ms=60_000) == 0  # it is not stale yet
     await asyncio.gather(
-        store.finish_accept(event.id), _store(redis_client).finish_accept(event.id)
+        store.finish_accept(event.id), _store(redis_client, archive).finish_accept(event.id)
     )
 
     assert [d.id for d in await store.many([d.id for d in planned])] == [d.id for d in planned]
@@ -177,12 +185,12 @@ async def test_finishing_twice_at_once_writes_each_delivery_once_and_keeps_progr
 
 
 async def _cut_off_after_first_chunk(
-    client: httpx.AsyncClient, redis_client: redis.asyncio.Redis, rx: Receiver
+    client: httpx.AsyncClient, redis_client: redis.asyncio.Redis, archive: Archive, rx: Receiver
 ) -> tuple[NewEvent, list[str]]:
     """An accept of ten deliveries whose API process died after the first step (three)."""
     webhook_ids = await _webhooks(client, rx, 10)
     event = _event()
-    begun = await _store(redis_client, chunk=3).begin_accept(event, _planned(webhook_ids))
+    begun = await _store(redis_client, archive, chunk=3).begin_accept(event, _planned(webhook_ids))
     assert begun.unfinished
     shown = (await client.get(f"/v1/events/{event.id}")).json()["data"]
     assert len(shown["deliveries"]) == 3  # what is written so far, and nothing else
@@ -190,10 +198,13 @@ async def _cut_off_after_first_chunk(
 
 
 async def test_a_retry_of_the_upstream_id_finishes_a_cut_off_accept(
-    admin: httpx.AsyncClient, workers: Workers, redis_client: redis.asyncio.Redis
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    archive: Archive,
 ) -> None:
     async with Receiver() as rx:
-        event, webhook_ids = await _cut_off_after_first_chunk(admin, redis_client, rx)
+        event, webhook_ids = await _cut_off_after_first_chunk(admin, redis_client, archive, rx)
         body = {
             "type": "post.published",
             "tenant_id": TENANT,
@@ -213,10 +224,13 @@ async def test_a_retry_of_the_upstream_id_finishes_a_cut_off_accept(
 
 
 async def test_a_worker_finishes_an_accept_its_api_process_abandoned(
-    admin: httpx.AsyncClient, workers: Workers, redis_client: redis.asyncio.Redis
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    archive: Archive,
 ) -> None:
     async with Receiver() as rx:
-        event, webhook_ids = await _cut_off_after_first_chunk(admin, redis_client, rx)
+        event, webhook_ids = await _cut_off_after_first_chunk(admin, redis_client, archive, rx)
         # Its last progress was long ago, past the grace a live writer gets.
         await redis_client.zadd(keys.ACCEPTING, {event.id: 0}, xx=True)
         await workers()

@@ -1,0 +1,225 @@
+"""History in PostgreSQL: finished deliveries leave Redis, and stay readable and actionable.
+
+Everything runs for real: a worker subprocess delivers to a loopback receiver, its history
+writer moves what finished to PostgreSQL, and the API reads it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import redis.asyncio
+
+from relay.history import partitions
+from relay.store import keys
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver, Reply
+
+
+async def _gone_from_redis(redis_client: redis.asyncio.Redis, timeout: float = 20) -> None:
+    """Wait until nothing that has ended is left in Redis: no delivery, event or stream entry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [
+            k
+            async for k in redis_client.scan_iter(match="relay:*")
+            if k.startswith((b"relay:dlv:", b"relay:evt:"))
+        ]
+        waiting = (
+            await redis_client.xlen(keys.HISTORY) if await redis_client.exists(keys.HISTORY) else 0
+        )
+        if not left and not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still in redis: {left[:5]}, {waiting} stream entries")
+        await asyncio.sleep(0.1)
+
+
+async def _delivery(admin: httpx.AsyncClient, delivery_id: str) -> dict[str, Any]:
+    response = await admin.get(f"/v1/deliveries/{delivery_id}")
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def test_a_finished_delivery_leaves_redis_and_is_read_from_history(
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
+) -> None:
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1)
+        accepted = (await post_event(admin, id="up-1")).json()["data"]
+        [planned] = accepted["deliveries"]
+        await rx.wait_for(1, timeout=20)
+        await _gone_from_redis(redis_client)
+
+    delivery = await _delivery(admin, planned["id"])
+    assert delivery["status"] == "delivered" and delivery["attempt_count"] == 1
+    [attempt] = delivery["attempts"]
+    assert attempt["number"] == 1 and attempt["status_code"] == 200
+    assert attempt["request_headers"]["webhook-id"] == accepted["id"]
+
+    event = (await admin.get(f"/v1/events/{accepted['id']}")).json()["data"]
+    assert event["data"] == {"post_id": "p_1"}
+    assert event["deliveries"] == [
+        {"id": planned["id"], "webhook_id": hook["id"], "status": "delivered"}
+    ]
+    listed = (await admin.get(f"/v1/webhooks/{hook['id']}/deliveries")).json()
+    assert [d["id"] for d in listed["data"]] == [planned["id"]]
+    assert listed["next_cursor"] is None
+    by_status = await admin.get("/v1/deliveries", params={"status": "delivered"})
+    assert [d["id"] for d in by_status.json()["data"]] == [planned["id"]]
+    events = (await admin.get("/v1/events", params={"type": "post.published"})).json()
+    assert [e["id"] for e in events["data"]] == [accepted["id"]]
+
+    # The upstream id still finds the first event, though it has left Redis.
+    again = await post_event(admin, id="up-1")
+    assert again.status_code == 200 and again.json()["data"]["id"] == accepted["id"]
+    assert await history_db.fetchval("SELECT count(*) FROM deliveries") == 1
+    assert await history_db.fetchval("SELECT count(*) FROM attempts") == 1
+    assert await history_db.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_retries_and_recover_bring_back_deliveries_that_only_history_holds(
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(500))
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1)
+        first, second, third = [
+            (await post_event(admin, data={"post_id": str(i)})).json()["data"] for i in range(3)
+        ]
+        for event in (first, second, third):
+            await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "failed")
+        await _gone_from_redis(redis_client)
+        rx.answer(Reply(200))
+
+        # A single delivery: a fresh schedule, its earlier attempts kept and numbered on.
+        one = first["deliveries"][0]["id"]
+        retried = await admin.post(f"/v1/webhooks/{hook['id']}/deliveries/{one}/retry")
+        assert retried.status_code == 202, retried.text
+        done = await wait_status(admin, hook["id"], one, "delivered")
+        assert [a["status_code"] for a in done["attempts"]] == [500, 500, 500, 500, 200]
+        assert [a["number"] for a in done["attempts"]] == [1, 2, 3, 4, 5]
+
+        # An event's failed deliveries.
+        again = await admin.post(f"/v1/events/{second['id']}/retry")
+        assert again.status_code == 202, again.text
+        await wait_status(admin, hook["id"], second["deliveries"][0]["id"], "delivered")
+
+        # Recover: every failed delivery in a window, here the last one left.
+        since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        recovered = await admin.post(f"/v1/webhooks/{hook['id']}/recover", json={"since": since})
+        assert recovered.status_code == 202, recovered.text
+        assert recovered.json()["data"]["requeued"] == 1
+        await wait_status(admin, hook["id"], third["deliveries"][0]["id"], "delivered")
+        await _gone_from_redis(redis_client)
+
+    statuses = await admin.get(f"/v1/webhooks/{hook['id']}/deliveries")
+    assert [d["status"] for d in statuses.json()["data"]] == ["delivered"] * 3
+    # A delivered one cannot be canceled, even from history.
+    canceled = await admin.post(f"/v1/webhooks/{hook['id']}/deliveries/{one}/cancel")
+    assert canceled.status_code == 409
+
+
+async def test_retention_drops_a_day_and_the_api_then_answers_404(
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
+) -> None:
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1)
+        event = (await post_event(admin)).json()["data"]
+        delivery_id = event["deliveries"][0]["id"]
+        await wait_status(admin, hook["id"], delivery_id, "delivered")
+        await _gone_from_redis(redis_client)
+
+    today = datetime.now(UTC).date()
+    assert await partitions.drop_before(history_db, today) == []  # nothing older than today
+    dropped = await partitions.drop_before(history_db, today + timedelta(days=1))
+    assert f"deliveries_p{today:%Y%m%d}" in dropped
+    assert (await admin.get(f"/v1/deliveries/{delivery_id}")).status_code == 404
+    assert (await admin.get(f"/v1/events/{event['id']}")).status_code == 404
+    assert (await admin.get("/v1/deliveries")).json()["data"] == []
+
+
+async def test_tenants_never_see_each_others_history(
+    admin: httpx.AsyncClient,
+    make_client: Any,
+    token_for: Any,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    async with Receiver() as rx:
+        mine = await webhook(admin, rx.url("/mine"), tenant="t_mine")
+        theirs = await webhook(admin, rx.url("/theirs"), tenant="t_theirs")
+        await workers(1)
+        own = (await post_event(admin, tenant="t_mine")).json()["data"]
+        other = (await post_event(admin, tenant="t_theirs")).json()["data"]
+        await rx.wait_for(2, timeout=20)
+        await _gone_from_redis(redis_client)
+
+    tenant = await make_client(token=await token_for("tenant", "t_mine"))
+    listed = (await tenant.get("/v1/deliveries")).json()["data"]
+    assert [d["id"] for d in listed] == [own["deliveries"][0]["id"]]
+    events = (await tenant.get("/v1/events")).json()["data"]
+    assert [e["id"] for e in events] == [own["id"]]
+    other_delivery = other["deliveries"][0]["id"]
+    assert (await tenant.get(f"/v1/deliveries/{other_delivery}")).status_code == 404
+    assert (await tenant.get(f"/v1/events/{other['id']}")).status_code == 404
+    assert (await tenant.get(f"/v1/webhooks/{theirs['id']}/deliveries")).status_code == 404
+    assert (await tenant.get(f"/v1/webhooks/{mine['id']}/deliveries")).status_code == 200
+
+
+async def test_history_has_every_delivery_once_after_a_writer_is_killed_mid_batch(
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
+) -> None:
+    total = 300
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"))
+        [doomed] = await workers(1)
+        for start in range(0, total, 50):
+            batch = await asyncio.gather(
+                *(post_event(admin, data={"post_id": str(i)}) for i in range(start, start + 50))
+            )
+            assert all(r.status_code == 202 for r in batch)
+            if start == 100:
+                await rx.wait_for(60, timeout=20)
+                doomed.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(doomed.wait, 10)
+        await workers(1)
+        # What the killed writer held is adopted once it has been idle long enough.
+        await _gone_from_redis(redis_client, timeout=60)
+
+    assert (
+        await history_db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
+            hook["id"],
+        )
+        == total
+    )
+    assert await history_db.fetchval("SELECT count(*) FROM events") == total
+    # Each delivery's attempts, once each: a delivery sent twice (at least once) logs two.
+    per_delivery = await history_db.fetch(
+        "SELECT delivery_id, count(*) AS n, count(DISTINCT number) AS numbers "
+        "FROM attempts GROUP BY delivery_id"
+    )
+    assert len(per_delivery) == total
+    assert all(r["n"] == r["numbers"] for r in per_delivery)

@@ -14,9 +14,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import redis.asyncio
 
-from relay.history import partitions
+from relay import ids
+from relay.history import partitions, reader
 from relay.store import keys
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
@@ -223,3 +225,31 @@ async def test_history_has_every_delivery_once_after_a_writer_is_killed_mid_batc
     )
     assert len(per_delivery) == total
     assert all(r["n"] == r["numbers"] for r in per_delivery)
+
+
+async def test_an_upstream_id_is_remembered_past_redis_window_by_history(
+    admin: httpx.AsyncClient, history_db: asyncpg.Connection
+) -> None:
+    # An event accepted two days ago: Redis forgot its upstream id after a day; history did not.
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    old_id = ids.new_id("evt", int(long_ago.timestamp() * 1000))
+    await partitions.ensure(history_db, [long_ago.date()])
+    payload = orjson.dumps({"id": old_id, "type": "post.published", "data": {"post_id": "p_old"}})
+    await history_db.execute(
+        "INSERT INTO events (tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "space_42",
+        old_id,
+        reader.id_time(old_id),
+        "post.published",
+        "up-old",
+        payload,
+        [],
+    )
+    again = await post_event(admin, id="up-old")
+    assert again.status_code == 200, again.text
+    assert again.json()["data"]["id"] == old_id
+    assert again.json()["data"]["data"] == {"post_id": "p_old"}
+    # Another tenant's upstream id of the same value is its own.
+    other = await post_event(admin, tenant="space_7", id="up-old")
+    assert other.status_code == 202

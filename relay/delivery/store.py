@@ -186,6 +186,9 @@ _CLAIM_SCAN = 200
 _TRIM_INDEXES, _TRIM_PER_INDEX = 500, 500
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
+# How long Redis remembers an upstream id (one small key per event that has one); further back
+# the API asks history (`EventStore.first_with_upstream_id`), so Redis does not grow with it.
+UPSTREAM_WINDOW_SECONDS = 86_400
 # Records waiting for the history writer past which new events are refused (503): PostgreSQL
 # away or too slow must not grow Redis until it runs out of memory. Each waiting record holds
 # its delivery (~1-3 KB with attempts and payload share) in Redis: 200,000 is ~0.5 GB.
@@ -265,6 +268,7 @@ class DeliveryStore:
         arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
+        arg["upstream_ttl"] = min(self._retention, UPSTREAM_WINDOW_SECONDS)
         arg["live"] = len(deliveries)
         arg["history_max"] = self._history_backlog
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]

@@ -6,6 +6,7 @@ list is an index range scan newest first, so a page costs the same on a day or o
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,9 +17,11 @@ import asyncpg
 from relay import ids
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
-from relay.history.db import Database
+from relay.history.db import POSTGRES_AWAY, Database
 from relay.store.events import EventFilter, StoredEvent
 from relay.timefmt import rfc3339
+
+log = logging.getLogger("relay.history")
 
 
 def id_time(value: str) -> datetime:
@@ -206,6 +209,27 @@ class PostgresArchive:
         row = await (await self._db.pool()).fetchrow(
             "SELECT * FROM events WHERE id = $1 AND created_at = $2", event_id, when
         )
+        return _event(row) if row else None
+
+    async def event_with_upstream_id(
+        self, tenant_id: str, upstream_id: str, before_ms: int
+    ) -> StoredEvent | None:
+        """The event a tenant's upstream id was first accepted as, made before `before_ms`.
+
+        None too while PostgreSQL is away: accepting events must not wait for history, and
+        Redis still remembers upstream ids for a day.
+        """
+        try:
+            row = await (await self._db.pool()).fetchrow(
+                "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 "
+                "AND created_at < $3 ORDER BY created_at LIMIT 1",
+                tenant_id,
+                upstream_id,
+                datetime.fromtimestamp(before_ms / 1000, UTC),
+            )
+        except POSTGRES_AWAY as exc:
+            log.warning("cannot look for upstream id in history (%s); accepting it as new", exc)
+            return None
         return _event(row) if row else None
 
     async def event_page(

@@ -56,7 +56,9 @@ end
 -- The request's answer is stored with the first step: from it on, the event exists and is
 -- finished from its plan whatever happens to this writer.
 commit(A.commit)
-if A.upstream_key ~= cjson.null then redis.call('SET', A.upstream_key, A.id, 'EX', A.ttl) end
+if A.upstream_key ~= cjson.null then
+  redis.call('SET', A.upstream_key, A.id, 'EX', A.upstream_ttl)
+end
 -- The delivery ids (ARGV[2]) and the plan come as raw JSON: decoding them would cost as much
 -- as a chunk.
 redis.call('HSET', K.event, 'payload', A.payload, 'type', A.type, 'tenant_id', A.tenant_id,

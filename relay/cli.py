@@ -357,14 +357,56 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config_check(_: argparse.Namespace) -> int:
+def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the environment as `api` and `worker` would; print what is in force, masked."""
     settings = _server_settings()
     for name, value in effective(settings):
         print(f"{name}={value}")
     print(f"tracing: {tracing.describe()}")
+    if args.connect:
+        for line in asyncio.run(_connect(settings)):
+            print(line)
     print("relay config check: ok")
     return 0
+
+
+async def _connect(settings: Settings) -> list[str]:
+    """Reach Redis and PostgreSQL as the processes would; what each said, or CliError naming
+    the variable."""
+    import asyncpg
+    import redis.exceptions
+
+    from relay.history import migrations
+    from relay.history.db import POSTGRES_AWAY
+    from relay.services import connect_redis
+
+    assert settings.redis_url and settings.database_url
+    client = connect_redis(settings.redis_url)
+    try:
+        info = await client.info("server")
+        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy", "?")
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise CliError(f"RELAY_REDIS_URL: cannot reach Redis: {exc}") from None
+    finally:
+        await client.aclose()
+    version = str(info.get("redis_version", "?"))
+    if int(version.split(".")[0]) < 7:
+        raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:
+        raise CliError(f"RELAY_DATABASE_URL: cannot reach PostgreSQL: {exc}") from None
+    try:
+        server = conn.get_server_version()
+        await migrations.check(conn)
+    except migrations.SchemaMismatch as exc:
+        raise CliError(f"RELAY_DATABASE_URL: {exc}") from None
+    finally:
+        await conn.close()
+    return [
+        f"redis: {version}, maxmemory-policy {policy}",
+        f"postgresql: {server.major}.{server.minor}, schema at version {migrations.latest()}",
+    ]
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -429,9 +471,13 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration").add_subparsers(
         dest="action", required=True
     )
-    config.add_parser(
+    check = config.add_parser(
         "check", help="validate the environment and print the settings in force"
-    ).set_defaults(func=cmd_config_check)
+    )
+    check.add_argument(
+        "--connect", action="store_true", help="also reach Redis and PostgreSQL, as they are"
+    )
+    check.set_defaults(func=cmd_config_check)
     sub.add_parser("migrate", help="apply the PostgreSQL schema (numbered SQL files)").set_defaults(
         func=cmd_migrate
     )

@@ -10,16 +10,18 @@ from pathlib import Path
 import pytest
 
 from relay.config import Settings
-from tests.support import TEST_MASTER_KEY
+from relay.history import migrations
+from tests.support import TEST_MASTER_KEY, PostgresServer, RedisServer
 
 ADMIN = "rly_config_check_admin_token_0123456789"
 REDIS_PASSWORD = "hunter2-redis-password"
+DATABASE_PASSWORD = "hunter3-database-password"
 
 
-def _check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _check(tmp_path: Path, *options: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OTEL_"))}
     return subprocess.run(
-        [sys.executable, "-m", "relay", "config", "check"],
+        [sys.executable, "-m", "relay", "config", "check", *options],
         env={**clean, **env},
         cwd=tmp_path,  # no stray .env
         capture_output=True,
@@ -31,6 +33,7 @@ def _check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def _good(**extra: str) -> dict[str, str]:
     return {
         "RELAY_REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0",
+        "RELAY_DATABASE_URL": f"postgresql://relay:{DATABASE_PASSWORD}@db.internal:5432/relay",
         "RELAY_SECRET_KEYS": TEST_MASTER_KEY,
         "RELAY_ADMIN_TOKEN": ADMIN,
         **extra,
@@ -43,6 +46,8 @@ def test_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None:
     shown = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert set(shown) >= {f"RELAY_{name.upper()}" for name in Settings.model_fields}
     assert shown["RELAY_REDIS_URL"] == "redis://:********@redis.internal:6379/0"
+    assert shown["RELAY_DATABASE_URL"] == "postgresql://relay:********@db.internal:5432/relay"
+    assert DATABASE_PASSWORD not in result.stdout + result.stderr
     assert shown["RELAY_ADMIN_TOKEN"] == "********"
     assert shown["RELAY_SECRET_KEYS"] == "********"
     assert shown["RELAY_RETRY_SCHEDULE"] == "1,2" and shown["RELAY_LOG_LEVEL"] == "warning"
@@ -74,3 +79,19 @@ def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, v
     assert result.returncode != 0
     assert variable in result.stderr
     assert ADMIN not in result.stdout + result.stderr
+
+
+def test_connect_reaches_redis_and_postgresql_and_names_the_one_that_fails(
+    tmp_path: Path, redis_server: RedisServer, postgres_server: PostgresServer
+) -> None:
+    env = _good(RELAY_REDIS_URL=redis_server.url, RELAY_DATABASE_URL=postgres_server.url)
+    reached = _check(tmp_path, "--connect", **env)
+    assert reached.returncode == 0, reached.stderr
+    assert "redis: 7." in reached.stdout
+    assert f"schema at version {migrations.latest()}" in reached.stdout
+
+    wrong = postgres_server.url.replace("://relay:", "://relay:not-the-password", 1)
+    refused = _check(tmp_path, "--connect", **{**env, "RELAY_DATABASE_URL": wrong})
+    assert refused.returncode == 2
+    assert "RELAY_DATABASE_URL: cannot reach PostgreSQL" in refused.stderr
+    assert "not-the-password" not in refused.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,13 +105,66 @@ class _Where:
         return " AND ".join(self.conditions) if self.conditions else "true"
 
 
-async def _page(
-    db: Database, table: str, where: _Where, limit: int
-) -> tuple[list[asyncpg.Record], str | None]:
-    rows = await (await db.pool()).fetch(
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement and its parameters: what a read runs (and what EXPLAIN is asked about)."""
+
+    sql: str
+    args: tuple[Any, ...]
+
+
+def _newest_first(table: str, where: _Where, limit: int) -> Query:
+    # One row more than the page tells whether there is a next one.
+    return Query(
         f"SELECT * FROM {table} WHERE {where.sql} ORDER BY id DESC LIMIT {int(limit) + 1}",
-        *where.args,
+        tuple(where.args),
     )
+
+
+def delivery_list(query: DeliveryFilter, limit: int, before: str | None) -> Query:
+    """The statement behind a page of the delivery log."""
+    where = _Where()
+    for column in ("tenant_id", "webhook_id", "event_type"):
+        value = getattr(query, column)
+        if value:
+            where.add(f"{column} = $", value)
+    if query.status is not None:
+        where.add("status = $", query.status.value)
+    where.window("dlv", before, query.since_ms, query.until_ms)
+    return _newest_first("deliveries", where, limit)
+
+
+def event_list(query: EventFilter, limit: int, before: str | None) -> Query:
+    """The statement behind a page of events."""
+    where = _Where()
+    if query.tenant_id:
+        where.add("tenant_id = $", query.tenant_id)
+    if query.type:
+        where.add("type = $", query.type)
+    if query.upstream_id is not None:
+        where.add("upstream_id = $", query.upstream_id)
+    where.window("evt", before, query.since_ms, query.until_ms)
+    return _newest_first("events", where, limit)
+
+
+DELIVERY_BY_ID = "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2"
+EVENT_BY_ID = "SELECT * FROM events WHERE id = $1 AND created_at = $2"
+ATTEMPTS = (
+    "SELECT * FROM attempts WHERE tenant_id = $1 AND delivery_id = $2 AND created_at = $3 "
+    "ORDER BY number"
+)
+EVENT_BY_UPSTREAM_ID = (
+    "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 AND created_at < $3 "
+    "ORDER BY created_at LIMIT 1"
+)
+FAILED_AFTER = (
+    "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 AND status = 'failed' "
+    "AND id > $3 AND id < $4 AND created_at >= $5 ORDER BY id LIMIT $6"
+)
+
+
+async def _page(db: Database, query: Query, limit: int) -> tuple[list[asyncpg.Record], str | None]:
+    rows = await (await db.pool()).fetch(query.sql, *query.args)
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1]["id"]
     return rows, None
@@ -127,9 +181,7 @@ class PostgresArchive:
         when = _known(delivery_id, "dlv")
         if when is None:
             return None
-        row = await (await self._db.pool()).fetchrow(
-            "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2", delivery_id, when
-        )
+        row = await (await self._db.pool()).fetchrow(DELIVERY_BY_ID, delivery_id, when)
         return _delivery(row) if row else None
 
     async def deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
@@ -149,8 +201,7 @@ class PostgresArchive:
     async def attempts(self, delivery: Delivery) -> list[dict[str, object]]:
         """A delivery's attempts, oldest first."""
         rows = await (await self._db.pool()).fetch(
-            "SELECT * FROM attempts WHERE tenant_id = $1 AND delivery_id = $2 "
-            "AND created_at = $3 ORDER BY number",
+            ATTEMPTS,
             delivery.tenant_id,
             delivery.id,
             id_time(delivery.id),
@@ -173,15 +224,7 @@ class PostgresArchive:
         self, query: DeliveryFilter, limit: int, before: str | None
     ) -> tuple[list[Delivery], str | None]:
         """Matching deliveries below `before`, newest first; the cursor if more."""
-        where = _Where()
-        for column in ("tenant_id", "webhook_id", "event_type"):
-            value = getattr(query, column)
-            if value:
-                where.add(f"{column} = $", value)
-        if query.status is not None:
-            where.add("status = $", query.status.value)
-        where.window("dlv", before, query.since_ms, query.until_ms)
-        rows, cursor = await _page(self._db, "deliveries", where, limit)
+        rows, cursor = await _page(self._db, delivery_list(query, limit, before), limit)
         return [_delivery(r) for r in rows], cursor
 
     async def failed_after(
@@ -189,9 +232,7 @@ class PostgresArchive:
     ) -> list[str]:
         """Ids of a webhook's failed deliveries after `after` up to `until_ms`, oldest first."""
         rows = await (await self._db.pool()).fetch(
-            "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 "
-            "AND status = 'failed' AND id > $3 AND id < $4 AND created_at >= $5 "
-            "ORDER BY id LIMIT $6",
+            FAILED_AFTER,
             tenant_id,
             webhook_id,
             after,
@@ -206,9 +247,7 @@ class PostgresArchive:
         when = _known(event_id, "evt")
         if when is None:
             return None
-        row = await (await self._db.pool()).fetchrow(
-            "SELECT * FROM events WHERE id = $1 AND created_at = $2", event_id, when
-        )
+        row = await (await self._db.pool()).fetchrow(EVENT_BY_ID, event_id, when)
         return _event(row) if row else None
 
     async def event_with_upstream_id(
@@ -221,8 +260,7 @@ class PostgresArchive:
         """
         try:
             row = await (await self._db.pool()).fetchrow(
-                "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 "
-                "AND created_at < $3 ORDER BY created_at LIMIT 1",
+                EVENT_BY_UPSTREAM_ID,
                 tenant_id,
                 upstream_id,
                 datetime.fromtimestamp(before_ms / 1000, UTC),
@@ -236,15 +274,7 @@ class PostgresArchive:
         self, query: EventFilter, limit: int, before: str | None
     ) -> tuple[list[StoredEvent], str | None]:
         """Matching events below `before`, newest first; the cursor if more."""
-        where = _Where()
-        if query.tenant_id:
-            where.add("tenant_id = $", query.tenant_id)
-        if query.type:
-            where.add("type = $", query.type)
-        if query.upstream_id is not None:
-            where.add("upstream_id = $", query.upstream_id)
-        where.window("evt", before, query.since_ms, query.until_ms)
-        rows, cursor = await _page(self._db, "events", where, limit)
+        rows, cursor = await _page(self._db, event_list(query, limit, before), limit)
         return [_event(r) for r in rows], cursor
 
 

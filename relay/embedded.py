@@ -246,6 +246,9 @@ class EmbeddedPostgres:
     settings: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
+    # Chosen free at the first start; a restart of the same object listens there again, so
+    # clients holding its URL reconnect.
+    port: int = 0
 
     @property
     def cluster(self) -> Path:
@@ -274,7 +277,8 @@ class EmbeddedPostgres:
         password = self._password(made)
         if not made:
             self._make_cluster(bindir, user, password)
-        port = free_port()
+        self.port = self.port or free_port()
+        port = self.port
         command = [
             str(bindir / "postgres"),
             "-D",

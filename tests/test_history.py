@@ -9,19 +9,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
+import pytest
 import redis.asyncio
 
 from relay import ids
-from relay.history import partitions, reader
+from relay.history import migrations, partitions, reader
 from relay.store import keys
+from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
+from tests.support import PostgresServer, postgres_dir
 
 
 async def _gone_from_redis(redis_client: redis.asyncio.Redis, timeout: float = 20) -> None:
@@ -253,3 +258,50 @@ async def test_an_upstream_id_is_remembered_past_redis_window_by_history(
     # Another tenant's upstream id of the same value is its own.
     other = await post_event(admin, tenant="space_7", id="up-old")
     assert other.status_code == 202
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own, migrated, which it may stop and start again."""
+    with postgres_dir() as directory:
+        server = PostgresServer(directory).start()
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, migrations.apply(server.url)).result()
+        yield server
+        server.stop()
+
+
+async def test_deliveries_flow_while_postgresql_is_down_and_history_catches_up(
+    make_client: ClientFactory,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    own_postgres: PostgresServer,
+) -> None:
+    admin = await make_client(database_url=own_postgres.url)
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1, RELAY_DATABASE_URL=own_postgres.url)
+        for n in range(5):
+            assert (await post_event(admin, data={"post_id": str(n)})).status_code == 202
+        await rx.wait_for(5, timeout=20)
+        await _gone_from_redis(redis_client)
+
+        await asyncio.to_thread(own_postgres.stop)
+        # Ingest and delivery do not need history: events are accepted and delivered.
+        for n in range(5, 25):
+            assert (await post_event(admin, data={"post_id": str(n)})).status_code == 202
+        await rx.wait_for(25, timeout=20)
+        ready = await admin.get("/readyz")
+        assert ready.status_code == 503 and "PostgreSQL" in ready.json()["detail"]
+        metrics = (await admin.get("/metrics")).text
+        assert "relay_postgres_up 0.0" in metrics
+        waiting = await redis_client.xlen(keys.HISTORY)
+        assert waiting >= 20, waiting  # 20 events and their 20 deliveries, waiting in Redis
+
+        await asyncio.to_thread(own_postgres.start)
+        await _gone_from_redis(redis_client, timeout=30)
+
+    assert (await admin.get("/readyz")).status_code == 200
+    listed = await admin.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": 100})
+    assert [d["status"] for d in listed.json()["data"]] == ["delivered"] * 25
+    assert len({r.headers["webhook-id"] for r in rx.requests}) == 25

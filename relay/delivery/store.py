@@ -463,7 +463,6 @@ class DeliveryStore:
                 "last_error": result.last_error or "",
                 "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
                 "failing_ttl_ms": self._failing_ttl_ms,
-                "retention_seconds": self._retention,
                 "keep_seconds": self._keep,
             },
         )

@@ -34,11 +34,9 @@ else
   if A.status == 'delivered' then redis.call('HSET', K.delivery, 'delivered_ms', int(NOW)) end
   redis.call('HSET', K.delivery, 'next_attempt_at', '')
   redis.call('ZREM', K.due, id)
-  -- The schedule ended: history takes it from here. Until the writer has it, it is kept
-  -- for the retention window at least.
-  keep(K.delivery, A.retention_seconds)
-  keep(K.attempts, A.retention_seconds)
-  keep(K.event, A.retention_seconds)
+  -- The schedule ended: the history writer owns it from here, and lets it go once PostgreSQL
+  -- has it. Its keys still have at least the retention window to live (every reschedule kept
+  -- them for the rest of the schedule plus that window), so no TTL needs touching.
   archive('d', id)
 end
 if A.endpoint == 'ok' then

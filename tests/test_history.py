@@ -21,6 +21,9 @@ import pytest
 import redis.asyncio
 
 from relay import ids
+from relay.delivery.archive import Archive
+from relay.delivery.store import DeliveryStore, NewEvent
+from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader
 from relay.store import keys
 from tests.conftest import ClientFactory
@@ -305,3 +308,19 @@ async def test_deliveries_flow_while_postgresql_is_down_and_history_catches_up(
     listed = await admin.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"limit": 100})
     assert [d["status"] for d in listed.json()["data"]] == ["delivered"] * 25
     assert len({r.headers["webhook-id"] for r in rx.requests}) == 25
+
+
+async def test_past_the_history_backlog_bound_new_events_are_refused_not_stored(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, 60, archive, history_backlog=3)
+
+    def event() -> NewEvent:
+        created = "2026-01-01T00:00:00.000Z"
+        return NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, b"{}")
+
+    for _ in range(3):  # each accepted event waits for the writer, which is not running
+        assert await store.accept(event(), []) is None
+    with pytest.raises(Unavailable, match="waiting to be written to PostgreSQL"):
+        await store.accept(event(), [])
+    assert await redis_client.zcard(keys.EVENTS) == 3

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay import __version__, logs, tracing
 from relay.client import ApiRefused, Unreachable
@@ -32,6 +33,7 @@ from relay.tokens import Role, TokenSpec
 from relay.validation import parse
 
 _DEV_SECRETS = "dev-secrets.json"
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -47,22 +49,23 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _server_settings() -> Settings:
-    """Settings for `api` and `worker`, with what they cannot run without checked up front."""
-    from relay.services import (
-        MissingSetting,
-        keyring,
-        require_database_url,
-        require_redis_url,
-    )
+def _required(settings: Settings, need: Callable[[Settings], T]) -> T:
+    """What `need` takes from the settings, or a CliError naming the missing variable."""
+    from relay.services import MissingSetting
 
-    settings = _settings()
     try:
-        require_redis_url(settings)
-        require_database_url(settings)
-        keyring(settings)
+        return need(settings)
     except MissingSetting as exc:
         raise CliError(str(exc)) from None
+
+
+def _server_settings() -> Settings:
+    """Settings for `api` and `worker`, with what they cannot run without checked up front."""
+    from relay.services import keyring, require_database_url, require_redis_url
+
+    settings = _settings()
+    for need in (require_redis_url, require_database_url, keyring):
+        _required(settings, need)
     return settings
 
 
@@ -300,16 +303,13 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
 def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
     """Re-encrypt every secret at rest under the first RELAY_SECRET_KEYS key."""
-    from relay.services import MissingSetting, connect_redis, keyring
+    from relay.services import connect_redis, keyring
     from relay.store.idempotency import IdempotencyStore
     from relay.store.webhooks import WebhookStore
     from relay.webhooks import Webhook, reencrypt
 
     settings = _settings()
-    try:
-        ring = keyring(settings)
-    except MissingSetting as exc:
-        raise CliError(str(exc)) from None
+    ring = _required(settings, keyring)
 
     async def run() -> tuple[int, int, tuple[int, int]]:
         redis = connect_redis(_redis_url(settings))
@@ -415,13 +415,10 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
     from relay.history import migrations
     from relay.history.db import POSTGRES_AWAY
-    from relay.services import MissingSetting, require_database_url
+    from relay.services import require_database_url
 
     settings = _settings()
-    try:
-        url = require_database_url(settings)
-    except MissingSetting as exc:
-        raise CliError(str(exc)) from None
+    url = _required(settings, require_database_url)
     try:
         applied = asyncio.run(migrations.apply(url))
     except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:

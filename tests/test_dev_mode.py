@@ -18,7 +18,7 @@ import pytest
 
 from relay.history import migrations
 from tests.conftest import ClientFactory
-from tests.receivers import Receiver
+from tests.receivers import Receiver, Request
 from tests.support import Dev, dev_env, free_port, postgres_dir, start_dev, stop_dev
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,11 @@ def test_the_banner_comes_once_the_api_answers(dev: Dev) -> None:
 
 async def test_dev_delivers_to_a_loopback_receiver_and_says_it_may(dev: Dev) -> None:
     assert any("loopback" in line and "allowed" in line for line in dev.banner), dev.banner
+    assert (await _deliver_once(dev)).path == "/hook"
+
+
+async def _deliver_once(dev: Dev) -> Request:
+    """Register a loopback webhook through dev's API, post an event; the request it got."""
     auth = {"authorization": f"Bearer {dev.token}"}
     async with Receiver() as rx, httpx.AsyncClient(base_url=dev.url, headers=auth) as client:
         made = await client.post(
@@ -48,19 +53,7 @@ async def test_dev_delivers_to_a_loopback_receiver_and_says_it_may(dev: Dev) -> 
         event = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_1"}}
         assert (await client.post("/v1/events", json=event)).status_code == 202
         [request] = await rx.wait_for(1, timeout=20)
-    assert request.path == "/hook"
-
-
-async def _deliver_once(dev: Dev) -> None:
-    auth = {"authorization": f"Bearer {dev.token}"}
-    async with Receiver() as rx, httpx.AsyncClient(base_url=dev.url, headers=auth) as client:
-        made = await client.post(
-            "/v1/webhooks", json={"url": rx.url("/hook"), "tenant_id": "space_42"}
-        )
-        assert made.status_code == 201, made.text
-        event = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_1"}}
-        assert (await client.post("/v1/events", json=event)).status_code == 202
-        await rx.wait_for(1, timeout=20)
+    return request
 
 
 async def _database(data_dir: Path) -> tuple[str, int, bool]:

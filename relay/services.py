@@ -117,7 +117,7 @@ class Services:
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring),
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
-            audit=AuditLog(redis, settings.retention_seconds),
+            audit=AuditLog(redis, settings.retention_seconds, archive),
             events=EventStore(redis, archive),
             event_types=EventTypeStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),

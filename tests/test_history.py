@@ -142,6 +142,7 @@ async def test_retries_and_recover_bring_back_deliveries_that_only_history_holds
     # A delivered one cannot be canceled, even from history.
     canceled = await admin.post(f"/v1/webhooks/{hook['id']}/deliveries/{one}/cancel")
     assert canceled.status_code == 409
+    assert canceled.json()["detail"].startswith("The delivery is delivered")
 
 
 async def test_retention_drops_a_day_and_the_api_then_answers_404(
@@ -324,3 +325,32 @@ async def test_past_the_history_backlog_bound_new_events_are_refused_not_stored(
     with pytest.raises(Unavailable, match="waiting to be written to PostgreSQL"):
         await store.accept(event(), [])
     assert await redis_client.zcard(keys.EVENTS) == 3
+
+
+async def test_the_audit_trail_moves_to_history_and_reads_the_same(
+    admin: httpx.AsyncClient,
+    make_client: ClientFactory,
+    token_for: Any,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
+) -> None:
+    mine = await webhook(admin, "http://127.0.0.1:9/mine", tenant="t_mine")
+    await webhook(admin, "http://127.0.0.1:9/theirs", tenant="t_theirs")
+    tenant = await make_client(token=await token_for("tenant", "t_mine"))
+    before = (await admin.get("/v1/audit-log")).json()["data"]
+    await workers(1)
+    deadline = time.monotonic() + 20
+    while await redis_client.exists(*[keys.audit_entry(e["id"]) for e in before]):
+        assert time.monotonic() < deadline, "the audit trail never left Redis"
+        await asyncio.sleep(0.1)
+
+    assert await history_db.fetchval("SELECT count(*) FROM audit") == len(before) == 3
+    after = (await admin.get("/v1/audit-log")).json()["data"]
+    assert after == before
+    own = (await tenant.get("/v1/audit-log")).json()["data"]
+    # Its webhook and its token, nothing of the other tenant's.
+    assert {e["tenant_id"] for e in own} == {"t_mine"} and len(own) == 2
+    assert mine["id"] in {e["object_id"] for e in own}
+    created = await admin.get("/v1/audit-log", params={"action": "webhook.create"})
+    assert len(created.json()["data"]) == 2

@@ -14,7 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import TEST_MASTER_KEY, RedisServer, free_port, wait_http, wait_until
+from relay.history import migrations
+from tests.support import (
+    TEST_MASTER_KEY,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    wait_http,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "rly_wheel_test_admin_token_0123456789"
@@ -46,7 +54,7 @@ def _tree(root: Path) -> set[Path]:
 
 
 def test_the_wheel_alone_runs_the_api_and_a_worker(
-    installed: Path, redis_server: RedisServer, tmp_path: Path
+    installed: Path, redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     relay = str(installed / "bin" / "relay")
     workdir = tmp_path / "srv"
@@ -55,6 +63,7 @@ def test_the_wheel_alone_runs_the_api_and_a_worker(
         "PATH": f"{installed / 'bin'}:/usr/bin:/bin",
         "PYTHONDONTWRITEBYTECODE": "1",
         "RELAY_REDIS_URL": redis_server.url,
+        "RELAY_DATABASE_URL": postgres_server.url,
         "RELAY_SECRET_KEYS": TEST_MASTER_KEY,
         "RELAY_ADMIN_TOKEN": ADMIN,
     }
@@ -73,6 +82,12 @@ def test_the_wheel_alone_runs_the_api_and_a_worker(
     )
     assert check.returncode == 0, check.stderr
     assert ADMIN not in check.stdout
+    # The schema's SQL files ship in the wheel.
+    migrate = subprocess.run(
+        [relay, "migrate"], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    assert f"schema at version {migrations.latest()}" in migrate.stdout
 
     before = _tree(installed)
     port = free_port()

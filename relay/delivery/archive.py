@@ -1,4 +1,4 @@
-"""What the delivery engine asks of history: records that have left Redis.
+"""What the stores ask of history: records that have left Redis.
 
 A delivery lives in Redis while it is in flight and in history (PostgreSQL) once it has ended;
 an event, in both until its last delivery has left Redis. The stores look in Redis first and
@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Protocol
 from relay.delivery.model import Delivery
 
 if TYPE_CHECKING:
+    from relay.audit import AuditEntry
     from relay.delivery.store import DeliveryFilter
+    from relay.store.audit import AuditQuery
     from relay.store.events import EventFilter, StoredEvent
 
 
 class Archive(Protocol):
-    """Finished deliveries, their attempts, and events, as history keeps them."""
+    """Finished deliveries, their attempts, events and the audit trail, as history keeps them."""
 
     async def delivery(self, delivery_id: str) -> Delivery | None:
         """A delivery by id, or None."""
@@ -52,3 +54,8 @@ class Archive(Protocol):
         self, query: EventFilter, limit: int, before: str | None
     ) -> tuple[list[StoredEvent], str | None]:
         """Matching events with ids below `before`, newest first; the cursor if more."""
+
+    async def audit_page(
+        self, query: AuditQuery, limit: int, before: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        """Matching audit entries with ids below `before`, newest first; the cursor if more."""

@@ -306,6 +306,8 @@ async def retry(svc: Services, delivery: Delivery) -> Delivery:
 async def cancel(svc: Services, delivery: Delivery) -> Delivery:
     """Cancel a pending delivery: it is never sent afterwards."""
     outcome = await svc.deliveries.cancel(delivery.id)
+    if outcome == "missing":  # it has left Redis: it ended, as history says
+        outcome = delivery.status.value
     if outcome != "ok":
         raise Conflict(f"The delivery is {outcome}; only a pending delivery can be canceled.")
     return await svc.deliveries.get(delivery.id)

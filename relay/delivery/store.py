@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from relay import ids
+from relay.audit import AuditEntry
 from relay.delivery.archive import Archive
 from relay.delivery.model import (
     FINISHED,
@@ -621,9 +622,15 @@ class DeliveryStore:
                     "deliveries": keys.DELIVERIES,
                     "tenant_deliveries": keys.tenant_deliveries(""),
                     "webhook_deliveries": keys.webhook_deliveries(""),
+                    "audit": keys.audit_entry(""),
+                    "audits": keys.AUDIT,
+                    "tenant_audit": keys.tenant_audit(""),
                 },
                 "entries": [h.entry_id for h in handed],
                 "events": [h.event.id for h in handed if h.event is not None],
+                "audits": [
+                    [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
+                ],
                 "deliveries": [
                     [h.delivery.id, h.delivery.status.value, h.version]
                     for h in handed
@@ -667,6 +674,8 @@ class DeliveryStore:
                 record_id = fields[b"i"].decode()
                 if fields[b"k"] == b"e":
                     pipe.hgetall(keys.event(record_id))
+                elif fields[b"k"] == b"a":
+                    pipe.get(keys.audit_entry(record_id))
                 else:
                     pipe.hgetall(keys.delivery(record_id))
                     pipe.lrange(keys.attempts(record_id), 0, -1)
@@ -678,6 +687,11 @@ class DeliveryStore:
                 raw = next(rows)
                 event = stored_event(record_id, raw) if raw else None
                 handed.append(Handover(entry_id.decode(), event=event))
+                continue
+            if fields[b"k"] == b"a":
+                raw = next(rows)
+                audit = AuditEntry.from_record(codec.loads(raw)) if raw else None
+                handed.append(Handover(entry_id.decode(), audit=audit))
                 continue
             raw, attempts = next(rows), next(rows)
             delivery = (
@@ -773,9 +787,10 @@ class DeliveryStore:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """One record handed to history: an event, or a finished delivery with its attempts.
+    """One record handed to history: an event, a finished delivery with its attempts, or an
+    audit entry.
 
-    Both None: the record left Redis already (released before, or expired); only the entry
+    All None: the record left Redis already (released before, or expired); only the entry
     remains to acknowledge. `version` is the delivery's `updated_ms` as read: it leaves Redis
     only if still unchanged.
     """
@@ -783,6 +798,7 @@ class Handover:
     entry_id: str
     event: StoredEvent | None = None
     delivery: Delivery | None = None
+    audit: AuditEntry | None = None
     version: str = ""
     attempts: list[Attempt] = field(default_factory=list)
 

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
-TABLES = ("events", "deliveries", "attempts", "stats")
+TABLES = ("events", "deliveries", "attempts", "stats", "audit")
 # Partitions made ahead of today, so the writer rarely has to make one while it writes.
 DAYS_AHEAD = 3
 # One writer or maintenance pass changes partitions at a time (CREATE … IF NOT EXISTS is not

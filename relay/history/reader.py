@@ -16,9 +16,11 @@ from typing import Any
 import asyncpg
 
 from relay import ids
+from relay.audit import Actor, AuditEntry
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
 from relay.history.db import POSTGRES_AWAY, Database
+from relay.store.audit import AuditQuery
 from relay.store.events import EventFilter, StoredEvent
 from relay.timefmt import rfc3339
 
@@ -145,6 +147,29 @@ def event_list(query: EventFilter, limit: int, before: str | None) -> Query:
         where.add("upstream_id = $", query.upstream_id)
     where.window("evt", before, query.since_ms, query.until_ms)
     return _newest_first("events", where, limit)
+
+
+def audit_list(query: AuditQuery, limit: int, before: str | None) -> Query:
+    """The statement behind a page of the audit trail."""
+    where = _Where()
+    if query.tenant_id is not None:
+        where.add("tenant_id = $", query.tenant_id)
+    if query.action:
+        where.add("action = $", query.action)
+    where.window("aud", before, query.since_ms, query.until_ms)
+    return _newest_first("audit", where, limit)
+
+
+def _audit(row: asyncpg.Record) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=rfc3339(row["at"]),
+        action=row["action"],
+        actor=Actor(row["token_id"], row["role"]),
+        object_id=row["object_id"],
+        tenant_id=row["tenant_id"] or None,
+        request_id=row["request_id"],
+    )
 
 
 DELIVERY_BY_ID = "SELECT * FROM deliveries WHERE id = $1 AND created_at = $2"
@@ -276,6 +301,13 @@ class PostgresArchive:
         """Matching events below `before`, newest first; the cursor if more."""
         rows, cursor = await _page(self._db, event_list(query, limit, before), limit)
         return [_event(r) for r in rows], cursor
+
+    async def audit_page(
+        self, query: AuditQuery, limit: int, before: str | None
+    ) -> tuple[list[AuditEntry], str | None]:
+        """Matching audit entries below `before`, newest first; the cursor if more."""
+        rows, cursor = await _page(self._db, audit_list(query, limit, before), limit)
+        return [_audit(r) for r in rows], cursor
 
 
 _COUNTERS = """

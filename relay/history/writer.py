@@ -94,6 +94,12 @@ RETURNING tenant_id, started_at AS at, webhook_id,
           coalesce((status_code / 100)::text || 'xx', 'error') AS label,
           width_bucket(duration_ms, $13::int[]) AS bucket, duration_ms
 )""" + _COUNT.format(kind="attempt")
+_AUDIT = """
+INSERT INTO audit (tenant_id, id, created_at, at, action, token_id, role, object_id, request_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::text[])
+ON CONFLICT DO NOTHING
+"""
 BUCKET_BOUNDS_MS = [round(le * 1000) for le in DURATION_BUCKETS]
 
 
@@ -159,9 +165,24 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
             )
             for a in h.attempts
         ]
+    audit_rows = [
+        (
+            a.tenant_id or "",
+            a.id,
+            id_time(a.id),
+            _moment(a.at),
+            a.action,
+            a.actor.token_id,
+            a.actor.role,
+            a.object_id,
+            a.request_id,
+        )
+        for h in handed
+        if (a := h.audit) is not None
+    ]
     # Rows go to the day of their id; what they count, to the day it happened.
     moments = [r[2] for r in event_rows + delivery_rows] + [r[11] for r in delivery_rows]
-    moments += [r[5] for r in attempt_rows]
+    moments += [r[5] for r in attempt_rows] + [r[2] for r in audit_rows]
     days = {partitions.day_of(m) for m in moments if m is not None}
     async with pool.acquire() as conn:
         await partitions.ensure(conn, days)
@@ -172,6 +193,8 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
                 await conn.execute(_DELIVERIES, *_columns(delivery_rows))
             if attempt_rows:
                 await conn.execute(_ATTEMPTS, *_columns(attempt_rows), BUCKET_BOUNDS_MS)
+            if audit_rows:
+                await conn.execute(_AUDIT, *_columns(audit_rows))
 
 
 class HistoryWriter:

@@ -1,17 +1,22 @@
-"""The audit trail in Redis: one JSON record per entry (expiring after retention), a global
-index and one per tenant, each trimmed to the retention window as entries are added."""
+"""The audit trail: each entry is written to Redis with a global and a per-tenant index entry,
+and handed to the history writer in the same step; once PostgreSQL has it, it leaves Redis.
+Reads merge the few entries still in Redis with history's."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from relay import ids
 from relay.audit import AuditEntry
 from relay.store import codec, keys
-from relay.store.pages import Window, filtered_newest_first
+from relay.store.pages import Window, filtered_newest_first, merge_newest_first
+
+if TYPE_CHECKING:
+    from relay.delivery.archive import Archive
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +29,16 @@ class AuditQuery:
     until_ms: int | None = None
 
 
-# KEYS: the entry, the marker (or the entry again when there is none), then its indexes.
-# ARGV: the entry's record, its id, the retention in seconds, the trimming floor. An entry
-# with a marker is added only by whoever sets the marker first.
+# KEYS: the entry, the marker (or the entry again when there is none), the history stream,
+# then its indexes. ARGV: the entry's record, its id, the retention in seconds, the trimming
+# floor. An entry with a marker is added only by whoever sets the marker first.
 _ADD = """
 if KEYS[2] ~= KEYS[1] and not redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[3]) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-for i = 3, #KEYS do
+redis.call('XADD', KEYS[3], '*', 'k', 'a', 'i', ARGV[2])
+for i = 4, #KEYS do
   redis.call('ZADD', KEYS[i], 0, ARGV[2])
   redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[4])
   -- A tenant's index lapses a retention period after its last entry.
@@ -45,9 +51,10 @@ return 1
 class AuditLog:
     """Persistence of the audit trail."""
 
-    def __init__(self, redis: Redis, retention_seconds: int) -> None:
+    def __init__(self, redis: Redis, retention_seconds: int, archive: Archive) -> None:
         self._redis = redis
         self._retention = retention_seconds
+        self._archive = archive
         self._add = redis.register_script(_ADD)
 
     async def add(self, entry: AuditEntry, once: str | None = None) -> None:
@@ -60,7 +67,7 @@ class AuditLog:
         floor = f"({ids.time_floor('aud', oldest_kept_ms)}"
         key = keys.audit_entry(entry.id)
         await self._add(
-            keys=[key, once or key, *indexes],
+            keys=[key, once or key, keys.HISTORY, *indexes],
             args=[codec.dumps(entry.record()), entry.id, self._retention, floor],
         )
 
@@ -74,7 +81,7 @@ class AuditLog:
             raws = await self._redis.mget([keys.audit_entry(i) for i in batch])
             return [AuditEntry.from_record(codec.loads(r)) for r in raws if r is not None]
 
-        return await filtered_newest_first(
+        live = await filtered_newest_first(
             self._redis,
             index,
             Window("aud", query.since_ms, query.until_ms),
@@ -84,3 +91,5 @@ class AuditLog:
             lambda e: query.action is None or e.action == query.action,
             lambda e: e.id,
         )
+        archived = await self._archive.audit_page(query, limit, cursor)
+        return merge_newest_first([live, archived], limit, lambda e: e.id)

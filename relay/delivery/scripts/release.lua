@@ -1,4 +1,5 @@
--- Records the history writer has committed to PostgreSQL leave Redis, and their stream entries
+-- Records the history writer has committed to PostgreSQL (events, deliveries, audit entries)
+-- leave Redis, and their stream entries
 -- are acknowledged and deleted, in one step. A delivery leaves only if it is still in the state
 -- that was written (same status and `updated_ms`): one retried meanwhile stays in flight, and
 -- comes back to the writer when it ends again. An event leaves once it is written and none of
@@ -17,6 +18,11 @@ for _, e in ipairs(A.events) do
     redis.call('HSET', K.event .. e, 'stored', 1)
     forget_event(e)
   end
+end
+for _, a in ipairs(A.audits) do
+  redis.call('DEL', K.audit .. a[1])
+  redis.call('ZREM', K.audits, a[1])
+  if a[2] ~= '' then redis.call('ZREM', K.tenant_audit .. a[2], a[1]) end
 end
 local released = 0
 for _, d in ipairs(A.deliveries) do

@@ -79,3 +79,20 @@ CREATE TABLE stats (
     duration_ms bigint      NOT NULL,
     PRIMARY KEY (tenant_id, minute, webhook_id, kind, label, bucket)
 ) PARTITION BY RANGE (minute);
+
+-- The audit trail: every change made through the API, and every automatic disable.
+CREATE TABLE audit (
+    tenant_id  text        NOT NULL,  -- '' for a change that belongs to no tenant (a token…)
+    id         text        NOT NULL,
+    created_at timestamptz NOT NULL,
+    at         timestamptz NOT NULL,
+    action     text        NOT NULL,
+    token_id   text        NOT NULL,
+    role       text        NOT NULL,
+    object_id  text,
+    request_id text,
+    PRIMARY KEY (tenant_id, id, created_at)
+) PARTITION BY RANGE (created_at);
+
+CREATE INDEX audit_by_id ON audit (id);
+CREATE INDEX audit_by_action ON audit (tenant_id, action, id);

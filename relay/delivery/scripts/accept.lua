@@ -74,7 +74,6 @@ write(A.deliveries, false)
 if A.step == 'begin' then
   redis.call('SET', K.plan, ARGV[3], 'EX', A.ttl)
   redis.call('ZADD', K.accepting, NOW, A.id)
-else
-  finish()
 end
+-- A whole accept is done here: it never entered the accepting set nor wrote a plan.
 return false

@@ -19,20 +19,20 @@ if A.record ~= '' then
   redis.call('RPUSH', K.attempts, A.record)
   count = A.attempt
 end
+-- One HSET for every field that changes (this script runs once per attempt).
+local due = A.status == 'pending' and NOW + A.delay_ms or nil
+local delivered = A.status == 'delivered' and int(NOW) or ''
 redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
-  'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(NOW))
+  'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(NOW),
+  'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered)
 redis.call('HDEL', K.delivery, 'lease_until', 'lease_token')
-if A.status == 'pending' then
-  local due = NOW + A.delay_ms
-  redis.call('HSET', K.delivery, 'next_attempt_at', int(due))
+if due then
   redis.call('ZADD', K.due, due, id)
   -- An idle worker sleeps until the head of the due set it last saw; this may be sooner.
   wake()
   -- Alive until the rest of the schedule has run and then for the retention window.
   for _, key in ipairs({K.delivery, K.attempts, K.event}) do keep(key, A.keep_seconds) end
 else
-  if A.status == 'delivered' then redis.call('HSET', K.delivery, 'delivered_ms', int(NOW)) end
-  redis.call('HSET', K.delivery, 'next_attempt_at', '')
   redis.call('ZREM', K.due, id)
   -- The schedule ended: the history writer owns it from here, and lets it go once PostgreSQL
   -- has it. Its keys still have at least the retention window to live (every reschedule kept

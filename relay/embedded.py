@@ -244,6 +244,9 @@ class EmbeddedPostgres:
 
     data_dir: Path
     settings: Mapping[str, str] = field(default_factory=dict)
+    # 0 takes a free port at each start; a fixed one lets clients holding the URL find a
+    # restarted server again.
+    port: int = 0
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -274,7 +277,7 @@ class EmbeddedPostgres:
         password = self._password(made)
         if not made:
             self._make_cluster(bindir, user, password)
-        port = free_port()
+        port = self.port or free_port()
         command = [
             str(bindir / "postgres"),
             "-D",

@@ -90,6 +90,7 @@ class Bench:
             used[worker.name] = worker.cpu_seconds()
         used["workers"] = sum(used[w.name] for w in self.workers)
         used["redis"] = self.redis_child.cpu_seconds()
+        used["postgres"] = self.postgres.cpu_seconds()
         used["receiver"] = self.receiver_child.cpu_seconds()
         used["harness"] = harness_cpu_seconds()
         # Not a process: the whole machine (all cores, everyone), and time stolen from it.

@@ -127,6 +127,20 @@ class Postgres:
         if not self.running:
             raise SetupError(f"postgres exited; its last output:\n{self.tail()}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the postmaster and its backends, ended ones included."""
+        if not self.running:
+            return 0.0
+        assert self.embedded.process is not None
+        postmaster = psutil.Process(self.embedded.process.pid)
+        t = postmaster.cpu_times()
+        used = float(t.user + t.system + t.children_user + t.children_system)
+        for backend in postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                b = backend.cpu_times()
+                used += float(b.user + b.system)
+        return used
+
     def _frozen(self) -> list[psutil.Process]:
         """The postmaster, stopped so that it forks no more, and every process it has forked.
 

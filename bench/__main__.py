@@ -3,9 +3,10 @@
     .venv/bin/python -m bench [--quick] [--workers 2] [--events N] [--concurrency C]
                               [--rate R] [--latency-seconds S] [--endpoint-concurrency E]
 
-One run starts a throwaway redis-server (AOF, fsync every second), `relay api`, a fast receiver
-on loopback (a separate process that verifies every signature) and later the `relay worker`s,
-all exactly as in production, and measures in this order:
+One run starts a throwaway redis-server (AOF, fsync every second), PostgreSQL (fsync and
+synchronous commit on), `relay api`, a fast receiver on loopback (a separate process that
+verifies every signature) and later the `relay worker`s, all exactly as in production, and
+measures in this order:
 
 1. LIMIT: a bare asyncio loop (asyncio and uvloop; aiohttp, httpx and httpx over aiohttp)
    signing and posting straight to the receiver, while relay is idle; the fastest is the limit.
@@ -154,7 +155,7 @@ async def run(procs: Processes, opts: Options) -> Results:
     """Start everything, measure, and hand back the figures (the children stop in main)."""
     started = time.time()
     load_before = list(os.getloadavg())
-    say(f"starting redis-server, relay api and the receiver in {procs.workdir}")
+    say(f"starting redis-server, postgres, relay api and the receiver in {procs.workdir}")
     async with new_session(opts.concurrency) as session:
         bench = await start(procs, opts, session)
         try:

@@ -1,25 +1,29 @@
-"""Chaos run: steady load while workers, Redis and clocks fail; then, was anything lost?
+"""Chaos run: steady load while workers, Redis, PostgreSQL and clocks fail; was anything lost?
 
     .venv/bin/python -m bench.chaos [--seconds 300] [--rate 10] [--fault-every 2,4] [--seed N]
 
-It starts redis-server (AOF, fsync every second), `relay api`, two `relay worker`s and the bench
-receiver, registers three tenants' webhooks (each tenant a healthy endpoint and one that misbehaves:
-flapping 500 half the time, rate-limited 429 with Retry-After, hanging past the delivery timeout)
-and posts events at a steady rate, as an upstream service would: each with an upstream `id` and an
-Idempotency-Key, retried until relay answers 200 or 202. Meanwhile, every few seconds, it injects
-one fault, the kinds taken in shuffled rounds:
+It starts redis-server (AOF, fsync every second), PostgreSQL (fsync on), `relay api`, two
+`relay worker`s and the bench receiver, registers three tenants' webhooks (each tenant a healthy
+endpoint and one that misbehaves: flapping 500 half the time, rate-limited 429 with
+Retry-After, hanging past the delivery timeout) and posts events at a steady rate, as an upstream
+service would: each with an upstream `id` and an Idempotency-Key, retried until relay answers 200
+or 202. Meanwhile, every few seconds, it injects one fault, the kinds taken in shuffled rounds:
 
 - kill_worker   SIGKILL a worker, start another
 - term_worker   SIGTERM a worker (a deploy), wait for it to exit, start another
 - kill_redis    SIGKILL redis-server, start it again on the same port and data
 - stop_redis    SIGSTOP redis-server for 3 s
+- kill_postgres SIGKILL PostgreSQL and its backends, start it again on the same port and data
+- stop_postgres SIGSTOP PostgreSQL and its backends for 5 s
 - skew_worker   replace a worker by one whose clock runs 60 s ahead or behind (Debian's faketime)
 
-Then it waits for every delivery to end (delivered, failed or canceled) and prints what the
-operator would want to know: events accepted, deliveries expected, delivered, failed (with their
-reasons), lost, stuck, duplicates received and the faults injected. Exit status 0 when nothing was
-lost or stuck, every post resolved and no worker exited on its own; 1 when not; 2 when the run
-could not be done; 130 when interrupted.
+Then it waits for every delivery to end (delivered, failed or canceled) and for the history
+writers to empty their stream, reads PostgreSQL's history, and prints what the operator would
+want to know: events accepted, deliveries expected, delivered, failed (with their reasons), lost,
+stuck, duplicates received, ended deliveries missing from PostgreSQL, delivered ones whose
+attempts there are missing, repeated or miscounted, history entries left in Redis and the faults
+injected. Exit status 0 when nothing was lost, stuck, missing or left, every post resolved and
+no worker exited on its own; 1 when not; 2 when the run could not be done; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+import asyncpg
 import orjson
+import redis.asyncio as aioredis
 
 from bench.load import Api, LoadError, ReceiverClient, new_session
 from bench.procs import (
     Child,
+    Postgres,
     Processes,
     RelaySettings,
     SetupError,
@@ -54,12 +61,14 @@ from bench.procs import (
     receiver_argv,
     run_harness,
     spawn_worker,
+    start_postgres,
     start_redis,
     until_connected,
     wait_exit,
     wait_until,
 )
 from relay.signing import generate_secret
+from relay.store import keys
 
 # Short steps, so every delivery's whole schedule fits in the run and the wait after it.
 RETRY_SCHEDULE = "1,2,4"
@@ -68,12 +77,23 @@ ENDPOINT_CONCURRENCY = 4
 HANG_SECONDS = DELIVERY_TIMEOUT + 3
 LIMIT_PER_SECOND = 5
 STOP_REDIS_SECONDS = 3.0
+STOP_POSTGRES_SECONDS = 5.0
+# How long the history writers get, once every delivery has ended, to empty their stream.
+HISTORY_WAIT = 60.0
 CLOCK_SKEW_SECONDS = 60
 # A worker told to stop may take its delivery timeout to finish what it holds; past this it is
 # killed and the run says so.
 TERM_WAIT = DELIVERY_TIMEOUT + 10.0
 POST_RETRY_MAX = 2.0
-FAULT_KINDS = ("kill_worker", "term_worker", "kill_redis", "stop_redis", "skew_worker")
+FAULT_KINDS = (
+    "kill_worker",
+    "term_worker",
+    "kill_redis",
+    "stop_redis",
+    "kill_postgres",
+    "stop_postgres",
+    "skew_worker",
+)
 TERMINAL = frozenset({"delivered", "failed", "canceled"})
 
 Kind = Literal["hook", "flap", "limit", "hang"]
@@ -171,12 +191,13 @@ def skewed_clock(seconds: int) -> dict[str, str]:
 
 @dataclass(slots=True)
 class System:
-    """Redis, the API, the workers and the receiver of one run, and how to hurt them."""
+    """The stores, the API, the workers and the receiver of one run, and how to hurt them."""
 
     procs: Processes
     settings: RelaySettings
     redis_port: int
     redis: Child
+    postgres: Postgres
     api: Child
     workers: list[Child] = field(default_factory=list)
     started: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -207,9 +228,11 @@ class System:
         """redis-server again, on the same port and the same data."""
         self.redis = await start_redis(self.procs, self.redis_port, f"redis{next(self.started)}")
 
-    def check_api(self) -> None:
-        """Stop the run if the API died: the chaos does not touch it."""
+    def check_alive(self) -> None:
+        """Stop the run if the API died (the chaos does not touch it) or PostgreSQL did (the
+        chaos restarts it at once)."""
         self.api.check_alive()
+        self.postgres.check_alive()
 
 
 @dataclass(slots=True)
@@ -252,6 +275,15 @@ class Faults:
                 await asyncio.sleep(STOP_REDIS_SECONDS)
             finally:
                 system.redis.process.send_signal(signal.SIGCONT)
+        elif kind == "kill_postgres":
+            await system.postgres.kill()
+            await system.postgres.restart()
+        elif kind == "stop_postgres":
+            system.postgres.pause()
+            try:
+                await asyncio.sleep(STOP_POSTGRES_SECONDS)
+            finally:
+                system.postgres.resume()
         self.injected[kind] += 1
 
     async def _replace(self, worker: Child, how: signal.Signals, skew: int) -> None:
@@ -272,7 +304,7 @@ class Faults:
             if loop.time() >= deadline:
                 break
             await self.system.replace_dead_workers()
-            self.system.check_api()
+            self.system.check_alive()
             await self.inject(kind)
         await asyncio.gather(*self.replacing)
 
@@ -394,6 +426,70 @@ async def wait_terminal(
         await asyncio.sleep(2.0)
 
 
+@dataclass(slots=True)
+class History:
+    """What PostgreSQL holds of the deliveries that ended, and what Redis has yet to hand it."""
+
+    ended: int = 0  # deliveries of this run's posts that ended, as relay's API shows them
+    stored: int = 0  # of those, the ones with a row in `deliveries`
+    missing: list[str] = field(default_factory=list)
+    delivered: int = 0
+    attempts: int = 0  # rows in `attempts` of the delivered ones
+    amiss: list[str] = field(default_factory=list)  # delivered, attempts absent or miscounted
+    left: int = 0  # entries still in the history stream after the wait
+    waited: float = 0.0
+
+
+async def wait_history_written(redis_port: int, seconds: float) -> tuple[int, float]:
+    """Wait up to `seconds` for the writers to empty the history stream (they delete what they
+    have written); the entries left and the seconds waited."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
+    began = time.monotonic()
+    try:
+        while True:
+            left = int(await client.xlen(keys.HISTORY))
+            waited = time.monotonic() - began
+            if not left or waited > seconds:
+                return left, waited
+            await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+
+
+_STORED = "SELECT id, attempt_count FROM deliveries WHERE id = ANY($1::text[])"
+_ATTEMPTS = """
+SELECT delivery_id, count(*) AS n, count(DISTINCT number) AS numbers
+FROM attempts WHERE delivery_id = ANY($1::text[]) GROUP BY delivery_id
+"""
+
+
+async def read_history(
+    url: str, found: dict[str, Delivery], expected: dict[str, tuple[str, str]]
+) -> History:
+    """Check PostgreSQL against the deliveries that ended: each has its row, and each delivered
+    one its attempts, numbered once each and as many as its attempt_count says."""
+    ended = {d: found[d] for d in expected if d in found and found[d].status in TERMINAL}
+    delivered = [d for d, seen in ended.items() if seen.status == "delivered"]
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = {r["id"]: r["attempt_count"] for r in await conn.fetch(_STORED, list(ended))}
+        attempts = {r["delivery_id"]: r for r in await conn.fetch(_ATTEMPTS, delivered)}
+    finally:
+        await conn.close()
+    history = History(ended=len(ended), stored=len(rows), delivered=len(delivered))
+    history.missing = [f"{d}: {seen.status}" for d, seen in ended.items() if d not in rows]
+    for d in delivered:
+        n, numbers = (attempts[d]["n"], attempts[d]["numbers"]) if d in attempts else (0, 0)
+        history.attempts += n
+        # A delivery missing from `deliveries` is counted there; its attempts are still checked.
+        counted = rows.get(d, ended[d].attempts)
+        if n == 0 or n != numbers or n != counted:
+            history.amiss.append(
+                f"{d}: {n} attempt rows, {numbers} distinct numbers, attempt_count {counted}"
+            )
+    return history
+
+
 def reason(error: str | None) -> str:
     """A failure's last_error with its numbers blurred, so like failures group together."""
     return re.sub(r"\d+(\.\d+)?", "N", error or "(no last_error)")[:90]
@@ -419,11 +515,22 @@ class Outcome:
     faults: Counter[str]
     fault_notes: Counter[str]
     exited_alone: list[str]
+    history: History
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing stuck, every post answered, no worker died by itself."""
-        return not (self.lost or self.stuck or self.unresolved or self.exited_alone)
+        """Nothing lost, stuck or missing from history, every post answered, the history
+        stream emptied, no worker died by itself."""
+        h = self.history
+        return not (
+            self.lost
+            or self.stuck
+            or self.unresolved
+            or self.exited_alone
+            or h.missing
+            or h.amiss
+            or h.left
+        )
 
 
 def judge(
@@ -433,6 +540,7 @@ def judge(
     kinds: dict[str, Endpoint],
     faults: Faults,
     system: System,
+    history: History,
 ) -> Outcome:
     """Compare what was accepted with what relay says and what the receiver got."""
     failed: Counter[tuple[str, str]] = Counter()
@@ -473,12 +581,14 @@ def judge(
         faults=faults.injected,
         fault_notes=faults.notes,
         exited_alone=system.exited_alone,
+        history=history,
     )
 
 
 def render(outcome: Outcome, opts: Options, seconds: float) -> str:
     """The report printed at the end."""
     o = outcome
+    h = o.history
     every = f"{opts.fault_every[0]:g}–{opts.fault_every[1]:g}"
     lines = [
         f"chaos run: {opts.seconds:g} s of load at {opts.rate:g} events/s, {opts.workers} workers, "
@@ -502,6 +612,14 @@ def render(outcome: Outcome, opts: Options, seconds: float) -> str:
         ),
         f"duplicates received        {o.duplicates:>7,} (max {o.max_per_delivery} per delivery)",
         f"deliveries not from this run's posts {o.unexpected:,}",
+        f"ended, in PostgreSQL       {h.stored:>7,} of {h.ended:,}",
+        f"ended, not in PostgreSQL (must be 0) {len(h.missing):>5,}",
+        *(f"  {line}" for line in h.missing[:20]),
+        f"attempts in PostgreSQL     {h.attempts:>7,} for {h.delivered:,} delivered",
+        f"delivered, attempts amiss (must be 0) {len(h.amiss):>4,}"
+        " (none, a number twice, or not as many as attempt_count)",
+        *(f"  {line}" for line in h.amiss[:20]),
+        f"history entries left (must be 0) {h.left:>9,} (after {h.waited:.1f} s of waiting)",
         f"faults injected            {sum(o.faults.values()):>7,}: "
         + ", ".join(f"{kind} {o.faults[kind]}" for kind in FAULT_KINDS),
         *(f"  {n} × {note}" for note, n in sorted(o.fault_notes.items())),
@@ -521,6 +639,7 @@ async def start(
     """Everything up and the webhooks registered; the admin and ingest clients."""
     redis_port = free_port()
     redis = await start_redis(procs, redis_port)
+    postgres = await start_postgres(procs)
     secret = generate_secret()
     receiver_port = free_port()
     receiver_options = (
@@ -534,6 +653,7 @@ async def start(
     )
     settings = RelaySettings(
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        database_url=postgres.url,
         admin_token=secrets.token_urlsafe(32),
         endpoint_concurrency=ENDPOINT_CONCURRENCY,
         extra={
@@ -561,7 +681,7 @@ async def start(
         )
         kinds[made["id"]] = endpoint
     token = await admin.create("/v1/tokens", {"role": "ingest", "name": "chaos"})
-    system = System(procs, settings, redis_port, redis, api_child)
+    system = System(procs, settings, redis_port, redis, postgres, api_child)
     for _ in range(opts.workers):
         await system.start_worker()
     return system, admin, admin.with_token(token["token"]), receiver, kinds
@@ -572,7 +692,10 @@ async def run(procs: Processes, opts: Options) -> Outcome:
     loop = asyncio.get_running_loop()
     began = loop.time()
     rng = random.Random(opts.seed)
-    say(f"starting redis-server, relay api, {opts.workers} workers, a receiver: {procs.workdir}")
+    say(
+        f"starting redis-server, postgres, relay api, {opts.workers} workers, a receiver: "
+        f"{procs.workdir}"
+    )
     async with new_session(64) as session:
         system, admin, ingest, receiver, kinds = await start(procs, opts, session)
         faults = Faults(system, rng)
@@ -588,8 +711,12 @@ async def run(procs: Processes, opts: Options) -> Outcome:
         await posting
         say(f"{len(load.expected):,} deliveries expected; waiting for every one to end")
         found = await wait_terminal(admin, system, load.expected, opts.settle_seconds)
+        say("waiting for the history writers to empty their stream")
+        left, waited = await wait_history_written(system.redis_port, HISTORY_WAIT)
+        history = await read_history(system.postgres.url, found, load.expected)
+        history.left, history.waited = left, waited
         received = {path: t.accepted for path, t in (await receiver.paths()).items()}
-        outcome = judge(load, found, received, kinds, faults, system)
+        outcome = judge(load, found, received, kinds, faults, system, history)
     print("\n" + render(outcome, opts, loop.time() - began), flush=True)
     return outcome
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.fanout [--webhooks 20000] [--events 3]
 
-Starts a throwaway redis-server (AOF, fsync every second) and `relay api` with
+Starts a throwaway redis-server (AOF, fsync every second), PostgreSQL and `relay api` with
 RELAY_MAX_WEBHOOKS_PER_TENANT raised, stores that many webhooks for one tenant (straight into
 the store: creating them is not what is measured), then posts events to that tenant one at a
 time while a thread PINGs Redis in a loop. Per event it reports the longest PING — how long any
@@ -36,6 +36,7 @@ from bench.procs import (
     api_argv,
     free_port,
     run_harness,
+    start_postgres,
     start_redis,
     wait_until,
 )
@@ -169,13 +170,15 @@ async def accept_one(api: Api, client: aioredis.Redis, pinger: Pinger, number: i
 
 
 async def run(procs: Processes, webhooks: int, events: int) -> list[Accept]:
-    """Start Redis and the API, store the webhooks, post the events; what each accept cost."""
+    """Start the stores and the API, store the webhooks, post the events; what each accept cost."""
     redis_port, api_port = free_port(), free_port()
     await start_redis(procs, redis_port)
+    postgres = await start_postgres(procs)
     token = secrets.token_urlsafe(24)
     settings = RelaySettings(
-        f"redis://127.0.0.1:{redis_port}/0",
-        token,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        database_url=postgres.url,
+        admin_token=token,
         endpoint_concurrency=4,
         extra={"RELAY_MAX_WEBHOOKS_PER_TENANT": str(webhooks)},
     )

@@ -20,6 +20,7 @@ from bench import limit
 from bench.load import Api, ReceiverClient, latencies, percentile, post_burst, post_paced
 from bench.procs import (
     Child,
+    Postgres,
     Processes,
     RelaySettings,
     SetupError,
@@ -31,6 +32,7 @@ from bench.procs import (
     receiver_argv,
     redis_calls,
     spawn_worker,
+    start_postgres,
     start_redis,
     stop,
     until_connected,
@@ -71,6 +73,7 @@ class Bench:
     procs: Processes
     settings: RelaySettings
     redis_child: Child
+    postgres: Postgres
     api_child: Child
     receiver_child: Child
     redis: aioredis.Redis
@@ -87,6 +90,7 @@ class Bench:
             used[worker.name] = worker.cpu_seconds()
         used["workers"] = sum(used[w.name] for w in self.workers)
         used["redis"] = self.redis_child.cpu_seconds()
+        used["postgres"] = self.postgres.cpu_seconds()
         used["receiver"] = self.receiver_child.cpu_seconds()
         used["harness"] = harness_cpu_seconds()
         # Not a process: the whole machine (all cores, everyone), and time stolen from it.
@@ -94,9 +98,10 @@ class Bench:
         return used
 
     def check_alive(self) -> None:
-        """Raise SetupError if a relay process, Redis or the receiver has exited."""
+        """Raise SetupError if a relay process, a store or the receiver has exited."""
         for child in (self.redis_child, self.api_child, self.receiver_child, *self.workers):
             child.check_alive()
+        self.postgres.check_alive()
 
     async def redis_calls(self) -> int:
         """Commands Redis has run so far, those inside Lua scripts included."""
@@ -121,13 +126,15 @@ class Bench:
 
 
 async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Bench:
-    """Redis, the receiver and the API up; an ingest token and the webhooks registered.
+    """Redis, PostgreSQL, the receiver and the API up; an ingest token and the webhooks
+    registered.
 
     Workers are started later (`start_workers`), once ingest has been measured without them.
     """
     redis_port = free_port()
     redis_child = await start_redis(procs, redis_port)
     redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
+    postgres = await start_postgres(procs)
 
     webhook_secret = generate_secret()
     receiver_port = free_port()
@@ -137,6 +144,7 @@ async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession)
 
     settings = RelaySettings(
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        database_url=postgres.url,
         admin_token=secrets.token_urlsafe(32),
         endpoint_concurrency=opts.endpoint_concurrency,
     )
@@ -166,6 +174,7 @@ async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession)
         procs=procs,
         settings=settings,
         redis_child=redis_child,
+        postgres=postgres,
         api_child=api_child,
         receiver_child=receiver_child,
         redis=redis,

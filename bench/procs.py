@@ -1,7 +1,9 @@
-"""The processes a benchmark run starts: redis-server, relay api and workers, the receiver.
+"""The processes a benchmark run starts: redis-server, PostgreSQL, relay api and workers, the
+receiver.
 
 Every child runs in its own session with its output in a log file under a temp dir, and is
-stopped (SIGTERM, then SIGKILL) when the run ends, however it ends.
+stopped (SIGTERM, then SIGKILL) when the run ends, however it ends. PostgreSQL is relay's
+embedded one, with its cluster in a temp dir of its own, stopped last and removed with the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type informatio
 import redis.asyncio as aioredis
 import uvloop
 
+from relay.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from relay.embedded import free_port as free_port  # the one free_port, re-exported
+from relay.history import migrations
 from relay.processes import die_with_parent
 
 T = TypeVar("T")
@@ -39,6 +43,15 @@ SECRET_ENV = "BENCH_SECRET"
 
 class SetupError(Exception):
     """Something the benchmark needs did not start."""
+
+
+def log_tail(log: Path, name: str, lines: int = 15) -> str:
+    """The end of a log file, each line marked with whose it is."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
 
 
 @dataclass(slots=True)
@@ -68,11 +81,7 @@ class Child:
 
     def tail(self, lines: int = 15) -> str:
         """The end of its output, to show why it failed."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
+        return log_tail(self.log, self.name, lines)
 
     def check_alive(self) -> None:
         """Raise SetupError, with its last output, if it has exited."""
@@ -92,11 +101,135 @@ class Child:
 
 
 @dataclass(slots=True)
+class Postgres:
+    """A run's PostgreSQL: its URL, and the signals a chaos run sends to all of its processes."""
+
+    embedded: EmbeddedPostgres
+    paused: list[psutil.Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Where relay reaches it; the same after a restart."""
+        return self.embedded.url
+
+    @property
+    def running(self) -> bool:
+        """Whether its postmaster has not exited."""
+        process = self.embedded.process
+        return process is not None and process.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        """The end of its log, to show why it failed."""
+        return log_tail(self.embedded.log_path, "postgres", lines)
+
+    def check_alive(self) -> None:
+        """Raise SetupError, with its last output, if it has exited."""
+        if not self.running:
+            raise SetupError(f"postgres exited; its last output:\n{self.tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the postmaster and its backends, ended ones included."""
+        if not self.running:
+            return 0.0
+        assert self.embedded.process is not None
+        postmaster = psutil.Process(self.embedded.process.pid)
+        t = postmaster.cpu_times()
+        used = float(t.user + t.system + t.children_user + t.children_system)
+        for backend in postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                b = backend.cpu_times()
+                used += float(b.user + b.system)
+        return used
+
+    def _frozen(self) -> list[psutil.Process]:
+        """The postmaster, stopped so that it forks no more, and every process it has forked.
+
+        Each backend leads a session of its own, so signalling the postmaster's process group
+        would miss them; and a postmaster killed alone leaves them holding its shared memory,
+        which a new postmaster on the same data refuses to share.
+        """
+        if not self.running:
+            return []
+        assert self.embedded.process is not None
+        postmaster = psutil.Process(self.embedded.process.pid)
+        postmaster.send_signal(signal.SIGSTOP)
+        try:
+            return [postmaster, *postmaster.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [postmaster]
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server: connections stay open and nothing answers."""
+        self.paused = self._frozen()
+        _signal(self.paused, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT whatever `pause` stopped."""
+        _signal(self.paused, signal.SIGCONT)
+        self.paused = []
+
+    async def kill(self) -> None:
+        """SIGKILL the postmaster and every backend, as a crash would; wait until all are gone."""
+        victims = self._frozen() + self.paused
+        self.paused = []
+        _signal(victims, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(_alive(p) for p in victims):
+            if time.monotonic() > deadline:
+                raise SetupError("postgres processes still alive after SIGKILL")
+            await asyncio.sleep(0.05)
+        if self.embedded.process is not None:
+            self.embedded.process.wait()
+
+    async def restart(self) -> None:
+        """Start it again on the same port and data; it recovers from its WAL first."""
+        await _start(self.embedded)
+
+    def stop(self) -> None:
+        """A fast shutdown; backends it left behind (a kill's, a pause's) are killed."""
+        victims = self.paused + self._frozen()
+        _signal(victims, signal.SIGCONT)
+        self.paused = []
+        self.embedded.stop()
+        _signal([p for p in victims if _alive(p)], signal.SIGKILL)
+
+
+def _signal(processes: list[psutil.Process], signum: signal.Signals) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signum)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Whether it still runs; a zombie waits for its reaper but holds nothing any more."""
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def _start(embedded: EmbeddedPostgres) -> None:
+    try:
+        await asyncio.to_thread(embedded.start)
+    except EmbeddedPostgresError as exc:
+        raise SetupError(f"{exc}:\n{log_tail(embedded.log_path, 'postgres')}") from None
+
+
+@dataclass(slots=True)
 class Processes:
     """Every child of one run, stopped together at the end."""
 
     workdir: Path
     children: list[Child] = field(default_factory=list)
+    databases: list[Postgres] = field(default_factory=list)
+    # Temp dirs besides the work dir, removed with it.
+    dirs: list[Path] = field(default_factory=list)
+
+    def make_dir(self, prefix: str) -> Path:
+        """A fresh temp dir directly in the system's temp dir, removed when the run ends."""
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.dirs.append(path)
+        return path
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         """Start `argv` in the work dir, output to `<workdir>/<name>.log`."""
@@ -120,9 +253,11 @@ class Processes:
         return child
 
     def stop_all(self) -> None:
-        """Everything but Redis first (workers finish their writes), then Redis."""
+        """Everything but the stores first (workers finish their writes), then the stores."""
         stop([c for c in self.children if not c.name.startswith("redis")])
         stop([c for c in self.children if c.name.startswith("redis")])
+        for database in self.databases:
+            database.stop()
 
 
 def stop(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
@@ -153,7 +288,8 @@ def processes() -> Iterator[Processes]:
             procs.stop_all()
         finally:
             signal.signal(signal.SIGINT, previous)
-            shutil.rmtree(workdir, ignore_errors=True)
+            for path in (workdir, *procs.dirs):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 async def wait_until(
@@ -196,6 +332,7 @@ class RelaySettings:
     """What the relay processes are started with (the secrets are fresh each run)."""
 
     redis_url: str
+    database_url: str
     admin_token: str
     endpoint_concurrency: int
     # Other RELAY_* variables a run sets, e.g. a short retry schedule.
@@ -209,6 +346,7 @@ class RelaySettings:
         env = {name: value for name, value in os.environ.items() if not name.startswith("RELAY_")}
         env.update(
             RELAY_REDIS_URL=self.redis_url,
+            RELAY_DATABASE_URL=self.database_url,
             RELAY_ADMIN_TOKEN=self.admin_token,
             RELAY_SECRET_KEYS=self.master_key,
             RELAY_ALLOW_PRIVATE_TARGETS="true",  # the receiver is on loopback
@@ -282,6 +420,21 @@ async def start_redis(procs: Processes, port: int, name: str = "redis") -> Child
     finally:
         await client.aclose()
     return child
+
+
+async def start_postgres(procs: Processes) -> Postgres:
+    """relay's embedded PostgreSQL for this run, migrated, on a port it keeps across restarts."""
+    # Not under the work dir: when the run is root's, PostgreSQL runs as the `postgres` user,
+    # which must pass through every directory above its cluster, and the work dir is closed.
+    directory = procs.make_dir("relay-bench-pg-")
+    # Production's durability, fsync and synchronous commit on (the server's defaults): the
+    # history writer's commits cost here what they cost in production, and a killed server
+    # keeps every commit.
+    database = Postgres(EmbeddedPostgres(directory, port=free_port()))
+    procs.databases.append(database)
+    await _start(database.embedded)
+    await migrations.apply(database.url)
+    return database
 
 
 def receiver_argv(port: int, *options: str) -> list[str]:

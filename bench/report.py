@@ -256,14 +256,14 @@ def e2e_lines(results: Results) -> list[str]:
 
 def cpu_lines(results: Results) -> list[str]:
     """CPU seconds per 1,000 deliveries and how busy each process was."""
-    roles = ["api", "workers", "redis", "receiver", "harness"]
+    roles = ["api", "workers", "redis", "postgres", "receiver", "harness"]
     rows: list[tuple[str, ...]] = [("fan-out / workers", *roles, "relay total")]
     # Every process of any run, in the order measured: runs with fewer workers show "-".
     procs = list(dict.fromkeys(k for run in results.e2e for k in run.busy if k != "workers"))
     busy_rows: list[tuple[str, ...]] = [("fan-out / workers", *procs)]
     for run in results.e2e:
         label = f"fan-out {run.fan_out:<2} {run.workers}w"
-        relay_total = run.cpu_per_1k["api"] + run.cpu_per_1k["workers"] + run.cpu_per_1k["redis"]
+        relay_total = sum(run.cpu_per_1k[r] for r in ("api", "workers", "redis", "postgres"))
         rows.append((label, *(num(run.cpu_per_1k[r], 3) for r in roles), num(relay_total, 3)))
         busy_rows.append((label, *(f"{run.busy[p]:.0%}" if p in run.busy else "-" for p in procs)))
     return [

@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.soak [--seconds 60] [--rate 100] [--failing-share 0.2] [--workers 2]
 
-It starts a throwaway redis-server (AOF on), `relay api` and N `relay worker` processes, runs
-receivers on loopback (healthy ones, ones answering 500 and one slower than the delivery
-timeout), registers webhooks through the API and posts events at a steady rate. Every few
-seconds it samples the processes (RSS, open files) and Redis (memory, keys, queue, pending
+It starts a throwaway redis-server (AOF on), PostgreSQL, `relay api` and N `relay worker`
+processes, runs receivers on loopback (healthy ones, ones answering 500 and one slower than the
+delivery timeout), registers webhooks through the API and posts events at a steady rate. Every
+few seconds it samples the processes (RSS, open files) and Redis (memory, keys, queue, pending
 deliveries); at the end it prints start against end with a verdict per measure and writes every
 sample to bench/results/soak-<timestamp>.json.
 
@@ -48,6 +48,7 @@ from bench.procs import (
     receiver_argv,
     run_harness,
     spawn_worker,
+    start_postgres,
     start_redis,
     until_connected,
     wait_until,
@@ -138,9 +139,10 @@ class Cluster:
 
 
 async def start_cluster(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Cluster:
-    """Start redis-server, the receiver, the API and the workers; wait until all are up."""
+    """Start the stores, the receiver, the API and the workers; wait until all are up."""
     redis_port = free_port()
     redis_child = await start_redis(procs, redis_port)
+    postgres = await start_postgres(procs)
     secret = generate_secret()
     receiver_port = free_port()
     receiver_options = ("--hang-seconds", str(SLOW_REPLY_SECONDS))
@@ -149,6 +151,7 @@ async def start_cluster(procs: Processes, opts: Options, session: aiohttp.Client
     )
     settings = RelaySettings(
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        database_url=postgres.url,
         admin_token=secrets.token_urlsafe(32),
         endpoint_concurrency=ENDPOINT_CONCURRENCY,
         extra={

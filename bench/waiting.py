@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.waiting [--waiting 1000] [--seconds 20] [--rate 20]
 
-It starts redis-server, `relay api`, two `relay worker`s (RELAY_ENDPOINT_CONCURRENCY=1) and the
-bench receiver, with two tenants: one whose endpoint answers at once, one whose endpoint hangs
-past RELAY_DELIVERY_TIMEOUT. It measures, in order:
+It starts redis-server, PostgreSQL, `relay api`, two `relay worker`s
+(RELAY_ENDPOINT_CONCURRENCY=1) and the bench receiver, with two tenants: one whose endpoint
+answers at once, one whose endpoint hangs past RELAY_DELIVERY_TIMEOUT. It measures, in order:
 
 1. IDLE: the healthy tenant's latency (accepted -> received) at a steady rate, nothing waiting;
    and Redis commands per second with nothing to do.
@@ -49,6 +49,7 @@ from bench.procs import (
     redis_calls,
     run_harness,
     spawn_worker,
+    start_postgres,
     start_redis,
     until_connected,
     wait_until,
@@ -134,6 +135,7 @@ async def run(procs: Processes, opts: Options) -> Figures:
     """Start everything, then measure idle and waiting."""
     redis_port = free_port()
     await start_redis(procs, redis_port)
+    postgres = await start_postgres(procs)
     secret = generate_secret()
     receiver_port = free_port()
     receiver_child = procs.spawn(
@@ -143,6 +145,7 @@ async def run(procs: Processes, opts: Options) -> Figures:
     )
     settings = RelaySettings(
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        database_url=postgres.url,
         admin_token=secrets.token_urlsafe(32),
         endpoint_concurrency=1,
         extra={"RELAY_DELIVERY_TIMEOUT": str(DELIVERY_TIMEOUT)},

@@ -246,8 +246,8 @@ class EmbeddedPostgres:
     settings: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
-    # Chosen free at the first start; a restart of the same object listens there again, so
-    # clients holding its URL reconnect.
+    # 0: a free one, chosen at the first start; a restart of the same object listens there
+    # again, so clients holding its URL find it.
     port: int = 0
 
     @property

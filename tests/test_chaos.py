@@ -1,4 +1,5 @@
-"""The chaos run, shortened: faults of every kind under load, and nothing lost or stuck."""
+"""The chaos run, shortened: faults of every kind under load, nothing lost or stuck, and the
+history in PostgreSQL whole."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def _figure(report: str, label: str) -> int:
 
 def test_a_short_chaos_run_loses_nothing_and_strands_nothing() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "bench.chaos", "--seconds", "10", "--fault-every", "1,1.5"],
+        # Long enough for one round of every kind, pauses of Redis and PostgreSQL included.
+        [sys.executable, "-m", "bench.chaos", "--seconds", "25", "--fault-every", "1,1.5"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -30,6 +32,12 @@ def test_a_short_chaos_run_loses_nothing_and_strands_nothing() -> None:
     assert _figure(report, "lost (must be 0)") == 0
     assert _figure(report, "stuck non-terminal (must be 0)") == 0
     assert _figure(report, "workers that exited on their own (must be 0)") == 0
+    assert _figure(report, "ended, not in PostgreSQL (must be 0)") == 0
+    assert _figure(report, "delivered, attempts amiss (must be 0)") == 0
+    assert _figure(report, "history entries left (must be 0)") == 0
+    delivered = _figure(report, "delivered")
+    assert _figure(report, "ended, in PostgreSQL") >= delivered > 0
+    assert _figure(report, "attempts in PostgreSQL") >= delivered
     faults = dict(re.findall(r"(\w+_\w+) (\d+)", report.split("faults injected", 1)[1]))
     assert all(int(faults[kind]) >= 1 for kind in FAULT_KINDS), report
     assert "verdict: PASS" in report

@@ -14,7 +14,7 @@ import pytest
 import relay.embedded
 from relay.embedded import PG_MISSING, EmbeddedPostgres, EmbeddedPostgresError
 from relay.history import migrations
-from tests.support import FAST_POSTGRES, empty_history, postgres_dir
+from tests.support import FAST_POSTGRES, empty_history, free_port, postgres_dir
 
 
 @pytest.fixture
@@ -49,9 +49,11 @@ async def test_a_restart_serves_the_same_cluster_and_only_with_the_password(
     password_file = data_dir / "postgres.password"
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
 
-    again = EmbeddedPostgres(data_dir, FAST_POSTGRES)
+    port = free_port()
+    again = EmbeddedPostgres(data_dir, FAST_POSTGRES, port=port)
     url = again.start()
     try:
+        assert urlsplit(url).port == port
         assert urlsplit(url).password == password_file.read_text().strip()
         conn = await asyncpg.connect(url)
         try:

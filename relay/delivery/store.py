@@ -589,13 +589,14 @@ class DeliveryStore:
         return sorted(set(live) | set(archived))[:count]
 
     async def handed_over(self, consumer: str, count: int, block_ms: int) -> list[Handover]:
-        """The next records for history, as this consumer of the writers' group reads them:
-        first any it read before and did not release (it crashed), then new ones."""
+        """The next new records for history, waiting up to `block_ms` for one to come."""
         await self._ensure_group()
-        entries = await self._read_group(consumer, "0", count, None)
-        if not entries:
-            entries = await self._read_group(consumer, ">", count, block_ms)
-        return await self._load(entries)
+        return await self._load(await self._read_group(consumer, ">", count, block_ms))
+
+    async def unreleased(self, consumer: str, count: int) -> list[Handover]:
+        """Records this consumer read before and has not released (a write failed)."""
+        await self._ensure_group()
+        return await self._load(await self._read_group(consumer, "0", count, None))
 
     async def adopt(self, consumer: str, idle_ms: int, count: int) -> list[Handover]:
         """Records another writer read and left unreleased for `idle_ms` (it died): now this

@@ -1,12 +1,12 @@
 """The history writer: moves records that reached their end from Redis to PostgreSQL.
 
 Scripts that end a record add its kind and id to a Redis stream in the same atomic step. Each
-worker reads the stream as one consumer of a group, in batches of up to `BATCH` entries (or what
-came within `BLOCK_MS`), writes the batch in one PostgreSQL transaction, and only then releases
-the records from Redis and acknowledges their entries (`release.lua`). A writer that dies
-between the two leaves its entries pending: it reads them again when it restarts, or another
-writer adopts them after `ADOPT_AFTER_MS`. Writing a record twice leaves one row (every insert
-is keyed), so a repeat after a crash or a lost reply is harmless.
+worker reads the stream as one consumer of a group, in batches of whatever came since the last
+one (up to `BATCH` entries), writes the batch in one PostgreSQL transaction, and only then
+releases the records from Redis and acknowledges their entries (`release.lua`). A writer whose
+write failed tries the same entries again first; one that dies between the two leaves its
+entries pending, and another writer adopts them after `ADOPT_AFTER_MS`. Writing a record twice
+leaves one row (every insert is keyed), so a repeat after a crash or a lost reply is harmless.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from relay.timefmt import read_rfc3339
 log = logging.getLogger("relay.history")
 
 BATCH = 1000
-BLOCK_MS = 200
+# How long a writer waits for a record when none is there: it answers as soon as one comes,
+# so this only sets how often an idle writer asks Redis (once a second).
+BLOCK_MS = 1000
 # A writer holding entries this long without releasing them has died: another takes them over.
 ADOPT_AFTER_MS = 15_000
 _ADOPT_EVERY_SECONDS = 10.0
@@ -212,15 +214,22 @@ class HistoryWriter:
         """Write and release batches until `stopping` is set; outages are waited out."""
         backoff = Backoff()
         adopted_at = 0.0
+        # After a failed write the batch is still this writer's: it goes first, until none is.
+        retrying = False
         while not stopping.is_set():
             try:
-                if time.monotonic() - adopted_at > _ADOPT_EVERY_SECONDS:
+                if retrying:
+                    handed = await self._store.unreleased(self._consumer, BATCH)
+                    retrying = bool(handed)
+                elif time.monotonic() - adopted_at > _ADOPT_EVERY_SECONDS:
                     adopted_at = time.monotonic()
                     handed = await self._store.adopt(self._consumer, ADOPT_AFTER_MS, BATCH)
                 else:
                     handed = await self._store.handed_over(self._consumer, BATCH, BLOCK_MS)
                 if handed:
+                    retrying = True
                     await self.flush(handed)
+                    retrying = False
                 backoff.reset()
             except REDIS_AWAY as exc:
                 log.warning("redis unavailable to the history writer (%s); retrying", exc)

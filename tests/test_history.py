@@ -299,6 +299,10 @@ async def test_deliveries_flow_while_postgresql_is_down_and_history_catches_up(
         assert ready.status_code == 503 and "PostgreSQL" in ready.json()["detail"]
         metrics = (await admin.get("/metrics")).text
         assert "relay_postgres_up 0.0" in metrics
+        # What only history holds cannot be read now: a 503 to retry, never a 500.
+        early = await admin.get(f"/v1/webhooks/{hook['id']}/deliveries")
+        assert early.status_code == 503, early.text
+        assert early.headers["retry-after"]
         waiting = await redis_client.xlen(keys.HISTORY)
         assert waiting >= 20, waiting  # 20 events and their 20 deliveries, waiting in Redis
 

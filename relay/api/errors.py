@@ -18,6 +18,7 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
+from relay.history.db import POSTGRES_AWAY
 from relay.services import services
 from relay.store import codec
 from relay.store.idempotency import CLAIM_MOVED, ClaimMoved
@@ -93,6 +94,12 @@ async def on_redis_error(request: Request, exc: Exception) -> Response:
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 
+async def on_history_away(_: Request, exc: Exception) -> Response:
+    """PostgreSQL (or a connection under it) unreachable or too slow: a 503 to retry."""
+    log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
+    return problem(Unavailable("A store is unreachable or too slow; retry shortly."))
+
+
 # Redis replies that mean "not now", not "never": a demoted primary refusing writes during a
 # failover, a replica cut off from its primary, a script holding the server, too few replicas.
 # (redis-py strips READONLY into ReadOnlyError; the others keep their code in the message.)
@@ -122,5 +129,6 @@ EXCEPTION_HANDLERS = {
     redis.exceptions.ConnectionError: on_redis_error,
     redis.exceptions.TimeoutError: on_redis_error,
     redis.exceptions.ResponseError: on_redis_reply,
+    **dict.fromkeys(POSTGRES_AWAY, on_history_away),
     Exception: on_unexpected,
 }

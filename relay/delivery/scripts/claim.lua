@@ -33,6 +33,29 @@ local function unpark(wh)
   end
 end
 
+-- Within one call each endpoint's record and free slots, and each event's payload, are read
+-- once: a batch for one endpoint, or one event's fan-out, does not read them per delivery.
+local endpoints = {}
+local function endpoint(wh)
+  local e = endpoints[wh]
+  if not e then
+    local record = redis.call('GET', K.webhook .. wh)
+    local ok, w = false, nil
+    if record then ok, w = pcall(cjson.decode, record) end
+    e = {record = record, enabled = ok and w.enabled == true,
+      rate = ok and w.rate_limit_per_second or nil}
+    endpoints[wh] = e
+  end
+  return e
+end
+local payloads = {}
+local function payload_of(event_id)
+  if payloads[event_id] == nil then
+    payloads[event_id] = redis.call('HGET', K.event .. event_id, 'payload') or ''
+  end
+  return payloads[event_id]
+end
+
 local sequence = 0
 local taken_over = 0
 local function try(id, score)
@@ -52,39 +75,37 @@ local function try(id, score)
     taken_over = taken_over + 1
   end
   local wh = d[4]
-  local record = redis.call('GET', K.webhook .. wh)
+  local e = endpoint(wh)
   local lease = NOW + A.lease_ms
-  if record then
-    local ok, w = pcall(cjson.decode, record)
-    if ok and w.enabled == true then
-      if free_slots(wh) <= 0 then
-        local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
-        park(id, wh, score, first)
+  if e.enabled then
+    if e.free == nil then e.free = free_slots(wh) end
+    if e.free <= 0 then
+      local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
+      park(id, wh, score, first)
+      return nil
+    end
+    local rate = e.rate
+    if type(rate) == 'number' then
+      local second = math.floor(NOW / 1000)
+      local window = K.rate .. wh .. ':' .. int(second)
+      if tonumber(redis.call('GET', window) or '0') >= rate then
+        park(id, wh, score, (second + 1) * 1000)
         return nil
       end
-      local rate = w.rate_limit_per_second
-      if type(rate) == 'number' then
-        local second = math.floor(NOW / 1000)
-        local window = K.rate .. wh .. ':' .. int(second)
-        if tonumber(redis.call('GET', window) or '0') >= rate then
-          park(id, wh, score, (second + 1) * 1000)
-          return nil
-        end
-        redis.call('INCR', window)
-        redis.call('EXPIRE', window, 2)
-      end
-      redis.call('ZADD', K.slots .. wh, lease, id)
-      redis.call('PEXPIRE', K.slots .. wh, A.lease_ms)
+      redis.call('INCR', window)
+      redis.call('EXPIRE', window, 2)
     end
+    redis.call('ZADD', K.slots .. wh, lease, id)
+    e.free = e.free - 1
+    e.leased = true
   end
   sequence = sequence + 1
   local token = A.owner .. ':' .. int(NOW) .. ':' .. sequence
   redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
     'lease_token', token)
   redis.call('ZADD', K.due, lease, id)
-  local payload = redis.call('HGET', K.event .. d[5], 'payload')
-  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], record or '', payload or '',
-    d[7] or ''}
+  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '',
+    payload_of(d[5]), d[7] or ''}
 end
 
 for _, wh in ipairs(redis.call('ZRANGEBYSCORE', K.wakes, '-inf', NOW, 'LIMIT', 0, A.scan)) do
@@ -96,6 +117,10 @@ for i = 1, #due, 2 do
   if #claims >= A.limit then break end
   local claim = try(due[i], tonumber(due[i + 1]))
   if claim then table.insert(claims, claim) end
+end
+-- A slot set lives as long as the leases in it (each a lease from now).
+for wh, e in pairs(endpoints) do
+  if e.leased then redis.call('PEXPIRE', K.slots .. wh, A.lease_ms) end
 end
 -- How long until anything is due: the caller may sleep that long unless woken.
 local head = nil

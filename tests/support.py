@@ -98,6 +98,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye; what the AOF had is what a restart finds."""
+        assert self.process
+        self.process.kill()
+        self.process.wait(10)
+
 
 # What a test database does not need: surviving a crash. Without them a commit costs no fsync.
 FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -29,7 +29,7 @@ from relay.store import keys
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
-from tests.support import PostgresServer, postgres_dir
+from tests.support import PostgresServer, RedisServer, postgres_dir
 
 
 async def _gone_from_redis(redis_client: redis.asyncio.Redis, timeout: float = 20) -> None:
@@ -358,3 +358,53 @@ async def test_the_audit_trail_moves_to_history_and_reads_the_same(
     assert mine["id"] in {e["object_id"] for e in own}
     created = await admin.get("/v1/audit-log", params={"action": "webhook.create"})
     assert len(created.json()["data"]) == 2
+
+
+async def test_history_is_whole_once_after_redis_is_killed_with_records_on_their_way(
+    make_client: ClientFactory,
+    workers: Workers,
+    own_redis: RedisServer,
+    history_db: asyncpg.Connection,
+) -> None:
+    admin = await make_client(redis_url=own_redis.url)
+    total = 60
+    async with Receiver() as rx:
+        rx.answer(Reply(200, delay=0.05))
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1, RELAY_REDIS_URL=own_redis.url)
+        for start in range(0, total, 20):
+            batch = await asyncio.gather(
+                *(post_event(admin, data={"post_id": str(i)}) for i in range(start, start + 20))
+            )
+            assert all(r.status_code == 202 for r in batch)
+        await rx.wait_for(20, timeout=20)
+        # Past the AOF's one-second fsync, so every accept is on disk; deliveries, releases and
+        # acknowledgements are still happening when Redis dies.
+        await asyncio.sleep(1.2)
+        await asyncio.to_thread(own_redis.kill)
+        await asyncio.to_thread(own_redis.start)
+        client = redis.asyncio.Redis.from_url(own_redis.url)
+        try:
+            await _gone_from_redis(client, timeout=60)
+        finally:
+            await client.aclose()
+
+    assert (
+        await history_db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
+            hook["id"],
+        )
+        == total
+    )
+    assert await history_db.fetchval("SELECT count(*) FROM events") == total
+    per_delivery = await history_db.fetch(
+        "SELECT count(*) AS n, count(DISTINCT number) AS numbers, max(d.attempt_count) AS made "
+        "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id GROUP BY a.delivery_id"
+    )
+    assert len(per_delivery) == total
+    assert all(r["n"] == r["numbers"] == r["made"] for r in per_delivery)
+    # Each delivery counted once in the figures, however often its record was written.
+    counted = await history_db.fetchval(
+        "SELECT sum(n) FROM stats WHERE kind = 'delivery' AND label = 'delivered'"
+    )
+    assert counted == total

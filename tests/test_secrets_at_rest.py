@@ -58,6 +58,10 @@ async def _everything_in(client: redis.asyncio.Redis) -> bytes:
             chunks += await client.smembers(key)  # type: ignore[misc]
         elif kind == "list":
             chunks += await client.lrange(key, 0, -1)  # type: ignore[misc]
+        elif kind == "stream":
+            for _, fields in await client.xrange(key):
+                for field, value in fields.items():
+                    chunks += [field, value]
         else:
             raise AssertionError(f"unexpected Redis type {kind} at {key!r}")
     return b"\n".join(chunks)

@@ -479,6 +479,18 @@ class DeliveryStore:
         """
         if not delivery_ids:
             return 0, []
+        now, outcomes = await self._restart(delivery_ids, allowed)
+        # One that left Redis for history between the look and the script: once more, now
+        # that history has it.
+        moved = [i for i, o in zip(delivery_ids, outcomes, strict=True) if o == "missing"]
+        if moved:
+            again = dict(zip(moved, (await self._restart(moved, allowed))[1], strict=True))
+            outcomes = [again.get(i, o) for i, o in zip(delivery_ids, outcomes, strict=True)]
+        return now, outcomes
+
+    async def _restart(
+        self, delivery_ids: Sequence[str], allowed: frozenset[Status]
+    ) -> tuple[int, list[str]]:
         now, outcomes = await self._run(
             Transition.RESTART,
             {

@@ -8,7 +8,7 @@ import orjson
 import pydantic
 
 from relay import logs, tracing
-from relay.delivery.store import UPSTREAM_WINDOW_SECONDS, NewEvent, PlannedDelivery
+from relay.delivery.store import NewEvent, PlannedDelivery
 from relay.events import EVENT_TYPES, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
@@ -43,7 +43,9 @@ async def accept(
     targets = [w for w in await ctx.webhooks.of_tenant(spec.tenant_id) if w.wants(spec.type)]
     moment = now()
     now_ms = int(moment.timestamp() * 1000)
-    if spec.id is not None and (earlier := await _accepted_long_ago(ctx, spec, now_ms)):
+    if spec.id is not None and (
+        earlier := await ctx.events.first_with_upstream_id(spec.tenant_id, spec.id)
+    ):
         return await event_view(ctx, earlier), False
     event_id = new_id("evt", now_ms)
     created_at = rfc3339(moment)
@@ -69,14 +71,6 @@ async def accept(
         return await event_view(ctx, await ctx.events.get(first)), False
     ctx.counts.add(f"events_accepted:{spec.type}")
     return view, True
-
-
-async def _accepted_long_ago(ctx: Services, spec: EventIn, now_ms: int) -> StoredEvent | None:
-    """The event this upstream id was accepted as before Redis's window of upstream ids."""
-    assert spec.id is not None
-    # A minute of overlap with the window, so that clocks a little apart leave no gap.
-    before_ms = now_ms - UPSTREAM_WINDOW_SECONDS * 1000 + 60_000
-    return await ctx.events.first_with_upstream_id(spec.tenant_id, spec.id, before_ms)
 
 
 def _view(

@@ -45,10 +45,8 @@ class Archive(Protocol):
     async def event(self, event_id: str) -> StoredEvent | None:
         """An event by id, or None."""
 
-    async def event_with_upstream_id(
-        self, tenant_id: str, upstream_id: str, before_ms: int
-    ) -> StoredEvent | None:
-        """The event a tenant's upstream id was first accepted as, made before `before_ms`."""
+    async def event_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
+        """The event a tenant's upstream id was first accepted as."""
 
     async def event_page(
         self, query: EventFilter, limit: int, before: str | None

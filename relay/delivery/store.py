@@ -187,9 +187,10 @@ _CLAIM_SCAN = 200
 _TRIM_INDEXES, _TRIM_PER_INDEX = 500, 500
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
-# How long Redis remembers an upstream id (one small key per event that has one); further back
-# the API asks history (`EventStore.first_with_upstream_id`), so Redis does not grow with it.
-UPSTREAM_WINDOW_SECONDS = 86_400
+# How long Redis still remembers an event's upstream id once history has the event: covers an
+# accept that looked in history just before the event was written there. After it, the API
+# finds the id in history (`EventStore.first_with_upstream_id`); Redis does not grow with it.
+UPSTREAM_GRACE_SECONDS = 60
 # Records waiting for the history writer past which new events are refused (503): PostgreSQL
 # away or too slow must not grow Redis until it runs out of memory. Each waiting record holds
 # its delivery (~1-3 KB with attempts and payload share) in Redis: 200,000 is ~0.5 GB.
@@ -269,7 +270,6 @@ class DeliveryStore:
         arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
-        arg["upstream_ttl"] = min(self._retention, UPSTREAM_WINDOW_SECONDS)
         arg["live"] = len(deliveries)
         arg["history_max"] = self._history_backlog
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
@@ -640,6 +640,7 @@ class DeliveryStore:
                     "tenant_audit": keys.tenant_audit(""),
                 },
                 "entries": [h.entry_id for h in handed],
+                "upstream_grace": UPSTREAM_GRACE_SECONDS,
                 "events": [h.event.id for h in handed if h.event is not None],
                 "audits": [
                     [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None

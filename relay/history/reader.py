@@ -179,8 +179,7 @@ ATTEMPTS = (
     "ORDER BY number"
 )
 EVENT_BY_UPSTREAM_ID = (
-    "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 AND created_at < $3 "
-    "ORDER BY created_at LIMIT 1"
+    "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 ORDER BY created_at LIMIT 1"
 )
 FAILED_AFTER = (
     "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 AND status = 'failed' "
@@ -275,20 +274,15 @@ class PostgresArchive:
         row = await (await self._db.pool()).fetchrow(EVENT_BY_ID, event_id, when)
         return _event(row) if row else None
 
-    async def event_with_upstream_id(
-        self, tenant_id: str, upstream_id: str, before_ms: int
-    ) -> StoredEvent | None:
-        """The event a tenant's upstream id was first accepted as, made before `before_ms`.
+    async def event_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
+        """The event a tenant's upstream id was first accepted as.
 
         None too while PostgreSQL is away: accepting events must not wait for history, and
-        Redis still remembers upstream ids for a day.
+        Redis still remembers the upstream ids of every event not yet written there.
         """
         try:
             row = await (await self._db.pool()).fetchrow(
-                EVENT_BY_UPSTREAM_ID,
-                tenant_id,
-                upstream_id,
-                datetime.fromtimestamp(before_ms / 1000, UTC),
+                EVENT_BY_UPSTREAM_ID, tenant_id, upstream_id
             )
         except POSTGRES_AWAY as exc:
             log.warning("cannot look for upstream id in history (%s); accepting it as new", exc)

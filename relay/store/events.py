@@ -58,12 +58,10 @@ class EventStore:
             raise NotFound("No such event.")
         return archived
 
-    async def first_with_upstream_id(
-        self, tenant_id: str, upstream_id: str, before_ms: int
-    ) -> StoredEvent | None:
-        """The event an upstream id was first accepted as before `before_ms`, from history:
-        past the window in which Redis remembers upstream ids."""
-        return await self._archive.event_with_upstream_id(tenant_id, upstream_id, before_ms)
+    async def first_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
+        """The event an upstream id was first accepted as, if history has it (Redis remembers
+        the upstream ids of the events it still holds; the accept script looks there)."""
+        return await self._archive.event_with_upstream_id(tenant_id, upstream_id)
 
     async def _live(self, event_ids: list[str]) -> list[StoredEvent]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -57,7 +57,9 @@ end
 -- finished from its plan whatever happens to this writer.
 commit(A.commit)
 if A.upstream_key ~= cjson.null then
-  redis.call('SET', A.upstream_key, A.id, 'EX', A.upstream_ttl)
+  -- Kept while the event is in Redis; `release` shortens it once history has the event.
+  redis.call('SET', A.upstream_key, A.id, 'EX', A.ttl)
+  redis.call('HSET', K.event, 'upstream_key', A.upstream_key)
 end
 -- The delivery ids (ARGV[2]) and the plan come as raw JSON: decoding them would cost as much
 -- as a chunk.

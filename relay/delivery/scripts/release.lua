@@ -5,8 +5,10 @@
 -- comes back to the writer when it ends again. An event leaves once it is written and none of
 -- its deliveries is left in Redis (`live` counts them).
 local function forget_event(id)
-  local e = redis.call('HMGET', K.event .. id, 'tenant_id', 'live', 'stored')
+  local e = redis.call('HMGET', K.event .. id, 'tenant_id', 'live', 'stored', 'upstream_key')
   if e[1] and e[3] == '1' and tonumber(e[2] or '0') <= 0 then
+    -- History answers for its upstream id from now on, after a short overlap.
+    if e[4] then redis.call('EXPIRE', e[4], A.upstream_grace) end
     redis.call('DEL', K.event .. id)
     redis.call('ZREM', K.events, id)
     redis.call('ZREM', K.tenant_events .. e[1], id)

@@ -83,7 +83,10 @@ class DeliveryWorker:
                     task = asyncio.create_task(self._attempt(claim))
                     self._tasks.add(task)
                     task.add_done_callback(self._finished)
-                if not poll.claims:
+                # Fewer than asked for, and nothing else due now: asking again at once would
+                # only come back empty, so wait for a wake-up or the next due time.
+                due_now = poll.next_due_in_ms is not None and poll.next_due_in_ms <= 0
+                if len(poll.claims) < free and not due_now:
                     await self._idle(poll.next_due_in_ms)
                 backoff.reset()
             except REDIS_AWAY as exc:

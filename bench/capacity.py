@@ -723,17 +723,21 @@ async def queries(
     conn = await asyncpg.connect(bench.postgres.url)
     try:
         rows = {t: await row_count(conn, t) for t in ("deliveries", "attempts", "events")}
-        # Samples spread over every partition, so answers come from all days, not a warm one.
+        # Samples spread over every partition, so answers come from all days, not a warm one;
+        # enough pages that the seeded tenants' rows fill the sample even on a small table.
+        share = min(100.0, 100.0 * opts.repeats * 50 / max(1, rows["deliveries"]))
         sampled_events = await conn.fetch(
-            "SELECT tenant_id, upstream_id FROM events TABLESAMPLE SYSTEM (1) "
+            f"SELECT tenant_id, upstream_id FROM events TABLESAMPLE SYSTEM ({share}) "
             "WHERE tenant_id LIKE 'cap\\_%' ORDER BY random() LIMIT $1",
             opts.repeats,
         )
         sampled_deliveries = await conn.fetch(
-            "SELECT id FROM deliveries TABLESAMPLE SYSTEM (1) "
+            f"SELECT id FROM deliveries TABLESAMPLE SYSTEM ({share}) "
             "WHERE tenant_id LIKE 'cap\\_%' ORDER BY random() LIMIT $1",
             opts.repeats,
         )
+        if not sampled_events or not sampled_deliveries:
+            raise LoadError("no seeded rows to look up")
     finally:
         await conn.close()
     rng = random.Random(11)

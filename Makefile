@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench fanout soak chaos clean redis postgres chromium faketime promtool image
+.PHONY: run test lint bench fanout soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -38,6 +38,11 @@ soak: $(STAMP) redis postgres
 # Load while workers and Redis are killed, paused and clock-skewed; nothing may be lost or stuck.
 chaos: $(STAMP) redis postgres faketime
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+# Redis memory under a million deliveries, Redis commands per delivery, lists on 10 M deliveries
+# in PostgreSQL and dropping a day of a million.
+capacity: $(STAMP) redis postgres
+	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
 
 # Debian's redis-server, installed only when it is not on PATH already.
 redis:

@@ -188,13 +188,17 @@ async def post_burst(api: Api, tenant: str, count: int, concurrency: int) -> Pos
     return posted
 
 
-async def post_paced(api: Api, tenant: str, rate: float, count: int) -> Posted:
+async def post_paced(
+    api: Api, tenant: str, rate: float, count: int, into: Posted | None = None
+) -> Posted:
     """POST `count` events at `rate` per second on a fixed schedule (an open loop).
 
     Each POST starts on time whatever the previous ones are doing, so a slow answer does not
-    lower the rate; how late the scheduler itself ran is kept in `max_lag`.
+    lower the rate; how late the scheduler itself ran is kept in `max_lag`. Outcomes go to
+    `into` when given, so a watcher can read the progress of a long round while it runs.
     """
-    posted = Posted(started=time.time())
+    posted = into if into is not None else Posted()
+    posted.started = time.time()
     loop = asyncio.get_running_loop()
     began = loop.time()
     tasks: list[asyncio.Task[None]] = []

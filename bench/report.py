@@ -329,9 +329,6 @@ def render(results: Results) -> str:
 
 def write(results: Results) -> Path:
     """Write the results as JSON to bench/results/bench-<timestamp>.json."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"bench-{stamp}.json"
     fastest = results.fastest_limit()
     document = {
         **asdict(results),
@@ -350,6 +347,14 @@ def write(results: Results) -> Path:
             ],
         },
     }
+    return save("bench", document)
+
+
+def save(kind: str, document: dict[str, Any]) -> Path:
+    """Write a harness's results as JSON to bench/results/<kind>-<timestamp>.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{kind}-{stamp}.json"
     # NaN (a percentile of nothing) is not JSON: write null instead.
     path.write_text(json.dumps(_no_nan(document), indent=2) + "\n")
     return path

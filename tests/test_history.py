@@ -20,11 +20,11 @@ import orjson
 import pytest
 import redis.asyncio
 
-from relay import ids
+from relay import audit, ids
 from relay.delivery.archive import Archive
-from relay.delivery.store import DeliveryStore, NewEvent
+from relay.delivery.store import DeliveryStore, Handover, NewEvent
 from relay.errors import Unavailable
-from relay.history import migrations, partitions, reader
+from relay.history import migrations, partitions, reader, writer
 from relay.store import keys
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
@@ -411,3 +411,20 @@ async def test_history_is_whole_once_after_redis_is_killed_with_records_on_their
         "SELECT sum(n) FROM stats WHERE kind = 'delivery' AND label = 'delivered'"
     )
     assert counted == total
+
+
+async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
+    postgres_server: PostgresServer, history_db: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).date()
+    await partitions.ensure(history_db, [today])
+    await partitions.drop_before(history_db, today + timedelta(days=1))
+    made = {today}  # as a writer that wrote before the drop remembers it
+    entry = audit.entry("webhook.create", audit.Actor("tok_1", "admin"), "wh_1", "t1", None)
+    pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=1)
+    try:
+        await writer.write(pool, [Handover("1-0", audit=entry)], made)
+    finally:
+        await pool.close()
+    assert await history_db.fetchval("SELECT count(*) FROM audit") == 1
+    assert made == {today}

@@ -16,7 +16,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 
@@ -118,8 +119,12 @@ def _columns(rows: Sequence[Sequence[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
-    """Write a batch of records in one transaction (a repeat leaves the same rows)."""
+async def write(pool: asyncpg.Pool, handed: Sequence[Handover], made: set[date]) -> None:
+    """Write a batch of records in one transaction (a repeat leaves the same rows).
+
+    `made`: the days whose partitions this writer knows exist; those the batch needs beyond
+    them are made first (and added). A day dropped by retention since is made again.
+    """
     events = [h.event for h in handed if h.event is not None]
     deliveries = [h for h in handed if h.delivery is not None]
     event_rows = [
@@ -186,17 +191,36 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover]) -> None:
     moments = [r[2] for r in event_rows + delivery_rows] + [r[11] for r in delivery_rows]
     moments += [r[5] for r in attempt_rows] + [r[2] for r in audit_rows]
     days = {partitions.day_of(m) for m in moments if m is not None}
+    rows = (event_rows, delivery_rows, attempt_rows, audit_rows)
     async with pool.acquire() as conn:
-        await partitions.ensure(conn, days)
-        async with conn.transaction():
-            if event_rows:
-                await conn.execute(_EVENTS, *_columns(event_rows))
-            if delivery_rows:
-                await conn.execute(_DELIVERIES, *_columns(delivery_rows))
-            if attempt_rows:
-                await conn.execute(_ATTEMPTS, *_columns(attempt_rows), BUCKET_BOUNDS_MS)
-            if audit_rows:
-                await conn.execute(_AUDIT, *_columns(audit_rows))
+        try:
+            await _insert(conn, days - made, *rows)
+        except asyncpg.CheckViolationError:  # no partition for a row: retention dropped one
+            made.clear()
+            await _insert(conn, days, *rows)
+        made |= days
+
+
+async def _insert(
+    conn: asyncpg.Connection,
+    missing: set[date],
+    event_rows: list[tuple[Any, ...]],
+    delivery_rows: list[tuple[Any, ...]],
+    attempt_rows: list[tuple[Any, ...]],
+    audit_rows: list[tuple[Any, ...]],
+) -> None:
+    """Make the `missing` days' partitions, then insert the rows in one transaction."""
+    if missing:
+        await partitions.ensure(conn, missing)
+    async with conn.transaction():
+        if event_rows:
+            await conn.execute(_EVENTS, *_columns(event_rows))
+        if delivery_rows:
+            await conn.execute(_DELIVERIES, *_columns(delivery_rows))
+        if attempt_rows:
+            await conn.execute(_ATTEMPTS, *_columns(attempt_rows), BUCKET_BOUNDS_MS)
+        if audit_rows:
+            await conn.execute(_AUDIT, *_columns(audit_rows))
 
 
 class HistoryWriter:
@@ -209,6 +233,8 @@ class HistoryWriter:
         self._pool = pool
         self._consumer = consumer
         self._counts = counts
+        # Days whose partitions exist, so a batch does not ask the catalog each time.
+        self._partitions: set[date] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Write and release batches until `stopping` is set; outages are waited out."""
@@ -247,5 +273,5 @@ class HistoryWriter:
 
     async def flush(self, handed: Sequence[Handover]) -> None:
         """Write one batch to PostgreSQL, then let it go from Redis."""
-        await write(self._pool, handed)
+        await write(self._pool, handed, self._partitions)
         await self._store.release(handed)

@@ -51,6 +51,23 @@ async def _gone_from_redis(redis_client: redis.asyncio.Redis, timeout: float = 2
         await asyncio.sleep(0.1)
 
 
+async def _history_is_whole(conn: asyncpg.Connection, webhook_id: str, total: int) -> None:
+    """Every delivery delivered and written once, with its event, and each of its attempts
+    once (a delivery sent twice, as at least once allows, logs both attempts)."""
+    delivered = await conn.fetchval(
+        "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
+        webhook_id,
+    )
+    assert delivered == total
+    assert await conn.fetchval("SELECT count(*) FROM events") == total
+    per_delivery = await conn.fetch(
+        "SELECT count(*) AS n, count(DISTINCT number) AS numbers, max(d.attempt_count) AS made "
+        "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id GROUP BY a.delivery_id"
+    )
+    assert len(per_delivery) == total
+    assert all(r["n"] == r["numbers"] == r["made"] for r in per_delivery)
+
+
 async def _delivery(admin: httpx.AsyncClient, delivery_id: str) -> dict[str, Any]:
     response = await admin.get(f"/v1/deliveries/{delivery_id}")
     assert response.status_code == 200, response.text
@@ -222,21 +239,7 @@ async def test_history_has_every_delivery_once_after_a_writer_is_killed_mid_batc
         # What the killed writer held is adopted once it has been idle long enough.
         await _gone_from_redis(redis_client, timeout=60)
 
-    assert (
-        await history_db.fetchval(
-            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
-            hook["id"],
-        )
-        == total
-    )
-    assert await history_db.fetchval("SELECT count(*) FROM events") == total
-    # Each delivery's attempts, once each: a delivery sent twice (at least once) logs two.
-    per_delivery = await history_db.fetch(
-        "SELECT delivery_id, count(*) AS n, count(DISTINCT number) AS numbers "
-        "FROM attempts GROUP BY delivery_id"
-    )
-    assert len(per_delivery) == total
-    assert all(r["n"] == r["numbers"] for r in per_delivery)
+    await _history_is_whole(history_db, hook["id"], total)
 
 
 async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
@@ -392,20 +395,7 @@ async def test_history_is_whole_once_after_redis_is_killed_with_records_on_their
         finally:
             await client.aclose()
 
-    assert (
-        await history_db.fetchval(
-            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'delivered'",
-            hook["id"],
-        )
-        == total
-    )
-    assert await history_db.fetchval("SELECT count(*) FROM events") == total
-    per_delivery = await history_db.fetch(
-        "SELECT count(*) AS n, count(DISTINCT number) AS numbers, max(d.attempt_count) AS made "
-        "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id GROUP BY a.delivery_id"
-    )
-    assert len(per_delivery) == total
-    assert all(r["n"] == r["numbers"] == r["made"] for r in per_delivery)
+    await _history_is_whole(history_db, hook["id"], total)
     # Each delivery counted once in the figures, however often its record was written.
     counted = await history_db.fetchval(
         "SELECT sum(n) FROM stats WHERE kind = 'delivery' AND label = 'delivered'"

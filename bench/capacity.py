@@ -716,6 +716,22 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+async def _sample(
+    conn: asyncpg.Connection, columns: str, table: str, share: float, opts: Options
+) -> list[asyncpg.Record]:
+    """Up to `repeats` seeded rows picked at random, from a sample of the table's pages; on a
+    table of a few pages the sample can miss every seeded one, so then from the whole table."""
+    for sample in (f"TABLESAMPLE SYSTEM ({share})", ""):
+        rows = await conn.fetch(
+            f"SELECT {columns} FROM {table} {sample} "
+            "WHERE tenant_id LIKE 'cap\\_%' ORDER BY random() LIMIT $1",
+            opts.repeats,
+        )
+        if rows:
+            return rows
+    return []
+
+
 async def queries(
     bench: Bench, admin: Api, opts: Options, hooks: list[list[str]], seeded: SeedFigures
 ) -> QueriesFigures:
@@ -726,16 +742,8 @@ async def queries(
         # Samples spread over every partition, so answers come from all days, not a warm one;
         # enough pages that the seeded tenants' rows fill the sample even on a small table.
         share = min(100.0, 100.0 * opts.repeats * 50 / max(1, rows["deliveries"]))
-        sampled_events = await conn.fetch(
-            f"SELECT tenant_id, upstream_id FROM events TABLESAMPLE SYSTEM ({share}) "
-            "WHERE tenant_id LIKE 'cap\\_%' ORDER BY random() LIMIT $1",
-            opts.repeats,
-        )
-        sampled_deliveries = await conn.fetch(
-            f"SELECT id FROM deliveries TABLESAMPLE SYSTEM ({share}) "
-            "WHERE tenant_id LIKE 'cap\\_%' ORDER BY random() LIMIT $1",
-            opts.repeats,
-        )
+        sampled_events = await _sample(conn, "tenant_id, upstream_id", "events", share, opts)
+        sampled_deliveries = await _sample(conn, "id", "deliveries", share, opts)
         if not sampled_events or not sampled_deliveries:
             raise LoadError("no seeded rows to look up")
     finally:

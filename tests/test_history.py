@@ -22,7 +22,7 @@ import redis.asyncio
 
 from relay import audit, ids
 from relay.delivery.archive import Archive
-from relay.delivery.store import DeliveryStore, Handover, NewEvent
+from relay.delivery.store import DeliveryStore, Handover, NewEvent, PlannedDelivery
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
 from relay.store import keys
@@ -418,3 +418,20 @@ async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
         await pool.close()
     assert await history_db.fetchval("SELECT count(*) FROM audit") == 1
     assert made == {today}
+
+
+async def test_an_event_from_before_deliveries_were_counted_stays_for_its_deliveries(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
+    created = "2026-01-01T00:00:00.000Z"
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery(ids.new_id("dlv"), "wh_1")])
+    # As a release that did not count an event's deliveries in Redis wrote it.
+    await redis_client.hdel(keys.event(event.id), "live")
+    [handed] = await store.handed_over("writer", 10, 10)
+    assert handed.event is not None and handed.event.id == event.id
+    await store.release([handed])
+    # Its delivery is still pending: the event, and the payload it is sent with, must stay.
+    assert await redis_client.hget(keys.event(event.id), "payload") == b"{}"
+    assert await redis_client.xlen(keys.HISTORY) == 0

@@ -52,3 +52,6 @@ async def test_event_reaches_every_matching_webhook_of_its_tenant_signed(
         assert attempt["number"] == 1 and attempt["status_code"] == 200
         assert attempt["request_headers"]["webhook-id"] == event["id"]
         assert "whsec_" not in orjson.dumps(attempt).decode()
+        # The receiver got the custom header's value; the log names it without it.
+        if d["webhook_id"] == a["id"]:
+            assert attempt["request_headers"]["X-Custom"] == "[redacted]"

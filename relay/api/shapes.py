@@ -253,7 +253,9 @@ class Attempt(Shape):
     response_body: str = Field(
         description="The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)"
     )
-    request_headers: Headers
+    request_headers: Headers = Field(
+        description="What was sent; the webhook's custom headers show '[redacted]' for a value"
+    )
     # Optional: attempts logged before relay recorded it have none.
     url: str = Field("", description="Where the attempt went (empty if none was made)")
 

@@ -40,6 +40,9 @@ RECOVER_BATCH = 200
 RECOVER_JOB = "recover"
 
 
+REDACTED = "[redacted]"
+
+
 @dataclass(frozen=True, slots=True)
 class ReceiverRequest:
     """Exactly what a receiver gets: where, which bytes, which headers."""
@@ -47,11 +50,14 @@ class ReceiverRequest:
     url: str
     body: bytes
     headers: dict[str, str]
+    custom: frozenset[str] = frozenset()  # the webhook's own header names
 
     @property
     def logged_headers(self) -> dict[str, str]:
-        """The headers as the attempt log shows them (the sender adds user-agent)."""
-        return {**self.headers, "user-agent": USER_AGENT}
+        """The headers as the attempt log shows them (the sender adds user-agent): a custom
+        header's value is often a credential for the receiver, so only its name is kept."""
+        shown = {k: REDACTED if k in self.custom else v for k, v in self.headers.items()}
+        return {**shown, "user-agent": USER_AGENT}
 
 
 def receiver_request(
@@ -62,7 +68,7 @@ def receiver_request(
     headers = delivery_headers(webhook, signing, event_id, now_ms // 1000, body)
     if test:
         headers["webhook-test"] = "true"
-    return ReceiverRequest(webhook.url, body, headers)
+    return ReceiverRequest(webhook.url, body, headers, frozenset(webhook.headers))
 
 
 class _Once:

@@ -22,10 +22,13 @@ import redis.asyncio
 
 from relay import audit, ids
 from relay.delivery.archive import Archive
+from relay.delivery.model import Attempt, Settlement, Status
 from relay.delivery.store import DeliveryStore, Handover, NewEvent, PlannedDelivery
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
+from relay.history.db import Database
 from relay.store import keys
+from relay.timefmt import rfc3339
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
@@ -435,3 +438,37 @@ async def test_an_event_from_before_deliveries_were_counted_stays_for_its_delive
     # Its delivery is still pending: the event, and the payload it is sent with, must stay.
     assert await redis_client.hget(keys.event(event.id), "payload") == b"{}"
     assert await redis_client.xlen(keys.HISTORY) == 0
+
+
+async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_written_yet(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
+    await redis_client.set(
+        keys.webhook("wh_1"), orjson.dumps({"id": "wh_1", "enabled": True, "tenant_id": "t1"})
+    )
+    created = datetime.now(UTC)
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", rfc3339(created), 0, None, b"{}")
+    delivery_id = ids.new_id("dlv")
+    await store.accept(event, [PlannedDelivery(delivery_id, "wh_1")])
+    [claim] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    attempt = Attempt(1, rfc3339(created), 5, 500, None, "", {}, "http://127.0.0.1/")
+    failed = Settlement(Status.FAILED, attempt, None, 500, "HTTP 500", endpoint_ok=False)
+    assert (await store.settle(claim, failed)).written
+    # The delivery's entry is written and released; its event's is not yet (another writer
+    # holds it): history has the delivery, only Redis the event.
+    handed = await store.handed_over("writer", 10, 10)
+    [finished] = [h for h in handed if h.delivery is not None]
+    database = Database(postgres_server.url)
+    try:
+        await writer.write(await database.pool(), [finished], set())
+    finally:
+        await database.aclose()
+    await store.release([finished])
+    assert not await redis_client.exists(keys.delivery(delivery_id))
+
+    _, [outcome] = await store.restart([delivery_id], frozenset({Status.FAILED}))
+    assert outcome == "ok"
+    again = await store.get(delivery_id)
+    assert again.status is Status.PENDING and again.attempt_count == 1
+    assert await redis_client.hget(keys.event(event.id), "live") == b"1"

@@ -519,19 +519,22 @@ class DeliveryStore:
             present = await pipe.execute()
         gone = [i for i, here in zip(delivery_ids, present, strict=True) if not here]
         revive: dict[str, dict[str, Any]] = {}
+        events: dict[str, StoredEvent | None] = {}  # an event's deliveries share one look-up
         for delivery in await self._archive.deliveries(gone) if gone else []:
-            event = await self._archive.event(delivery.event_id)
-            if delivery.status not in allowed or event is None:
-                revive[delivery.id] = {"status": delivery.status.value}
+            revive[delivery.id] = {"status": delivery.status.value}
+            if delivery.status not in allowed:
                 continue
-            revive[delivery.id] = {
-                "status": delivery.status.value,
-                "delivery": _flat(_hash_of(delivery)),
-                "indexes": _delivery_indexes(delivery.tenant_id, delivery.webhook_id),
-                "event_id": event.id,
-                "event": _flat(_event_hash(event)),
-                "event_indexes": [keys.EVENTS, keys.tenant_events(event.tenant_id)],
-            }
+            if delivery.event_id not in events:
+                events[delivery.event_id] = await self._archive.event(delivery.event_id)
+            event = events[delivery.event_id]
+            revive[delivery.id].update(
+                delivery=_flat(_hash_of(delivery)),
+                indexes=_delivery_indexes(delivery.tenant_id, delivery.webhook_id),
+                event_id=delivery.event_id,
+                # None when history has not written the event yet: it is then still in Redis.
+                event=_flat(_event_hash(event)) if event else None,
+                event_indexes=[keys.EVENTS, keys.tenant_events(delivery.tenant_id)],
+            )
         return revive
 
     async def cancel(self, delivery_id: str) -> str:

@@ -6,18 +6,22 @@
 local allowed = {}
 for _, status in ipairs(A.allowed) do allowed[status] = true end
 
+-- False when neither Redis nor history has its event (nothing to send): it stays in history.
 local function revive(id, r)
+  local event = K.event .. r.event_id
+  local here = redis.call('EXISTS', event) == 1
+  if not here and r.event == cjson.null then return false end
   local key = K.delivery .. id
   redis.call('HSET', key, unpack(r.delivery))
   for _, index in ipairs(r.indexes) do redis.call('ZADD', index, 0, id) end
-  local event = K.event .. r.event_id
-  if redis.call('EXISTS', event) == 1 then
+  if here then
     redis.call('HINCRBY', event, 'live', 1)
   else
     redis.call('HSET', event, unpack(r.event))
     redis.call('HSET', event, 'live', 1, 'stored', 1)
     for _, index in ipairs(r.event_indexes) do redis.call('ZADD', index, 0, r.event_id) end
   end
+  return true
 end
 
 local out = {}
@@ -26,12 +30,11 @@ for _, id in ipairs(A.ids) do
   local key = K.delivery .. id
   local st = redis.call('HMGET', key, 'status', 'attempt_count')
   local r = A.revive[id]
-  if not st[1] and r and allowed[r.status] then
-    revive(id, r)
+  if not st[1] and r and allowed[r.status] and revive(id, r) then
     st = redis.call('HMGET', key, 'status', 'attempt_count')
   end
   if not st[1] then
-    table.insert(out, r and r.status or 'missing')
+    table.insert(out, r and not allowed[r.status] and r.status or 'missing')
   elseif not allowed[st[1]] then
     table.insert(out, st[1])
   else

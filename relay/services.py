@@ -125,7 +125,6 @@ class Services:
                 redis,
                 settings.retention_seconds,
                 settings.disable_after,
-                settings.retry_schedule.longest_wait_seconds,
                 archive,
             ),
             jobs=JobQueue(redis),

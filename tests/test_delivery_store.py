@@ -24,7 +24,7 @@ def _result(code: int) -> Settlement:
 async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
     await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
     event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
     await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])

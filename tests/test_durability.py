@@ -79,7 +79,7 @@ async def test_a_delivery_whose_worker_died_after_claiming_it_is_taken_over(
         event = (await post_event(admin)).json()["data"]
         [delivery] = event["deliveries"]
         # A worker that claims the delivery and dies before it sends anything.
-        doomed = DeliveryStore(redis_client, 60, 3600, 0, archive)
+        doomed = DeliveryStore(redis_client, 60, 3600, archive)
         poll = await doomed.claim("doomed", 10, lease_ms=1500, concurrency=4)
         assert [c.delivery_id for c in poll.claims] == [delivery["id"]]
         await workers()
@@ -175,7 +175,6 @@ async def test_retention_trims_every_index(
         redis_client,
         retention_seconds=60,
         disable_after_seconds=3600,
-        longest_schedule_seconds=0,
         archive=archive,
     )
     assert await store.trim(int(time.time() * 1000)) == 0
@@ -213,7 +212,6 @@ async def test_retention_works_in_bounded_chunks_and_resumes_where_it_stopped(
         Counted(connection_pool=redis_client.connection_pool),
         retention_seconds=60,
         disable_after_seconds=3600,
-        longest_schedule_seconds=0,
         archive=archive,
     )
     removed, big_left, calls_per_pass = 0, [], []

@@ -29,7 +29,7 @@ UPSTREAM_ID = "post-77-published"
 def _store(
     redis_client: redis.asyncio.Redis, archive: Archive, chunk: int = FANOUT_CHUNK
 ) -> DeliveryStore:
-    return DeliveryStore(redis_client, 3600, 3600, 60, archive, fanout_chunk=chunk)
+    return DeliveryStore(redis_client, 3600, 3600, archive, fanout_chunk=chunk)
 
 
 def _event(upstream_id: str | None = UPSTREAM_ID) -> NewEvent:

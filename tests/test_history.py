@@ -327,7 +327,7 @@ async def test_deliveries_flow_while_postgresql_is_down_and_history_catches_up(
 async def test_past_the_history_backlog_bound_new_events_are_refused_not_stored(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, 60, archive, history_backlog=3)
+    store = DeliveryStore(redis_client, 3600, 3600, archive, history_backlog=3)
 
     def event() -> NewEvent:
         created = "2026-01-01T00:00:00.000Z"
@@ -426,7 +426,7 @@ async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
 async def test_an_event_from_before_deliveries_were_counted_stays_for_its_deliveries(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
     created = "2026-01-01T00:00:00.000Z"
     event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, b"{}")
     await store.accept(event, [PlannedDelivery(ids.new_id("dlv"), "wh_1")])
@@ -443,7 +443,7 @@ async def test_an_event_from_before_deliveries_were_counted_stays_for_its_delive
 async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_written_yet(
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, 60, archive)
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
     await redis_client.set(
         keys.webhook("wh_1"), orjson.dumps({"id": "wh_1", "enabled": True, "tenant_id": "t1"})
     )

@@ -67,12 +67,6 @@ class RetryPolicy:
         return cls(schedule=tuple(steps))
 
     @property
-    def longest_wait_seconds(self) -> int:
-        """An upper bound on the time from a cycle's first attempt to its last."""
-        # Each wait is a jittered step or a Retry-After, and neither exceeds the largest step.
-        return math.ceil(max(self.schedule) * len(self.schedule) * (1 + self.jitter))
-
-    @property
     def max_attempts(self) -> int:
         """Attempts a delivery gets before it fails: the first plus one per step."""
         return len(self.schedule) + 1

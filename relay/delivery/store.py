@@ -41,13 +41,25 @@ from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 from relay.timefmt import from_timestamp, read_rfc3339
 
 
+# Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
+# like any other: the scripts that do not need it are spared it).
+_CLOCK = """
+local NOW
+do
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+
 @cache
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (JSON argument, Redis clock,
-    idempotency commits)."""
+    """The Lua of one script, after the shared preludes (JSON argument, Redis clock where the
+    script reads it, idempotency commits)."""
     folder = resources.files("relay.delivery") / "scripts"
     prelude = (folder / "prelude.lua").read_text()
-    return prelude + COMMIT + (folder / f"{name}.lua").read_text()
+    body = (folder / f"{name}.lua").read_text()
+    return prelude + (_CLOCK if "NOW" in body else "") + COMMIT + body
 
 
 def _text(value: bytes | None) -> str | None:
@@ -205,7 +217,6 @@ class DeliveryStore:
         redis: Redis,
         retention_seconds: int,
         disable_after_seconds: int,
-        longest_schedule_seconds: int,
         archive: Archive,
         fanout_chunk: int = FANOUT_CHUNK,
         history_backlog: int = HISTORY_BACKLOG,
@@ -216,8 +227,6 @@ class DeliveryStore:
         self._group_ready = False
         self._chunk = fanout_chunk
         self._retention = retention_seconds
-        # While a schedule runs, its keys live until it could end, plus the retention window.
-        self._keep = retention_seconds + longest_schedule_seconds
         # A failure streak is forgotten after twice the disable threshold without failures.
         self._failing_ttl_ms = disable_after_seconds * 2000
         self._scripts: dict[Transition, AsyncScript] = {
@@ -464,7 +473,6 @@ class DeliveryStore:
                 "last_error": result.last_error or "",
                 "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
                 "failing_ttl_ms": self._failing_ttl_ms,
-                "keep_seconds": self._keep,
             },
         )
         failing = reply[1]
@@ -504,7 +512,6 @@ class DeliveryStore:
                 "ids": list(delivery_ids),
                 "revive": await self._revivals(delivery_ids, allowed),
                 "allowed": sorted(s.value for s in allowed),
-                "keep_seconds": self._keep,
             },
         )
         return int(now), [r.decode() for r in outcomes]

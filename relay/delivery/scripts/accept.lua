@@ -16,7 +16,6 @@ local function write(deliveries, skip_written)
         'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
         'updated_ms', int(A.created_ms))
       if A.traceparent ~= '' then redis.call('HSET', d.key, 'traceparent', A.traceparent) end
-      redis.call('EXPIRE', d.key, A.ttl)
       for _, index in ipairs(d.indexes) do redis.call('ZADD', index, 0, d.id) end
       redis.call('SADD', K.indexes, d.indexes[2], d.indexes[3])
       redis.call('ZADD', K.due, NOW, d.id)
@@ -66,7 +65,6 @@ end
 redis.call('HSET', K.event, 'payload', A.payload, 'type', A.type, 'tenant_id', A.tenant_id,
   'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', ARGV[2],
   'live', A.live)
-redis.call('EXPIRE', K.event, A.ttl)
 redis.call('ZADD', K.events, 0, A.id)
 redis.call('ZADD', K.tenant_events, 0, A.id)
 redis.call('SADD', K.indexes, K.tenant_events)
@@ -74,7 +72,7 @@ redis.call('SADD', K.indexes, K.tenant_events)
 archive('e', A.id)
 write(A.deliveries, false)
 if A.step == 'begin' then
-  redis.call('SET', K.plan, ARGV[3], 'EX', A.ttl)
+  redis.call('SET', K.plan, ARGV[3])
   redis.call('ZADD', K.accepting, NOW, A.id)
 end
 -- A whole accept is done here: it never entered the accepting set nor wrote a plan.

@@ -5,16 +5,31 @@
 -- Everything examined is claimed, parked, rescheduled or dropped, so no backlog can hide what
 -- is due behind it.
 
+-- How long until anything is due (Redis's clock, ms): the caller may sleep until then unless
+-- woken. Everything this call reads or reschedules ahead of NOW counts.
+local head = nil
+local function later(at)
+  at = tonumber(at)
+  if at and at > NOW and (not head or at < head) then head = at end
+end
+
+-- A lease whose worker died stays in its endpoint's slots until it is taken over (and freed
+-- by the attempt that takes it over): it is counted out only when the set looks full.
 local function free_slots(wh)
   local slots = K.slots .. wh
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
-  return A.concurrency - redis.call('ZCARD', slots)
+  local used = redis.call('ZCARD', slots)
+  if used >= A.concurrency then
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
+    used = redis.call('ZCARD', slots)
+  end
+  return A.concurrency - used
 end
 
 local function park(id, wh, score, wake_at)
   redis.call('ZREM', K.due, id)
   redis.call('ZADD', K.parked .. wh, score, id)
   redis.call('ZADD', K.wakes, 'LT', wake_at, wh)
+  later(wake_at)
 end
 
 local function unpark(wh)
@@ -29,7 +44,9 @@ local function unpark(wh)
   end
   if redis.call('EXISTS', parked) == 1 then
     local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
-    redis.call('ZADD', K.wakes, 'LT', first or (NOW + 1000), wh)
+    local at = first or (NOW + 1000)
+    redis.call('ZADD', K.wakes, 'LT', at, wh)
+    later(at)
   end
 end
 
@@ -68,6 +85,7 @@ local function try(id, score)
   end
   if status == 'delivering' and tonumber(d[3]) > NOW then
     redis.call('ZADD', K.due, d[3], id)  -- leased: its lease decides when to look again
+    later(d[3])
     return nil
   end
   if status == 'delivering' then
@@ -97,35 +115,37 @@ local function try(id, score)
     end
     redis.call('ZADD', K.slots .. wh, lease, id)
     e.free = e.free - 1
-    e.leased = true
   end
   sequence = sequence + 1
   local token = A.owner .. ':' .. int(NOW) .. ':' .. sequence
   redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
     'lease_token', token)
   redis.call('ZADD', K.due, lease, id)
+  later(lease)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '',
     payload_of(d[5]), d[7] or ''}
 end
 
-for _, wh in ipairs(redis.call('ZRANGEBYSCORE', K.wakes, '-inf', NOW, 'LIMIT', 0, A.scan)) do
-  unpark(wh)
+-- Both sets are read by rank, one entry past the scan: what is due comes first, and the first
+-- entry that is not says when to look again, without another read.
+local wakes = redis.call('ZRANGE', K.wakes, 0, A.scan, 'WITHSCORES')
+for i = 1, #wakes, 2 do
+  if tonumber(wakes[i + 1]) > NOW then
+    later(wakes[i + 1])
+    break
+  end
+  unpark(wakes[i])
 end
 local claims = {}
-local due = redis.call('ZRANGEBYSCORE', K.due, '-inf', NOW, 'WITHSCORES', 'LIMIT', 0, A.scan)
+local due = redis.call('ZRANGE', K.due, 0, A.scan, 'WITHSCORES')
 for i = 1, #due, 2 do
   if #claims >= A.limit then break end
-  local claim = try(due[i], tonumber(due[i + 1]))
+  local score = tonumber(due[i + 1])
+  if score > NOW then
+    later(score)
+    break
+  end
+  local claim = try(due[i], score)
   if claim then table.insert(claims, claim) end
-end
--- A slot set lives as long as the leases in it (each a lease from now).
-for wh, e in pairs(endpoints) do
-  if e.leased then redis.call('PEXPIRE', K.slots .. wh, A.lease_ms) end
-end
--- How long until anything is due: the caller may sleep that long unless woken.
-local head = nil
-for _, set in ipairs({K.due, K.wakes}) do
-  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')[2]
-  if first and (not head or tonumber(first) < head) then head = tonumber(first) end
 end
 return {int(NOW), head and int(head - NOW) or -1, claims, taken_over}

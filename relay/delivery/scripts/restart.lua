@@ -40,10 +40,6 @@ for _, id in ipairs(A.ids) do
   else
     if st[1] ~= 'pending' then
       redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '')
-      local event = redis.call('HGET', key, 'event_id')
-      for _, k in ipairs({key, K.delivery .. id .. K.attempts_suffix, K.event .. event}) do
-        keep(k, A.keep_seconds)
-      end
     end
     redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
     redis.call('ZADD', K.due, NOW, id)

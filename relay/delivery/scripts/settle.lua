@@ -19,24 +19,23 @@ if A.record ~= '' then
   redis.call('RPUSH', K.attempts, A.record)
   count = A.attempt
 end
--- One HSET for every field that changes (this script runs once per attempt).
+-- One HSET for every field that changes (this script runs once per attempt); the lease is
+-- blanked rather than deleted, which would be one more command.
 local due = A.status == 'pending' and NOW + A.delay_ms or nil
 local delivered = A.status == 'delivered' and int(NOW) or ''
 redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
   'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(NOW),
-  'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered)
-redis.call('HDEL', K.delivery, 'lease_until', 'lease_token')
+  'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered, 'lease_until', '',
+  'lease_token', '')
 if due then
   redis.call('ZADD', K.due, due, id)
   -- An idle worker sleeps until the head of the due set it last saw; this may be sooner.
   wake()
-  -- Alive until the rest of the schedule has run and then for the retention window.
-  for _, key in ipairs({K.delivery, K.attempts, K.event}) do keep(key, A.keep_seconds) end
 else
+  -- The schedule ended: the history writer owns it from here, and lets it go from Redis
+  -- once PostgreSQL has it. Records in flight have no TTL: they leave that way, never by
+  -- expiring (a managed Redis evicting keys with a TTL would take them otherwise).
   redis.call('ZREM', K.due, id)
-  -- The schedule ended: the history writer owns it from here, and lets it go once PostgreSQL
-  -- has it. Its keys still have at least the retention window to live (every reschedule kept
-  -- them for the rest of the schedule plus that window), so no TTL needs touching.
   archive('d', id)
 end
 if A.endpoint == 'ok' then

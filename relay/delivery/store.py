@@ -40,7 +40,6 @@ from relay.store.idempotency import COMMIT
 from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 from relay.timefmt import from_timestamp, read_rfc3339
 
-
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
 # like any other: the scripts that do not need it are spared it).
 _CLOCK = """

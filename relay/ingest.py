@@ -26,7 +26,8 @@ class EventIn(pydantic.BaseModel):
     type: str
     tenant_id: TenantId
     data: Any
-    id: str | None = pydantic.Field(None, min_length=1, max_length=255)
+    # PostgreSQL text holds no NUL: an id with one could never be written to history.
+    id: str | None = pydantic.Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]+$")
 
 
 async def accept(

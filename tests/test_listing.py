@@ -198,3 +198,18 @@ async def test_a_tenant_lists_only_its_own_events(
     assert (await tenant.get("/v1/events", params={"tenant_id": "space_42"})).status_code == 404
     ingest = await make_client(token=await token_for("ingest"))
     assert (await ingest.get("/v1/events")).status_code == 403
+
+
+async def test_a_nul_character_is_refused_where_history_could_not_hold_it(
+    admin: httpx.AsyncClient,
+) -> None:
+    # A filter with one could match nothing PostgreSQL holds; an upstream id with one could
+    # never be written to history (and would hold up every record behind it).
+    response = await admin.get("/v1/deliveries", params={"tenant_id": "space\x0042"})
+    assert response.status_code == 422, response.text
+    assert list(response.json()["errors"]) == ["tenant_id"]
+    events = await admin.get("/v1/events", params={"id": "up\x00stream"})
+    assert list(events.json()["errors"]) == ["id"]
+    posted = await post_event(admin, id="up\x00stream")
+    assert posted.status_code == 422, posted.text
+    assert list(posted.json()["errors"]) == ["id"]

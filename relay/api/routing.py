@@ -35,18 +35,24 @@ ADMIN = frozenset({Role.ADMIN})
 _INTEGER = re.compile(r"([0-9]+)(?:\.0*)?")
 
 
+_NO_NUL = "^[^\\x00]*$"
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     """A query or path parameter: the OpenAPI document describes it, every call is held to it."""
 
     name: str
     where: str = "query"
-    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    # Nothing relay stores can hold a NUL character (PostgreSQL text cannot), so no filter has one.
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string", "pattern": _NO_NUL})
     description: str = ""
 
     def problem(self, value: str) -> str | None:
         """Why `value` does not fit this parameter's schema, or None if it does."""
         schema = self.schema
+        if "\x00" in value:
+            return "must not contain a NUL character"
         if schema.get("type") == "integer":
             digits = _INTEGER.fullmatch(value)
             low, high = schema.get("minimum", 0), schema.get("maximum", 2**63)

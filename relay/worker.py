@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,8 +42,13 @@ MAX_IN_FLIGHT = 100
 _LEASE_SLACK_SECONDS = 8
 # Longest block on the wake list: also how often an idle worker looks at the due set.
 _IDLE_SECONDS = 1.0
+# How often a worker looks at the endpoints that parked deliveries (the wakes set) when it
+# knows of no wake due sooner. A slot that frees moves a parked delivery back at once; this
+# only bounds how late one waiting for a lease to run out or a rate window to open may go
+# (and spares every other claim a read).
+_WAKES_EVERY_SECONDS = 0.25
 _MAINTAIN_EVERY_SECONDS = 60.0
-_TRIM_LOCK_SECONDS = 120
+_MAINTENANCE_LOCK_SECONDS = 120
 # An accept in progress writes one bounded chunk after another, each a call that answers within
 # milliseconds or times out in 1.5 s; an accept that made no progress for this long was
 # abandoned by its API process (killed, or cut off from Redis), so a worker finishes it. Taking
@@ -57,6 +64,10 @@ class DeliveryWorker:
         self._owner = new_owner()
         self._lease_ms = int((svc.settings.delivery_timeout + _LEASE_SLACK_SECONDS) * 1000)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Monotonic: when to look at the wakes set next (at the latest), and the earliest wake
+        # this worker knows of (its sleep ends then).
+        self._wakes_at = 0.0
+        self._known_wake = math.inf
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -75,9 +86,15 @@ class DeliveryWorker:
                 await self._room.wait()
                 continue
             try:
+                wakes = time.monotonic() >= self._wakes_at
                 poll = await self._svc.deliveries.claim(
-                    self._owner, free, self._lease_ms, self._svc.settings.endpoint_concurrency
+                    self._owner,
+                    free,
+                    self._lease_ms,
+                    self._svc.settings.endpoint_concurrency,
+                    wakes=wakes,
                 )
+                self._note_wakes(wakes, poll.next_wake_in_ms)
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
                 for claim in poll.claims:
                     task = asyncio.create_task(self._attempt(claim))
@@ -94,9 +111,17 @@ class DeliveryWorker:
                 self._svc.counts.add("redis_errors")
                 await backoff.wait()
 
+    def _note_wakes(self, looked: bool, next_wake_in_ms: int | None) -> None:
+        now = time.monotonic()
+        if looked:
+            self._wakes_at, self._known_wake = now + _WAKES_EVERY_SECONDS, math.inf
+        if next_wake_in_ms is not None:
+            self._known_wake = min(self._known_wake, now + next_wake_in_ms / 1000)
+            self._wakes_at = min(self._wakes_at, self._known_wake)
+
     async def _idle(self, next_due_in_ms: int | None) -> None:
         wait = _IDLE_SECONDS if next_due_in_ms is None else next_due_in_ms / 1000
-        wait = min(max(wait, 0.01), _IDLE_SECONDS)
+        wait = max(min(wait, self._known_wake - time.monotonic(), _IDLE_SECONDS), 0.01)
         await self._svc.deliveries.wait_for_work(wait)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -117,17 +142,14 @@ class DeliveryWorker:
 
 
 async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
-    """Finish abandoned accepts; and the retention pass, chunk by chunk, by one worker at a
-    time, resuming where it stopped."""
+    """Finish abandoned accepts; and history's partitions, by one worker at a time."""
     backoff = Backoff()
     while not stopping.is_set():
         try:
             if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
                 log.warning("finished %d accepts that their API process abandoned", finished)
-            if await svc.deliveries.take_trim_lock(_TRIM_LOCK_SECONDS):
-                now_ms = await svc.deliveries.redis_now_ms()
-                await svc.deliveries.trim(now_ms)
-                await _keep_partitions(svc, now_ms)
+            if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
+                await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
             backoff.reset()
         except REDIS_AWAY as exc:
             log.warning("redis unavailable during maintenance (%s); retrying", exc)

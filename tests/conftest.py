@@ -4,6 +4,7 @@ transport."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -17,9 +18,13 @@ import redis.asyncio
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
+from relay.delivery.outage import REDIS_AWAY
+from relay.delivery.store import DeliveryStore
 from relay.history import migrations
-from relay.history.db import Database
+from relay.history.db import POSTGRES_AWAY, Database
 from relay.history.reader import PostgresArchive
+from relay.history.writer import BATCH, HistoryWriter
+from relay.metrics import Counts
 from tests.flows import own_redis, workers  # noqa: F401  (fixtures shared by delivery tests)
 from tests.support import (
     TEST_MASTER_KEY,
@@ -103,6 +108,32 @@ async def archive(postgres_server: PostgresServer) -> AsyncIterator[PostgresArch
     await database.aclose()
 
 
+class _HistoryFirst(httpx.ASGITransport):
+    """The app, with every record handed to history written before a list is read: as if a
+    worker's history writer had just caught up (lists read PostgreSQL, and most tests run no
+    worker). A store that is away is left to the request to meet."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        super().__init__(app=app, raise_app_exceptions=False)
+        assert settings.redis_url and settings.database_url
+        self._redis = redis.asyncio.Redis.from_url(settings.redis_url)
+        self._database = Database(settings.database_url)
+        self._store = DeliveryStore(self._redis, 3600, 3600, PostgresArchive(self._database))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and (path.endswith("/deliveries") or path == "/v1/events"):
+            with contextlib.suppress(*REDIS_AWAY, *POSTGRES_AWAY):
+                writer = HistoryWriter(self._store, await self._database.pool(), "tests", Counts())
+                while handed := await self._store.handed_over("tests", BATCH, None):
+                    await writer.flush(handed)
+        return await super().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+        await self._database.aclose()
+
+
 @pytest.fixture
 def settings_for(
     redis_server: RedisServer, postgres_server: PostgresServer, master_key: str, tmp_path: Path
@@ -132,11 +163,12 @@ async def make_client(
     async with AsyncExitStack() as stack:
 
         async def make(token: str | None = ADMIN_TOKEN, **overrides: Any) -> httpx.AsyncClient:
-            app = create_app(settings_for(**overrides))
+            settings = settings_for(**overrides)
+            app = create_app(settings)
             await stack.enter_async_context(app.router.lifespan_context(app))
             headers = {"authorization": f"Bearer {token}"} if token else {}
             client = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                transport=_HistoryFirst(app, settings),
                 base_url="http://relay.test",
                 headers=headers,
             )

@@ -105,7 +105,11 @@ class Claim:
     webhook_record: bytes | None
     payload: bytes | None
     now_ms: int  # Redis's clock when the lease was taken
+    taken_at: float  # this process's monotonic clock then
     traceparent: str | None = None  # the ingest span's, when tracing
+    # Whether the endpoint had a failure streak when the lease was taken: only then has a
+    # success one to end.
+    endpoint_failing: bool = True
 
     def log_ids(self) -> dict[str, str | int]:
         """The ids an attempt's log line and span carry."""

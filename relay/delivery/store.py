@@ -9,7 +9,9 @@ without a delivery being sent twice by one cycle, skipped, or left in between.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -20,7 +22,6 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from relay import ids
 from relay.audit import AuditEntry
 from relay.delivery.archive import Archive
 from relay.delivery.model import (
@@ -35,20 +36,42 @@ from relay.delivery.model import (
 )
 from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
-from relay.store.events import StoredEvent, stored_event
+from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
-from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 from relay.timefmt import from_timestamp, read_rfc3339
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
-# like any other: the scripts that do not need it are spared it).
+# like any other: the scripts that do not need it are spared it), unless the caller passes its
+# reading of it as `now_ms` (see `_RedisClock`).
 _CLOCK = """
-local NOW
-do
+local NOW = A.now_ms
+if NOW == nil or NOW == cjson.null then
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
+
+
+class _RedisClock:
+    """Redis's clock as this process reads it between TIME calls: the last reading plus the
+    time since on this process's monotonic clock. A reading is trusted for `FRESH_SECONDS`
+    (two clocks drift apart by microseconds in that time; the reply's own latency makes the
+    estimate a little late, never early), then a script reads TIME again."""
+
+    FRESH_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._ms = 0
+        self._at = -math.inf
+
+    def read(self, ms: int, at: float) -> None:
+        """Redis said `ms` at monotonic `at` (taken before the call: the late side)."""
+        self._ms, self._at = ms, at
+
+    def now_ms(self) -> int | None:
+        """Redis's clock now, or None when the last reading is too old to go by."""
+        elapsed = time.monotonic() - self._at
+        return self._ms + round(elapsed * 1000) if elapsed < self.FRESH_SECONDS else None
 
 
 @cache
@@ -105,6 +128,11 @@ class NewEvent:
     payload: bytes
     traceparent: str | None = None  # of the ingest span, so attempts join its trace
 
+    @property
+    def upstream_key(self) -> str | None:
+        """The key that remembers this event's upstream id, if it has one."""
+        return _upstream_key(self.tenant_id, self.upstream_id)
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedDelivery:
@@ -135,6 +163,7 @@ class _Plan:
     created_ms: int
     traceparent: str | None
     deliveries: list[list[str]]  # [delivery id, webhook id] still to write
+    upstream_key: str | None = None
 
     @classmethod
     def of(cls, event: NewEvent, deliveries: list[list[str]]) -> _Plan:
@@ -147,6 +176,7 @@ class _Plan:
             event.created_ms,
             event.traceparent,
             deliveries,
+            event.upstream_key,
         )
 
     @classmethod
@@ -162,6 +192,7 @@ class Poll:
     claims: list[Claim]
     next_due_in_ms: int | None
     taken_over: int = 0  # leases that had run out (their worker died or stalled)
+    next_wake_in_ms: int | None = None  # of an endpoint with parked deliveries, if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,15 +206,6 @@ class DeliveryFilter:
     since_ms: int | None = None
     until_ms: int | None = None
 
-    @property
-    def index(self) -> str:
-        """The index the list reads."""
-        if self.webhook_id:
-            return keys.webhook_deliveries(self.webhook_id)
-        if self.tenant_id:
-            return keys.tenant_deliveries(self.tenant_id)
-        return keys.DELIVERIES
-
 
 # Most deliveries one accept call writes; a wider fan-out is written in calls of this size. Each
 # costs ~60 µs of Redis time inside the script (HSET, EXPIRE, four ZADDs, SADD) on a shared
@@ -194,8 +216,6 @@ FANOUT_CHUNK = 200
 _ABANDONED_PER_PASS = 20
 # Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
 _CLAIM_SCAN = 200
-# Per retention call: indexes scanned, and entries removed from each at most.
-_TRIM_INDEXES, _TRIM_PER_INDEX = 500, 500
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
@@ -206,6 +226,10 @@ UPSTREAM_GRACE_SECONDS = 60
 # away or too slow must not grow Redis until it runs out of memory. Each waiting record holds
 # its delivery (~1-3 KB with attempts and payload share) in Redis: 200,000 is ~0.5 GB.
 HISTORY_BACKLOG = 200_000
+# How often an API process measures that backlog (XLEN) while it is under the bound: at most
+# one second of ingest passes the bound before the refusals start, and an accept costs one
+# command fewer. Past the bound every accept measures it, so ingest resumes as soon as it can.
+BACKLOG_CHECK_SECONDS = 1.0
 
 
 class DeliveryStore:
@@ -219,20 +243,22 @@ class DeliveryStore:
         archive: Archive,
         fanout_chunk: int = FANOUT_CHUNK,
         history_backlog: int = HISTORY_BACKLOG,
+        backlog_check_seconds: float = BACKLOG_CHECK_SECONDS,
     ) -> None:
         self._redis = redis
         self._archive = archive
         self._history_backlog = history_backlog
+        self._backlog_check_seconds = backlog_check_seconds
+        self._backlog_checked_at = -math.inf  # monotonic; -inf while over the bound
         self._group_ready = False
         self._chunk = fanout_chunk
         self._retention = retention_seconds
         # A failure streak is forgotten after twice the disable threshold without failures.
         self._failing_ttl_ms = disable_after_seconds * 2000
+        self._clock = _RedisClock()
         self._scripts: dict[Transition, AsyncScript] = {
             t: redis.register_script(script_text(t.value)) for t in Transition
         }
-        # Retention is maintenance, not a transition of any one delivery.
-        self._trim = redis.register_script(script_text("trim"))
 
     async def _run(
         self, transition: Transition | AsyncScript, arg: dict[str, Any], *raw: bytes
@@ -268,18 +294,12 @@ class DeliveryStore:
         the event, its first chunk, and the rest as the event's stored plan."""
         whole = len(deliveries) <= self._chunk
         arg = self._step("whole" if whole else "begin", event, deliveries[: self._chunk])
-        arg["upstream_key"] = (
-            keys.event_by_upstream_id(
-                event.tenant_id, hashlib.sha256(event.upstream_id.encode()).hexdigest()
-            )
-            if event.upstream_id is not None
-            else None
-        )
         arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
         arg["live"] = len(deliveries)
-        arg["history_max"] = self._history_backlog
+        checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
+        arg["history_max"] = self._history_backlog if checking else None
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
         try:
             reply = await self._run(
@@ -287,14 +307,26 @@ class DeliveryStore:
                 arg,
                 codec.dumps([d.id for d in deliveries]),
                 b"" if whole else codec.dumps(_Plan.of(event, rest)),
+                codec.dumps(
+                    {
+                        "tenant_id": event.tenant_id,
+                        "type": event.type,
+                        "created_at": event.created_at,
+                        "upstream_id": event.upstream_id,
+                        "deliveries": [[d.id, d.webhook_id] for d in deliveries],
+                    }
+                ),
             )
         except ResponseError as exc:
             if "HISTORY_BACKLOG" not in str(exc):
                 raise
+            self._backlog_checked_at = -math.inf
             raise Unavailable(
                 f"More than {self._history_backlog} records are waiting to be written to "
                 "PostgreSQL; relay takes new events again once the history writer catches up."
             ) from None
+        if checking:
+            self._backlog_checked_at = time.monotonic()
         if reply:
             return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
         return Begun(event.id, repeat=False, unfinished=not whole)
@@ -342,9 +374,6 @@ class DeliveryStore:
             "step": step,
             "keys": {
                 "event": keys.event(event.id),
-                "events": keys.EVENTS,
-                "tenant_events": keys.tenant_events(event.tenant_id),
-                "indexes": keys.INDEXES,
                 "due": keys.DUE,
                 "wake": keys.WAKE,
                 "accepting": keys.ACCEPTING,
@@ -358,13 +387,9 @@ class DeliveryStore:
             "created_at": event.created_at,
             "created_ms": event.created_ms,
             "traceparent": event.traceparent or "",
+            "upstream_key": event.upstream_key,
             "deliveries": [
-                {
-                    "id": d.id,
-                    "webhook_id": d.webhook_id,
-                    "key": keys.delivery(d.id),
-                    "indexes": _delivery_indexes(event.tenant_id, d.webhook_id),
-                }
+                {"id": d.id, "webhook_id": d.webhook_id, "key": keys.delivery(d.id)}
                 for d in deliveries
             ],
         }
@@ -395,9 +420,14 @@ class DeliveryStore:
         return [found[i] for i in delivery_ids if i in found]
 
     async def attempts(self, delivery: Delivery) -> list[dict[str, object]]:
-        """The attempt log, oldest first: what history holds, then what Redis still holds."""
-        rows = await self._redis.lrange(keys.attempts(delivery.id), 0, -1)  # type: ignore[misc]
-        live = [codec.loads(r) for r in rows]
+        """The attempt log, oldest first: what history holds, then what Redis still holds (the
+        list, and the last attempt of one that ended, kept on the delivery until history has
+        it)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(keys.attempts(delivery.id), 0, -1)
+            pipe.hget(keys.delivery(delivery.id), "last_attempt")
+            rows, last = await pipe.execute()
+        live = [codec.loads(r) for r in [*rows, *([last] if last else [])]]
         # A delivery that never left Redis has nothing in history; one that came back from
         # history for a retry has its earlier cycles there.
         if live and live[0]["number"] == 1:
@@ -406,9 +436,16 @@ class DeliveryStore:
         numbers = {a["number"] for a in archived}
         return archived + [a for a in live if a["number"] not in numbers]
 
-    async def claim(self, owner: str, limit: int, lease_ms: int, concurrency: int) -> Poll:
-        """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits."""
-        now, wait, rows, taken_over = await self._run(
+    async def claim(
+        self, owner: str, limit: int, lease_ms: int, concurrency: int, wakes: bool = True
+    ) -> Poll:
+        """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits.
+
+        `wakes`: first let the endpoints whose wake time has come take parked deliveries back.
+        """
+        taken_at = time.monotonic()
+        estimate = self._clock.now_ms()
+        now, wait, rows, taken_over, wake = await self._run(
             Transition.CLAIM,
             {
                 "keys": {
@@ -420,6 +457,7 @@ class DeliveryStore:
                     "slots": keys.endpoint_slots(""),
                     "parked": keys.endpoint_parked(""),
                     "rate": keys.ENDPOINT_RATE_PREFIX,
+                    "failing": keys.endpoint_failing(""),
                     "wake": keys.WAKE,
                 },
                 "owner": owner,
@@ -427,8 +465,12 @@ class DeliveryStore:
                 "scan": max(limit, _CLAIM_SCAN),
                 "lease_ms": lease_ms,
                 "concurrency": concurrency,
+                "wakes": wakes,
+                "now_ms": estimate,
             },
         )
+        if estimate is None:
+            self._clock.read(int(now), taken_at)
         claims = [
             Claim(
                 delivery_id=r[0].decode(),
@@ -440,11 +482,18 @@ class DeliveryStore:
                 webhook_record=r[6] or None,
                 payload=r[7] or None,
                 now_ms=int(now),
+                taken_at=taken_at,
                 traceparent=r[8].decode() or None,
+                endpoint_failing=bool(r[9]),
             )
             for r in rows
         ]
-        return Poll(claims, int(wait) if int(wait) >= 0 else None, int(taken_over))
+        return Poll(
+            claims,
+            int(wait) if int(wait) >= 0 else None,
+            int(taken_over),
+            int(wake) if int(wake) >= 0 else None,
+        )
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
         """Record an attempt and the next state, if `claim` still holds the lease."""
@@ -472,6 +521,8 @@ class DeliveryStore:
                 "last_error": result.last_error or "",
                 "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
                 "failing_ttl_ms": self._failing_ttl_ms,
+                "failing": claim.endpoint_failing,
+                "now_ms": claim.now_ms + round((time.monotonic() - claim.taken_at) * 1000),
             },
         )
         failing = reply[1]
@@ -507,6 +558,7 @@ class DeliveryStore:
                     "event": keys.event(""),
                     "due": keys.DUE,
                     "wake": keys.WAKE,
+                    "history": keys.HISTORY,
                 },
                 "ids": list(delivery_ids),
                 "revive": await self._revivals(delivery_ids, allowed),
@@ -535,11 +587,9 @@ class DeliveryStore:
             event = events[delivery.event_id]
             revive[delivery.id].update(
                 delivery=_flat(_hash_of(delivery)),
-                indexes=_delivery_indexes(delivery.tenant_id, delivery.webhook_id),
                 event_id=delivery.event_id,
                 # None when history has not written the event yet: it is then still in Redis.
                 event=_flat(_event_hash(event)) if event else None,
-                event_indexes=[keys.EVENTS, keys.tenant_events(delivery.tenant_id)],
             )
         return revive
 
@@ -550,6 +600,7 @@ class DeliveryStore:
             {
                 "keys": {
                     "delivery": keys.delivery(delivery_id),
+                    "attempts": keys.attempts(delivery_id),
                     "due": keys.DUE,
                     "parked": keys.endpoint_parked(""),
                     "history": keys.HISTORY,
@@ -572,45 +623,27 @@ class DeliveryStore:
     async def page(
         self, query: DeliveryFilter, limit: int, cursor: str | None
     ) -> tuple[list[Delivery], str | None]:
-        """Matching deliveries newest first, reading at most a bounded number of ids."""
-
-        def wanted(delivery: Delivery) -> bool:
-            return (query.status is None or delivery.status is query.status) and (
-                not query.event_type or delivery.event_type == query.event_type
-            )
-
-        live = await filtered_newest_first(
-            self._redis,
-            query.index,
-            Window("dlv", query.since_ms, query.until_ms),
-            limit,
-            cursor,
-            self._live,
-            wanted,
-            lambda d: d.id,
-        )
-        archived = await self._archive.delivery_page(query, limit, cursor)
-        return merge_newest_first([live, archived], limit, lambda d: d.id)
+        """Matching deliveries newest first, as history lists them (from when the writer has
+        their event, well under a second after it was accepted), each shown as Redis has it
+        while it is there: in flight, or ended and not yet written."""
+        listed, next_cursor = await self._archive.delivery_page(query, limit, cursor)
+        now = {d.id: d for d in await self._live([d.id for d in listed])} if listed else {}
+        shown = [now.get(d.id, d) for d in listed]
+        # History keeps one in flight as pending; Redis says which state it is in now.
+        if query.status is not None:
+            shown = [d for d in shown if d.status is query.status]
+        return shown, next_cursor
 
     async def failed_after(
         self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
     ) -> list[str]:
         """Up to `count` ids of a webhook's deliveries, oldest first, after `after`, to
-        until_ms, that may have failed: all those in flight, and history's failed ones."""
-        raw = await self._redis.zrange(
-            keys.webhook_deliveries(webhook_id),
-            f"({after}",  # type: ignore[arg-type]
-            f"({ids.time_floor('dlv', until_ms + 1)}",  # type: ignore[arg-type]
-            bylex=True,
-            offset=0,
-            num=count,
-        )
-        live = [m.decode() for m in raw]
-        archived = await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
-        return sorted(set(live) | set(archived))[:count]
+        until_ms, that may have failed: the failed ones and those in flight."""
+        return await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
 
-    async def handed_over(self, consumer: str, count: int, block_ms: int) -> list[Handover]:
-        """The next new records for history, waiting up to `block_ms` for one to come."""
+    async def handed_over(self, consumer: str, count: int, block_ms: int | None) -> list[Handover]:
+        """The next new records for history, waiting up to `block_ms` for one to come (None:
+        not waiting)."""
         await self._ensure_group()
         return await self._load(await self._read_group(consumer, ">", count, block_ms))
 
@@ -637,27 +670,26 @@ class DeliveryStore:
                     "history": keys.HISTORY,
                     "group": keys.HISTORY_GROUP,
                     "event": keys.event(""),
-                    "events": keys.EVENTS,
-                    "tenant_events": keys.tenant_events(""),
                     "delivery": keys.delivery(""),
                     "attempts_suffix": keys.ATTEMPTS_SUFFIX,
-                    "deliveries": keys.DELIVERIES,
-                    "tenant_deliveries": keys.tenant_deliveries(""),
-                    "webhook_deliveries": keys.webhook_deliveries(""),
                     "audit": keys.audit_entry(""),
                     "audits": keys.AUDIT,
                     "tenant_audit": keys.tenant_audit(""),
                 },
                 "entries": [h.entry_id for h in handed],
                 "upstream_grace": UPSTREAM_GRACE_SECONDS,
-                "events": [h.event.id for h in handed if h.event is not None],
+                "events": [
+                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or ""]
+                    for h in handed
+                    if (e := h.event) is not None
+                ],
                 "audits": [
                     [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
                 ],
                 "deliveries": [
                     [h.delivery.id, h.delivery.status.value, h.version]
                     for h in handed
-                    if h.delivery is not None
+                    if h.delivery is not None and h.delivery.status in FINISHED
                 ],
             },
         )
@@ -689,81 +721,47 @@ class DeliveryStore:
         return [(i, f) for _, entries in reply for i, f in entries if f] if reply else []
 
     async def _load(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Handover]:
-        """Each entry with its record as Redis holds it now (None when it is gone)."""
-        if not entries:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for _, fields in entries:
-                record_id = fields[b"i"].decode()
-                if fields[b"k"] == b"e":
-                    pipe.hgetall(keys.event(record_id))
-                elif fields[b"k"] == b"a":
-                    pipe.get(keys.audit_entry(record_id))
-                else:
-                    pipe.hgetall(keys.delivery(record_id))
-                    pipe.lrange(keys.attempts(record_id), 0, -1)
-            rows = iter(await pipe.execute())
+        """Each entry with the record it carries (an audit entry's is read from Redis; None when
+        it is gone)."""
+        audits = [f[b"i"].decode() for _, f in entries if f[b"k"] == b"a"]
+        raw_audits = await self._redis.mget([keys.audit_entry(i) for i in audits]) if audits else []
+        audit_of = dict(zip(audits, raw_audits, strict=True))
         handed = []
-        for entry_id, fields in entries:
-            record_id = fields[b"i"].decode()
-            if fields[b"k"] == b"e":
-                raw = next(rows)
-                event = stored_event(record_id, raw) if raw else None
-                handed.append(Handover(entry_id.decode(), event=event))
-                continue
+        for raw_id, fields in entries:
+            entry_id, record_id = raw_id.decode(), fields[b"i"].decode()
             if fields[b"k"] == b"a":
-                raw = next(rows)
+                raw = audit_of[record_id]
                 audit = AuditEntry.from_record(codec.loads(raw)) if raw else None
-                handed.append(Handover(entry_id.decode(), audit=audit))
+                handed.append(Handover(entry_id, audit=audit))
                 continue
-            raw, attempts = next(rows), next(rows)
-            delivery = (
-                _delivery(raw) if raw and Status(raw[b"status"].decode()) in FINISHED else None
-            )
+            record = codec.loads(fields[b"r"])
+            if fields[b"k"] == b"e":
+                fanout = [(d, w) for d, w in record["deliveries"]]
+                event = StoredEvent(
+                    id=record_id,
+                    type=record["type"],
+                    tenant_id=record["tenant_id"],
+                    created_at=record["created_at"],
+                    upstream_id=record["upstream_id"],
+                    payload=fields[b"p"],
+                    delivery_ids=[d for d, _ in fanout],
+                )
+                handed.append(Handover(entry_id, event=event, fanout=fanout))
+                continue
+            hashed = {k.encode(): str(v).encode() for k, v in record["delivery"].items()}
             handed.append(
                 Handover(
-                    entry_id.decode(),
-                    delivery=delivery,
-                    version=raw.get(b"updated_ms", b"").decode() if raw else "",
-                    attempts=[Attempt(**codec.loads(a)) for a in attempts] if delivery else [],
+                    entry_id,
+                    delivery=_delivery(hashed),
+                    version=record["delivery"]["updated_ms"],
+                    attempts=[Attempt(**codec.loads(a)) for a in record.get("attempts", [])],
                 )
             )
         return handed
 
-    async def trim(self, now_ms: int) -> int:
-        """One retention pass over every index, in bounded chunks; how many entries went.
-
-        The cursor is saved after each chunk, so a pass cut short carries on where it stopped.
-        """
-        raw = await self._redis.get(keys.TRIM_CURSOR)
-        cursor = raw.decode() if raw else "0"
-        floors = now_ms - self._retention * 1000
-        removed = 0
-        while True:
-            next_cursor, gone = await self._run(
-                self._trim,
-                {
-                    "keys": {
-                        "events": keys.EVENTS,
-                        "deliveries": keys.DELIVERIES,
-                        "indexes": keys.INDEXES,
-                        "event_prefix": keys.EVENTS,
-                    },
-                    "cursor": cursor,
-                    "count": _TRIM_INDEXES,
-                    "per_index": _TRIM_PER_INDEX,
-                    "event_floor": f"({ids.time_floor('evt', floors)}",
-                    "delivery_floor": f"({ids.time_floor('dlv', floors)}",
-                },
-            )
-            cursor, removed = next_cursor.decode(), removed + int(gone)
-            await self._redis.set(keys.TRIM_CURSOR, cursor, ex=86_400)
-            if cursor == "0":
-                return removed
-
-    async def take_trim_lock(self, seconds: int) -> bool:
+    async def take_maintenance_lock(self, seconds: int) -> bool:
         """Whether this process may run the retention pass now (one at a time)."""
-        return bool(await self._redis.set(keys.TRIM_LOCK, "1", nx=True, ex=seconds))
+        return bool(await self._redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
 
     async def record_test(self, webhook_id: str, result: dict[str, object]) -> None:
         """Keep a test send's result with the webhook's recent ones (newest first)."""
@@ -810,29 +808,26 @@ class DeliveryStore:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """One record handed to history: an event, a finished delivery with its attempts, or an
-    audit entry.
+    """One record handed to history: an event with its fan-out, a delivery (as it ended, or
+    back in flight) with its attempts, or an audit entry (None when it left Redis already).
 
-    All None: the record left Redis already (released before, or expired); only the entry
-    remains to acknowledge. `version` is the delivery's `updated_ms` as read: it leaves Redis
-    only if still unchanged.
+    `version` is the delivery's `updated_ms`: it leaves Redis only if that is still unchanged.
     """
 
     entry_id: str
     event: StoredEvent | None = None
+    fanout: list[tuple[str, str]] = field(default_factory=list)  # (delivery, webhook) ids
     delivery: Delivery | None = None
     audit: AuditEntry | None = None
     version: str = ""
     attempts: list[Attempt] = field(default_factory=list)
 
 
-def _delivery_indexes(tenant_id: str, webhook_id: str) -> list[str]:
-    """The lists a delivery in flight is found by."""
-    return [
-        keys.DELIVERIES,
-        keys.tenant_deliveries(tenant_id),
-        keys.webhook_deliveries(webhook_id),
-    ]
+def _upstream_key(tenant_id: str, upstream_id: str | None) -> str | None:
+    """The key that remembers an event's upstream id, if it has one."""
+    if upstream_id is None:
+        return None
+    return keys.event_by_upstream_id(tenant_id, hashlib.sha256(upstream_id.encode()).hexdigest())
 
 
 def _ms(stamp: str | None) -> str:

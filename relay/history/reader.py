@@ -131,7 +131,9 @@ def delivery_list(query: DeliveryFilter, limit: int, before: str | None) -> Quer
         if value:
             where.add(f"{column} = $", value)
     if query.status is not None:
-        where.add("status = $", query.status.value)
+        # History keeps a delivery in flight as pending, whichever state it is in now.
+        stored = Status.PENDING if query.status is Status.DELIVERING else query.status
+        where.add("status = $", stored.value)
     where.window("dlv", before, query.since_ms, query.until_ms)
     return _newest_first("deliveries", where, limit)
 
@@ -181,9 +183,11 @@ ATTEMPTS = (
 EVENT_BY_UPSTREAM_ID = (
     "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 ORDER BY created_at LIMIT 1"
 )
+# Failed, or in flight (pending): those a recovery may send again.
 FAILED_AFTER = (
-    "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 AND status = 'failed' "
-    "AND id > $3 AND id < $4 AND created_at >= $5 ORDER BY id LIMIT $6"
+    "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 "
+    "AND status IN ('failed', 'pending') AND id > $3 AND id < $4 AND created_at >= $5 "
+    "ORDER BY id LIMIT $6"
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from relay.delivery.model import Status
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.store import DeliveryStore, Handover
 from relay.history import partitions
@@ -33,6 +34,10 @@ from relay.timefmt import read_rfc3339
 log = logging.getLogger("relay.history")
 
 BATCH = 1000
+# After a batch smaller than BATCH, a writer waits this long before reading again, so that the
+# next batch gathers what came meanwhile: one transaction and one release for many records
+# rather than for each (records reach PostgreSQL's lists this much later, at most).
+LINGER_SECONDS = 0.1
 # How long a writer waits for a record when none is there: it answers as soon as one comes,
 # so this only sets how often an idle writer asks Redis (once a second).
 BLOCK_MS = 1000
@@ -46,7 +51,7 @@ _COUNT = """
 INSERT INTO stats (tenant_id, minute, webhook_id, kind, label, bucket, n, duration_ms)
 SELECT tenant_id, date_trunc('minute', at), webhook_id, '{kind}', label, bucket, count(*),
        sum(duration_ms)
-FROM new GROUP BY 1, 2, 3, 5, 6
+FROM new WHERE {counted} GROUP BY 1, 2, 3, 5, 6
 ON CONFLICT (tenant_id, minute, webhook_id, kind, label, bucket) DO UPDATE
 SET n = stats.n + EXCLUDED.n, duration_ms = stats.duration_ms + EXCLUDED.duration_ms
 """
@@ -62,10 +67,11 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $
 ON CONFLICT DO NOTHING
 RETURNING tenant_id, created_at AS at, '' AS webhook_id, type AS label, 0 AS bucket,
           0 AS duration_ms
-)""" + _COUNT.format(kind="event")
+)""" + _COUNT.format(kind="event", counted="true")
 
-# A retried delivery ends again: its row takes the newer ending, never an older one (and the
-# same ending written again changes nothing, so it is not counted again).
+# A delivery's row is written as pending with its event, then as it ends (and again if it is
+# retried): the newer state wins, never an older one. Endings are counted; the same ending
+# written again changes nothing, so it is not counted again.
 _DELIVERIES = """
 WITH new AS (
 INSERT INTO deliveries (tenant_id, id, created_at, event_id, webhook_id, event_type, status,
@@ -82,7 +88,7 @@ ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
 WHERE deliveries.updated_at < EXCLUDED.updated_at
 RETURNING tenant_id, updated_at AS at, webhook_id, status AS label, 0 AS bucket,
           0 AS duration_ms
-)""" + _COUNT.format(kind="delivery")
+)""" + _COUNT.format(kind="delivery", counted="label <> 'pending'")
 
 # Latency buckets are the bounds of relay_attempt_duration_seconds, in ms ($13).
 _ATTEMPTS = """
@@ -96,7 +102,7 @@ ON CONFLICT DO NOTHING
 RETURNING tenant_id, started_at AS at, webhook_id,
           coalesce((status_code / 100)::text || 'xx', 'error') AS label,
           width_bucket(duration_ms, $13::int[]) AS bucket, duration_ms
-)""" + _COUNT.format(kind="attempt")
+)""" + _COUNT.format(kind="attempt", counted="true")
 _AUDIT = """
 INSERT INTO audit (tenant_id, id, created_at, at, action, token_id, role, object_id, request_id)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[],
@@ -119,70 +125,59 @@ def _columns(rows: Sequence[Sequence[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+def _delivery_rows(handed: Sequence[Handover]) -> list[tuple[Any, ...]]:
+    """Each delivery's newest state in the batch: as pending with its event, or as it ended or
+    came back in flight (one statement may not write a row twice)."""
+    newest: dict[str, tuple[Any, ...]] = {}
+    for h in handed:
+        if (e := h.event) is not None:
+            accepted = id_time(e.id)
+            for delivery_id, webhook_id in h.fanout:
+                newest[delivery_id] = (
+                    *(e.tenant_id, delivery_id, id_time(delivery_id), e.id, webhook_id, e.type),
+                    *(Status.PENDING.value, 0, 0, None, None, accepted, None),
+                )
+        if (d := h.delivery) is not None:
+            row = (
+                *(d.tenant_id, d.id, id_time(d.id), d.event_id, d.webhook_id, d.event_type),
+                *(d.status.value, d.attempt_count, d.cycle_start, d.last_status_code),
+                *(d.last_error, _moment(d.updated_at), _moment(d.delivered_at)),
+            )
+            if d.id not in newest or newest[d.id][11] <= row[11]:
+                newest[d.id] = row
+    return list(newest.values())
+
+
+def _attempt_rows(handed: Sequence[Handover]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            *(d.tenant_id, d.id, a.number, id_time(d.id), d.webhook_id, _moment(a.started_at)),
+            *(a.duration_ms, a.status_code, a.error, a.response_body, a.request_headers, a.url),
+        )
+        for h in handed
+        if (d := h.delivery) is not None
+        for a in h.attempts
+    ]
+
+
 async def write(pool: asyncpg.Pool, handed: Sequence[Handover], made: set[date]) -> None:
     """Write a batch of records in one transaction (a repeat leaves the same rows).
 
     `made`: the days whose partitions this writer knows exist; those the batch needs beyond
     them are made first (and added). A day dropped by retention since is made again.
     """
-    events = [h.event for h in handed if h.event is not None]
-    deliveries = [h for h in handed if h.delivery is not None]
     event_rows = [
         # An array of arrays would be read as a two-dimensional array: the ids go as JSON text.
         (e.tenant_id, e.id, id_time(e.id), e.type, e.upstream_id, e.payload, _json(e.delivery_ids))
-        for e in events
+        for h in handed
+        if (e := h.event) is not None
     ]
-    delivery_rows = []
-    attempt_rows = []
-    for h in deliveries:
-        d = h.delivery
-        assert d is not None
-        created = id_time(d.id)
-        delivery_rows.append(
-            (
-                d.tenant_id,
-                d.id,
-                created,
-                d.event_id,
-                d.webhook_id,
-                d.event_type,
-                d.status.value,
-                d.attempt_count,
-                d.cycle_start,
-                d.last_status_code,
-                d.last_error,
-                _moment(d.updated_at),
-                _moment(d.delivered_at),
-            )
-        )
-        attempt_rows += [
-            (
-                d.tenant_id,
-                d.id,
-                a.number,
-                created,
-                d.webhook_id,
-                _moment(a.started_at),
-                a.duration_ms,
-                a.status_code,
-                a.error,
-                a.response_body,
-                a.request_headers,
-                a.url,
-            )
-            for a in h.attempts
-        ]
+    delivery_rows = _delivery_rows(handed)
+    attempt_rows = _attempt_rows(handed)
     audit_rows = [
         (
-            a.tenant_id or "",
-            a.id,
-            id_time(a.id),
-            _moment(a.at),
-            a.action,
-            a.actor.token_id,
-            a.actor.role,
-            a.object_id,
-            a.request_id,
+            *(a.tenant_id or "", a.id, id_time(a.id), _moment(a.at), a.action),
+            *(a.actor.token_id, a.actor.role, a.object_id, a.request_id),
         )
         for h in handed
         if (a := h.audit) is not None
@@ -257,6 +252,9 @@ class HistoryWriter:
                     await self.flush(handed)
                     retrying = False
                 backoff.reset()
+                if 0 < len(handed) < BATCH:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), LINGER_SECONDS)
             except REDIS_AWAY as exc:
                 log.warning("redis unavailable to the history writer (%s); retrying", exc)
                 await backoff.wait()

@@ -11,7 +11,6 @@ from redis.asyncio import Redis
 
 from relay.errors import NotFound
 from relay.store import codec, keys
-from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 
 if TYPE_CHECKING:
     from relay.delivery.archive import Archive
@@ -63,30 +62,12 @@ class EventStore:
         the upstream ids of the events it still holds; the accept script looks there)."""
         return await self._archive.event_with_upstream_id(tenant_id, upstream_id)
 
-    async def _live(self, event_ids: list[str]) -> list[StoredEvent]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.hgetall(keys.event(event_id))
-            rows = await pipe.execute()
-        return [stored_event(i, r) for i, r in zip(event_ids, rows, strict=True) if r]
-
     async def page(
         self, query: EventFilter, limit: int, cursor: str | None
     ) -> tuple[list[StoredEvent], str | None]:
-        """Matching events newest first: those Redis still holds, and history's."""
-
-        def keep(event: StoredEvent) -> bool:
-            return (query.type is None or event.type == query.type) and (
-                query.upstream_id is None or event.upstream_id == query.upstream_id
-            )
-
-        window = Window("evt", query.since_ms, query.until_ms)
-        index = keys.tenant_events(query.tenant_id) if query.tenant_id else keys.EVENTS
-        live = await filtered_newest_first(
-            self._redis, index, window, limit, cursor, self._live, keep, lambda e: e.id
-        )
-        archived = await self._archive.event_page(query, limit, cursor)
-        return merge_newest_first([live, archived], limit, lambda e: e.id)
+        """Matching events newest first, as history lists them (from when the writer has them,
+        well under a second after they were accepted)."""
+        return await self._archive.event_page(query, limit, cursor)
 
 
 def stored_event(event_id: str, fields: dict[bytes, bytes]) -> StoredEvent:

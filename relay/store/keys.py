@@ -72,8 +72,6 @@ def event_type(name: str) -> str:
     return f"{PREFIX}evtype:{name}"
 
 
-EVENTS = PREFIX + "evts"
-DELIVERIES = PREFIX + "dlvs"
 # The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by
 # lease expiry). Parked deliveries wait in their endpoint's set instead (`endpoint_parked`).
 DUE = PREFIX + "due"
@@ -82,16 +80,14 @@ DUE = PREFIX + "due"
 WAKES = PREFIX + "wakes"
 # Idle workers block on this list; a script that makes something due now pushes to it.
 WAKE = PREFIX + "wake"
-# Where the retention pass over the per-tenant and per-webhook indexes has got to.
-TRIM_CURSOR = PREFIX + "trim:cursor"
-TRIM_LOCK = PREFIX + "trim:lock"
-# Every per-tenant and per-webhook index, so retention can trim them all.
-INDEXES = PREFIX + "indexes"
+# Held by the worker running history's partition maintenance (one at a time).
+MAINTENANCE_LOCK = PREFIX + "maintenance:lock"
 # Events whose deliveries are still being written in chunks, scored by when each last made
 # progress (Redis ms); an event leaves when its last chunk is written.
 ACCEPTING = PREFIX + "accepting"
-# Records that reached their end (events as accepted, finished deliveries), by kind and id, for
-# the history writer's consumer group; each entry leaves once PostgreSQL holds its record.
+# Records for history (events as accepted with their fan-out, deliveries as they end or come
+# back in flight, audit entries), for the history writer's consumer group; each entry leaves
+# once PostgreSQL holds its record.
 HISTORY = PREFIX + "history"
 HISTORY_GROUP = "writers"
 # Counters every worker and API process adds to; /metrics reads them.
@@ -119,11 +115,6 @@ def event_plan(event_id: str) -> str:
     return f"{PREFIX}evtplan:{event_id}"
 
 
-def tenant_events(tenant_id: str) -> str:
-    """Index of one tenant's events."""
-    return f"{PREFIX}evts:t:{tenant_id}"
-
-
 def delivery(delivery_id: str) -> str:
     """A delivery's state (hash)."""
     return f"{PREFIX}dlv:{delivery_id}"
@@ -132,16 +123,6 @@ def delivery(delivery_id: str) -> str:
 def attempts(delivery_id: str) -> str:
     """A delivery's attempt log (list of JSON)."""
     return f"{PREFIX}dlv:{delivery_id}{ATTEMPTS_SUFFIX}"
-
-
-def tenant_deliveries(tenant_id: str) -> str:
-    """Index of one tenant's deliveries."""
-    return f"{PREFIX}dlvs:t:{tenant_id}"
-
-
-def webhook_deliveries(webhook_id: str) -> str:
-    """Index of one webhook's deliveries."""
-    return f"{PREFIX}dlvs:wh:{webhook_id}"
 
 
 ATTEMPTS_SUFFIX = ":att"

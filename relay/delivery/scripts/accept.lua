@@ -1,4 +1,5 @@
--- (new) → pending: an event, its deliveries, their indexes and due times.
+-- (new) → pending: an event, its deliveries and their due times. Lists read history, which
+-- has the event and its fan-out from the stream entry written here.
 -- A fan-out within the store's bound is one call, all or nothing (A.step 'whole'). A larger one
 -- is written in steps of that bound, so that no call blocks Redis for long: 'begin' writes the
 -- event, its plan (the deliveries still to write, ARGV[3]) and the first chunk, and enters the
@@ -7,6 +8,18 @@
 -- finished from its plan by a retry of the same upstream id, or by a worker's maintenance.
 -- A score in the accepting set is when that event last made progress (Redis's clock).
 
+-- Optional fields every delivery of the event carries: its trace, and the event's upstream-id
+-- key (so that whoever takes the event out of Redis can shorten it without reading the event).
+local extra = {}
+if A.traceparent ~= '' then
+  table.insert(extra, 'traceparent')
+  table.insert(extra, A.traceparent)
+end
+if A.upstream_key ~= cjson.null then
+  table.insert(extra, 'upstream_key')
+  table.insert(extra, A.upstream_key)
+end
+
 local function write(deliveries, skip_written)
   local written = 0
   for _, d in ipairs(deliveries) do
@@ -14,10 +27,7 @@ local function write(deliveries, skip_written)
       redis.call('HSET', d.key, 'id', d.id, 'event_id', A.id, 'webhook_id', d.webhook_id,
         'tenant_id', A.tenant_id, 'event_type', A.type, 'status', 'pending', 'attempt_count', 0,
         'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
-        'updated_ms', int(A.created_ms))
-      if A.traceparent ~= '' then redis.call('HSET', d.key, 'traceparent', A.traceparent) end
-      for _, index in ipairs(d.indexes) do redis.call('ZADD', index, 0, d.id) end
-      redis.call('SADD', K.indexes, d.indexes[2], d.indexes[3])
+        'updated_ms', int(A.created_ms), unpack(extra))
       redis.call('ZADD', K.due, NOW, d.id)
       written = written + 1
     end
@@ -49,7 +59,7 @@ if A.upstream_key ~= cjson.null then
 end
 -- Past this backlog PostgreSQL is not keeping up (or is away): refuse new work rather than
 -- fill Redis's memory with history.
-if redis.call('XLEN', K.history) >= A.history_max then
+if A.history_max ~= cjson.null and redis.call('XLEN', K.history) >= A.history_max then
   return redis.error_reply('HISTORY_BACKLOG')
 end
 -- The request's answer is stored with the first step: from it on, the event exists and is
@@ -64,12 +74,11 @@ end
 -- as a chunk.
 redis.call('HSET', K.event, 'payload', A.payload, 'type', A.type, 'tenant_id', A.tenant_id,
   'created_at', A.created_at, 'upstream_id', A.upstream_id, 'deliveries', ARGV[2],
-  'live', A.live)
-redis.call('ZADD', K.events, 0, A.id)
-redis.call('ZADD', K.tenant_events, 0, A.id)
-redis.call('SADD', K.indexes, K.tenant_events)
--- The event goes to history at once, so lists find it; it leaves Redis with its last delivery.
-archive('e', A.id)
+  'live', A.live + 1)
+-- The event goes to history at once, with the delivery and endpoint ids of its whole fan-out
+-- (ARGV[4]), so lists find them. It leaves Redis once history has it and its last delivery
+-- has left: `live` counts its deliveries in Redis and its own entry for history, one each.
+archive('e', A.id, ARGV[4], 'p', A.payload)
 write(A.deliveries, false)
 if A.step == 'begin' then
   redis.call('SET', K.plan, ARGV[3])

@@ -5,12 +5,17 @@
 -- Everything examined is claimed, parked, rescheduled or dropped, so no backlog can hide what
 -- is due behind it.
 
--- How long until anything is due (Redis's clock, ms): the caller may sleep until then unless
--- woken. Everything this call reads or reschedules ahead of NOW counts.
-local head = nil
+-- When the next delivery is due, and when the next endpoint wakes (Redis's clock, ms): the
+-- caller may sleep until then unless woken. Everything this call reads or reschedules ahead of
+-- NOW counts.
+local head, wake_head = nil, nil
 local function later(at)
   at = tonumber(at)
   if at and at > NOW and (not head or at < head) then head = at end
+end
+local function later_wake(at)
+  at = tonumber(at)
+  if at and at > NOW and (not wake_head or at < wake_head) then wake_head = at end
 end
 
 -- A lease whose worker died stays in its endpoint's slots until it is taken over (and freed
@@ -29,7 +34,7 @@ local function park(id, wh, score, wake_at)
   redis.call('ZREM', K.due, id)
   redis.call('ZADD', K.parked .. wh, score, id)
   redis.call('ZADD', K.wakes, 'LT', wake_at, wh)
-  later(wake_at)
+  later_wake(wake_at)
 end
 
 local function unpark(wh)
@@ -46,7 +51,7 @@ local function unpark(wh)
     local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
     local at = first or (NOW + 1000)
     redis.call('ZADD', K.wakes, 'LT', at, wh)
-    later(at)
+    later_wake(at)
   end
 end
 
@@ -56,11 +61,12 @@ local endpoints = {}
 local function endpoint(wh)
   local e = endpoints[wh]
   if not e then
-    local record = redis.call('GET', K.webhook .. wh)
+    local got = redis.call('MGET', K.webhook .. wh, K.failing .. wh)
+    local record = got[1]
     local ok, w = false, nil
     if record then ok, w = pcall(cjson.decode, record) end
     e = {record = record, enabled = ok and w.enabled == true,
-      rate = ok and w.rate_limit_per_second or nil}
+      rate = ok and w.rate_limit_per_second or nil, failing = got[2] and 1 or 0}
     endpoints[wh] = e
   end
   return e
@@ -123,18 +129,21 @@ local function try(id, score)
   redis.call('ZADD', K.due, lease, id)
   later(lease)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '',
-    payload_of(d[5]), d[7] or ''}
+    payload_of(d[5]), d[7] or '', e.failing}
 end
 
 -- Both sets are read by rank, one entry past the scan: what is due comes first, and the first
--- entry that is not says when to look again, without another read.
-local wakes = redis.call('ZRANGE', K.wakes, 0, A.scan, 'WITHSCORES')
-for i = 1, #wakes, 2 do
-  if tonumber(wakes[i + 1]) > NOW then
-    later(wakes[i + 1])
-    break
+-- entry that is not says when to look again, without another read. The wakes set only when the
+-- caller asks (when a wake it knows of has come, and now and then for those others made).
+if A.wakes then
+  local wakes = redis.call('ZRANGE', K.wakes, 0, A.scan, 'WITHSCORES')
+  for i = 1, #wakes, 2 do
+    if tonumber(wakes[i + 1]) > NOW then
+      later_wake(wakes[i + 1])
+      break
+    end
+    unpark(wakes[i])
   end
-  unpark(wakes[i])
 end
 local claims = {}
 local due = redis.call('ZRANGE', K.due, 0, A.scan, 'WITHSCORES')
@@ -148,4 +157,5 @@ for i = 1, #due, 2 do
   local claim = try(due[i], score)
   if claim then table.insert(claims, claim) end
 end
-return {int(NOW), head and int(head - NOW) or -1, claims, taken_over}
+return {int(NOW), head and int(head - NOW) or -1, claims, taken_over,
+  wake_head and int(wake_head - NOW) or -1}

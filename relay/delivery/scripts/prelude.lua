@@ -4,13 +4,28 @@ local A = cjson.decode(ARGV[1])
 local K = A.keys
 -- Integers as Redis text (Lua would print large numbers in exponent form).
 local function int(x) return string.format('%d', x) end
--- Tell one idle worker that something became due now; the list stays short (trimmed only
--- when it has grown: idle workers empty it).
+-- Tell one idle worker that something became due now. The list stays short: idle workers
+-- empty it, and past 32 wake-ups nobody took it goes back to 16 (in one trim per 17 pushes,
+-- not one per push).
 local function wake()
-  if redis.call('LPUSH', K.wake, 1) > 16 then redis.call('LTRIM', K.wake, 0, 15) end
+  if redis.call('LPUSH', K.wake, 1) > 32 then redis.call('LTRIM', K.wake, 0, 15) end
 end
--- Hand a record that reached its end to the history writer (PostgreSQL). Only its kind and id
--- travel: the writer reads the record itself, and lets it go from Redis once it is written.
-local function archive(kind, id)
-  redis.call('XADD', K.history, '*', 'k', kind, 'i', id)
+-- Hand a record to the history writer (PostgreSQL): its kind, id and the record itself (JSON),
+-- so that the writer reads nothing back. Redis lets the record go once PostgreSQL has it.
+local function archive(kind, id, record, ...)
+  redis.call('XADD', K.history, '*', 'k', kind, 'i', id, 'r', record, ...)
+end
+-- A delivery as history takes it: its fields (a table, every value text) and its attempts
+-- (their JSON records); an empty table would encode as an object, so none is left out.
+local function archive_delivery(id, fields, attempts)
+  local record = {delivery = fields}
+  if #attempts > 0 then record.attempts = attempts end
+  archive('d', id, cjson.encode(record))
+end
+-- A delivery's whole hash as a table (for the rarer transitions, which read it all).
+local function hash_of(key)
+  local flat = redis.call('HGETALL', key)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return fields
 end

@@ -13,13 +13,11 @@ local function revive(id, r)
   if not here and r.event == cjson.null then return false end
   local key = K.delivery .. id
   redis.call('HSET', key, unpack(r.delivery))
-  for _, index in ipairs(r.indexes) do redis.call('ZADD', index, 0, id) end
   if here then
     redis.call('HINCRBY', event, 'live', 1)
   else
     redis.call('HSET', event, unpack(r.event))
-    redis.call('HSET', event, 'live', 1, 'stored', 1)
-    for _, index in ipairs(r.event_indexes) do redis.call('ZADD', index, 0, r.event_id) end
+    redis.call('HSET', event, 'live', 1)
   end
   return true
 end
@@ -38,10 +36,19 @@ for _, id in ipairs(A.ids) do
   elseif not allowed[st[1]] then
     table.insert(out, st[1])
   else
-    if st[1] ~= 'pending' then
-      redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '')
+    local finished = st[1] ~= 'pending'
+    if finished then
+      -- The last attempt joins the list the new cycle's attempts follow.
+      local last = redis.call('HGET', key, 'last_attempt')
+      if last and last ~= '' then
+        redis.call('RPUSH', K.delivery .. id .. K.attempts_suffix, last)
+      end
+      redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '',
+        'last_attempt', '')
     end
     redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
+    -- History shows it in flight again (its attempts are there already, or come with its end).
+    if finished then archive_delivery(id, hash_of(key), {}) end
     redis.call('ZADD', K.due, NOW, id)
     woken = true
     table.insert(out, 'ok')

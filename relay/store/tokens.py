@@ -20,22 +20,17 @@ _EXPIRED_KEPT_MS = 86_400_000
 # last_used_at is precise to a minute: a request writes it only if it is older than this.
 _USE_RECORDED_EVERY_MS = 60_000
 
-# Read the record by hash and, at most once a minute per token, note the time of use. The note
-# lives as long as the record (an expiring token's keys have a TTL; a revoke deletes both).
-_LOOKUP = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return nil end
-local now = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if now - last >= tonumber(ARGV[2]) then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then
-    redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[2], ARGV[1])
-  end
+# At most once a minute per token, note the time of use (the read that decides is a plain
+# MGET with the record: a request pays one command). The note lives as long as the record (an
+# expiring token's keys have a TTL; a revoke deletes both, and then nothing is noted).
+_NOTE_USE = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return end
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[1])
 end
-return raw
 """
 
 
@@ -84,7 +79,7 @@ class TokenStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._lookup = redis.register_script(_LOOKUP)
+        self._note_use = redis.register_script(_NOTE_USE)
 
     async def issue(
         self, spec: TokenSpec, commit: Commit[Issued] | None = None
@@ -117,11 +112,13 @@ class TokenStore:
 
     async def by_hash(self, digest: str, now_ms: int) -> TokenRecord | None:
         """The token whose hash is `digest`, if any, noting that it is being used now."""
-        raw = await self._lookup(
-            keys=[keys.token_by_hash(digest), keys.token_used(digest)],
-            args=[now_ms, _USE_RECORDED_EVERY_MS],
-        )
-        return _record(raw) if raw else None
+        record_key, used_key = keys.token_by_hash(digest), keys.token_used(digest)
+        raw, used = await self._redis.mget([record_key, used_key])
+        if not raw:
+            return None
+        if now_ms - int(used or 0) >= _USE_RECORDED_EVERY_MS:
+            await self._note_use(keys=[record_key, used_key], args=[now_ms])
+        return _record(raw)
 
     async def get(self, token_id: str) -> TokenRecord:
         """A token by id, or NotFound."""

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay.secrets import generate_master_key
 from relay.signing import generate_secret
 from tests.conftest import ClientFactory
-from tests.flows import Workers, post_event, wait_status
+from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, relay_env, run_relay
 
@@ -445,3 +445,26 @@ async def test_the_attempt_log_keeps_no_response_when_capture_is_off(
         found = await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "delivered")
     [attempt] = found["attempts"]
     assert attempt["status_code"] == 200 and attempt["response_body"] == ""
+
+
+async def test_every_change_to_a_webhook_reaches_the_next_event_from_two_api_processes(
+    make_client: ClientFactory,
+) -> None:
+    # Each API process keeps a copy of a tenant's webhooks; a change made through one process
+    # must be what the other fans the next event out to.
+    one, other = await make_client(), await make_client()
+
+    async def targets() -> list[str]:
+        event = (await post_event(other)).json()["data"]
+        return [d["webhook_id"] for d in event["deliveries"]]
+
+    assert await targets() == []
+    hook = await webhook(one, "https://hooks.example.com/a")
+    assert await targets() == [hook["id"]]
+    changed = await one.patch(f"/v1/webhooks/{hook['id']}", json={"events": ["media.uploaded"]})
+    assert changed.status_code == 200, changed.text
+    assert await targets() == []
+    await one.patch(f"/v1/webhooks/{hook['id']}", json={"events": ["post.published"]})
+    assert await targets() == [hook["id"]]
+    assert (await one.delete(f"/v1/webhooks/{hook['id']}")).status_code == 200
+    assert await targets() == []

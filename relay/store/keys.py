@@ -39,6 +39,11 @@ def audited_request(token_id: str, key_digest: str) -> str:
 WEBHOOKS = PREFIX + "whs"
 
 
+# A fresh random mark written by every change to any webhook: a process's copy of a tenant's
+# webhooks is good while this is unchanged.
+WEBHOOKS_VERSION = PREFIX + "whs:version"
+
+
 def webhook(webhook_id: str) -> str:
     """A webhook's record (JSON, secrets encrypted)."""
     return f"{PREFIX}wh:{webhook_id}"

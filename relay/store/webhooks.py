@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
 if ARGV[4] == '0' then redis.call('SADD', KEYS[4], ARGV[2]) end
+redis.call('SET', KEYS[5], ARGV[6])
 return 1
 """
 )
@@ -43,8 +46,16 @@ def _note_enabled(pipe: Pipeline, webhook: Webhook) -> None:
         pipe.sadd(keys.DISABLED_WEBHOOKS, webhook.id)
 
 
+def _new_version() -> str:
+    """A mark for the webhooks as they are after a change: never one they had before, even
+    after Redis lost its last writes (a counter could then repeat a number for other data)."""
+    return secrets.token_hex(8)
+
+
 # Most webhook records one MGET reads.
 _READ_CHUNK = 1000
+# Tenants whose webhooks a process keeps a copy of (the most recently used).
+_TENANTS_CACHED = 10_000
 
 
 class WebhookStore:
@@ -54,6 +65,9 @@ class WebhookStore:
         self._redis = redis
         self._max_per_tenant = max_per_tenant
         self._add = redis.register_script(_ADD)
+        # tenant -> (webhooks version read before them, webhooks): every event reads its
+        # tenant's webhooks, and most events find them unchanged.
+        self._copies: OrderedDict[str, tuple[bytes, list[Webhook]]] = OrderedDict()
 
     async def add(self, webhook: Webhook, commit: Commit[Webhook] | None = None) -> None:
         """Store a new webhook with its index entries; Invalid once its tenant has the most
@@ -64,6 +78,7 @@ class WebhookStore:
                 keys.WEBHOOKS,
                 keys.tenant_webhooks(webhook.tenant_id),
                 keys.DISABLED_WEBHOOKS,
+                keys.WEBHOOKS_VERSION,
             ],
             args=[
                 codec.dumps(webhook.record()),
@@ -71,6 +86,7 @@ class WebhookStore:
                 self._max_per_tenant,
                 int(webhook.enabled),
                 codec.dumps(None if commit is None else commit.lua(webhook)),
+                _new_version(),
             ],
         )
         if not added:
@@ -95,7 +111,21 @@ class WebhookStore:
         return [_load(r) for r in raws if r], page.next_cursor
 
     async def of_tenant(self, tenant_id: str) -> list[Webhook]:
-        """Every webhook of a tenant, for fan-out."""
+        """Every webhook of a tenant, for fan-out: one read while none has changed since this
+        process last read them (a change anywhere is seen by the next event)."""
+        version = await self._redis.get(keys.WEBHOOKS_VERSION) or b"0"
+        copy = self._copies.get(tenant_id)
+        if copy is not None and copy[0] == version:
+            self._copies.move_to_end(tenant_id)
+            return copy[1]
+        webhooks = await self._read_tenant(tenant_id)
+        self._copies[tenant_id] = (version, webhooks)
+        self._copies.move_to_end(tenant_id)
+        if len(self._copies) > _TENANTS_CACHED:
+            self._copies.popitem(last=False)
+        return webhooks
+
+    async def _read_tenant(self, tenant_id: str) -> list[Webhook]:
         ids = await self._redis.zrange(keys.tenant_webhooks(tenant_id), 0, -1)
         # Bounded MGETs in one round trip: one MGET of a raised cap's worth of records would
         # hold Redis for tens of milliseconds while it builds a reply of megabytes.
@@ -128,6 +158,7 @@ class WebhookStore:
 
         def also(pipe: Pipeline, webhook: Webhook) -> None:
             _note_enabled(pipe, webhook)
+            pipe.set(keys.WEBHOOKS_VERSION, _new_version())
             if forget_failures:
                 pipe.delete(keys.endpoint_failing(webhook.id))
 
@@ -142,6 +173,7 @@ class WebhookStore:
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
             pipe.srem(keys.DISABLED_WEBHOOKS, webhook_id)
+            pipe.set(keys.WEBHOOKS_VERSION, _new_version())
 
         return await transact(
             self._redis, keys.webhook(webhook_id), self._found, write, "webhook", commit

@@ -246,3 +246,20 @@ async def test_a_full_redis_answers_503_on_every_route_and_says_why(
 
 def _event_body() -> dict[str, object]:
     return {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_full"}}
+
+
+async def test_readiness_fails_while_redis_is_full_and_says_so(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    assert (await client.get("/readyz")).status_code == 200
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        full = await client.get("/readyz")
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert full.status_code == 503
+    assert full.headers["content-type"] == "application/problem+json"
+    assert "Redis is out of memory" in full.json()["detail"]
+    assert (await client.get("/readyz")).status_code == 200

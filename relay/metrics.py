@@ -147,6 +147,12 @@ class _Snapshot(Collector):
             c.get("redis_errors", 0.0),
         )
         yield _counter(
+            "relay_redis_oom_errors",
+            "Redis calls refused because Redis was out of memory (at its maxmemory), in any API "
+            "or worker process.",
+            c.get("redis_oom_errors", 0.0),
+        )
+        yield _counter(
             "relay_history_write_errors",
             "Batches the history writer could not write to PostgreSQL (they are kept and retried).",
             c.get("history_write_errors", 0.0),

@@ -22,6 +22,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError
+
 from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
@@ -107,7 +109,11 @@ class DeliveryWorker:
                     await self._idle(poll.next_due_in_ms)
                 backoff.reset()
             except REDIS_AWAY as exc:
-                log.warning("redis unavailable while claiming (%s); retrying", exc)
+                if isinstance(exc, OutOfMemoryError):
+                    log.warning("redis is out of memory (maxmemory reached); claiming waits")
+                    self._svc.counts.add("redis_oom_errors")
+                else:
+                    log.warning("redis unavailable while claiming (%s); retrying", exc)
                 self._svc.counts.add("redis_errors")
                 await backoff.wait()
 

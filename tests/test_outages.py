@@ -263,3 +263,53 @@ async def test_readiness_fails_while_redis_is_full_and_says_so(
     assert full.headers["content-type"] == "application/problem+json"
     assert "Redis is out of memory" in full.json()["detail"]
     assert (await client.get("/readyz")).status_code == 200
+
+
+def _value(scrape: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", scrape, re.M)
+    return float(match[1]) if match else None
+
+
+async def test_metrics_count_what_a_full_redis_refuses_while_it_is_full(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    assert _value((await client.get("/metrics")).text, "relay_redis_oom_errors_total") == 0
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        first = (await client.get("/metrics")).text
+        for _ in range(3):
+            assert (await client.get("/v1/webhooks")).status_code == 503
+        then = (await client.get("/metrics")).text
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert _value(first, "relay_redis_up") == 1
+    refused = _value(first, "relay_redis_oom_errors_total")
+    assert refused is not None and refused >= 1
+    assert _value(then, "relay_redis_oom_errors_total") == refused + 3
+
+
+async def test_workers_wait_for_a_full_redis_and_are_seen_doing_so(
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    await webhook(client, "https://hooks.example.com/")
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        scrape = (await client.get("/metrics")).text
+        by_api = _value(scrape, "relay_redis_oom_errors_total")
+        [worker] = await workers(1, RELAY_REDIS_URL=own_redis.url)
+
+        deadline = time.monotonic() + 20
+        while (_value(scrape, "relay_redis_oom_errors_total") or 0) <= (by_api or 0):
+            assert time.monotonic() < deadline, "the worker's refused claims were never counted"
+            assert worker.poll() is None
+            await asyncio.sleep(0.2)
+            scrape = (await client.get("/metrics")).text
+        assert _value(scrape, "relay_workers") == 1
+        assert _value(scrape, "relay_deliveries_pending") == _value(scrape, "relay_deliveries_due")
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert worker.poll() is None

@@ -94,10 +94,11 @@ async def on_redis_error(request: Request, exc: Exception) -> Response:
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 
-async def on_redis_full(_: Request, exc: Exception) -> Response:
+async def on_redis_full(request: Request, exc: Exception) -> Response:
     """Redis reached its maxmemory and refuses writes: a 503 to retry, never a 500. Unlike a
     failover it lasts until an operator gives Redis memory, so each refusal says why."""
     log.warning("redis is out of memory (maxmemory reached) and refused a write: %s", exc)
+    services(request).counts.add_all(("redis_errors", "redis_oom_errors"))
     return problem(Unavailable("The store is out of memory and refuses writes; retry later."))
 
 

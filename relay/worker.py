@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.exceptions import OutOfMemoryError
 
+from relay import logs
 from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
@@ -98,6 +99,7 @@ class DeliveryWorker:
                 )
                 self._note_wakes(wakes, poll.next_wake_in_ms)
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
+                self._report_missing(poll.missing)
                 for claim in poll.claims:
                     task = asyncio.create_task(self._attempt(claim))
                     self._tasks.add(task)
@@ -116,6 +118,18 @@ class DeliveryWorker:
                     log.warning("redis unavailable while claiming (%s); retrying", exc)
                 self._svc.counts.add("redis_errors")
                 await backoff.wait()
+
+    def _report_missing(self, missing: tuple[str, ...]) -> None:
+        # A delivery lost from Redis is lost for good (no record says where it went): the one
+        # trace left of it is this line, so an operator can look for it in history.
+        for delivery_id in missing:
+            with logs.scope(delivery_id=delivery_id):
+                log.error(
+                    "delivery %s was due but its record is gone from Redis (evicted or lost); "
+                    "it cannot be attempted",
+                    delivery_id,
+                )
+        self._svc.counts.add("deliveries_missing", len(missing))
 
     def _note_wakes(self, looked: bool, next_wake_in_ms: int | None) -> None:
         now = time.monotonic()

@@ -193,6 +193,7 @@ class Poll:
     next_due_in_ms: int | None
     taken_over: int = 0  # leases that had run out (their worker died or stalled)
     next_wake_in_ms: int | None = None  # of an endpoint with parked deliveries, if known
+    missing: tuple[str, ...] = ()  # due, but their record was gone: dropped from the due set
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +446,7 @@ class DeliveryStore:
         """
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
-        now, wait, rows, taken_over, wake = await self._run(
+        now, wait, rows, taken_over, wake, missing = await self._run(
             Transition.CLAIM,
             {
                 "keys": {
@@ -493,6 +494,7 @@ class DeliveryStore:
             int(wait) if int(wait) >= 0 else None,
             int(taken_over),
             int(wake) if int(wake) >= 0 else None,
+            tuple(m.decode() for m in missing),
         )
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:

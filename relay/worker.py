@@ -162,14 +162,12 @@ class DeliveryWorker:
 
 
 async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
-    """Finish abandoned accepts; and history's partitions, by one worker at a time."""
+    """Finish abandoned accepts; and history's partitions, by one worker at a time. Waits out
+    outages; any other failure is logged and tried again at the next pass."""
     backoff = Backoff()
     while not stopping.is_set():
         try:
-            if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
-                log.warning("finished %d accepts that their API process abandoned", finished)
-            if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
-                await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+            await _maintain(svc)
             backoff.reset()
         except REDIS_AWAY as exc:
             log.warning("redis unavailable during maintenance (%s); retrying", exc)
@@ -181,6 +179,38 @@ async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
+
+
+async def _finish_abandoned(svc: Services) -> None:
+    if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
+        log.warning("finished %d accepts that their API process abandoned", finished)
+
+
+async def _retention(svc: Services) -> None:
+    if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
+        await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+
+
+_STEPS = (
+    ("finish abandoned accepts", _finish_abandoned),
+    ("make and drop history's partitions", _retention),
+)
+
+
+async def _maintain(svc: Services) -> None:
+    """One pass: each step, whatever became of the other; an outage ends the pass (to wait)."""
+    for what, step in _STEPS:
+        try:
+            await step(svc)
+        except REDIS_AWAY:
+            raise
+        except POSTGRES_AWAY:
+            raise
+        except Exception:
+            # No wait cures this (a bug, a record this release cannot read, a table in the
+            # way), and the task would end with no word: say it all, and leave the other step
+            # and the next pass to run, as retention and accepts must not stop for one record.
+            log.exception("maintenance could not %s; trying again at the next pass", what)
 
 
 async def _keep_partitions(svc: Services, now_ms: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -313,3 +314,36 @@ async def test_workers_wait_for_a_full_redis_and_are_seen_doing_so(
         admin.config_set("maxmemory", 0)
         admin.close()
     assert worker.poll() is None
+
+
+async def test_a_full_redis_still_lets_the_history_writer_drain_it(
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+
+    async def backlog() -> float | None:
+        return _value((await client.get("/metrics")).text, "relay_history_backlog")
+
+    async def drained() -> None:
+        deadline = time.monotonic() + 20
+        while await backlog() != 0:
+            assert time.monotonic() < deadline, f"{await backlog()} records still wait in Redis"
+            await asyncio.sleep(0.2)
+
+    # A worker that has written history once, then stops: what comes next waits for history.
+    [first] = await workers(1, RELAY_REDIS_URL=own_redis.url)
+    assert (await post_event(client)).status_code == 202
+    await drained()
+    first.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(first.wait, 15)
+
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        waiting = await backlog()
+        assert waiting is not None and waiting > 10
+        await workers(1, RELAY_REDIS_URL=own_redis.url)
+        await drained()
+        assert (await client.get("/readyz")).status_code == 503  # still over its maxmemory
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,8 @@ from relay.runtime import DataDirBusy, DevClaim, Runtime, StaleRuntime, running
 from relay.store import codec
 from relay.tokens import Role, TokenSpec
 from relay.validation import parse
+
+log = logging.getLogger("relay.cli")
 
 _DEV_SECRETS = "dev-secrets.json"
 T = TypeVar("T")
@@ -67,6 +70,41 @@ def _server_settings() -> Settings:
     for need in (require_redis_url, require_database_url, keyring):
         _required(settings, need)
     return settings
+
+
+def _refuse_eviction(risk: str | None, settings: Settings) -> str | None:
+    """A Redis that may evict relay's keys stops the command (CliError), unless the operator
+    allowed it; then the warning to give."""
+    if risk is None:
+        return None
+    if not settings.allow_eviction:
+        raise CliError(f"{risk}; or set RELAY_ALLOW_EVICTION=true to run anyway")
+    return f"{risk}; running anyway (RELAY_ALLOW_EVICTION=true)"
+
+
+def _redis_keeps_keys(settings: Settings) -> None:
+    """Before `api` or `worker` starts: wait for Redis to answer, then refuse one that may
+    evict relay's keys."""
+    from relay.delivery.outage import REDIS_AWAY, Backoff
+    from relay.services import connect_redis, require_redis_url
+    from relay.store.memory import eviction_risk, policy
+
+    async def read_policy() -> str | None:
+        client = connect_redis(_required(settings, require_redis_url))
+        backoff = Backoff()
+        try:
+            while True:
+                try:
+                    return await policy(client)
+                except REDIS_AWAY as exc:
+                    url = redacted_url(settings.redis_url)
+                    log.warning("waiting for redis at %s: %s", url, exc)
+                    await backoff.wait()
+        finally:
+            await client.aclose()
+
+    if warning := _refuse_eviction(eviction_risk(asyncio.run(read_policy())), settings):
+        log.warning("%s", warning)
 
 
 def _redis_url(settings: Settings) -> str:
@@ -264,6 +302,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from relay.app import create_app
 
     settings = _server_settings()
+    _redis_keeps_keys(settings)
     tracing.configure("relay-api")
     uvicorn.run(
         create_app(settings),
@@ -286,6 +325,7 @@ def cmd_worker(_: argparse.Namespace) -> int:
     from relay import worker
 
     settings = _server_settings()
+    _redis_keeps_keys(settings)
     tracing.configure("relay-worker")
     # Each attempt is a couple of Redis calls and one HTTP exchange: the worker spends much of
     # its time in the event loop's socket calls, which uvloop makes cheaper.
@@ -379,12 +419,13 @@ async def _connect(settings: Settings) -> list[str]:
     from relay.history import migrations
     from relay.history.db import POSTGRES_AWAY
     from relay.services import connect_redis
+    from relay.store.memory import eviction_risk, policy
 
     assert settings.redis_url and settings.database_url
     client = connect_redis(settings.redis_url)
     try:
         info = await client.info("server")
-        policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy", "?")
+        evicts = await policy(client)
     except (redis.exceptions.RedisError, OSError) as exc:
         raise CliError(f"RELAY_REDIS_URL: cannot reach Redis: {exc}") from None
     finally:
@@ -392,6 +433,8 @@ async def _connect(settings: Settings) -> list[str]:
     version = str(info.get("redis_version", "?"))
     if int(version.split(".")[0]) < 7:
         raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
+    if warning := _refuse_eviction(eviction_risk(evicts), settings):
+        print(f"relay: warning: {warning}", file=sys.stderr)
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=5)
     except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:
@@ -404,7 +447,7 @@ async def _connect(settings: Settings) -> list[str]:
     finally:
         await conn.close()
     return [
-        f"redis: {version}, maxmemory-policy {policy}",
+        f"redis: {version}, maxmemory-policy {evicts or 'unknown'}",
         f"postgresql: {server.major}.{server.minor}, schema at version {migrations.latest()}",
     ]
 

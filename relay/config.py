@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     retry_schedule: Annotated[RetryPolicy, NoDecode] = RetryPolicy()
     delivery_timeout: float = Field(15.0, gt=0, le=300)
     allow_private_targets: bool = False
+    # Run against a Redis whose maxmemory-policy may evict relay's keys (any but noeviction),
+    # which `api`, `worker` and `config check --connect` otherwise refuse.
+    allow_eviction: bool = False
     retention_days: int = Field(30, ge=1, le=3650)
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()

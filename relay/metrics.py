@@ -142,9 +142,21 @@ class _Snapshot(Collector):
             c.get("sweeper_requeued", 0.0),
         )
         yield _counter(
+            "relay_deliveries_missing",
+            "Deliveries found due with their record gone from Redis (evicted or lost), so never "
+            "attempted again.",
+            c.get("deliveries_missing", 0.0),
+        )
+        yield _counter(
             "relay_redis_errors",
             "Redis calls that failed, in any API or worker process.",
             c.get("redis_errors", 0.0),
+        )
+        yield _counter(
+            "relay_redis_oom_errors",
+            "Redis calls refused because Redis was out of memory (at its maxmemory), in any API "
+            "or worker process.",
+            c.get("redis_oom_errors", 0.0),
         )
         yield _counter(
             "relay_history_write_errors",

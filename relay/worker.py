@@ -22,6 +22,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError
+
+from relay import logs
 from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
@@ -96,6 +99,7 @@ class DeliveryWorker:
                 )
                 self._note_wakes(wakes, poll.next_wake_in_ms)
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
+                self._report_missing(poll.missing)
                 for claim in poll.claims:
                     task = asyncio.create_task(self._attempt(claim))
                     self._tasks.add(task)
@@ -107,9 +111,25 @@ class DeliveryWorker:
                     await self._idle(poll.next_due_in_ms)
                 backoff.reset()
             except REDIS_AWAY as exc:
-                log.warning("redis unavailable while claiming (%s); retrying", exc)
+                if isinstance(exc, OutOfMemoryError):
+                    log.warning("redis is out of memory (maxmemory reached); claiming waits")
+                    self._svc.counts.add("redis_oom_errors")
+                else:
+                    log.warning("redis unavailable while claiming (%s); retrying", exc)
                 self._svc.counts.add("redis_errors")
                 await backoff.wait()
+
+    def _report_missing(self, missing: tuple[str, ...]) -> None:
+        # A delivery lost from Redis is lost for good (no record says where it went): the one
+        # trace left of it is this line, so an operator can look for it in history.
+        for delivery_id in missing:
+            with logs.scope(delivery_id=delivery_id):
+                log.error(
+                    "delivery %s was due but its record is gone from Redis (evicted or lost); "
+                    "it cannot be attempted",
+                    delivery_id,
+                )
+        self._svc.counts.add("deliveries_missing", len(missing))
 
     def _note_wakes(self, looked: bool, next_wake_in_ms: int | None) -> None:
         now = time.monotonic()
@@ -142,14 +162,12 @@ class DeliveryWorker:
 
 
 async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
-    """Finish abandoned accepts; and history's partitions, by one worker at a time."""
+    """Finish abandoned accepts; and history's partitions, by one worker at a time. Waits out
+    outages; any other failure is logged and tried again at the next pass."""
     backoff = Backoff()
     while not stopping.is_set():
         try:
-            if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
-                log.warning("finished %d accepts that their API process abandoned", finished)
-            if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
-                await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+            await _maintain(svc)
             backoff.reset()
         except REDIS_AWAY as exc:
             log.warning("redis unavailable during maintenance (%s); retrying", exc)
@@ -161,6 +179,38 @@ async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
+
+
+async def _finish_abandoned(svc: Services) -> None:
+    if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
+        log.warning("finished %d accepts that their API process abandoned", finished)
+
+
+async def _retention(svc: Services) -> None:
+    if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
+        await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+
+
+_STEPS = (
+    ("finish abandoned accepts", _finish_abandoned),
+    ("make and drop history's partitions", _retention),
+)
+
+
+async def _maintain(svc: Services) -> None:
+    """One pass: each step, whatever became of the other; an outage ends the pass (to wait)."""
+    for what, step in _STEPS:
+        try:
+            await step(svc)
+        except REDIS_AWAY:
+            raise
+        except POSTGRES_AWAY:
+            raise
+        except Exception:
+            # No wait cures this (a bug, a record this release cannot read, a table in the
+            # way), and the task would end with no word: say it all, and leave the other step
+            # and the next pass to run, as retention and accepts must not stop for one record.
+            log.exception("maintenance could not %s; trying again at the next pass", what)
 
 
 async def _keep_partitions(svc: Services, now_ms: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from tests.support import (
     RedisServer,
@@ -191,3 +192,66 @@ def test_worker_starts_connects_and_stops_cleanly(redis_server: RedisServer) -> 
     worker.send_signal(signal.SIGTERM)
     worker.wait(15)
     assert worker.returncode == 0, "".join(lines)
+
+
+def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+# A Redis that may evict: relay's keys would vanish when it fills (see README, Durability).
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru"])
+@pytest.mark.parametrize(
+    "command", [["api", "--port", "0"], ["worker"], ["config", "check", "--connect"]]
+)
+def test_api_worker_and_connect_check_refuse_a_redis_that_may_evict(
+    own_redis: RedisServer, command: list[str], policy: str
+) -> None:
+    redis.Redis(port=own_redis.port).config_set("maxmemory-policy", policy)
+    result = _run(command, relay_env(own_redis.url))
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith("relay: ") and "maxmemory-policy" in said, said
+    assert policy in said and "noeviction" in said and "RELAY_ALLOW_EVICTION" in said, said
+
+
+def test_a_worker_refuses_a_redis_that_will_not_say_its_policy(own_redis: RedisServer) -> None:
+    admin = redis.Redis(port=own_redis.port)
+    admin.acl_setuser(
+        "relay", enabled=True, passwords=["+pw"], keys="*", commands=["+@all", "-info"]
+    )
+    result = _run(["worker"], relay_env(own_redis.url.replace("://", "://relay:pw@")))
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = result.stderr.splitlines()[-1]
+    assert "cannot read Redis's maxmemory-policy" in said and "noeviction" in said, said
+
+
+def test_allow_eviction_runs_anyway_and_says_so(own_redis: RedisServer) -> None:
+    redis.Redis(port=own_redis.port).config_set("maxmemory-policy", "volatile-ttl")
+    env = relay_env(own_redis.url, RELAY_ALLOW_EVICTION="true")
+    checked = _run(["config", "check", "--connect"], env)
+    assert checked.returncode == 0, checked.stderr
+    assert "RELAY_ALLOW_EVICTION=true" in checked.stdout
+    assert "volatile-ttl" in checked.stderr and "maxmemory-policy" in checked.stderr
+
+    worker = spawn_relay(["worker"], env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+
+    def connected() -> bool:
+        assert worker.stdout is not None
+        line = worker.stdout.readline().decode()
+        lines.append(line)
+        return "worker connected" in line
+
+    try:
+        wait_until(connected, timeout=20, interval=0)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(15)
+    warned = [line for line in lines if "maxmemory-policy" in line]
+    assert warned and '"level":"warning"' in warned[0] and "volatile-ttl" in warned[0], lines

@@ -18,6 +18,7 @@ import httpx
 import redis.asyncio
 
 from relay.secrets import generate_master_key
+from relay.store import keys
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
@@ -356,3 +357,36 @@ async def test_a_worker_started_before_redis_waits_for_it(
             await asyncio.to_thread(worker.wait, 15)
             server.stop()
     assert "Traceback" not in log.read_text()
+
+
+async def test_a_due_delivery_whose_record_is_gone_is_logged_and_counted(
+    admin: httpx.AsyncClient,
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    tmp_path: Path,
+) -> None:
+    async with Receiver() as rx:
+        await webhook(admin, rx.url("/hook"))
+        lost = _only_delivery(await _accepted(admin))
+        kept = await _accepted(admin)
+        # As a Redis that may evict does when full, or one that lost writes it had not persisted.
+        assert await redis_client.delete(keys.delivery(lost)) == 1
+        env = relay_env(redis_server.url, RELAY_ALLOW_PRIVATE_TARGETS="true")
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = spawn_relay(["worker"], env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                [request] = await rx.wait_for(1, timeout=20)
+                deadline = time.monotonic() + 20
+                while (
+                    "relay_deliveries_missing_total 1.0" not in (await admin.get("/metrics")).text
+                ):
+                    assert time.monotonic() < deadline, "the lost delivery was never counted"
+                    await asyncio.sleep(0.5)
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(worker.wait, 15)
+    assert request.headers["webhook-id"] == kept["id"]
+    errors = [ln for ln in log.read_text().splitlines() if '"level":"error"' in ln]
+    assert len(errors) == 1, log.read_text()
+    assert f'"delivery_id":"{lost}"' in errors[0] and "gone from Redis" in errors[0], errors

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from relay.app import OPERATIONS
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, webhook
 from tests.receivers import Receiver
@@ -172,3 +175,175 @@ async def test_a_busy_script_answers_503_not_500(
         spinning.join(10)
         admin.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _fill_until_refused(client: httpx.AsyncClient, server: RedisServer) -> redis.Redis:
+    """Post events into a Redis whose maxmemory is just above what it holds, until it refuses
+    them; then keep it over the limit, as a full Redis stays until someone acts. Its client,
+    to empty it again."""
+    admin = redis.Redis(port=server.port)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", admin.info("memory")["used_memory"] + 256 * 1024)
+    answers: list[int] = []
+    while len(answers) < 1000 and 503 not in answers:
+        body = {"post_id": f"p_{len(answers)}", "text": "x" * 2000}
+        answers.append((await post_event(client, data=body)).status_code)
+    assert set(answers) == {202, 503}, sorted(set(answers))
+    admin.config_set("maxmemory", admin.info("memory")["used_memory"] // 2)
+    return admin
+
+
+def _path(template: str, ids: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: ids[m[1]], template)
+
+
+async def test_a_full_redis_answers_503_on_every_route_and_says_why(
+    make_client: ClientFactory, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    hook = await webhook(client, "https://hooks.example.com/", tenant="space_42")
+    token = (await client.post("/v1/tokens", json={"role": "ingest"})).json()["data"]["id"]
+    event = (await post_event(client)).json()["data"]
+    ids = {
+        "id": hook["id"],
+        "delivery_id": event["deliveries"][0]["id"],
+        "recovery_id": "rcv_0",
+        "name": "post.published",
+    }
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        for op in OPERATIONS:
+            path = _path(op.path, ids)
+            if "/tokens/" in op.path:
+                path = f"/v1/tokens/{token}"
+            elif op.path.startswith("/v1/events/"):
+                path = _path(op.path, {"id": event["id"]})
+            response = await client.request(op.method, path, json={})
+            assert response.status_code == 503, (op.method, path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["code"] == "unavailable"
+        # Past the rate limiter too: each write refused by the script or command making it.
+        unlimited = await make_client(redis_url=own_redis.url, api_rate_limit="0")
+        for method, path, body, headers in [
+            ("POST", "/v1/events", _event_body(), {}),
+            ("POST", "/v1/events", _event_body(), {"Idempotency-Key": "while-full"}),
+            ("POST", "/v1/webhooks", {"url": "https://b.example.com/", "tenant_id": "t"}, {}),
+            ("PATCH", f"/v1/webhooks/{hook['id']}", {"description": "full"}, {}),
+            ("POST", "/v1/tokens", {"role": "admin"}, {}),
+        ]:
+            response = await unlimited.request(method, path, json=body, headers=headers)
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.json()["code"] == "unavailable"
+        assert (await client.get("/healthz")).status_code == 200
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert (await post_event(client)).status_code == 202
+    said = [r.getMessage() for r in caplog.records if r.name == "relay.api"]
+    assert any("redis is out of memory" in line for line in said), said
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _event_body() -> dict[str, object]:
+    return {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p_full"}}
+
+
+async def test_readiness_fails_while_redis_is_full_and_says_so(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    assert (await client.get("/readyz")).status_code == 200
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        full = await client.get("/readyz")
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert full.status_code == 503
+    assert full.headers["content-type"] == "application/problem+json"
+    assert "Redis is out of memory" in full.json()["detail"]
+    assert (await client.get("/readyz")).status_code == 200
+
+
+def _value(scrape: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", scrape, re.M)
+    return float(match[1]) if match else None
+
+
+async def test_metrics_count_what_a_full_redis_refuses_while_it_is_full(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    assert _value((await client.get("/metrics")).text, "relay_redis_oom_errors_total") == 0
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        first = (await client.get("/metrics")).text
+        for _ in range(3):
+            assert (await client.get("/v1/webhooks")).status_code == 503
+        then = (await client.get("/metrics")).text
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert _value(first, "relay_redis_up") == 1
+    refused = _value(first, "relay_redis_oom_errors_total")
+    assert refused is not None and refused >= 1
+    assert _value(then, "relay_redis_oom_errors_total") == refused + 3
+
+
+async def test_workers_wait_for_a_full_redis_and_are_seen_doing_so(
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    await webhook(client, "https://hooks.example.com/")
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        scrape = (await client.get("/metrics")).text
+        by_api = _value(scrape, "relay_redis_oom_errors_total")
+        [worker] = await workers(1, RELAY_REDIS_URL=own_redis.url)
+
+        deadline = time.monotonic() + 20
+        while (_value(scrape, "relay_redis_oom_errors_total") or 0) <= (by_api or 0):
+            assert time.monotonic() < deadline, "the worker's refused claims were never counted"
+            assert worker.poll() is None
+            await asyncio.sleep(0.2)
+            scrape = (await client.get("/metrics")).text
+        assert _value(scrape, "relay_workers") == 1
+        assert _value(scrape, "relay_deliveries_pending") == _value(scrape, "relay_deliveries_due")
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert worker.poll() is None
+
+
+async def test_a_full_redis_still_lets_the_history_writer_drain_it(
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+
+    async def backlog() -> float | None:
+        return _value((await client.get("/metrics")).text, "relay_history_backlog")
+
+    async def drained() -> None:
+        deadline = time.monotonic() + 20
+        while await backlog() != 0:
+            assert time.monotonic() < deadline, f"{await backlog()} records still wait in Redis"
+            await asyncio.sleep(0.2)
+
+    # A worker that has written history once, then stops: what comes next waits for history.
+    [first] = await workers(1, RELAY_REDIS_URL=own_redis.url)
+    assert (await post_event(client)).status_code == 202
+    await drained()
+    first.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(first.wait, 15)
+
+    admin = await _fill_until_refused(client, own_redis)
+    try:
+        waiting = await backlog()
+        assert waiting is not None and waiting > 10
+        await workers(1, RELAY_REDIS_URL=own_redis.url)
+        await drained()
+        assert (await client.get("/readyz")).status_code == 503  # still over its maxmemory
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()

@@ -94,6 +94,14 @@ async def on_redis_error(request: Request, exc: Exception) -> Response:
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 
+async def on_redis_full(request: Request, exc: Exception) -> Response:
+    """Redis reached its maxmemory and refuses writes: a 503 to retry, never a 500. Unlike a
+    failover it lasts until an operator gives Redis memory, so each refusal says why."""
+    log.warning("redis is out of memory (maxmemory reached) and refused a write: %s", exc)
+    services(request).counts.add_all(("redis_errors", "redis_oom_errors"))
+    return problem(Unavailable("The store is out of memory and refuses writes; retry later."))
+
+
 async def on_history_away(_: Request, exc: Exception) -> Response:
     """PostgreSQL (or a connection under it) unreachable or too slow: a 503 to retry."""
     log.warning("store unavailable: %s: %s", type(exc).__name__, exc)
@@ -128,6 +136,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     redis.exceptions.ConnectionError: on_redis_error,
     redis.exceptions.TimeoutError: on_redis_error,
+    redis.exceptions.OutOfMemoryError: on_redis_full,
     redis.exceptions.ResponseError: on_redis_reply,
     **dict.fromkeys(POSTGRES_AWAY, on_history_away),
     Exception: on_unexpected,

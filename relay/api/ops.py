@@ -20,6 +20,7 @@ from relay.history.db import POSTGRES_AWAY
 from relay.metrics import render
 from relay.presence import flush
 from relay.services import Services, services
+from relay.store import memory
 from relay.store.metrics import snapshot
 from relay.tokens import same_token
 
@@ -30,14 +31,17 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when Redis and PostgreSQL answer within a second each."""
+    """Ready when Redis and PostgreSQL answer within a second each, and Redis takes writes."""
     svc = services(request)
     try:
         async with asyncio.timeout(1.0):
             await svc.redis.ping()
+            full = await _redis_full(svc)
     except (TimeoutError, redis.exceptions.RedisError, OSError):
         svc.counts.add("redis_errors")
         return problem(Unavailable("Redis is unreachable."))
+    if full:
+        return problem(Unavailable("Redis is out of memory (at its maxmemory): it refuses writes."))
     if not await _postgres_up(svc):
         return problem(Unavailable("PostgreSQL is unreachable."))
     return JSONResponse(Ready(status="ready").model_dump())
@@ -51,6 +55,14 @@ async def _postgres_up(svc: Services) -> bool:
     except (*POSTGRES_AWAY, asyncpg.PostgresError):
         return False
     return True
+
+
+async def _redis_full(svc: Services) -> bool:
+    """Whether Redis refuses writes for lack of memory (a full Redis still answers PING)."""
+    try:
+        return (await memory.read(svc.redis)).full
+    except redis.exceptions.ResponseError:  # INFO not granted to relay's user: cannot tell
+        return False
 
 
 def _check_metrics_token(request: Request) -> None:

@@ -77,11 +77,13 @@ class _RedisClock:
 @cache
 def script_text(name: str) -> str:
     """The Lua of one script, after the shared preludes (JSON argument, Redis clock where the
-    script reads it, idempotency commits)."""
+    script reads it, idempotency commits); its `#!lua flags=…` line, if any, stays first."""
     folder = resources.files("relay.delivery") / "scripts"
     prelude = (folder / "prelude.lua").read_text()
     body = (folder / f"{name}.lua").read_text()
-    return prelude + (_CLOCK if "NOW" in body else "") + COMMIT + body
+    shebang = body.partition("\n")[0] + "\n" if body.startswith("#!") else ""
+    body = body.removeprefix(shebang)
+    return shebang + prelude + (_CLOCK if "NOW" in body else "") + COMMIT + body
 
 
 def _text(value: bytes | None) -> str | None:
@@ -193,6 +195,7 @@ class Poll:
     next_due_in_ms: int | None
     taken_over: int = 0  # leases that had run out (their worker died or stalled)
     next_wake_in_ms: int | None = None  # of an endpoint with parked deliveries, if known
+    missing: tuple[str, ...] = ()  # due, but their record was gone: dropped from the due set
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +448,7 @@ class DeliveryStore:
         """
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
-        now, wait, rows, taken_over, wake = await self._run(
+        now, wait, rows, taken_over, wake, missing = await self._run(
             Transition.CLAIM,
             {
                 "keys": {
@@ -493,6 +496,7 @@ class DeliveryStore:
             int(wait) if int(wait) >= 0 else None,
             int(taken_over),
             int(wake) if int(wake) >= 0 else None,
+            tuple(m.decode() for m in missing),
         )
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
@@ -701,9 +705,18 @@ class DeliveryStore:
         try:
             await self._redis.xgroup_create(keys.HISTORY, keys.HISTORY_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            # A full Redis refuses XGROUP CREATE even for a group that exists, and the writer
+            # reading that group is what gives it room back: go by what is there.
+            if "BUSYGROUP" not in str(exc) and not await self._group_exists():
                 raise
         self._group_ready = True
+
+    async def _group_exists(self) -> bool:
+        try:
+            groups = await self._redis.xinfo_groups(keys.HISTORY)
+        except ResponseError:  # no stream yet
+            return False
+        return any(g["name"] in (keys.HISTORY_GROUP, keys.HISTORY_GROUP.encode()) for g in groups)
 
     async def _read_group(
         self, consumer: str, start: str, count: int, block_ms: int | None

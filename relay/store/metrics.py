@@ -65,17 +65,27 @@ async def backlog(redis: Redis) -> int:
     return int(due) + sum(int(n) for n in parked)
 
 
+# Counters and presence are written even when Redis is out of memory (allow-oom), which is when
+# on-call needs them most: what was refused, and that the workers are alive (not counted out
+# as gone). What they add is bounded: a fixed set of counter fields, one entry per live worker.
+_ANNOUNCE = """#!lua flags=allow-oom
+local worker, now_ms, kept_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if worker ~= '' then
+  redis.call('ZADD', KEYS[2], now_ms, worker)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - kept_ms)
+  redis.call('PEXPIRE', KEYS[2], kept_ms)
+end
+for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+"""
+
+
 async def announce(
     redis: Redis, worker_id: str | None, now_ms: int, counts: Mapping[str, float]
 ) -> None:
     """Add a process's counts to the shared counters; and say that worker `worker_id` (if
     one) is alive."""
-    async with redis.pipeline(transaction=True) as pipe:
-        if worker_id is not None:
-            pipe.zadd(keys.WORKERS, {worker_id: now_ms})
-            pipe.zremrangebyscore(keys.WORKERS, "-inf", now_ms - 10 * WORKER_SILENCE_MS)
-            pipe.pexpire(keys.WORKERS, 10 * WORKER_SILENCE_MS)
-        for field, count in counts.items():
-            if count:
-                pipe.hincrbyfloat(keys.METRICS, field, count)
-        await pipe.execute()
+    added = [part for field, count in counts.items() if count for part in (field, count)]
+    await redis.register_script(_ANNOUNCE)(
+        keys=[keys.METRICS, keys.WORKERS],
+        args=[worker_id or "", now_ms, 10 * WORKER_SILENCE_MS, *added],
+    )

@@ -81,10 +81,14 @@ end
 
 local sequence = 0
 local taken_over = 0
+-- Due, but with no record: evicted, or lost by a Redis that had not persisted it. Nothing says
+-- where it goes any more, so it leaves the due set, and the worker reports it.
+local missing = {}
 local function try(id, score)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
     'webhook_id', 'event_id', 'cycle_start', 'traceparent')
   local status = d[1]
+  if not status then table.insert(missing, id) end
   if not status or (status ~= 'pending' and status ~= 'delivering') then
     redis.call('ZREM', K.due, id)
     return nil
@@ -158,4 +162,4 @@ for i = 1, #due, 2 do
   if claim then table.insert(claims, claim) end
 end
 return {int(NOW), head and int(head - NOW) or -1, claims, taken_over,
-  wake_head and int(wake_head - NOW) or -1}
+  wake_head and int(wake_head - NOW) or -1, missing}

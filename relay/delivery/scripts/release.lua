@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Records the history writer has committed to PostgreSQL (events, deliveries, audit entries)
 -- leave Redis, and their stream entries are acknowledged and deleted, in one step. A delivery
 -- leaves only if it is still in the state that was written (same status and `updated_ms`): one
@@ -5,6 +6,9 @@
 -- leaves when the last holder of its `live` count lets go: its deliveries in Redis and its own
 -- entry, which another writer may be writing at the same time (so the event stays readable
 -- until PostgreSQL has it, whichever writer commits first).
+-- It runs even when Redis is out of memory (the flag above): it only lets go of what history
+-- holds (its one other write, an event's `live` count, shrinks), and it is how a Redis filled
+-- by records waiting for history gets room back. Refused, a full Redis could never drain.
 
 -- Holders of each event let go in this batch, counted out together (an event and its delivery
 -- often end up in one batch): one HINCRBY per event. The last holder takes the event (and

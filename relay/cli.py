@@ -303,7 +303,8 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
 def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
     """Re-encrypt every secret at rest under the first RELAY_SECRET_KEYS key."""
-    from relay.services import connect_redis, keyring
+    from relay.services import keyring
+    from relay.store.connect import connect_redis
     from relay.store.idempotency import IdempotencyStore
     from relay.store.webhooks import WebhookStore
     from relay.webhooks import Webhook, reencrypt
@@ -339,7 +340,7 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Issue an API token and print it (it is shown only this once)."""
-    from relay.services import connect_redis
+    from relay.store.connect import connect_redis
     from relay.store.tokens import TokenStore
 
     settings = _settings()
@@ -378,12 +379,13 @@ async def _connect(settings: Settings) -> list[str]:
 
     from relay.history import migrations
     from relay.history.db import POSTGRES_AWAY
-    from relay.services import connect_redis
+    from relay.store.connect import connect_redis
 
     assert settings.redis_url and settings.database_url
     client = connect_redis(settings.redis_url)
     try:
         info = await client.info("server")
+        replication = await client.info("replication")
         policy = (await client.config_get("maxmemory-policy")).get("maxmemory-policy", "?")
     except (redis.exceptions.RedisError, OSError) as exc:
         raise CliError(f"RELAY_REDIS_URL: cannot reach Redis: {exc}") from None
@@ -392,6 +394,10 @@ async def _connect(settings: Settings) -> list[str]:
     version = str(info.get("redis_version", "?"))
     if int(version.split(".")[0]) < 7:
         raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
+    if replication.get("role") != "master":
+        raise CliError("RELAY_REDIS_URL: that Redis is a replica; relay writes to the primary")
+    replicas = int(replication.get("connected_slaves", 0))
+    port = info.get("tcp_port", "?")
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=5)
     except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:
@@ -404,7 +410,8 @@ async def _connect(settings: Settings) -> list[str]:
     finally:
         await conn.close()
     return [
-        f"redis: {version}, maxmemory-policy {policy}",
+        f"redis: {version}, maxmemory-policy {policy}, primary on port {port}, replicas "
+        f"connected: {replicas}",
         f"postgresql: {server.major}.{server.minor}, schema at version {migrations.latest()}",
     ]
 

@@ -18,6 +18,7 @@ from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
 from relay.store.audit import AuditLog
+from relay.store.connect import connect_redis
 from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
@@ -26,21 +27,6 @@ from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 
 USER_AGENT = f"relay/{__version__}"
-
-
-def connect_redis(url: str) -> Redis:
-    """A Redis client whose calls fail fast instead of hanging when Redis is down or paused.
-
-    1.5 s per call lets the API answer 503 within 2 s; no relay command blocks for longer.
-    """
-    client: Redis = Redis.from_url(
-        url,
-        socket_timeout=1.5,
-        socket_connect_timeout=1.0,
-        retry_on_timeout=False,
-        health_check_interval=15,
-    )
-    return client
 
 
 class MissingSetting(RuntimeError):

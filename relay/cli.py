@@ -164,6 +164,11 @@ def _migrate(url: str) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     """The stores (embedded unless their URLs are set), the API and one worker, until Ctrl-C."""
     settings = _settings()
+    if settings.redis_min_replicas and not settings.redis_url:
+        raise CliError(
+            "RELAY_REDIS_MIN_REPLICAS: the embedded Redis has no replicas, so every event would "
+            "be answered 503; unset it, or set RELAY_REDIS_URL to a Redis that has replicas."
+        )
     data_dir = data_dir_ready(settings.data_dir)
     claim = DevClaim(data_dir)
     try:
@@ -397,6 +402,11 @@ async def _connect(settings: Settings) -> list[str]:
     if replication.get("role") != "master":
         raise CliError("RELAY_REDIS_URL: that Redis is a replica; relay writes to the primary")
     replicas = int(replication.get("connected_slaves", 0))
+    if replicas < settings.redis_min_replicas:
+        raise CliError(
+            f"RELAY_REDIS_MIN_REPLICAS: it is {settings.redis_min_replicas}, but the primary has "
+            f"{replicas} replicas connected; every event would be answered 503"
+        )
     port = info.get("tcp_port", "?")
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=5)

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = None
+    # Replicas that must hold an event before it is answered 202 (Redis WAIT); 0 waits for none.
+    redis_min_replicas: int = Field(0, ge=0, le=100)
     database_url: str | None = None
     data_dir: Path = Path(".relay")
     admin_token: SecretStr | None = None

@@ -23,6 +23,7 @@ from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import TokenRateLimiter
+from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 
@@ -84,6 +85,7 @@ class Services:
     def open(cls, settings: Settings) -> Services:
         """Build the services for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
+        replicas = Replicas(redis, settings.redis_min_replicas)
         database = Database(require_database_url(settings))
         archive = PostgresArchive(database)
         policy = AddressPolicy(settings.allow_private_targets, settings.allowed_cidrs)
@@ -101,7 +103,7 @@ class Services:
                 capture_bytes=settings.capture_response_bytes,
             ),
             tokens=TokenStore(redis),
-            idempotency=IdempotencyStore(redis, ring),
+            idempotency=IdempotencyStore(redis, ring, replicas),
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
             audit=AuditLog(redis, settings.retention_seconds, archive),
             events=EventStore(redis, archive),
@@ -112,6 +114,7 @@ class Services:
                 settings.retention_seconds,
                 settings.disable_after,
                 archive,
+                replicas=replicas,
             ),
             jobs=JobQueue(redis),
             database=database,

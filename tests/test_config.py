@@ -29,6 +29,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.retention_days == 30 and s.max_body_bytes == 1_048_576
     assert s.allowed_cidrs == () and s.disable_after == 432_000
     assert 1 <= s.endpoint_concurrency <= 16
+    assert s.redis_min_replicas == 0
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +78,8 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay/one"),
         ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay/0/extra"),
         ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay?db=1"),
+        ("RELAY_REDIS_MIN_REPLICAS", "-1"),
+        ("RELAY_REDIS_MIN_REPLICAS", "some"),
     ],
 )
 def test_bad_values_are_reported_by_name(
@@ -93,7 +96,9 @@ def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
 ) -> None:
     url = "redis+sentinel://:s%40cret@10.0.0.1:26380,[fd00::2]:26381,sentinel-c/relay-main/2"
     monkeypatch.setenv("RELAY_REDIS_URL", url)
-    assert load_settings().redis_url == url
+    monkeypatch.setenv("RELAY_REDIS_MIN_REPLICAS", "1")
+    s = load_settings()
+    assert s.redis_url == url and s.redis_min_replicas == 1
     address = parse_sentinel_url(url)
     assert address.sentinels == (
         ("10.0.0.1", 26380),

@@ -111,7 +111,12 @@ def test_a_sentinel_url_is_masked_and_connect_reaches_the_primary_the_sentinels_
     assert REDIS_PASSWORD not in masked.stdout + masked.stderr
 
     env = _good(RELAY_REDIS_URL=sentinel_group.url, RELAY_DATABASE_URL=postgres_server.url)
-    reached = _check(tmp_path, "--connect", **env)
+    reached = _check(tmp_path, "--connect", RELAY_REDIS_MIN_REPLICAS="1", **env)
     assert reached.returncode == 0, reached.stderr
     primary = sentinel_group.primary().port
     assert f"primary on port {primary}, replicas connected: 1" in reached.stdout
+
+    # More replicas than the primary has: every event would be refused, so the check fails.
+    short = _check(tmp_path, "--connect", RELAY_REDIS_MIN_REPLICAS="2", **env)
+    assert short.returncode == 2
+    assert "RELAY_REDIS_MIN_REPLICAS" in short.stderr

@@ -38,6 +38,7 @@ from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
 from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
+from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
@@ -244,8 +245,10 @@ class DeliveryStore:
         fanout_chunk: int = FANOUT_CHUNK,
         history_backlog: int = HISTORY_BACKLOG,
         backlog_check_seconds: float = BACKLOG_CHECK_SECONDS,
+        replicas: Replicas | None = None,
     ) -> None:
         self._redis = redis
+        self._replicas = replicas or Replicas(redis, 0)
         self._archive = archive
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
@@ -261,11 +264,16 @@ class DeliveryStore:
         }
 
     async def _run(
-        self, transition: Transition | AsyncScript, arg: dict[str, Any], *raw: bytes
+        self,
+        transition: Transition | AsyncScript,
+        arg: dict[str, Any],
+        *raw: bytes,
+        client: Redis | None = None,
     ) -> Any:
-        """Run a script on `arg` (its JSON argument) and any `raw` arguments after it."""
+        """Run a script on `arg` (its JSON argument) and any `raw` arguments after it (on
+        `client`'s connection, if given)."""
         script = self._scripts[transition] if isinstance(transition, Transition) else transition
-        return await script(keys=[], args=[codec.dumps(arg), *raw])
+        return await script(keys=[], args=[codec.dumps(arg), *raw], client=client)
 
     async def accept(
         self,
@@ -278,10 +286,14 @@ class DeliveryStore:
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
+        With replicas to wait for, returns only once they hold it (the first event too, for a
+        repeat), else raises NotReplicated.
         """
-        begun = await self.begin_accept(event, deliveries, commit)
-        if begun.unfinished:
-            await self.finish_accept(begun.event_id)
+        async with self._replicas.connection() as conn:
+            begun = await self.begin_accept(event, deliveries, commit, conn)
+            if begun.unfinished:
+                await self.finish_accept(begun.event_id, conn)
+            await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
     async def begin_accept(
@@ -289,6 +301,7 @@ class DeliveryStore:
         event: NewEvent,
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
+        client: Redis | None = None,
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan."""
@@ -316,6 +329,7 @@ class DeliveryStore:
                         "deliveries": [[d.id, d.webhook_id] for d in deliveries],
                     }
                 ),
+                client=client,
             )
         except ResponseError as exc:
             if "HISTORY_BACKLOG" not in str(exc):
@@ -331,18 +345,21 @@ class DeliveryStore:
             return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
         return Begun(event.id, repeat=False, unfinished=not whole)
 
-    async def finish_accept(self, event_id: str) -> None:
-        """Write what an event being accepted still lacks, from its stored plan, chunk by chunk.
+    async def finish_accept(self, event_id: str, client: Redis | None = None) -> None:
+        """Write what an event being accepted still lacks, from its stored plan, chunk by chunk
+        (on `client`'s connection, if given).
 
         Safe to repeat and to run alongside another writer: a delivery written before is skipped.
         """
-        raw = await self._redis.get(keys.event_plan(event_id))
+        raw = await (client or self._redis).get(keys.event_plan(event_id))
         if raw is not None:
             plan = _Plan.load(raw)
             todo = [PlannedDelivery(d, w) for d, w in plan.deliveries]
             for start in range(0, len(todo), self._chunk):
                 await self._run(
-                    Transition.ACCEPT, self._step("chunk", plan, todo[start : start + self._chunk])
+                    Transition.ACCEPT,
+                    self._step("chunk", plan, todo[start : start + self._chunk]),
+                    client=client,
                 )
         await self._run(
             Transition.ACCEPT,
@@ -351,6 +368,7 @@ class DeliveryStore:
                 "id": event_id,
                 "keys": {"accepting": keys.ACCEPTING, "plan": keys.event_plan(event_id)},
             },
+            client=client,
         )
 
     async def finish_abandoned(self, idle_ms: int) -> int:

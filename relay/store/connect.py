@@ -117,7 +117,8 @@ def connect_redis(url: str, timeout: float = CALL_TIMEOUT) -> Redis:
     """A Redis client for `url` whose calls fail fast (after `timeout` s) instead of hanging.
 
     Failed calls are not tried again by the client: relay's callers ride out outages
-    themselves (503, or backoff).
+    themselves (503, or backoff), and a WAIT sent again on a new connection would count the
+    replicas of nothing this connection wrote.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout,

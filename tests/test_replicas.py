@@ -10,6 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.delivery.archive import Archive
+from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
+from relay.store.connect import connect_redis
+from relay.store.replicas import NotReplicated, Replicas
+from relay.timefmt import now, rfc3339
 from tests.conftest import ClientFactory
 from tests.flows import post_event, webhook
 from tests.support import RedisServer, wait_until
@@ -82,3 +87,24 @@ async def test_a_replay_under_an_idempotency_key_waits_for_the_replica_too(
     assert held.headers["idempotent-replayed"] == "true"
     listed = (await client.get("/v1/events")).json()["data"]
     assert [e["id"] for e in listed] == [held.json()["data"]["id"]]
+
+
+async def test_history_takes_a_record_only_once_the_replica_holds_it(
+    own_redis: RedisServer, replica: RedisServer, archive: Archive
+) -> None:
+    client = connect_redis(own_redis.url)
+    store = DeliveryStore(client, 3600, 3600, archive, replicas=Replicas(client, 1))
+    event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    replica.pause()
+    try:
+        with pytest.raises(NotReplicated):
+            await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
+        # Written on the primary alone: a failover now could take it, so history waits.
+        with pytest.raises(NotReplicated):
+            await store.handed_over("writer", 100, None)
+    finally:
+        replica.resume()
+    # The entry it read is its own to write once the replica holds it.
+    handed = await store.unreleased("writer", 100)
+    assert [h.event.id for h in handed if h.event] == [event.id]
+    await client.aclose()

@@ -659,25 +659,41 @@ class DeliveryStore:
         until_ms, that may have failed: the failed ones and those in flight."""
         return await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
 
+    # Records reach history only once the replicas relay waits for hold them: then whatever
+    # history has, a failover keeps in Redis too, and the two never tell different stories
+    # (an attempt history lists that the new primary never made, an event no one was told of).
+
     async def handed_over(self, consumer: str, count: int, block_ms: int | None) -> list[Handover]:
         """The next new records for history, waiting up to `block_ms` for one to come (None:
         not waiting)."""
         await self._ensure_group()
-        return await self._load(await self._read_group(consumer, ">", count, block_ms))
+        async with self._replicas.connection() as conn:
+            entries = await self._read_group(consumer, ">", count, block_ms, conn)
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def unreleased(self, consumer: str, count: int) -> list[Handover]:
         """Records this consumer read before and has not released (a write failed)."""
         await self._ensure_group()
-        return await self._load(await self._read_group(consumer, "0", count, None))
+        async with self._replicas.connection() as conn:
+            entries = await self._read_group(consumer, "0", count, None, conn)
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def adopt(self, consumer: str, idle_ms: int, count: int) -> list[Handover]:
         """Records another writer read and left unreleased for `idle_ms` (it died): now this
         consumer's."""
         await self._ensure_group()
-        reply = await self._redis.xautoclaim(
-            keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
-        )
-        return await self._load([(entry_id, fields) for entry_id, fields in reply[1] if fields])
+        async with self._replicas.connection() as conn:
+            reply = await conn.xautoclaim(
+                keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
+            )
+            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def release(self, handed: Sequence[Handover]) -> int:
         """Let records that history now holds go from Redis; how many deliveries left."""
@@ -724,10 +740,10 @@ class DeliveryStore:
         self._group_ready = True
 
     async def _read_group(
-        self, consumer: str, start: str, count: int, block_ms: int | None
+        self, consumer: str, start: str, count: int, block_ms: int | None, client: Redis
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:
-            reply = await self._redis.xreadgroup(
+            reply = await client.xreadgroup(
                 keys.HISTORY_GROUP, consumer, {keys.HISTORY: start}, count=count, block=block_ms
             )
         except ResponseError as exc:

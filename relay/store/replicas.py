@@ -4,7 +4,9 @@ cannot take away.
 Redis replicates asynchronously: a primary that dies takes with it whatever it had not yet sent
 to a replica. `WAIT n timeout` blocks until n replicas acknowledge every write the *calling
 connection* made; so the write and its WAIT go on one connection of their own, never on whatever
-connection the shared pool hands out next.
+connection the shared pool hands out next. A reader that must know the replicas hold what it
+read (others' writes) makes a write of its own after the reads, and waits for that: Redis
+replicates in order, so what came before it is held too.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 
 from relay.errors import Unavailable
+from relay.store import keys
 
 # How long replicas get to acknowledge, in ms: under the 1.5 s after which every Redis call
 # gives up, so that a replica too slow or gone is a clear 503, not a timeout. Replicas on a
 # healthy network acknowledge within milliseconds.
 WAIT_MS = 1000
+# How long the mark a reader sets lives: only its place in the replication stream matters.
+_MARK_MS = 10_000
 
 
 class NotReplicated(Unavailable):
@@ -59,3 +64,10 @@ class Replicas:
                 "is not known to survive a failover. Retry with the same upstream `id` (or "
                 "Idempotency-Key): relay does not store it twice."
             )
+
+    async def confirm_read(self, conn: Redis) -> None:
+        """Return once the required replicas hold everything read on `conn` so far (at once when
+        none is required); NotReplicated if fewer acknowledge within the wait."""
+        if self.required:
+            await conn.set(keys.REPLICATED_MARK, "1", px=_MARK_MS)
+            await self.confirm(conn)

@@ -58,6 +58,12 @@ class Replicas:
         reply = await conn.execute_command("WAIT", self.required, self._wait_ms)  # type: ignore[no-untyped-call]
         acknowledged = int(reply)
         if acknowledged < self.required:
+            # It may be a primary the sentinels have replaced (paused, or cut off, and back),
+            # which keeps its connections until they turn it into a replica, seconds later:
+            # this connection asks them again where the primary is when it is next used.
+            # (Only this one: the pool's idle ones may be taken meanwhile by other calls.)
+            if conn.connection is not None:
+                await conn.connection.disconnect()
             raise NotReplicated(
                 f"Redis replicated this write to {acknowledged} of the {self.required} replicas "
                 f"relay waits for (RELAY_REDIS_MIN_REPLICAS) within {self._wait_ms} ms, so it "

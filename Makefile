@@ -44,12 +44,17 @@ chaos: $(STAMP) redis postgres faketime
 capacity: $(STAMP) redis postgres
 	$(BIN)/python -m bench.capacity $(CAPACITY_ARGS)
 
-# Debian's redis-server, installed only when it is not on PATH already.
+# Debian's redis-server, and redis-sentinel for the failover tests and `make chaos`, each
+# installed only when it is not on PATH already.
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server with apt-get"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-sentinel >/dev/null 2>&1 || { \
+		echo "installing redis-sentinel with apt-get"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-sentinel >/dev/null; }
 
 # Debian's PostgreSQL server, installed only when no initdb and postgres are found; Debian keeps
 # them off PATH. relay runs its own cluster, so Debian is told not to create and start its own.

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -231,6 +231,13 @@ class Processes:
         self.dirs.append(path)
         return path
 
+    def subdir(self, name: str) -> Path:
+        """A directory of the work dir's own, made if missing (a process restarted with it
+        finds its files again)."""
+        path = self.workdir / name
+        path.mkdir(exist_ok=True)
+        return path
+
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         """Start `argv` in the work dir, output to `<workdir>/<name>.log`."""
         log = self.workdir / f"{name}.log"
@@ -314,8 +321,9 @@ async def wait_exit(child: Child, timeout: float) -> bool:
     return True
 
 
-def redis_argv(port: int, workdir: Path) -> list[str]:
-    """redis-server as production runs it: AOF fsynced every second, no eviction."""
+def redis_argv(port: int, workdir: Path, *options: str) -> list[str]:
+    """redis-server as production runs it: AOF fsynced every second, no eviction; then any
+    other `options` (`--name value` pairs)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SetupError("redis-server is not installed (`make redis` installs it)")
@@ -324,6 +332,7 @@ def redis_argv(port: int, workdir: Path) -> list[str]:
         *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)),
         *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
         *("--maxmemory-policy", "noeviction", "--daemonize", "no"),
+        *options,
     ]
 
 
@@ -404,9 +413,7 @@ def bench_env(secret: str) -> dict[str, str]:
     return {**os.environ, SECRET_ENV: secret, "PYTHONPATH": path}
 
 
-async def start_redis(procs: Processes, port: int, name: str = "redis") -> Child:
-    """redis-server on `port` with its data in the work dir (a restart finds it there)."""
-    child = procs.spawn(name, redis_argv(port, procs.workdir), {})
+async def _until_answers(child: Child, port: int) -> None:
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
 
     async def answers() -> bool:
@@ -416,9 +423,41 @@ async def start_redis(procs: Processes, port: int, name: str = "redis") -> Child
             return False
 
     try:
-        await wait_until(answers, child, name)
+        await wait_until(answers, child, child.name)
     finally:
         await client.aclose()
+
+
+async def start_redis(
+    procs: Processes,
+    port: int,
+    name: str = "redis",
+    directory: Path | None = None,
+    options: Sequence[str] = (),
+) -> Child:
+    """redis-server on `port` with its data in `directory` (the work dir unless given; see
+    `Processes.subdir`): a restart finds it there; and any other `options`."""
+    child = procs.spawn(name, redis_argv(port, directory or procs.workdir, *options), {})
+    await _until_answers(child, port)
+    return child
+
+
+def _sentinel_config(directory: Path, port: int, monitor: Sequence[str]) -> Path:
+    config = directory / "sentinel.conf"
+    lines = [f"port {port}", "bind 127.0.0.1", f"dir {directory}", "daemonize no", *monitor]
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+async def start_sentinel(procs: Processes, port: int, name: str, monitor: Sequence[str]) -> Child:
+    """redis-sentinel on `port`, its config (which it rewrites as it learns its group) in a
+    directory of its own: `sentinel monitor` and the other `sentinel` lines in `monitor`."""
+    binary = shutil.which("redis-sentinel")
+    if binary is None:
+        raise SetupError("redis-sentinel is not installed (`make redis` installs it)")
+    config = _sentinel_config(procs.subdir(name), port, monitor)
+    child = procs.spawn(name, [binary, str(config)], {})
+    await _until_answers(child, port)
     return child
 
 

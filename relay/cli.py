@@ -86,7 +86,8 @@ def _redis_keeps_keys(settings: Settings) -> None:
     """Before `api` or `worker` starts: wait for Redis to answer, then refuse one that may
     evict relay's keys."""
     from relay.delivery.outage import REDIS_AWAY, Backoff
-    from relay.services import connect_redis, require_redis_url
+    from relay.services import require_redis_url
+    from relay.store.connect import connect_redis
     from relay.store.memory import eviction_risk, policy
 
     async def read_policy() -> str | None:
@@ -202,6 +203,11 @@ def _migrate(url: str) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     """The stores (embedded unless their URLs are set), the API and one worker, until Ctrl-C."""
     settings = _settings()
+    if settings.redis_min_replicas and not settings.redis_url:
+        raise CliError(
+            "RELAY_REDIS_MIN_REPLICAS: the embedded Redis has no replicas, so every event would "
+            "be answered 503; unset it, or set RELAY_REDIS_URL to a Redis that has replicas."
+        )
     data_dir = data_dir_ready(settings.data_dir)
     claim = DevClaim(data_dir)
     try:
@@ -343,7 +349,8 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
 def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
     """Re-encrypt every secret at rest under the first RELAY_SECRET_KEYS key."""
-    from relay.services import connect_redis, keyring
+    from relay.services import keyring
+    from relay.store.connect import connect_redis
     from relay.store.idempotency import IdempotencyStore
     from relay.store.webhooks import WebhookStore
     from relay.webhooks import Webhook, reencrypt
@@ -379,7 +386,7 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Issue an API token and print it (it is shown only this once)."""
-    from relay.services import connect_redis
+    from relay.store.connect import connect_redis
     from relay.store.tokens import TokenStore
 
     settings = _settings()
@@ -418,7 +425,7 @@ async def _connect(settings: Settings) -> list[str]:
 
     from relay.history import migrations
     from relay.history.db import POSTGRES_AWAY
-    from relay.services import connect_redis
+    from relay.store.connect import connect_redis
     from relay.store.memory import eviction_risk, policy
 
     assert settings.redis_url and settings.database_url
@@ -426,6 +433,7 @@ async def _connect(settings: Settings) -> list[str]:
     try:
         info = await client.info("server")
         evicts = await policy(client)
+        replication = await client.info("replication")
     except (redis.exceptions.RedisError, OSError) as exc:
         raise CliError(f"RELAY_REDIS_URL: cannot reach Redis: {exc}") from None
     finally:
@@ -435,6 +443,15 @@ async def _connect(settings: Settings) -> list[str]:
         raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
     if warning := _refuse_eviction(eviction_risk(evicts), settings):
         print(f"relay: warning: {warning}", file=sys.stderr)
+    if replication.get("role") != "master":
+        raise CliError("RELAY_REDIS_URL: that Redis is a replica; relay writes to the primary")
+    replicas = int(replication.get("connected_slaves", 0))
+    if replicas < settings.redis_min_replicas:
+        raise CliError(
+            f"RELAY_REDIS_MIN_REPLICAS: it is {settings.redis_min_replicas}, but the primary has "
+            f"{replicas} replicas connected; every event would be answered 503"
+        )
+    port = info.get("tcp_port", "?")
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=5)
     except (*POSTGRES_AWAY, asyncpg.PostgresError) as exc:
@@ -447,7 +464,8 @@ async def _connect(settings: Settings) -> list[str]:
     finally:
         await conn.close()
     return [
-        f"redis: {version}, maxmemory-policy {evicts or 'unknown'}",
+        f"redis: {version}, maxmemory-policy {evicts or 'unknown'}, primary on port {port}, "
+        f"replicas connected: {replicas}",
         f"postgresql: {server.major}.{server.minor}, schema at version {migrations.latest()}",
     ]
 

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay.delivery.policy import RetryPolicy
 from relay.logs import LogFormat, LogLevel
+from relay.store.connect import check_redis_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,6 +41,8 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = None
+    # Replicas that must hold an event before it is answered 202 (Redis WAIT); 0 waits for none.
+    redis_min_replicas: int = Field(0, ge=0, le=100)
     database_url: str | None = None
     data_dir: Path = Path(".relay")
     admin_token: SecretStr | None = None
@@ -74,6 +77,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_schedule(cls, value: object) -> object:
         return RetryPolicy.parse(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value:  # unset or empty: `relay dev` runs its own, `api` and `worker` refuse
+            check_redis_url(value)
+        return value
 
     @field_validator("console_frame_ancestors")
     @classmethod

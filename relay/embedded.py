@@ -3,6 +3,7 @@ PostgreSQL unless RELAY_DATABASE_URL is."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import pwd
@@ -22,6 +23,7 @@ from typing import IO, TypedDict
 import redis
 
 from relay.processes import die_with_parent
+from relay.store.connect import connect_redis
 
 MISSING = (
     "relay dev needs Redis: install redis-server (Debian/Ubuntu: sudo apt-get install "
@@ -114,13 +116,16 @@ class EmbeddedRedis:
 
 
 def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:  # refused, or still loading its AOF
-        return False
-    finally:
-        client.close()
+    async def ping() -> bool:
+        client = connect_redis(url, timeout=0.5)
+        try:
+            return bool(await client.ping())
+        except redis.RedisError:  # refused, or still loading its AOF
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ping())
 
 
 def data_dir_ready(path: Path) -> Path:

@@ -18,29 +18,16 @@ from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
 from relay.store.audit import AuditLog
+from relay.store.connect import connect_redis
 from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import TokenRateLimiter
+from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 
 USER_AGENT = f"relay/{__version__}"
-
-
-def connect_redis(url: str) -> Redis:
-    """A Redis client whose calls fail fast instead of hanging when Redis is down or paused.
-
-    1.5 s per call lets the API answer 503 within 2 s; no relay command blocks for longer.
-    """
-    client: Redis = Redis.from_url(
-        url,
-        socket_timeout=1.5,
-        socket_connect_timeout=1.0,
-        retry_on_timeout=False,
-        health_check_interval=15,
-    )
-    return client
 
 
 class MissingSetting(RuntimeError):
@@ -98,6 +85,7 @@ class Services:
     def open(cls, settings: Settings) -> Services:
         """Build the services for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
+        replicas = Replicas(redis, settings.redis_min_replicas)
         database = Database(require_database_url(settings))
         archive = PostgresArchive(database)
         policy = AddressPolicy(settings.allow_private_targets, settings.allowed_cidrs)
@@ -115,7 +103,7 @@ class Services:
                 capture_bytes=settings.capture_response_bytes,
             ),
             tokens=TokenStore(redis),
-            idempotency=IdempotencyStore(redis, ring),
+            idempotency=IdempotencyStore(redis, ring, replicas),
             webhooks=WebhookStore(redis, settings.max_webhooks_per_tenant),
             audit=AuditLog(redis, settings.retention_seconds, archive),
             events=EventStore(redis, archive),
@@ -126,6 +114,7 @@ class Services:
                 settings.retention_seconds,
                 settings.disable_after,
                 archive,
+                replicas=replicas,
             ),
             jobs=JobQueue(redis),
             database=database,

@@ -36,6 +36,7 @@ from relay.history.db import POSTGRES_AWAY
 from relay.history.writer import HistoryWriter
 from relay.presence import flush, keep_announcing, worker_name
 from relay.services import Services, require_redis_url
+from relay.store.connect import connect_redis
 
 log = logging.getLogger("relay.worker")
 
@@ -231,22 +232,23 @@ async def _jobs_forever(svc: Services, stopping: asyncio.Event) -> None:
     """arq's worker for background jobs, started again whenever Redis drops it."""
     backoff = Backoff()
     while not stopping.is_set():
+        # A client of its own, closed with the runner it served: arq keeps it busy polling.
+        redis = connect_redis(require_redis_url(svc.settings))
         worker = job_worker(
-            require_redis_url(svc.settings),
-            [(service.RECOVER_JOB, _recover_job)],
-            {"services": svc},
-            timeout_seconds=3600,
+            redis, [(service.RECOVER_JOB, _recover_job)], {"services": svc}, timeout_seconds=3600
         )
         main = asyncio.create_task(worker.main())
         stopped = asyncio.create_task(stopping.wait())
-        await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if main.done() and main.exception() is not None:
+        try:
+            await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            main.cancel()
+            stopped.cancel()
+            await asyncio.gather(main, stopped, return_exceptions=True)
+            await redis.aclose()
+        if not main.cancelled() and main.exception() is not None:
             log.warning("background job runner lost redis (%s); restarting", main.exception())
             await backoff.wait()
-            continue
-        stopped.cancel()
-        main.cancel()
-        await asyncio.gather(main, return_exceptions=True)
 
 
 async def wait_for_redis(svc: Services, stopping: asyncio.Event) -> bool:

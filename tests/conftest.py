@@ -25,7 +25,12 @@ from relay.history.db import POSTGRES_AWAY, Database
 from relay.history.reader import PostgresArchive
 from relay.history.writer import BATCH, HistoryWriter
 from relay.metrics import Counts
-from tests.flows import own_redis, workers  # noqa: F401  (fixtures shared by delivery tests)
+from relay.store.connect import connect_redis
+from tests.flows import (  # noqa: F401  (fixtures shared by delivery tests)
+    own_redis,
+    sentinel_group,
+    workers,
+)
 from tests.support import (
     TEST_MASTER_KEY,
     PostgresServer,
@@ -116,7 +121,7 @@ class _HistoryFirst(httpx.ASGITransport):
     def __init__(self, app: Any, settings: Settings) -> None:
         super().__init__(app=app, raise_app_exceptions=False)
         assert settings.redis_url and settings.database_url
-        self._redis = redis.asyncio.Redis.from_url(settings.redis_url)
+        self._redis = connect_redis(settings.redis_url)
         self._database = Database(settings.database_url)
         self._store = DeliveryStore(self._redis, 3600, 3600, PostgresArchive(self._database))
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio
 
-from tests.support import RedisServer, relay_env, spawn_relay
+from tests.support import RedisServer, SentinelGroup, relay_env, spawn_relay
 
 # Short steps so a whole schedule runs within a test; jitter still applies (±20 %).
 SCHEDULE = "0.3,0.6,1.2"
@@ -93,3 +93,11 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "own-redis").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A primary, its replica and three sentinels of the test's own, which it may fail over."""
+    group = SentinelGroup(tmp_path / "sentinel-group").start()
+    yield group
+    group.stop()

@@ -35,13 +35,20 @@ def wait_until(check, timeout: float = 10.0, interval: float = 0.05):  # type: i
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+LOOPBACK = "127.0.0.1"
+# The name a test group's sentinels know their primary by.
+SENTINEL_SERVICE = "relay"
+
+
 @dataclass
 class RedisServer:
-    """A throwaway redis-server in a temp dir, as production runs it (AOF on)."""
+    """A throwaway redis-server in a temp dir, as production runs it (AOF on); with
+    `replica_of`, a replica of the server on that port."""
 
     directory: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    replica_of: int | None = None
 
     @property
     def url(self) -> str:
@@ -52,13 +59,14 @@ class RedisServer:
         assert binary, "redis-server is not installed (make test installs it)"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        replica = [] if self.replica_of is None else ["--replicaof", LOOPBACK, str(self.replica_of)]
         self.process = subprocess.Popen(
             [
                 binary,
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                LOOPBACK,
                 "--dir",
                 str(self.directory),
                 "--appendonly",
@@ -67,12 +75,32 @@ class RedisServer:
                 "",
                 "--daemonize",
                 "no",
+                # A replica that (re)joins gets its copy at once, not after 5 s of waiting for
+                # others to share it.
+                "--repl-diskless-sync-delay",
+                "0",
+                *replica,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_until(self.answers)
         return self
+
+    def replication(self) -> dict[str, object]:
+        """What INFO replication says (empty when it does not answer)."""
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return dict(client.info("replication"))
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()
+
+    def in_sync(self) -> bool:
+        """Whether it is a replica whose link to its primary is up and not loading a copy."""
+        info = self.replication()
+        return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
 
     def answers(self) -> bool:
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -103,6 +131,144 @@ class RedisServer:
         assert self.process
         self.process.kill()
         self.process.wait(10)
+
+
+@dataclass
+class SentinelServer:
+    """A throwaway redis-sentinel watching the primary on `primary_port` (quorum 2), quick to
+    call it down (1 s) and to fail over."""
+
+    directory: Path
+    primary_port: int
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SentinelServer:
+        binary = shutil.which("redis-sentinel")
+        assert binary, "redis-sentinel is not installed (make test installs it)"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        # Sentinel rewrites its config file as it learns the group: one file of its own.
+        config = self.directory / "sentinel.conf"
+        service = SENTINEL_SERVICE
+        config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    f"bind {LOOPBACK}",
+                    f"dir {self.directory}",
+                    "daemonize no",
+                    f"sentinel monitor {service} {LOOPBACK} {self.primary_port} 2",
+                    f"sentinel down-after-milliseconds {service} 1000",
+                    f"sentinel failover-timeout {service} 2000",
+                    f"sentinel parallel-syncs {service} 1",
+                ]
+            )
+            + "\n"
+        )
+        self.process = subprocess.Popen(
+            [binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: self.ask("PING"))
+        return self
+
+    def ask(self, *command: str) -> object:
+        """A sentinel command's answer, None when the sentinel does not answer."""
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return client.execute_command(*command)
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def primary(self) -> int | None:
+        """The port of the primary this sentinel names now."""
+        answer = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+        return int(answer[1]) if isinstance(answer, list) and answer else None
+
+    def knows_group(self, replicas: int, sentinels: int) -> bool:
+        """Whether it has found that many replicas and other sentinels (they find each other
+        through the primary, every second or two)."""
+        found = [self.ask("SENTINEL", what, SENTINEL_SERVICE) for what in ("REPLICAS", "SENTINELS")]
+        return [len(f) if isinstance(f, list) else -1 for f in found] == [replicas, sentinels]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, a replica and three sentinels on loopback: the smallest group that fails over
+    when its primary dies, as relay's Sentinel URL reaches it."""
+
+    directory: Path
+    servers: dict[int, RedisServer] = field(default_factory=dict)  # by port
+    sentinels: list[SentinelServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    def start(self) -> SentinelGroup:
+        primary = RedisServer(self.directory / "redis-a").start()
+        replica = RedisServer(self.directory / "redis-b", replica_of=primary.port).start()
+        self.servers = {primary.port: primary, replica.port: replica}
+        wait_until(replica.in_sync)
+        self.sentinels = [
+            SentinelServer(self.directory / f"sentinel-{n}", primary.port).start() for n in range(3)
+        ]
+        wait_until(lambda: all(s.knows_group(1, 2) for s in self.sentinels), timeout=30)
+        return self
+
+    def primary(self) -> RedisServer:
+        """The server the sentinels name as primary now (the majority's answer)."""
+        named = [s.primary() for s in self.sentinels]
+        port = max(set(named), key=named.count)
+        assert port in self.servers, f"the sentinels name no server of the group: {named}"
+        return self.servers[port]
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the primary: what it had not yet sent to its replica is gone."""
+        doomed = self.primary()
+        doomed.kill()
+        return doomed
+
+    def wait_failed_over(self, old: RedisServer, timeout: float = 30) -> RedisServer:
+        """Wait until every sentinel names another primary, and it takes writes; that one."""
+
+        def promoted() -> bool:
+            named = {s.primary() for s in self.sentinels}
+            if len(named) != 1 or old.port in named:
+                return False
+            return self.servers[named.pop()].replication().get("role") == "master"
+
+        wait_until(promoted, timeout)
+        return self.primary()
+
+    def rejoin(self, old: RedisServer) -> None:
+        """Start a killed server again, on its port and data, as a replica of the new primary;
+        wait until it holds a copy."""
+        old.replica_of = self.primary().port
+        old.start()
+        wait_until(old.in_sync, timeout=30)
+
+    def fail_over(self) -> RedisServer:
+        """Kill the primary, wait for the sentinels to promote the replica, and bring the
+        killed one back as its replica; the new primary."""
+        old = self.kill_primary()
+        new = self.wait_failed_over(old)
+        self.rejoin(old)
+        return new
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers.values():
+            server.stop()
 
 
 # What a test database does not need: surviving a crash. Without them a commit costs no fsync.

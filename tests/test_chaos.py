@@ -18,8 +18,10 @@ def _figure(report: str, label: str) -> int:
 
 def test_a_short_chaos_run_loses_nothing_and_strands_nothing() -> None:
     run = subprocess.run(
-        # Long enough for one round of every kind, pauses of Redis and PostgreSQL included.
-        [sys.executable, "-m", "bench.chaos", "--seconds", "25", "--fault-every", "1,1.5"],
+        # Long enough for one round of every kind, pauses of Redis and PostgreSQL included,
+        # and for a primary paused past its failover to be made a replica before the next Redis
+        # fault (Sentinel notices it within 10 s).
+        [sys.executable, "-m", "bench.chaos", "--seconds", "40", "--fault-every", "1,1.5"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -93,6 +93,20 @@ def test_bad_configuration_names_the_variable(tmp_path: Path, command: list[str]
     assert "RELAY_DELIVERY_TIMEOUT" in result.stderr.decode()
 
 
+def test_dev_refuses_to_wait_for_replicas_its_embedded_redis_does_not_have(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "dev"],
+        env=dev_env(tmp_path / "data", RELAY_REDIS_MIN_REPLICAS="1"),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "RELAY_REDIS_MIN_REPLICAS" in result.stderr.decode()
+    assert not (tmp_path / "data").exists()  # it stopped before starting anything
+
+
 @pytest.mark.parametrize("command", [["api"], ["worker"]])
 def test_api_and_worker_need_a_redis_url(tmp_path: Path, command: list[str]) -> None:
     result = subprocess.run(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import ConfigError, load_settings
+from relay.store.connect import parse_sentinel_url
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +29,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.retention_days == 30 and s.max_body_bytes == 1_048_576
     assert s.allowed_cidrs == () and s.disable_after == 432_000
     assert 1 <= s.endpoint_concurrency <= 16
+    assert s.redis_min_replicas == 0
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,6 +68,18 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("RELAY_ALLOW_PRIVATE_TARGETS", "perhaps"),
         ("RELAY_ENDPOINT_CONCURRENCY", "0"),
         ("RELAY_DISABLE_AFTER", "-5"),
+        ("RELAY_REDIS_URL", "http://redis.example:6379/0"),
+        ("RELAY_REDIS_URL", "redis://redis.example:6379/zero"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/"),
+        ("RELAY_REDIS_URL", "redis+sentinel:///relay"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:port/relay"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379,:26380/relay"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay/one"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay/0/extra"),
+        ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay?db=1"),
+        ("RELAY_REDIS_MIN_REPLICAS", "-1"),
+        ("RELAY_REDIS_MIN_REPLICAS", "some"),
     ],
 )
 def test_bad_values_are_reported_by_name(
@@ -75,3 +89,35 @@ def test_bad_values_are_reported_by_name(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert name in str(caught.value)
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "redis+sentinel://:s%40cret@10.0.0.1:26380,[fd00::2]:26381,sentinel-c/relay-main/2"
+    monkeypatch.setenv("RELAY_REDIS_URL", url)
+    monkeypatch.setenv("RELAY_REDIS_MIN_REPLICAS", "1")
+    s = load_settings()
+    assert s.redis_url == url and s.redis_min_replicas == 1
+    address = parse_sentinel_url(url)
+    assert address.sentinels == (
+        ("10.0.0.1", 26380),
+        ("fd00::2", 26381),
+        ("sentinel-c", 26379),  # Sentinel's own port when none is given
+    )
+    assert address.service == "relay-main" and address.db == 2
+    assert address.password == "s@cret" and address.username is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://:hunter2@10.0.0.1:x/relay", "redis://:hunter2@redis.example:x/0"],
+)
+def test_a_bad_redis_url_is_reported_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("RELAY_REDIS_URL", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "RELAY_REDIS_URL" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

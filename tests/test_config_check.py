@@ -11,7 +11,7 @@ import pytest
 
 from relay.config import Settings
 from relay.history import migrations
-from tests.support import TEST_MASTER_KEY, PostgresServer, RedisServer
+from tests.support import TEST_MASTER_KEY, PostgresServer, RedisServer, SentinelGroup
 
 ADMIN = "rly_config_check_admin_token_0123456789"
 REDIS_PASSWORD = "hunter2-redis-password"
@@ -95,3 +95,28 @@ def test_connect_reaches_redis_and_postgresql_and_names_the_one_that_fails(
     assert refused.returncode == 2
     assert "RELAY_DATABASE_URL: cannot reach PostgreSQL" in refused.stderr
     assert "not-the-password" not in refused.stderr
+
+
+def test_a_sentinel_url_is_masked_and_connect_reaches_the_primary_the_sentinels_name(
+    tmp_path: Path, sentinel_group: SentinelGroup, postgres_server: PostgresServer
+) -> None:
+    masked = _check(
+        tmp_path,
+        **_good(RELAY_REDIS_URL=f"redis+sentinel://:{REDIS_PASSWORD}@s1:26379,s2:26379/relay/0"),
+    )
+    assert masked.returncode == 0, masked.stderr
+    assert "RELAY_REDIS_URL=redis+sentinel://:********@s1:26379,s2:26379/relay/0" in (
+        masked.stdout.splitlines()
+    )
+    assert REDIS_PASSWORD not in masked.stdout + masked.stderr
+
+    env = _good(RELAY_REDIS_URL=sentinel_group.url, RELAY_DATABASE_URL=postgres_server.url)
+    reached = _check(tmp_path, "--connect", RELAY_REDIS_MIN_REPLICAS="1", **env)
+    assert reached.returncode == 0, reached.stderr
+    primary = sentinel_group.primary().port
+    assert f"primary on port {primary}, replicas connected: 1" in reached.stdout
+
+    # More replicas than the primary has: every event would be refused, so the check fails.
+    short = _check(tmp_path, "--connect", RELAY_REDIS_MIN_REPLICAS="2", **env)
+    assert short.returncode == 2
+    assert "RELAY_REDIS_MIN_REPLICAS" in short.stderr

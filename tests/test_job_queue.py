@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio
 
 from relay.delivery.queue import JobQueue, job_worker
+from relay.store.connect import connect_redis
 from tests.support import RedisServer
 
 RELAY = Path(__file__).resolve().parents[1] / "relay"
@@ -48,7 +49,8 @@ async def test_a_job_id_is_enqueued_once_and_run_by_the_worker(
     # The same id again, queued or not yet run: nothing more is queued.
     assert await queue.enqueue("job", "job-1", "second", 2) is False
 
-    worker = job_worker(redis_server.url, [("job", job)], {"marker": "ours"}, timeout_seconds=5)
+    own = connect_redis(redis_server.url)
+    worker = job_worker(own, [("job", job)], {"marker": "ours"}, timeout_seconds=5)
     main = asyncio.create_task(worker.main())
     try:
         await asyncio.wait_for(done.wait(), 10)

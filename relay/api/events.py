@@ -82,6 +82,7 @@ OPERATIONS = [
         also_succeeds=(
             (200, "A repeat of an upstream `id`: the first event; nothing new is created"),
         ),
+        replicated=True,
     ),
     Operation(
         "GET",

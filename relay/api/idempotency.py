@@ -77,8 +77,10 @@ async def idempotent(
     principal: Principal,
     call: Callable[[], Awaitable[Response]],
     repeats: bool,
+    replicated: bool = False,
 ) -> Response:
-    """Run `call` once per (token, key); replay its response for repeats of the same request.
+    """Run `call` once per (token, key); replay its response for repeats of the same request
+    (once replicas hold its write, when the operation is `replicated`).
 
     Unless the operation `repeats` harmlessly, its write stores its answer in the same atomic
     step (see `commit`). So when a run fails without knowing whether it wrote (Redis stopped
@@ -97,7 +99,7 @@ async def idempotent(
     ctx = services(request)
     store = ctx.idempotency
     lease = int(max(60.0, 4 * ctx.settings.delivery_timeout))
-    claim = await store.claim(principal.token_id, key, fingerprint, lease)
+    claim = await store.claim(principal.token_id, key, fingerprint, lease, replicated)
     if isinstance(claim, StoredResponse):
         headers = {**claim.headers, REPLAYED: "true"}
         return Response(claim.body, claim.status, headers)

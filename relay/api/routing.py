@@ -124,6 +124,9 @@ class Operation:
     # the effect is several steps, each of which leaves the same state when made again (the
     # operation says why), so a retry simply runs again.
     repeats: bool = False
+    # Set when its success is answered only once RELAY_REDIS_MIN_REPLICAS replicas hold the
+    # write (the store waits for them): a replay under its Idempotency-Key waits for them too.
+    replicated: bool = False
     # Set on every operation that changes something: what the audit trail records of it.
     audit: Audit | None = None
 
@@ -152,7 +155,7 @@ def _endpoint(op: Operation) -> PublicHandler:
             raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
         response = await idempotent(
-            request, principal, lambda: call(request, principal), op.repeats
+            request, principal, lambda: call(request, principal), op.repeats, op.replicated
         )
         if op.audit is not None and response.status_code < 300 and REPLAYED in response.headers:
             # A change whose first run lost its reply (Redis went away after the write) was

@@ -7,8 +7,12 @@ import random
 
 from redis.exceptions import RedisError
 
-# Redis restarted, killed, failed over, paused or unreachable: wait and try again.
-REDIS_AWAY = (RedisError, OSError)
+from relay.store.replicas import NotReplicated
+
+# Redis restarted, killed, failed over (MasterNotFoundError, ReadOnlyError and ConnectionError
+# are RedisErrors), paused or unreachable, or too few of its replicas answering: wait and try
+# again.
+REDIS_AWAY = (RedisError, OSError, NotReplicated)
 
 
 class Backoff:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
@@ -31,19 +31,22 @@ class JobQueue:
 
 
 def job_worker(
-    redis_url: str,
+    redis: Redis,
     functions: Sequence[tuple[str, JobFunction]],
     ctx: dict[str, Any],
     timeout_seconds: float,
 ) -> Worker:
-    """An arq worker running relay's background jobs; the caller supervises and stops it."""
+    """An arq worker running relay's background jobs over `redis`'s connection pool (closed
+    with the worker); the caller supervises and stops it."""
     return Worker(
         functions=[
             func(f, name=name, timeout=timeout_seconds)  # type: ignore[arg-type]
             for name, f in functions
         ],
         queue_name=keys.QUEUE,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        # Over relay's own client, not one arq makes from the URL: it follows a Sentinel
+        # failover, and fails fast like every other.
+        redis_pool=ArqRedis(redis.connection_pool, default_queue_name=keys.QUEUE),
         ctx=ctx,
         max_jobs=4,
         keep_result=0,

@@ -38,6 +38,7 @@ from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
 from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
+from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
@@ -247,8 +248,10 @@ class DeliveryStore:
         fanout_chunk: int = FANOUT_CHUNK,
         history_backlog: int = HISTORY_BACKLOG,
         backlog_check_seconds: float = BACKLOG_CHECK_SECONDS,
+        replicas: Replicas | None = None,
     ) -> None:
         self._redis = redis
+        self._replicas = replicas or Replicas(redis, 0)
         self._archive = archive
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
@@ -264,11 +267,16 @@ class DeliveryStore:
         }
 
     async def _run(
-        self, transition: Transition | AsyncScript, arg: dict[str, Any], *raw: bytes
+        self,
+        transition: Transition | AsyncScript,
+        arg: dict[str, Any],
+        *raw: bytes,
+        client: Redis | None = None,
     ) -> Any:
-        """Run a script on `arg` (its JSON argument) and any `raw` arguments after it."""
+        """Run a script on `arg` (its JSON argument) and any `raw` arguments after it (on
+        `client`'s connection, if given)."""
         script = self._scripts[transition] if isinstance(transition, Transition) else transition
-        return await script(keys=[], args=[codec.dumps(arg), *raw])
+        return await script(keys=[], args=[codec.dumps(arg), *raw], client=client)
 
     async def accept(
         self,
@@ -281,10 +289,14 @@ class DeliveryStore:
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
+        With replicas to wait for, returns only once they hold it (the first event too, for a
+        repeat), else raises NotReplicated.
         """
-        begun = await self.begin_accept(event, deliveries, commit)
-        if begun.unfinished:
-            await self.finish_accept(begun.event_id)
+        async with self._replicas.connection() as conn:
+            begun = await self.begin_accept(event, deliveries, commit, conn)
+            if begun.unfinished:
+                await self.finish_accept(begun.event_id, conn)
+            await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
     async def begin_accept(
@@ -292,6 +304,7 @@ class DeliveryStore:
         event: NewEvent,
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
+        client: Redis | None = None,
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan."""
@@ -319,6 +332,7 @@ class DeliveryStore:
                         "deliveries": [[d.id, d.webhook_id] for d in deliveries],
                     }
                 ),
+                client=client,
             )
         except ResponseError as exc:
             if "HISTORY_BACKLOG" not in str(exc):
@@ -334,18 +348,21 @@ class DeliveryStore:
             return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
         return Begun(event.id, repeat=False, unfinished=not whole)
 
-    async def finish_accept(self, event_id: str) -> None:
-        """Write what an event being accepted still lacks, from its stored plan, chunk by chunk.
+    async def finish_accept(self, event_id: str, client: Redis | None = None) -> None:
+        """Write what an event being accepted still lacks, from its stored plan, chunk by chunk
+        (on `client`'s connection, if given).
 
         Safe to repeat and to run alongside another writer: a delivery written before is skipped.
         """
-        raw = await self._redis.get(keys.event_plan(event_id))
+        raw = await (client or self._redis).get(keys.event_plan(event_id))
         if raw is not None:
             plan = _Plan.load(raw)
             todo = [PlannedDelivery(d, w) for d, w in plan.deliveries]
             for start in range(0, len(todo), self._chunk):
                 await self._run(
-                    Transition.ACCEPT, self._step("chunk", plan, todo[start : start + self._chunk])
+                    Transition.ACCEPT,
+                    self._step("chunk", plan, todo[start : start + self._chunk]),
+                    client=client,
                 )
         await self._run(
             Transition.ACCEPT,
@@ -354,6 +371,7 @@ class DeliveryStore:
                 "id": event_id,
                 "keys": {"accepting": keys.ACCEPTING, "plan": keys.event_plan(event_id)},
             },
+            client=client,
         )
 
     async def finish_abandoned(self, idle_ms: int) -> int:
@@ -645,25 +663,41 @@ class DeliveryStore:
         until_ms, that may have failed: the failed ones and those in flight."""
         return await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
 
+    # Records reach history only once the replicas relay waits for hold them: then whatever
+    # history has, a failover keeps in Redis too, and the two never tell different stories
+    # (an attempt history lists that the new primary never made, an event no one was told of).
+
     async def handed_over(self, consumer: str, count: int, block_ms: int | None) -> list[Handover]:
         """The next new records for history, waiting up to `block_ms` for one to come (None:
         not waiting)."""
         await self._ensure_group()
-        return await self._load(await self._read_group(consumer, ">", count, block_ms))
+        async with self._replicas.connection() as conn:
+            entries = await self._read_group(consumer, ">", count, block_ms, conn)
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def unreleased(self, consumer: str, count: int) -> list[Handover]:
         """Records this consumer read before and has not released (a write failed)."""
         await self._ensure_group()
-        return await self._load(await self._read_group(consumer, "0", count, None))
+        async with self._replicas.connection() as conn:
+            entries = await self._read_group(consumer, "0", count, None, conn)
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def adopt(self, consumer: str, idle_ms: int, count: int) -> list[Handover]:
         """Records another writer read and left unreleased for `idle_ms` (it died): now this
         consumer's."""
         await self._ensure_group()
-        reply = await self._redis.xautoclaim(
-            keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
-        )
-        return await self._load([(entry_id, fields) for entry_id, fields in reply[1] if fields])
+        async with self._replicas.connection() as conn:
+            reply = await conn.xautoclaim(
+                keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
+            )
+            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+            if entries:
+                await self._replicas.confirm_read(conn)
+        return await self._load(entries)
 
     async def release(self, handed: Sequence[Handover]) -> int:
         """Let records that history now holds go from Redis; how many deliveries left."""
@@ -719,10 +753,10 @@ class DeliveryStore:
         return any(g["name"] in (keys.HISTORY_GROUP, keys.HISTORY_GROUP.encode()) for g in groups)
 
     async def _read_group(
-        self, consumer: str, start: str, count: int, block_ms: int | None
+        self, consumer: str, start: str, count: int, block_ms: int | None, client: Redis
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:
-            reply = await self._redis.xreadgroup(
+            reply = await client.xreadgroup(
                 keys.HISTORY_GROUP, consumer, {keys.HISTORY: start}, count=count, block=block_ms
             )
         except ResponseError as exc:

@@ -257,6 +257,9 @@ class HistoryWriter:
                         await asyncio.wait_for(stopping.wait(), LINGER_SECONDS)
             except REDIS_AWAY as exc:
                 log.warning("redis unavailable to the history writer (%s); retrying", exc)
+                # Entries it may have read meanwhile (not yet on the replicas relay waits for,
+                # or their answer lost) are this writer's now: they go first.
+                retrying = True
                 await backoff.wait()
             except POSTGRES_AWAY as exc:
                 self._counts.add("history_write_errors")

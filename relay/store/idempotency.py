@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline
 from relay.errors import Conflict, Invalid
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.store import codec, keys
+from relay.store.replicas import Replicas
 
 KEEP_SECONDS = 24 * 3600
 # How a commit that finds its claim gone fails, from Lua or from Python.
@@ -63,7 +64,9 @@ end
 # replicas with different clocks agree on when a lease has lapsed. A lapsed lease means the
 # process holding it died before its write committed (a committed write leaves `done`): the
 # key is claimed again. Records written before runs carried tokens cannot say whether their
-# write landed: those stay unknown.
+# write landed: those stay unknown. A replay that is to wait for replicas (ARGV[5]) sets its
+# record again as it is: a WAIT after this call then covers the write the record answers, which
+# came before.
 _CLAIM = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,7 +74,10 @@ local raw = redis.call('GET', KEYS[1])
 if raw then
   local record = cjson.decode(raw)
   if record.fingerprint ~= ARGV[1] then return {'mismatch'} end
-  if record.state == 'done' then return {'done', record.response} end
+  if record.state == 'done' then
+    if ARGV[5] == '1' then redis.call('SET', KEYS[1], raw, 'KEEPTTL') end
+    return {'done', record.response}
+  end
   if record.state == 'pending' and tonumber(record.lease_until) > now_ms then
     return {'running'}
   end
@@ -185,9 +191,10 @@ class Held:
 class IdempotencyStore:
     """One record per (token, key), kept for 24 hours."""
 
-    def __init__(self, redis: Redis, keyring: Keyring) -> None:
+    def __init__(self, redis: Redis, keyring: Keyring, replicas: Replicas | None = None) -> None:
         self._redis = redis
         self._keyring = keyring
+        self._replicas = replicas or Replicas(redis, 0)
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._replace = redis.register_script(_REPLACE)
@@ -203,18 +210,30 @@ class IdempotencyStore:
         return keys.audited_request(token_id, _digest(idempotency_key))
 
     async def claim(
-        self, token_id: str, idempotency_key: str, fingerprint: str, lease_seconds: int
+        self,
+        token_id: str,
+        idempotency_key: str,
+        fingerprint: str,
+        lease_seconds: int,
+        replicated: bool = False,
     ) -> Held | StoredResponse:
         """Claim the key for a new run of the request, or return the response to replay.
 
         Raises Conflict while another run holds the key, or when a run from before answers were
         committed with writes failed (it may have written), and Invalid when the key was used
-        with a different request.
+        with a different request. With `replicated` (the request's write is answered only once
+        replicas hold it), a response is replayed only once they do, else NotReplicated.
         """
         key = self._key(token_id, idempotency_key)
         run = secrets.token_hex(16)
         args: list[str | int] = [fingerprint, lease_seconds * 1000, KEEP_SECONDS, run]
-        verdict, *rest = await self._claim(keys=[key], args=args)
+        if replicated and self._replicas.required:
+            async with self._replicas.connection() as conn:
+                verdict, *rest = await self._claim(keys=[key], args=[*args, 1], client=conn)
+                if verdict == b"done":
+                    await self._replicas.confirm(conn)
+        else:
+            verdict, *rest = await self._claim(keys=[key], args=[*args, 0])
         match verdict.decode():
             case "mismatch":
                 raise Invalid(

@@ -95,6 +95,9 @@ ACCEPTING = PREFIX + "accepting"
 # once PostgreSQL holds its record.
 HISTORY = PREFIX + "history"
 HISTORY_GROUP = "writers"
+# Set (briefly) by a reader that must know the replicas hold what it read: a write after the
+# reads, which WAIT can count (see store/replicas.py).
+REPLICATED_MARK = PREFIX + "replicated"
 # Counters every worker and API process adds to; /metrics reads them.
 METRICS = PREFIX + "metrics"
 # The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.

@@ -51,11 +51,16 @@ if A.step == 'finish' then
   return false
 end
 
--- 'whole' or 'begin'. An upstream id seen before writes nothing and returns the first event's
--- id, with 1 if that event is still being accepted.
+-- 'whole' or 'begin'. An upstream id seen before writes nothing new and returns the first
+-- event's id, with 1 if that event is still being accepted. The id's key is set again as it
+-- is: WAIT counts the replicas holding this connection's last write, and this write comes
+-- after the first event's, so a WAIT after this call also covers the first event.
 if A.upstream_key ~= cjson.null then
   local first = redis.call('GET', A.upstream_key)
-  if first then return {first, redis.call('ZSCORE', K.accepting, first) and 1 or 0} end
+  if first then
+    redis.call('SET', A.upstream_key, first, 'KEEPTTL')
+    return {first, redis.call('ZSCORE', K.accepting, first) and 1 or 0}
+  end
 end
 -- Past this backlog PostgreSQL is not keeping up (or is away): refuse new work rather than
 -- fill Redis's memory with history.

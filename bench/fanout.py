@@ -51,6 +51,10 @@ TENANT = "bench_wide"
 SLOWLOG_FLOOR_MICROS = 1000
 # Which step of an accept a logged script call was (the start of its JSON argument).
 STEP = re.compile(rb'"step":"(\w+)"')
+# Which other script a logged call was, by the first key its JSON argument names (SLOWLOG keeps
+# the first 128 bytes of an argument).
+FIRST_KEY = re.compile(rb'\{"keys":\{"(\w+)"')
+SCRIPTS = {b"due": "claim", b"delivery": "settle", b"history": "release"}
 
 
 class Pinger:
@@ -140,10 +144,13 @@ async def store_webhooks(client: aioredis.Redis, keyring: Keyring, count: int) -
 
 
 def _named(command: bytes) -> str:
-    """A logged call by its command, and for an accept script its step."""
-    step = STEP.search(command)
+    """A logged call by its command, and for a script which one (an accept with its step)."""
     name = command.split(b" ", 1)[0].decode()
-    return f"{name} {step.group(1).decode()}" if step else name
+    if step := STEP.search(command):
+        return f"{name} {step.group(1).decode()}"
+    if (first := FIRST_KEY.search(command)) and first.group(1) in SCRIPTS:
+        return f"{name} {SCRIPTS[first.group(1)]}"
+    return name
 
 
 async def longest_call(client: aioredis.Redis) -> tuple[float, str, int]:

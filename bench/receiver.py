@@ -42,6 +42,8 @@ from bench.procs import SECRET_ENV
 # The spec's default tolerance for webhook-timestamp.
 TOLERANCE_SECONDS = 300
 LIBRARY_EVERY = 100
+# The largest event relay accepts (RELAY_MAX_BODY_BYTES' ceiling) with room for its envelope.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class Verifier:
@@ -225,7 +227,8 @@ class Receiver:
 
     def app(self) -> web.Application:
         """The routes."""
-        app = web.Application()
+        # As large a body as relay may send (aiohttp refuses more than 1 MiB by default).
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/hook/{name}", self.hook)
         app.router.add_post("/fail/{name}", self.fail)
         app.router.add_post("/flap/{name}", self.flap)

@@ -300,7 +300,6 @@ class DeliveryStore:
         the event, its first chunk, and the rest as the event's stored plan."""
         whole = len(deliveries) <= self._chunk
         arg = self._step("whole" if whole else "begin", event, deliveries[: self._chunk])
-        arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
         arg["live"] = len(deliveries)
@@ -322,6 +321,7 @@ class DeliveryStore:
                         "deliveries": [[d.id, d.webhook_id] for d in deliveries],
                     }
                 ),
+                event.payload,
             )
         except ResponseError as exc:
             if "HISTORY_BACKLOG" not in str(exc):

@@ -5,11 +5,11 @@
 
 Starts a throwaway redis-server (AOF, fsync every second), PostgreSQL, `relay api`, the bench
 receiver and `relay worker`s, registers that many webhooks of one tenant at the receiver, then
-posts events of each body size to that tenant one at a time while a thread PINGs Redis in a
-loop. Per event it reports how long the accept took, how long until the receiver had every
-delivery, the longest PING from the POST until then — how long any other API or worker call
-would have waited, through the accept, the claims, the settles and the history writes — and the
-longest single call Redis logged (SLOWLOG). The target is a longest PING of 50 ms.
+posts events of each body size to that tenant one at a time while another process PINGs Redis
+in a loop (bench/pinger.py). Per event it reports how long the accept took, how long until the
+receiver had every delivery, the longest PING from the POST until then — how long any other API
+or worker call would have waited, through the accept, the claims, the settles and the history
+writes — and the longest single call Redis logged (SLOWLOG). The target is a longest PING of 50 ms.
 
 Exit status: 0 when every delivery arrived with a valid signature (the target met or not: it is
 reported), 1 when not, 2 when the run could not be done, 130 when interrupted. A size whose
@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as aioredis
 
-from bench.fanout import SLOWLOG_FLOOR_MICROS, Pinger, longest_call
+from bench.fanout import SLOWLOG_FLOOR_MICROS, longest_call
 from bench.load import Api, LoadError, ReceiverClient, new_session
+from bench.pinger import Pinger
 from bench.procs import (
     Processes,
     RelaySettings,
@@ -108,11 +109,12 @@ async def post_large(
     webhooks: int,
 ) -> LargeEvent:
     """Post one event of `size` bytes and measure what it cost until every delivery is in."""
+    body = large_body(size, number)
     await receiver.reset()
     await client.slowlog_reset()
     await asyncio.to_thread(pinger.take)
     started = time.perf_counter()
-    status, _ = await api.post_event(large_body(size, number))
+    status, _ = await api.post_event(body)
     accepted = time.perf_counter() - started
     arrived = await receiver.wait_for(webhooks, DELIVERY_TIMEOUT) if status == 202 else None
     delivered = time.perf_counter() - started

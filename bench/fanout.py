@@ -51,10 +51,15 @@ TENANT = "bench_wide"
 SLOWLOG_FLOOR_MICROS = 1000
 # Which step of an accept a logged script call was (the start of its JSON argument).
 STEP = re.compile(rb'"step":"(\w+)"')
-# Which other script a logged call was, by the first key its JSON argument names (SLOWLOG keeps
-# the first 128 bytes of an argument).
-FIRST_KEY = re.compile(rb'\{"keys":\{"(\w+)"')
-SCRIPTS = {b"due": "claim", b"delivery": "settle", b"history": "release"}
+# Which other script a logged call was, by the first two keys its JSON argument names (SLOWLOG
+# keeps the first 128 bytes of an argument).
+FIRST_KEYS = re.compile(rb'\{"keys":\{"(\w+)":"[^"]*","(\w+)"')
+SCRIPTS = {
+    (b"due", b"wakes"): "claim",
+    (b"delivery", b"due"): "start",
+    (b"delivery", b"attempts"): "settle",
+    (b"history", b"group"): "release",
+}
 
 
 class Pinger:
@@ -148,8 +153,8 @@ def _named(command: bytes) -> str:
     name = command.split(b" ", 1)[0].decode()
     if step := STEP.search(command):
         return f"{name} {step.group(1).decode()}"
-    if (first := FIRST_KEY.search(command)) and first.group(1) in SCRIPTS:
-        return f"{name} {SCRIPTS[first.group(1)]}"
+    if (first := FIRST_KEYS.search(command)) and first.groups() in SCRIPTS:
+        return f"{name} {SCRIPTS[first.groups()]}"
     return name
 
 

@@ -119,3 +119,54 @@ async def test_an_event_larger_than_the_bound_is_still_claimed_alone(
     assert [(c.event_id, c.payload) for c in first] == [("evt_1", large.payload)] * 3
     [then] = (await store.claim("a", 100, lease_ms=60_000, concurrency=4)).claims
     assert (then.event_id, then.payload) == ("evt_2", small.payload)
+
+
+async def test_a_started_claim_holds_for_the_attempts_lease_and_a_lapsed_one_is_taken_over(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
+    for n in (1, 2):
+        event = NewEvent(f"evt_{n}", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+        await store.accept(event, [PlannedDelivery(f"dlv_{n}", "wh_1")])
+
+    # Worker a got both claims; it starts the first and never hears of the second (a lost
+    # reply would look the same to Redis).
+    started, lost = (await store.claim("a", 10, lease_ms=100, concurrency=2)).claims
+    assert await store.start([started], lease_ms=60_000) == [started]
+    assert await store.start([started], lease_ms=60_000) == [started]  # asked again: the same
+    await asyncio.sleep(0.2)  # past the claim's lease
+
+    [taken] = (await store.claim("b", 10, lease_ms=100, concurrency=2)).claims
+    assert (taken.delivery_id, taken.attempt) == (lost.delivery_id, 1)
+    assert await store.start([taken], lease_ms=60_000) == [taken]
+    assert await store.start([lost], lease_ms=60_000) == []
+    assert not (await store.settle(lost, _result(500))).written
+    # The started one still holds its endpoint slot, past the claim's lease: a third delivery
+    # waits for one.
+    event = NewEvent("evt_3", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery("dlv_3", "wh_1")])
+    assert (await store.claim("c", 10, lease_ms=100, concurrency=2)).claims == []
+    assert await redis_client.zcard(keys.endpoint_parked("wh_1")) == 1
+
+    assert (await store.settle(started, _result(200))).written
+    assert (await store.settle(taken, _result(200))).written
+    for n in (1, 2):
+        delivery = await store.get(f"dlv_{n}")
+        assert delivery.status is Status.DELIVERED and delivery.attempt_count == 1
+
+
+async def test_a_claim_whose_lease_lapsed_cannot_be_started(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
+    event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
+
+    [late] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
+    await asyncio.sleep(0.1)
+    # Nobody took it over yet, but anyone may at any moment: it is a new claim's.
+    assert await store.start([late], lease_ms=60_000) == []
+    [again] = (await store.claim("a", 10, lease_ms=60_000, concurrency=1)).claims
+    assert again.delivery_id == "dlv_1" and again.token != late.token

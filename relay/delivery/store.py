@@ -509,6 +509,26 @@ class DeliveryStore:
             int(wake) if int(wake) >= 0 else None,
         )
 
+    async def start(self, claims: Sequence[Claim], lease_ms: int) -> list[Claim]:
+        """Extend the leases of `claims` from the claim's to the attempt's, `lease_ms` from now,
+        in one call; the claims this worker still holds (one whose lease lapsed is not)."""
+        if not claims:
+            return []
+        held = await self._run(
+            Transition.START,
+            {
+                "keys": {
+                    "delivery": keys.delivery(""),
+                    "due": keys.DUE,
+                    "slots": keys.endpoint_slots(""),
+                },
+                "claims": [[c.delivery_id, c.token, c.webhook_id] for c in claims],
+                "lease_ms": lease_ms,
+                "now_ms": self._clock.now_ms(),
+            },
+        )
+        return [c for c, started in zip(claims, held, strict=True) if started]
+
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
         """Record an attempt and the next state, if `claim` still holds the lease."""
         reply = await self._run(

@@ -49,6 +49,7 @@ from bench.procs import (
     wait_until,
 )
 from bench.report import RESULTS_DIR, machine
+from relay.config import MAX_BODY_BYTES_CEILING
 from relay.signing import generate_secret
 
 TENANT = "bench_large"
@@ -88,8 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ns.sizes = sorted(int(s) for s in ns.sizes.split(","))
     except ValueError:
         parser.error("--sizes takes byte counts separated by commas")
-    if ns.sizes[0] < 1024:
-        parser.error("--sizes must be at least 1024 bytes each")
+    if ns.sizes[0] < 1024 or ns.sizes[-1] > MAX_BODY_BYTES_CEILING:
+        parser.error(f"--sizes must be 1024..{MAX_BODY_BYTES_CEILING} bytes (RELAY_MAX_BODY_BYTES)")
     if not 1 <= ns.webhooks <= 10_000 or not 1 <= ns.events <= 100 or not 1 <= ns.workers <= 8:
         parser.error("--webhooks must be 1..10000, --events 1..100 and --workers 1..8")
     if not 1 <= ns.together <= 1000:

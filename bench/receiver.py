@@ -38,12 +38,13 @@ import uvloop
 from aiohttp import web
 
 from bench.procs import SECRET_ENV
+from relay.config import MAX_BODY_BYTES_CEILING
 
 # The spec's default tolerance for webhook-timestamp.
 TOLERANCE_SECONDS = 300
 LIBRARY_EVERY = 100
-# The largest event relay accepts (RELAY_MAX_BODY_BYTES' ceiling) with room for its envelope.
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# The largest event relay accepts, with room for the envelope around it.
+MAX_BODY_BYTES = MAX_BODY_BYTES_CEILING + 65_536
 
 
 class Verifier:

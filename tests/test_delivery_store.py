@@ -87,7 +87,7 @@ async def test_a_claim_stops_at_its_payload_bound_and_leaves_the_rest_due_now(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     size = 10_000
-    store = DeliveryStore(redis_client, 3600, 3600, archive, claim_payload_bytes=3 * size)
+    store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=3 * size)
     [webhook_id] = await _webhooks(redis_client, 1)
     events = [_large_event(f"evt_{n}", size) for n in range(10)]
     for n, event in enumerate(events):
@@ -109,7 +109,7 @@ async def test_a_claim_stops_at_its_payload_bound_and_leaves_the_rest_due_now(
 async def test_an_event_larger_than_the_bound_is_still_claimed_alone(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, archive, claim_payload_bytes=1024)
+    store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=1024)
     webhook_ids = await _webhooks(redis_client, 3)
     large, small = _large_event("evt_1", 10_000), _large_event("evt_2", 10)
     await store.accept(large, [PlannedDelivery(f"dlv_1_{w}", w) for w in webhook_ids])

@@ -458,3 +458,53 @@ async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_writte
     assert again.status is Status.PENDING and again.attempt_count == 1
     # Held by its delivery in flight again and by its own entry, which history has yet to write.
     assert await redis_client.hget(keys.event(event.id), "live") == b"2"
+
+
+async def test_a_large_payload_stays_out_of_the_history_stream_and_history_has_it_whole(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=250_000)
+    created = rfc3339(datetime.now(UTC))
+    payloads = [orjson.dumps({"text": "x" * size}) for size in (100, *[100_000] * 5)]
+    events = [
+        NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, payload)
+        for payload in payloads
+    ]
+    for event in events:
+        await store.accept(event, [])
+
+    # The writer reads up to a thousand entries in one call: a large payload's entry holds
+    # its size, not the payload.
+    entries = await redis_client.xrange(keys.HISTORY)
+    assert len(entries) == 6
+    assert max(sum(len(k) + len(v) for k, v in f.items()) for _, f in entries) < 1024
+    handed = await store.handed_over("writer", 10, None)
+    assert [h.event.payload for h in handed if h.event] == payloads
+    database = Database(postgres_server.url)
+    try:
+        await writer.write(await database.pool(), handed, set())
+        await store.release(handed)
+        rows = await (await database.pool()).fetch("SELECT id, payload FROM events")
+    finally:
+        await database.aclose()
+    assert {r["id"]: r["payload"] for r in rows} == {e.id: e.payload for e in events}
+    assert not [k async for k in redis_client.scan_iter(match=keys.event("*"))]
+
+
+async def test_a_large_events_entry_read_again_after_its_event_left_redis_is_let_go(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    created = rfc3339(datetime.now(UTC))
+    payload = orjson.dumps({"text": "x" * 10_000})
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, payload)
+    await store.accept(event, [])
+    [first] = await store.handed_over("slow", 10, None)
+    assert first.event is not None and first.event.payload == payload
+    # Another writer adopted the entry, wrote the event and let it go from Redis; the slow
+    # writer reads the entry again, and finds nothing left to write.
+    await redis_client.delete(keys.event(event.id))
+    [again] = await store.unreleased("slow", 10)
+    assert again.entry_id == first.entry_id and again.event is None and again.delivery is None
+    await store.release([again])
+    assert await redis_client.xlen(keys.HISTORY) == 0

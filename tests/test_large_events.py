@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import asyncpg
 import httpx
 import orjson
 import redis.asyncio
@@ -25,12 +27,26 @@ def _event_of(size: int) -> bytes:
     return body("x" * (size - len(body(""))))
 
 
+async def _in_history(conn: asyncpg.Connection, event_id: str) -> bytes:
+    """The event's payload once the history writer has written it."""
+    deadline = time.monotonic() + 30
+    while (
+        payload := await conn.fetchval("SELECT payload FROM events WHERE id = $1", event_id)
+    ) is None:
+        assert time.monotonic() < deadline, "the event never reached history"
+        await asyncio.sleep(0.1)
+    return bytes(payload)
+
+
 async def _output_bytes(redis_client: redis.asyncio.Redis) -> int:
     return int((await redis_client.info("stats"))["total_net_output_bytes"])
 
 
 async def test_a_1_mib_event_reaches_100_webhooks_and_redis_sends_its_payload_a_few_times(
-    admin: httpx.AsyncClient, workers: Workers, redis_client: redis.asyncio.Redis
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
 ) -> None:
     await workers()
     async with Receiver() as rx:
@@ -44,12 +60,14 @@ async def test_a_1_mib_event_reaches_100_webhooks_and_redis_sends_its_payload_a_
         event = response.json()["data"]
         assert len(event["deliveries"]) == 100
         requests = await rx.wait_for(100, timeout=60)
+        stored = await _in_history(history_db, event["id"])
         sent = await _output_bytes(redis_client) - before
     assert sorted(r.path for r in requests) == sorted(f"/{n}" for n in range(100))
     data = orjson.loads(requests[0].body)["data"]
     assert data == orjson.loads(body)["data"]
     assert {r.body for r in requests} == {requests[0].body}
     assert {r.headers["webhook-id"] for r in requests} == {event["id"]}
-    # The payload leaves Redis for the claim and for the history writer, not once per delivery
-    # (which was 100 MiB, built by one script while every other client waited).
+    assert stored == requests[0].body
+    # The payload leaves Redis once for the claim and once for the history writer, not once
+    # per delivery (which was 100 MiB, built by one script while every other client waited).
     assert sent < 8 * MIB, sent

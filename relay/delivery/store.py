@@ -216,10 +216,15 @@ FANOUT_CHUNK = 200
 _ABANDONED_PER_PASS = 20
 # Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
 _CLAIM_SCAN = 200
-# Bytes of event payloads one claim's reply carries before it stops claiming deliveries of
-# further events (it always takes the first, whatever its size). Redis builds a reply while
-# every other client waits, at about 2 ms a MiB on a shared 2-core machine.
-CLAIM_PAYLOAD_BYTES = 4 * 1_048_576
+# Bytes of event payloads one call returns: a claim stops claiming deliveries of further events
+# there, and the history writer reads payloads in calls of this much (one larger payload goes
+# alone). Redis builds a reply while every other client waits, at about 2 ms a MiB on a shared
+# 2-core machine.
+PAYLOAD_BYTES_PER_CALL = 4 * 1_048_576
+# An event's payload up to this size is copied into its history stream entry; a larger one is
+# read from the event (which stays in Redis until history has it). The writer reads up to a
+# thousand entries in one call, so entries must stay small.
+INLINE_PAYLOAD_BYTES = 4096
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
@@ -248,10 +253,10 @@ class DeliveryStore:
         fanout_chunk: int = FANOUT_CHUNK,
         history_backlog: int = HISTORY_BACKLOG,
         backlog_check_seconds: float = BACKLOG_CHECK_SECONDS,
-        claim_payload_bytes: int = CLAIM_PAYLOAD_BYTES,
+        payload_bytes_per_call: int = PAYLOAD_BYTES_PER_CALL,
     ) -> None:
         self._redis = redis
-        self._claim_payload_bytes = claim_payload_bytes
+        self._payload_bytes = payload_bytes_per_call
         self._archive = archive
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
@@ -303,6 +308,7 @@ class DeliveryStore:
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
         arg["live"] = len(deliveries)
+        arg["inline_payload_bytes"] = INLINE_PAYLOAD_BYTES
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
         arg["history_max"] = self._history_backlog if checking else None
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
@@ -474,7 +480,7 @@ class DeliveryStore:
                 "lease_ms": lease_ms,
                 "concurrency": concurrency,
                 "wakes": wakes,
-                "payload_bytes": self._claim_payload_bytes,
+                "payload_bytes": self._payload_bytes,
                 "now_ms": estimate,
             },
         )
@@ -756,10 +762,13 @@ class DeliveryStore:
 
     async def _load(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Handover]:
         """Each entry with the record it carries (an audit entry's is read from Redis; None when
-        it is gone)."""
+        it is gone; so is a large event's payload)."""
         audits = [f[b"i"].decode() for _, f in entries if f[b"k"] == b"a"]
         raw_audits = await self._redis.mget([keys.audit_entry(i) for i in audits]) if audits else []
         audit_of = dict(zip(audits, raw_audits, strict=True))
+        payload_of = await self._payloads(
+            {f[b"i"].decode(): int(f[b"n"]) for _, f in entries if f[b"k"] == b"e" and b"n" in f}
+        )
         handed = []
         for raw_id, fields in entries:
             entry_id, record_id = raw_id.decode(), fields[b"i"].decode()
@@ -770,6 +779,12 @@ class DeliveryStore:
                 continue
             record = codec.loads(fields[b"r"])
             if fields[b"k"] == b"e":
+                payload = fields[b"p"] if b"p" in fields else payload_of[record_id]
+                if payload is None:
+                    # The event left Redis: only once history had it (another writer adopted
+                    # this entry and wrote it first). Nothing is left to write.
+                    handed.append(Handover(entry_id))
+                    continue
                 fanout = [(d, w) for d, w in record["deliveries"]]
                 event = StoredEvent(
                     id=record_id,
@@ -777,7 +792,7 @@ class DeliveryStore:
                     tenant_id=record["tenant_id"],
                     created_at=record["created_at"],
                     upstream_id=record["upstream_id"],
-                    payload=fields[b"p"],
+                    payload=payload,
                     delivery_ids=[d for d, _ in fanout],
                 )
                 handed.append(Handover(entry_id, event=event, fanout=fanout))
@@ -792,6 +807,25 @@ class DeliveryStore:
                 )
             )
         return handed
+
+    async def _payloads(self, sizes: dict[str, int]) -> dict[str, bytes | None]:
+        """The payloads of events (by id, with their sizes) from Redis, in calls of at most
+        the store's payload bytes each; None for an event that is gone."""
+        groups: list[list[str]] = [[]]
+        total = 0
+        for event_id, size in sizes.items():
+            if groups[-1] and total + size > self._payload_bytes:
+                groups.append([])
+                total = 0
+            groups[-1].append(event_id)
+            total += size
+        found: dict[str, bytes | None] = {}
+        for group in groups if sizes else []:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in group:
+                    pipe.hget(keys.event(event_id), "payload")
+                found.update(zip(group, await pipe.execute(), strict=True))
+        return found
 
     async def take_maintenance_lock(self, seconds: int) -> bool:
         """Whether this process may run the retention pass now (one at a time)."""

@@ -79,7 +79,13 @@ redis.call('HSET', K.event, 'payload', ARGV[5], 'type', A.type, 'tenant_id', A.t
 -- The event goes to history at once, with the delivery and endpoint ids of its whole fan-out
 -- (ARGV[4]), so lists find them. It leaves Redis once history has it and its last delivery
 -- has left: `live` counts its deliveries in Redis and its own entry for history, one each.
-archive('e', A.id, ARGV[4], 'p', ARGV[5])
+-- A large payload stays out of the entry (its size instead): the writer reads many entries in
+-- one call, and reads such a payload from the event, which is here until history has it.
+if #ARGV[5] <= A.inline_payload_bytes then
+  archive('e', A.id, ARGV[4], 'p', ARGV[5])
+else
+  archive('e', A.id, ARGV[4], 'n', #ARGV[5])
+end
 write(A.deliveries, false)
 if A.step == 'begin' then
   redis.call('SET', K.plan, ARGV[3])

@@ -589,28 +589,69 @@ class DeliveryStore:
     async def _restart(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
     ) -> tuple[int, list[str]]:
-        now, outcomes = await self._run(
-            Transition.RESTART,
-            {
-                "keys": {
-                    "delivery": keys.delivery(""),
-                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
-                    "event": keys.event(""),
-                    "due": keys.DUE,
-                    "wake": keys.WAKE,
-                    "history": keys.HISTORY,
+        revive, events = await self._revivals(delivery_ids, allowed)
+        now, outcomes = 0, []
+        for chunk in self._restart_chunks(delivery_ids, revive, events):
+            back = sorted({revive[i]["event_id"] for i in chunk if "event_id" in revive.get(i, {})})
+            came = [event for e in back if (event := events[e]) is not None]
+            # Each event that comes back from history comes once, with its payload as an
+            # argument of its own (ARGV[2] on), however many of its deliveries come with it.
+            reply_now, replies = await self._run(
+                Transition.RESTART,
+                {
+                    "keys": {
+                        "delivery": keys.delivery(""),
+                        "attempts_suffix": keys.ATTEMPTS_SUFFIX,
+                        "event": keys.event(""),
+                        "due": keys.DUE,
+                        "wake": keys.WAKE,
+                        "history": keys.HISTORY,
+                    },
+                    "ids": chunk,
+                    "revive": {i: revive[i] for i in chunk if i in revive},
+                    "events": {
+                        event.id: {"fields": _flat(_event_hash(event)), "payload": n + 2}
+                        for n, event in enumerate(came)
+                    },
+                    "allowed": sorted(s.value for s in allowed),
                 },
-                "ids": list(delivery_ids),
-                "revive": await self._revivals(delivery_ids, allowed),
-                "allowed": sorted(s.value for s in allowed),
-            },
-        )
-        return int(now), [r.decode() for r in outcomes]
+                *(event.payload for event in came),
+            )
+            now = now or int(reply_now)
+            outcomes += [r.decode() for r in replies]
+        return now, outcomes
+
+    def _restart_chunks(
+        self,
+        delivery_ids: Sequence[str],
+        revive: dict[str, dict[str, Any]],
+        events: dict[str, StoredEvent | None],
+    ) -> list[list[str]]:
+        """`delivery_ids` in order, in calls whose events coming back from history carry at
+        most the store's payload bytes (one larger alone): each such call holds Redis for
+        everyone else while it copies them."""
+        chunks: list[list[str]] = [[]]
+        carried: set[str] = set()
+        total = 0
+        for delivery_id in delivery_ids:
+            event_id = revive.get(delivery_id, {}).get("event_id")
+            event = events.get(event_id) if event_id else None
+            size = len(event.payload) if event and event_id not in carried else 0
+            if chunks[-1] and size and total + size > self._payload_bytes:
+                chunks.append([])
+                carried, total = set(), 0
+            if size:
+                carried.add(str(event_id))
+                total += size
+            chunks[-1].append(delivery_id)
+        return chunks if chunks[-1] else []
 
     async def _revivals(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
-    ) -> dict[str, dict[str, Any]]:
-        """For the deliveries that left Redis for history: what restart writes back."""
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, StoredEvent | None]]:
+        """For the deliveries that left Redis for history: what restart writes back, and their
+        events as history has them (None when history has not written one yet: it is then
+        still in Redis)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in delivery_ids:
                 pipe.exists(keys.delivery(delivery_id))
@@ -624,14 +665,10 @@ class DeliveryStore:
                 continue
             if delivery.event_id not in events:
                 events[delivery.event_id] = await self._archive.event(delivery.event_id)
-            event = events[delivery.event_id]
             revive[delivery.id].update(
-                delivery=_flat(_hash_of(delivery)),
-                event_id=delivery.event_id,
-                # None when history has not written the event yet: it is then still in Redis.
-                event=_flat(_event_hash(event)) if event else None,
+                delivery=_flat(_hash_of(delivery)), event_id=delivery.event_id
             )
-        return revive
+        return revive, events
 
     async def cancel(self, delivery_id: str) -> str:
         """Cancel a pending delivery; "ok", or the status that prevented it ("missing" if gone)."""
@@ -924,9 +961,8 @@ def _hash_of(delivery: Delivery) -> dict[str, str | int]:
 
 
 def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
-    """An event's hash as accept writes it, rebuilt from history."""
+    """An event's hash as accept writes it, rebuilt from history, but for its payload."""
     return {
-        "payload": event.payload,
         "type": event.type,
         "tenant_id": event.tenant_id,
         "created_at": event.created_at,

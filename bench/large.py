@@ -10,8 +10,9 @@ another process PINGs Redis in a loop (bench/pinger.py). First it reports the lo
 10 s with relay idle: what the busy machine alone costs. Per round it reports how long the
 accepts took, how long until the receiver had every delivery, the longest PING from the first
 POST until then — how long any other API or worker call would have waited, through the accepts,
-claims, starts, settles and history writes — and the longest single call Redis logged
-(SLOWLOG). The target is a longest PING of 50 ms.
+claims, starts, settles and history writes — the longest single call Redis logged (SLOWLOG),
+and the longest time Redis's latency monitor saw it busy with one thing (a command, an AOF
+write, a fork). The target is a longest PING of 50 ms.
 
 Exit status: 0 when every delivery arrived with a valid signature (the target met or not: it is
 reported), 1 when not, 2 when the run could not be done, 130 when interrupted. A size whose
@@ -54,6 +55,8 @@ from relay.signing import generate_secret
 
 TENANT = "bench_large"
 TARGET_PING_MS = 50.0
+# Redis's latency monitor keeps what held it for this long or longer (its finest grain).
+LATENCY_FLOOR_MS = 1
 # The first row: the longest PING over this long with relay idle, what the machine alone costs.
 IDLE_SECONDS = 10.0
 DELIVERY_TIMEOUT = 60.0
@@ -73,6 +76,11 @@ class LargeEvent:
     longest_call_ms: float
     longest_call: str  # the command of that call
     slow_calls: int  # calls of a millisecond or more
+    # The longest time Redis's own latency monitor saw it busy with one thing, and what: a
+    # command, an AOF write, a fork for an AOF rewrite. A PING that waited much longer than
+    # this waited for the CPU, which relay's other processes share with Redis here.
+    longest_busy_ms: float
+    longest_busy: str
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,11 +119,25 @@ def large_body(size: int, number: int) -> bytes:
 async def idle(client: aioredis.Redis, pinger: Pinger, seconds: float) -> LargeEvent:
     """The longest PING while relay has nothing to do: what the machine alone costs."""
     await client.slowlog_reset()
+    await client.execute_command("LATENCY", "RESET")
     await asyncio.to_thread(pinger.take)
     await asyncio.sleep(seconds)
     stall = await asyncio.to_thread(pinger.take)
     call_ms, command, slow = await longest_call(client)
-    return LargeEvent(0, 0, [], 0.0, 0, seconds, stall * 1000, call_ms, command, slow)
+    busy_ms, busy = await longest_busy(client)
+    return LargeEvent(
+        0, 0, [], 0.0, 0, seconds, stall * 1000, call_ms, command, slow, busy_ms, busy
+    )
+
+
+async def longest_busy(client: aioredis.Redis) -> tuple[float, str]:
+    """The longest event Redis's latency monitor holds (ms), and its name."""
+    events = await client.execute_command("LATENCY", "LATEST")
+    if not events:
+        return 0.0, ""
+    worst = max(events, key=lambda e: int(e[3]))
+    name = worst[0].decode() if isinstance(worst[0], bytes) else str(worst[0])
+    return float(worst[3]), name
 
 
 async def post_large(
@@ -131,6 +153,7 @@ async def post_large(
     bodies = [large_body(size, n) for n in range(together)]
     await receiver.reset()
     await client.slowlog_reset()
+    await client.execute_command("LATENCY", "RESET")
     await asyncio.to_thread(pinger.take)
     started = time.perf_counter()
     answers = await asyncio.gather(*(api.post_event(body) for body in bodies))
@@ -141,6 +164,7 @@ async def post_large(
     delivered = time.perf_counter() - started
     stall = await asyncio.to_thread(pinger.take)
     call_ms, command, slow = await longest_call(client)
+    busy_ms, busy = await longest_busy(client)
     return LargeEvent(
         size,
         together,
@@ -152,6 +176,8 @@ async def post_large(
         call_ms,
         command,
         slow,
+        busy_ms,
+        busy,
     )
 
 
@@ -189,6 +215,7 @@ async def run(procs: Processes, options: argparse.Namespace) -> list[LargeEvent]
                 await until_connected(worker, redis_port)
             await client.config_set("slowlog-log-slower-than", SLOWLOG_FLOOR_MICROS)
             await client.config_set("slowlog-max-len", 10_000)
+            await client.config_set("latency-monitor-threshold", LATENCY_FLOOR_MS)
             with Pinger(redis_port) as pinger:
                 results.append(await idle(client, pinger, IDLE_SECONDS))
                 print(render_row(results[-1]), flush=True)
@@ -209,8 +236,8 @@ async def run(procs: Processes, options: argparse.Namespace) -> list[LargeEvent]
 
 HEADER = (
     f"{'body bytes':>10} {'events':>6} {'all 202':>7} {'accept s':>8} {'delivered':>9} "
-    f"{'all in s':>8} {'longest PING ms':>15} {'longest call ms':>15} {'(command)':>16} "
-    f"{'calls >= 1 ms':>13}"
+    f"{'all in s':>8} {'longest PING ms':>15} {'longest call ms':>15} {'(command)':>14} "
+    f"{'calls >= 1 ms':>13} {'Redis busy ms':>13} {'(with)':>12}"
 )
 
 
@@ -220,7 +247,8 @@ def render_row(r: LargeEvent) -> str:
     return (
         f"{r.body_bytes:>10} {r.together:>6} {whole:>7} {r.accept_seconds:>8.2f} "
         f"{r.delivered:>9} {r.deliver_seconds:>8.2f} {r.longest_ping_ms:>15.1f} "
-        f"{r.longest_call_ms:>15.1f} {r.longest_call:>16} {r.slow_calls:>13}"
+        f"{r.longest_call_ms:>15.1f} {r.longest_call:>14} {r.slow_calls:>13} "
+        f"{r.longest_busy_ms:>13.0f} {r.longest_busy:>12}"
     )
 
 

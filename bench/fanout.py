@@ -56,7 +56,7 @@ STEP = re.compile(rb'"step":"(\w+)"')
 FIRST_KEYS = re.compile(rb'\{"keys":\{"(\w+)":"[^"]*","(\w+)"')
 SCRIPTS = {
     (b"due", b"wakes"): "claim",
-    (b"delivery", b"due"): "start",
+    (b"delivery", b"slots"): "start",
     (b"delivery", b"attempts"): "settle",
     (b"history", b"group"): "release",
 }

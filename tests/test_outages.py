@@ -19,7 +19,7 @@ from relay.delivery.store import script_text
 from relay.store import keys
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
-from tests.receivers import Receiver
+from tests.receivers import Receiver, Reply
 from tests.support import PausingProxy, RedisServer, wait_until
 
 
@@ -207,3 +207,20 @@ async def test_a_claim_whose_reply_is_lost_costs_seconds_not_a_lease(
             await wait_status(client, hook["id"], event["deliveries"][0]["id"], "delivered")
     assert took < 10, f"the last delivery came {took:.1f} s after Redis was back"
     assert {r.headers["webhook-id"] for r in rx.requests} == {e["id"] for e in accepted}
+
+
+async def test_an_attempt_longer_than_a_claims_lease_keeps_its_delivery_and_its_slot(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    # A claim leases for 5 s; an attempt that outlasts it holds its delivery, and its endpoint's
+    # only slot, for the attempt's whole lease (RELAY_DELIVERY_TIMEOUT + 8 s).
+    await workers(2, RELAY_DELIVERY_TIMEOUT="10", RELAY_ENDPOINT_CONCURRENCY="1")
+    async with Receiver() as rx:
+        rx.answer(Reply(delay=6.5))
+        hook = await webhook(admin, rx.url("/slow"))
+        accepted = [(await post_event(admin)).json()["data"] for _ in range(2)]
+        for event in accepted:
+            await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "delivered", 30)
+    first, second = rx.requests
+    assert [r.headers["webhook-id"] for r in rx.requests] == [e["id"] for e in accepted]
+    assert second.received_at - first.received_at > 6

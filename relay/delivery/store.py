@@ -523,11 +523,7 @@ class DeliveryStore:
         held = await self._run(
             Transition.START,
             {
-                "keys": {
-                    "delivery": keys.delivery(""),
-                    "due": keys.DUE,
-                    "slots": keys.endpoint_slots(""),
-                },
+                "keys": {"delivery": keys.delivery(""), "slots": keys.endpoint_slots("")},
                 "claims": [[c.delivery_id, c.token, c.webhook_id] for c in claims],
                 "lease_ms": lease_ms,
                 "now_ms": self._clock.now_ms(),

@@ -11,8 +11,10 @@ for _, c in ipairs(A.claims) do
   local st = redis.call('HMGET', key, 'status', 'lease_token', 'lease_until')
   if st[1] == 'delivering' and st[2] == token and tonumber(st[3]) >= NOW then
     local lease = int(NOW + A.lease_ms)
+    -- The due set keeps the claim's lease: most attempts settle before it ends, which moves
+    -- the entry anyway; a claim that comes across one still running reads this lease and
+    -- looks again when it ends. The endpoint's slot is counted out by its score, so it moves.
     redis.call('HSET', key, 'lease_until', lease)
-    redis.call('ZADD', K.due, 'XX', lease, id)
     -- Only an endpoint that counts its slots has one for this delivery (XX adds none).
     redis.call('ZADD', K.slots .. wh, 'XX', lease, id)
     table.insert(out, 1)

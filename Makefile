@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench fanout soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test lint bench fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -30,6 +30,10 @@ bench: $(STAMP) redis postgres
 # One event fanned out to 20,000 webhooks: how long Redis stalls for every other call meanwhile.
 fanout: $(STAMP) redis postgres
 	$(BIN)/python -m bench.fanout $(FANOUT_ARGS)
+
+# One large event fanned out to 100 webhooks, delivered: how long Redis stalls for every other call.
+large: $(STAMP) redis postgres
+	$(BIN)/python -m bench.large $(LARGE_ARGS)
 
 # Steady load with failing receivers; reports whether memory, files and queues stay bounded.
 soak: $(STAMP) redis postgres

@@ -51,6 +51,15 @@ TENANT = "bench_wide"
 SLOWLOG_FLOOR_MICROS = 1000
 # Which step of an accept a logged script call was (the start of its JSON argument).
 STEP = re.compile(rb'"step":"(\w+)"')
+# Which other script a logged call was, by the first two keys its JSON argument names (SLOWLOG
+# keeps the first 128 bytes of an argument).
+FIRST_KEYS = re.compile(rb'\{"keys":\{"(\w+)":"[^"]*","(\w+)"')
+SCRIPTS = {
+    (b"due", b"wakes"): "claim",
+    (b"delivery", b"slots"): "start",
+    (b"delivery", b"attempts"): "settle",
+    (b"history", b"group"): "release",
+}
 
 
 class Pinger:
@@ -140,10 +149,13 @@ async def store_webhooks(client: aioredis.Redis, keyring: Keyring, count: int) -
 
 
 def _named(command: bytes) -> str:
-    """A logged call by its command, and for an accept script its step."""
-    step = STEP.search(command)
+    """A logged call by its command, and for a script which one (an accept with its step)."""
     name = command.split(b" ", 1)[0].decode()
-    return f"{name} {step.group(1).decode()}" if step else name
+    if step := STEP.search(command):
+        return f"{name} {step.group(1).decode()}"
+    if (first := FIRST_KEYS.search(command)) and first.groups() in SCRIPTS:
+        return f"{name} {SCRIPTS[first.groups()]}"
+    return name
 
 
 async def longest_call(client: aioredis.Redis) -> tuple[float, str, int]:

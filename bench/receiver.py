@@ -38,10 +38,13 @@ import uvloop
 from aiohttp import web
 
 from bench.procs import SECRET_ENV
+from relay.config import MAX_BODY_BYTES_CEILING
 
 # The spec's default tolerance for webhook-timestamp.
 TOLERANCE_SECONDS = 300
 LIBRARY_EVERY = 100
+# The largest event relay accepts, with room for the envelope around it.
+MAX_BODY_BYTES = MAX_BODY_BYTES_CEILING + 65_536
 
 
 class Verifier:
@@ -225,7 +228,8 @@ class Receiver:
 
     def app(self) -> web.Application:
         """The routes."""
-        app = web.Application()
+        # As large a body as relay may send (aiohttp refuses more than 1 MiB by default).
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/hook/{name}", self.hook)
         app.router.add_post("/fail/{name}", self.fail)
         app.router.add_post("/flap/{name}", self.flap)

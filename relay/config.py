@@ -18,6 +18,12 @@ from relay.store.connect import check_redis_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# The largest RELAY_MAX_BODY_BYTES. An event's payload is copied whole by the Redis calls that
+# accept it, claim its deliveries and hand it to history, and each holds Redis for every other
+# client meanwhile: past this size one such call may hold it for more than 50 ms on a busy
+# 2-core machine (README, "Large events").
+MAX_BODY_BYTES_CEILING = 4 * 1_048_576
+
 
 class ConfigError(Exception):
     """A RELAY_* variable is missing or malformed; the message names it."""
@@ -54,7 +60,7 @@ class Settings(BaseSettings):
     # which `api`, `worker` and `config check --connect` otherwise refuse.
     allow_eviction: bool = False
     retention_days: int = Field(30, ge=1, le=3650)
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
     disable_after: int = Field(432_000, ge=1)
@@ -83,6 +89,17 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value:  # unset or empty: `relay dev` runs its own, `api` and `worker` refuse
             check_redis_url(value)
+        return value
+
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _check_body_ceiling(cls, value: int) -> int:
+        if value > MAX_BODY_BYTES_CEILING:
+            raise ValueError(
+                f"{value} is above the ceiling of {MAX_BODY_BYTES_CEILING} bytes "
+                f"({MAX_BODY_BYTES_CEILING // 1_048_576} MiB): a larger event would hold Redis "
+                "up for every other client while it is accepted and delivered"
+            )
         return value
 
     @field_validator("console_frame_ancestors")

@@ -1,10 +1,11 @@
 """The delivery worker process: claims due deliveries, attempts them, and keeps going.
 
-One claim script leases a batch of due deliveries at a time (see relay/delivery/); each attempt
-runs as a task, at most `MAX_IN_FLIGHT` at once. When nothing is due the worker blocks on the
-wake list until a script says something became due, or until the next due time. Alongside run
-maintenance — finishing accepts their API process abandoned half-written, and the retention pass
-(one worker at a time, by lock) — and arq's worker for background jobs.
+One claim script leases a batch of due deliveries at a time, for seconds, and one start script
+extends the leases to the attempts' (see relay/delivery/); each attempt runs as a task, at most
+`MAX_IN_FLIGHT` at once. When nothing is due the worker blocks on the wake list until a script
+says something became due, or until the next due time. Alongside run maintenance — finishing
+accepts their API process abandoned half-written, and the retention pass (one worker at a time,
+by lock) — and arq's worker for background jobs.
 
 Redis going away — restarted, killed, failed over, paused — never ends the process: every loop
 logs one line and tries again with backoff. SIGTERM stops claiming and lets the attempts in flight
@@ -44,6 +45,11 @@ MAX_IN_FLIGHT = 100
 # A lease outlasts the attempt's HTTP timeout by this much (signing, two Redis round trips);
 # a worker that dies mid-attempt gives its deliveries up to another after that.
 _LEASE_SLACK_SECONDS = 8
+# A claim leases its deliveries for this long only; the worker extends the leases to the
+# attempt's (one call for the batch) once it has the claim's reply. A claim whose reply is lost
+# — Redis stalled past the 1.5 s every call waits, then ran it — holds its batch this long, not
+# a whole lease. Room for a start that times out once and is asked again.
+_CLAIM_LEASE_SECONDS = 5
 # Longest block on the wake list: also how often an idle worker looks at the due set.
 _IDLE_SECONDS = 1.0
 # How often a worker looks at the endpoints that parked deliveries (the wakes set) when it
@@ -94,14 +100,14 @@ class DeliveryWorker:
                 poll = await self._svc.deliveries.claim(
                     self._owner,
                     free,
-                    self._lease_ms,
+                    _CLAIM_LEASE_SECONDS * 1000,
                     self._svc.settings.endpoint_concurrency,
                     wakes=wakes,
                 )
                 self._note_wakes(wakes, poll.next_wake_in_ms)
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
                 self._report_missing(poll.missing)
-                for claim in poll.claims:
+                for claim in await self._start(poll.claims):
                     task = asyncio.create_task(self._attempt(claim))
                     self._tasks.add(task)
                     task.add_done_callback(self._finished)
@@ -131,6 +137,26 @@ class DeliveryWorker:
                     delivery_id,
                 )
         self._svc.counts.add("deliveries_missing", len(missing))
+
+    async def _start(self, claims: list[Claim]) -> list[Claim]:
+        """The claims whose attempts may go ahead: their leases extended to the attempt's.
+
+        Asked again while Redis is away: a start that ran but whose reply was lost holds its
+        deliveries for a whole lease. Asked again after the claim's lease, it answers for those
+        it extended before; the others lapsed, and are another claim's to take.
+        """
+        backoff = Backoff()
+        deadline = time.monotonic() + self._lease_ms / 1000
+        while True:
+            try:
+                return await self._svc.deliveries.start(claims, self._lease_ms)
+            except REDIS_AWAY as exc:
+                self._svc.counts.add("redis_errors")
+                if self._stopping.is_set() or time.monotonic() > deadline:
+                    log.warning("redis unavailable; %d claims left to lapse (%s)", len(claims), exc)
+                    return []
+                log.warning("redis unavailable while starting attempts (%s); retrying", exc)
+                await backoff.wait()
 
     def _note_wakes(self, looked: bool, next_wake_in_ms: int | None) -> None:
         now = time.monotonic()

@@ -271,6 +271,82 @@ class SentinelGroup:
             server.stop()
 
 
+class PausingProxy:
+    """A TCP proxy to a RedisServer that freezes the server (SIGSTOP) for `seconds` the first
+    time a request holding `marker` comes through, just before passing it on.
+
+    The request waits in the frozen server's socket; its caller gives up (every relay call does
+    after 1.5 s) and hangs up; the server, thawed, runs it and answers nobody: a reply lost.
+    Use as `async with PausingProxy(server, marker, seconds) as proxy`, relay pointed at
+    `proxy.url`.
+    """
+
+    def __init__(self, server: RedisServer, marker: bytes, seconds: float) -> None:
+        self.server = server
+        self.marker = marker
+        self.seconds = seconds
+        self.resumed = asyncio.Event()
+        self.resumed_at = 0.0  # wall clock, as the receiver's arrival times
+        self._armed = True
+        self._proxy: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._proxy is not None
+        return f"redis://127.0.0.1:{self._proxy.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> PausingProxy:
+        self._proxy = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._proxy is not None
+        self._proxy.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self.resumed.is_set():
+            self.server.resume()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.server.port)
+            await asyncio.gather(
+                self._pump(reader, up_writer, watch=True),
+                self._pump(up_reader, writer, watch=False),
+            )
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, watch: bool
+    ) -> None:
+        tail = b""
+        try:
+            while data := await source.read(65536):
+                if watch and self._armed and self.marker in tail + data:
+                    self._armed = False
+                    self.server.pause()
+                    asyncio.get_running_loop().call_later(self.seconds, self._resume)
+                tail = data[-len(self.marker) :]
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()  # after what was written: a request sent before hanging up still runs
+
+    def _resume(self) -> None:
+        self.server.resume()
+        self.resumed_at = time.time()
+        self.resumed.set()
+
+
 # What a test database does not need: surviving a crash. Without them a commit costs no fsync.
 FAST_POSTGRES = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_settings
+from relay.config import MAX_BODY_BYTES_CEILING, ConfigError, load_settings
 from relay.store.connect import parse_sentinel_url
 
 
@@ -64,6 +64,7 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("RELAY_RETRY_SCHEDULE", ","),
         ("RELAY_RETENTION_DAYS", "0"),
         ("RELAY_MAX_BODY_BYTES", "ten"),
+        ("RELAY_MAX_BODY_BYTES", str(MAX_BODY_BYTES_CEILING + 1)),
         ("RELAY_ALLOWED_CIDRS", "10.0.0.0/33"),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "perhaps"),
         ("RELAY_ENDPOINT_CONCURRENCY", "0"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Settings
+from relay.config import MAX_BODY_BYTES_CEILING, Settings
 from relay.history import migrations
 from tests.support import TEST_MASTER_KEY, PostgresServer, RedisServer, SentinelGroup
 
@@ -79,6 +79,20 @@ def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, v
     assert result.returncode != 0
     assert variable in result.stderr
     assert ADMIN not in result.stdout + result.stderr
+
+
+def test_a_body_limit_past_its_ceiling_fails_the_check_naming_the_ceiling(
+    tmp_path: Path,
+) -> None:
+    ceiling = MAX_BODY_BYTES_CEILING
+    over = _check(tmp_path, **_good(RELAY_MAX_BODY_BYTES=str(ceiling + 1)))
+    assert over.returncode != 0
+    assert f"RELAY_MAX_BODY_BYTES: {ceiling + 1} is above the ceiling of {ceiling} bytes" in (
+        over.stderr
+    )
+    at = _check(tmp_path, **_good(RELAY_MAX_BODY_BYTES=str(ceiling)))
+    assert at.returncode == 0, at.stderr
+    assert f"RELAY_MAX_BODY_BYTES={ceiling}" in at.stdout.splitlines()
 
 
 def test_connect_reaches_redis_and_postgresql_and_names_the_one_that_fails(

@@ -22,8 +22,8 @@ import redis.asyncio
 
 from relay import audit, ids
 from relay.delivery.archive import Archive
-from relay.delivery.model import Attempt, Settlement, Status
-from relay.delivery.store import DeliveryStore, Handover, NewEvent, PlannedDelivery
+from relay.delivery.model import Attempt, Settlement, Status, Transition
+from relay.delivery.store import DeliveryStore, Handover, NewEvent, PlannedDelivery, script_text
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
 from relay.history.db import Database
@@ -458,3 +458,141 @@ async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_writte
     assert again.status is Status.PENDING and again.attempt_count == 1
     # Held by its delivery in flight again and by its own entry, which history has yet to write.
     assert await redis_client.hget(keys.event(event.id), "live") == b"2"
+
+
+async def test_a_large_payload_stays_out_of_the_history_stream_and_history_has_it_whole(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=250_000)
+    created = rfc3339(datetime.now(UTC))
+    payloads = [orjson.dumps({"text": "x" * size}) for size in (100, *[100_000] * 5)]
+    events = [
+        NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, payload)
+        for payload in payloads
+    ]
+    for event in events:
+        await store.accept(event, [])
+
+    # The writer reads up to a thousand entries in one call: a large payload's entry holds
+    # its size, not the payload.
+    entries = await redis_client.xrange(keys.HISTORY)
+    assert len(entries) == 6
+    assert max(sum(len(k) + len(v) for k, v in f.items()) for _, f in entries) < 1024
+    handed = await store.handed_over("writer", 10, None)
+    assert [h.event.payload for h in handed if h.event] == payloads
+    database = Database(postgres_server.url)
+    try:
+        await writer.write(await database.pool(), handed, set())
+        await store.release(handed)
+        rows = await (await database.pool()).fetch("SELECT id, payload FROM events")
+    finally:
+        await database.aclose()
+    assert {r["id"]: r["payload"] for r in rows} == {e.id: e.payload for e in events}
+    assert not [k async for k in redis_client.scan_iter(match=keys.event("*"))]
+
+
+async def test_a_large_events_entry_read_again_after_its_event_left_redis_is_let_go(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    created = rfc3339(datetime.now(UTC))
+    payload = orjson.dumps({"text": "x" * 10_000})
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, payload)
+    await store.accept(event, [])
+    [first] = await store.handed_over("slow", 10, None)
+    assert first.event is not None and first.event.payload == payload
+    # Another writer adopted the entry, wrote the event and let it go from Redis; the slow
+    # writer reads the entry again, and finds nothing left to write.
+    await redis_client.delete(keys.event(event.id))
+    [again] = await store.unreleased("slow", 10)
+    assert again.entry_id == first.entry_id and again.event is None and again.delivery is None
+    await store.release([again])
+    assert await redis_client.xlen(keys.HISTORY) == 0
+
+
+async def _failed_into_history(
+    store: DeliveryStore,
+    redis_client: redis.asyncio.Redis,
+    postgres_server: PostgresServer,
+    payloads: list[bytes],
+    fanout: int,
+) -> list[str]:
+    """Events of these payloads, each fanned out to `fanout` webhooks, whose deliveries failed
+    and then left Redis, with their events, for history; the delivery ids."""
+    hooks = [f"wh_{n}" for n in range(fanout)]
+    for hook in hooks:
+        record = {"id": hook, "enabled": True, "tenant_id": "t1"}
+        await redis_client.set(keys.webhook(hook), orjson.dumps(record))
+    created = datetime.now(UTC)
+    delivery_ids = []
+    for payload in payloads:
+        event = NewEvent(
+            ids.new_id("evt"), "post.published", "t1", rfc3339(created), 0, None, payload
+        )
+        planned = [PlannedDelivery(ids.new_id("dlv"), hook) for hook in hooks]
+        await store.accept(event, planned)
+        delivery_ids += [d.id for d in planned]
+    attempt = Attempt(1, rfc3339(created), 5, 500, None, "", {}, "http://127.0.0.1/")
+    failed = Settlement(Status.FAILED, attempt, None, 500, "HTTP 500", endpoint_ok=False)
+    while claims := (await store.claim("w", 100, lease_ms=60_000, concurrency=100)).claims:
+        for claim in claims:
+            assert (await store.settle(claim, failed)).written
+    database = Database(postgres_server.url)
+    try:
+        while handed := await store.handed_over("writer", 1000, None):
+            await writer.write(await database.pool(), handed, set())
+            await store.release(handed)
+    finally:
+        await database.aclose()
+    assert not [k async for k in redis_client.scan_iter(match="relay:evt:*")]
+    # Loaded, as on any Redis a retry has run on: a first call would be told NOSCRIPT and
+    # made again.
+    await redis_client.script_load(script_text(Transition.RESTART.value))
+    return delivery_ids
+
+
+async def _calls(redis_client: redis.asyncio.Redis) -> tuple[int, int]:
+    """Scripts Redis has run, and bytes it has read from its clients, so far."""
+    scripts = (await redis_client.info("commandstats")).get("cmdstat_evalsha", {"calls": 0})
+    read = (await redis_client.info("stats"))["total_net_input_bytes"]
+    return int(scripts["calls"]), int(read)
+
+
+async def test_a_retry_brings_an_events_payload_back_once_for_all_its_deliveries(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    payload = orjson.dumps({"text": "x" * 100_000})
+    delivery_ids = await _failed_into_history(store, redis_client, postgres_server, [payload], 20)
+
+    scripts, read = await _calls(redis_client)
+    _, outcomes = await store.restart(delivery_ids, frozenset({Status.FAILED}))
+    after_scripts, after_read = await _calls(redis_client)
+
+    assert outcomes == ["ok"] * 20
+    assert after_scripts - scripts == 1
+    # Once, not once per delivery: Redis decodes the call's argument while everyone waits.
+    assert after_read - read < 2 * len(payload), after_read - read
+    claims = (await store.claim("w", 100, lease_ms=60_000, concurrency=100)).claims
+    assert sorted(c.delivery_id for c in claims) == sorted(delivery_ids)
+    assert {c.payload for c in claims} == {payload}
+
+
+async def test_a_retry_of_many_large_events_comes_back_in_calls_of_bounded_payload(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=250_000)
+    payloads = [orjson.dumps({"n": n, "text": "x" * 100_000}) for n in range(5)]
+    delivery_ids = await _failed_into_history(store, redis_client, postgres_server, payloads, 2)
+
+    scripts, _ = await _calls(redis_client)
+    _, outcomes = await store.restart(delivery_ids, frozenset({Status.FAILED}))
+    after_scripts, _ = await _calls(redis_client)
+
+    assert outcomes == ["ok"] * 10
+    assert after_scripts - scripts == 3  # two events' payloads a call, and the fifth alone
+    claims = []
+    while taken := (await store.claim("w", 100, lease_ms=60_000, concurrency=100)).claims:
+        claims += taken
+    assert sorted(c.delivery_id for c in claims) == sorted(delivery_ids)
+    assert {c.payload for c in claims} == set(payloads)

@@ -14,12 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import redis.asyncio
 
 from relay.app import OPERATIONS
+from relay.delivery.model import Transition
+from relay.delivery.store import script_text
+from relay.store import keys
 from tests.conftest import ClientFactory
-from tests.flows import Workers, post_event, webhook
-from tests.receivers import Receiver
-from tests.support import RedisServer, wait_until
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver, Reply
+from tests.support import PausingProxy, RedisServer, wait_until
 
 
 async def test_a_token_over_its_rate_gets_429_with_retry_after(
@@ -347,3 +351,51 @@ async def test_a_full_redis_still_lets_the_history_writer_drain_it(
     finally:
         admin.config_set("maxmemory", 0)
         admin.close()
+
+
+async def test_a_claim_whose_reply_is_lost_costs_seconds_not_a_lease(
+    make_client: ClientFactory, workers: Workers, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    claim = f'"wakes":"{keys.WAKES}"'.encode()  # only a claim's argument names this key
+    async with Receiver() as rx, PausingProxy(own_redis, claim, 2.0) as proxy:
+        hook = await webhook(client, rx.url("/hook"))
+        accepted = [(await post_event(client)).json()["data"] for _ in range(20)]
+        # As on any Redis a worker has used: otherwise the frozen claim would only be told
+        # NOSCRIPT, and the worker would load the script and claim again.
+        direct = redis.asyncio.Redis.from_url(own_redis.url)
+        await direct.script_load(script_text(Transition.CLAIM.value))
+        await direct.aclose()
+        # Redis freezes with the worker's first claim in its socket: the worker gives up on it
+        # after 1.5 s, and Redis runs it once thawed, leasing all 20 to a reply nobody reads.
+        # The attempt's lease is RELAY_DELIVERY_TIMEOUT + 8 s: 23 s.
+        await workers(
+            1,
+            RELAY_REDIS_URL=proxy.url,
+            RELAY_DELIVERY_TIMEOUT="15",
+            RELAY_ENDPOINT_CONCURRENCY="20",
+        )
+        await asyncio.wait_for(proxy.resumed.wait(), 30)
+        await rx.wait_for(20, timeout=40)
+        took = max(r.received_at for r in rx.requests) - proxy.resumed_at
+        for event in accepted:
+            await wait_status(client, hook["id"], event["deliveries"][0]["id"], "delivered")
+    assert took < 10, f"the last delivery came {took:.1f} s after Redis was back"
+    assert {r.headers["webhook-id"] for r in rx.requests} == {e["id"] for e in accepted}
+
+
+async def test_an_attempt_longer_than_a_claims_lease_keeps_its_delivery_and_its_slot(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    # A claim leases for 5 s; an attempt that outlasts it holds its delivery, and its endpoint's
+    # only slot, for the attempt's whole lease (RELAY_DELIVERY_TIMEOUT + 8 s).
+    await workers(2, RELAY_DELIVERY_TIMEOUT="10", RELAY_ENDPOINT_CONCURRENCY="1")
+    async with Receiver() as rx:
+        rx.answer(Reply(delay=6.5))
+        hook = await webhook(admin, rx.url("/slow"))
+        accepted = [(await post_event(admin)).json()["data"] for _ in range(2)]
+        for event in accepted:
+            await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "delivered", 30)
+    first, second = rx.requests
+    assert [r.headers["webhook-id"] for r in rx.requests] == [e["id"] for e in accepted]
+    assert second.received_at - first.received_at > 6

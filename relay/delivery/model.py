@@ -25,6 +25,7 @@ class Transition(enum.StrEnum):
 
     ACCEPT = "accept"  # (new) → pending, with its event
     CLAIM = "claim"  # pending → delivering (or parked behind its endpoint's limits)
+    START = "start"  # delivering on the claim's short lease → on the attempt's lease
     SETTLE = "settle"  # delivering → pending | delivered | failed | canceled
     RESTART = "restart"  # finished → pending with a fresh schedule; pending → due now
     CANCEL = "cancel"  # pending → canceled
@@ -92,8 +93,8 @@ class Delivery:
 class Claim:
     """A delivery leased to this worker for one attempt, with what the attempt needs.
 
-    `token` proves the lease at settle: a worker that paused past its lease and was overtaken
-    cannot write over the attempt of the worker that took the delivery over.
+    `token` proves the lease at start and settle: a worker that paused past its lease and was
+    overtaken cannot start, nor write over, the attempt of the worker that took the delivery over.
     """
 
     delivery_id: str

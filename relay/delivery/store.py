@@ -220,6 +220,15 @@ FANOUT_CHUNK = 200
 _ABANDONED_PER_PASS = 20
 # Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
 _CLAIM_SCAN = 200
+# Bytes of event payloads one call returns: a claim stops claiming deliveries of further events
+# there, and the history writer reads payloads in calls of this much (one larger payload goes
+# alone). Redis builds a reply while every other client waits, at about 2 ms a MiB on a shared
+# 2-core machine.
+PAYLOAD_BYTES_PER_CALL = 4 * 1_048_576
+# An event's payload up to this size is copied into its history stream entry; a larger one is
+# read from the event (which stays in Redis until history has it). The writer reads up to a
+# thousand entries in one call, so entries must stay small.
+INLINE_PAYLOAD_BYTES = 4096
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
@@ -249,9 +258,11 @@ class DeliveryStore:
         history_backlog: int = HISTORY_BACKLOG,
         backlog_check_seconds: float = BACKLOG_CHECK_SECONDS,
         replicas: Replicas | None = None,
+        payload_bytes_per_call: int = PAYLOAD_BYTES_PER_CALL,
     ) -> None:
         self._redis = redis
         self._replicas = replicas or Replicas(redis, 0)
+        self._payload_bytes = payload_bytes_per_call
         self._archive = archive
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
@@ -310,10 +321,10 @@ class DeliveryStore:
         the event, its first chunk, and the rest as the event's stored plan."""
         whole = len(deliveries) <= self._chunk
         arg = self._step("whole" if whole else "begin", event, deliveries[: self._chunk])
-        arg["payload"] = event.payload.decode()
         arg["upstream_id"] = event.upstream_id or ""
         arg["commit"] = commit
         arg["live"] = len(deliveries)
+        arg["inline_payload_bytes"] = INLINE_PAYLOAD_BYTES
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
         arg["history_max"] = self._history_backlog if checking else None
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
@@ -332,6 +343,7 @@ class DeliveryStore:
                         "deliveries": [[d.id, d.webhook_id] for d in deliveries],
                     }
                 ),
+                event.payload,
                 client=client,
             )
         except ResponseError as exc:
@@ -462,11 +474,13 @@ class DeliveryStore:
     ) -> Poll:
         """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits.
 
-        `wakes`: first let the endpoints whose wake time has come take parked deliveries back.
+        Fewer when their events' payloads would pass the store's claim bound: the rest stays
+        due now (`next_due_in_ms` 0). `wakes`: first let the endpoints whose wake time has come
+        take parked deliveries back.
         """
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
-        now, wait, rows, taken_over, wake, missing = await self._run(
+        now, wait, rows, taken_over, wake, flat_payloads, missing = await self._run(
             Transition.CLAIM,
             {
                 "keys": {
@@ -487,11 +501,17 @@ class DeliveryStore:
                 "lease_ms": lease_ms,
                 "concurrency": concurrency,
                 "wakes": wakes,
+                "payload_bytes": self._payload_bytes,
                 "now_ms": estimate,
             },
         )
         if estimate is None:
             self._clock.read(int(now), taken_at)
+        # One bytes object per event, shared by every claim of its deliveries.
+        payloads = {
+            flat_payloads[i].decode(): flat_payloads[i + 1] or None
+            for i in range(0, len(flat_payloads), 2)
+        }
         claims = [
             Claim(
                 delivery_id=r[0].decode(),
@@ -501,11 +521,11 @@ class DeliveryStore:
                 webhook_id=r[4].decode(),
                 event_id=r[5].decode(),
                 webhook_record=r[6] or None,
-                payload=r[7] or None,
+                payload=payloads[r[5].decode()],
                 now_ms=int(now),
                 taken_at=taken_at,
-                traceparent=r[8].decode() or None,
-                endpoint_failing=bool(r[9]),
+                traceparent=r[7].decode() or None,
+                endpoint_failing=bool(r[8]),
             )
             for r in rows
         ]
@@ -516,6 +536,22 @@ class DeliveryStore:
             int(wake) if int(wake) >= 0 else None,
             tuple(m.decode() for m in missing),
         )
+
+    async def start(self, claims: Sequence[Claim], lease_ms: int) -> list[Claim]:
+        """Extend the leases of `claims` from the claim's to the attempt's, `lease_ms` from now,
+        in one call; the claims this worker still holds (one whose lease lapsed is not)."""
+        if not claims:
+            return []
+        held = await self._run(
+            Transition.START,
+            {
+                "keys": {"delivery": keys.delivery(""), "slots": keys.endpoint_slots("")},
+                "claims": [[c.delivery_id, c.token, c.webhook_id] for c in claims],
+                "lease_ms": lease_ms,
+                "now_ms": self._clock.now_ms(),
+            },
+        )
+        return [c for c, started in zip(claims, held, strict=True) if started]
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
         """Record an attempt and the next state, if `claim` still holds the lease."""
@@ -571,28 +607,69 @@ class DeliveryStore:
     async def _restart(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
     ) -> tuple[int, list[str]]:
-        now, outcomes = await self._run(
-            Transition.RESTART,
-            {
-                "keys": {
-                    "delivery": keys.delivery(""),
-                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
-                    "event": keys.event(""),
-                    "due": keys.DUE,
-                    "wake": keys.WAKE,
-                    "history": keys.HISTORY,
+        revive, events = await self._revivals(delivery_ids, allowed)
+        now, outcomes = 0, []
+        for chunk in self._restart_chunks(delivery_ids, revive, events):
+            back = sorted({revive[i]["event_id"] for i in chunk if "event_id" in revive.get(i, {})})
+            came = [event for e in back if (event := events[e]) is not None]
+            # Each event that comes back from history comes once, with its payload as an
+            # argument of its own (ARGV[2] on), however many of its deliveries come with it.
+            reply_now, replies = await self._run(
+                Transition.RESTART,
+                {
+                    "keys": {
+                        "delivery": keys.delivery(""),
+                        "attempts_suffix": keys.ATTEMPTS_SUFFIX,
+                        "event": keys.event(""),
+                        "due": keys.DUE,
+                        "wake": keys.WAKE,
+                        "history": keys.HISTORY,
+                    },
+                    "ids": chunk,
+                    "revive": {i: revive[i] for i in chunk if i in revive},
+                    "events": {
+                        event.id: {"fields": _flat(_event_hash(event)), "payload": n + 2}
+                        for n, event in enumerate(came)
+                    },
+                    "allowed": sorted(s.value for s in allowed),
                 },
-                "ids": list(delivery_ids),
-                "revive": await self._revivals(delivery_ids, allowed),
-                "allowed": sorted(s.value for s in allowed),
-            },
-        )
-        return int(now), [r.decode() for r in outcomes]
+                *(event.payload for event in came),
+            )
+            now = now or int(reply_now)
+            outcomes += [r.decode() for r in replies]
+        return now, outcomes
+
+    def _restart_chunks(
+        self,
+        delivery_ids: Sequence[str],
+        revive: dict[str, dict[str, Any]],
+        events: dict[str, StoredEvent | None],
+    ) -> list[list[str]]:
+        """`delivery_ids` in order, in calls whose events coming back from history carry at
+        most the store's payload bytes (one larger alone): each such call holds Redis for
+        everyone else while it copies them."""
+        chunks: list[list[str]] = [[]]
+        carried: set[str] = set()
+        total = 0
+        for delivery_id in delivery_ids:
+            event_id = revive.get(delivery_id, {}).get("event_id")
+            event = events.get(event_id) if event_id else None
+            size = len(event.payload) if event and event_id not in carried else 0
+            if chunks[-1] and size and total + size > self._payload_bytes:
+                chunks.append([])
+                carried, total = set(), 0
+            if size:
+                carried.add(str(event_id))
+                total += size
+            chunks[-1].append(delivery_id)
+        return chunks if chunks[-1] else []
 
     async def _revivals(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
-    ) -> dict[str, dict[str, Any]]:
-        """For the deliveries that left Redis for history: what restart writes back."""
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, StoredEvent | None]]:
+        """For the deliveries that left Redis for history: what restart writes back, and their
+        events as history has them (None when history has not written one yet: it is then
+        still in Redis)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for delivery_id in delivery_ids:
                 pipe.exists(keys.delivery(delivery_id))
@@ -606,14 +683,10 @@ class DeliveryStore:
                 continue
             if delivery.event_id not in events:
                 events[delivery.event_id] = await self._archive.event(delivery.event_id)
-            event = events[delivery.event_id]
             revive[delivery.id].update(
-                delivery=_flat(_hash_of(delivery)),
-                event_id=delivery.event_id,
-                # None when history has not written the event yet: it is then still in Redis.
-                event=_flat(_event_hash(event)) if event else None,
+                delivery=_flat(_hash_of(delivery)), event_id=delivery.event_id
             )
-        return revive
+        return revive, events
 
     async def cancel(self, delivery_id: str) -> str:
         """Cancel a pending delivery; "ok", or the status that prevented it ("missing" if gone)."""
@@ -769,10 +842,13 @@ class DeliveryStore:
 
     async def _load(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Handover]:
         """Each entry with the record it carries (an audit entry's is read from Redis; None when
-        it is gone)."""
+        it is gone; so is a large event's payload)."""
         audits = [f[b"i"].decode() for _, f in entries if f[b"k"] == b"a"]
         raw_audits = await self._redis.mget([keys.audit_entry(i) for i in audits]) if audits else []
         audit_of = dict(zip(audits, raw_audits, strict=True))
+        payload_of = await self._payloads(
+            {f[b"i"].decode(): int(f[b"n"]) for _, f in entries if f[b"k"] == b"e" and b"n" in f}
+        )
         handed = []
         for raw_id, fields in entries:
             entry_id, record_id = raw_id.decode(), fields[b"i"].decode()
@@ -783,6 +859,12 @@ class DeliveryStore:
                 continue
             record = codec.loads(fields[b"r"])
             if fields[b"k"] == b"e":
+                payload = fields[b"p"] if b"p" in fields else payload_of[record_id]
+                if payload is None:
+                    # The event left Redis: only once history had it (another writer adopted
+                    # this entry and wrote it first). Nothing is left to write.
+                    handed.append(Handover(entry_id))
+                    continue
                 fanout = [(d, w) for d, w in record["deliveries"]]
                 event = StoredEvent(
                     id=record_id,
@@ -790,7 +872,7 @@ class DeliveryStore:
                     tenant_id=record["tenant_id"],
                     created_at=record["created_at"],
                     upstream_id=record["upstream_id"],
-                    payload=fields[b"p"],
+                    payload=payload,
                     delivery_ids=[d for d, _ in fanout],
                 )
                 handed.append(Handover(entry_id, event=event, fanout=fanout))
@@ -805,6 +887,25 @@ class DeliveryStore:
                 )
             )
         return handed
+
+    async def _payloads(self, sizes: dict[str, int]) -> dict[str, bytes | None]:
+        """The payloads of events (by id, with their sizes) from Redis, in calls of at most
+        the store's payload bytes each; None for an event that is gone."""
+        groups: list[list[str]] = [[]]
+        total = 0
+        for event_id, size in sizes.items():
+            if groups[-1] and total + size > self._payload_bytes:
+                groups.append([])
+                total = 0
+            groups[-1].append(event_id)
+            total += size
+        found: dict[str, bytes | None] = {}
+        for group in groups if sizes else []:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event_id in group:
+                    pipe.hget(keys.event(event_id), "payload")
+                found.update(zip(group, await pipe.execute(), strict=True))
+        return found
 
     async def take_maintenance_lock(self, seconds: int) -> bool:
         """Whether this process may run the retention pass now (one at a time)."""
@@ -903,9 +1004,8 @@ def _hash_of(delivery: Delivery) -> dict[str, str | int]:
 
 
 def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
-    """An event's hash as accept writes it, rebuilt from history."""
+    """An event's hash as accept writes it, rebuilt from history, but for its payload."""
     return {
-        "payload": event.payload,
         "type": event.type,
         "tenant_id": event.tenant_id,
         "created_at": event.created_at,

@@ -71,12 +71,24 @@ local function endpoint(wh)
   end
   return e
 end
-local payloads = {}
-local function payload_of(event_id)
-  if payloads[event_id] == nil then
-    payloads[event_id] = redis.call('HGET', K.event .. event_id, 'payload') or ''
-  end
-  return payloads[event_id]
+-- Each event's payload is in the reply once, however many of its deliveries are claimed; and
+-- once the payloads in it reach A.payload_bytes, a delivery of another event is not claimed but
+-- left due for the next call. Without the bound a reply, and the time Redis spends building it
+-- while every other client waits, grows with the bodies and fan-outs that are due.
+local payloads, payload_bytes, full = {}, 0, false
+local function payload_fits(event_id)
+  if payloads[event_id] or payload_bytes == 0 then return true end
+  local size = redis.call('HSTRLEN', K.event .. event_id, 'payload')
+  full = payload_bytes + size > A.payload_bytes
+  return not full
+end
+local events = {}
+local function add_payload(event_id)
+  if payloads[event_id] then return end
+  payloads[event_id] = redis.call('HGET', K.event .. event_id, 'payload') or ''
+  payload_bytes = payload_bytes + #payloads[event_id]
+  table.insert(events, event_id)
+  table.insert(events, payloads[event_id])
 end
 
 local sequence = 0
@@ -98,6 +110,7 @@ local function try(id, score)
     later(d[3])
     return nil
   end
+  if not payload_fits(d[5]) then return nil end
   if status == 'delivering' then
     -- Its worker died or stalled past the lease: another attempt takes over.
     taken_over = taken_over + 1
@@ -132,8 +145,9 @@ local function try(id, score)
     'lease_token', token)
   redis.call('ZADD', K.due, lease, id)
   later(lease)
-  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '',
-    payload_of(d[5]), d[7] or '', e.failing}
+  add_payload(d[5])
+  return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
+    e.failing}
 end
 
 -- Both sets are read by rank, one entry past the scan: what is due comes first, and the first
@@ -160,6 +174,8 @@ for i = 1, #due, 2 do
   end
   local claim = try(due[i], score)
   if claim then table.insert(claims, claim) end
+  if full then break end
 end
-return {int(NOW), head and int(head - NOW) or -1, claims, taken_over,
-  wake_head and int(wake_head - NOW) or -1, missing}
+-- Past the payload bound what is left is due now.
+return {int(NOW), full and 0 or head and int(head - NOW) or -1, claims, taken_over,
+  wake_head and int(wake_head - NOW) or -1, events, missing}

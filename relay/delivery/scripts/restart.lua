@@ -2,7 +2,8 @@
 -- for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok', 'missing', or
 -- the status that refused it, after Redis's clock.
 -- A finished delivery that has left Redis for history comes back with its record from
--- A.revive (and its event, when that left too), in this same step: it is in flight again.
+-- A.revive (and its event, when that left too: from A.events, once for all its deliveries,
+-- with its payload in the argument it names), in this same step: it is in flight again.
 local allowed = {}
 for _, status in ipairs(A.allowed) do allowed[status] = true end
 
@@ -10,14 +11,14 @@ for _, status in ipairs(A.allowed) do allowed[status] = true end
 local function revive(id, r)
   local event = K.event .. r.event_id
   local here = redis.call('EXISTS', event) == 1
-  if not here and r.event == cjson.null then return false end
+  local e = A.events[r.event_id]
+  if not here and not e then return false end
   local key = K.delivery .. id
   redis.call('HSET', key, unpack(r.delivery))
   if here then
     redis.call('HINCRBY', event, 'live', 1)
   else
-    redis.call('HSET', event, unpack(r.event))
-    redis.call('HSET', event, 'live', 1)
+    redis.call('HSET', event, 'payload', ARGV[e.payload], 'live', 1, unpack(e.fields))
   end
   return true
 end

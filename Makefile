@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test lint bench fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 bench: $(STAMP) redis postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.waiting $(WAITING_ARGS)
+
+# One tenant's hanging webhooks and backlog against another tenant's steady traffic: the
+# other's latency, and the first one's healthy webhooks, while the backlog hangs.
+fairness: $(STAMP) redis postgres
+	$(BIN)/python -m bench.fairness $(FAIRNESS_ARGS)
 
 # One event fanned out to 20,000 webhooks: how long Redis stalls for every other call meanwhile.
 fanout: $(STAMP) redis postgres

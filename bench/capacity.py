@@ -189,11 +189,11 @@ async def until_written(bench: Bench, timeout: float, calls: Counter[str] | None
     """
     deadline = time.monotonic() + timeout
     while True:
-        due = await bench.redis.zcard(keys.DUE)
+        queued = await bench.redis.exists(keys.TENANTS)
         length = await bench.redis.xlen(keys.HISTORY)
         if calls is not None:
-            calls.update(("zcard", "xlen"))
-        if due == 0 and length == 0:
+            calls.update(("exists", "xlen"))
+        if queued == 0 and length == 0:
             return True
         if time.monotonic() > deadline:
             return False

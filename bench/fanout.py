@@ -55,8 +55,8 @@ STEP = re.compile(rb'"step":"(\w+)"')
 # keeps the first 128 bytes of an argument).
 FIRST_KEYS = re.compile(rb'\{"keys":\{"(\w+)":"[^"]*","(\w+)"')
 SCRIPTS = {
-    (b"due", b"wakes"): "claim",
-    (b"delivery", b"slots"): "start",
+    (b"delivery", b"webhook"): "claim",
+    (b"delivery", b"queue"): "extend",
     (b"delivery", b"attempts"): "settle",
     (b"history", b"group"): "release",
 }

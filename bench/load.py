@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,12 @@ def event_body(tenant: str, number: int) -> bytes:
     """A small `post.published` event."""
     data = {"post_id": f"p_{number}", "platform": "bench", "url": "https://example.com/p"}
     return orjson.dumps({"type": "post.published", "tenant_id": tenant, "data": data})
+
+
+def media_body(tenant: str, number: int) -> bytes:
+    """A small `media.uploaded` event (webhooks can subscribe to it apart from posts)."""
+    data = {"media_id": f"m_{number}", "url": "https://example.com/m.png", "mime": "image/png"}
+    return orjson.dumps({"type": "media.uploaded", "tenant_id": tenant, "data": data})
 
 
 def unix_seconds(rfc3339: str) -> float:
@@ -189,9 +195,15 @@ async def post_burst(api: Api, tenant: str, count: int, concurrency: int) -> Pos
 
 
 async def post_paced(
-    api: Api, tenant: str, rate: float, count: int, into: Posted | None = None
+    api: Api,
+    tenant: str,
+    rate: float,
+    count: int,
+    into: Posted | None = None,
+    body: Callable[[str, int], bytes] = event_body,
 ) -> Posted:
-    """POST `count` events at `rate` per second on a fixed schedule (an open loop).
+    """POST `count` events (made by `body`) at `rate` per second on a fixed schedule (an open
+    loop).
 
     Each POST starts on time whatever the previous ones are doing, so a slow answer does not
     lower the rate; how late the scheduler itself ran is kept in `max_lag`. Outcomes go to
@@ -207,7 +219,7 @@ async def post_paced(
             due = began + number / rate
             await asyncio.sleep(max(0.0, due - loop.time()))
             posted.max_lag = max(posted.max_lag, loop.time() - due)
-            tasks.append(asyncio.create_task(post_one(api, event_body(tenant, number), posted)))
+            tasks.append(asyncio.create_task(post_one(api, body(tenant, number), posted)))
         await asyncio.gather(*tasks)
     posted.seconds = loop.time() - began
     return posted
@@ -226,6 +238,7 @@ class Arrivals:
     distinct_ids: int
     first: float | None
     last: float | None
+    hanging: int = 0  # requests to /hang/ endpoints begun (they answer only much later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +270,12 @@ class ReceiverClient:
         async with self._session.get(self.base + "/arrivals") as response:
             found: dict[str, float] = orjson.loads(await response.read())
             return found
+
+    async def arrivals_under(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(path, webhook-id, first arrival) of each delivery to a path under `prefix`."""
+        params = {"prefix": prefix}
+        async with self._session.get(self.base + "/deliveries", params=params) as response:
+            return [(p, i, t) for p, i, t in orjson.loads(await response.read())]
 
     async def paths(self) -> dict[str, PathTally]:
         """Per webhook path: the requests it got and the 2xx answers per webhook-id."""

@@ -12,7 +12,8 @@ Every request's signature is verified with an HMAC check written from the Standa
 spec (a few microseconds, so it does not slow the receiver down); every 100th request is
 verified again with the `standardwebhooks` library, as a cross-check that relay and the
 off-the-shelf library agree. The harness reads counts from GET /stats, the first arrival time
-of each webhook-id from GET /arrivals, per path the requests and how many 2xx answers each
+of each webhook-id from GET /arrivals, the first arrival of each (path, webhook-id) under a path
+prefix from GET /deliveries?prefix=, per path the requests and how many 2xx answers each
 webhook-id got from GET /paths, and clears all of them with POST /reset. Arrival times are unix
 seconds from this machine's clock, read once the body is in.
 """
@@ -102,8 +103,9 @@ class Tally:
     duplicates: int = 0
     first: float | None = None
     last: float | None = None
+    hanging: int = 0  # requests to /hang/ begun
     arrivals: dict[str, float] = field(default_factory=dict)  # webhook-id -> first arrival
-    seen: set[tuple[str, str]] = field(default_factory=set)  # (path, webhook-id)
+    seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (path, id) -> first
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)  # 2xx answers given
     by_path: Counter[str] = field(default_factory=Counter)  # requests per path
 
@@ -124,7 +126,7 @@ class Tally:
         if key in self.seen:
             self.duplicates += 1
         else:
-            self.seen.add(key)
+            self.seen[key] = arrived
 
     def summary(self) -> dict[str, object]:
         """The counts, for GET /stats."""
@@ -138,6 +140,7 @@ class Tally:
             "distinct_ids": len(self.arrivals),
             "first": self.first,
             "last": self.last,
+            "hanging": self.hanging,
         }
 
 
@@ -173,6 +176,7 @@ class Receiver:
     async def hang(self, request: web.Request) -> web.Response:
         """A webhook that answers, 503, only after relay has given up waiting."""
         await request.read()  # kept by aiohttp: relay may have hung up by the time we answer
+        self.tally.hanging += 1
         await asyncio.sleep(self.misbehaviour.hang_seconds)
         return await self._take(request, 503)
 
@@ -213,6 +217,12 @@ class Receiver:
         """The first arrival time of every webhook-id."""
         return web.json_response(self.tally.arrivals)
 
+    async def deliveries(self, request: web.Request) -> web.Response:
+        """[path, webhook-id, first arrival] of each delivery to a path under ?prefix=."""
+        prefix = request.query.get("prefix", "/")
+        found = [[p, i, t] for (p, i), t in self.tally.seen.items() if p.startswith(prefix)]
+        return web.json_response(found)
+
     async def paths(self, _: web.Request) -> web.Response:
         """Per path: its requests, and how many 2xx answers each webhook-id got."""
         tally = self.tally
@@ -237,6 +247,7 @@ class Receiver:
         app.router.add_post("/limit/{name}", self.limit)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/arrivals", self.arrivals)
+        app.router.add_get("/deliveries", self.deliveries)
         app.router.add_get("/paths", self.paths)
         app.router.add_post("/reset", self.reset)
         return app

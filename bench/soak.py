@@ -55,6 +55,7 @@ from bench.procs import (
 )
 from relay.signing import generate_secret
 from relay.store import keys
+from relay.store.metrics import queued as queued_deliveries
 
 # Short retry steps so whole schedules, and the retry traffic they make, fit in the run.
 RETRY_SCHEDULE = (1, 2, 4)
@@ -341,7 +342,7 @@ def measures(workers: int, rate: float) -> list[Measure]:
         Measure("redis keys", "stored", "count"),
         # Backlogs jitter with retry timing; one second of events is noise, not growth.
         Measure("due deliveries", "level", "count", slack=rate),
-        Measure("parked deliveries", "level", "count", slack=rate),
+        Measure("queued deliveries", "level", "count", slack=rate),
         Measure("events accepted", "counter", "count"),
         Measure("receiver requests", "counter", "count"),
         Measure("delivered", "counter", "count"),
@@ -373,16 +374,6 @@ class Watch:
         return cls(cluster, client, stats, processes)
 
 
-async def parked(client: aioredis.Redis) -> int:
-    """Deliveries parked behind every endpoint that has any."""
-    endpoints = await client.zrange(keys.WAKES, 0, -1)
-    async with client.pipeline(transaction=False) as pipe:
-        for webhook_id in endpoints:
-            pipe.zcard(keys.endpoint_parked(webhook_id.decode()))
-        counts = await pipe.execute()
-    return sum(counts)
-
-
 async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     """Read every measure now."""
     for child in [*watch.cluster.relay, watch.cluster.redis]:
@@ -395,10 +386,11 @@ async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     memory = await watch.redis.info("memory")
     values["redis used_memory"] = memory["used_memory"]
     values["redis keys"] = await watch.redis.dbsize()
-    # The due set is the delivery queue; deliveries waiting for a busy endpoint sit in its
-    # parked set instead, so the backlog is both.
-    values["due deliveries"] = await watch.redis.zcard(keys.DUE)
-    values["parked deliveries"] = await parked(watch.redis)
+    # Every delivery in flight is in its endpoint's queue: due (ready to go, or waiting for a
+    # slot of its endpoint or tenant), or not yet (a retry later, an attempt under way).
+    queued, due = await queued_deliveries(watch.redis, int(time.time() * 1000))
+    values["due deliveries"] = due
+    values["queued deliveries"] = queued
     values["events accepted"] = watch.stats.accepted
     paths = await watch.cluster.receiver.paths()
     values["receiver requests"] = sum(p.requests for p in paths.values())
@@ -421,7 +413,7 @@ def sample_line(sample: Sample, workers: int) -> str:
         f" redis {v['redis rss'] / mib:.1f}"
         f" | fds api {v['api fds']:.0f} workers {worker_fds}"
         f" | redis {v['redis used_memory'] / mib:.1f} MiB {v['redis keys']:,.0f} keys"
-        f" | due {v['due deliveries']:,.0f} parked {v['parked deliveries']:,.0f}"
+        f" | queued {v['queued deliveries']:,.0f} due {v['due deliveries']:,.0f}"
     )
 
 
@@ -447,7 +439,7 @@ async def watch_load(
 async def drain(watch: Watch, seconds: float) -> bool:
     """Wait until no delivery is pending or in flight; False if some still are after `seconds`."""
     deadline = time.monotonic() + seconds
-    while await watch.redis.zcard(keys.DUE) > 0:
+    while await watch.redis.exists(keys.TENANTS):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.5)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
+    # Half of one worker's attempts: a tenant whose endpoints all hang leaves the other half of
+    # even a lone worker to everyone else, while 50 attempts in flight are more than a tenant
+    # with answering endpoints needs to keep a worker busy (see README, Fairness).
+    tenant_concurrency: int = Field(50, ge=1, le=100_000)
     disable_after: int = Field(432_000, ge=1)
     # Who may embed the console in a frame (CSP `frame-ancestors` sources), e.g. a platform's
     # settings page showing a portal link.

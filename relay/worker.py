@@ -1,11 +1,11 @@
 """The delivery worker process: claims due deliveries, attempts them, and keeps going.
 
-One claim script leases a batch of due deliveries at a time, for seconds, and one start script
-extends the leases to the attempts' (see relay/delivery/); each attempt runs as a task, at most
-`MAX_IN_FLIGHT` at once. When nothing is due the worker blocks on the wake list until a script
-says something became due, or until the next due time. Alongside run maintenance — finishing
-accepts their API process abandoned half-written, and the retention pass (one worker at a time,
-by lock) — and arq's worker for background jobs.
+One claim script leases a batch of due deliveries at a time, for seconds, and one extend script
+gives the attempts still running after a moment the attempt's lease (see relay/delivery/); each
+attempt runs as a task, at most `MAX_IN_FLIGHT` at once. When nothing is due the worker blocks
+on the wake list until a script says something became due, or until the next due time. Alongside
+run maintenance — finishing accepts their API process abandoned half-written, and the retention
+pass (one worker at a time, by lock) — and arq's worker for background jobs.
 
 Redis going away — restarted, killed, failed over, paused — never ends the process: every loop
 logs one line and tries again with backoff. SIGTERM stops claiming and lets the attempts in flight
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -45,18 +44,17 @@ MAX_IN_FLIGHT = 100
 # A lease outlasts the attempt's HTTP timeout by this much (signing, two Redis round trips);
 # a worker that dies mid-attempt gives its deliveries up to another after that.
 _LEASE_SLACK_SECONDS = 8
-# A claim leases its deliveries for this long only; the worker extends the leases to the
-# attempt's (one call for the batch) once it has the claim's reply. A claim whose reply is lost
-# — Redis stalled past the 1.5 s every call waits, then ran it — holds its batch this long, not
-# a whole lease. Room for a start that times out once and is asked again.
+# A claim leases its deliveries for this long only, so that a claim whose reply is lost —
+# Redis stalled past the 1.5 s every call waits, then ran it — holds its batch this long, not a
+# whole lease. An attempt still running after `_EXTEND_AFTER_SECONDS` gets the attempt's lease
+# (one call for all such attempts of the worker, checked every `_EXTEND_EVERY_SECONDS`): most
+# attempts settle well before, and cost no call for it. What is left of the claim's lease
+# leaves room for a call that times out once and is asked again.
 _CLAIM_LEASE_SECONDS = 5
-# Longest block on the wake list: also how often an idle worker looks at the due set.
+_EXTEND_AFTER_SECONDS = 1.5
+_EXTEND_EVERY_SECONDS = 0.5
+# Longest block on the wake list: also how often an idle worker looks for due deliveries.
 _IDLE_SECONDS = 1.0
-# How often a worker looks at the endpoints that parked deliveries (the wakes set) when it
-# knows of no wake due sooner. A slot that frees moves a parked delivery back at once; this
-# only bounds how late one waiting for a lease to run out or a rate window to open may go
-# (and spares every other claim a read).
-_WAKES_EVERY_SECONDS = 0.25
 _MAINTAIN_EVERY_SECONDS = 60.0
 _MAINTENANCE_LOCK_SECONDS = 120
 # An accept in progress writes one bounded chunk after another, each a call that answers within
@@ -74,10 +72,9 @@ class DeliveryWorker:
         self._owner = new_owner()
         self._lease_ms = int((svc.settings.delivery_timeout + _LEASE_SLACK_SECONDS) * 1000)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Monotonic: when to look at the wakes set next (at the latest), and the earliest wake
-        # this worker knows of (its sleep ends then).
-        self._wakes_at = 0.0
-        self._known_wake = math.inf
+        self._claims: dict[asyncio.Task[None], Claim] = {}
+        # Claims in flight still on the claim's short lease, by delivery id.
+        self._short: dict[str, Claim] = {}
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -96,19 +93,19 @@ class DeliveryWorker:
                 await self._room.wait()
                 continue
             try:
-                wakes = time.monotonic() >= self._wakes_at
                 poll = await self._svc.deliveries.claim(
                     self._owner,
                     free,
                     _CLAIM_LEASE_SECONDS * 1000,
                     self._svc.settings.endpoint_concurrency,
-                    wakes=wakes,
+                    self._svc.settings.tenant_concurrency,
                 )
-                self._note_wakes(wakes, poll.next_wake_in_ms)
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
                 self._report_missing(poll.missing)
-                for claim in await self._start(poll.claims):
+                for claim in poll.claims:
+                    self._short[claim.delivery_id] = claim
                     task = asyncio.create_task(self._attempt(claim))
+                    self._claims[task] = claim
                     self._tasks.add(task)
                     task.add_done_callback(self._finished)
                 # Fewer than asked for, and nothing else due now: asking again at once would
@@ -138,41 +135,38 @@ class DeliveryWorker:
                 )
         self._svc.counts.add("deliveries_missing", len(missing))
 
-    async def _start(self, claims: list[Claim]) -> list[Claim]:
-        """The claims whose attempts may go ahead: their leases extended to the attempt's.
-
-        Asked again while Redis is away: a start that ran but whose reply was lost holds its
-        deliveries for a whole lease. Asked again after the claim's lease, it answers for those
-        it extended before; the others lapsed, and are another claim's to take.
-        """
-        backoff = Backoff()
-        deadline = time.monotonic() + self._lease_ms / 1000
+    async def keep_leases(self) -> None:
+        """Extend the claim's lease to the attempt's for each attempt still running a while
+        after its claim (until cancelled, once the attempts are drained)."""
         while True:
+            await asyncio.sleep(_EXTEND_EVERY_SECONDS)
+            due = time.monotonic() - _EXTEND_AFTER_SECONDS
+            claims = [c for c in self._short.values() if c.taken_at <= due]
+            if not claims:
+                continue
             try:
-                return await self._svc.deliveries.start(claims, self._lease_ms)
+                held = await self._svc.deliveries.extend(claims, self._lease_ms)
             except REDIS_AWAY as exc:
+                # Asked again at the next check: the claim's lease leaves room for that.
                 self._svc.counts.add("redis_errors")
-                if self._stopping.is_set() or time.monotonic() > deadline:
-                    log.warning("redis unavailable; %d claims left to lapse (%s)", len(claims), exc)
-                    return []
-                log.warning("redis unavailable while starting attempts (%s); retrying", exc)
-                await backoff.wait()
-
-    def _note_wakes(self, looked: bool, next_wake_in_ms: int | None) -> None:
-        now = time.monotonic()
-        if looked:
-            self._wakes_at, self._known_wake = now + _WAKES_EVERY_SECONDS, math.inf
-        if next_wake_in_ms is not None:
-            self._known_wake = min(self._known_wake, now + next_wake_in_ms / 1000)
-            self._wakes_at = min(self._wakes_at, self._known_wake)
+                log.warning("redis unavailable while extending leases (%s); retrying", exc)
+                continue
+            for claim in claims:
+                self._short.pop(claim.delivery_id, None)
+            if lapsed := len(claims) - len(held):
+                # Another worker may take these over; the attempts still end logged (see
+                # settle.lua), and a 2xx still wins.
+                log.warning(
+                    "%d attempts outlived their claim's lease before it was extended", lapsed
+                )
 
     async def _idle(self, next_due_in_ms: int | None) -> None:
         wait = _IDLE_SECONDS if next_due_in_ms is None else next_due_in_ms / 1000
-        wait = max(min(wait, self._known_wake - time.monotonic(), _IDLE_SECONDS), 0.01)
-        await self._svc.deliveries.wait_for_work(wait)
+        await self._svc.deliveries.wait_for_work(max(min(wait, _IDLE_SECONDS), 0.01))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._short.pop(self._claims.pop(task).delivery_id, None)
         self._room.set()
 
     async def _attempt(self, claim: Claim) -> None:
@@ -180,6 +174,14 @@ class DeliveryWorker:
             await service.deliver(self._svc, claim, self._lease_ms / 1000)
         except REDIS_AWAY as exc:
             log.warning("delivery %s: %s; its lease will run out", claim.delivery_id, exc)
+        except POSTGRES_AWAY as exc:
+            # Read only for an attempt that came back after its delivery left Redis.
+            log.error(
+                "delivery %s attempt %s: history is unreachable (%s); the attempt is not logged",
+                claim.delivery_id,
+                claim.attempt,
+                exc,
+            )
 
     async def drain(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the attempts in flight to finish and settle."""
@@ -189,8 +191,9 @@ class DeliveryWorker:
 
 
 async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
-    """Finish abandoned accepts; and history's partitions, by one worker at a time. Waits out
-    outages; any other failure is logged and tried again at the next pass."""
+    """Requeue what an older relay queued; finish abandoned accepts; and history's partitions,
+    by one worker at a time. Waits out outages; any other failure is logged and tried again at
+    the next pass."""
     backoff = Backoff()
     while not stopping.is_set():
         try:
@@ -208,6 +211,11 @@ async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
             await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
 
 
+async def _requeue_old_layout(svc: Services) -> None:
+    if moved := await svc.deliveries.requeue_old_layout():
+        log.warning("moved %d deliveries an older relay queued into endpoint queues", moved)
+
+
 async def _finish_abandoned(svc: Services) -> None:
     if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
         log.warning("finished %d accepts that their API process abandoned", finished)
@@ -219,6 +227,7 @@ async def _retention(svc: Services) -> None:
 
 
 _STEPS = (
+    ("requeue deliveries of the layout before endpoint queues", _requeue_old_layout),
     ("finish abandoned accepts", _finish_abandoned),
     ("make and drop history's partitions", _retention),
 )
@@ -312,6 +321,7 @@ async def run(settings: Settings) -> None:
         log.info("worker connected")
         tasks = [
             asyncio.create_task(_maintain_forever(svc, stopping)),
+            asyncio.create_task(worker.keep_leases()),
             asyncio.create_task(_jobs_forever(svc, stopping)),
             asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.counts)),
             asyncio.create_task(

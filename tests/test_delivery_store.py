@@ -1,49 +1,82 @@
-"""The delivery scripts' own guarantees, driven directly: leases and their owners."""
+"""The delivery scripts' own guarantees, driven directly: leases, their owners, and attempts made
+by a worker that lost its lease."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio
 
+from relay import ids
 from relay.delivery.archive import Archive
-from relay.delivery.model import Attempt, Settlement, Status
+from relay.delivery.model import Attempt, Claim, Settlement, Status
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
+from relay.history import writer
+from relay.history.db import Database
 from relay.store import keys
 from relay.timefmt import now, rfc3339
+from tests.support import PostgresServer
 
-WEBHOOK = {"id": "wh_1", "enabled": True, "rate_limit_per_second": None}
+WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
 
 
-def _result(code: int) -> Settlement:
-    attempt = Attempt(1, rfc3339(now()), 5, code, None, "", {}, "http://127.0.0.1/")
-    return Settlement(Status.DELIVERED, attempt, None, code, None, endpoint_ok=True)
+def _result(code: int, status: Status | None = None, number: int = 1) -> Settlement:
+    attempt = Attempt(number, rfc3339(now()), 5, code, None, "", {}, "http://127.0.0.1/")
+    if status is None:
+        status = Status.DELIVERED if code < 300 else Status.FAILED
+    delay = 60_000 if status is Status.PENDING else None
+    ok = code < 300
+    return Settlement(status, attempt, delay, code, None if ok else f"HTTP {code}", endpoint_ok=ok)
+
+
+async def _store_with(
+    redis_client: redis.asyncio.Redis, archive: Archive, deliveries: int = 1
+) -> tuple[DeliveryStore, list[str]]:
+    """A store with one webhook and one event fanned out to it `deliveries` times."""
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
+    created = datetime.now(UTC)
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", rfc3339(created), 0, None, b"{}")
+    planned = [PlannedDelivery(ids.new_id("dlv"), "wh_1") for _ in range(deliveries)]
+    await store.accept(event, planned)
+    return store, [d.id for d in planned]
+
+
+async def _taken_over(store: DeliveryStore) -> tuple[Claim, Claim]:
+    """Worker a's claim, which stalls past its lease, and worker b's, which takes it over."""
+    [stale] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
+    await asyncio.sleep(0.1)
+    [fresh] = (await store.claim("b", 10, lease_ms=60_000, concurrency=1)).claims
+    assert fresh.delivery_id == stale.delivery_id and fresh.token != stale.token
+    return stale, fresh
+
+
+async def _codes(store: DeliveryStore, delivery_id: str) -> list[tuple[object, object]]:
+    """The delivery's attempts as (number, status code), as its log shows them."""
+    delivery = await store.get(delivery_id)
+    return [(a["number"], a["status_code"]) for a in await store.attempts(delivery)]
 
 
 async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store = DeliveryStore(redis_client, 3600, 3600, archive)
-    await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
-    event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
-    await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    stale, fresh = await _taken_over(store)
 
-    [stale] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
-    await asyncio.sleep(0.1)  # worker a stalls past its lease
-    [fresh] = (await store.claim("b", 10, lease_ms=60_000, concurrency=1)).claims
-    assert fresh.attempt == stale.attempt == 1 and fresh.token != stale.token
-
-    refused = await store.settle(stale, _result(500))
-    # b's slot is still held: the endpoint's concurrency cap still counts b's attempt.
-    assert not refused.written
+    late = await store.settle(stale, _result(500, Status.PENDING))
+    # Its attempt happened and is logged; the schedule stays b's, and so does b's slot.
+    assert late.written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERING and delivery.attempt_count == 1
     assert await redis_client.zcard(keys.endpoint_slots("wh_1")) == 1
     assert (await store.claim("c", 10, lease_ms=60_000, concurrency=1)).claims == []
 
     assert (await store.settle(fresh, _result(200))).written
-    delivery = await store.get("dlv_1")
-    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 1
-    assert [a["status_code"] for a in await store.attempts(delivery)] == [200]
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert await _codes(store, delivery_id) == [(1, 500), (2, 200)]
 
 
 async def _reply_bytes(redis_client: redis.asyncio.Redis) -> int:
@@ -80,6 +113,32 @@ async def test_a_claim_carries_an_events_payload_once_for_all_its_deliveries(
     assert len(claims) == 100
     assert all(c.payload == event.payload for c in claims)
     # Once, not once per delivery: Redis builds the reply while every other client waits.
+    assert sent < 2 * len(event.payload), sent
+
+
+async def test_a_payload_sent_to_a_process_is_not_sent_again_for_later_claims_of_its_event(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    webhook_ids = await _webhooks(redis_client, 6)
+    event = _large_event("evt_1", 100_000)
+    await store.accept(event, [PlannedDelivery(f"dlv_{w}", w) for w in webhook_ids])
+
+    # The tenant's limit lets one or two go at a time: the fan-out takes several claims.
+    before = await _reply_bytes(redis_client)
+    taken: list[Claim] = []
+    for _ in webhook_ids:
+        poll = await store.claim("a", 100, 60_000, concurrency=4, tenant_concurrency=2)
+        assert 1 <= len(poll.claims) <= 2
+        for claim in poll.claims:
+            assert claim.payload == event.payload
+            assert (await store.settle(claim, _result(200))).written
+        taken += poll.claims
+        if len(taken) == len(webhook_ids):
+            break
+    sent = await _reply_bytes(redis_client) - before
+
+    assert sorted(c.webhook_id for c in taken) == sorted(webhook_ids)
     assert sent < 2 * len(event.payload), sent
 
 
@@ -121,7 +180,7 @@ async def test_an_event_larger_than_the_bound_is_still_claimed_alone(
     assert (then.event_id, then.payload) == ("evt_2", small.payload)
 
 
-async def test_a_started_claim_holds_for_the_attempts_lease_and_a_lapsed_one_is_taken_over(
+async def test_an_extended_claim_holds_for_the_attempts_lease_and_a_lapsed_one_is_taken_over(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
@@ -130,33 +189,32 @@ async def test_a_started_claim_holds_for_the_attempts_lease_and_a_lapsed_one_is_
         event = NewEvent(f"evt_{n}", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
         await store.accept(event, [PlannedDelivery(f"dlv_{n}", "wh_1")])
 
-    # Worker a got both claims; it starts the first and never hears of the second (a lost
+    # Worker a got both claims; it extends the first and never hears of the second (a lost
     # reply would look the same to Redis).
-    started, lost = (await store.claim("a", 10, lease_ms=100, concurrency=2)).claims
-    assert await store.start([started], lease_ms=60_000) == [started]
-    assert await store.start([started], lease_ms=60_000) == [started]  # asked again: the same
+    extended, lost = (await store.claim("a", 10, lease_ms=100, concurrency=2)).claims
+    assert await store.extend([extended], lease_ms=60_000) == [extended]
+    assert await store.extend([extended], lease_ms=60_000) == [extended]  # asked again: the same
     await asyncio.sleep(0.2)  # past the claim's lease
 
     [taken] = (await store.claim("b", 10, lease_ms=100, concurrency=2)).claims
     assert (taken.delivery_id, taken.attempt) == (lost.delivery_id, 1)
-    assert await store.start([taken], lease_ms=60_000) == [taken]
-    assert await store.start([lost], lease_ms=60_000) == []
-    assert not (await store.settle(lost, _result(500))).written
-    # The started one still holds its endpoint slot, past the claim's lease: a third delivery
+    assert await store.extend([taken], lease_ms=60_000) == [taken]
+    assert await store.extend([lost], lease_ms=60_000) == []
+    # The extended one still holds its endpoint slot, past the claim's lease: a third delivery
     # waits for one.
     event = NewEvent("evt_3", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
     await store.accept(event, [PlannedDelivery("dlv_3", "wh_1")])
     assert (await store.claim("c", 10, lease_ms=100, concurrency=2)).claims == []
-    assert await redis_client.zcard(keys.endpoint_parked("wh_1")) == 1
+    assert await redis_client.zcard(keys.endpoint_slots("wh_1")) == 2
 
-    assert (await store.settle(started, _result(200))).written
+    assert (await store.settle(extended, _result(200))).written
     assert (await store.settle(taken, _result(200))).written
     for n in (1, 2):
         delivery = await store.get(f"dlv_{n}")
         assert delivery.status is Status.DELIVERED and delivery.attempt_count == 1
 
 
-async def test_a_claim_whose_lease_lapsed_cannot_be_started(
+async def test_a_claim_whose_lease_lapsed_cannot_be_extended(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
@@ -167,6 +225,225 @@ async def test_a_claim_whose_lease_lapsed_cannot_be_started(
     [late] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
     await asyncio.sleep(0.1)
     # Nobody took it over yet, but anyone may at any moment: it is a new claim's.
-    assert await store.start([late], lease_ms=60_000) == []
+    assert await store.extend([late], lease_ms=60_000) == []
     [again] = (await store.claim("a", 10, lease_ms=60_000, concurrency=1)).claims
     assert again.delivery_id == "dlv_1" and again.token != late.token
+
+
+async def test_a_2xx_that_comes_back_after_the_lease_ran_out_is_logged_and_wins(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    stale, fresh = await _taken_over(store)
+    # b's attempt fails and ends the schedule; a's, which the receiver answered 200, comes back
+    # only then.
+    assert (await store.settle(fresh, _result(503))).written
+    assert (await store.get(delivery_id)).status is Status.FAILED
+
+    assert (await store.settle(stale, _result(200))).written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert delivery.delivered_at is not None and delivery.last_status_code == 200
+    assert await _codes(store, delivery_id) == [(1, 503), (2, 200)]
+
+
+async def test_a_2xx_while_the_takeover_is_in_flight_ends_the_delivery_for_good(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    stale, fresh = await _taken_over(store)
+
+    assert (await store.settle(stale, _result(200))).written
+    assert (await store.get(delivery_id)).status is Status.DELIVERED
+    # b's attempt, answered 503, joins the log and changes nothing: a 2xx is final.
+    assert (await store.settle(fresh, _result(503, Status.PENDING))).written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert await _codes(store, delivery_id) == [(1, 200), (2, 503)]
+    assert (await store.claim("c", 10, lease_ms=60_000, concurrency=1)).claims == []
+
+
+async def test_a_late_2xx_reaches_a_delivery_that_only_history_holds(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    stale, fresh = await _taken_over(store)
+    assert (await store.settle(fresh, _result(503))).written
+    # History writes the failed delivery and Redis lets it go, all before a's answer comes back.
+    database = Database(postgres_server.url)
+    try:
+        handed = await store.handed_over("writer", 10, 10)
+        await writer.write(await database.pool(), handed, set())
+        await store.release(handed)
+        assert not await redis_client.exists(keys.delivery(delivery_id))
+
+        assert (await store.settle(stale, _result(200))).written
+        handed = await store.handed_over("writer", 10, 10)
+        await writer.write(await database.pool(), handed, set())
+        await store.release(handed)
+    finally:
+        await database.aclose()
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert await _codes(store, delivery_id) == [(1, 503), (2, 200)]
+
+
+async def _claim(
+    store: DeliveryStore, owner: str, limit: int, lease_ms: int = 60_000
+) -> list[Claim]:
+    return (await store.claim(owner, limit, lease_ms=lease_ms, concurrency=2)).claims
+
+
+async def test_a_pending_delivery_retried_while_it_waits_for_a_slot_keeps_its_next_schedule(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=5)
+    in_flight = await _claim(store, "w", 10)
+    assert len(in_flight) == 2  # the endpoint's two slots; three more wait
+    retried = planned[-1]
+    assert retried not in [c.delivery_id for c in in_flight]
+    assert (await store.restart([retried], frozenset({Status.PENDING})))[1] == ["ok"]
+
+    taken: list[str] = []
+    while in_flight:
+        # One attempt ends at a time, the operator's first whenever it is in flight: it fails
+        # and is due again in a minute; the others succeed.
+        in_flight.sort(key=lambda c: c.delivery_id != retried)
+        claim = in_flight.pop(0)
+        code, status = (500, Status.PENDING) if claim.delivery_id == retried else (200, None)
+        assert (await store.settle(claim, _result(code, status))).written
+        claimed = await _claim(store, "w", 10)
+        taken += [c.delivery_id for c in claimed]
+        in_flight += claimed
+    # Sent once now, as asked; the freed slots never sent it again ahead of its schedule.
+    assert taken.count(retried) == 1
+    delivery = await store.get(retried)
+    assert delivery.status is Status.PENDING and delivery.attempt_count == 1
+    assert [(await store.get(d)).status for d in planned[:-1]] == [Status.DELIVERED] * 4
+
+
+async def _expired_behind_a_busy_endpoint(store: DeliveryStore) -> tuple[Claim, list[Claim]]:
+    """Worker a's claim of the first delivery, whose lease runs out while the endpoint's two
+    slots are taken by other attempts (a's stalled one is not taken over yet), and those."""
+    [stale] = await _claim(store, "a", 1, lease_ms=50)
+    others = await _claim(store, "b", 1)
+    await asyncio.sleep(0.1)
+    others += await _claim(store, "c", 10)  # the third delivery takes the slot a's had
+    assert len(others) == 2 and stale.delivery_id not in [c.delivery_id for c in others]
+    return stale, others
+
+
+async def test_a_slow_worker_settling_after_its_lease_ran_out_keeps_the_schedule(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=3)
+    stale, others = await _expired_behind_a_busy_endpoint(store)
+    assert (await store.settle(stale, _result(500, Status.PENDING))).written
+    for claim in others:  # the others end, freeing both slots
+        assert (await store.settle(claim, _result(200))).written
+        assert await _claim(store, "c", 10) == []
+    delivery = await store.get(stale.delivery_id)
+    assert delivery.status is Status.PENDING and delivery.attempt_count == 1
+    assert delivery.next_attempt_at is not None and delivery.next_attempt_at > rfc3339(now())
+
+
+async def test_a_delivery_whose_lease_ran_out_is_pending_and_may_be_canceled_or_retried(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=3)
+    stale, _ = await _expired_behind_a_busy_endpoint(store)
+    # No attempt is in flight that anyone waits for: it waits for its next one.
+    assert (await store.get(stale.delivery_id)).status is Status.PENDING
+    assert (await store.restart([stale.delivery_id], frozenset({Status.PENDING})))[1] == ["ok"]
+    assert await store.cancel(stale.delivery_id) == "ok"
+    # The stalled attempt, when it comes back, is logged; the delivery stays canceled.
+    assert (await store.settle(stale, _result(500, Status.PENDING))).written
+    delivery = await store.get(stale.delivery_id)
+    assert delivery.status is Status.CANCELED and delivery.attempt_count == 1
+    assert await _codes(store, stale.delivery_id) == [(1, 500)]
+
+
+# -- who goes next -------------------------------------------------------------------------
+
+
+async def _hooks_and_events(
+    redis_client: redis.asyncio.Redis, archive: Archive, backlog: list[tuple[str, str, int]]
+) -> tuple[DeliveryStore, dict[str, list[str]]]:
+    """A store with each (tenant, webhook, count) of `backlog` accepted in that order: the
+    delivery ids per webhook."""
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    made: dict[str, list[str]] = {}
+    for tenant, webhook_id, count in backlog:
+        record = {**WEBHOOK, "id": webhook_id, "tenant_id": tenant}
+        await redis_client.set(keys.webhook(webhook_id), orjson.dumps(record))
+        for _ in range(count):
+            created = rfc3339(datetime.now(UTC))
+            event = NewEvent(ids.new_id("evt"), "post.published", tenant, created, 0, None, b"{}")
+            delivery_id = ids.new_id("dlv")
+            await store.accept(event, [PlannedDelivery(delivery_id, webhook_id)])
+            made.setdefault(webhook_id, []).append(delivery_id)
+    await asyncio.sleep(0.002)  # claims come a millisecond after, at least
+    return store, made
+
+
+async def test_a_claim_takes_what_is_due_behind_a_busy_endpoints_backlog(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_busy", 500), ("t1", "wh_idle", 1)]
+    )
+    poll = await store.claim("w", 10, lease_ms=60_000, concurrency=1)
+    # One attempt to the busy endpoint, and the idle one's delivery in the same call: no
+    # backlog the busy endpoint cannot take keeps the claim from it.
+    assert sorted(c.webhook_id for c in poll.claims) == ["wh_busy", "wh_idle"]
+    assert made["wh_idle"][0] in [c.delivery_id for c in poll.claims]
+
+
+async def _served_in_turn(store: DeliveryStore, slow: str, seconds: float) -> list[str]:
+    """With one attempt at a time, the webhook of each attempt, until none is due: those to
+    `slow` take `seconds`, the others answer at once."""
+    order: list[str] = []
+    while claims := (await store.claim("w", 1, lease_ms=60_000, concurrency=10)).claims:
+        [claim] = claims
+        order.append(claim.webhook_id)
+        # Turns are kept to the millisecond: any attempt takes one at least.
+        await asyncio.sleep(seconds if claim.webhook_id == slow else 0.002)
+        assert (await store.settle(claim, _result(200))).written
+    return order
+
+
+async def test_a_tenants_endpoints_take_turns(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_a_slow", 3), ("t1", "wh_b_fast", 3)]
+    )
+    order = await _served_in_turn(store, "wh_a_slow", 0.2)
+    # The fast one's deliveries, accepted after all of the slow one's, do not wait for them.
+    assert order == ["wh_a_slow", "wh_b_fast"] * 3, order
+
+
+async def test_tenants_take_turns(redis_client: redis.asyncio.Redis, archive: Archive) -> None:
+    store, _ = await _hooks_and_events(
+        redis_client, archive, [("t_a", "wh_a_slow", 3), ("t_b", "wh_b_fast", 3)]
+    )
+    order = await _served_in_turn(store, "wh_a_slow", 0.2)
+    assert order == ["wh_a_slow", "wh_b_fast"] * 3, order
+
+
+async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_queues(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=3)
+    # As an older relay left them: two in its due set, one parked behind its endpoint.
+    await redis_client.delete(keys.TENANTS, keys.endpoints("t1"), keys.endpoint_queue("wh_1"))
+    await redis_client.zadd(keys.OLD_DUE, {planned[0]: 1, planned[1]: 2})
+    await redis_client.zadd(keys.OLD_PARKED_PREFIX + "wh_1", {planned[2]: 3})
+    await redis_client.zadd(keys.OLD_WAKES, {"wh_1": 4})
+    assert (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims == []
+
+    assert await store.requeue_old_layout() == 3
+    assert await store.requeue_old_layout() == 0
+    claims = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert sorted(c.delivery_id for c in claims) == sorted(planned)
+    assert not await redis_client.exists(keys.OLD_DUE, keys.OLD_WAKES)

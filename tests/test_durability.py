@@ -128,7 +128,6 @@ async def test_every_key_expires_or_has_an_owner(
         keys.WEBHOOKS,
         keys.WEBHOOKS_VERSION,  # configuration: changes with the webhooks, never grows
         keys.METRICS,
-        keys.DUE,
         keys.QUEUE,  # arq's queue: each job leaves it when it runs
         keys.WAKE,  # idle workers' wake-up list: emptied as they wake
         keys.HISTORY,  # records for history: each entry leaves once PostgreSQL has it

@@ -357,7 +357,7 @@ async def test_a_claim_whose_reply_is_lost_costs_seconds_not_a_lease(
     make_client: ClientFactory, workers: Workers, own_redis: RedisServer
 ) -> None:
     client = await make_client(redis_url=own_redis.url)
-    claim = f'"wakes":"{keys.WAKES}"'.encode()  # only a claim's argument names this key
+    claim = f'"rate":"{keys.ENDPOINT_RATE_PREFIX}"'.encode()  # only a claim's argument names it
     async with Receiver() as rx, PausingProxy(own_redis, claim, 2.0) as proxy:
         hook = await webhook(client, rx.url("/hook"))
         accepted = [(await post_event(client)).json()["data"] for _ in range(20)]

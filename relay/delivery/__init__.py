@@ -2,10 +2,10 @@
 
     accept ──► pending ──claim──► delivering ──settle──► delivered
                  ▲  │                 │   │
-                 │  │ parked          │   └──settle──► failed (schedule exhausted, 410,
-                 │  ▼ (endpoint busy) │                 webhook disabled, event expired)
-                 │ waits, free ◄──────┘ settle: retry due later
-                 │                    (slot freed → one parked delivery is due again)
+                 │  │ waits in its    │   └──settle──► failed (schedule exhausted, 410,
+                 │  ▼ endpoint queue  │                 webhook disabled, event expired)
+                 │ its turn ◄─────────┘ settle: retry due later
+                 │                    (slot freed → the endpoint, its tenant may go again)
                  ├── cancel: pending ──► canceled (webhook deleted: settle ──► canceled)
                  └── restart: delivered | failed | canceled ──► pending (fresh schedule)
                               pending ──► pending, due now
@@ -20,10 +20,12 @@
                 `receiver_request` builds what a receiver gets, for all of them
 - `outage.py`   riding out Redis outages: backoff
 
-The due set is the queue: a sorted set of delivery ids scored by due time (pending) or lease
-expiry (delivering). A worker's claim script leases a batch of due deliveries, each with a token
-of its own that settle checks, so a worker that stalls past its lease cannot overwrite the
-attempt of the worker that took over. A delivery over its endpoint's concurrency or rate limit
-is parked in that endpoint's set and costs nothing until a slot frees or a wake marker (at the
-earliest lease expiry or the next rate window) comes up in the due set.
+Each endpoint's queue is a sorted set of its delivery ids scored by due time (pending) or lease
+expiry (delivering). A claim takes due deliveries in turns: tenants, and within a tenant its
+endpoints, each scored by when to look at it next (what it waits for: something due, a slot of
+its own or of its tenant, a rate window), which a settle that frees a slot brings forward.
+Endpoints not known to answer quickly share half of their tenant's slots, so that those that
+answer quickly always have the rest. A worker's claim leases a batch, each delivery with a
+token of its own that settle checks, so a worker that stalls past its lease cannot overwrite
+the attempt of the worker that took over; its own attempt is still logged, and a 2xx wins.
 """

@@ -24,8 +24,8 @@ class Transition(enum.StrEnum):
     """Every change of a delivery's state; each is one Lua script of the same name."""
 
     ACCEPT = "accept"  # (new) → pending, with its event
-    CLAIM = "claim"  # pending → delivering (or parked behind its endpoint's limits)
-    START = "start"  # delivering on the claim's short lease → on the attempt's lease
+    CLAIM = "claim"  # pending → delivering, in turn between tenants and their endpoints
+    EXTEND = "extend"  # delivering on the claim's short lease → on the attempt's lease
     SETTLE = "settle"  # delivering → pending | delivered | failed | canceled
     RESTART = "restart"  # finished → pending with a fresh schedule; pending → due now
     CANCEL = "cancel"  # pending → canceled
@@ -111,6 +111,9 @@ class Claim:
     # Whether the endpoint had a failure streak when the lease was taken: only then has a
     # success one to end.
     endpoint_failing: bool = True
+    # Whether the endpoint's last attempt answered quickly: this one then did not count in its
+    # tenant's slow share.
+    endpoint_quick: bool = False
 
     def log_ids(self) -> dict[str, str | int]:
         """The ids an attempt's log line and span carry."""
@@ -134,6 +137,9 @@ class Settlement:
     counters: tuple[str, ...] = ()
     duration_seconds: float = 0.0
     endpoint_ok: bool | None = None  # None when no request was made
+    # Whether the endpoint answered quickly: then it may use all of its tenant's slots, not
+    # only the share kept for the others (None when no request was made).
+    quick: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Background jobs through arq's public API: the only module that imports arq.
 
-Deliveries do not travel as arq jobs: the due set is their queue (see `claim.lua`), written in
-the same atomic step as the state it serves. arq runs the long, resumable operator jobs —
+Deliveries do not travel as arq jobs: each endpoint's queue holds them (see `claim.lua`), written
+in the same atomic step as the state it serves. arq runs the long, resumable operator jobs —
 a recovery's batches — with a deterministic `_job_id`, so enqueuing one twice is harmless.
 """
 

@@ -170,6 +170,8 @@ async def _attempt(
         ),
         duration_seconds=seconds,
         endpoint_ok=result.ok,
+        # Within a tenth of the timeout: its attempts give their slots back soon enough.
+        quick=result.duration_ms * 10 <= svc.settings.delivery_timeout * 1000,
     )
     return settlement, verdict.disable_webhook
 
@@ -244,8 +246,10 @@ async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
         svc.counts.add_all(settlement.counters)
         svc.counts.add("attempt_seconds_sum", settlement.duration_seconds)
     else:
+        # Only a decision not to attempt (a deleted or disabled webhook, an expired event) is
+        # dropped so: an attempt that was made is always logged, however late it comes back.
         log.warning(
-            "delivery %s attempt %s was taken over; result dropped",
+            "delivery %s was taken over before its attempt %s; nothing was sent, nothing to log",
             claim.delivery_id,
             claim.attempt,
         )

@@ -12,6 +12,7 @@ import hashlib
 import math
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -91,12 +92,25 @@ def _text(value: bytes | None) -> str | None:
     return value.decode() if value else None
 
 
+def _ms_of(time_reply: tuple[int, int]) -> int:
+    """Redis's TIME reply in milliseconds."""
+    seconds, micros = time_reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def _ms_to_rfc3339(value: bytes | None) -> str | None:
     return from_timestamp(int(value) / 1000) if value else None
 
 
-def _delivery(fields: dict[bytes, bytes]) -> Delivery:
+def _delivery(fields: dict[bytes, bytes], now_ms: int | None = None) -> Delivery:
     status = Status(fields[b"status"].decode())
+    if status is Status.DELIVERING and now_ms is not None:
+        lease = fields.get(b"lease_until")
+        if lease and int(lease) <= now_ms:
+            # Its worker died or stalled: nothing is on its way, it waits for its next attempt
+            # (which cancel and retry see the same way).
+            status = Status.PENDING
+            fields = {**fields, b"next_attempt_at": lease}
     code = fields.get(b"last_status_code")
     return Delivery(
         id=fields[b"id"].decode(),
@@ -195,8 +209,34 @@ class Poll:
     claims: list[Claim]
     next_due_in_ms: int | None
     taken_over: int = 0  # leases that had run out (their worker died or stalled)
-    next_wake_in_ms: int | None = None  # of an endpoint with parked deliveries, if known
-    missing: tuple[str, ...] = ()  # due, but their record was gone: dropped from the due set
+    missing: tuple[str, ...] = ()  # due, but their record was gone: dropped from their queue
+
+
+class KnownPayloads:
+    """The large payloads this process's claims were sent lately, so that a claim of more
+    deliveries of one of those events is not sent it again: a wide fan-out is claimed over many
+    calls when endpoint and tenant limits bind, and each call would carry the payload anew.
+    Bounded in bytes and in entries (a claim's argument lists them); least recently used go."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def snapshot(self) -> dict[str, bytes]:
+        """The payloads kept now, by event id (a claim names them, and reads them after)."""
+        return dict(self._kept)
+
+    def keep(self, event_id: str, payload: bytes | None) -> None:
+        if payload is None or len(payload) < _KNOWN_PAYLOAD_MIN_BYTES:
+            return
+        self._kept[event_id] = payload
+        self._bytes += len(payload)
+        while self._bytes > _KNOWN_PAYLOAD_BYTES or len(self._kept) > _KNOWN_PAYLOADS:
+            self._bytes -= len(self._kept.popitem(last=False)[1])
+
+    def used(self, event_id: str) -> None:
+        if event_id in self._kept:
+            self._kept.move_to_end(event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +258,7 @@ class DeliveryFilter:
 FANOUT_CHUNK = 200
 # Abandoned accepts one maintenance pass finishes at most (each may take many calls).
 _ABANDONED_PER_PASS = 20
-# Deliveries one claim call may look at: claimed, parked, rescheduled or dropped, each of them.
+# Deliveries one claim call may look at: claimed, rescheduled or dropped, each of them.
 _CLAIM_SCAN = 200
 # Bytes of event payloads one call returns: a claim stops claiming deliveries of further events
 # there, and the history writer reads payloads in calls of this much (one larger payload goes
@@ -229,6 +269,22 @@ PAYLOAD_BYTES_PER_CALL = 4 * 1_048_576
 # read from the event (which stays in Redis until history has it). The writer reads up to a
 # thousand entries in one call, so entries must stay small.
 INLINE_PAYLOAD_BYTES = 4096
+# Payloads a process keeps of those its claims were sent (see KnownPayloads): only those of at
+# least this size, at most this many, and this many bytes in all.
+_KNOWN_PAYLOAD_MIN_BYTES = 16_384
+_KNOWN_PAYLOADS = 64
+_KNOWN_PAYLOAD_BYTES = 16 * 1_048_576
+# Tenants, and endpoints of one tenant, one claim call reads at most: with the scan, they bound
+# what one call costs whatever the number of tenants and endpoints.
+_CLAIM_WAKES = 100
+# How long an endpoint that answered quickly counts as quick without sending anything.
+_QUICK_TTL_SECONDS = 86_400
+# Entries one call moves out of the layout before endpoint queues.
+_REQUEUE_BATCH = 500
+# A tenant concurrency that never binds, for callers that set none.
+_UNBOUNDED = 2**31
+# What settle answers for a delivery no longer in Redis: history has to be read for it.
+_GONE = -1
 # Test sends kept per webhook.
 _TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
@@ -243,6 +299,21 @@ HISTORY_BACKLOG = 200_000
 # one second of ingest passes the bound before the refusals start, and an accept costs one
 # command fewer. Past the bound every accept measures it, so ingest resumes as soon as it can.
 BACKLOG_CHECK_SECONDS = 1.0
+
+
+# The keys of the delivery schedule, as the scripts that change it take them: prefixes to which
+# a script adds the webhook or tenant id, and the two tenant sets.
+_SCHEDULE_KEYS = {
+    "queue": keys.endpoint_queue(""),
+    "slots": keys.endpoint_slots(""),
+    "tenant_slots": keys.tenant_slots(""),
+    "tenant_slow_slots": keys.tenant_slow_slots(""),
+    "endpoints": keys.endpoints(""),
+    "endpoints_slow": keys.endpoints_slow(""),
+    "slow_served": keys.slow_served(""),
+    "tenants": keys.TENANTS,
+    "wake": keys.WAKE,
+}
 
 
 class DeliveryStore:
@@ -263,6 +334,7 @@ class DeliveryStore:
         self._redis = redis
         self._replicas = replicas or Replicas(redis, 0)
         self._payload_bytes = payload_bytes_per_call
+        self._known = KnownPayloads()
         self._archive = archive
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
@@ -276,6 +348,7 @@ class DeliveryStore:
         self._scripts: dict[Transition, AsyncScript] = {
             t: redis.register_script(script_text(t.value)) for t in Transition
         }
+        self._requeue = redis.register_script(script_text("requeue"))
 
     async def _run(
         self,
@@ -386,6 +459,27 @@ class DeliveryStore:
             client=client,
         )
 
+    async def requeue_old_layout(self) -> int:
+        """Move deliveries left in the layout before endpoint queues (by an older relay, before
+        an upgrade or during one) into their endpoints' queues; how many entries were moved.
+        Safe to repeat, and to run in several workers at once."""
+        arg = {
+            "keys": {
+                **_SCHEDULE_KEYS,
+                "delivery": keys.delivery(""),
+                "old_due": keys.OLD_DUE,
+                "old_wakes": keys.OLD_WAKES,
+                "old_parked": keys.OLD_PARKED_PREFIX,
+            },
+            "count": _REQUEUE_BATCH,
+        }
+        total = 0
+        while True:
+            moved, left = await self._run(self._requeue, arg)
+            total += int(moved)
+            if not int(left):
+                return total
+
     async def finish_abandoned(self, idle_ms: int) -> int:
         """Finish the accepts that made no progress for `idle_ms` (their writer died); how many."""
         stale = await self._redis.zrangebyscore(
@@ -407,7 +501,9 @@ class DeliveryStore:
             "step": step,
             "keys": {
                 "event": keys.event(event.id),
-                "due": keys.DUE,
+                "queue": keys.endpoint_queue(""),
+                "endpoints": keys.endpoints(event.tenant_id),
+                "tenants": keys.TENANTS,
                 "wake": keys.WAKE,
                 "accepting": keys.ACCEPTING,
                 "plan": keys.event_plan(event.id),
@@ -429,9 +525,12 @@ class DeliveryStore:
 
     async def get(self, delivery_id: str) -> Delivery:
         """A delivery by id, in flight or in history, or NotFound."""
-        fields: dict[bytes, bytes] = await self._redis.hgetall(keys.delivery(delivery_id))  # type: ignore[misc]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.delivery(delivery_id))
+            pipe.time()
+            fields, now = await pipe.execute()
         if fields:
-            return _delivery(fields)
+            return _delivery(fields, _ms_of(now))
         archived = await self._archive.delivery(delivery_id)
         if archived is None:
             raise NotFound("No such delivery.")
@@ -439,10 +538,11 @@ class DeliveryStore:
 
     async def _live(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
             for delivery_id in delivery_ids:
                 pipe.hgetall(keys.delivery(delivery_id))
-            rows = await pipe.execute()
-        return [_delivery(r) for r in rows if r]
+            now, *rows = await pipe.execute()
+        return [_delivery(r, _ms_of(now)) for r in rows if r]
 
     async def many(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         """Deliveries by id, in order, from Redis or history, skipping any that are gone."""
@@ -470,48 +570,61 @@ class DeliveryStore:
         return archived + [a for a in live if a["number"] not in numbers]
 
     async def claim(
-        self, owner: str, limit: int, lease_ms: int, concurrency: int, wakes: bool = True
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        concurrency: int,
+        tenant_concurrency: int | None = None,
     ) -> Poll:
-        """Lease up to `limit` due deliveries to `owner`; park those over their endpoint limits.
+        """Lease up to `limit` due deliveries to `owner`, in turns between tenants and their
+        endpoints, none over its endpoint's `concurrency` or rate nor its tenant's
+        `tenant_concurrency` in flight (unbounded if None); endpoints not known to answer
+        quickly share half of that (see `Settlement.quick`).
 
         Fewer when their events' payloads would pass the store's claim bound: the rest stays
-        due now (`next_due_in_ms` 0). `wakes`: first let the endpoints whose wake time has come
-        take parked deliveries back.
+        due now (`next_due_in_ms` 0).
         """
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
-        now, wait, rows, taken_over, wake, flat_payloads, missing = await self._run(
+        tenant = tenant_concurrency or _UNBOUNDED
+        known = self._known.snapshot()
+        now, wait, rows, taken_over, flat_payloads, missing = await self._run(
             Transition.CLAIM,
             {
+                # The schedule's keys last: the first two say which script a logged call is.
                 "keys": {
-                    "due": keys.DUE,
-                    "wakes": keys.WAKES,
                     "delivery": keys.delivery(""),
                     "webhook": keys.webhook(""),
                     "event": keys.event(""),
-                    "slots": keys.endpoint_slots(""),
-                    "parked": keys.endpoint_parked(""),
                     "rate": keys.ENDPOINT_RATE_PREFIX,
                     "failing": keys.endpoint_failing(""),
-                    "wake": keys.WAKE,
+                    "quick": keys.endpoint_quick(""),
+                    **_SCHEDULE_KEYS,
                 },
                 "owner": owner,
                 "limit": limit,
                 "scan": max(limit, _CLAIM_SCAN),
+                "wakes": _CLAIM_WAKES,
                 "lease_ms": lease_ms,
                 "concurrency": concurrency,
-                "wakes": wakes,
+                "tenant_concurrency": tenant,
+                "slow_concurrency": tenant - tenant // 2,
                 "payload_bytes": self._payload_bytes,
+                "known": list(known),
                 "now_ms": estimate,
             },
         )
         if estimate is None:
             self._clock.read(int(now), taken_at)
         # One bytes object per event, shared by every claim of its deliveries.
-        payloads = {
-            flat_payloads[i].decode(): flat_payloads[i + 1] or None
-            for i in range(0, len(flat_payloads), 2)
-        }
+        payloads: dict[str, bytes | None] = dict(known)
+        for i in range(0, len(flat_payloads), 2):
+            event_id, payload = flat_payloads[i].decode(), flat_payloads[i + 1] or None
+            payloads[event_id] = payload
+            self._known.keep(event_id, payload)
+        for event_id in {r[5].decode() for r in rows}:
+            self._known.used(event_id)
         claims = [
             Claim(
                 delivery_id=r[0].decode(),
@@ -526,6 +639,7 @@ class DeliveryStore:
                 taken_at=taken_at,
                 traceparent=r[7].decode() or None,
                 endpoint_failing=bool(r[8]),
+                endpoint_quick=bool(r[9]),
             )
             for r in rows
         ]
@@ -533,20 +647,19 @@ class DeliveryStore:
             claims,
             int(wait) if int(wait) >= 0 else None,
             int(taken_over),
-            int(wake) if int(wake) >= 0 else None,
             tuple(m.decode() for m in missing),
         )
 
-    async def start(self, claims: Sequence[Claim], lease_ms: int) -> list[Claim]:
+    async def extend(self, claims: Sequence[Claim], lease_ms: int) -> list[Claim]:
         """Extend the leases of `claims` from the claim's to the attempt's, `lease_ms` from now,
         in one call; the claims this worker still holds (one whose lease lapsed is not)."""
         if not claims:
             return []
         held = await self._run(
-            Transition.START,
+            Transition.EXTEND,
             {
-                "keys": {"delivery": keys.delivery(""), "slots": keys.endpoint_slots("")},
-                "claims": [[c.delivery_id, c.token, c.webhook_id] for c in claims],
+                "keys": {"delivery": keys.delivery(""), **_SCHEDULE_KEYS},
+                "claims": [[c.delivery_id, c.token] for c in claims],
                 "lease_ms": lease_ms,
                 "now_ms": self._clock.now_ms(),
             },
@@ -554,37 +667,47 @@ class DeliveryStore:
         return [c for c, started in zip(claims, held, strict=True) if started]
 
     async def settle(self, claim: Claim, result: Settlement) -> Settled:
-        """Record an attempt and the next state, if `claim` still holds the lease."""
-        reply = await self._run(
-            Transition.SETTLE,
-            {
-                "keys": {
-                    "delivery": keys.delivery(claim.delivery_id),
-                    "attempts": keys.attempts(claim.delivery_id),
-                    "event": keys.event(claim.event_id),
-                    "due": keys.DUE,
-                    "wake": keys.WAKE,
-                    "slots": keys.endpoint_slots(claim.webhook_id),
-                    "parked": keys.endpoint_parked(claim.webhook_id),
-                    "failing": keys.endpoint_failing(claim.webhook_id),
-                    "history": keys.HISTORY,
-                },
-                "id": claim.delivery_id,
-                "attempt": claim.attempt,
-                "token": claim.token,
-                "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
-                "status": result.status.value,
-                "delay_ms": result.delay_ms,
-                "last_status_code": result.last_status_code or "",
-                "last_error": result.last_error or "",
-                "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
-                "failing_ttl_ms": self._failing_ttl_ms,
-                "failing": claim.endpoint_failing,
-                "now_ms": claim.now_ms + round((time.monotonic() - claim.taken_at) * 1000),
+        """Record an attempt and, if `claim` still holds the lease, the next state.
+
+        An attempt made after the lease went elsewhere is logged all the same, and a 2xx ends
+        the delivery as delivered: the receiver has it. A delivery that has left Redis meanwhile
+        gets the attempt in history, read back for it.
+        """
+        elapsed_ms = round((time.monotonic() - claim.taken_at) * 1000)
+        arg: dict[str, Any] = {
+            "keys": {
+                "delivery": keys.delivery(claim.delivery_id),
+                "attempts": keys.attempts(claim.delivery_id),
+                "event": keys.event(claim.event_id),
+                "failing": keys.endpoint_failing(claim.webhook_id),
+                "quick": keys.endpoint_quick(claim.webhook_id),
+                "history": keys.HISTORY,
+                **_SCHEDULE_KEYS,
             },
-        )
+            "id": claim.delivery_id,
+            "attempt": claim.attempt,
+            "token": claim.token,
+            "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
+            "status": result.status.value,
+            "delay_ms": result.delay_ms,
+            "last_status_code": result.last_status_code or "",
+            "last_error": result.last_error or "",
+            "endpoint": {True: "ok", False: "fail", None: ""}[result.endpoint_ok],
+            "failing_ttl_ms": self._failing_ttl_ms,
+            "failing": claim.endpoint_failing,
+            "now_ms": claim.now_ms + elapsed_ms,
+            "quick": result.quick,
+            "was_quick": claim.endpoint_quick,
+            "quick_ttl": _QUICK_TTL_SECONDS,
+        }
+        reply = await self._run(Transition.SETTLE, arg)
+        if int(reply[0]) == _GONE and result.attempt is not None:
+            archived = await self._archive.delivery(claim.delivery_id)
+            if archived is not None:
+                arg["archived"] = _hash_of(archived)
+                reply = await self._run(Transition.SETTLE, arg)
         failing = reply[1]
-        return Settled(bool(reply[0]), int(failing) if failing else None, int(reply[2]))
+        return Settled(int(reply[0]) == 1, int(failing) if failing else None, int(reply[2]))
 
     async def restart(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
@@ -618,11 +741,10 @@ class DeliveryStore:
                 Transition.RESTART,
                 {
                     "keys": {
+                        **_SCHEDULE_KEYS,
                         "delivery": keys.delivery(""),
                         "attempts_suffix": keys.ATTEMPTS_SUFFIX,
                         "event": keys.event(""),
-                        "due": keys.DUE,
-                        "wake": keys.WAKE,
                         "history": keys.HISTORY,
                     },
                     "ids": chunk,
@@ -694,10 +816,9 @@ class DeliveryStore:
             Transition.CANCEL,
             {
                 "keys": {
+                    **_SCHEDULE_KEYS,
                     "delivery": keys.delivery(delivery_id),
                     "attempts": keys.attempts(delivery_id),
-                    "due": keys.DUE,
-                    "parked": keys.endpoint_parked(""),
                     "history": keys.HISTORY,
                 },
                 "id": delivery_id,
@@ -712,8 +833,7 @@ class DeliveryStore:
 
     async def redis_now_ms(self) -> int:
         """Redis's clock, which every due time and lease is measured by."""
-        seconds, micros = await self._redis.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return _ms_of(await self._redis.time())
 
     async def page(
         self, query: DeliveryFilter, limit: int, cursor: str | None

@@ -77,12 +77,15 @@ def event_type(name: str) -> str:
     return f"{PREFIX}evtype:{name}"
 
 
-# The delivery queue: deliveries that are pending (scored by due time) or delivering (scored by
-# lease expiry). Parked deliveries wait in their endpoint's set instead (`endpoint_parked`).
-DUE = PREFIX + "due"
-# Endpoints with parked deliveries, scored by when to look at them again: the earliest lease
-# expiry of their slots, or the next rate window.
-WAKES = PREFIX + "wakes"
+# Tenants with deliveries queued, scored by when to look at them next (Redis ms): now or earlier
+# if one of their endpoints has something due, else when the first thing they wait for comes.
+# See claim.lua.
+TENANTS = PREFIX + "tenants"
+# Where deliveries waited before endpoint queues: one due set, and parked sets (+ webhook id)
+# of the endpoints listed in a wakes set. Workers move what they find there (requeue.lua).
+OLD_DUE = PREFIX + "due"
+OLD_WAKES = PREFIX + "wakes"
+OLD_PARKED_PREFIX = PREFIX + "parked:"
 # Idle workers block on this list; a script that makes something due now pushes to it.
 WAKE = PREFIX + "wake"
 # Held by the worker running history's partition maintenance (one at a time).
@@ -136,9 +139,41 @@ def attempts(delivery_id: str) -> str:
 ATTEMPTS_SUFFIX = ":att"
 
 
-def endpoint_parked(webhook_id: str) -> str:
-    """Deliveries waiting for a slot or rate window of one webhook (scored by due time)."""
-    return f"{PREFIX}parked:{webhook_id}"
+def endpoint_queue(webhook_id: str) -> str:
+    """One webhook's deliveries in flight: pending ones scored by when they are due, delivering
+    ones by when their lease runs out."""
+    return f"{PREFIX}queue:{webhook_id}"
+
+
+def endpoints(tenant_id: str) -> str:
+    """A tenant's webhooks with deliveries queued, scored by when to look at them next."""
+    return f"{PREFIX}endpoints:{tenant_id}"
+
+
+def tenant_slots(tenant_id: str) -> str:
+    """Attempts in flight for one tenant (sorted set of delivery ids, scored by lease expiry)."""
+    return f"{PREFIX}tslots:{tenant_id}"
+
+
+def tenant_slow_slots(tenant_id: str) -> str:
+    """Those of a tenant's attempts in flight to endpoints not known to answer quickly."""
+    return f"{PREFIX}tslow:{tenant_id}"
+
+
+def endpoints_slow(tenant_id: str) -> str:
+    """A tenant's endpoints waiting for a slot of its slow share, scored by when each last got
+    one (0: never)."""
+    return f"{PREFIX}slowwait:{tenant_id}"
+
+
+def slow_served(tenant_id: str) -> str:
+    """When each of a tenant's endpoints last got a slot of its slow share (hash, Redis ms)."""
+    return f"{PREFIX}slowserved:{tenant_id}"
+
+
+def endpoint_quick(webhook_id: str) -> str:
+    """Set while a webhook's last attempt answered quickly (expires if it sends nothing)."""
+    return f"{PREFIX}quick:{webhook_id}"
 
 
 def recovery(recovery_id: str) -> str:

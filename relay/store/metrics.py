@@ -35,34 +35,44 @@ async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
     """The counters hash and the gauges."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS)
-        pipe.zcount(keys.DUE, "-inf", now_ms)
         pipe.zcount(keys.WORKERS, now_ms - WORKER_SILENCE_MS, "+inf")
         pipe.scard(keys.DISABLED_WEBHOOKS)
         pipe.xlen(keys.HISTORY)
         pipe.xrange(keys.HISTORY, "-", "+", count=1)
         results = await pipe.execute()
-    counters, due, workers, disabled, waiting, oldest = results[-6:]
-    pending = await backlog(redis)
+    counters, workers, disabled, waiting, oldest = results[-5:]
+    pending, due = await queued(redis, now_ms)
     # A stream entry's id starts with the Redis time (ms) it was added at.
     lag = now_ms - int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
-    return Snapshot(
-        counters, pending, int(due), int(workers), int(disabled), int(waiting), max(lag, 0)
-    )
+    return Snapshot(counters, pending, due, int(workers), int(disabled), int(waiting), max(lag, 0))
 
 
 async def backlog(redis: Redis) -> int:
-    """How many deliveries are pending (due, waiting, parked behind their endpoint) or in flight."""
+    """How many deliveries are pending (due, waiting for a slot or their time) or in flight."""
+    return (await queued(redis, None))[0]
+
+
+async def queued(redis: Redis, now_ms: int | None) -> tuple[int, int]:
+    """Deliveries in the endpoints' queues: all of them (pending or in flight), and those due
+    by `now_ms` and not in flight (0 when None). Read through the schedule: every tenant with
+    deliveries queued is in the tenants' set, and each of its endpoints with any in its own."""
+    tenants = [t.decode() for t in await redis.zrange(keys.TENANTS, 0, -1)]
+    if not tenants:
+        return 0, 0
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(keys.DUE)
-        pipe.zrange(keys.WAKES, 0, -1)
-        due, parking = await pipe.execute()
-    if not parking:
-        return int(due)
+        for tenant in tenants:
+            pipe.zrange(keys.endpoints(tenant), 0, -1)
+        listed = await pipe.execute()
+    endpoints = sorted({e.decode() for found in listed for e in found})
     async with redis.pipeline(transaction=False) as pipe:
-        for webhook_id in parking:
-            pipe.zcard(keys.endpoint_parked(webhook_id.decode()))
-        parked = await pipe.execute()
-    return int(due) + sum(int(n) for n in parked)
+        for webhook_id in endpoints:
+            pipe.zcard(keys.endpoint_queue(webhook_id))
+            if now_ms is not None:
+                pipe.zcount(keys.endpoint_queue(webhook_id), "-inf", now_ms)
+        counts = [int(n) for n in await pipe.execute()]
+    if now_ms is None:
+        return sum(counts), 0
+    return sum(counts[::2]), sum(counts[1::2])
 
 
 # Counters and presence are written even when Redis is out of memory (allow-oom), which is when

@@ -46,6 +46,15 @@ def _note_enabled(pipe: Pipeline, webhook: Webhook) -> None:
         pipe.sadd(keys.DISABLED_WEBHOOKS, webhook.id)
 
 
+def _look_again(pipe: Pipeline, webhook: Webhook) -> None:
+    """Have the webhook's queued deliveries looked at now, wherever they wait (for a slot, a rate
+    window, their tenant): deleted or disabled, they end at once rather than in turn."""
+    pipe.zadd(keys.endpoints(webhook.tenant_id), {webhook.id: 0}, xx=True, lt=True)
+    pipe.zadd(keys.TENANTS, {webhook.tenant_id: 0}, xx=True, lt=True)
+    pipe.lpush(keys.WAKE, 1)
+    pipe.ltrim(keys.WAKE, 0, 31)  # as the scripts keep it: idle workers need one each
+
+
 def _new_version() -> str:
     """A mark for the webhooks as they are after a change: never one they had before, even
     after Redis lost its last writes (a counter could then repeat a number for other data)."""
@@ -158,6 +167,7 @@ class WebhookStore:
 
         def also(pipe: Pipeline, webhook: Webhook) -> None:
             _note_enabled(pipe, webhook)
+            _look_again(pipe, webhook)
             pipe.set(keys.WEBHOOKS_VERSION, _new_version())
             if forget_failures:
                 pipe.delete(keys.endpoint_failing(webhook.id))
@@ -173,6 +183,7 @@ class WebhookStore:
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
             pipe.srem(keys.DISABLED_WEBHOOKS, webhook_id)
+            _look_again(pipe, webhook)
             pipe.set(keys.WEBHOOKS_VERSION, _new_version())
 
         return await transact(

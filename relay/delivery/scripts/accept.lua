@@ -20,19 +20,28 @@ if A.upstream_key ~= cjson.null then
   table.insert(extra, A.upstream_key)
 end
 
+-- Each delivery joins its endpoint's queue, due now; the endpoint (once per call) and the
+-- tenant are to be looked at now (see claim.lua).
 local function write(deliveries, skip_written)
-  local written = 0
+  local written, told = 0, {}
   for _, d in ipairs(deliveries) do
     if not (skip_written and redis.call('EXISTS', d.key) == 1) then
       redis.call('HSET', d.key, 'id', d.id, 'event_id', A.id, 'webhook_id', d.webhook_id,
         'tenant_id', A.tenant_id, 'event_type', A.type, 'status', 'pending', 'attempt_count', 0,
         'cycle_start', 0, 'next_attempt_at', int(NOW), 'created_at', A.created_at,
         'updated_ms', int(A.created_ms), unpack(extra))
-      redis.call('ZADD', K.due, NOW, d.id)
+      redis.call('ZADD', K.queue .. d.webhook_id, NOW, d.id)
+      if not told[d.webhook_id] then
+        redis.call('ZADD', K.endpoints, 'LT', NOW, d.webhook_id)
+        told[d.webhook_id] = true
+      end
       written = written + 1
     end
   end
-  if written > 0 then wake() end
+  if written > 0 then
+    redis.call('ZADD', K.tenants, 'LT', NOW, A.tenant_id)
+    wake()
+  end
 end
 
 -- The last step of every accept, whatever its size: from here on the event is whole.

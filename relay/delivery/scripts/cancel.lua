@@ -1,12 +1,19 @@
--- pending → canceled: it is never sent afterwards, and no longer waits in its endpoint's parking.
+-- pending → canceled: it is never sent afterwards, and leaves its endpoint's queue.
+-- A delivery whose lease ran out is pending too (it waits for its next attempt): the stalled
+-- attempt, if it ever comes back, is logged without changing the outcome (see settle).
 local d = hash_of(K.delivery)
 if not d.status then return 'missing' end
+if d.status == 'delivering' and (tonumber(d.lease_until) or 0) <= NOW then d.status = 'pending' end
 if d.status ~= 'pending' then return d.status end
 d.status, d.next_attempt_at = 'canceled', ''
 d.last_error, d.updated_ms = 'canceled by an operator', int(NOW)
+d.lease_until, d.lease_token = nil, nil
 redis.call('HSET', K.delivery, 'status', d.status, 'next_attempt_at', '',
-  'last_error', d.last_error, 'updated_ms', d.updated_ms)
-redis.call('ZREM', K.due, A.id)
-redis.call('ZREM', K.parked .. d.webhook_id, A.id)
+  'last_error', d.last_error, 'updated_ms', d.updated_ms, 'lease_until', '', 'lease_token', '')
+redis.call('ZREM', K.queue .. d.webhook_id, A.id)
+redis.call('ZREM', K.slots .. d.webhook_id, A.id)
+redis.call('ZREM', K.tenant_slots .. d.tenant_id, A.id)
+redis.call('ZREM', K.tenant_slow_slots .. d.tenant_id, A.id)
+forget_if_idle(d.tenant_id, d.webhook_id, true)
 archive_delivery(A.id, d, redis.call('LRANGE', K.attempts, 0, -1))
 return 'ok'

@@ -1,181 +1,274 @@
--- pending → delivering, for up to A.limit due deliveries at once.
--- A delivery over its endpoint's concurrency or rate limit is parked instead: it leaves the due
--- set for the endpoint's parked set and costs nothing until a slot frees (settle moves one back)
--- or the endpoint comes up in the wakes set (a lease ran out, a rate window opened).
--- Everything examined is claimed, parked, rescheduled or dropped, so no backlog can hide what
--- is due behind it.
+-- pending → delivering, for up to A.limit due deliveries, in turns between tenants and, within a
+-- tenant, between its endpoints.
+-- Each endpoint's deliveries wait in its queue (pending ones scored by when they are due,
+-- delivering ones by when their lease runs out). The tenants' set, and each tenant's set of
+-- endpoints, score each member by when to look at it next: now or earlier if it has something
+-- due, else when what it waits for comes (its next due time, its first lease to run out, the
+-- next rate window); and whoever frees what it waits for sooner (a settle freeing a slot, a new
+-- or rescheduled delivery, a webhook change) brings that time forward. A claim reads the tenants
+-- whose time has come, oldest first, and gives each a share of what is left, which it shares
+-- between its endpoints whose time has come; one served that could take more is looked at again
+-- after those already waiting (its time becomes now): tenants, and endpoints, take turns. One
+-- waiting costs nothing meanwhile, so no backlog an endpoint cannot take hides what others could.
+-- A tenant has at most A.tenant_concurrency attempts in flight, an endpoint A.concurrency. And
+-- as a slot held by an attempt that hangs frees only at the timeout, an endpoint whose last
+-- attempt did not answer quickly (or that has not answered yet) may use only the tenant's slow
+-- share, A.slow_concurrency: the rest is kept for its endpoints that answer quickly. Those
+-- waiting for a slow slot get the ones settle frees, the one served longest ago first.
+-- Every read is by rank or with a LIMIT: a call examines at most A.scan deliveries and reads at
+-- most A.wakes tenants, and A.wakes endpoints of each.
 
--- When the next delivery is due, and when the next endpoint wakes (Redis's clock, ms): the
--- caller may sleep until then unless woken. Everything this call reads or reschedules ahead of
--- NOW counts.
-local head, wake_head = nil, nil
-local function later(at)
-  at = tonumber(at)
-  if at and at > NOW and (not head or at < head) then head = at end
-end
-local function later_wake(at)
-  at = tonumber(at)
-  if at and at > NOW and (not wake_head or at < wake_head) then wake_head = at end
-end
+local budget = A.scan
+local claims = {}
+local taken_over = 0
 
--- A lease whose worker died stays in its endpoint's slots until it is taken over (and freed
--- by the attempt that takes it over): it is counted out only when the set looks full.
-local function free_slots(wh)
-  local slots = K.slots .. wh
+-- A lease whose worker died stays in its slots until it is taken over (and freed by the attempt
+-- that takes it over): it is counted out only when the set looks full.
+local function free_slots(slots, cap)
   local used = redis.call('ZCARD', slots)
-  if used >= A.concurrency then
+  if used >= cap then
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
     used = redis.call('ZCARD', slots)
   end
-  return A.concurrency - used
+  return cap - used
+end
+-- When the first lease of a full set runs out: a settle frees a slot sooner, and says so.
+local function first_expiry(slots)
+  return tonumber(redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')[2]) or (NOW + 1000)
 end
 
-local function park(id, wh, score, wake_at)
-  redis.call('ZREM', K.due, id)
-  redis.call('ZADD', K.parked .. wh, score, id)
-  redis.call('ZADD', K.wakes, 'LT', wake_at, wh)
-  later_wake(wake_at)
-end
-
-local function unpark(wh)
-  redis.call('ZREM', K.wakes, wh)
-  local parked = K.parked .. wh
-  local free = free_slots(wh)
-  if free > 0 then
-    for _, id in ipairs(redis.call('ZRANGE', parked, 0, free - 1)) do
-      redis.call('ZREM', parked, id)
-      redis.call('ZADD', K.due, NOW, id)
-    end
-  end
-  if redis.call('EXISTS', parked) == 1 then
-    local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
-    local at = first or (NOW + 1000)
-    redis.call('ZADD', K.wakes, 'LT', at, wh)
-    later_wake(at)
-  end
-end
-
--- Within one call each endpoint's record and free slots, and each event's payload, are read
--- once: a batch for one endpoint, or one event's fan-out, does not read them per delivery.
+-- Within one call each endpoint's record and free slots, each tenant's free slots, and each
+-- event's payload are read once: a batch for one endpoint, or one event's fan-out, does not
+-- read them per delivery.
 local endpoints = {}
 local function endpoint(wh)
   local e = endpoints[wh]
   if not e then
-    local got = redis.call('MGET', K.webhook .. wh, K.failing .. wh)
+    local got = redis.call('MGET', K.webhook .. wh, K.failing .. wh, K.quick .. wh)
     local record = got[1]
     local ok, w = false, nil
     if record then ok, w = pcall(cjson.decode, record) end
     e = {record = record, enabled = ok and w.enabled == true,
-      rate = ok and w.rate_limit_per_second or nil, failing = got[2] and 1 or 0}
+      rate = ok and w.rate_limit_per_second or nil, failing = got[2] and 1 or 0,
+      quick = got[3] and true or false}
     endpoints[wh] = e
   end
   return e
 end
+local tenants = {}
+local function tenant(t)
+  local s = tenants[t]
+  if not s then
+    s = {endpoints = K.endpoints .. t, slots = K.tenant_slots .. t,
+      slow_slots = K.tenant_slow_slots .. t, slow = K.endpoints_slow .. t,
+      served = K.slow_served .. t}
+    s.free = free_slots(s.slots, A.tenant_concurrency)
+    tenants[t] = s
+  end
+  return s
+end
 -- Each event's payload is in the reply once, however many of its deliveries are claimed; and
--- once the payloads in it reach A.payload_bytes, a delivery of another event is not claimed but
--- left due for the next call. Without the bound a reply, and the time Redis spends building it
--- while every other client waits, grows with the bodies and fan-outs that are due.
+-- once the payloads in it would pass A.payload_bytes, a delivery of another event is not claimed
+-- but left due for the next call, and its endpoint is served no further in this one (`full`).
+-- Without the bound a reply, and the time Redis spends building it while every other client
+-- waits, grows with the bodies and fan-outs that are due.
+-- A payload the caller holds from an earlier claim (A.known) is not sent again.
 local payloads, payload_bytes, full = {}, 0, false
+local known = {}
+for _, id in ipairs(A.known) do known[id] = true end
 local function payload_fits(event_id)
-  if payloads[event_id] or payload_bytes == 0 then return true end
+  if payloads[event_id] or known[event_id] or payload_bytes == 0 then return true end
   local size = redis.call('HSTRLEN', K.event .. event_id, 'payload')
-  full = payload_bytes + size > A.payload_bytes
-  return not full
+  if payload_bytes + size <= A.payload_bytes then return true end
+  full = true
+  return false
 end
 local events = {}
 local function add_payload(event_id)
-  if payloads[event_id] then return end
+  if payloads[event_id] or known[event_id] then return end
   payloads[event_id] = redis.call('HGET', K.event .. event_id, 'payload') or ''
   payload_bytes = payload_bytes + #payloads[event_id]
   table.insert(events, event_id)
   table.insert(events, payloads[event_id])
 end
 
+-- Claims one delivery of the queue if it may go. Returns the claim (or nil), the delivery's
+-- score in the queue now (nil: it left the queue), and true if its payload would not fit.
 local sequence = 0
-local taken_over = 0
 -- Due, but with no record: evicted, or lost by a Redis that had not persisted it. Nothing says
--- where it goes any more, so it leaves the due set, and the worker reports it.
+-- where it goes any more, so it leaves its queue, and the worker reports it.
 local missing = {}
-local function try(id, score)
+local function try(id, wh, e, t)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
     'webhook_id', 'event_id', 'cycle_start', 'traceparent')
   local status = d[1]
+  local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
   if not status or (status ~= 'pending' and status ~= 'delivering') then
-    redis.call('ZREM', K.due, id)
-    return nil
+    redis.call('ZREM', queue, id)
+    return nil, nil
   end
   if status == 'delivering' and tonumber(d[3]) > NOW then
-    redis.call('ZADD', K.due, d[3], id)  -- leased: its lease decides when to look again
-    later(d[3])
-    return nil
+    redis.call('ZADD', queue, d[3], id)  -- leased: its lease decides when to look again
+    return nil, tonumber(d[3])
   end
-  if not payload_fits(d[5]) then return nil end
+  if not payload_fits(d[5]) then return nil, NOW, true end
   if status == 'delivering' then
     -- Its worker died or stalled past the lease: another attempt takes over.
     taken_over = taken_over + 1
   end
-  local wh = d[4]
-  local e = endpoint(wh)
   local lease = NOW + A.lease_ms
   if e.enabled then
-    if e.free == nil then e.free = free_slots(wh) end
-    if e.free <= 0 then
-      local first = redis.call('ZRANGE', K.slots .. wh, 0, 0, 'WITHSCORES')[2]
-      park(id, wh, score, first)
-      return nil
-    end
-    local rate = e.rate
-    if type(rate) == 'number' then
-      local second = math.floor(NOW / 1000)
-      local window = K.rate .. wh .. ':' .. int(second)
-      if tonumber(redis.call('GET', window) or '0') >= rate then
-        park(id, wh, score, (second + 1) * 1000)
-        return nil
-      end
-      redis.call('INCR', window)
-      redis.call('EXPIRE', window, 2)
-    end
     redis.call('ZADD', K.slots .. wh, lease, id)
-    e.free = e.free - 1
+    redis.call('ZADD', K.tenant_slots .. t, lease, id)
+    if not e.quick then redis.call('ZADD', K.tenant_slow_slots .. t, lease, id) end
   end
   sequence = sequence + 1
   local token = A.owner .. ':' .. int(NOW) .. ':' .. sequence
   redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
     'lease_token', token)
-  redis.call('ZADD', K.due, lease, id)
-  later(lease)
+  redis.call('ZADD', queue, lease, id)
   add_payload(d[5])
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
-    e.failing}
+    e.failing, e.quick and 1 or 0}, lease
 end
 
--- Both sets are read by rank, one entry past the scan: what is due comes first, and the first
--- entry that is not says when to look again, without another read. The wakes set only when the
--- caller asks (when a wake it knows of has come, and now and then for those others made).
-if A.wakes then
-  local wakes = redis.call('ZRANGE', K.wakes, 0, A.scan, 'WITHSCORES')
-  for i = 1, #wakes, 2 do
-    if tonumber(wakes[i + 1]) > NOW then
-      later_wake(wakes[i + 1])
+-- An endpoint not known to answer quickly, when its tenant's slow share is in use: it waits
+-- for settle to hand it a freed slow slot, or at the latest for the first of them to run out.
+local function wait_slow(T, wh)
+  redis.call('ZADD', T.slow, tonumber(redis.call('HGET', T.served, wh)) or 0, wh)
+  return first_expiry(T.slow_slots)
+end
+
+-- Up to `want` of one endpoint's due deliveries. Returns how many it claimed, and when to look
+-- at the endpoint next (false: its queue is empty, it leaves the tenant's set).
+local function serve(t, T, wh, want)
+  local e = endpoint(wh)
+  local slots, queue = K.slots .. wh, K.queue .. wh
+  local room, window, left = math.min(want, budget), nil, nil
+  -- A deleted or disabled webhook's deliveries end without a request: no slot, no rate.
+  if e.enabled then
+    if e.free == nil then e.free = free_slots(slots, A.concurrency) end
+    if e.free <= 0 then return 0, first_expiry(slots) end
+    room = math.min(room, e.free, T.free)
+    if not e.quick then
+      if T.slow_free == nil then T.slow_free = free_slots(T.slow_slots, A.slow_concurrency) end
+      if T.slow_free <= 0 then return 0, wait_slow(T, wh) end
+      room = math.min(room, T.slow_free)
+    end
+    if type(e.rate) == 'number' then
+      window = K.rate .. wh .. ':' .. int(math.floor(NOW / 1000))
+      left = e.rate - tonumber(redis.call('GET', window) or '0')
+      if left <= 0 then return 0, (math.floor(NOW / 1000) + 1) * 1000 end
+      room = math.min(room, left)
+    end
+  end
+  -- One entry past the share says whether more is due, or when the next is, without another
+  -- read: what was examined is now scored by its lease, or gone.
+  local due = redis.call('ZRANGE', queue, 0, room, 'WITHSCORES')
+  local got, looked, more, next = 0, 0, false, nil
+  for i = 1, #due, 2 do
+    local score = tonumber(due[i + 1])
+    if score > NOW or looked == room then
+      more = score <= NOW
+      if not next or score < next then next = score end
       break
     end
-    unpark(wakes[i])
+    looked = looked + 1
+    budget = budget - 1
+    local claim, now_at, unfit = try(due[i], wh, e, t)
+    if claim then
+      table.insert(claims, claim)
+      got = got + 1
+    end
+    if now_at and (not next or now_at < next) then next = now_at end
+    if unfit then
+      more = true
+      break
+    end
+  end
+  if window and got > 0 then
+    redis.call('INCRBY', window, got)
+    redis.call('EXPIRE', window, 2)
+  end
+  if e.enabled then
+    e.free, T.free = e.free - got, T.free - got
+    if not e.quick and got > 0 then
+      T.slow_free = T.slow_free - got
+      redis.call('HSET', T.served, wh, int(NOW))
+      redis.call('ZREM', T.slow, wh)
+    end
+    if e.free <= 0 then return got, first_expiry(slots) end
+    if not e.quick and T.slow_free <= 0 and more then return got, wait_slow(T, wh) end
+    if window and left - got <= 0 then return got, (math.floor(NOW / 1000) + 1) * 1000 end
+  end
+  -- One that needs no slot and has more goes first again (a webhook change put it first).
+  if more then return got, e.enabled and NOW or 0 end
+  return got, next and math.max(next, NOW) or false
+end
+
+-- A share of what is left for one tenant whose time has come, between its endpoints whose time
+-- has come. Returns when to look at the tenant next (false: nothing of it is queued). At its
+-- concurrency, it still serves its deleted or disabled webhooks, which need no slot and come
+-- first (see serve): the others wait where they are for one of the tenant's slots to free.
+local function visit(t, want)
+  local T = tenant(t)
+  -- By rank, one past the most it serves: the first not due says when the tenant's next
+  -- endpoint is, unless one served is sooner.
+  local listed = redis.call('ZRANGE', T.endpoints, 0, A.wakes, 'WITHSCORES')
+  local due, soonest = {}, nil
+  for i = 1, #listed, 2 do
+    if tonumber(listed[i + 1]) > NOW or #due == A.wakes then
+      soonest = tonumber(listed[i + 1])
+      break
+    end
+    table.insert(due, listed[i])
+  end
+  local again = soonest ~= nil and soonest <= NOW  -- more are due than were taken
+  for i, wh in ipairs(due) do
+    if want <= 0 or budget <= 0 then
+      again = true
+      break
+    end
+    if T.free <= 0 and endpoint(wh).enabled then break end
+    local got, next = serve(t, T, wh, math.ceil(want / (#due - i + 1)))
+    want = want - got
+    if next then
+      redis.call('ZADD', T.endpoints, next, wh)
+      again = again or next <= NOW
+      if not soonest or next < soonest then soonest = next end
+    else
+      redis.call('ZREM', T.endpoints, wh)
+      if not endpoints[wh].quick then
+        redis.call('ZREM', T.slow, wh)
+        redis.call('HDEL', T.served, wh)
+      end
+    end
+  end
+  if T.free <= 0 then
+    return (soonest and soonest <= 0) and NOW or first_expiry(T.slots)
+  end
+  if again then return NOW end
+  return soonest or false
+end
+
+local due = redis.call('ZRANGE', K.tenants, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, A.wakes)
+for i, t in ipairs(due) do
+  if #claims >= A.limit or budget <= 0 then break end
+  local next = visit(t, math.ceil((A.limit - #claims) / (#due - i + 1)))
+  if next then
+    redis.call('ZADD', K.tenants, next, t)
+  else
+    redis.call('ZREM', K.tenants, t)
   end
 end
-local claims = {}
-local due = redis.call('ZRANGE', K.due, 0, A.scan, 'WITHSCORES')
-for i = 1, #due, 2 do
-  if #claims >= A.limit then break end
-  local score = tonumber(due[i + 1])
-  if score > NOW then
-    later(score)
-    break
-  end
-  local claim = try(due[i], score)
-  if claim then table.insert(claims, claim) end
-  if full then break end
+-- When to look again, in ms from now: when the first tenant's time comes (0: it has come, or
+-- the payload bound left due deliveries for the next call; -1: nothing in flight at all).
+local first = redis.call('ZRANGE', K.tenants, 0, 0, 'WITHSCORES')[2]
+local wait = -1
+if full then
+  wait = 0
+elseif first then
+  wait = int(math.max(0, tonumber(first) - NOW))
 end
--- Past the payload bound what is left is due now.
-return {int(NOW), full and 0 or head and int(head - NOW) or -1, claims, taken_over,
-  wake_head and int(wake_head - NOW) or -1, events, missing}
+return {int(NOW), wait, claims, taken_over, events, missing}

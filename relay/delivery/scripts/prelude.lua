@@ -29,3 +29,18 @@ local function hash_of(key)
   for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
   return fields
 end
+-- Once an endpoint's queue is empty it leaves its tenant's set (and, if `slow`, the record of
+-- its turns at the tenant's slow share), and a tenant with none left leaves the tenants' set
+-- (for the scripts that take deliveries out of a queue, whose K names the schedule's keys).
+-- Returns whether the tenant left.
+local function forget_if_idle(t, wh, slow)
+  if redis.call('EXISTS', K.queue .. wh) == 1 then return false end
+  redis.call('ZREM', K.endpoints .. t, wh)
+  if slow then
+    redis.call('ZREM', K.endpoints_slow .. t, wh)
+    redis.call('HDEL', K.slow_served .. t, wh)
+  end
+  if redis.call('EXISTS', K.endpoints .. t) == 1 then return false end
+  redis.call('ZREM', K.tenants, t)
+  return true
+end

@@ -1,6 +1,7 @@
 -- finished → pending with a fresh schedule (history kept), or a pending one made due now,
 -- for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok', 'missing', or
--- the status that refused it, after Redis's clock.
+-- the status that refused it, after Redis's clock. A delivery whose lease ran out is pending:
+-- its stalled attempt, if it comes back, is logged and changes nothing else (see settle).
 -- A finished delivery that has left Redis for history comes back with its record from
 -- A.revive (and its event, when that left too: from A.events, once for all its deliveries,
 -- with its payload in the argument it names), in this same step: it is in flight again.
@@ -27,11 +28,14 @@ local out = {}
 local woken = false
 for _, id in ipairs(A.ids) do
   local key = K.delivery .. id
-  local st = redis.call('HMGET', key, 'status', 'attempt_count')
+  local fields = {'status', 'attempt_count', 'lease_until', 'webhook_id', 'tenant_id'}
+  local st = redis.call('HMGET', key, unpack(fields))
   local r = A.revive[id]
   if not st[1] and r and allowed[r.status] and revive(id, r) then
-    st = redis.call('HMGET', key, 'status', 'attempt_count')
+    st = redis.call('HMGET', key, unpack(fields))
   end
+  local expired = st[1] == 'delivering' and (tonumber(st[3]) or 0) <= NOW
+  if expired then st[1] = 'pending' end
   if not st[1] then
     table.insert(out, r and not allowed[r.status] and r.status or 'missing')
   elseif not allowed[st[1]] then
@@ -47,10 +51,18 @@ for _, id in ipairs(A.ids) do
       redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '',
         'last_attempt', '')
     end
+    if expired then
+      redis.call('HSET', key, 'status', 'pending', 'lease_until', '', 'lease_token', '')
+      redis.call('ZREM', K.slots .. st[4], id)
+      redis.call('ZREM', K.tenant_slots .. st[5], id)
+      redis.call('ZREM', K.tenant_slow_slots .. st[5], id)
+    end
     redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
     -- History shows it in flight again (its attempts are there already, or come with its end).
     if finished then archive_delivery(id, hash_of(key), {}) end
-    redis.call('ZADD', K.due, NOW, id)
+    redis.call('ZADD', K.queue .. st[4], NOW, id)
+    redis.call('ZADD', K.endpoints .. st[5], 'LT', NOW, st[4])
+    redis.call('ZADD', K.tenants, 'LT', NOW, st[5])
     woken = true
     table.insert(out, 'ok')
   end

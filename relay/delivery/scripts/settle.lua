@@ -1,6 +1,11 @@
--- delivering → pending | delivered | failed | canceled, by the holder of the lease only.
+-- delivering → pending | delivered | failed | canceled, by the holder of the lease (its token).
 -- Writes the attempt (if one was made), the next due time and the endpoint's failure streak;
--- frees the endpoint slot and moves one parked delivery back to due.
+-- frees the endpoint's and the tenant's slot (bringing forward whoever waits for it) and notes
+-- whether the endpoint answers quickly (see claim.lua).
+-- An attempt whose worker lost the lease meanwhile (it stalled past it and another took over,
+-- or an operator canceled or retried the delivery) happened all the same: it joins the log as
+-- the next attempt, and a 2xx ends the delivery as delivered whatever state it is in; anything
+-- else changes nothing but the log, the schedule being the current holder's.
 -- `at` is Redis's clock as the worker tells it: the claim's TIME plus the time the attempt took
 -- (a monotonic duration), which spares every settle a TIME call and agrees with Redis's own
 -- clock to well under a millisecond.
@@ -8,45 +13,146 @@ local at = A.now_ms
 local id = A.id
 local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token', 'event_id',
   'webhook_id', 'tenant_id', 'event_type', 'created_at', 'cycle_start')
-if st[1] ~= 'delivering' or tonumber(st[2]) ~= A.attempt - 1 or st[3] ~= A.token then
-  return {0, '', int(at)}
+local delivered_now = A.status == 'delivered'
+
+-- The attempt's record numbered as the next one of the delivery: the claim's number unless a
+-- late attempt was logged since (rare: only then is the record decoded).
+local function numbered(n)
+  if A.record == '' or n == A.attempt then return A.record end
+  local record = cjson.decode(A.record)
+  record.number = n
+  return cjson.encode(record)
 end
-if redis.call('ZREM', K.slots, id) == 1 then
-  local next = redis.call('ZRANGE', K.parked, 0, 0)[1]
-  if next then
-    redis.call('ZREM', K.parked, next)
-    redis.call('ZADD', K.due, at, next)
-    wake()
+
+-- A delivery as history has it, with its attempts: Redis's list, then the last one.
+local function archive_whole(fields)
+  local attempts = redis.call('LRANGE', K.attempts, 0, -1)
+  local last = redis.call('HGET', K.delivery, 'last_attempt')
+  if last and last ~= '' then table.insert(attempts, last) end
+  for _, name in ipairs({'last_attempt', 'lease_until', 'lease_token', 'traceparent'}) do
+    fields[name] = nil
   end
+  archive_delivery(id, fields, attempts)
 end
-local count = A.attempt - 1
-if A.record ~= '' then count = A.attempt end
+
+if not st[1] then
+  -- Gone from Redis: it ended and history has it. A late attempt goes to history with the
+  -- delivery as history has it (A.archived, which the caller reads when told -1 here).
+  if A.record == '' then return {0, '', int(at)} end
+  local d = A.archived
+  if d == nil or d == cjson.null then return {-1, '', int(at)} end
+  local n = tonumber(d.attempt_count) + 1
+  d.attempt_count, d.updated_ms = tostring(n), int(at)
+  if delivered_now and d.status ~= 'delivered' then
+    d.status, d.delivered_ms = 'delivered', int(at)
+    d.last_status_code, d.last_error = A.last_status_code, A.last_error
+  end
+  archive_delivery(id, d, {numbered(n)})
+  return {1, '', int(at)}
+end
+
+local made = tonumber(st[2])
+local record = numbered(made + 1)
+local wh, t = st[5], st[6]
+local queue = K.queue .. wh
+if st[1] ~= 'delivering' or st[3] ~= A.token then
+  -- Not in flight, or in flight again: then the slot is the new attempt's.
+  if st[1] ~= 'delivering' then
+    redis.call('ZREM', K.slots .. wh, id)
+    redis.call('ZREM', K.tenant_slots .. t, id)
+    redis.call('ZREM', K.tenant_slow_slots .. t, id)
+  end
+  if record == '' then return {0, '', int(at)} end
+  local finished = st[1] ~= 'pending' and st[1] ~= 'delivering'
+  local win = delivered_now and st[1] ~= 'delivered'
+  local fields = {'attempt_count', made + 1, 'updated_ms', int(at)}
+  if finished then
+    -- An ended delivery keeps its last attempt on the hash: that one joins the list now.
+    local last = redis.call('HGET', K.delivery, 'last_attempt')
+    if last and last ~= '' then redis.call('RPUSH', K.attempts, last) end
+    table.insert(fields, 'last_attempt')
+    table.insert(fields, record)
+  elseif win then
+    table.insert(fields, 'last_attempt')
+    table.insert(fields, record)
+  else
+    redis.call('RPUSH', K.attempts, record)
+  end
+  if win then
+    for _, v in ipairs({'status', 'delivered', 'delivered_ms', int(at), 'next_attempt_at', '',
+      'last_status_code', A.last_status_code, 'last_error', A.last_error, 'lease_until', '',
+      'lease_token', ''}) do
+      table.insert(fields, v)
+    end
+    redis.call('ZREM', queue, id)
+  end
+  redis.call('HSET', K.delivery, unpack(fields))
+  if win then forget_if_idle(t, wh, true) end
+  if finished or win then archive_whole(hash_of(K.delivery)) end
+  return {1, '', int(at)}
+end
+
+local freed = redis.call('ZREM', K.slots .. wh, id) + redis.call('ZREM', K.tenant_slots .. t, id)
+-- The claim said whether the endpoint counted as quick: only a change is written (so a quick
+-- endpoint's flag lapses a day after it was set, and its next attempt sets it again).
+local freed_slow = 0
+if not A.was_quick then freed_slow = redis.call('ZREM', K.tenant_slow_slots .. t, id) end
+if A.quick == true and not A.was_quick then
+  redis.call('SET', K.quick, 1, 'EX', A.quick_ttl)
+elseif A.quick == false and A.was_quick then
+  redis.call('DEL', K.quick)
+end
+local count = made
+if record ~= '' then count = made + 1 end
 local due = A.status == 'pending' and at + A.delay_ms or nil
 -- A rescheduled attempt joins the delivery's list; the last one is kept on the delivery (one
 -- write fewer) until history has it.
-if due and A.record ~= '' then redis.call('RPUSH', K.attempts, A.record) end
+if due and record ~= '' then redis.call('RPUSH', K.attempts, record) end
 -- One HSET for every field that changes (this script runs once per attempt); the lease is
 -- blanked rather than deleted, which would be one more command.
-local delivered = A.status == 'delivered' and int(at) or ''
+local delivered = delivered_now and int(at) or ''
 redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
   'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(at),
   'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered, 'lease_until', '',
-  'lease_token', '', 'last_attempt', due and '' or A.record)
+  'lease_token', '', 'last_attempt', due and '' or record)
+local left = false
 if due then
-  redis.call('ZADD', K.due, due, id)
-  -- An idle worker sleeps until the head of the due set it last saw; this may be sooner.
+  redis.call('ZADD', queue, due, id)
+  redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
+  redis.call('ZADD', K.tenants, 'LT', due, t)
+  -- An idle worker sleeps until the first waiting time it last saw; this may be sooner.
   wake()
 else
   -- The schedule ended: the history writer owns it from here, and lets it go from Redis
   -- once PostgreSQL has it. Records in flight have no TTL: they leave that way, never by
   -- expiring (a managed Redis evicting keys with a TTL would take them otherwise).
-  redis.call('ZREM', K.due, id)
-  local attempts = A.attempt > 1 and redis.call('LRANGE', K.attempts, 0, -1) or {}
-  if A.record ~= '' then table.insert(attempts, A.record) end
+  redis.call('ZREM', queue, id)
+  left = forget_if_idle(t, wh, not A.was_quick)
+  local attempts = made > 0 and redis.call('LRANGE', K.attempts, 0, -1) or {}
+  if record ~= '' then table.insert(attempts, record) end
   archive_delivery(id, {id = id, event_id = st[4], webhook_id = st[5], tenant_id = st[6],
     event_type = st[7], created_at = st[8], cycle_start = st[9], status = A.status,
     attempt_count = tostring(count), last_status_code = A.last_status_code,
     last_error = A.last_error, updated_ms = int(at), delivered_ms = delivered}, attempts)
+end
+if freed > 0 and not left then
+  -- Whoever waited for the slot may go now: the endpoint if more of it is due, the least
+  -- recently served of those waiting for a slow slot if one freed, and the tenant if one of
+  -- its endpoints is due (it was at its concurrency).
+  local endpoints, changed = K.endpoints .. t, 0
+  local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]
+  if first and tonumber(first) <= at then
+    changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, wh)
+  end
+  if freed_slow > 0 then
+    local next = redis.call('ZPOPMIN', K.endpoints_slow .. t)[1]
+    if next then changed = changed + redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, next) end
+  end
+  local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
+  if soonest and tonumber(soonest) <= at then
+    changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', at, t)
+  end
+  if changed > 0 then wake() end
 end
 if A.endpoint == 'ok' then
   -- A streak the claim did not see began during this attempt: a later success ends it.

@@ -1,0 +1,30 @@
+-- delivering on a claim's short lease → delivering on the attempt's lease, for attempts of one
+-- worker still running. A claim leases its deliveries for seconds only, so that a claim whose
+-- reply never came (Redis stalled past the caller's timeout, then ran it) holds them for no
+-- longer; the worker that did get its claims extends the leases of the attempts that outlast a
+-- share of that (most have settled by then, and never need this call).
+-- Only for the lease's holder (its token) and while the lease holds: one that lapsed may have
+-- been taken over already, or be any moment. Replies 1 (extended) or 0 per claim, in order.
+local out = {}
+for _, c in ipairs(A.claims) do
+  local id, token = c[1], c[2]
+  local key = K.delivery .. id
+  local st = redis.call('HMGET', key, 'status', 'lease_token', 'lease_until', 'webhook_id',
+    'tenant_id')
+  if st[1] == 'delivering' and st[2] == token and tonumber(st[3]) >= NOW then
+    local lease = int(NOW + A.lease_ms)
+    local wh, t = st[4], st[5]
+    redis.call('HSET', key, 'lease_until', lease)
+    -- Its place in the queue and its slots are scored by the lease: a claim reads them to
+    -- know when to look again, and counts a slot out when its lease has run out. XX: a
+    -- disabled or deleted webhook's delivery holds no slot, and gets none here.
+    redis.call('ZADD', K.queue .. wh, 'XX', lease, id)
+    redis.call('ZADD', K.slots .. wh, 'XX', lease, id)
+    redis.call('ZADD', K.tenant_slots .. t, 'XX', lease, id)
+    redis.call('ZADD', K.tenant_slow_slots .. t, 'XX', lease, id)
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out

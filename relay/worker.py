@@ -93,6 +93,9 @@ class DeliveryWorker:
                 await self._room.wait()
                 continue
             try:
+                # First what is already in flight: after Redis was away, a claim could take
+                # over an attempt of this worker's whose claim's lease ran out meanwhile.
+                await self._extend_leases()
                 poll = await self._svc.deliveries.claim(
                     self._owner,
                     free,
@@ -140,25 +143,25 @@ class DeliveryWorker:
         after its claim (until cancelled, once the attempts are drained)."""
         while True:
             await asyncio.sleep(_EXTEND_EVERY_SECONDS)
-            due = time.monotonic() - _EXTEND_AFTER_SECONDS
-            claims = [c for c in self._short.values() if c.taken_at <= due]
-            if not claims:
-                continue
             try:
-                held = await self._svc.deliveries.extend(claims, self._lease_ms)
+                await self._extend_leases()
             except REDIS_AWAY as exc:
-                # Asked again at the next check: the claim's lease leaves room for that.
+                # Asked again at the next check, or before the next claim.
                 self._svc.counts.add("redis_errors")
                 log.warning("redis unavailable while extending leases (%s); retrying", exc)
-                continue
-            for claim in claims:
-                self._short.pop(claim.delivery_id, None)
-            if lapsed := len(claims) - len(held):
-                # Another worker may take these over; the attempts still end logged (see
-                # settle.lua), and a 2xx still wins.
-                log.warning(
-                    "%d attempts outlived their claim's lease before it was extended", lapsed
-                )
+
+    async def _extend_leases(self) -> None:
+        due = time.monotonic() - _EXTEND_AFTER_SECONDS
+        claims = [c for c in self._short.values() if c.taken_at <= due]
+        if not claims:
+            return
+        held = await self._svc.deliveries.extend(claims, self._lease_ms)
+        for claim in claims:
+            self._short.pop(claim.delivery_id, None)
+        if lost := len(claims) - len(held):
+            # Taken over after their claim's lease ran out (this worker stalled, or Redis was
+            # away that long): the attempts still end logged, and a 2xx still wins.
+            log.warning("%d attempts in flight were taken over by another claim", lost)
 
     async def _idle(self, next_due_in_ms: int | None) -> None:
         wait = _IDLE_SECONDS if next_due_in_ms is None else next_due_in_ms / 1000

@@ -214,20 +214,24 @@ async def test_an_extended_claim_holds_for_the_attempts_lease_and_a_lapsed_one_i
         assert delivery.status is Status.DELIVERED and delivery.attempt_count == 1
 
 
-async def test_a_claim_whose_lease_lapsed_cannot_be_extended(
+async def test_a_lapsed_claim_is_extended_until_another_claim_takes_it_over(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
     await redis_client.set(keys.webhook("wh_1"), orjson.dumps(WEBHOOK))
-    event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
-    await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
+    for n in (1, 2):
+        event = NewEvent(f"evt_{n}", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+        await store.accept(event, [PlannedDelivery(f"dlv_{n}", "wh_1")])
 
-    [late] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
+    # Redis was away for longer than the claims' lease, with both attempts in flight.
+    kept, lost = (await store.claim("a", 10, lease_ms=50, concurrency=2)).claims
     await asyncio.sleep(0.1)
-    # Nobody took it over yet, but anyone may at any moment: it is a new claim's.
-    assert await store.extend([late], lease_ms=60_000) == []
-    [again] = (await store.claim("a", 10, lease_ms=60_000, concurrency=1)).claims
-    assert again.delivery_id == "dlv_1" and again.token != late.token
+    # Nobody took the first over: it is still its worker's, and now for the attempt's lease.
+    assert await store.extend([kept], lease_ms=60_000) == [kept]
+    [again] = (await store.claim("b", 10, lease_ms=60_000, concurrency=2)).claims
+    assert again.delivery_id == lost.delivery_id and again.token != lost.token
+    assert await store.extend([lost], lease_ms=60_000) == []
+    assert (await store.claim("c", 10, lease_ms=60_000, concurrency=2)).claims == []
 
 
 async def test_a_2xx_that_comes_back_after_the_lease_ran_out_is_logged_and_wins(

@@ -3,17 +3,17 @@
 -- reply never came (Redis stalled past the caller's timeout, then ran it) holds them for no
 -- longer; the worker that did get its claims extends the leases of the attempts that outlast a
 -- share of that (most have settled by then, and never need this call).
--- Only for the lease's holder (its token) and while the lease holds: one that lapsed may have
--- been taken over already, or be any moment. Replies 1 (extended) or 0 per claim, in order.
+-- Only for the lease's holder (its token): a lease that ran out is still the holder's until a
+-- claim takes the delivery over, which gives it a new token (as after Redis was away for longer
+-- than a claim's lease, with attempts in flight). Replies 1 (extended) or 0 per claim, in order.
 local out = {}
 for _, c in ipairs(A.claims) do
   local id, token = c[1], c[2]
   local key = K.delivery .. id
-  local st = redis.call('HMGET', key, 'status', 'lease_token', 'lease_until', 'webhook_id',
-    'tenant_id')
-  if st[1] == 'delivering' and st[2] == token and tonumber(st[3]) >= NOW then
+  local st = redis.call('HMGET', key, 'status', 'lease_token', 'webhook_id', 'tenant_id')
+  if st[1] == 'delivering' and st[2] == token then
     local lease = int(NOW + A.lease_ms)
-    local wh, t = st[4], st[5]
+    local wh, t = st[3], st[4]
     redis.call('HSET', key, 'lease_until', lease)
     -- Its place in the queue and its slots are scored by the lease: a claim reads them to
     -- know when to look again, and counts a slot out when its lease has run out. XX: a

@@ -400,6 +400,8 @@ class DeliveryStore:
         arg["inline_payload_bytes"] = INLINE_PAYLOAD_BYTES
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
         arg["history_max"] = self._history_backlog if checking else None
+        taken_at = time.monotonic()
+        arg["now_ms"] = estimate = self._clock.now_ms()
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
         try:
             reply = await self._run(
@@ -429,8 +431,10 @@ class DeliveryStore:
             ) from None
         if checking:
             self._backlog_checked_at = time.monotonic()
-        if reply:
+        if isinstance(reply, list):
             return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
+        if estimate is None:
+            self._clock.read(int(reply), taken_at)
         return Begun(event.id, repeat=False, unfinished=not whole)
 
     async def finish_accept(self, event_id: str, client: Redis | None = None) -> None:

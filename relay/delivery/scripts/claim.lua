@@ -252,23 +252,36 @@ local function visit(t, want)
   return soonest or false
 end
 
-local due = redis.call('ZRANGE', K.tenants, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, A.wakes)
+-- By rank, one past the most it visits, as for a tenant's endpoints: the first not due says when
+-- to look again, unless a tenant visited is sooner.
+local listed = redis.call('ZRANGE', K.tenants, 0, A.wakes, 'WITHSCORES')
+local due, soonest = {}, nil
+for i = 1, #listed, 2 do
+  if tonumber(listed[i + 1]) > NOW or #due == A.wakes then
+    soonest = tonumber(listed[i + 1])
+    break
+  end
+  table.insert(due, listed[i])
+end
 for i, t in ipairs(due) do
-  if #claims >= A.limit or budget <= 0 then break end
+  if #claims >= A.limit or budget <= 0 then
+    soonest = NOW  -- those left are due
+    break
+  end
   local next = visit(t, math.ceil((A.limit - #claims) / (#due - i + 1)))
   if next then
     redis.call('ZADD', K.tenants, next, t)
+    if not soonest or next < soonest then soonest = next end
   else
     redis.call('ZREM', K.tenants, t)
   end
 end
 -- When to look again, in ms from now: when the first tenant's time comes (0: it has come, or
 -- the payload bound left due deliveries for the next call; -1: nothing in flight at all).
-local first = redis.call('ZRANGE', K.tenants, 0, 0, 'WITHSCORES')[2]
 local wait = -1
 if full then
   wait = 0
-elseif first then
-  wait = int(math.max(0, tonumber(first) - NOW))
+elseif soonest then
+  wait = int(math.max(0, soonest - NOW))
 end
 return {int(NOW), wait, claims, taken_over, events, missing}

@@ -115,7 +115,6 @@ redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
   'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(at),
   'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered, 'lease_until', '',
   'lease_token', '', 'last_attempt', due and '' or record)
-local left = false
 if due then
   redis.call('ZADD', queue, due, id)
   redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
@@ -127,7 +126,6 @@ else
   -- once PostgreSQL has it. Records in flight have no TTL: they leave that way, never by
   -- expiring (a managed Redis evicting keys with a TTL would take them otherwise).
   redis.call('ZREM', queue, id)
-  left = forget_if_idle(t, wh, not A.was_quick)
   local attempts = made > 0 and redis.call('LRANGE', K.attempts, 0, -1) or {}
   if record ~= '' then table.insert(attempts, record) end
   archive_delivery(id, {id = id, event_id = st[4], webhook_id = st[5], tenant_id = st[6],
@@ -135,7 +133,11 @@ else
     attempt_count = tostring(count), last_status_code = A.last_status_code,
     last_error = A.last_error, updated_ms = int(at), delivered_ms = delivered}, attempts)
 end
-if freed > 0 and not left then
+-- An endpoint whose queue this left empty stays in its tenant's set (and the tenant in theirs)
+-- until the next claim that looks at it, at the latest when the lease it was scored by runs
+-- out: that claim lets it go (see claim.lua). Most of the time an endpoint with traffic gets
+-- its next delivery first, and taking it out here would only have it put back.
+if freed > 0 then
   -- Whoever waited for the slot may go now: the endpoint if more of it is due, the least
   -- recently served of those waiting for a slow slot if one freed, and the tenant if one of
   -- its endpoints is due (it was at its concurrency).

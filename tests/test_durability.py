@@ -117,8 +117,15 @@ async def test_every_key_expires_or_has_an_owner(
         delivery_id = event["deliveries"][0]["id"]
         await wait_status(admin, hook["id"], delivery_id, "delivered")
     # A finished delivery, its attempts and its event are the history writer's until PostgreSQL
-    # has them; then they leave Redis.
-    finished = [keys.delivery(delivery_id), keys.attempts(delivery_id), keys.event(event["id"])]
+    # has them; then they leave Redis. The endpoint, and its tenant, leave the schedule at the
+    # first claim after the last one's lease (5 s).
+    finished = [
+        keys.delivery(delivery_id),
+        keys.attempts(delivery_id),
+        keys.event(event["id"]),
+        keys.endpoints("space_42"),
+        keys.TENANTS,
+    ]
     deadline = time.monotonic() + 15
     while await redis_client.exists(*finished):
         assert time.monotonic() < deadline, "history never took the finished delivery"

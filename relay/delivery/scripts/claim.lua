@@ -238,11 +238,11 @@ local function visit(t, want)
       again = again or next <= NOW
       if not soonest or next < soonest then soonest = next end
     else
+      -- Also from the record of turns at the slow share, whether or not it is quick now: it
+      -- may have turned quick since it was served from it.
       redis.call('ZREM', T.endpoints, wh)
-      if not endpoints[wh].quick then
-        redis.call('ZREM', T.slow, wh)
-        redis.call('HDEL', T.served, wh)
-      end
+      redis.call('ZREM', T.slow, wh)
+      redis.call('HDEL', T.served, wh)
     end
   end
   if T.free <= 0 then

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from relay import tracing
+from relay import tasks, tracing
 from relay.api import audit, deliveries, event_types, events, ops, stats, tokens, webhooks
 from relay.api.console import console_routes
 from relay.api.errors import EXCEPTION_HANDLERS
@@ -59,8 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            counting.cancel()
-            await asyncio.gather(counting, return_exceptions=True)
+            await tasks.cancel([counting])
             await flush(app.state.services.redis, None, app.state.services.counts)
             await app.state.services.aclose()
 

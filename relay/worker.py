@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import OutOfMemoryError
 
-from relay import logs
+from relay import logs, tasks
 from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
@@ -280,9 +280,7 @@ async def _jobs_forever(svc: Services, stopping: asyncio.Event) -> None:
         try:
             await asyncio.wait({main, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            main.cancel()
-            stopped.cancel()
-            await asyncio.gather(main, stopped, return_exceptions=True)
+            await tasks.cancel([main, stopped])
             await redis.aclose()
         if not main.cancelled() and main.exception() is not None:
             log.warning("background job runner lost redis (%s); restarting", main.exception())
@@ -322,7 +320,7 @@ async def run(settings: Settings) -> None:
         if not await wait_for_redis(svc, stopping) or not await svc.database.wait(stopping):
             return
         log.info("worker connected")
-        tasks = [
+        background = [
             asyncio.create_task(_maintain_forever(svc, stopping)),
             asyncio.create_task(worker.keep_leases()),
             asyncio.create_task(_jobs_forever(svc, stopping)),
@@ -335,9 +333,7 @@ async def run(settings: Settings) -> None:
         ]
         await worker.run()
         await worker.drain(settings.delivery_timeout + 1)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await tasks.cancel(background)
         await flush(svc.redis, worker_name(), svc.counts)
     finally:
         await svc.aclose()

@@ -123,8 +123,17 @@ class RedisServer:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            self.process.wait(10)
+            # Redis turns down a SIGTERM that comes while it writes its first AOF (as a replica
+            # does right after a sync) and does not come back to it: ask until it goes.
+            deadline = time.monotonic() + 10
+            while True:
+                self.process.terminate()
+                try:
+                    self.process.wait(0.5)
+                    return
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise
 
     def kill(self) -> None:
         """SIGKILL: no flush, no goodbye; what the AOF had is what a restart finds."""

@@ -71,25 +71,26 @@ end
 -- once the payloads in it would pass A.payload_bytes, a delivery of another event is not claimed
 -- but left due for the next call, and its endpoint is served no further in this one (`full`).
 -- Without the bound a reply, and the time Redis spends building it while every other client
--- waits, grows with the bodies and fan-outs that are due.
--- A payload the caller holds from an earlier claim (A.known) is not sent again.
+-- waits, grows with the bodies and fan-outs that are due. A payload is read once to be weighed
+-- and sent (the one that does not fit is the only one read for nothing), and one the caller
+-- holds from an earlier claim (A.known) is not sent again.
 local payloads, payload_bytes, full = {}, 0, false
 local known = {}
 for _, id in ipairs(A.known) do known[id] = true end
-local function payload_fits(event_id)
-  if payloads[event_id] or known[event_id] or payload_bytes == 0 then return true end
-  local size = redis.call('HSTRLEN', K.event .. event_id, 'payload')
-  if payload_bytes + size <= A.payload_bytes then return true end
-  full = true
-  return false
-end
 local events = {}
-local function add_payload(event_id)
-  if payloads[event_id] or known[event_id] then return end
-  payloads[event_id] = redis.call('HGET', K.event .. event_id, 'payload') or ''
-  payload_bytes = payload_bytes + #payloads[event_id]
+local function payload_fits(event_id)
+  if payloads[event_id] or known[event_id] then return true end
+  if full then return false end
+  local payload = redis.call('HGET', K.event .. event_id, 'payload') or ''
+  if payload_bytes > 0 and payload_bytes + #payload > A.payload_bytes then
+    full = true
+    return false
+  end
+  payloads[event_id] = payload
+  payload_bytes = payload_bytes + #payload
   table.insert(events, event_id)
-  table.insert(events, payloads[event_id])
+  table.insert(events, payload)
+  return true
 end
 
 -- Claims one delivery of the queue if it may go. Returns the claim (or nil), the delivery's
@@ -128,7 +129,6 @@ local function try(id, wh, e, t)
   redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
     'lease_token', token)
   redis.call('ZADD', queue, lease, id)
-  add_payload(d[5])
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
     e.failing, e.quick and 1 or 0}, lease
 end

@@ -40,13 +40,16 @@ for _, d in ipairs(A.deliveries) do
     released = released + 1
   end
 end
+-- What leaves goes in one DEL for the batch (in steps that keep within what unpack takes).
+local gone = {}
 for event, g in pairs(letting_go) do
   if redis.call('HINCRBY', event, 'live', -g.n) <= 0 then
     if g.upstream then redis.call('EXPIRE', g.upstream, A.upstream_grace) end
-    table.insert(g.keys, event)
+    table.insert(gone, event)
   end
-  if #g.keys > 0 then redis.call('DEL', unpack(g.keys)) end
+  for _, key in ipairs(g.keys) do table.insert(gone, key) end
 end
+for i = 1, #gone, 1000 do redis.call('DEL', unpack(gone, i, math.min(i + 999, #gone))) end
 if #A.entries > 0 then
   redis.call('XACK', K.history, K.group, unpack(A.entries))
   redis.call('XDEL', K.history, unpack(A.entries))

@@ -38,8 +38,9 @@ local function write(deliveries, skip_written)
       written = written + 1
     end
   end
-  if written > 0 then
-    redis.call('ZADD', K.tenants, 'LT', NOW, A.tenant_id)
+  -- Idle workers are woken only when the tenant's turn moved up: one already due is being
+  -- served, or is to be by a worker that has seen so.
+  if written > 0 and redis.call('ZADD', K.tenants, 'LT', 'CH', NOW, A.tenant_id) == 1 then
     wake()
   end
 end

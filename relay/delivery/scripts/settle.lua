@@ -118,9 +118,8 @@ redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
 if due then
   redis.call('ZADD', queue, due, id)
   redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
-  redis.call('ZADD', K.tenants, 'LT', due, t)
   -- An idle worker sleeps until the first waiting time it last saw; this may be sooner.
-  wake()
+  if redis.call('ZADD', K.tenants, 'LT', 'CH', due, t) == 1 then wake() end
 else
   -- The schedule ended: the history writer owns it from here, and lets it go from Redis
   -- once PostgreSQL has it. Records in flight have no TTL: they leave that way, never by

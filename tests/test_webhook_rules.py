@@ -26,6 +26,7 @@ RESERVED = [
     "user-agent",
     "transfer-encoding",
     "connection",
+    "accept-encoding",
 ]
 
 

@@ -327,12 +327,14 @@ async def _peak_growth_mb(pid: int, burst: Awaitable[None]) -> float:
 def api_process(
     redis_server: RedisServer, redis_client: redis.asyncio.Redis
 ) -> Iterator[tuple[str, int]]:
-    """A `relay api` process (its URL and pid) sharing the test's Redis."""
+    """A `relay api` process (its URL and pid) sharing the test's Redis, whose test sends are
+    not limited, so that a hundred can be in flight at once."""
     port = free_port()
     env = relay_env(
         redis_server.url,
         RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
         RELAY_ALLOW_PRIVATE_TARGETS="true",
+        RELAY_TEST_SENDS_PER_MINUTE="0",
         RELAY_DELIVERY_TIMEOUT=str(BURST_TIMEOUT),
     )
     api = spawn_relay(

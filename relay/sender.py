@@ -94,6 +94,7 @@ class Sender:
         user_agent: str,
         address_check: AddressCheck | None = None,
         capture_bytes: int = 4096,
+        propagate_trace_context: bool = False,
     ) -> None:
         self._timeout = timeout
         self._capture_bytes = capture_bytes
@@ -102,7 +103,10 @@ class Sender:
         self._address_check = address_check
         self._client = httpx.AsyncClient(
             # The transport calls the factory on first use, inside the loop aiohttp binds to.
-            transport=AiohttpTransport(client=self._new_session),
+            transport=_Transport(
+                client=self._new_session,
+                withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
+            ),
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
@@ -202,6 +206,25 @@ class Sender:
             max_field_size=_MAX_HEAD_LINE_BYTES,
             max_headers=_MAX_RESPONSE_HEADERS,
         )
+
+
+class _Transport(AiohttpTransport):
+    """The aiohttp transport, withholding the trace context headers tracing would add.
+
+    The client span's instrumentation wraps `handle_async_request` and adds them on the way in,
+    so they are removed here, below it: the span is still recorded, the receiver never sees it.
+    """
+
+    def __init__(
+        self, client: Callable[[], aiohttp.ClientSession], withheld: frozenset[str]
+    ) -> None:
+        super().__init__(client=client)
+        self._withheld = withheld
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for name in self._withheld:
+            request.headers.pop(name, None)
+        return await super().handle_async_request(request)
 
 
 async def _read_capped(response: httpx.Response, into: bytearray, limit: int) -> None:

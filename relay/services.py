@@ -103,6 +103,7 @@ class Services:
                 user_agent=USER_AGENT,
                 address_check=policy.allows,
                 capture_bytes=settings.capture_response_bytes,
+                propagate_trace_context=settings.propagate_trace_context,
             ),
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring, replicas),

@@ -27,6 +27,9 @@ RESERVED = [
     "transfer-encoding",
     "connection",
     "accept-encoding",
+    "traceparent",
+    "tracestate",
+    "baggage",
 ]
 
 

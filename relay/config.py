@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     capture_response_bytes: int = Field(4096, ge=0, le=1_048_576)
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
     api_rate_limit: int = Field(1000, ge=0)
+    # Each test send makes relay POST to a tenant-chosen host at once: per tenant, 0 = no limit.
+    test_sends_per_minute: int = Field(10, ge=0)
+    # Send the W3C trace context to receivers: it carries the upstream's trace id to customers.
+    propagate_trace_context: bool = False
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
     metrics_token: SecretStr | None = None
     # Unset means `json`, except under `relay dev`, which a person reads at a terminal.

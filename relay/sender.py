@@ -4,6 +4,9 @@ httpx's API over aiohttp's connection pool (via httpx-aiohttp): httpx's own pool
 concurrency (about 1,100 sends/s at 4 in flight falling to 320/s at 64), aiohttp's does not.
 Every address a hostname resolves to passes `address_check` before any connection is made, which
 is where the SSRF guard plugs in; TLS still verifies the hostname, not the checked IP.
+
+A receiver is untrusted: whatever it answers, one attempt holds at most the capture limit of
+its body (raw bytes, never decompressed), within the attempt's timeout.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from typing import Self
 import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import HttpProcessingError
 from httpx_aiohttp import AiohttpTransport
 
 from relay import tracing
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressCheck = Callable[[IPAddress], bool]
+
+_MAX_HEAD_LINE_BYTES = 8190  # the status line, and each header of an answer
+_MAX_RESPONSE_HEADERS = 128
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,6 +94,7 @@ class Sender:
         user_agent: str,
         address_check: AddressCheck | None = None,
         capture_bytes: int = 4096,
+        propagate_trace_context: bool = False,
     ) -> None:
         self._timeout = timeout
         self._capture_bytes = capture_bytes
@@ -95,13 +103,13 @@ class Sender:
         self._address_check = address_check
         self._client = httpx.AsyncClient(
             # The transport calls the factory on first use, inside the loop aiohttp binds to.
-            transport=AiohttpTransport(client=self._new_session),
+            transport=_Transport(
+                client=self._new_session,
+                withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
+            ),
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
-            # We keep only the start of a response, so compression would buy nothing and let a
-            # receiver make us inflate a bomb; callers may still override it per send.
-            headers={"accept-encoding": "identity"},
             # A cookie one receiver sets must never reach another receiver on the same host.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
@@ -113,6 +121,7 @@ class Sender:
         status: int | None = None
         retry_after: str | None = None
         captured = bytearray()
+        encoding = "identity"
         error: str | None = None
         try:
             self._check_target(url)
@@ -126,6 +135,7 @@ class Sender:
             ):
                 status = response.status_code
                 retry_after = response.headers.get("retry-after")
+                encoding = response.headers.get("content-encoding", "identity").strip()
                 await _read_capped(response, captured, self._capture_bytes)
         except (_Refused, httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError) as exc:
             error = _describe(exc, self._timeout, status)
@@ -133,7 +143,7 @@ class Sender:
             status_code=status,
             duration_ms=round((time.perf_counter() - started) * 1000),
             error=error,
-            response_body=bytes(captured).decode("utf-8", errors="replace"),
+            response_body=_shown(captured, encoding),
             retry_after=retry_after,
         )
 
@@ -168,6 +178,9 @@ class Sender:
     def _headers(self, headers: Mapping[str, str]) -> httpx.Headers:
         merged = httpx.Headers(headers)
         merged["user-agent"] = self._user_agent
+        # Only the start of a response is kept, so compression would buy nothing. This only
+        # asks: an encoded answer is still never inflated (see `_read_capped`).
+        merged["accept-encoding"] = "identity"
         return merged
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -184,20 +197,57 @@ class Sender:
             ssl=httpx.create_ssl_context(trust_env=False),
         )
         return aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            # A receiver's answer head is bounded too (aiohttp's defaults, pinned here): longer
+            # lines or more headers are a malformed response, refused before any is kept.
+            max_line_size=_MAX_HEAD_LINE_BYTES,
+            max_field_size=_MAX_HEAD_LINE_BYTES,
+            max_headers=_MAX_RESPONSE_HEADERS,
         )
 
 
+class _Transport(AiohttpTransport):
+    """The aiohttp transport, withholding the trace context headers tracing would add.
+
+    The client span's instrumentation wraps `handle_async_request` and adds them on the way in,
+    so they are removed here, below it: the span is still recorded, the receiver never sees it.
+    """
+
+    def __init__(
+        self, client: Callable[[], aiohttp.ClientSession], withheld: frozenset[str]
+    ) -> None:
+        super().__init__(client=client)
+        self._withheld = withheld
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for name in self._withheld:
+            request.headers.pop(name, None)
+        return await super().handle_async_request(request)
+
+
 async def _read_capped(response: httpx.Response, into: bytearray, limit: int) -> None:
-    """Append at most `limit` bytes of the body; the rest is never read."""
+    """Append at most `limit` raw bytes of the body; the rest is never read.
+
+    Raw: decoding a Content-Encoding would inflate each chunk whole before any cap applied, and
+    a few hundred bytes of stacked gzip inflate to hundreds of megabytes.
+    """
     if limit <= 0:
         return  # capture is off: not a byte of the body is read
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         into += chunk[: limit - len(into)]
         if len(into) >= limit:
             # Leaving the stream unfinished makes aiohttp close the connection instead of
             # pooling it, so the unread rest is dropped rather than drained.
             return
+
+
+def _shown(captured: bytearray, encoding: str) -> str:
+    """The captured body as the attempt log shows it: text, or a note that it is encoded."""
+    if encoding.lower() not in ("", "identity") and captured:
+        return f"[{len(captured)} bytes with content-encoding {encoding!r}, not decoded]"
+    return bytes(captured).decode("utf-8", errors="replace")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -229,6 +279,11 @@ def _describe(exc: BaseException, timeout: float, status: int | None) -> str:
             return f"tls error: {cause.reason or cause}"
         if isinstance(cause, socket.gaierror):
             return f"dns lookup failed: {cause.strerror}"
+        if isinstance(cause, HttpProcessingError):
+            # aiohttp's parser refused the answer (status line, header sizes or count, framing);
+            # its message's first phrase says which, the rest quotes the receiver's bytes.
+            phrase = cause.message.split(":", 1)[0].strip() or "not HTTP/1.x"
+            return f"malformed response: {phrase[:1].lower()}{phrase[1:]}{suffix}"
         if isinstance(cause, aiohttp.ServerDisconnectedError):
             return f"server disconnected{suffix}"
         if isinstance(cause, httpx.InvalidURL | aiohttp.InvalidURL):

@@ -17,12 +17,13 @@ from relay.metrics import Counts
 from relay.secrets import Keyring
 from relay.sender import Sender
 from relay.ssrf import AddressPolicy
+from relay.store import keys
 from relay.store.audit import AuditLog
 from relay.store.connect import connect_redis
 from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
-from relay.store.ratelimit import TokenRateLimiter
+from relay.store.ratelimit import WindowLimiter
 from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
@@ -75,7 +76,8 @@ class Services:
     audit: AuditLog
     events: EventStore
     event_types: EventTypeStore
-    rate_limiter: TokenRateLimiter
+    rate_limiter: WindowLimiter  # API requests per token and second
+    test_sends: WindowLimiter  # per tenant and minute: each makes relay POST somewhere at once
     deliveries: DeliveryStore
     jobs: JobQueue
     database: Database
@@ -101,6 +103,7 @@ class Services:
                 user_agent=USER_AGENT,
                 address_check=policy.allows,
                 capture_bytes=settings.capture_response_bytes,
+                propagate_trace_context=settings.propagate_trace_context,
             ),
             tokens=TokenStore(redis),
             idempotency=IdempotencyStore(redis, ring, replicas),
@@ -108,7 +111,10 @@ class Services:
             audit=AuditLog(redis, settings.retention_seconds, archive),
             events=EventStore(redis, archive),
             event_types=EventTypeStore(redis),
-            rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
+            rate_limiter=WindowLimiter(redis, settings.api_rate_limit, 1, keys.token_rate),
+            test_sends=WindowLimiter(
+                redis, settings.test_sends_per_minute, 60, keys.test_send_rate
+            ),
             deliveries=DeliveryStore(
                 redis,
                 settings.retention_seconds,

@@ -125,6 +125,18 @@ def instrument(client: httpx.AsyncClient) -> None:
     )
 
 
+def context_headers() -> frozenset[str]:
+    """The headers the client span's instrumentation adds to a request (none when not tracing).
+
+    They carry the trace id of whoever started the event's trace, often the upstream's.
+    """
+    if _provider is None:
+        return frozenset()
+    from opentelemetry.propagate import get_global_textmap
+
+    return frozenset(get_global_textmap().fields)
+
+
 def trace_id() -> str | None:
     """The current trace's id in hex, for log lines; None when not tracing."""
     if _tracer is None:

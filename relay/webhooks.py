@@ -50,9 +50,12 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Visible ASCII with inner spaces or tabs: HTTP clients refuse anything else at send time, and
 # CR, LF or NUL would let a value smuggle in headers of its own.
 _HEADER_VALUE = re.compile(r"([!-~]([\t -~]*[!-~])?)?")
-# Set by relay itself (signature, body framing, identity) or meaningful only to one hop.
+# Set by relay itself (signature, body framing, identity, what it accepts back, trace context)
+# or meaningful only to one hop.
 _RESERVED_HEADERS = frozenset(
     {
+        "accept-encoding",
+        "baggage",
         "connection",
         "content-encoding",
         "content-length",
@@ -63,6 +66,8 @@ _RESERVED_HEADERS = frozenset(
         "proxy-connection",
         "te",
         "trailer",
+        "traceparent",
+        "tracestate",
         "transfer-encoding",
         "upgrade",
         "user-agent",

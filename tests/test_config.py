@@ -30,6 +30,7 @@ def test_defaults_follow_the_contract() -> None:
     assert s.allowed_cidrs == () and s.disable_after == 432_000
     assert 1 <= s.endpoint_concurrency <= 16
     assert s.redis_min_replicas == 0
+    assert s.test_sends_per_minute == 10 and s.propagate_trace_context is False
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,6 +82,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("RELAY_REDIS_URL", "redis+sentinel://10.0.0.1:26379/relay?db=1"),
         ("RELAY_REDIS_MIN_REPLICAS", "-1"),
         ("RELAY_REDIS_MIN_REPLICAS", "some"),
+        ("RELAY_TEST_SENDS_PER_MINUTE", "-1"),
+        ("RELAY_TEST_SENDS_PER_MINUTE", "many"),
+        ("RELAY_PROPAGATE_TRACE_CONTEXT", "perhaps"),
     ],
 )
 def test_bad_values_are_reported_by_name(

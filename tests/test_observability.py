@@ -106,6 +106,70 @@ async def test_an_event_retried_twice_is_one_trace_from_ingest_to_each_attempt(
     assert "query-secret" not in repr([dict(s.attributes or {}) for s in finished])
 
 
+UPSTREAM_TRACE = "0af7651916cd43dd8448eb211c80319c"
+UPSTREAM = {
+    "traceparent": f"00-{UPSTREAM_TRACE}-b7ad6b7169203331-01",
+    "tracestate": "upstream=secret-ish",
+    "baggage": "customer=upstream-internal",
+}
+TRACE_CONTEXT = {"traceparent", "tracestate", "baggage"}
+
+
+async def _deliver_one(admin: httpx.AsyncClient, rx: Receiver) -> dict[str, str]:
+    """An event posted in the upstream's trace, delivered to `rx`; its receiver's request."""
+    hook = await webhook(admin, rx.url("/hook"))
+    body = {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "p"}}
+    response = await admin.post("/v1/events", json=body, headers=UPSTREAM)
+    assert response.status_code == 202
+    delivery = response.json()["data"]["deliveries"][0]
+    await wait_status(admin, hook["id"], delivery["id"], "delivered")
+    [request] = rx.requests
+    return request.headers
+
+
+async def test_receivers_get_no_trace_context_unless_it_is_propagated(
+    spans: InMemorySpanExporter,
+    make_client: ClientFactory,
+    in_process_worker: Callable[..., None],
+) -> None:
+    admin = await make_client()
+    in_process_worker()
+    async with Receiver() as rx:
+        delivered = await _deliver_one(admin, rx)
+        hook = await webhook(admin, rx.url("/test"))
+        sent = await admin.post(
+            "/v1/webhooks/test", json={"webhook_id": hook["id"]}, headers=UPSTREAM
+        )
+        assert sent.status_code == 200
+        [tested] = rx.requests_to("/test")
+
+    for headers in (delivered, tested.headers):
+        assert not TRACE_CONTEXT & set(headers), headers
+        assert UPSTREAM_TRACE not in repr(headers)
+    # Traced all the same: the request to the receiver is still a client span of the trace.
+    finished = spans.get_finished_spans()
+    clients = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert len(clients) == 2
+    assert {format(s.context.trace_id, "032x") for s in clients} == {UPSTREAM_TRACE}
+
+
+async def test_propagated_trace_context_reaches_receivers(
+    spans: InMemorySpanExporter,
+    make_client: ClientFactory,
+    in_process_worker: Callable[..., None],
+) -> None:
+    admin = await make_client()
+    in_process_worker(propagate_trace_context=True)
+    async with Receiver() as rx:
+        headers = await _deliver_one(admin, rx)
+
+    version, trace, parent, flags = headers["traceparent"].split("-")
+    assert (version, trace, flags) == ("00", UPSTREAM_TRACE, "01")
+    # The receiver's parent is relay's client span for this very request.
+    (client,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert parent == format(client.context.span_id, "016x")
+
+
 async def test_without_a_collector_nothing_is_traced(make_client: ClientFactory) -> None:
     assert not tracing.enabled() and tracing.traceparent() is None
     admin = await make_client()

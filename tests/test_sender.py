@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
@@ -56,6 +57,27 @@ async def test_user_agent_cannot_be_replaced_by_caller_headers(
 
     [request] = rx.requests
     assert request.headers["user-agent"] == UA
+
+
+async def test_identity_encoding_is_asked_for_whatever_the_caller_says(
+    rx: Receiver, sender: Sender
+) -> None:
+    await sender.send(rx.url(), b"{}", {"Accept-Encoding": "gzip, br"})
+
+    [request] = rx.requests
+    assert request.headers["accept-encoding"] == "identity"
+
+
+async def test_an_encoded_answer_is_kept_raw_and_said_to_be_encoded(
+    rx: Receiver, sender: Sender
+) -> None:
+    rx.answer(Reply(headers={"content-encoding": "gzip"}, body=gzip.compress(b"a" * 100_000)))
+
+    result = await sender.send(rx.url(), b"{}", {})
+
+    assert result.ok and result.error is None
+    kept = len(gzip.compress(b"a" * 100_000))
+    assert result.response_body == f"[{kept} bytes with content-encoding 'gzip', not decoded]"
 
 
 async def test_server_error_is_reported_as_its_status(rx: Receiver, sender: Sender) -> None:

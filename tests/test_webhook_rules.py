@@ -26,6 +26,10 @@ RESERVED = [
     "user-agent",
     "transfer-encoding",
     "connection",
+    "accept-encoding",
+    "traceparent",
+    "tracestate",
+    "baggage",
 ]
 
 

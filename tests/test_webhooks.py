@@ -269,6 +269,46 @@ async def test_test_send_of_unknown_webhook_or_type(admin: httpx.AsyncClient) ->
     assert bad.status_code == 422 and "type" in bad.json()["errors"]
 
 
+async def test_test_sends_are_limited_per_tenant_to_10_a_minute(
+    admin: httpx.AsyncClient, make_client: ClientFactory, token_for: TokenFor
+) -> None:
+    tenant = await make_client(token=await token_for("tenant", "space_42"))
+    if time.time() % 60 > 55:  # the sends below must fall in one minute
+        await asyncio.sleep(60 - time.time() % 60)
+    async with Receiver() as rx:
+        ours = await create(admin, rx.url("/ours"))
+        theirs = await create(admin, rx.url("/theirs"), tenant_id="space_7")
+        sends = [
+            await admin.post("/v1/webhooks/test", json={"webhook_id": ours["id"]})
+            for _ in range(10)
+        ]
+        # Another token of the same tenant shares its budget; another tenant has its own.
+        limited = await tenant.post("/v1/webhooks/test", json={"webhook_id": ours["id"]})
+        other = await admin.post("/v1/webhooks/test", json={"webhook_id": theirs["id"]})
+        await asyncio.sleep(0.1)  # room for a late request, if one were coming
+
+    assert [r.status_code for r in sends] == [200] * 10
+    assert limited.status_code == 429
+    assert limited.headers["content-type"] == "application/problem+json"
+    problem = limited.json()
+    assert problem["code"] == "rate_limited" and "10 a minute" in problem["detail"]
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert other.status_code == 200
+    assert len(rx.requests_to("/ours")) == 10  # the refused one never left relay
+
+
+async def test_the_test_send_limit_is_configurable(make_client: ClientFactory) -> None:
+    admin = await make_client(test_sends_per_minute=2)
+    if time.time() % 60 > 55:
+        await asyncio.sleep(60 - time.time() % 60)
+    made = await create(admin, f"http://127.0.0.1:{closed_port()}/hook")
+    statuses = [
+        (await admin.post("/v1/webhooks/test", json={"webhook_id": made["id"]})).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+
+
 async def test_rotation_signs_with_both_secrets_during_grace(admin: httpx.AsyncClient) -> None:
     async with Receiver() as rx:
         made = await create(admin, rx.url("/hook"))

@@ -151,7 +151,7 @@ def _endpoint(op: Operation) -> PublicHandler:
 
     async def endpoint(request: Request) -> Response:
         principal = await authenticate(request)
-        if not await services(request).rate_limiter.allow(principal.token_id):
+        if await services(request).rate_limiter.wait(principal.token_id):
             raise RateLimited("This token is over its request rate; retry in a second.")
         principal.require(op.roles)
         response = await idempotent(

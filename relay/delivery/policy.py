@@ -109,6 +109,13 @@ def _retry_after_seconds(value: str, now: datetime) -> float | None:
     return (when - now).total_seconds()
 
 
+def _status_reason(status_code: int | None) -> str:
+    if status_code is not None and 300 <= status_code < 400:
+        # Said outright: a receiver that redirects (to itself, even) looks up and answering.
+        return f"HTTP {status_code}: redirects are not followed"
+    return f"HTTP {status_code}"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What happens to a delivery after an attempt: its next status and, if pending, when."""
@@ -136,7 +143,7 @@ def judge(
             Status.FAILED, error="410 Gone: the endpoint asked to stop", disable_webhook=True
         )
     delay = policy.next_delay(attempts_in_cycle, status_code, retry_after, now)
-    reason = error or f"HTTP {status_code}"
+    reason = error or _status_reason(status_code)
     if delay is None:
         return Verdict(Status.FAILED, error=f"{reason} (retry schedule exhausted)")
     return Verdict(Status.PENDING, delay=delay, error=reason)

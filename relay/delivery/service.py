@@ -23,7 +23,7 @@ from relay.delivery.model import (
 )
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.policy import judge
-from relay.errors import Conflict
+from relay.errors import Conflict, RateLimited
 from relay.metrics import attempt_counters
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.sender import SendResult
@@ -403,7 +403,17 @@ def recovery_view(record: dict[str, str]) -> dict[str, object]:
 
 
 async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[str, object]:
-    """Send a signed sample event now, record what the endpoint answered, and return it."""
+    """Send a signed sample event now, record what the endpoint answered, and return it.
+
+    Limited per tenant: otherwise any tenant could make relay POST to any public host on demand.
+    """
+    wait = await svc.test_sends.wait(webhook.tenant_id)
+    if wait:
+        raise RateLimited(
+            f"This tenant's test sends are limited to {svc.settings.test_sends_per_minute} "
+            f"a minute; retry in {wait} s.",
+            retry_after=wait,
+        )
     now_ms = await svc.deliveries.redis_now_ms()
     event_id = ids.new_id("evt", now_ms)
     sent_at = from_timestamp(now_ms / 1000)

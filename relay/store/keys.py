@@ -203,3 +203,8 @@ def endpoint_failing(webhook_id: str) -> str:
 def token_rate(token_id: str, second: int) -> str:
     """API requests one token made within one wall-clock second."""
     return f"{PREFIX}apirate:{token_id}:{second}"
+
+
+def test_send_rate(tenant_id: str, minute: int) -> str:
+    """Test sends one tenant made within one wall-clock minute."""
+    return f"{PREFIX}testrate:{tenant_id}:{minute}"

@@ -441,6 +441,27 @@ async def test_a_portal_link_signs_a_tenant_in_to_its_own_webhooks_only(
     await shot(page, "portal")
 
 
+async def test_a_portal_link_opened_in_a_tab_already_on_the_console_signs_in(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    mine = await webhook(api, receiver.url("/same-tab"), "space_same_tab")
+    await sign_in(page, ADMIN)
+    await expect(page.get_by_role("link", name="Overview")).to_be_visible()
+    response = await api.post("/v1/portal-sessions", json={"tenant_id": "space_same_tab"})
+    link = response.json()["data"]["url"]
+
+    # Only the fragment differs: the browser fires hashchange and loads nothing.
+    await page.evaluate("(link) => { location.href = link; }", link)
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    await expect(page.get_by_role("link", name=mine["url"])).to_be_visible()
+    await expect(page.get_by_role("link", name="Overview")).to_have_count(0)
+    assert "token=" not in page.url
+    await page.go_back()
+    assert "token=" not in page.url
+    await page.go_forward()
+    assert "token=" not in page.url
+
+
 async def test_a_platform_embeds_a_portal_link_and_only_allowed_sites_may(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

@@ -513,13 +513,25 @@ async def test_an_owner_tests_edits_disables_recovers_and_deletes_a_webhook(
     await edit.get_by_label("Rate limit per second (empty: none)").fill("5")
     await edit.get_by_role("button", name="Save changes").click()
     await expect(edit.get_by_role("status")).to_have_text("Saved.")
-    await expect(page.locator("dl.facts").first).to_contain_text("X-Team: payments")
+    # The value went to storage encrypted: shown as redacted, yet sent to the receiver.
+    await expect(page.locator("dl.facts").first).to_contain_text("X-Team: [redacted]")
     saved = (await api.get(f"/v1/webhooks/{hook['id']}")).json()["data"]
     assert (saved["description"], saved["headers"], saved["rate_limit_per_second"]) == (
         "billing",
-        {"X-Team": "payments"},
+        {"X-Team": "[redacted]"},
         5,
     )
+    # Opened afresh and saved again as shown, the header keeps its value.
+    await page.reload()
+    await edit.get_by_label("Description").fill("billing team")
+    await expect(edit.get_by_label("Custom headers, one per line")).to_have_value(
+        "X-Team: [redacted]"
+    )
+    await edit.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("dl.facts").first).to_contain_text("billing team")
+    await page.get_by_role("button", name="Send test event").click()
+    await expect(page.get_by_label("Response body")).to_have_text("hello from the receiver")
+    assert receiver.requests_to("/edit")[-1].headers["x-team"] == "payments"
 
     await page.get_by_role("button", name="Disable").click()
     await expect(page.locator("dl.facts").first.locator(".badge")).to_have_text("disabled")

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test lint lock bench fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -105,11 +105,18 @@ promtool:
 image:
 	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t relay:$(VERSION) .
 
-$(STAMP): pyproject.toml
+# Every release pinned by requirements.lock, the one tested: see README, "Development".
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
 	touch $(STAMP)
+
+# The newest releases pyproject.toml allows, pinned again; then `make test` before committing.
+lock: $(STAMP)
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --upgrade --extra test --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host -o requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .relay .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

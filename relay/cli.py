@@ -379,7 +379,10 @@ def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
         return len(changed), len(ids), responses
 
     changed, total, (responses_changed, responses) = asyncio.run(run())
-    print(f"re-encrypted the secrets of {changed} of {total} webhooks under the first key")
+    print(
+        f"re-encrypted the secrets and custom header values of {changed} of {total} webhooks "
+        "under the first key"
+    )
     print(f"re-encrypted {responses_changed} of {responses} stored idempotent responses")
     return 0
 

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Who may embed the console in a frame (CSP `frame-ancestors` sources), e.g. a platform's
     # settings page showing a portal link.
     console_frame_ancestors: str = "'none'"
+    # The base of every absolute link relay makes (portal links); unset, the request's own
+    # scheme and Host, which behind a proxy are only right when uvicorn trusts its headers.
+    public_url: str | None = None
     max_webhooks_per_tenant: int = Field(100, ge=1, le=100_000)
     capture_response_bytes: int = Field(4096, ge=0, le=1_048_576)
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
@@ -121,6 +124,27 @@ class Settings(BaseSettings):
                 "give CSP sources separated by spaces, e.g. 'self' https://app.example"
             )
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value:
+            return None
+        example = "e.g. https://relay.example.com"
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(f"give a base URL without whitespace or control characters, {example}")
+        if "?" in value or "#" in value or "@" in value:
+            raise ValueError(f"give a base URL without a query, fragment or credentials, {example}")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises on a malformed port)
+        except ValueError:
+            raise ValueError(f"give a well-formed base URL, {example}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"give an absolute http:// or https:// URL, {example}")
+        # Links append `/console…` to it: a trailing slash would double theirs.
+        return value.rstrip("/")
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

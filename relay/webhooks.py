@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -40,6 +40,10 @@ from relay.signing import (
 from relay.ssrf import AddressPolicy
 from relay.timefmt import from_timestamp, now, rfc3339
 from relay.validation import JSON_INT, Patch, TenantId
+
+# What the API and the attempt log show for a custom header's value: often a credential for the
+# receiver, it is stored encrypted and never shown again.
+REDACTED = "[redacted]"
 
 _MAX_URL_CHARS = 2048
 _MAX_HEADER_BYTES = 4096
@@ -212,7 +216,8 @@ _HEADERS_SCHEMA = {
     "description": (
         "Sent with every delivery. Names are HTTP tokens, unique without regard to case, and not "
         "ones relay sets itself; names and values total at most "
-        f"{_MAX_HEADER_BYTES} bytes."
+        f"{_MAX_HEADER_BYTES} bytes. Values are stored encrypted and read back as "
+        f"'{REDACTED}'; in a change, '{REDACTED}' keeps a header's stored value."
     ),
 }
 _B64 = "[A-Za-z0-9+/]"
@@ -343,7 +348,9 @@ class Webhook:
     url: str
     events: list[str]
     description: str
-    headers: dict[str, str]
+    # Custom header name -> its value encrypted under the master keyring, bound to this webhook
+    # and that name (see `custom_headers`).
+    sealed_headers: dict[str, str]
     enabled: bool
     rate_limit_per_second: int | None
     created_at: str
@@ -351,6 +358,14 @@ class Webhook:
     secrets: list[SigningSecret]
     disabled_reason: str | None = None
     signature_scheme: Scheme = Scheme.HMAC_SHA256
+    # Values a release before header encryption stored in the clear: still sent, and sealed by
+    # the next change made with the keyring or by `relay keys reencrypt`.
+    clear_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def header_names(self) -> list[str]:
+        """The custom headers' names, as the customer wrote them."""
+        return [*self.clear_headers, *self.sealed_headers]
 
     def public(self) -> dict[str, object]:
         """The webhook as the API shows it: never a secret."""
@@ -360,7 +375,7 @@ class Webhook:
             "url": self.url,
             "events": self.events,
             "description": self.description,
-            "headers": self.headers,
+            "headers": dict.fromkeys(self.header_names, REDACTED),
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
             "rate_limit_per_second": self.rate_limit_per_second,
@@ -370,15 +385,27 @@ class Webhook:
         }
 
     def record(self) -> dict[str, object]:
-        """What the store keeps (secrets encrypted)."""
-        return asdict(self)
+        """What the store keeps (secrets and header values encrypted)."""
+        record = asdict(self)
+        clear = record.pop("clear_headers")
+        if clear:  # kept in the form it was found in until it can be sealed
+            record["headers"] = clear
+        return record
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Webhook:
-        """Rebuild from `record()`."""
+        """Rebuild from `record()`, or from a record whose header values are in the clear."""
         secrets = [SigningSecret(**s) for s in data.pop("secrets")]
         scheme = Scheme(data.pop("signature_scheme", Scheme.HMAC_SHA256))
-        return cls(**data, secrets=secrets, signature_scheme=scheme)
+        clear = data.pop("headers", {})
+        sealed = data.pop("sealed_headers", {})
+        return cls(
+            **data,
+            sealed_headers=sealed,
+            secrets=secrets,
+            signature_scheme=scheme,
+            clear_headers=clear,
+        )
 
     def wants(self, event_type: str) -> bool:
         """Whether an event of this type fans out to this webhook now."""
@@ -387,6 +414,54 @@ class Webhook:
 
 def _seal(keyring: Keyring, webhook_id: str, secret: str) -> SigningSecret:
     return SigningSecret(keyring.encrypt(secret.encode(), webhook_id.encode()))
+
+
+def _header_aad(webhook_id: str, name: str) -> bytes:
+    # Bound to the webhook and the header's name, and never a secret's AAD (the bare id): a
+    # value cannot be moved to another header, another webhook or a signing secret.
+    return f"{webhook_id}\0header\0{name.lower()}".encode()
+
+
+def _seal_headers(keyring: Keyring, webhook_id: str, headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: keyring.encrypt(value.encode(), _header_aad(webhook_id, name))
+        for name, value in headers.items()
+    }
+
+
+def custom_headers(webhook: Webhook, keyring: Keyring) -> dict[str, str]:
+    """The custom headers in the clear, to send; raises SecretDecryptionError like a secret."""
+    opened = {
+        name: keyring.decrypt(token, _header_aad(webhook.id, name)).decode()
+        for name, token in webhook.sealed_headers.items()
+    }
+    return {**webhook.clear_headers, **opened}
+
+
+def _seal_clear_headers(webhook: Webhook, keyring: Keyring) -> bool:
+    """Seal values an older release stored in the clear; True if there were any."""
+    if not webhook.clear_headers:
+        return False
+    webhook.sealed_headers.update(_seal_headers(keyring, webhook.id, webhook.clear_headers))
+    webhook.clear_headers = {}
+    return True
+
+
+def _changed_headers(webhook: Webhook, given: dict[str, str], keyring: Keyring) -> dict[str, str]:
+    """The sealed headers after a change that lists them all; a value given as REDACTED keeps
+    the stored one, so a webhook read, edited and written back keeps its credentials."""
+    stored = {name.lower(): token for name, token in webhook.sealed_headers.items()}
+    unknown = [n for n, v in given.items() if v == REDACTED and n.lower() not in stored]
+    if unknown:
+        raise Invalid(
+            f"'{REDACTED}' keeps a header's stored value, and the webhook has no such header.",
+            {
+                f"headers.{name}": [f"give the value of this header, not '{REDACTED}'"]
+                for name in unknown
+            },
+        )
+    fresh = _seal_headers(keyring, webhook.id, {n: v for n, v in given.items() if v != REDACTED})
+    return {n: fresh[n] if n in fresh else stored[n.lower()] for n in given}
 
 
 def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[Webhook, str]:
@@ -401,7 +476,7 @@ def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[
         url=spec.url,
         events=spec.events,
         description=spec.description,
-        headers=spec.headers,
+        sealed_headers={},
         enabled=spec.enabled,
         rate_limit_per_second=spec.rate_limit_per_second,
         created_at=stamp,
@@ -409,6 +484,7 @@ def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[
         secrets=[_seal(keyring, webhook_id, secret)],
         signature_scheme=spec.signature_scheme,
     )
+    webhook.sealed_headers = _changed_headers(webhook, spec.headers, keyring)
     return webhook, verification_key(secret)
 
 
@@ -430,8 +506,12 @@ def apply_update(webhook: Webhook, changes: dict[str, Any], keyring: Keyring) ->
     """
     switching = changes.get("signature_scheme", webhook.signature_scheme)
     switching = switching != webhook.signature_scheme
+    _seal_clear_headers(webhook, keyring)
     for name, value in changes.items():
-        setattr(webhook, name, value)
+        if name == "headers":
+            webhook.sealed_headers = _changed_headers(webhook, value, keyring)
+        else:
+            setattr(webhook, name, value)
     if changes.get("enabled") is True:
         webhook.disabled_reason = None
     if switching:
@@ -461,6 +541,7 @@ def rotate(webhook: Webhook, keyring: Keyring, grace_seconds: int) -> tuple[Webh
     more than MAX_LIVE_SECRETS live secrets is a Conflict naming when a slot frees up: no
     secret ever stops signing before its promised time.
     """
+    _seal_clear_headers(webhook, keyring)
     now_ms = int(now().timestamp() * 1000)
     live = _live(webhook, now_ms)
     previous = [s for s in live if s.expires_at_ms is not None]
@@ -511,22 +592,28 @@ def signing_keys(webhook: Webhook, keyring: Keyring, now_ms: int) -> list[Signin
 
 
 def reencrypt(webhook: Webhook, keyring: Keyring) -> bool:
-    """Re-encrypt secrets not under the current master key; True if anything changed."""
-    changed = False
+    """Re-encrypt secrets and header values not under the current master key, and seal header
+    values stored in the clear; True if anything changed."""
+    changed = _seal_clear_headers(webhook, keyring)
     for s in webhook.secrets:
         if not keyring.is_current(s.ciphertext):
             plaintext = keyring.decrypt(s.ciphertext, webhook.id.encode())
             s.ciphertext = keyring.encrypt(plaintext, webhook.id.encode())
             changed = True
+    for name, token in webhook.sealed_headers.items():
+        if not keyring.is_current(token):
+            aad = _header_aad(webhook.id, name)
+            webhook.sealed_headers[name] = keyring.encrypt(keyring.decrypt(token, aad), aad)
+            changed = True
     return changed
 
 
 def delivery_headers(
-    webhook: Webhook, keys: Sequence[SigningKey], msg_id: str, timestamp: int, body: bytes
+    custom: Mapping[str, str], keys: Sequence[SigningKey], msg_id: str, timestamp: int, body: bytes
 ) -> dict[str, str]:
     """Every header of one attempt but user-agent (the sender's): custom ones, then signatures."""
     return {
-        **webhook.headers,
+        **custom,
         "content-type": "application/json",
         **signature_headers(msg_id, timestamp, body, keys),
     }

@@ -499,15 +499,19 @@ class Dev:
         return next(line.split()[-1] for line in self.banner if line.startswith("admin token"))
 
 
-def start_dev(data_dir: Path, own_database: bool = False, **env: str) -> Dev:
-    """Start `relay dev` on a free port and read its banner (printed once the API answers)."""
+def start_dev(
+    data_dir: Path, own_database: bool = False, log: Path | None = None, **env: str
+) -> Dev:
+    """Start `relay dev` on a free port and read its banner (printed once the API answers);
+    its log lines go to `log` if given."""
     port = free_port()
-    process = spawn_relay(
-        ["dev", "--port", str(port)],
-        dev_env(data_dir, own_database, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(log, "ab") if log else open(os.devnull, "wb") as stderr:
+        process = spawn_relay(
+            ["dev", "--port", str(port)],
+            dev_env(data_dir, own_database, **env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
     banner: list[str] = []
 
     def read_banner() -> bool:

@@ -52,6 +52,7 @@ def test_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None:
     assert shown["RELAY_SECRET_KEYS"] == "********"
     assert shown["RELAY_RETRY_SCHEDULE"] == "1,2" and shown["RELAY_LOG_LEVEL"] == "warning"
     assert shown["RELAY_LOG_FORMAT"] == "json"
+    assert shown["RELAY_PUBLIC_URL"] == "(unset)"
     assert "tracing: off" in result.stdout
     for secret in (ADMIN, TEST_MASTER_KEY, REDIS_PASSWORD):
         assert secret not in result.stdout + result.stderr
@@ -72,6 +73,11 @@ def test_says_where_traces_go(tmp_path: Path) -> None:
         ("RELAY_SECRET_KEYS", "not-a-key"),
         ("RELAY_REDIS_URL", ""),
         ("RELAY_ALLOWED_CIDRS", "10.0.0.0/99"),
+        ("RELAY_PUBLIC_URL", "relay.example.com"),
+        ("RELAY_PUBLIC_URL", "ftp://relay.example.com"),
+        ("RELAY_PUBLIC_URL", "https://relay.example.com/?tenant=1"),
+        ("RELAY_PUBLIC_URL", "https://relay.example.com/#console"),
+        ("RELAY_PUBLIC_URL", "https://user:pw@relay.example.com"),
     ],
 )
 def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, value: str) -> None:

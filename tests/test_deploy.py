@@ -79,6 +79,7 @@ def test_dockerfile_passes_hadolint_and_builds_a_slim_non_root_image_from_the_wh
     stages = re.findall(r"^FROM (\S+)", text, re.M)
     assert len(stages) == 2 and all("slim" in s or s.startswith("${") for s in stages)
     assert "--wheel" in text and "--no-index" in text  # the runtime installs only the wheels
+    assert "--constraint requirements.lock" in text  # of the releases the tests ran with
     user = re.findall(r"^USER (\S+)", text, re.M)[-1]
     assert user.split(":")[0].isdigit() and not user.startswith("0")
     for label in ("title", "version", "revision", "licenses"):
@@ -87,7 +88,13 @@ def test_dockerfile_passes_hadolint_and_builds_a_slim_non_root_image_from_the_wh
 
     # Only what the wheel is built from is sent to the builder.
     ignore = (ROOT / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") :][:4] == ["*", "!pyproject.toml", "!README.md", "!relay/"]
+    assert ignore[ignore.index("*") :][:5] == [
+        "*",
+        "!pyproject.toml",
+        "!README.md",
+        "!relay/",
+        "!requirements.lock",
+    ]
 
 
 # --- compose -----------------------------------------------------------------------------

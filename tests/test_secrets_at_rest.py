@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,16 @@ import redis.asyncio
 
 from relay.secrets import generate_master_key
 from tests.conftest import ClientFactory
-from tests.support import RedisServer, relay_env, run_relay
+from tests.flows import post_event, wait_status, webhook
+from tests.receivers import Receiver
+from tests.support import (
+    RedisServer,
+    postgres_dir,
+    relay_env,
+    run_relay,
+    start_dev,
+    stop_dev,
+)
 
 PREFIXES = ("whsec_", "whsk_", "rly_")
 
@@ -143,3 +154,75 @@ async def test_no_secret_shown_once_is_in_redis_or_its_aof(
     for prefix in PREFIXES:
         assert prefix.encode() not in in_redis
         assert prefix.encode() not in on_disk
+
+
+# Custom header values as a receiver's credentials look, each one distinctive: one kept, one
+# set by a change, one of a webhook deleted later, one replaced by a change.
+HEADER_VALUES = (
+    "Bearer hdrval_0f3a9c1e77b2d4",
+    "hdrval_api_key_5e8d21c0",
+    "hdrval_gone_9b47e6a3",
+    "hdrval_replaced_d2c6f04e",
+)
+
+
+async def _in_history(api: httpx.AsyncClient, webhook_id: str) -> bool:
+    # Delivery lists read PostgreSQL: a delivered one listed there has its attempts written.
+    listed = await api.get("/v1/deliveries", params={"webhook_id": webhook_id})
+    return [d["status"] for d in listed.json()["data"]] == ["delivered"]
+
+
+async def test_no_custom_header_value_is_in_redis_postgresql_or_logs() -> None:
+    with postgres_dir() as data_dir:
+        log = data_dir / "relay.log"
+        dev = start_dev(data_dir, own_database=True, log=log, RELAY_LOG_LEVEL="debug")
+        try:
+            auth = {"authorization": f"Bearer {dev.token}"}
+            async with (
+                Receiver() as rx,
+                httpx.AsyncClient(base_url=dev.url, headers=auth, timeout=30) as api,
+            ):
+                kept = await webhook(
+                    api,
+                    rx.url("/kept"),
+                    headers={"Authorization": HEADER_VALUES[0], "X-Api-Key": HEADER_VALUES[3]},
+                )
+                gone = await webhook(api, rx.url("/gone"), headers={"X-Api-Key": HEADER_VALUES[2]})
+                changed = await api.patch(
+                    f"/v1/webhooks/{kept['id']}",
+                    json={
+                        "headers": {"Authorization": "[redacted]", "X-Api-Key": HEADER_VALUES[1]}
+                    },
+                )
+                assert changed.status_code == 200, changed.text
+                event = (await post_event(api)).json()["data"]
+                for delivery in event["deliveries"]:
+                    await wait_status(api, delivery["webhook_id"], delivery["id"], "delivered")
+                tested = await api.post("/v1/webhooks/test", json={"webhook_id": kept["id"]})
+                assert tested.status_code == 200, tested.text
+                deadline = time.monotonic() + 30
+                while not (
+                    await _in_history(api, kept["id"]) and await _in_history(api, gone["id"])
+                ):
+                    assert time.monotonic() < deadline, "history was not written in time"
+                    await asyncio.sleep(0.2)
+                assert (await api.delete(f"/v1/webhooks/{gone['id']}")).status_code == 200
+                sent = {r.path: r.headers for r in rx.requests}
+        finally:
+            stop_dev(dev)
+        # The values did reach the receivers: they were planted, and encryption lost nothing.
+        assert sent["/kept"]["authorization"] == HEADER_VALUES[0]
+        assert sent["/kept"]["x-api-key"] == HEADER_VALUES[1]
+        assert sent["/gone"]["x-api-key"] == HEADER_VALUES[2]
+
+        redis_files = _files_under(data_dir / "redis")
+        postgres_files = _files_under(data_dir / "postgres")
+        logs = b"\n".join(p.read_bytes() for p in data_dir.glob("*.log"))
+        assert kept["id"].encode() in redis_files, "the AOF holds the webhooks"
+        assert event["id"].encode() in postgres_files, "PostgreSQL holds the attempts"
+        assert kept["id"].encode() in logs, "relay logged the deliveries"
+        for value in HEADER_VALUES:
+            for form in _encodings(value):
+                assert form not in redis_files, f"{value[:10]}… in Redis's files as {form[:12]!r}"
+                assert form not in postgres_files, f"{value[:10]}… in PostgreSQL as {form[:12]!r}"
+                assert form not in logs, f"{value[:10]}… in a log as {form[:12]!r}"

@@ -241,6 +241,25 @@ async def test_portal_session_is_a_short_lived_tenant_sign_in(
     assert session["role"] == "tenant" and session["expires_at"] == data["expires_at"]
 
 
+async def test_a_portal_link_points_at_the_public_url_whatever_host_was_asked(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    # Unset, the link follows the request (as uvicorn read it, forwarded headers included).
+    asked = await admin.post(
+        "/v1/portal-sessions", json={"tenant_id": "t1"}, headers={"host": "other.test:8080"}
+    )
+    assert asked.json()["data"]["url"].startswith("http://other.test:8080/console#token=rly_")
+
+    public = await make_client(public_url="https://relay.example.com/hooks/")
+    for host in ("relay.test", "attacker.example", "10.0.0.7:8000"):
+        response = await public.post(
+            "/v1/portal-sessions", json={"tenant_id": "t1"}, headers={"host": host}
+        )
+        assert response.status_code == 201, response.text
+        url = response.json()["data"]["url"]
+        assert url.startswith("https://relay.example.com/hooks/console#token=rly_"), url
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from relay.secrets import generate_master_key
 from relay.signing import generate_secret
+from relay.store import codec, keys
 from tests.conftest import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
@@ -63,7 +64,7 @@ async def test_register_read_change_delete(admin: httpx.AsyncClient) -> None:
     assert made["enabled"] is True and made["disabled_reason"] is None
 
     got = (await admin.get(f"/v1/webhooks/{made['id']}")).json()["data"]
-    assert "secret" not in got and got["headers"] == {"X-Custom": "v"}
+    assert "secret" not in got and got["headers"] == {"X-Custom": "[redacted]"}
 
     patched = await admin.patch(
         f"/v1/webhooks/{made['id']}", json={"events": ["*"], "enabled": False}
@@ -374,6 +375,88 @@ async def test_keys_reencrypt_moves_secrets_to_the_new_master_key(
     new_only = await make_client(secret_keys=new_key)
     shown = await new_only.get(f"/v1/webhooks/{made['id']}/secret")
     assert shown.json()["data"]["secret"] == made["secret"]
+
+
+async def _sent_headers(client: httpx.AsyncClient, rx: Receiver, webhook_id: str) -> dict[str, str]:
+    """The headers a receiver gets from a test send (after any it got before)."""
+    before = len(rx.requests)
+    sent = await client.post("/v1/webhooks/test", json={"webhook_id": webhook_id})
+    assert sent.status_code == 200, sent.text
+    return (await rx.wait_for(before + 1))[-1].headers
+
+
+async def test_custom_header_values_are_never_shown_and_survive_a_read_edit_write(
+    admin: httpx.AsyncClient,
+) -> None:
+    async with Receiver() as rx:
+        made = await create(
+            admin, rx.url("/hook"), headers={"Authorization": "Bearer s3cr3t-1", "X-Team": "ops"}
+        )
+        hidden = {"Authorization": "[redacted]", "X-Team": "[redacted]"}
+        assert made["headers"] == hidden
+        got = (await admin.get(f"/v1/webhooks/{made['id']}")).json()["data"]
+        assert got["headers"] == hidden
+        listed = (await admin.get("/v1/webhooks", params={"tenant_id": "space_42"})).json()
+        assert "s3cr3t" not in str(listed)
+
+        # What was read goes back with one header changed: the other keeps its value.
+        edited = {**got["headers"], "X-Team": "payments"}
+        patched = await admin.patch(f"/v1/webhooks/{made['id']}", json={"headers": edited})
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["data"]["headers"] == hidden
+        sent = await _sent_headers(admin, rx, made["id"])
+        assert (sent["authorization"], sent["x-team"]) == ("Bearer s3cr3t-1", "payments")
+        tests = (await admin.get(f"/v1/webhooks/{made['id']}/tests")).json()["data"]
+        assert tests[0]["request_headers"]["Authorization"] == "[redacted]"
+
+        # The placeholder cannot stand for a header the webhook does not have.
+        unknown = await admin.patch(
+            f"/v1/webhooks/{made['id']}", json={"headers": {"X-New": "[redacted]"}}
+        )
+        assert unknown.status_code == 422
+        assert set(unknown.json()["errors"]) == {"headers.X-New"}
+        refused = await admin.post(
+            "/v1/webhooks",
+            json={"url": rx.url("/b"), "tenant_id": "space_42", "headers": {"X-A": "[redacted]"}},
+        )
+        assert refused.status_code == 422 and set(refused.json()["errors"]) == {"headers.X-A"}
+
+        dropped = await admin.patch(f"/v1/webhooks/{made['id']}", json={"headers": {}})
+        assert dropped.json()["data"]["headers"] == {}
+        assert "authorization" not in await _sent_headers(admin, rx, made["id"])
+
+
+async def test_keys_reencrypt_seals_header_values_stored_in_the_clear(
+    redis_server: RedisServer,
+    redis_client: redis.asyncio.Redis,
+    make_client: ClientFactory,
+    master_key: str,
+) -> None:
+    old_only = await make_client()
+    async with Receiver() as rx:
+        made = await create(old_only, rx.url("/hook"), headers={"X-Api-Key": "k-old-form-77"})
+        # The record as a release before header encryption wrote it: the value in the clear.
+        key = keys.webhook(made["id"])
+        record = codec.loads(await redis_client.get(key))
+        assert "k-old-form-77" not in str(record)
+        del record["sealed_headers"]
+        record["headers"] = {"X-Api-Key": "k-old-form-77"}
+        await redis_client.set(key, codec.dumps(record))
+        # Still sent, and never shown.
+        assert (await _sent_headers(old_only, rx, made["id"]))["x-api-key"] == "k-old-form-77"
+        got = (await old_only.get(f"/v1/webhooks/{made['id']}")).json()["data"]
+        assert got["headers"] == {"X-Api-Key": "[redacted]"}
+
+        new_key = generate_master_key()
+        result = await run_relay(
+            ["keys", "reencrypt"],
+            relay_env(redis_server.url, RELAY_SECRET_KEYS=f"{new_key},{master_key}"),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "1 of 1" in result.stdout.decode()
+        assert b"k-old-form-77" not in await redis_client.get(key)
+        new_only = await make_client(secret_keys=new_key)
+        assert (await _sent_headers(new_only, rx, made["id"]))["x-api-key"] == "k-old-form-77"
 
 
 def test_keys_generate_prints_a_usable_key() -> None:

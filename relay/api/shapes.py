@@ -155,7 +155,10 @@ class Webhook(Shape):
     # Names of built-in and registered types, '*' and 'prefix.*' wildcards.
     events: list[str]
     description: str
-    headers: Headers
+    headers: Annotated[
+        Headers,
+        Field(description="The custom headers' names; every value reads '[redacted]'."),
+    ]
     enabled: bool
     disabled_reason: str | None
     rate_limit_per_second: Annotated[int, Field(ge=1)] | None

@@ -46,6 +46,12 @@ def _revoked(record: TokenRecord) -> Response:
     return ok({**record.public(), "deleted": True})
 
 
+def _public_base(request: Request) -> str:
+    """Where relay's links point: RELAY_PUBLIC_URL, else the scheme and host the request came
+    to (as uvicorn read them, trusting forwarded headers only from FORWARDED_ALLOW_IPS)."""
+    return services(request).settings.public_url or str(request.base_url).rstrip("/")
+
+
 async def create_portal_session(request: Request, _: Principal) -> Response:
     """A console link signed in as a short-lived token of one tenant.
 
@@ -53,7 +59,7 @@ async def create_portal_session(request: Request, _: Principal) -> Response:
     out of access logs and Referer headers.
     """
     spec = await read_model(request, PortalSessionSpec)
-    base = str(request.base_url).rstrip("/")
+    base = _public_base(request)
 
     def opened(issued: Issued) -> Response:
         record, plaintext = issued

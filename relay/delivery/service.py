@@ -31,16 +31,20 @@ from relay.services import USER_AGENT, Services
 from relay.store import codec
 from relay.store.events import StoredEvent
 from relay.timefmt import from_timestamp
-from relay.webhooks import Webhook, delivery_headers, disable, signing_keys
+from relay.webhooks import (
+    REDACTED,
+    Webhook,
+    custom_headers,
+    delivery_headers,
+    disable,
+    signing_keys,
+)
 
 log = logging.getLogger("relay.delivery")
 
 # Deliveries one recovery step restarts with one script call.
 RECOVER_BATCH = 200
 RECOVER_JOB = "recover"
-
-
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,11 @@ def receiver_request(
 ) -> ReceiverRequest:
     """The signed request for one attempt (or test send) of `body` to `webhook`."""
     signing = signing_keys(webhook, keyring, now_ms)
-    headers = delivery_headers(webhook, signing, event_id, now_ms // 1000, body)
+    custom = custom_headers(webhook, keyring)
+    headers = delivery_headers(custom, signing, event_id, now_ms // 1000, body)
     if test:
         headers["webhook-test"] = "true"
-    return ReceiverRequest(webhook.url, body, headers, frozenset(webhook.headers))
+    return ReceiverRequest(webhook.url, body, headers, frozenset(custom))
 
 
 class _Once:
@@ -122,12 +127,13 @@ async def _send(
     except SecretDecryptionError as exc:
         if _logged.first("secret", webhook.id):
             log.error(
-                "cannot sign for webhook %s: its secret cannot be decrypted (%s); "
-                "its deliveries fail until RELAY_SECRET_KEYS holds that key",
+                "cannot send to webhook %s: its secret or a custom header cannot be "
+                "decrypted (%s); its deliveries fail until RELAY_SECRET_KEYS holds that key",
                 webhook.id,
                 exc,
             )
-        return _unsent(f"could not sign: the webhook's secret cannot be decrypted ({exc})"), {}
+        error = f"the webhook's secret or a custom header cannot be decrypted ({exc})"
+        return _unsent(f"could not prepare the request: {error}"), {}
     return await svc.sender.send(request.url, request.body, request.headers), request.logged_headers
 
 

@@ -156,7 +156,14 @@ whenSignedOut((detail) => {
   signInPage(`Signed out: ${detail || "the token is no longer valid"}. Sign in again.`);
 });
 
-window.addEventListener("hashchange", render);
-signInFromFragment()
-  .then(render)
-  .catch((err) => signInPage(`The link did not sign you in: ${err.message}`, "error"));
+// Every navigation, the first load or a later change of the fragment, may carry a portal link:
+// one opened in a tab already showing the console (or set as an embedded frame's new src) fires
+// only hashchange, and its token must still sign in and leave the address bar and history.
+function navigate() {
+  signInFromFragment()
+    .then(render)
+    .catch((err) => signInPage(`The link did not sign you in: ${err.message}`, "error"));
+}
+
+window.addEventListener("hashchange", navigate);
+navigate();

@@ -50,6 +50,9 @@ function webhookFields(w, { tenant }) {
       inputs.scheme ? field("Signature scheme", inputs.scheme) : null,
     ),
     field("Custom headers, one per line", inputs.headers),
+    w.id
+      ? h("p", { class: "muted" }, "Stored values are hidden; a value left as [redacted] is kept.")
+      : null,
   ];
   const read = () => {
     const body = {

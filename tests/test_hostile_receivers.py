@@ -390,8 +390,11 @@ async def test_the_api_holds_little_with_100_bomb_test_sends_in_flight(
 async def test_a_worker_holds_little_with_100_bomb_attempts_in_flight(
     admin: httpx.AsyncClient, workers: Workers
 ) -> None:
+    # One tenant's: its own limit must let all of them go at once too.
     [worker] = await workers(
-        RELAY_ENDPOINT_CONCURRENCY=str(IN_FLIGHT), RELAY_DELIVERY_TIMEOUT=str(BURST_TIMEOUT)
+        RELAY_ENDPOINT_CONCURRENCY=str(IN_FLIGHT),
+        RELAY_TENANT_CONCURRENCY=str(IN_FLIGHT),
+        RELAY_DELIVERY_TIMEOUT=str(BURST_TIMEOUT),
     )
     burst = Burst()
     async with HostileReceiver(burst.answer) as rx:

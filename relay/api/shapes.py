@@ -17,9 +17,10 @@ from pydantic_core import core_schema
 from relay.delivery.model import Status
 from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
+from relay.roles import Role
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
-from relay.tokens import TOKEN_PREFIX, Role
+from relay.tokens import TOKEN_PREFIX
 from relay.validation import TenantId
 
 

@@ -480,6 +480,7 @@ class Dev:
     process: subprocess.Popen[bytes]
     port: int
     banner: list[str]
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -509,7 +510,7 @@ def start_dev(data_dir: Path, own_database: bool = False, **env: str) -> Dev:
         return line.startswith("Ctrl-C")
 
     wait_until(read_banner, timeout=60, interval=0)
-    return Dev(process, port, banner)
+    return Dev(process, port, banner, data_dir)
 
 
 def stop_dev(dev: Dev) -> None:

@@ -33,15 +33,27 @@ class CliError(Exception):
     """A problem to report in one line, exit status 2."""
 
 
-def _settings(**overrides: Any) -> Settings:
+def _warn(warning: str) -> None:
+    print(f"relay: warning: {warning}", file=sys.stderr)
+
+
+def _log_warning(warning: str) -> None:
+    log.warning("%s", warning)
+
+
+def _settings(warn: Callable[[str], None] = _log_warning, **overrides: Any) -> Settings:
+    """The settings, or CliError naming each bad variable; what is only suspicious goes to
+    `warn` (the log, or for a check the terminal)."""
     from relay import logs
-    from relay.config import ConfigError, load_settings
+    from relay.config import ConfigError, load_settings, unknown_variables
 
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     logs.configure(settings.log_format or logs.LogFormat.JSON, settings.log_level)
+    for warning in unknown_variables():
+        warn(warning)
     return settings
 
 
@@ -55,11 +67,11 @@ def _required(settings: Settings, need: Callable[[Settings], T]) -> T:
         raise CliError(str(exc)) from None
 
 
-def _server_settings() -> Settings:
+def _server_settings(warn: Callable[[str], None] = _log_warning) -> Settings:
     """Settings for `api` and `worker`, with what they cannot run without checked up front."""
     from relay.services import keyring, require_database_url, require_redis_url
 
-    settings = _settings()
+    settings = _settings(warn)
     for need in (require_redis_url, require_database_url, keyring):
         _required(settings, need)
     return settings
@@ -408,7 +420,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from relay import tracing
     from relay.config import effective
 
-    settings = _server_settings()
+    settings = _server_settings(_warn)
     for name, value in effective(settings):
         print(f"{name}={value}")
     print(f"tracing: {tracing.describe()}")
@@ -444,7 +456,7 @@ async def _connect(settings: Settings) -> list[str]:
     if int(version.split(".")[0]) < 7:
         raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
     if warning := _refuse_eviction(eviction_risk(evicts), settings):
-        print(f"relay: warning: {warning}", file=sys.stderr)
+        _warn(warning)
     if replication.get("role") != "master":
         raise CliError("RELAY_REDIS_URL: that Redis is a replica; relay writes to the primary")
     replicas = int(replication.get("connected_slaves", 0))

@@ -77,7 +77,7 @@ OPERATIONS = [
         "Post an event",
         POSTERS,
         "events",
-        answers=shapes.Event,
+        answers=shapes.AcceptedEvent,
         body=EventIn,
         status=202,
         also_succeeds=(

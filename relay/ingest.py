@@ -60,6 +60,7 @@ async def accept(
         upstream_id=spec.id,
         payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
         traceparent=tracing.traceparent(),
+        request_id=logs.request_id(),
     )
     logs.annotate(tenant_id=spec.tenant_id, event_id=event_id)
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]

@@ -130,6 +130,7 @@ class NewEvent:
     upstream_id: str | None
     payload: bytes
     traceparent: str | None = None  # of the ingest span, so attempts join its trace
+    request_id: str | None = None  # of the request that posted it, for the attempts' log lines
 
     @property
     def upstream_key(self) -> str | None:
@@ -167,6 +168,7 @@ class _Plan:
     traceparent: str | None
     deliveries: list[list[str]]  # [delivery id, webhook id] still to write
     upstream_key: str | None = None
+    request_id: str | None = None
 
     @classmethod
     def of(cls, event: NewEvent, deliveries: list[list[str]]) -> _Plan:
@@ -180,6 +182,7 @@ class _Plan:
             event.traceparent,
             deliveries,
             event.upstream_key,
+            event.request_id,
         )
 
     @classmethod
@@ -420,6 +423,7 @@ class DeliveryStore:
             "created_at": event.created_at,
             "created_ms": event.created_ms,
             "traceparent": event.traceparent or "",
+            "request_id": event.request_id or "",
             "upstream_key": event.upstream_key,
             "deliveries": [
                 {"id": d.id, "webhook_id": d.webhook_id, "key": keys.delivery(d.id)}
@@ -526,6 +530,7 @@ class DeliveryStore:
                 taken_at=taken_at,
                 traceparent=r[7].decode() or None,
                 endpoint_failing=bool(r[8]),
+                request_id=r[9].decode() or None,
             )
             for r in rows
         ]

@@ -98,7 +98,7 @@ local taken_over = 0
 local missing = {}
 local function try(id, score)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
-    'webhook_id', 'event_id', 'cycle_start', 'traceparent')
+    'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id')
   local status = d[1]
   if not status then table.insert(missing, id) end
   if not status or (status ~= 'pending' and status ~= 'delivering') then
@@ -147,7 +147,7 @@ local function try(id, score)
   later(lease)
   add_payload(d[5])
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
-    e.failing}
+    e.failing, d[8] or ''}
 end
 
 -- Both sets are read by rank, one entry past the scan: what is due comes first, and the first

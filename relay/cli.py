@@ -11,31 +11,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from relay import __version__, logs, tracing
-from relay.client import ApiRefused, Unreachable
-from relay.config import ConfigError, Settings, effective, load_settings, redacted_url
-from relay.embedded import (
-    EmbeddedPostgres,
-    EmbeddedPostgresError,
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    data_dir_ready,
-)
+from relay import __version__
 from relay.errors import RelayError
 from relay.operator import UsageError
 from relay.operator import add_commands as add_operator_commands
-from relay.processes import die_with_parent
-from relay.runtime import DataDirBusy, DevClaim, Runtime, StaleRuntime, running
-from relay.store import codec
-from relay.tokens import Role, TokenSpec
-from relay.validation import parse
+from relay.roles import Role
 
+if TYPE_CHECKING:
+    from relay.config import Settings
+
+# Each command imports what it needs when it runs: an operator command is one HTTP call and
+# should not pay for loading the settings, Redis, the web framework or tracing (see operator.py).
 log = logging.getLogger("relay.cli")
 
-_DEV_SECRETS = "dev-secrets.json"
 T = TypeVar("T")
 
 
@@ -43,12 +33,27 @@ class CliError(Exception):
     """A problem to report in one line, exit status 2."""
 
 
-def _settings(**overrides: Any) -> Settings:
+def _warn(warning: str) -> None:
+    print(f"relay: warning: {warning}", file=sys.stderr)
+
+
+def _log_warning(warning: str) -> None:
+    log.warning("%s", warning)
+
+
+def _settings(warn: Callable[[str], None] = _log_warning, **overrides: Any) -> Settings:
+    """The settings, or CliError naming each bad variable; what is only suspicious goes to
+    `warn` (the log, or for a check the terminal)."""
+    from relay import logs
+    from relay.config import ConfigError, load_settings, unknown_variables
+
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     logs.configure(settings.log_format or logs.LogFormat.JSON, settings.log_level)
+    for warning in unknown_variables():
+        warn(warning)
     return settings
 
 
@@ -62,11 +67,11 @@ def _required(settings: Settings, need: Callable[[Settings], T]) -> T:
         raise CliError(str(exc)) from None
 
 
-def _server_settings() -> Settings:
+def _server_settings(warn: Callable[[str], None] = _log_warning) -> Settings:
     """Settings for `api` and `worker`, with what they cannot run without checked up front."""
     from relay.services import keyring, require_database_url, require_redis_url
 
-    settings = _settings()
+    settings = _settings(warn)
     for need in (require_redis_url, require_database_url, keyring):
         _required(settings, need)
     return settings
@@ -85,6 +90,7 @@ def _refuse_eviction(risk: str | None, settings: Settings) -> str | None:
 def _redis_keeps_keys(settings: Settings) -> None:
     """Before `api` or `worker` starts: wait for Redis to answer, then refuse one that may
     evict relay's keys."""
+    from relay.config import redacted_url
     from relay.delivery.outage import REDIS_AWAY, Backoff
     from relay.services import require_redis_url
     from relay.store.connect import connect_redis
@@ -110,6 +116,8 @@ def _redis_keeps_keys(settings: Settings) -> None:
 
 def _redis_url(settings: Settings) -> str:
     """RELAY_REDIS_URL, or the embedded Redis of a `relay dev` running on this data dir."""
+    from relay.runtime import StaleRuntime, running
+
     if settings.redis_url:
         return settings.redis_url
     try:
@@ -121,22 +129,9 @@ def _redis_url(settings: Settings) -> str:
     raise CliError("RELAY_REDIS_URL is not set (and no `relay dev` is running on this data dir).")
 
 
-def _dev_secrets(data_dir: Path) -> dict[str, str]:
-    """The admin token and master key of a dev install: made on first start, then reused."""
-    from relay.secrets import generate_master_key
-    from relay.tokens import new_secret_token
-
-    path = data_dir / _DEV_SECRETS
-    if path.exists():
-        saved: dict[str, str] = codec.loads(path.read_bytes())
-        return saved
-    made = {"admin_token": new_secret_token(), "secret_key": generate_master_key()}
-    path.touch(mode=0o600)
-    path.write_bytes(codec.dumps(made))
-    return made
-
-
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    from relay.processes import die_with_parent
+
     return subprocess.Popen(
         [sys.executable, "-m", "relay", *args], env=env, preexec_fn=die_with_parent
     )
@@ -171,6 +166,8 @@ def _wait_until_serving(url: str, children: list[subprocess.Popen[bytes]]) -> bo
 
 
 def _dev_environment(settings: Settings, secrets: dict[str, str]) -> dict[str, str]:
+    from relay import logs
+
     env = dict(os.environ)
     admin = settings.admin_token
     env["RELAY_ADMIN_TOKEN"] = admin.get_secret_value() if admin else secrets["admin_token"]
@@ -189,6 +186,7 @@ def _migrate(url: str) -> None:
     """Bring the database to this release's schema, as `relay dev` does before its children."""
     import asyncpg
 
+    from relay.config import redacted_url
     from relay.history import migrations
 
     try:
@@ -202,6 +200,16 @@ def _migrate(url: str) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """The stores (embedded unless their URLs are set), the API and one worker, until Ctrl-C."""
+    from relay import logs
+    from relay.embedded import (
+        EmbeddedPostgres,
+        EmbeddedPostgresError,
+        EmbeddedRedis,
+        EmbeddedRedisError,
+        data_dir_ready,
+    )
+    from relay.runtime import DataDirBusy, DevClaim, Runtime, dev_secrets
+
     settings = _settings()
     if settings.redis_min_replicas and not settings.redis_url:
         raise CliError(
@@ -219,7 +227,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"relay dev: PID {claim.stale.pid} did not stop cleanly on this data dir; taking over",
             flush=True,
         )
-    env = _dev_environment(settings, _dev_secrets(data_dir))
+    env = _dev_environment(settings, dev_secrets(data_dir))
     logs.configure(settings.log_format or logs.LogFormat.TEXT, settings.log_level)
 
     stopping = False
@@ -305,6 +313,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     """The HTTP API under uvicorn."""
     import uvicorn
 
+    from relay import tracing
     from relay.app import create_app
 
     settings = _server_settings()
@@ -328,7 +337,7 @@ def cmd_worker(_: argparse.Namespace) -> int:
     """One delivery worker."""
     import uvloop
 
-    from relay import worker
+    from relay import tracing, worker
 
     settings = _server_settings()
     _redis_keeps_keys(settings)
@@ -391,6 +400,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     """Issue an API token and print it (it is shown only this once)."""
     from relay.store.connect import connect_redis
     from relay.store.tokens import TokenStore
+    from relay.tokens import TokenSpec
+    from relay.validation import parse
 
     settings = _settings()
     spec = parse(TokenSpec, {"role": args.role, "tenant_id": args.tenant, "name": args.name or ""})
@@ -409,7 +420,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate the environment as `api` and `worker` would; print what is in force, masked."""
-    settings = _server_settings()
+    from relay import tracing
+    from relay.config import effective
+
+    settings = _server_settings(_warn)
     for name, value in effective(settings):
         print(f"{name}={value}")
     print(f"tracing: {tracing.describe()}")
@@ -445,7 +459,7 @@ async def _connect(settings: Settings) -> list[str]:
     if int(version.split(".")[0]) < 7:
         raise CliError(f"RELAY_REDIS_URL: Redis {version} is too old; relay needs Redis 7")
     if warning := _refuse_eviction(eviction_risk(evicts), settings):
-        print(f"relay: warning: {warning}", file=sys.stderr)
+        _warn(warning)
     if replication.get("role") != "master":
         raise CliError("RELAY_REDIS_URL: that Redis is a replica; relay writes to the primary")
     replicas = int(replication.get("connected_slaves", 0))
@@ -554,9 +568,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, UsageError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    except (ApiRefused, Unreachable) as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 1
     except RelayError as exc:  # e.g. a bad --tenant, reported like the API would
         fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in exc.errors.items())
         print(f"relay: {exc.detail} {fields}".strip(), file=sys.stderr)

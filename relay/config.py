@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +15,7 @@ import pydantic
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from relay import tracing
 from relay.delivery.policy import RetryPolicy
 from relay.logs import LogFormat, LogLevel
 from relay.store.connect import check_redis_url
@@ -23,6 +27,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # client meanwhile: past this size one such call may hold it for more than 50 ms on a busy
 # 2-core machine (README, "Large events").
 MAX_BODY_BYTES_CEILING = 4 * 1_048_576
+
+
+# What asyncpg connects to.
+_DATABASE_SCHEMES = ("postgresql", "postgres")
+# RELAY_* names read by the operator commands rather than by Settings.
+_CLIENT_VARIABLES = ("RELAY_URL", "RELAY_TOKEN")
 
 
 class ConfigError(Exception):
@@ -100,6 +110,14 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value:  # unset or empty: `relay dev` runs its own, `api` and `worker` refuse
             check_redis_url(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        # Unset or empty: `relay dev` runs its own, `api` and `worker` refuse.
+        if value and urlsplit(value).scheme not in _DATABASE_SCHEMES:
+            raise ValueError("give a postgresql:// (or postgres://) URL")
         return value
 
     @field_validator("max_body_bytes")
@@ -221,13 +239,28 @@ def effective(settings: Settings) -> list[tuple[str, str]]:
 
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and `.env`); raise ConfigError naming each bad variable."""
+    problems = []
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except pydantic.ValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False, include_input=False):
             name = "RELAY_" + str(err["loc"][0]).upper() if err["loc"] else "RELAY_*"
             problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except ValueError as exc:  # e.g. a malformed CIDR raised before pydantic wraps it
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        problems.append(str(exc))
+    problems += tracing.endpoint_problems()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return settings
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A warning for each RELAY_* name that nothing in relay reads, naming the closest that is
+    read: a misspelled setting is otherwise silently left at its default."""
+    known = [*(f"RELAY_{name.upper()}" for name in Settings.model_fields), *_CLIENT_VARIABLES]
+    warnings = []
+    for name in sorted(n for n in environ if n.startswith("RELAY_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a relay setting and is ignored{hint}")
+    return warnings

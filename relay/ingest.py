@@ -16,6 +16,7 @@ from relay.store.events import StoredEvent
 from relay.store.idempotency import Commit
 from relay.timefmt import now, rfc3339
 from relay.validation import TenantId
+from relay.webhooks import fan_out
 
 
 class EventIn(pydantic.BaseModel):
@@ -41,7 +42,7 @@ async def accept(
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
     registered = None if spec.type in EVENT_TYPES else await ctx.event_types.get(spec.type)
     data = validate_event(spec.type, spec.data, registered)
-    targets = [w for w in await ctx.webhooks.of_tenant(spec.tenant_id) if w.wants(spec.type)]
+    targets, undeliverable = fan_out(await ctx.webhooks.of_tenant(spec.tenant_id), spec.type)
     moment = now()
     now_ms = int(moment.timestamp() * 1000)
     if spec.id is not None and (
@@ -59,6 +60,7 @@ async def accept(
         upstream_id=spec.id,
         payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
         traceparent=tracing.traceparent(),
+        request_id=logs.request_id(),
     )
     logs.annotate(tenant_id=spec.tenant_id, event_id=event_id)
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
@@ -66,11 +68,14 @@ async def accept(
     view["deliveries"] = [
         {"id": d.id, "webhook_id": d.webhook_id, "status": "pending"} for d in planned
     ]
+    view["undeliverable"] = undeliverable
     answer = None if commit is None else commit.lua(view)
     first = await ctx.deliveries.accept(event, planned, answer)
     if first is not None:
         return await event_view(ctx, await ctx.events.get(first)), False
     ctx.counts.add(f"events_accepted:{spec.type}")
+    if undeliverable is not None:
+        ctx.counts.add(f"events_undelivered:{undeliverable.value}")
     return view, True
 
 

@@ -113,6 +113,12 @@ class _Snapshot(Collector):
         events = CounterMetricFamily(
             "relay_events_accepted", "Events accepted, by type.", labels=["type"]
         )
+        undelivered = CounterMetricFamily(
+            "relay_events_undelivered",
+            "Events accepted that went to no webhook, by why: no_webhooks (the tenant has none), "
+            "no_subscribers (none subscribes to the type), webhooks_disabled.",
+            labels=["reason"],
+        )
         attempts = CounterMetricFamily(
             "relay_attempts", "Delivery attempts, by response status class.", labels=["status"]
         )
@@ -123,6 +129,8 @@ class _Snapshot(Collector):
             kind, _, label = field.partition(":")
             if kind == "events_accepted":
                 events.add_metric([label], value)
+            elif kind == "events_undelivered":
+                undelivered.add_metric([label], value)
             elif kind == "attempts":
                 attempts.add_metric([label], value)
             elif kind == "deliveries":
@@ -135,7 +143,7 @@ class _Snapshot(Collector):
             buckets=buckets,
             sum_value=c.get("attempt_seconds_sum", 0.0),
         )
-        yield from (events, attempts, finished, duration)
+        yield from (events, undelivered, attempts, finished, duration)
         yield _counter(
             "relay_sweeper_requeued",
             "Deliveries taken over after their worker's lease ran out.",

@@ -2,16 +2,29 @@
 HTTP API (never Redis), so they work from anywhere the API is reachable.
 
 Exit status: 0 done, 1 the API said no (its detail is printed), 2 a usage error.
+
+An operator command is one HTTP call, so it imports only what that call needs: no settings, no
+Redis client, no web framework (they would triple its start-up time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from relay.client import RelayClient
+from relay.delivery.model import Status
+from relay.runtime import StaleRuntime, dev_admin_token, running
 from relay.tables import as_json, record, table
+from relay.timefmt import now, rfc3339
+
+if TYPE_CHECKING:
+    from relay.client import RelayClient
 
 DELIVERY_COLUMNS = (
     "id",
@@ -41,19 +54,55 @@ class UsageError(Exception):
     """Missing settings or arguments: exit status 2."""
 
 
+# What each variable the operator commands read holds, for the message when one is missing.
+_VARIABLES = {
+    "RELAY_URL": "the API's base URL, e.g. http://localhost:8000",
+    "RELAY_TOKEN": "an API token, e.g. from `relay token create --role admin`",
+}
+_RELATIVE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _local_dev() -> tuple[str, str] | None:
+    """The URL and admin token of the `relay dev` running on RELAY_DATA_DIR, if one is."""
+    data_dir = Path(os.environ.get("RELAY_DATA_DIR") or ".relay")
+    try:
+        dev = running(data_dir)
+    except StaleRuntime:
+        return None
+    token = os.environ.get("RELAY_ADMIN_TOKEN") or dev_admin_token(data_dir)
+    return (dev.api_url, token) if dev is not None and token else None
+
+
 def client_from_env() -> RelayClient:
-    """A client for RELAY_URL with RELAY_TOKEN, both required."""
+    """A client for RELAY_URL with RELAY_TOKEN; with neither set, for the `relay dev` running
+    on this data dir."""
+    from relay.client import RelayClient
+
     url, token = os.environ.get("RELAY_URL", ""), os.environ.get("RELAY_TOKEN", "")
+    if not url and not token:
+        url, token = _local_dev() or ("", "")
     missing = [name for name, value in (("RELAY_URL", url), ("RELAY_TOKEN", token)) if not value]
     if missing:
-        raise UsageError(
-            f"set {' and '.join(missing)} (the API's base URL, e.g. http://localhost:8000, "
-            "and an API token)"
-        )
+        wanted = " and ".join(f"{name} ({_VARIABLES[name]})" for name in missing)
+        alone = " (no `relay dev` is running on this data dir)" if len(missing) == 2 else ""
+        raise UsageError(f"set {wanted}{alone}")
     return RelayClient(url, token)
 
 
-Show = Callable[[RelayClient, argparse.Namespace], tuple[object, str]]
+def moment(text: str) -> str:
+    """An option's time: RFC 3339 as given, or `30m`, `1h`, `2d`, `1w` … ago, made RFC 3339.
+
+    Anything else goes to the API as it is, which names the parameter it cannot read.
+    """
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative is None:
+        return text
+    amount, unit = relative.groups()
+    return rfc3339(now() - timedelta(**{_UNITS[unit]: int(amount)}))
+
+
+Show = Callable[["RelayClient", argparse.Namespace], tuple[object, str]]
 
 
 def _deliveries_list(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
@@ -64,6 +113,7 @@ def _deliveries_list(api: RelayClient, args: argparse.Namespace) -> tuple[object
             "status": args.status,
             "webhook_id": args.webhook,
             "since": args.since,
+            "until": args.until,
             "limit": str(args.limit),
         },
     )
@@ -71,6 +121,12 @@ def _deliveries_list(api: RelayClient, args: argparse.Namespace) -> tuple[object
     if page["next_cursor"]:
         text += "\n(more: narrow with --since or --status)"
     return page, text
+
+
+def _delivery_get(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
+    delivery = api.delivery(args.id)
+    attempts = table(delivery["attempts"], ATTEMPT_COLUMNS)
+    return delivery, f"{record(delivery, DELIVERY_FIELDS)}\n\nattempts:\n{attempts}"
 
 
 def _delivery_action(action: str) -> Show:
@@ -118,9 +174,14 @@ def _token_revoke(api: RelayClient, args: argparse.Namespace) -> tuple[object, s
 
 def run(show: Show, args: argparse.Namespace) -> int:
     """Call the API and print what it answered, as a table or (--json) as JSON."""
+    from relay.client import ApiRefused, Unreachable
+
     api = client_from_env()
     try:
         answer, text = show(api, args)
+    except (ApiRefused, Unreachable) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
     finally:
         api.close()
     print(as_json(answer) if args.json else text)
@@ -132,16 +193,23 @@ def _command(parser: argparse.ArgumentParser, show: Show) -> None:
     parser.set_defaults(func=lambda args: run(show, args))
 
 
+_TIMES = "RFC 3339, or ago: 30m, 1h, 2d, 1w"
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the operator commands to the `relay` parser's subcommands."""
     deliveries = sub.add_parser("deliveries", help="list, retry and cancel deliveries")
     actions = deliveries.add_subparsers(dest="action", required=True)
     listed = actions.add_parser("list", help="deliveries, newest first")
-    listed.add_argument("--status", help="pending, delivering, delivered, failed or canceled")
+    listed.add_argument("--status", choices=[s.value for s in Status], help="only these")
     listed.add_argument("--webhook", help="only this webhook's (wh_...)")
-    listed.add_argument("--since", help="created at or after this RFC 3339 time")
+    listed.add_argument("--since", type=moment, help=f"created at or after T ({_TIMES})")
+    listed.add_argument("--until", type=moment, help=f"created before T ({_TIMES})")
     listed.add_argument("--limit", type=int, default=50, help="at most this many (1-100)")
     _command(listed, _deliveries_list)
+    get = actions.add_parser("get", help="a delivery and its attempts")
+    get.add_argument("id", help="the delivery (dlv_...)")
+    _command(get, _delivery_get)
     for action, text in (("retry", "send again"), ("cancel", "cancel a pending delivery")):
         p = actions.add_parser(action, help=text)
         p.add_argument("id", help="the delivery (dlv_...)")
@@ -159,8 +227,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     recover = sub.add_parser("recover", help="send a webhook's failed deliveries of a window again")
     recover.add_argument("webhook", help="the webhook (wh_...)")
-    recover.add_argument("--since", required=True, help="RFC 3339 start of the window")
-    recover.add_argument("--until", help="RFC 3339 end of the window (default: now)")
+    recover.add_argument("--since", required=True, type=moment, help=f"start ({_TIMES})")
+    recover.add_argument("--until", type=moment, help=f"end, default now ({_TIMES})")
     _command(recover, _recover)
 
     events = sub.add_parser("events", help="look at events")

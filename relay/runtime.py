@@ -1,4 +1,5 @@
-"""What a running `relay dev` leaves in its data dir: a lock and a record of where it listens.
+"""What a running `relay dev` leaves in its data dir: a lock, a record of where it listens, and
+the admin token and master key it made on its first start.
 
 The lock is an `flock` held for the life of the `relay dev` process. The kernel drops it when the
 process dies, however it dies, so a `runtime.json` without a held lock is known to be stale.
@@ -15,6 +16,7 @@ from relay.store import codec
 
 _LOCK = "dev.lock"
 _RUNTIME = "runtime.json"
+_SECRETS = "dev-secrets.json"
 
 
 class DataDirBusy(RuntimeError):
@@ -124,3 +126,27 @@ def running(data_dir: Path) -> Runtime | None:
             "longer running; start `relay dev` again (it cleans up), or set RELAY_REDIS_URL."
         )
     return runtime
+
+
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """The admin token and master key of a dev install: made on first start, then reused."""
+    from relay.secrets import generate_master_key
+    from relay.tokens import new_secret_token
+
+    path = data_dir / _SECRETS
+    if path.exists():
+        saved: dict[str, str] = codec.loads(path.read_bytes())
+        return saved
+    made = {"admin_token": new_secret_token(), "secret_key": generate_master_key()}
+    path.touch(mode=0o600)
+    path.write_bytes(codec.dumps(made))
+    return made
+
+
+def dev_admin_token(data_dir: Path) -> str | None:
+    """The admin token a dev install made, if it made one (None when unreadable)."""
+    try:
+        token = codec.loads((data_dir / _SECRETS).read_bytes())["admin_token"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return token if isinstance(token, str) else None

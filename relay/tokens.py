@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import enum
 import hashlib
 import hmac
 import os
@@ -15,17 +14,9 @@ from typing import Annotated
 import pydantic
 
 from relay.errors import Forbidden, NotFound, Unauthorized
+from relay.roles import Role
 from relay.timefmt import now, read_rfc3339, rfc3339
 from relay.validation import JSON_INT, TenantId
-
-
-class Role(enum.StrEnum):
-    """What a token may do: admin everything, ingest posts events, tenant sees its own objects."""
-
-    ADMIN = "admin"
-    INGEST = "ingest"
-    TENANT = "tenant"
-
 
 TOKEN_PREFIX = "rly_"
 BOOTSTRAP_ID = "tok_bootstrap"

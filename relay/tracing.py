@@ -42,6 +42,27 @@ def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     )
 
 
+# The endpoint variables the OTLP/HTTP exporter reads: each must be an http(s) URL.
+_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def endpoint_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What is wrong with the OTLP endpoints set, each naming its variable.
+
+    The exporter takes any string and fails on every export, so a typo would lose every trace
+    with nothing but a log line per batch; relay refuses it at start-up instead.
+    """
+    problems = []
+    for name in _ENDPOINTS:
+        value = environ.get(name, "").strip()
+        parts = urlsplit(value)
+        if value and (parts.scheme not in {"http", "https"} or not parts.hostname):
+            problems.append(
+                f"{name}: give an http:// or https:// URL, such as http://collector:4318"
+            )
+    return problems
+
+
 def describe(environ: Mapping[str, str] = os.environ) -> str:
     """Whether traces would be exported, and where, for `relay config check`."""
     if not wanted(environ):

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -410,6 +411,29 @@ class Webhook:
     def wants(self, event_type: str) -> bool:
         """Whether an event of this type fans out to this webhook now."""
         return self.enabled and matches(self.events, event_type)
+
+
+class Undeliverable(StrEnum):
+    """Why an accepted event goes to no webhook: said in the answer, counted in the metrics,
+    so that a mistyped tenant or type is seen rather than silently delivered nowhere."""
+
+    NO_WEBHOOKS = "no_webhooks"  # the tenant has none
+    NO_SUBSCRIBERS = "no_subscribers"  # none subscribes to the event's type
+    WEBHOOKS_DISABLED = "webhooks_disabled"  # those that subscribe are disabled
+
+
+def fan_out(
+    webhooks: Sequence[Webhook], event_type: str
+) -> tuple[list[Webhook], Undeliverable | None]:
+    """The tenant's webhooks an event of `event_type` goes to, or why it goes to none."""
+    targets = [w for w in webhooks if w.wants(event_type)]
+    if targets:
+        return targets, None
+    if not webhooks:
+        return targets, Undeliverable.NO_WEBHOOKS
+    if any(matches(w.events, event_type) for w in webhooks):
+        return targets, Undeliverable.WEBHOOKS_DISABLED
+    return targets, Undeliverable.NO_SUBSCRIBERS
 
 
 def _seal(keyring: Keyring, webhook_id: str, secret: str) -> SigningSecret:

@@ -489,6 +489,7 @@ class Dev:
     process: subprocess.Popen[bytes]
     port: int
     banner: list[str]
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -522,7 +523,7 @@ def start_dev(
         return line.startswith("Ctrl-C")
 
     wait_until(read_banner, timeout=60, interval=0)
-    return Dev(process, port, banner)
+    return Dev(process, port, banner, data_dir)
 
 
 def stop_dev(dev: Dev) -> None:

@@ -107,6 +107,25 @@ def test_dev_refuses_to_wait_for_replicas_its_embedded_redis_does_not_have(
     assert not (tmp_path / "data").exists()  # it stopped before starting anything
 
 
+@pytest.mark.parametrize("command", [["api", "--port", "0"], ["worker"]])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RELAY_REDIS_URL", "http://x"),
+        ("RELAY_DATABASE_URL", "mysql://db/relay"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
+    ],
+)
+def test_api_and_worker_refuse_a_url_of_the_wrong_kind_as_config_check_does(
+    redis_server: RedisServer, command: list[str], variable: str, value: str
+) -> None:
+    result = _run(command, relay_env(redis_server.url, **{variable: value}))
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = result.stderr.strip()
+    assert said.startswith("relay: invalid configuration: ") and "\n" not in said, said
+    assert f"{variable}: give a" in said
+
+
 @pytest.mark.parametrize("command", [["api"], ["worker"]])
 def test_api_and_worker_need_a_redis_url(tmp_path: Path, command: list[str]) -> None:
     result = subprocess.run(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from relay.config import MAX_BODY_BYTES_CEILING, Settings
 from relay.history import migrations
@@ -78,6 +79,9 @@ def test_says_where_traces_go(tmp_path: Path) -> None:
         ("RELAY_PUBLIC_URL", "https://relay.example.com/?tenant=1"),
         ("RELAY_PUBLIC_URL", "https://relay.example.com/#console"),
         ("RELAY_PUBLIC_URL", "https://user:pw@relay.example.com"),
+        ("RELAY_DATABASE_URL", "mysql://relay@db.internal/relay"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"),
     ],
 )
 def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, value: str) -> None:
@@ -140,3 +144,51 @@ def test_a_sentinel_url_is_masked_and_connect_reaches_the_primary_the_sentinels_
     short = _check(tmp_path, "--connect", RELAY_REDIS_MIN_REPLICAS="2", **env)
     assert short.returncode == 2
     assert "RELAY_REDIS_MIN_REPLICAS" in short.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "wanted"),
+    [
+        ("RELAY_REDIS_URL", "http://x", "redis://, rediss://, unix:// or redis+sentinel:// URL"),
+        ("RELAY_DATABASE_URL", "mysql://db/relay", "postgresql:// (or postgres://) URL"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url", "http:// or https:// URL"),
+    ],
+)
+def test_a_url_of_the_wrong_kind_is_refused_saying_which_kinds_are_right(
+    tmp_path: Path, variable: str, value: str, wanted: str
+) -> None:
+    result = _check(tmp_path, **_good(**{variable: value}))
+    assert result.returncode == 2
+    assert f"{variable}: give a" in result.stderr and wanted in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_misspelled_variable_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    result = _check(
+        tmp_path,
+        **_good(RELAY_RETRY_SCHEDUEL="1,2", RELAY_URL="http://relay:8000", RELAY_TOKEN="rly_x"),
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("relay: warning")]
+    assert warnings == [
+        "relay: warning: RELAY_RETRY_SCHEDUEL is not a relay setting and is ignored; "
+        "did you mean RELAY_RETRY_SCHEDULE?"
+    ]
+
+
+def test_connect_checks_the_redis_password_and_says_version_and_policy(
+    tmp_path: Path, own_redis: RedisServer, postgres_server: PostgresServer
+) -> None:
+    redis.Redis(port=own_redis.port).config_set("requirepass", REDIS_PASSWORD)
+    with_password = own_redis.url.replace("://", f"://:{REDIS_PASSWORD}@")
+    env = _good(RELAY_REDIS_URL=with_password, RELAY_DATABASE_URL=postgres_server.url)
+    reached = _check(tmp_path, "--connect", **env)
+    assert reached.returncode == 0, reached.stderr
+    said = next(line for line in reached.stdout.splitlines() if line.startswith("redis: "))
+    assert said.startswith("redis: 7.") and "maxmemory-policy noeviction" in said
+
+    wrong = own_redis.url.replace("://", "://:not-the-redis-password@")
+    refused = _check(tmp_path, "--connect", **{**env, "RELAY_REDIS_URL": wrong})
+    assert refused.returncode == 2
+    assert "RELAY_REDIS_URL: cannot reach Redis" in refused.stderr
+    assert "not-the-redis-password" not in refused.stdout + refused.stderr

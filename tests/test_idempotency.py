@@ -18,12 +18,13 @@ import redis.exceptions
 import relay.app
 from relay.api import events
 from relay.app import OPERATIONS
+from relay.roles import Role
 from relay.secrets import Keyring
 from relay.store import keys
 from relay.store.idempotency import CLAIM_MOVED, ClaimMoved, Held, IdempotencyStore, StoredResponse
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
-from relay.tokens import BOOTSTRAP_ID, Role, TokenSpec
+from relay.tokens import BOOTSTRAP_ID, TokenSpec
 from relay.webhooks import WebhookCreate, new_webhook
 from tests.conftest import ClientFactory
 from tests.flows import post_event, webhook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFactory
+from tests.receivers import Receiver
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
 ADMIN = "rly_admin_token_for_the_log_test_0123456789"
@@ -115,3 +117,56 @@ def test_text_format_is_for_people(redis_server: RedisServer, tmp_path: Path) ->
     assert not text.lstrip().startswith("{")
     # Health checks are logged only at debug level, which this process asked for.
     assert any("GET /healthz 200" in ln and "request_id=rq-text" in ln for ln in text.splitlines())
+
+
+async def test_a_webhooks_change_and_an_events_attempts_are_logged_with_their_ids(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {"RELAY_ADMIN_TOKEN": ADMIN, "RELAY_ALLOW_PRIVATE_TARGETS": "true"}
+    api = LoggedApi(redis_server.url, tmp_path / "api.log", **env)
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as sink:
+        worker = spawn_relay(["worker"], relay_env(redis_server.url, **env), stderr=sink)
+    try:
+        async with (
+            Receiver() as rx,
+            httpx.AsyncClient(
+                base_url=api.base, headers={"authorization": f"Bearer {ADMIN}"}
+            ) as admin,
+        ):
+            made = await admin.post(
+                "/v1/webhooks",
+                json={"url": rx.url("/hook"), "tenant_id": "space_logs"},
+                headers={"x-request-id": "rq-hook"},
+            )
+            assert made.status_code == 201, made.text
+            hook_id = made.json()["data"]["id"]
+            posted = await admin.post(
+                "/v1/events",
+                json={"type": "post.published", "tenant_id": "space_logs", "data": {"post_id": 1}},
+                headers={"x-request-id": "upstream-7f3a"},
+            )
+            assert posted.status_code == 202, posted.text
+            event_id = posted.json()["data"]["id"]
+            await rx.wait_for(1, timeout=15)
+
+            def attempts() -> list[dict[str, Any]]:
+                lines = _lines(worker_log.read_text())
+                return [line for line in lines if line.get("event_id") == event_id]
+
+            for _ in range(100):  # the line follows the attempt's settlement
+                if attempts():
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(15)
+        text = api.stop()
+
+    hook_line = next(line for line in _lines(text) if line.get("request_id") == "rq-hook")
+    assert hook_line["path"] == "/v1/webhooks" and hook_line["status_code"] == 201
+    assert hook_line["webhook_id"] == hook_id and hook_line["tenant_id"] == "space_logs"
+    (attempt,) = attempts()
+    assert attempt["logger"] == "relay.delivery" and attempt["status_code"] == 200
+    assert attempt["request_id"] == "upstream-7f3a"
+    assert attempt["webhook_id"] == hook_id and attempt["attempt"] == 1

@@ -8,7 +8,7 @@ import re
 import httpx
 
 from tests.conftest import ClientFactory
-from tests.flows import Workers, webhook
+from tests.flows import Workers, post_event, webhook
 from tests.support import RedisServer
 
 
@@ -76,3 +76,44 @@ async def test_live_workers_are_counted(admin: httpx.AsyncClient, workers: Worke
             break
         await asyncio.sleep(0.1)
     assert await count() == 2 and len(started) == 2
+
+
+async def test_an_event_that_goes_nowhere_says_why_and_is_counted(
+    admin: httpx.AsyncClient,
+) -> None:
+    await webhook(admin, "https://example.com/posts", tenant="acme", events=["post.*"])
+    off = await webhook(admin, "https://example.com/media", tenant="acme", events=["media.*"])
+    await admin.patch(f"/v1/webhooks/{off['id']}", json={"enabled": False})
+    media = {"media_id": "m_1", "url": "https://example.com/m.png", "mime": "image/png"}
+
+    async def reason(tenant: str, **fields: object) -> object:
+        response = await post_event(admin, tenant, **fields)
+        assert response.status_code == 202, response.text
+        event = response.json()["data"]
+        assert event["deliveries"] or event["undeliverable"] is not None
+        return event["undeliverable"]
+
+    assert await reason("acmee") == "no_webhooks"  # a mistyped tenant
+    assert await reason("acmee") == "no_webhooks"
+    assert (
+        await reason("acme", type="post.failed", data={"post_id": 1, "error": {"message": "x"}})
+        is None
+    )
+    assert await reason("acme", type="media.uploaded", data=media) == "webhooks_disabled"
+    admin_types = await admin.post(
+        "/v1/event-types", json={"name": "order.placed", "schema": {"type": "object"}}
+    )
+    assert admin_types.status_code == 201, admin_types.text
+    assert await reason("acme", type="order.placed", data={}) == "no_subscribers"
+
+    # A repeat of an upstream id shows the first event as it is; it accepted nothing new.
+    first = await post_event(admin, "acmee", id="up_1")
+    repeat = await post_event(admin, "acmee", id="up_1")
+    assert first.json()["data"]["undeliverable"] == "no_webhooks"
+    assert repeat.status_code == 200 and "undeliverable" not in repeat.json()["data"]
+
+    scrape = await _scrape(admin)
+    assert _value(scrape, 'relay_events_undelivered_total{reason="no_webhooks"}') == 3
+    assert _value(scrape, 'relay_events_undelivered_total{reason="webhooks_disabled"}') == 1
+    assert _value(scrape, 'relay_events_undelivered_total{reason="no_subscribers"}') == 1
+    assert _value(scrape, 'relay_events_accepted_total{type="post.failed"}') == 1

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -146,3 +149,78 @@ async def test_usage_errors_exit_2(dev: Dev) -> None:
 async def test_a_token_the_api_refuses_exits_1_with_its_detail(dev: Dev) -> None:
     said = await relay(dev, "tokens", "list", code=1, RELAY_TOKEN="rly_wrong")
     assert "unknown or has been revoked" in said
+
+
+async def test_deliveries_get_shows_a_delivery_with_its_attempts(
+    dev: Dev, api: httpx.AsyncClient
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(503), path="/flaky")
+        await _hook(api, rx.url("/flaky"), "t_get")
+        delivery_id = (await _post(api, "t_get"))["deliveries"][0]["id"]
+        await _delivery(api, delivery_id, "pending")  # its first attempt made and failed
+
+    shown = await relay(dev, "deliveries", "get", delivery_id)
+    head, _, attempts = shown.partition("attempts:")
+    assert delivery_id in head and "pending" in head
+    rows = attempts.strip().splitlines()
+    assert rows[0].split()[:3] == ["NUMBER", "STARTED_AT", "STATUS_CODE"]
+    assert rows[1].split()[0] == "1" and "503" in rows[1].split()
+    as_json = json.loads(await relay(dev, "deliveries", "get", delivery_id, "--json"))
+    assert as_json["id"] == delivery_id and as_json["attempts"][0]["status_code"] == 503
+    assert "No such delivery" in await relay(dev, "deliveries", "get", "dlv_" + "0" * 26, code=1)
+
+
+async def test_times_may_be_given_as_a_while_ago(dev: Dev, api: httpx.AsyncClient) -> None:
+    async with Receiver() as rx:
+        hook_id = await _hook(api, rx.url("/ago"), "t_ago")
+        delivery_id = (await _post(api, "t_ago"))["deliveries"][0]["id"]
+    for since in ("30m", "1h", "2d", "1w"):
+        assert delivery_id in await relay(dev, "deliveries", "list", "--since", since)
+    assert delivery_id not in await relay(dev, "deliveries", "list", "--until", "1h")
+    listed = await relay(dev, "deliveries", "list", "--since", "1h", "--until", "0s", "--json")
+    assert delivery_id in [d["id"] for d in json.loads(listed)["data"]]
+    assert "requeued 0" in await relay(dev, "recover", hook_id, "--since", "2d", "--until", "1m")
+
+
+async def test_an_unknown_status_is_a_usage_error_listing_the_statuses(dev: Dev) -> None:
+    said = await relay(dev, "deliveries", "list", "--status", "faild", code=2)
+    assert "faild" in said
+    assert all(s in said for s in ("pending", "delivering", "delivered", "failed", "canceled"))
+
+
+async def test_a_missing_variable_is_named_with_what_it_holds(dev: Dev, tmp_path: Path) -> None:
+    no_token = await relay(dev, "webhooks", "list", code=2, RELAY_TOKEN="")
+    assert "RELAY_TOKEN (an API token" in no_token
+    assert "RELAY_URL" not in no_token and "base URL" not in no_token
+    no_url = await relay(dev, "webhooks", "list", code=2, RELAY_URL="")
+    assert "RELAY_URL (the API's base URL" in no_url
+    assert "RELAY_TOKEN" not in no_url and "API token" not in no_url
+    # Neither, and no `relay dev` on the data dir to fall back on: both named.
+    neither = await relay(
+        dev, "webhooks", "list", code=2, RELAY_URL="", RELAY_TOKEN="", RELAY_DATA_DIR=str(tmp_path)
+    )
+    assert "RELAY_URL (the API's base URL" in neither and "RELAY_TOKEN (an API token" in neither
+    assert "no `relay dev` is running" in neither
+
+
+async def test_with_neither_variable_set_it_uses_the_relay_dev_on_the_data_dir(dev: Dev) -> None:
+    env = {"RELAY_URL": "", "RELAY_TOKEN": "", "RELAY_DATA_DIR": str(dev.data_dir)}
+    listed = await relay(dev, "deliveries", "list", **env)
+    assert listed.splitlines()[0].split()[:2] == ["ID", "WEBHOOK_ID"]
+    # A relay dev given its admin token by the environment: the same variable names it here.
+    refused = await relay(dev, "tokens", "list", code=1, RELAY_ADMIN_TOKEN="rly_other", **env)
+    assert "unknown or has been revoked" in refused
+
+
+def test_an_operator_command_loads_no_server_code(dev: Dev) -> None:
+    # Each of these costs tens of milliseconds at start-up; one HTTP call needs none of them.
+    heavy = ("starlette", "uvicorn", "opentelemetry", "redis", "asyncpg", "pydantic", "arq")
+    probe = (
+        "import sys; from relay.cli import main; status = main(['tokens', 'list']); "
+        f"print(status, sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=_env(dev), capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr

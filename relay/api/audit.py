@@ -10,9 +10,10 @@ from relay.api.bodies import listing
 from relay.api.pagination import page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.api.times import TIME, query_ms
+from relay.roles import Role
 from relay.services import services
 from relay.store.audit import AuditQuery
-from relay.tokens import Principal, Role
+from relay.tokens import Principal
 
 
 async def audit_log(request: Request, principal: Principal) -> Response:

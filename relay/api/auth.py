@@ -5,9 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from relay.errors import Unauthorized
+from relay.roles import Role
 from relay.services import services
 from relay.timefmt import now
-from relay.tokens import BOOTSTRAP_ID, Principal, Role, check_unexpired, same_token, token_hash
+from relay.tokens import BOOTSTRAP_ID, Principal, check_unexpired, same_token, token_hash
 
 
 async def authenticate(request: Request) -> Principal:

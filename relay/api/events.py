@@ -14,9 +14,10 @@ from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
 from relay.ingest import EventIn, accept, event_summary, event_view
+from relay.roles import Role
 from relay.services import services
 from relay.store.events import EventFilter, StoredEvent
-from relay.tokens import Principal, Role
+from relay.tokens import Principal
 
 ID = (id_param("evt"),)
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
@@ -76,7 +77,7 @@ OPERATIONS = [
         "Post an event",
         POSTERS,
         "events",
-        answers=shapes.Event,
+        answers=shapes.AcceptedEvent,
         body=EventIn,
         status=202,
         also_succeeds=(

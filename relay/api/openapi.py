@@ -18,8 +18,8 @@ from relay.api.idempotency import REPLAYED
 from relay.api.routing import Operation
 from relay.api.shapes import Alive, Problem, Ready, envelope
 from relay.events import EVENT_TYPES
+from relay.roles import Role
 from relay.signing import Scheme
-from relay.tokens import Role
 from relay.validation import TenantId
 
 _REF = "#/components/schemas/{model}"

@@ -20,9 +20,10 @@ from relay.api.idempotency import REPLAYED, idempotent
 from relay.api.shapes import check, envelope
 from relay.audit import Audit
 from relay.errors import Invalid, RateLimited, RelayError
+from relay.roles import Role
 from relay.services import services
 from relay.timefmt import read_rfc3339
-from relay.tokens import Principal, Role
+from relay.tokens import Principal
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 PublicHandler = Callable[[Request], Awaitable[Response]]

@@ -17,10 +17,12 @@ from pydantic_core import core_schema
 from relay.delivery.model import Status
 from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
+from relay.roles import Role
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
-from relay.tokens import TOKEN_PREFIX, Role
+from relay.tokens import TOKEN_PREFIX
 from relay.validation import TenantId
+from relay.webhooks import Undeliverable
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,17 @@ class Event(EventSummary):
     """An event with its deliveries' current status."""
 
     deliveries: list[EventDelivery]
+
+
+class AcceptedEvent(Event):
+    """An event just accepted, with why it goes nowhere if it does."""
+
+    # Absent from the answer to a repeated upstream id, which shows the first event as it is now.
+    undeliverable: Undeliverable | None = Field(
+        None,
+        description="Set when the event has no deliveries: no_webhooks (the tenant has none), "
+        "no_subscribers (none subscribes to this type) or webhooks_disabled",
+    )
 
 
 class RetriedEvent(Event):

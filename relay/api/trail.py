@@ -14,6 +14,9 @@ from relay.services import services
 from relay.store import codec
 from relay.tokens import Principal
 
+# The log field naming an object an entry is about, by the prefix of its id.
+_LOG_FIELDS = {"wh": "webhook_id", "evt": "event_id", "dlv": "delivery_id"}
+
 
 def request_id(_: Request) -> str | None:
     """The id of this request: the one relay's request middleware took or made, logged with
@@ -30,6 +33,8 @@ async def record(
     data = data if isinstance(data, dict) else {}
     object_id = data.get(rule.object_field) or request.path_params.get("id")
     tenant_id = data.get("tenant_id") or await _tenant_of(request, object_id) or principal.tenant_id
+    # The request's log line names what it changed, as the entry does.
+    logs.annotate(tenant_id=tenant_id, **_log_field(object_id))
     try:
         body = orjson.loads(await request.body() or b"{}")
     except orjson.JSONDecodeError:
@@ -44,6 +49,13 @@ async def record(
         ),
         once=audit_marker(request, principal),
     )
+
+
+def _log_field(object_id: str | None) -> dict[str, str]:
+    for prefix, field in _LOG_FIELDS.items():
+        if object_id is not None and has_prefix(object_id, prefix):
+            return {field: object_id}
+    return {}
 
 
 async def _tenant_of(request: Request, object_id: str | None) -> str | None:

@@ -17,9 +17,10 @@ from relay.api.routing import Operation, Param
 from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
+from relay.roles import Role
 from relay.services import services
 from relay.timefmt import from_timestamp
-from relay.tokens import Principal, Role
+from relay.tokens import Principal
 from relay.webhooks import (
     KNOWN_TYPES,
     RotateSecret,

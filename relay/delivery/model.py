@@ -114,15 +114,20 @@ class Claim:
     # Whether the endpoint's last attempt answered quickly: this one then did not count in its
     # tenant's slow share.
     endpoint_quick: bool = False
+    # Of the request that posted the event, so an upstream's request id finds its attempts.
+    request_id: str | None = None
 
     def log_ids(self) -> dict[str, str | int]:
         """The ids an attempt's log line and span carry."""
-        return {
+        ids: dict[str, str | int] = {
             "delivery_id": self.delivery_id,
             "event_id": self.event_id,
             "webhook_id": self.webhook_id,
             "attempt": self.attempt,
         }
+        if self.request_id is not None:
+            ids["request_id"] = self.request_id
+        return ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,7 @@ class NewEvent:
     upstream_id: str | None
     payload: bytes
     traceparent: str | None = None  # of the ingest span, so attempts join its trace
+    request_id: str | None = None  # of the request that posted it, for the attempts' log lines
 
     @property
     def upstream_key(self) -> str | None:
@@ -181,6 +182,7 @@ class _Plan:
     traceparent: str | None
     deliveries: list[list[str]]  # [delivery id, webhook id] still to write
     upstream_key: str | None = None
+    request_id: str | None = None
 
     @classmethod
     def of(cls, event: NewEvent, deliveries: list[list[str]]) -> _Plan:
@@ -194,6 +196,7 @@ class _Plan:
             event.traceparent,
             deliveries,
             event.upstream_key,
+            event.request_id,
         )
 
     @classmethod
@@ -520,6 +523,7 @@ class DeliveryStore:
             "created_at": event.created_at,
             "created_ms": event.created_ms,
             "traceparent": event.traceparent or "",
+            "request_id": event.request_id or "",
             "upstream_key": event.upstream_key,
             "deliveries": [
                 {"id": d.id, "webhook_id": d.webhook_id, "key": keys.delivery(d.id)}
@@ -644,6 +648,7 @@ class DeliveryStore:
                 traceparent=r[7].decode() or None,
                 endpoint_failing=bool(r[8]),
                 endpoint_quick=bool(r[9]),
+                request_id=r[10].decode() or None,
             )
             for r in rows
         ]

@@ -21,6 +21,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 SENTINEL_SCHEME = "redis+sentinel"
+_SCHEMES = ("redis", "rediss", "unix")  # what redis-py connects to by itself
 SENTINEL_PORT = 26379
 # Every Redis call gives up after this long instead of hanging while Redis is down or paused:
 # the API answers 503 within 2 s, and no relay command blocks for longer.
@@ -91,7 +92,11 @@ def check_redis_url(url: str) -> None:
     if url.startswith(f"{SENTINEL_SCHEME}:"):
         parse_sentinel_url(url)
         return
-    parse_url(url)  # the scheme, port and options, as redis-py reads them
+    if urlsplit(url).scheme not in _SCHEMES:
+        raise ValueError(
+            f"give a {', '.join(f'{s}://' for s in _SCHEMES)} or {SENTINEL_SCHEME}:// URL"
+        )
+    parse_url(url)  # the port and options, as redis-py reads them
     parts = urlsplit(url)
     db = parts.path.strip("/")
     # redis-py ignores a database it cannot read and uses database 0: say so instead.

@@ -9,11 +9,12 @@ from redis.asyncio.client import Pipeline
 
 from relay import ids, timefmt
 from relay.errors import NotFound
+from relay.roles import Role
 from relay.store import codec, keys
 from relay.store.idempotency import Commit
 from relay.store.pages import newest_first
 from relay.store.records import transact
-from relay.tokens import Principal, Role, TokenSpec, new_secret_token, token_hash
+from relay.tokens import Principal, TokenSpec, new_secret_token, token_hash
 
 # An expired token's record stays this long, so that it answers "expired" rather than "unknown".
 _EXPIRED_KEPT_MS = 86_400_000

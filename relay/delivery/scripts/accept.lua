@@ -8,12 +8,17 @@
 -- finished from its plan by a retry of the same upstream id, or by a worker's maintenance.
 -- A score in the accepting set is when that event last made progress (Redis's clock).
 
--- Optional fields every delivery of the event carries: its trace, and the event's upstream-id
--- key (so that whoever takes the event out of Redis can shorten it without reading the event).
+-- Optional fields every delivery of the event carries: its trace and the id of the request
+-- that posted it (for its attempts' spans and log lines), and the event's upstream-id key (so
+-- that whoever takes the event out of Redis can shorten it without reading the event).
 local extra = {}
 if A.traceparent ~= '' then
   table.insert(extra, 'traceparent')
   table.insert(extra, A.traceparent)
+end
+if A.request_id ~= '' then
+  table.insert(extra, 'request_id')
+  table.insert(extra, A.request_id)
 end
 if A.upstream_key ~= cjson.null then
   table.insert(extra, 'upstream_key')

@@ -101,7 +101,7 @@ local sequence = 0
 local missing = {}
 local function try(id, wh, e, t)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
-    'webhook_id', 'event_id', 'cycle_start', 'traceparent')
+    'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id')
   local status = d[1]
   local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
@@ -130,7 +130,7 @@ local function try(id, wh, e, t)
     'lease_token', token)
   redis.call('ZADD', queue, lease, id)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
-    e.failing, e.quick and 1 or 0}, lease
+    e.failing, e.quick and 1 or 0, d[8] or ''}, lease
 end
 
 -- An endpoint not known to answer quickly, when its tenant's slow share is in use: it waits

@@ -4,6 +4,7 @@ by a worker that lost its lease."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 
 import orjson
@@ -285,6 +286,29 @@ async def test_a_late_2xx_reaches_a_delivery_that_only_history_holds(
         handed = await store.handed_over("writer", 10, 10)
         await writer.write(await database.pool(), handed, set())
         await store.release(handed)
+    finally:
+        await database.aclose()
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert await _codes(store, delivery_id) == [(1, 503), (2, 200)]
+
+
+async def test_a_late_attempt_is_history_s_newest_state_even_by_a_clock_running_behind(
+    redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    stale, fresh = await _taken_over(store)
+    assert (await store.settle(fresh, _result(503))).written
+    # a's reading of Redis's clock runs behind b's: its 2xx comes back just after b's ending,
+    # stamped a little before it.
+    lagging = dataclasses.replace(stale, now_ms=stale.now_ms - 5_000)
+    assert (await store.settle(lagging, _result(200))).written
+    database = Database(postgres_server.url)
+    try:
+        handed = await store.handed_over("writer", 10, 10)
+        await writer.write(await database.pool(), handed, set())
+        await store.release(handed)
+        assert not await redis_client.exists(keys.delivery(delivery_id))
     finally:
         await database.aclose()
     delivery = await store.get(delivery_id)

@@ -12,7 +12,7 @@
 local at = A.now_ms
 local id = A.id
 local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token', 'event_id',
-  'webhook_id', 'tenant_id', 'event_type', 'created_at', 'cycle_start')
+  'webhook_id', 'tenant_id', 'event_type', 'created_at', 'cycle_start', 'updated_ms')
 local delivered_now = A.status == 'delivered'
 
 -- The attempt's record numbered as the next one of the delivery: the claim's number unless a
@@ -42,6 +42,9 @@ if not st[1] then
   local d = A.archived
   if d == nil or d == cjson.null then return {-1, '', int(at)} end
   local n = tonumber(d.attempt_count) + 1
+  -- Newer than the state it adds to, which history keeps only if so: `at` comes from this
+  -- worker's reading of Redis's clock, which may run a few ms behind another's.
+  at = math.max(at, (tonumber(d.updated_ms) or 0) + 1)
   d.attempt_count, d.updated_ms = tostring(n), int(at)
   if delivered_now and d.status ~= 'delivered' then
     d.status, d.delivered_ms = 'delivered', int(at)
@@ -63,6 +66,8 @@ if st[1] ~= 'delivering' or st[3] ~= A.token then
     redis.call('ZREM', K.tenant_slow_slots .. t, id)
   end
   if record == '' then return {0, '', int(at)} end
+  -- Newer than the state it adds to, as above (history keeps a delivery's newest state).
+  at = math.max(at, (tonumber(st[10]) or 0) + 1)
   local finished = st[1] ~= 'pending' and st[1] ~= 'delivering'
   local win = delivered_now and st[1] ~= 'delivered'
   local fields = {'attempt_count', made + 1, 'updated_ms', int(at)}

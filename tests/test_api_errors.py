@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
 from relay.store.tokens import TokenStore
+from relay.validation import MAX_JSON_DEPTH
 from tests.conftest import ClientFactory
 from tests.support import RedisServer, free_port
 
@@ -137,3 +138,33 @@ async def test_docs_page_is_served_with_its_assets(admin: httpx.AsyncClient) -> 
     assert page.status_code == 200 and "/openapi.json" in page.text
     script = await admin.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def _event_nested(depth: int) -> bytes:
+    """An event whose body nests objects exactly `depth` levels deep (the body is level 1)."""
+    inner = '{"a":' * (depth - 3) + "{}" + "}" * (depth - 3)
+    data = f'{{"post_id":"p","x":{inner}}}'
+    return f'{{"type":"post.published","tenant_id":"t1","data":{data}}}'.encode()
+
+
+async def test_a_body_nested_past_the_limit_is_refused_and_reads_still_work(
+    admin: httpx.AsyncClient, make_client: ClientFactory, token_for: Callable[..., Awaitable[str]]
+) -> None:
+    tenant = await make_client(token=await token_for("tenant", "t1"))
+    json = {"content-type": "application/json"}
+    # Past the limit, up to past every parser's own ceiling: a 422 naming the limit, never a
+    # 500 (an upstream retrying a 500 would post the event again).
+    for depth in (MAX_JSON_DEPTH + 1, 199, 230, 256, 2000):
+        response = await admin.post("/v1/events", content=_event_nested(depth), headers=json)
+        body = assert_problem(response, 422, "validation")
+        assert f"{MAX_JSON_DEPTH} levels" in str(body["detail"]), body
+    assert (await admin.get("/v1/events")).json()["data"] == []
+
+    # At the limit it is accepted, and every read of it answers.
+    response = await admin.post("/v1/events", content=_event_nested(MAX_JSON_DEPTH), headers=json)
+    assert response.status_code == 202, response.text
+    event_id = response.json()["data"]["id"]
+    for client in (admin, tenant):
+        assert (await client.get(f"/v1/events/{event_id}")).status_code == 200
+        [listed] = (await client.get("/v1/events")).json()["data"]
+        assert listed["id"] == event_id

@@ -115,3 +115,20 @@ def test_text_format_is_for_people(redis_server: RedisServer, tmp_path: Path) ->
     assert not text.lstrip().startswith("{")
     # Health checks are logged only at debug level, which this process asked for.
     assert any("GET /healthz 200" in ln and "request_id=rq-text" in ln for ln in text.splitlines())
+
+
+def test_a_text_line_cannot_be_forged_with_a_line_break(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    api = LoggedApi(redis_server.url, tmp_path / "api.log", RELAY_LOG_FORMAT="text")
+    forged = "2026-01-01 00:00:00,000 ERROR relay.http forged"
+    try:
+        for raw in ("%0a", "%0d%0a", "%0b", "%1b[31m", "%e2%80%a8"):
+            httpx.get(f"{api.base}/v1/x{raw}{forged.replace(' ', '%20')}")
+    finally:
+        text = api.stop()
+    lines = text.splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    # Every record is one line, its control characters written as escapes.
+    assert "/v1/x\\n2026-01-01" in text and "/v1/x\\x1b[31m" in text
+    assert all(line[:1].isdigit() or line.startswith("  ") for line in lines), text

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     capture_response_bytes: int = Field(4096, ge=0, le=1_048_576)
     # Not in the contract's list: API requests per second per token; 0 turns the limit off.
     api_rate_limit: int = Field(1000, ge=0)
+    # Failed authentications per client address per minute before that address gets 429s
+    # without any token being looked up; 0 turns the limit off.
+    auth_failures_per_minute: int = Field(30, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
     metrics_token: SecretStr | None = None
     # Unset means `json`, except under `relay dev`, which a person reads at a terminal.

@@ -22,7 +22,7 @@ from relay.store.connect import connect_redis
 from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
-from relay.store.ratelimit import TokenRateLimiter
+from relay.store.ratelimit import AuthFailureLimiter, TokenRateLimiter
 from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
@@ -76,6 +76,7 @@ class Services:
     events: EventStore
     event_types: EventTypeStore
     rate_limiter: TokenRateLimiter
+    auth_failures: AuthFailureLimiter
     deliveries: DeliveryStore
     jobs: JobQueue
     database: Database
@@ -109,6 +110,7 @@ class Services:
             events=EventStore(redis, archive),
             event_types=EventTypeStore(redis),
             rate_limiter=TokenRateLimiter(redis, settings.api_rate_limit),
+            auth_failures=AuthFailureLimiter(redis, settings.auth_failures_per_minute),
             deliveries=DeliveryStore(
                 redis,
                 settings.retention_seconds,

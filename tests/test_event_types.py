@@ -212,3 +212,39 @@ async def test_a_schema_nested_past_the_limit_is_a_422_naming_it(
     assert accepted.status_code == 202, accepted.text
     listed = (await admin.get("/v1/event-types")).json()["data"]
     assert [t["schema"] for t in listed if t["name"] == "custom.deep"] == [deepest]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {
+            "allOf": [{"$ref": "#/$defs/a"}],
+            "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#"}},
+        },
+        {"anyOf": [{"type": "string"}, {"not": {"$ref": "#"}}]},
+    ],
+)
+async def test_a_schema_whose_ref_loops_without_end_is_a_422(
+    admin: httpx.AsyncClient, schema: dict[str, Any]
+) -> None:
+    response = await _register(admin, schema=schema)
+    assert response.status_code == 422, response.text
+    assert "$ref" in response.json()["errors"]["schema"][0]
+
+
+async def test_a_ref_loop_only_some_data_enters_is_a_422_for_that_event(
+    admin: httpx.AsyncClient,
+) -> None:
+    # Objects with a `loop` field take the loop; registration probes only empty values.
+    schema = {
+        "type": "object",
+        "if": {"required": ["loop"]},
+        "then": {"$ref": "#/$defs/loop"},
+        "$defs": {"loop": {"$ref": "#/$defs/loop"}},
+    }
+    assert (await _register(admin, schema=schema)).status_code == 201
+    assert (await _post(admin, {"fine": 1})).status_code == 202
+    refused = await _post(admin, {"loop": 1})
+    assert refused.status_code == 422, refused.text
+    assert "$ref" in refused.json()["errors"]["data"][0]

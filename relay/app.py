@@ -73,5 +73,9 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # Starlette answers `/v1/webhooks/` with a 307 to `/v1/webhooks`: a client that does not
+    # follow it with its body gets no problem+json, and one that does may post twice. A path
+    # that is not a route is a 404 like any other unknown path.
+    app.router.redirect_slashes = False
     app.state.openapi = build_openapi(OPERATIONS)
     return app

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     test_sends_per_minute: int = Field(10, ge=0)
     # Send the W3C trace context to receivers: it carries the upstream's trace id to customers.
     propagate_trace_context: bool = False
+    # Failed authentications per client address per minute before that address gets 429s
+    # without any token being looked up; 0 turns the limit off.
+    auth_failures_per_minute: int = Field(30, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
     metrics_token: SecretStr | None = None
     # Unset means `json`, except under `relay dev`, which a person reads at a terminal.

@@ -213,6 +213,14 @@ def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         raise ValueError(f"Not a valid JSON Schema (draft 2020-12): {exc.message}") from None
     _local_refs_only(schema)
+    # A `$ref` that leads back to itself without going into the data (`{"$ref": "#"}`) makes
+    # validation recurse without end; tried on one value of each JSON type, such a loop shows.
+    probes: tuple[object, ...] = ({}, [], "", 0, None, True)
+    for probe in probes:
+        try:
+            any(Draft202012Validator(schema).iter_errors(probe))
+        except RecursionError:
+            raise ValueError("A $ref leads back to itself without going into the data.") from None
     return schema
 
 
@@ -304,7 +312,14 @@ def _validator(schema_json: bytes) -> Draft202012Validator:
 def _schema_errors(schema: dict[str, Any], data: object) -> dict[str, list[str]]:
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     errors: dict[str, list[str]] = {}
-    for err in validator.iter_errors(data):
+    try:
+        found = list(validator.iter_errors(data))
+    except RecursionError:
+        # A loop of `$ref`s that only data of this shape enters (registration tried the others).
+        return {
+            "data": ["The type's schema loops ($ref) on data of this shape; it cannot be checked."]
+        }
+    for err in found:
         path = ["data", *(str(p) for p in err.absolute_path)]
         if err.validator == "required" and isinstance(err.instance, dict):
             # jsonschema reports a missing field at its parent; name the field itself.

@@ -8,6 +8,7 @@ to pass them along. Nothing secret is ever put there: ids, counts and status cod
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,19 +112,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+# Line breaks and other control characters (C0, DEL, C1, Unicode line separators).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(text: str) -> str:
+    # A request path or an error can carry `%0a` from a client: written as is, it would start a
+    # line of the client's making. Escaped, one record is always one line.
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
     """`time level logger message key=value …` for reading at a terminal."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        ids = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        if not ids:
-            return text
-        head, newline, rest = text.partition("\n")  # keep a traceback below the ids
-        return f"{head} {ids}{newline}{rest}"
+        ids = "".join(f" {k}={v}" for k, v in _fields(record).items())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name} "
+        line = _escaped(line + record.getMessage() + ids)
+        if record.exc_info:
+            # A traceback keeps its lines, indented, so that only a record starts at column 0.
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n  {_escaped(row)}" for row in trace.splitlines())
+        return line
 
 
 # Libraries whose INFO lines repeat, per request or per job, what relay's own lines say.

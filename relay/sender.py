@@ -287,6 +287,7 @@ def _describe(exc: BaseException, timeout: float, status: int | None) -> str:
         if isinstance(cause, aiohttp.ServerDisconnectedError):
             return f"server disconnected{suffix}"
         if isinstance(cause, httpx.InvalidURL | aiohttp.InvalidURL):
-            return f"invalid url: {cause}"
+            # Not the URL itself: this reason is logged, and a path or query may hold a secret.
+            return "invalid url"
     *_, root = _causes(exc)
     return f"connection error: {str(root) or type(root).__name__}{suffix}"

@@ -23,7 +23,7 @@ from relay.store.connect import connect_redis
 from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
-from relay.store.ratelimit import WindowLimiter
+from relay.store.ratelimit import AuthFailureLimiter, WindowLimiter
 from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
@@ -78,6 +78,7 @@ class Services:
     event_types: EventTypeStore
     rate_limiter: WindowLimiter  # API requests per token and second
     test_sends: WindowLimiter  # per tenant and minute: each makes relay POST somewhere at once
+    auth_failures: AuthFailureLimiter
     deliveries: DeliveryStore
     jobs: JobQueue
     database: Database
@@ -115,6 +116,7 @@ class Services:
             test_sends=WindowLimiter(
                 redis, settings.test_sends_per_minute, 60, keys.test_send_rate
             ),
+            auth_failures=AuthFailureLimiter(redis, settings.auth_failures_per_minute),
             deliveries=DeliveryStore(
                 redis,
                 settings.retention_seconds,

@@ -63,6 +63,37 @@ class Patch(pydantic.BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
+# How deeply a request body may nest objects and arrays. Each layer a stored body passes through
+# has a ceiling of its own: pydantic's JSON reader, which checks every answer against its shape,
+# stops at 200 levels; orjson encodes at most 254 (and answers wrap a stored event or schema in a
+# few more levels); jsonschema spends about eight Python frames on each level of a registered
+# schema, so 1000 frames hold about 120 levels. A body refused at the door at 64 levels is held
+# well inside all of them, so whatever relay accepts it can store, serve and check again.
+MAX_JSON_DEPTH = 64
+
+
+def check_depth(value: object) -> None:
+    """Raise Invalid if `value` nests objects and arrays more than MAX_JSON_DEPTH deep."""
+    # Level by level, not recursively: the check must not meet the recursion it guards against.
+    level: list[dict[str, Any] | list[Any]] = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_JSON_DEPTH):
+        below: list[dict[str, Any] | list[Any]] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            below.extend(c for c in children if isinstance(c, dict | list))
+        level = below
+    if level:
+        raise too_deep()
+
+
+def too_deep() -> Invalid:
+    """The 422 for a body nested deeper than MAX_JSON_DEPTH."""
+    return Invalid(
+        f"The body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep.",
+        {"body": [f"must nest at most {MAX_JSON_DEPTH} levels deep"]},
+    )
+
+
 # Tenant ids come from upstream systems; kept to a charset safe in keys, logs and URLs.
 TenantId = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")]
 

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import idna
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -82,6 +83,18 @@ _WEBHOOK_HEADER_PREFIX = "webhook-"
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
+def _ascii_label(label: str) -> str | None:
+    if label.isascii() and not label.startswith("xn--"):
+        return label
+    # An international name (or its xn-- form) must be valid IDNA 2008, as the sender's HTTP
+    # client reads it: Python's own codec is IDNA 2003, which takes names (emoji, symbols) that
+    # the client then refuses on every attempt.
+    try:
+        return idna.encode(label).decode("ascii")
+    except idna.IDNAError:
+        return None
+
+
 def _valid_host(host: str) -> bool:
     if ":" in host:
         try:
@@ -89,12 +102,10 @@ def _valid_host(host: str) -> bool:
         except ValueError:
             return False
         return True
-    try:
-        ascii_host = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return False
-    labels = ascii_host.removesuffix(".").split(".")
-    return len(ascii_host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+    labels = [_ascii_label(label) for label in host.removesuffix(".").split(".")]
+    return all(label is not None and _HOST_LABEL.fullmatch(label) for label in labels) and (
+        len(".".join(label or "" for label in labels)) <= 253
+    )
 
 
 def _check_url(url: str) -> str:
@@ -113,14 +124,20 @@ def _check_url(url: str) -> str:
     if parts.scheme not in ("http", "https"):
         raise ValueError("Must be an absolute http:// or https:// URL.")
     if not parts.hostname or not _valid_host(parts.hostname):
-        raise ValueError("Must have a valid host name or IP address.")
+        raise ValueError("Must have a valid host name (IDNA 2008) or IP address.")
+    if "@" in parts.netloc:
+        # The sender's client would turn them into an Authorization header of its own, which
+        # then clashes with any other: every attempt would fail. Headers carry credentials.
+        raise ValueError(
+            "Must not contain credentials (user:password@); "
+            "send them as a custom Authorization header instead."
+        )
     if port == 0:
         raise ValueError("Must not use port 0.")
     # Scheme and host are case-insensitive, so they are lowered; the rest is the customer's and
     # is kept byte for byte (receivers may sign or route on the exact path and query).
-    userinfo, at, host_port = parts.netloc.rpartition("@")
     rest = url[len(parts.scheme) + 3 + len(parts.netloc) :]
-    return f"{parts.scheme}://{userinfo}{at}{host_port.lower()}{rest}"
+    return f"{parts.scheme}://{parts.netloc.lower()}{rest}"
 
 
 def _check_event_filter(name: str, info: ValidationInfo) -> str:

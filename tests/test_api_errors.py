@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
+from relay.app import OPERATIONS
 from relay.store.tokens import TokenStore
+from relay.validation import MAX_JSON_DEPTH
 from tests.conftest import ClientFactory
+from tests.flows import post_event, webhook
 from tests.support import RedisServer, free_port
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
@@ -137,3 +141,91 @@ async def test_docs_page_is_served_with_its_assets(admin: httpx.AsyncClient) -> 
     assert page.status_code == 200 and "/openapi.json" in page.text
     script = await admin.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def _event_nested(depth: int) -> bytes:
+    """An event whose body nests objects exactly `depth` levels deep (the body is level 1)."""
+    inner = '{"a":' * (depth - 3) + "{}" + "}" * (depth - 3)
+    data = f'{{"post_id":"p","x":{inner}}}'
+    return f'{{"type":"post.published","tenant_id":"t1","data":{data}}}'.encode()
+
+
+async def test_a_body_nested_past_the_limit_is_refused_and_reads_still_work(
+    admin: httpx.AsyncClient, make_client: ClientFactory, token_for: Callable[..., Awaitable[str]]
+) -> None:
+    tenant = await make_client(token=await token_for("tenant", "t1"))
+    json = {"content-type": "application/json"}
+    # Past the limit, up to past every parser's own ceiling: a 422 naming the limit, never a
+    # 500 (an upstream retrying a 500 would post the event again).
+    for depth in (MAX_JSON_DEPTH + 1, 199, 230, 256, 2000):
+        response = await admin.post("/v1/events", content=_event_nested(depth), headers=json)
+        body = assert_problem(response, 422, "validation")
+        assert f"{MAX_JSON_DEPTH} levels" in str(body["detail"]), body
+    assert (await admin.get("/v1/events")).json()["data"] == []
+
+    # At the limit it is accepted, and every read of it answers.
+    response = await admin.post("/v1/events", content=_event_nested(MAX_JSON_DEPTH), headers=json)
+    assert response.status_code == 202, response.text
+    event_id = response.json()["data"]["id"]
+    for client in (admin, tenant):
+        assert (await client.get(f"/v1/events/{event_id}")).status_code == 200
+        [listed] = (await client.get("/v1/events")).json()["data"]
+        assert listed["id"] == event_id
+
+
+async def test_a_malformed_id_in_any_path_is_a_404_problem(admin: httpx.AsyncClient) -> None:
+    made = await webhook(admin, "http://127.0.0.1:9/never", tenant="t1")
+    accepted = await post_event(admin, tenant="t1")
+    assert accepted.status_code == 202, accepted.text
+    [delivery] = accepted.json()["data"]["deliveries"]
+    token = (await admin.post("/v1/tokens", json={"role": "ingest"})).json()["data"]
+    # Objects that exist, so that a value one step off one of them reaches whatever store
+    # the route reads (`dlv_…:att` is another Redis key of that very delivery).
+    real = {
+        "wh": made["id"],
+        "evt": accepted.json()["data"]["id"],
+        "dlv": delivery["id"],
+        "tok": token["id"],
+        "rcv": "rcv_01jd0000000000000000000000",
+        "name": "custom.ordered",
+    }
+    checked = 0
+    for op in OPERATIONS:
+        # The kind each path parameter holds, read from its documented pattern (`^wh_…`).
+        kinds = {
+            p.name: re.match(r"\^(\w+)_", p.schema["pattern"])
+            for p in op.params
+            if p.where == "path"
+        }
+        values = {name: real[m[1] if m else name] for name, m in kinds.items()}
+        template = re.sub(r":\w+}", "}", op.path)  # `{id:webhook}` → `{id}`
+        for name, good in values.items():
+            for bad in (
+                f"{good}:att",
+                f"{good}%0a",
+                f"{good}%00",
+                "%2e%2e",
+                good.upper(),
+                good[:-1],
+                good + "0",
+                "x" * 300,
+                "é",
+            ):
+                path = template.format(**{**values, name: bad})
+                response = await admin.request(op.method, path, json={} if op.body else None)
+                assert_problem(response, 404, "not_found")
+                checked += 1
+    assert checked > 150
+
+
+async def test_a_trailing_slash_is_a_404_problem_not_a_redirect(admin: httpx.AsyncClient) -> None:
+    assert_problem(await admin.post("/v1/webhooks/", json={}), 404, "not_found")
+    assert_problem(await admin.get("/v1/tokens/"), 404, "not_found")
+    assert_problem(await admin.get("/healthz/"), 404, "not_found")
+    # The pages people open still answer; the console sends its own slash home.
+    for path in ("/console", "/docs", "/openapi.json", "/healthz"):
+        response = await admin.get(path)
+        assert response.status_code == 200, path
+    assert (await admin.get("/console/")).headers["location"] == "/console"
+    for asset in ("/docs/static/swagger-ui.css", "/console/assets/console.css"):
+        assert (await admin.get(asset)).status_code == 200, asset

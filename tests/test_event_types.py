@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from relay.validation import MAX_JSON_DEPTH
 from tests.conftest import ClientFactory
 from tests.flows import Workers, webhook
 from tests.receivers import Receiver
@@ -180,3 +181,70 @@ async def test_a_webhook_filter_names_a_registered_type_or_a_wildcard(
     assert made["events"] == ["custom.ordered", "post.failed"]
     changed = await admin.patch(f"/v1/webhooks/{made['id']}", json={"events": ["custom.ordered"]})
     assert changed.status_code == 200
+
+
+def _negations(depth: int) -> dict[str, Any]:
+    """A schema `depth` levels deep, each a `not` (the shape that costs jsonschema the most)."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(depth - 1):
+        schema = {"not": schema}
+    return schema
+
+
+async def test_a_schema_nested_past_the_limit_is_a_422_naming_it(
+    admin: httpx.AsyncClient,
+) -> None:
+    for depth in (MAX_JSON_DEPTH, 100, 500):
+        response = await _register(admin, schema=_negations(depth))
+        assert response.status_code == 422, response.text
+        assert f"{MAX_JSON_DEPTH} levels" in response.json()["detail"]
+        await _register(admin)
+        change = await admin.patch(
+            "/v1/event-types/custom.ordered", json={"schema": _negations(depth)}
+        )
+        assert change.status_code == 422, change.text
+
+    # The deepest a body allows (the schema is one level into it) is registered and used.
+    deepest = _negations(MAX_JSON_DEPTH - 1)
+    made = await _register(admin, name="custom.deep", schema=deepest)
+    assert made.status_code == 201, made.text
+    accepted = await _post(admin, {}, "custom.deep")  # an even number of `not`s: it passes
+    assert accepted.status_code == 202, accepted.text
+    listed = (await admin.get("/v1/event-types")).json()["data"]
+    assert [t["schema"] for t in listed if t["name"] == "custom.deep"] == [deepest]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {
+            "allOf": [{"$ref": "#/$defs/a"}],
+            "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#"}},
+        },
+        {"anyOf": [{"type": "string"}, {"not": {"$ref": "#"}}]},
+    ],
+)
+async def test_a_schema_whose_ref_loops_without_end_is_a_422(
+    admin: httpx.AsyncClient, schema: dict[str, Any]
+) -> None:
+    response = await _register(admin, schema=schema)
+    assert response.status_code == 422, response.text
+    assert "$ref" in response.json()["errors"]["schema"][0]
+
+
+async def test_a_ref_loop_only_some_data_enters_is_a_422_for_that_event(
+    admin: httpx.AsyncClient,
+) -> None:
+    # Objects with a `loop` field take the loop; registration probes only empty values.
+    schema = {
+        "type": "object",
+        "if": {"required": ["loop"]},
+        "then": {"$ref": "#/$defs/loop"},
+        "$defs": {"loop": {"$ref": "#/$defs/loop"}},
+    }
+    assert (await _register(admin, schema=schema)).status_code == 201
+    assert (await _post(admin, {"fine": 1})).status_code == 202
+    refused = await _post(admin, {"loop": 1})
+    assert refused.status_code == 422, refused.text
+    assert "$ref" in refused.json()["errors"]["data"][0]

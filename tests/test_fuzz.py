@@ -58,8 +58,10 @@ def errors_are_problems(
 def app(settings_for: Callable[..., Settings], redis_server: RedisServer) -> Iterator[Starlette]:
     """relay on the session's redis-server; schemathesis runs its lifespan in its own loop."""
     redis.Redis.from_url(redis_server.url).flushdb()
-    # No per-token rate limit: the fuzzer sends far more than a client would in a second.
-    yield create_app(settings_for(api_rate_limit=0))
+    # No per-token rate limit: the fuzzer sends far more than a client would in a second. No
+    # limit on failed authentications either: it checks that each operation refuses a bad token
+    # with a 401, one operation after another from one address, far past what a client would.
+    yield create_app(settings_for(api_rate_limit=0, auth_failures_per_minute=0))
     asgi.shutdown_lifespans()
 
 

@@ -170,3 +170,20 @@ async def test_a_webhooks_change_and_an_events_attempts_are_logged_with_their_id
     assert attempt["logger"] == "relay.delivery" and attempt["status_code"] == 200
     assert attempt["request_id"] == "upstream-7f3a"
     assert attempt["webhook_id"] == hook_id and attempt["attempt"] == 1
+
+
+def test_a_text_line_cannot_be_forged_with_a_line_break(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    api = LoggedApi(redis_server.url, tmp_path / "api.log", RELAY_LOG_FORMAT="text")
+    forged = "2026-01-01 00:00:00,000 ERROR relay.http forged"
+    try:
+        for raw in ("%0a", "%0d%0a", "%0b", "%1b[31m", "%e2%80%a8"):
+            httpx.get(f"{api.base}/v1/x{raw}{forged.replace(' ', '%20')}")
+    finally:
+        text = api.stop()
+    lines = text.splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    # Every record is one line, its control characters written as escapes.
+    assert "/v1/x\\n2026-01-01" in text and "/v1/x\\x1b[31m" in text
+    assert all(line[:1].isdigit() or line.startswith("  ") for line in lines), text

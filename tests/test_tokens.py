@@ -283,3 +283,24 @@ async def test_portal_session_lasts_at_most_a_day(admin: httpx.AsyncClient) -> N
     )
     expires = datetime.fromisoformat(response.json()["data"]["expires_at"])
     assert 86_390 < (expires - datetime.now(UTC)).total_seconds() <= 86_400
+
+
+async def test_failed_authentications_from_one_address_are_limited_before_any_lookup(
+    make_client: ClientFactory, token_for: Any
+) -> None:
+    guesser = await make_client(token="rly_guessed_token", auth_failures_per_minute=3)
+    answers = [await guesser.get("/v1/events") for _ in range(5)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429, 429]
+    limited = answers[-1]
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    # Refused before its token is looked up: from that address, a valid token waits too.
+    valid = {"authorization": f"Bearer {await token_for('ingest')}"}
+    assert (await guesser.get("/v1/events", headers=valid)).status_code == 429
+
+
+async def test_with_the_failure_limit_off_every_guess_is_a_401(make_client: ClientFactory) -> None:
+    guesser = await make_client(token="rly_guessed_token", auth_failures_per_minute=0)
+    answers = [await guesser.get("/v1/events") for _ in range(40)]
+    assert {r.status_code for r in answers} == {401}

@@ -129,6 +129,36 @@ def test_a_url_that_is_not_an_absolute_http_url_with_a_host_is_refused(url: str)
     assert set(create_errors(url=url)) == {"url"}
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        # The client would send them as an Authorization header that clashes with any other.
+        ("https://user:pw@hooks.example.com/x", "credentials"),
+        ("https://user@hooks.example.com/x", "credentials"),
+        ("https://:pw@hooks.example.com/x", "credentials"),
+        # Valid IDNA 2003 but not IDNA 2008, which the sender's client reads hosts by.
+        ("http://xn--ls8h.la/", "IDNA 2008"),
+        ("http://\U0001f4a9.la/", "IDNA 2008"),
+        ("http://\u2603.net/", "IDNA 2008"),
+        ("http://xn--n3h.net/", "IDNA 2008"),
+        ("http://xn--zz.example/", "IDNA 2008"),
+    ],
+)
+def test_a_url_the_sender_could_never_deliver_to_is_refused_naming_why(
+    url: str, problem: str
+) -> None:
+    [message] = create_errors(url=url)["url"]
+    assert problem in message
+    assert update_errors({"url": url}) == {"url": [message]}
+
+
+@pytest.mark.parametrize(
+    "url", ["https://bücher.example/x", "https://xn--bcher-kva.example/x", "https://faß.de/"]
+)
+def test_an_international_host_valid_under_idna_2008_is_accepted(url: str) -> None:
+    assert create(url=url).url == url
+
+
 def test_a_url_of_2048_characters_is_accepted_and_2049_refused() -> None:
     base = "https://example.com/"
     longest = base + "a" * (2048 - len(base))
@@ -144,7 +174,7 @@ def test_a_url_of_2048_characters_is_accepted_and_2049_refused() -> None:
             "HTTPS://Hooks.Example.COM/Path/A?Token=XyZ#Frag",
             "https://hooks.example.com/Path/A?Token=XyZ#Frag",
         ),
-        ("http://User:PassWord@Example.com:8080/x", "http://User:PassWord@example.com:8080/x"),
+        ("http://Example.com:8080/x", "http://example.com:8080/x"),
         ("  https://example.com/hook  ", "https://example.com/hook"),
         ("http://[2001:DB8::1]:8443/x", "http://[2001:db8::1]:8443/x"),
         ("https://bücher.example/hook", "https://bücher.example/hook"),

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from relay.errors import Invalid, UnsupportedMediaType
 from relay.store import codec
-from relay.validation import parse
+from relay.validation import check_depth, parse, too_deep
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -25,9 +25,13 @@ async def read_json(request: Request) -> Any:
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType("Send the body as application/json.")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):  # orjson's own ceiling, far above relay's
+            raise too_deep() from None
         raise Invalid("The body is not valid JSON.", {"body": [str(exc)]}) from None
+    check_depth(body)
+    return body
 
 
 async def read_model(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M:

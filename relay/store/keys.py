@@ -200,6 +200,11 @@ def endpoint_failing(webhook_id: str) -> str:
     return f"{PREFIX}failing:{webhook_id}"
 
 
+def auth_failures(address: str, minute: int) -> str:
+    """Failed authentications from one client address within one wall-clock minute."""
+    return f"{PREFIX}authfail:{address}:{minute}"
+
+
 def token_rate(token_id: str, second: int) -> str:
     """API requests one token made within one wall-clock second."""
     return f"{PREFIX}apirate:{token_id}:{second}"

@@ -1,5 +1,5 @@
-"""Fixed windows of counted uses per subject (a token's API requests, a tenant's test sends),
-shared by every API replica."""
+"""Fixed windows of counted uses per subject, shared by every API replica: a token's API
+requests, a tenant's test sends, failed authentications from a client address."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+
+from relay.store import keys
 
 _COUNT = """
 local used = redis.call('INCR', KEYS[1])
@@ -42,3 +44,43 @@ class WindowLimiter:
         if int(used) <= self._limit:
             return 0
         return max(1, math.ceil((window + 1) * self._window - now))
+
+
+# Addresses this process has seen over the limit are kept at most this many at once.
+_MAX_BLOCKED = 10_000
+
+
+class AuthFailureLimiter:
+    """Counts failed authentications per client address and minute, in Redis for every replica.
+
+    Only failures are counted, so a valid token costs nothing more. Once an address is over the
+    limit, this process answers it without looking any token up until the minute ends: each
+    replica learns so from its own next failure from that address, so an address gets at most
+    one more lookup per replica and minute than the limit.
+    """
+
+    def __init__(self, redis: Redis, per_minute: int) -> None:
+        self._window = WindowLimiter(redis, per_minute, 60, keys.auth_failures)
+        self._blocked: dict[str, float] = {}
+
+    def wait(self, address: str) -> int | None:
+        """Seconds until `address` may try again, or None if it may try now."""
+        until = self._blocked.get(address)
+        if until is None:
+            return None
+        left = until - time.time()
+        if left <= 0:
+            del self._blocked[address]
+            return None
+        return max(1, math.ceil(left))
+
+    async def failed(self, address: str) -> int | None:
+        """Count a failed authentication; seconds to wait if `address` is now over the limit."""
+        wait = await self._window.wait(address)
+        if not wait:
+            return None
+        now = time.time()
+        if len(self._blocked) >= _MAX_BLOCKED:
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+        self._blocked[address] = now + wait
+        return wait

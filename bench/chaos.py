@@ -890,7 +890,22 @@ async def run(procs: Processes, opts: Options) -> Outcome:
         received = {path: t.accepted for path, t in (await receiver.paths()).items()}
         outcome = judge(load, found, received, kinds, faults, system, history)
     print("\n" + render(outcome, opts, loop.time() - began), flush=True)
+    if not outcome.ok:
+        # The work dir goes with the run: what relay logged as errors is the trace left.
+        print(logged_errors(procs), flush=True)
     return outcome
+
+
+def logged_errors(procs: Processes, most: int = 5) -> str:
+    """The last few error lines relay's processes logged (with their tracebacks), by process."""
+    found = []
+    for child in procs.children:
+        try:
+            lines = child.log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        found += [f"{child.name}| {line[:4000]}" for line in lines if '"level":"error"' in line]
+    return "errors logged (last {}):\n{}".format(most, "\n".join(found[-most:]) or "  none")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,18 @@ import asyncio
 import re
 import secrets
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import orjson
-import redis
 import redis.asyncio as aioredis
 
 from bench.load import Api, LoadError, event_body, new_session
+from bench.pinger import Pinger
 from bench.procs import (
     Processes,
     RelaySettings,
-    SetupError,
     api_argv,
     free_port,
     run_harness,
@@ -60,61 +58,6 @@ SCRIPTS = {
     (b"delivery", b"attempts"): "settle",
     (b"history", b"group"): "release",
 }
-
-
-class Pinger:
-    """PINGs Redis back to back from a thread, keeping the longest round trip of a window."""
-
-    def __init__(self, port: int) -> None:
-        self._client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
-        self._lock = threading.Lock()
-        self._longest = 0.0
-        self._last_started = 0.0  # when the last finished PING was sent
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            self._ping_through_busy()
-            took = time.perf_counter() - started
-            with self._lock:
-                self._longest = max(self._longest, took)
-                self._last_started = started
-            time.sleep(0.001)  # a ping storm would slow down what it measures
-
-    def _ping_through_busy(self) -> None:
-        # A script past busy-reply-threshold (5 s) makes Redis answer BUSY to every other
-        # call: the stall goes on until a PING is answered.
-        while True:
-            try:
-                self._client.ping()
-                return
-            except redis.ResponseError as exc:
-                if not str(exc).startswith("BUSY"):
-                    raise
-                time.sleep(0.001)
-
-    def __enter__(self) -> Pinger:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._client.close()
-
-    def take(self) -> float:
-        """The longest PING (seconds) since the last call, the one in flight now included."""
-        now = time.perf_counter()
-        while True:
-            with self._lock:
-                if self._last_started > now:
-                    longest, self._longest = self._longest, 0.0
-                    return longest
-            if not self._thread.is_alive():
-                raise SetupError("the PING loop stopped; its error is above")
-            time.sleep(0.001)
 
 
 @dataclass(frozen=True, slots=True)

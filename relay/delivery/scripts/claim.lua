@@ -207,23 +207,28 @@ local function serve(t, T, wh, want)
   return got, next and math.max(next, NOW) or false
 end
 
+-- The members of a set of turns (the tenants', or a tenant's endpoints) whose time has come, at
+-- most A.wakes, and the time of the first after them (nil: none). Read by rank, one past the
+-- most taken: that one says when to look again, unless one served is sooner, with no second read.
+local function whose_time_has_come(key)
+  local listed = redis.call('ZRANGE', key, 0, A.wakes, 'WITHSCORES')
+  local due = {}
+  for i = 1, #listed, 2 do
+    if tonumber(listed[i + 1]) > NOW or #due == A.wakes then
+      return due, tonumber(listed[i + 1])
+    end
+    table.insert(due, listed[i])
+  end
+  return due, nil
+end
+
 -- A share of what is left for one tenant whose time has come, between its endpoints whose time
 -- has come. Returns when to look at the tenant next (false: nothing of it is queued). At its
 -- concurrency, it still serves its deleted or disabled webhooks, which need no slot and come
 -- first (see serve): the others wait where they are for one of the tenant's slots to free.
 local function visit(t, want)
   local T = tenant(t)
-  -- By rank, one past the most it serves: the first not due says when the tenant's next
-  -- endpoint is, unless one served is sooner.
-  local listed = redis.call('ZRANGE', T.endpoints, 0, A.wakes, 'WITHSCORES')
-  local due, soonest = {}, nil
-  for i = 1, #listed, 2 do
-    if tonumber(listed[i + 1]) > NOW or #due == A.wakes then
-      soonest = tonumber(listed[i + 1])
-      break
-    end
-    table.insert(due, listed[i])
-  end
+  local due, soonest = whose_time_has_come(T.endpoints)
   local again = soonest ~= nil and soonest <= NOW  -- more are due than were taken
   for i, wh in ipairs(due) do
     if want <= 0 or budget <= 0 then
@@ -252,17 +257,7 @@ local function visit(t, want)
   return soonest or false
 end
 
--- By rank, one past the most it visits, as for a tenant's endpoints: the first not due says when
--- to look again, unless a tenant visited is sooner.
-local listed = redis.call('ZRANGE', K.tenants, 0, A.wakes, 'WITHSCORES')
-local due, soonest = {}, nil
-for i = 1, #listed, 2 do
-  if tonumber(listed[i + 1]) > NOW or #due == A.wakes then
-    soonest = tonumber(listed[i + 1])
-    break
-  end
-  table.insert(due, listed[i])
-end
+local due, soonest = whose_time_has_come(K.tenants)
 for i, t in ipairs(due) do
   if #claims >= A.limit or budget <= 0 then
     soonest = NOW  -- those left are due

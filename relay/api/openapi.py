@@ -54,18 +54,9 @@ _ERROR_HEADERS = {
 
 def _refine_token_spec(schema: dict[str, Any]) -> None:
     # TokenSpec's validator: a tenant token is bound to a tenant_id, other roles to none.
-    schema["oneOf"] = [
-        {
-            "properties": {"role": {"const": Role.TENANT.value}, "tenant_id": _TENANT},
-            "required": ["tenant_id"],
-        },
-        {
-            "properties": {
-                "role": {"enum": [Role.ADMIN.value, Role.INGEST.value]},
-                "tenant_id": {"type": "null"},
-            },
-        },
-    ]
+    schema["if"] = {"properties": {"role": {"const": Role.TENANT.value}}}
+    schema["then"] = {"properties": {"tenant_id": _TENANT}, "required": ["tenant_id"]}
+    schema["else"] = {"properties": {"tenant_id": {"type": "null"}}}
 
 
 def _refine_event_in(schema: dict[str, Any]) -> None:
@@ -96,13 +87,14 @@ def _refine_event_in(schema: dict[str, Any]) -> None:
 
 def _refine_webhook_create(schema: dict[str, Any]) -> None:
     # WebhookCreate's validator: only an hmac-sha256 webhook takes an imported secret.
-    schema["anyOf"] = [
-        {"properties": {"signature_scheme": {"const": Scheme.HMAC_SHA256.value}}},
-        {"properties": {"secret": {"type": "null"}}},
-    ]
+    schema["if"] = {"properties": {"secret": {"type": "string"}}, "required": ["secret"]}
+    schema["then"] = {"properties": {"signature_scheme": {"const": Scheme.HMAC_SHA256.value}}}
 
 
 # Rules the request models enforce in validators, which their generated schemas cannot show.
+# Each is stated on whole objects, as a condition (`if`/`then`, which client generators pass over)
+# or as complete alternatives: a generator makes a class of each alternative, so alternatives
+# holding one field each would leave a client no typed way to send the others.
 _REFINE = {
     "TokenSpec": _refine_token_spec,
     "EventIn": _refine_event_in,

@@ -247,7 +247,10 @@ _SECRET_SCHEMA = {
         f"^{SECRET_PREFIX}(?:(?:{_B64}{{4}}){{8,21}}(?:{_B64}{{2}}==)?"
         f"|(?:{_B64}{{4}}){{8,20}}{_B64}{{3}}=)$"
     ),
-    "description": f"{SECRET_PREFIX} and the standard base64 of 24 to 64 random bytes.",
+    "description": (
+        f"An existing secret to import: {SECRET_PREFIX} and the standard base64 of 24 to 64 "
+        "random bytes. Only hmac-sha256 webhooks take one."
+    ),
 }
 # Validation context key: the names of every event type a filter may name.
 KNOWN_TYPES = "event_types"

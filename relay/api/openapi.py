@@ -17,7 +17,7 @@ from relay import __version__
 from relay.api.idempotency import REPLAYED
 from relay.api.routing import Operation
 from relay.api.shapes import Alive, Problem, Ready, envelope
-from relay.events import EVENT_TYPES
+from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.roles import Role
 from relay.signing import Scheme
 from relay.validation import TenantId
@@ -52,57 +52,75 @@ _ERROR_HEADERS = {
 }
 
 
-def _refine_token_spec(schema: dict[str, Any]) -> None:
+def _refine_token_spec(schema: dict[str, Any], _components: dict[str, Any]) -> None:
     # TokenSpec's validator: a tenant token is bound to a tenant_id, other roles to none.
-    schema["oneOf"] = [
-        {
-            "properties": {"role": {"const": Role.TENANT.value}, "tenant_id": _TENANT},
-            "required": ["tenant_id"],
-        },
-        {
-            "properties": {
-                "role": {"enum": [Role.ADMIN.value, Role.INGEST.value]},
-                "tenant_id": {"type": "null"},
-            },
-        },
-    ]
+    schema["if"] = {"properties": {"role": {"const": Role.TENANT.value}}}
+    schema["then"] = {"properties": {"tenant_id": _TENANT}, "required": ["tenant_id"]}
+    schema["else"] = {"properties": {"tenant_id": {"type": "null"}}}
 
 
-def _refine_event_in(schema: dict[str, Any]) -> None:
+# A registered type's name: any name but a built-in one, which is what tells the alternatives of
+# an event apart.
+_REGISTERED_NAME = (
+    "^(?!(?:" + "|".join(re.escape(name) for name in EVENT_TYPES) + ")$)" + NAME_PATTERN[1:]
+)
+
+
+def _refine_event_in(schema: dict[str, Any], components: dict[str, Any]) -> None:
     # EventIn takes any `type` and `data` and validates them against the event-type catalog:
-    # the document spells the built-in types out, one complete alternative per type, so that
-    # each one (and a client generated from it) has every field: `tenant_id` and `id` too.
-    # Registered types are data, not part of the document; GET /v1/event-types lists them.
+    # the document spells each built-in type out as one complete alternative, its data a model
+    # of its own, and adds one for every registered type, whose data is checked against the
+    # schema it was registered with (data, not part of the document: GET /v1/event-types). Each
+    # alternative has every field, `tenant_id` and `id` too, so a generated client has them all.
     properties = schema.pop("properties")
     required = schema.pop("required")
     for rule in ("type", "additionalProperties"):
         schema.pop(rule)
-    schema["oneOf"] = [
-        {
-            "title": f"{event_type.model.__name__}Event",
+
+    def alternative(title: str, type_name: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "title": title,
             "type": "object",
-            "properties": {
-                **properties,
-                "type": {"const": name},
-                "data": _ref(event_type.model.__name__),
-            },
+            "properties": {**properties, "type": type_name, "data": data},
             "required": required,
             "additionalProperties": False,
         }
+
+    schema["oneOf"] = [
+        alternative(
+            f"{event_type.model.__name__}Event",
+            {"const": name},
+            _ref(event_type.model.__name__),
+        )
         for name, event_type in EVENT_TYPES.items()
+    ] + [
+        alternative(
+            "RegisteredEvent",
+            {
+                "type": "string",
+                "pattern": _REGISTERED_NAME,
+                "description": "The name of a type registered at /v1/event-types",
+            },
+            _ref("RegisteredEventData"),
+        )
     ]
-    schema["description"] += " Types registered at /v1/event-types are accepted as well."
+    # A component of its own: stated inline, a generator would make its class twice.
+    components["RegisteredEventData"] = {
+        "type": "object",
+        "description": "Must match the JSON Schema the type was registered with",
+    }
 
 
-def _refine_webhook_create(schema: dict[str, Any]) -> None:
+def _refine_webhook_create(schema: dict[str, Any], _components: dict[str, Any]) -> None:
     # WebhookCreate's validator: only an hmac-sha256 webhook takes an imported secret.
-    schema["anyOf"] = [
-        {"properties": {"signature_scheme": {"const": Scheme.HMAC_SHA256.value}}},
-        {"properties": {"secret": {"type": "null"}}},
-    ]
+    schema["if"] = {"properties": {"secret": {"type": "string"}}, "required": ["secret"]}
+    schema["then"] = {"properties": {"signature_scheme": {"const": Scheme.HMAC_SHA256.value}}}
 
 
 # Rules the request models enforce in validators, which their generated schemas cannot show.
+# Each is stated on whole objects, as a condition (`if`/`then`, which client generators pass over)
+# or as complete alternatives: a generator makes a class of each alternative, so alternatives
+# holding one field each would leave a client no typed way to send the others.
 _REFINE = {
     "TokenSpec": _refine_token_spec,
     "EventIn": _refine_event_in,
@@ -133,7 +151,7 @@ def _component(
     schema = _schema(model, components, mode)
     refine = _REFINE.get(model.__name__)
     if refine is not None:
-        refine(schema)
+        refine(schema, components)
     components[model.__name__] = schema
     return _ref(model.__name__)
 

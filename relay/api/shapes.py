@@ -169,7 +169,7 @@ class Webhook(Shape):
     updated_at: Timestamp
 
 
-class NewWebhook(Webhook):
+class CreatedWebhook(Webhook):
     """A webhook just registered, with what its receiver verifies signatures with."""
 
     secret: VerificationKey

@@ -169,7 +169,7 @@ OPERATIONS = [
         "Register a webhook",
         OWNERS,
         "webhooks",
-        answers=shapes.NewWebhook,
+        answers=shapes.CreatedWebhook,
         looks_up=True,
         body=WebhookCreate,
         status=201,

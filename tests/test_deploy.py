@@ -8,6 +8,7 @@ running relay exports. All offline: the tools come as wheels (and promtool from 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -151,6 +152,10 @@ def test_compose_runs_redis_postgres_migrate_two_apis_two_workers_and_observabil
     assert _seconds(services["worker"]["stop_grace_period"]) > timeout + JOB_SLACK_SECONDS
     assert services["api"]["command"][0] == "api" and services["worker"]["command"] == ["worker"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    # The workers' liveness: their /healthz, on the port they are told to serve it.
+    worker = services["worker"]
+    port = worker["environment"]["RELAY_WORKER_HEALTH_PORT"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
     assert "8000" in {str(p["target"]) for p in services["lb"]["ports"]}
 
     # Secrets reach the containers from the env file only, never from the compose file.
@@ -197,17 +202,27 @@ def _kustomize(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-@pytest.mark.parametrize("tree", ["base", "overlays/example"])
-def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(tree: str) -> None:
+# Kinds of the Prometheus Operator, which the API schemas do not know.
+OPERATOR_KINDS = {"ServiceMonitor"}
+
+
+@pytest.mark.parametrize(
+    ("tree", "extra"), [("base", []), ("overlays/example", ["ServiceMonitor"])]
+)
+def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(
+    tree: str, extra: list[str]
+) -> None:
     docs = _kustomize(K8S / tree)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ConfigMap", "Deployment", "Deployment", "Job", "Service", "HorizontalPodAutoscaler"]
         + ["PodDisruptionBudget"] * 2
-        + ["NetworkPolicy"] * 3
+        + ["NetworkPolicy"] * 7
+        + extra
     )
     for doc in docs:
-        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        if doc["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
     # The validator is live: a misspelt field is refused.
     broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment")))
     broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
@@ -253,6 +268,13 @@ def test_kubernetes_deployments_are_locked_down_probed_and_configured() -> None:
     api = deployments["relay-api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The worker's liveness is asked on the port the ConfigMap tells it to serve.
+    worker = deployments["relay-worker"]["spec"]["template"]["spec"]["containers"][0]
+    probe = worker["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == int(config["RELAY_WORKER_HEALTH_PORT"])
+    assert "readinessProbe" not in worker  # workers take no traffic
     api_labels = deployments["relay-api"]["spec"]["template"]["metadata"]["labels"]
     service = by_kind["Service"][0]
     assert service["spec"]["selector"].items() <= api_labels.items()
@@ -322,6 +344,110 @@ def test_kubernetes_migrates_the_schema_in_a_job_and_lets_relay_reach_postgres()
     for deployment in (d for d in docs if d["kind"] == "Deployment"):
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str], kind: str) -> bool:
+    return kind in policy["spec"]["policyTypes"] and (
+        policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    )
+
+
+def _peer_matches(peer: dict[str, Any], ip: str | None, namespace: str | None) -> bool:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        return ip is not None and (
+            ipaddress.ip_address(ip) in ipaddress.ip_network(block["cidr"])
+            and not any(
+                ipaddress.ip_address(ip) in ipaddress.ip_network(c) for c in block.get("except", [])
+            )
+        )
+    wanted = peer["namespaceSelector"]["matchLabels"]
+    return wanted == {"kubernetes.io/metadata.name": namespace}
+
+
+def _allowed(
+    policies: list[dict[str, Any]],
+    labels: dict[str, str],
+    port: int,
+    *,
+    kind: str = "Egress",
+    ip: str | None = None,
+    namespace: str | None = None,
+) -> bool:
+    """Whether the policies let a pod with `labels` reach (Egress) or be reached from
+    (Ingress) `ip` or a pod of `namespace` on TCP `port`, as Kubernetes adds policies up."""
+    key, peers = ("egress", "to") if kind == "Egress" else ("ingress", "from")
+    return any(
+        {"protocol": "TCP", "port": port} in rule["ports"]
+        and any(_peer_matches(peer, ip, namespace) for peer in rule[peers])
+        for policy in policies
+        if _selects(policy, labels, kind)
+        for rule in policy["spec"][key]
+    )
+
+
+def test_kubernetes_network_policies_let_every_path_the_example_needs_through_and_no_other() -> (
+    None
+):
+    docs = _kustomize(K8S / "overlays" / "example")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "Job"}
+    }
+    api, worker = pods["relay-api"], pods["relay-worker"]
+    for labels in pods.values():
+        # Redis and PostgreSQL in the VPC's own range (AWS's default VPC is 172.31.0.0/16).
+        assert _allowed(policies, labels, 6379, ip="172.31.7.20")
+        assert _allowed(policies, labels, 5432, ip="172.31.7.21")
+        assert _allowed(policies, labels, 53, namespace="kube-system") or _allowed(
+            policies, labels, 53, ip="172.31.0.2"
+        )
+    for labels in (api, worker):
+        # Receivers on the internet, on their usual ports and on 8443.
+        for port in (443, 80, 8443):
+            assert _allowed(policies, labels, port, ip="93.184.216.34"), port
+        # Never a receiver on a private address, nor the cloud's metadata service.
+        assert not _allowed(policies, labels, 443, ip="172.31.7.20")
+        assert not _allowed(policies, labels, 80, ip="169.254.169.254")
+        assert not _allowed(policies, labels, 6379, ip="93.184.216.34")
+        # Traces reach the collector the ConfigMap names, in its namespace.
+        otlp = urlsplit(config["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert otlp.hostname and otlp.port
+        collector_namespace = otlp.hostname.split(".")[1]
+        assert _allowed(policies, labels, otlp.port, namespace=collector_namespace)
+        assert not _allowed(policies, labels, otlp.port, namespace="default")
+
+    # Events come in through the ingress controller and from the publishing namespace inside
+    # the cluster; Prometheus scrapes from monitoring; nothing else reaches the API.
+    port = 8000
+    for namespace in ("ingress-nginx", "publishing", "monitoring"):
+        assert _allowed(policies, api, port, kind="Ingress", namespace=namespace), namespace
+    assert not _allowed(policies, api, port, kind="Ingress", namespace="default")
+    assert not any(
+        _allowed(policies, worker, p, kind="Ingress", namespace=n)
+        for p in (8000, 8001)
+        for n in ("ingress-nginx", "monitoring", "publishing")
+    )
+
+
+def test_kubernetes_prometheus_operator_scrapes_every_api_pod_as_the_relay_job() -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The alerts name job="relay".
+    assert {"targetLabel": "job", "replacement": "relay"} in endpoint["relabelings"]
+    alerts = (OBSERVABILITY / "alerts.yml").read_text()
+    assert 'up{job="relay"}' in alerts
 
 
 # --- alerts and dashboard ----------------------------------------------------------------

@@ -454,6 +454,12 @@ def test_kubernetes_prometheus_operator_scrapes_every_api_pod_as_the_relay_job()
 
 REQUIRED_ALERTS = {
     "RelayBacklogGrowing",
+    "RelayBacklogLarge",
+    "RelayDeliveriesLate",
+    "RelayDeliveriesFailed",
+    "RelayWebhooksAutoDisabled",
+    "RelayRedisMemoryHigh",
+    "RelayWorkersFewer",
     "RelayDeliverySuccessLow",
     "RelayWorkersAbsent",
     "RelayRedisUnreachable",
@@ -508,7 +514,9 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """An alert that never fires fails its test: promtool's verdict is not a formality."""
     shutil.copy(OBSERVABILITY / "alerts.test.yml", tmp_path)
     rules = (OBSERVABILITY / "alerts.yml").read_text()
-    (tmp_path / "alerts.yml").write_text(rules.replace("relay_workers < 1", "relay_workers < 0"))
+    broken = rules.replace("max(relay_workers) < 1", "max(relay_workers) < 0")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
     result = _run(_tool("promtool"), "test", "rules", "alerts.test.yml", cwd=tmp_path, check=False)
     assert result.returncode != 0 and "RelayWorkersAbsent" in result.stdout + result.stderr
 
@@ -566,12 +574,97 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
 def test_grafana_is_provisioned_with_the_dashboard_and_its_data_source() -> None:
     provisioning = OBSERVABILITY / "grafana" / "provisioning"
     source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
-    uid = source["datasources"][0]["uid"]
+    assert source["datasources"][0]["type"] == "prometheus"
+    assert source["datasources"][0]["isDefault"] is True
     dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "relay.json").read_text())
-    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}
+    # No data source's uid is written in: a variable offers every Prometheus one (the
+    # provisioned default first), so the dashboard imports into any Grafana.
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+    chosen = f"${{{variable['name']}}}"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == chosen, panel["title"]
+        assert {t["datasource"]["uid"] for t in panel["targets"]} == {chosen}, panel["title"]
     provider = yaml.safe_load((provisioning / "dashboards" / "relay.yml").read_text())
     compose = (DEPLOY / "compose.yaml").read_text()
     assert f"dashboards:{provider['providers'][0]['options']['path']}:ro" in compose
     prometheus = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["api:8000"]
+
+
+# Labels each metric the dashboard reads is exported with (histograms: besides `le`).
+_LABELS = {
+    "relay_events_accepted_total": [{"type": "post.published"}, {"type": "media.uploaded"}],
+    "relay_attempts_total": [{"status": "2xx"}, {"status": "5xx"}, {"status": "error"}],
+    "relay_deliveries_finished_total": [{"status": "delivered"}, {"status": "failed"}],
+    "relay_http_requests_total": [
+        {"method": "POST", "route": "/v1/events", "status": "202"},
+        {"method": "GET", "route": "/v1/webhooks/{id}", "status": "404"},
+    ],
+    "relay_http_request_duration_seconds": [
+        {"method": "POST", "route": "/v1/events"},
+        {"method": "GET", "route": "/v1/webhooks/{id}"},
+    ],
+}
+
+
+def _input_series(name: str, instance: str) -> list[dict[str, str]]:
+    """A minute-by-minute history of `name` as one API replica reports it."""
+    histogram = name.endswith(("_bucket", "_sum", "_count"))
+    base = re.sub(r"_(bucket|sum|count)$", "", name) if histogram else name
+    series = []
+    for n, labels in enumerate(_LABELS.get(base, [{}])):
+        steps = (
+            [(le, i + 1) for i, le in enumerate(("0.1", "1.0", "+Inf"))]
+            if name.endswith("_bucket")
+            else [(None, 1)]
+        )
+        for le, share in steps:
+            pairs = {**labels, "instance": instance} | ({"le": le} if le else {})
+            text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs.items()))
+            counter = histogram or name.endswith("_total")
+            values = f"0+{(n + 1) * share * 60}x30" if counter else f"{(n + 1) * 3}x30"
+            series.append({"series": f"{name}{{{text}}}", "values": values})
+    return series
+
+
+def test_dashboard_queries_read_the_same_whether_one_replica_or_every_one_is_scraped(
+    tmp_path: Path,
+) -> None:
+    """Each API replica reports the same figures (they live in Redis): scraping every pod (a
+    ServiceMonitor) rather than one (through the Service) must change no panel. promtool
+    evaluates every query over two replicas' identical series and over one replica's."""
+    queries = _dashboard_queries()
+    names = sorted({n for q in queries for n in re.findall(r"\brelay_[a-z_]+\b", q)})
+
+    def one_replica(query: str) -> str:
+        # The same query, every selector narrowed to the first replica.
+        narrowed = re.sub(r"\b(relay_[a-z_]+)\{", r'\1{instance="a",', query)
+        return re.sub(r"\b(relay_[a-z_]+)\b(?![{_a-z])", r'\1{instance="a"}', narrowed)
+
+    rules = []
+    for n, query in enumerate(queries):
+        rules.append({"record": f"every:query_{n}", "expr": query})
+        rules.append({"record": f"one:query_{n}", "expr": one_replica(query)})
+    (tmp_path / "queries.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
+    )
+    # The same series, the same label sets, the same values: count and total agree.
+    same = [
+        {
+            "expr": f"count(every:query_{n}) - count(one:query_{n}) "
+            f"+ on() (sum(every:query_{n}) - sum(one:query_{n}))",
+            "eval_time": "20m",
+            "exp_samples": [{"labels": "{}", "value": 0}],
+        }
+        for n in range(len(queries))
+    ]
+    series = [s for name in names for i in ("a", "b") for s in _input_series(name, i)]
+    test = {
+        "rule_files": ["queries.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": same}],
+    }
+    (tmp_path / "queries.test.yml").write_text(yaml.safe_dump(test))
+    _run(_tool("promtool"), "test", "rules", "queries.test.yml", cwd=tmp_path)

@@ -165,8 +165,8 @@ async def test_api_requests_are_counted_by_route_and_status_with_their_latency(
 
     duration = "relay_http_request_duration_seconds"
     assert _value(scrape, f"{duration}_count{{{post}}}") == 3
-    assert _value(scrape, f'{duration}_bucket{{{post},le="+Inf"}}') == 3
-    assert _value(scrape, f'{duration}_bucket{{{post},le="30.0"}}') == 3
+    assert _value(scrape, f'{duration}_bucket{{le="+Inf",{post}}}') == 3
+    assert _value(scrape, f'{duration}_bucket{{le="30.0",{post}}}') == 3
     total = _value(scrape, f"{duration}_sum{{{post}}}")
     assert total is not None and 0 < total < 30
 

@@ -37,13 +37,14 @@ def _incoming_id(scope: Scope) -> str | None:
 
 
 def _templates(routes: list[BaseRoute]) -> dict[object, str]:
-    """Each route's path template, by the endpoint the router puts in the scope of its requests."""
+    """Each route's path template without convertors (`/v1/webhooks/{id}`), by the endpoint the
+    router puts in the scope of its requests."""
     found: dict[object, str] = {}
     for route in routes:
         if isinstance(route, Route):
-            found[route.endpoint] = route.path
+            found[route.endpoint] = route.path_format
         elif isinstance(route, Mount):
-            found[route.app] = route.path + "/{path}"
+            found[route.app] = route.path_format + "/{path}"
     return found
 
 

@@ -41,7 +41,7 @@ class _Relay(Starlette):
     """
 
     def build_middleware_stack(self) -> ASGIApp:
-        return tracing.asgi(RequestLog(super().build_middleware_stack()))
+        return tracing.asgi(RequestLog(super().build_middleware_stack(), self))
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(30, ge=0)
     # Unset: /metrics is open to whoever reaches the port (it shows counts, never payloads).
     metrics_token: SecretStr | None = None
+    # `relay worker` answers GET /healthz on this port (every interface) for liveness probes:
+    # 503 once its claim loop is stuck. 0: no server (several workers may share a host).
+    worker_health_port: int = Field(0, ge=0, le=65535)
     # Unset means `json`, except under `relay dev`, which a person reads at a terminal.
     log_format: LogFormat | None = None
     log_level: LogLevel = LogLevel.INFO

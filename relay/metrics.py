@@ -3,9 +3,11 @@
 Workers have no HTTP server and there may be many of each process, so the numbers live in Redis
 (each process counts in memory and adds its counts every few seconds) and GET /metrics renders
 them for Prometheus.
-Scrape one replica (through the Service or load balancer), not each: every replica reports the
-same totals. The exception is `relay_redis_up`, which says whether the replica that answered could
-read Redis; when it could not, that gauge is all the page has.
+Every replica reports the same totals, so scraping one (through the Service or load balancer)
+is enough, and where every replica is scraped (a ServiceMonitor) queries take the `max` over
+them, never the `sum`. The exceptions are `relay_redis_up` and `relay_postgres_up`, which say
+whether the replica that answered could reach each store (take the `min`): when it could not
+reach Redis, they are all the page has.
 """
 
 from __future__ import annotations
@@ -33,13 +35,39 @@ def status_class(status_code: int | None) -> str:
     return f"{status_code // 100}xx" if status_code else "error"
 
 
+def _field(kind: str, *labels: object) -> str:
+    """A counter's field in the shared hash: `kind`, then its label values after a colon."""
+    return f"{kind}:{' '.join(map(str, labels))}" if labels else kind
+
+
+def _observed(histogram: str, seconds: float, *labels: object) -> list[str]:
+    """The fields one observation increments: the histogram's count and each bucket it falls
+    in (its sum is added apart, by the seconds themselves)."""
+    buckets = [
+        _field(f"{histogram}_bucket", *labels, le) for le in DURATION_BUCKETS if seconds <= le
+    ]
+    return [_field(f"{histogram}_count", *labels), *buckets]
+
+
 def attempt_counters(status_code: int | None, seconds: float, final: Status | None) -> list[str]:
     """The counter fields one attempt increments."""
-    fields = [f"attempts:{status_class(status_code)}", "attempt_seconds_count"]
-    fields += [f"attempt_seconds_bucket:{le}" for le in DURATION_BUCKETS if seconds <= le]
+    fields = [f"attempts:{status_class(status_code)}", *_observed("attempt_seconds", seconds)]
     if final is not None:
         fields.append(f"deliveries:{final.value}")
     return fields
+
+
+# Any other method a client sends is counted as `other`: every label is one of a fixed few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def count_request(counts: Counts, method: str, route: str, status: int, seconds: float) -> None:
+    """Count one API request under its route's template (never its path: ids would make a
+    series per object), by status; and its duration, by route."""
+    method = method if method in _METHODS else "other"
+    counts.add(_field("http_requests", method, route, status))
+    counts.add_all(_observed("http_seconds", seconds, method, route))
+    counts.add(_field("http_seconds_sum", method, route), seconds)
 
 
 class Counts:
@@ -87,6 +115,18 @@ def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
     return counter
 
 
+def _buckets(
+    counters: Mapping[str, float], histogram: str, *labels: object
+) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets, as counted by `_observed`."""
+    buckets = [
+        (str(le), counters.get(_field(f"{histogram}_bucket", *labels, le), 0.0))
+        for le in DURATION_BUCKETS
+    ]
+    buckets.append(("+Inf", counters.get(_field(f"{histogram}_count", *labels), 0.0)))
+    return buckets
+
+
 class _Snapshot(Collector):
     def __init__(self, snap: Snapshot | None, postgres_up: bool) -> None:
         self._snap = snap
@@ -125,6 +165,12 @@ class _Snapshot(Collector):
         finished = CounterMetricFamily(
             "relay_deliveries_finished", "Deliveries that ended, by status.", labels=["status"]
         )
+        requests = CounterMetricFamily(
+            "relay_http_requests",
+            "API requests, by method, route (its template) and status code, in every API process.",
+            labels=["method", "route", "status"],
+        )
+        routes = set()
         for field, value in sorted(c.items()):
             kind, _, label = field.partition(":")
             if kind == "events_accepted":
@@ -135,15 +181,28 @@ class _Snapshot(Collector):
                 attempts.add_metric([label], value)
             elif kind == "deliveries":
                 finished.add_metric([label], value)
-        buckets = [(str(le), c.get(f"attempt_seconds_bucket:{le}", 0.0)) for le in DURATION_BUCKETS]
-        buckets.append(("+Inf", c.get("attempt_seconds_count", 0.0)))
+            elif kind == "http_requests":
+                requests.add_metric(label.split(" "), value)
+            elif kind == "http_seconds_count":
+                routes.add(label)
         duration = HistogramMetricFamily(
             "relay_attempt_duration_seconds",
             "How long attempts took.",
-            buckets=buckets,
+            buckets=_buckets(c, "attempt_seconds"),
             sum_value=c.get("attempt_seconds_sum", 0.0),
         )
-        yield from (events, undelivered, attempts, finished, duration)
+        request_duration = HistogramMetricFamily(
+            "relay_http_request_duration_seconds",
+            "How long API requests took to answer, by method and route, in every API process.",
+            labels=["method", "route"],
+        )
+        for route in sorted(routes):
+            request_duration.add_metric(
+                route.split(" "),
+                _buckets(c, "http_seconds", route),
+                c.get(_field("http_seconds_sum", route), 0.0),
+            )
+        yield from (events, undelivered, attempts, finished, duration, requests, request_duration)
         yield _counter(
             "relay_sweeper_requeued",
             "Deliveries taken over after their worker's lease ran out.",
@@ -190,6 +249,12 @@ class _Snapshot(Collector):
             snap.due,
         )
         yield _gauge(
+            "relay_delivery_lag_seconds",
+            "How long the delivery due longest has been due and not taken by a worker (0 when "
+            "none is): how late receivers hear of events.",
+            snap.delivery_lag_ms / 1000,
+        )
+        yield _gauge(
             "relay_workers", "Workers that announced themselves in the last 30 s.", snap.workers
         )
         yield _gauge(
@@ -197,6 +262,23 @@ class _Snapshot(Collector):
             "Webhooks disabled by their owner or for failing.",
             snap.disabled_webhooks,
         )
+        yield _counter(
+            "relay_webhooks_auto_disabled",
+            "Webhooks relay disabled because they kept failing (RELAY_DISABLE_AFTER) or are gone.",
+            c.get("webhooks_auto_disabled", 0.0),
+        )
+        if snap.memory is not None:
+            yield _gauge(
+                "relay_redis_memory_used_bytes",
+                "Redis's memory that counts against its maxmemory (used_memory without the "
+                "replication and AOF buffers).",
+                snap.memory.used - snap.memory.not_counted,
+            )
+            yield _gauge(
+                "relay_redis_memory_max_bytes",
+                "Redis's maxmemory: past it, under noeviction, Redis refuses writes (0: no limit).",
+                snap.memory.maxmemory,
+            )
 
 
 def render(snap: Snapshot | None, postgres_up: bool) -> tuple[bytes, str]:

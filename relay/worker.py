@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import OutOfMemoryError
 
-from relay import logs, tasks
+from relay import liveness, logs, tasks
 from relay.config import Settings, redacted_url
 from relay.delivery import service
 from relay.delivery.model import Claim
@@ -71,6 +71,9 @@ class DeliveryWorker:
         self._svc = svc
         self._owner = new_owner()
         self._lease_ms = int((svc.settings.delivery_timeout + _LEASE_SLACK_SECONDS) * 1000)
+        # The loop waits at most an attempt's lease for a slot (an attempt ends by then), a
+        # second when idle and 5 s between tries while Redis is away: twice the lease is stuck.
+        self.heartbeat = liveness.Heartbeat(stuck_after=2 * self._lease_ms / 1000)
         self._tasks: set[asyncio.Task[None]] = set()
         self._claims: dict[asyncio.Task[None], Claim] = {}
         # Claims in flight still on the claim's short lease, by delivery id.
@@ -87,6 +90,7 @@ class DeliveryWorker:
         """Claim due deliveries and start their attempts until `stop`."""
         backoff = Backoff()
         while not self._stopping.is_set():
+            self.heartbeat.beat()
             free = MAX_IN_FLIGHT - len(self._tasks)
             if free <= 0:
                 self._room.clear()
@@ -316,6 +320,10 @@ async def run(settings: Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    health = None
+    if settings.worker_health_port:
+        health = await liveness.serve(worker.heartbeat, settings.worker_health_port)
+        log.info("liveness at :%d/healthz", settings.worker_health_port)
     try:
         if not await wait_for_redis(svc, stopping) or not await svc.database.wait(stopping):
             return
@@ -336,5 +344,7 @@ async def run(settings: Settings) -> None:
         await tasks.cancel(background)
         await flush(svc.redis, worker_name(), svc.counts)
     finally:
+        if health is not None:
+            health.close()
         await svc.aclose()
         log.info("worker stopped")

@@ -80,6 +80,8 @@ def test_says_where_traces_go(tmp_path: Path) -> None:
         ("RELAY_PUBLIC_URL", "https://relay.example.com/#console"),
         ("RELAY_PUBLIC_URL", "https://user:pw@relay.example.com"),
         ("RELAY_DATABASE_URL", "mysql://relay@db.internal/relay"),
+        ("RELAY_WORKER_HEALTH_PORT", "70000"),
+        ("RELAY_WORKER_HEALTH_PORT", "http"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"),
     ],

@@ -8,6 +8,7 @@ running relay exports. All offline: the tools come as wheels (and promtool from 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -151,6 +152,10 @@ def test_compose_runs_redis_postgres_migrate_two_apis_two_workers_and_observabil
     assert _seconds(services["worker"]["stop_grace_period"]) > timeout + JOB_SLACK_SECONDS
     assert services["api"]["command"][0] == "api" and services["worker"]["command"] == ["worker"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    # The workers' liveness: their /healthz, on the port they are told to serve it.
+    worker = services["worker"]
+    port = worker["environment"]["RELAY_WORKER_HEALTH_PORT"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
     assert "8000" in {str(p["target"]) for p in services["lb"]["ports"]}
 
     # Secrets reach the containers from the env file only, never from the compose file.
@@ -197,17 +202,27 @@ def _kustomize(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-@pytest.mark.parametrize("tree", ["base", "overlays/example"])
-def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(tree: str) -> None:
+# Kinds of the Prometheus Operator, which the API schemas do not know.
+OPERATOR_KINDS = {"ServiceMonitor"}
+
+
+@pytest.mark.parametrize(
+    ("tree", "extra"), [("base", []), ("overlays/example", ["ServiceMonitor"])]
+)
+def test_kubernetes_manifests_render_and_validate_against_the_api_schemas(
+    tree: str, extra: list[str]
+) -> None:
     docs = _kustomize(K8S / tree)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         ["ConfigMap", "Deployment", "Deployment", "Job", "Service", "HorizontalPodAutoscaler"]
         + ["PodDisruptionBudget"] * 2
-        + ["NetworkPolicy"] * 3
+        + ["NetworkPolicy"] * 7
+        + extra
     )
     for doc in docs:
-        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        if doc["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
     # The validator is live: a misspelt field is refused.
     broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment")))
     broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
@@ -253,6 +268,13 @@ def test_kubernetes_deployments_are_locked_down_probed_and_configured() -> None:
     api = deployments["relay-api"]["spec"]["template"]["spec"]["containers"][0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The worker's liveness is asked on the port the ConfigMap tells it to serve.
+    worker = deployments["relay-worker"]["spec"]["template"]["spec"]["containers"][0]
+    probe = worker["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == int(config["RELAY_WORKER_HEALTH_PORT"])
+    assert "readinessProbe" not in worker  # workers take no traffic
     api_labels = deployments["relay-api"]["spec"]["template"]["metadata"]["labels"]
     service = by_kind["Service"][0]
     assert service["spec"]["selector"].items() <= api_labels.items()
@@ -324,10 +346,120 @@ def test_kubernetes_migrates_the_schema_in_a_job_and_lets_relay_reach_postgres()
             assert _secret_env(container)["RELAY_DATABASE_URL"] == "RELAY_DATABASE_URL"
 
 
+def _selects(policy: dict[str, Any], labels: dict[str, str], kind: str) -> bool:
+    return kind in policy["spec"]["policyTypes"] and (
+        policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    )
+
+
+def _peer_matches(peer: dict[str, Any], ip: str | None, namespace: str | None) -> bool:
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        return ip is not None and (
+            ipaddress.ip_address(ip) in ipaddress.ip_network(block["cidr"])
+            and not any(
+                ipaddress.ip_address(ip) in ipaddress.ip_network(c) for c in block.get("except", [])
+            )
+        )
+    wanted = peer["namespaceSelector"]["matchLabels"]
+    return wanted == {"kubernetes.io/metadata.name": namespace}
+
+
+def _allowed(
+    policies: list[dict[str, Any]],
+    labels: dict[str, str],
+    port: int,
+    *,
+    kind: str = "Egress",
+    ip: str | None = None,
+    namespace: str | None = None,
+) -> bool:
+    """Whether the policies let a pod with `labels` reach (Egress) or be reached from
+    (Ingress) `ip` or a pod of `namespace` on TCP `port`, as Kubernetes adds policies up."""
+    key, peers = ("egress", "to") if kind == "Egress" else ("ingress", "from")
+    return any(
+        {"protocol": "TCP", "port": port} in rule["ports"]
+        and any(_peer_matches(peer, ip, namespace) for peer in rule[peers])
+        for policy in policies
+        if _selects(policy, labels, kind)
+        for rule in policy["spec"][key]
+    )
+
+
+def test_kubernetes_network_policies_let_every_path_the_example_needs_through_and_no_other() -> (
+    None
+):
+    docs = _kustomize(K8S / "overlays" / "example")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"Deployment", "Job"}
+    }
+    api, worker = pods["relay-api"], pods["relay-worker"]
+    for labels in pods.values():
+        # Redis and PostgreSQL in the VPC's own range (AWS's default VPC is 172.31.0.0/16).
+        assert _allowed(policies, labels, 6379, ip="172.31.7.20")
+        assert _allowed(policies, labels, 5432, ip="172.31.7.21")
+        assert _allowed(policies, labels, 53, namespace="kube-system") or _allowed(
+            policies, labels, 53, ip="172.31.0.2"
+        )
+    for labels in (api, worker):
+        # Receivers on the internet, on their usual ports and on 8443.
+        for port in (443, 80, 8443):
+            assert _allowed(policies, labels, port, ip="93.184.216.34"), port
+        # Never a receiver on a private address, nor the cloud's metadata service.
+        assert not _allowed(policies, labels, 443, ip="172.31.7.20")
+        assert not _allowed(policies, labels, 80, ip="169.254.169.254")
+        assert not _allowed(policies, labels, 6379, ip="93.184.216.34")
+        # Traces reach the collector the ConfigMap names, in its namespace.
+        otlp = urlsplit(config["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert otlp.hostname and otlp.port
+        collector_namespace = otlp.hostname.split(".")[1]
+        assert _allowed(policies, labels, otlp.port, namespace=collector_namespace)
+        assert not _allowed(policies, labels, otlp.port, namespace="default")
+
+    # Events come in through the ingress controller and from the publishing namespace inside
+    # the cluster; Prometheus scrapes from monitoring; nothing else reaches the API.
+    port = 8000
+    for namespace in ("ingress-nginx", "publishing", "monitoring"):
+        assert _allowed(policies, api, port, kind="Ingress", namespace=namespace), namespace
+    assert not _allowed(policies, api, port, kind="Ingress", namespace="default")
+    assert not any(
+        _allowed(policies, worker, p, kind="Ingress", namespace=n)
+        for p in (8000, 8001)
+        for n in ("ingress-nginx", "monitoring", "publishing")
+    )
+
+
+def test_kubernetes_prometheus_operator_scrapes_every_api_pod_as_the_relay_job() -> None:
+    docs = _kustomize(K8S / "overlays" / "example")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The alerts name job="relay".
+    assert {"targetLabel": "job", "replacement": "relay"} in endpoint["relabelings"]
+    alerts = (OBSERVABILITY / "alerts.yml").read_text()
+    assert 'up{job="relay"}' in alerts
+
+
 # --- alerts and dashboard ----------------------------------------------------------------
 
 REQUIRED_ALERTS = {
     "RelayBacklogGrowing",
+    "RelayBacklogLarge",
+    "RelayDeliveriesLate",
+    "RelayDeliveriesFailed",
+    "RelayWebhooksAutoDisabled",
+    "RelayRedisMemoryHigh",
+    "RelayWorkersFewer",
     "RelayDeliverySuccessLow",
     "RelayWorkersAbsent",
     "RelayRedisUnreachable",
@@ -382,7 +514,9 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """An alert that never fires fails its test: promtool's verdict is not a formality."""
     shutil.copy(OBSERVABILITY / "alerts.test.yml", tmp_path)
     rules = (OBSERVABILITY / "alerts.yml").read_text()
-    (tmp_path / "alerts.yml").write_text(rules.replace("relay_workers < 1", "relay_workers < 0"))
+    broken = rules.replace("max(relay_workers) < 1", "max(relay_workers) < 0")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
     result = _run(_tool("promtool"), "test", "rules", "alerts.test.yml", cwd=tmp_path, check=False)
     assert result.returncode != 0 and "RelayWorkersAbsent" in result.stdout + result.stderr
 
@@ -440,12 +574,97 @@ async def test_dashboard_and_alerts_query_only_metrics_relay_exports(
 def test_grafana_is_provisioned_with_the_dashboard_and_its_data_source() -> None:
     provisioning = OBSERVABILITY / "grafana" / "provisioning"
     source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
-    uid = source["datasources"][0]["uid"]
+    assert source["datasources"][0]["type"] == "prometheus"
+    assert source["datasources"][0]["isDefault"] is True
     dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "relay.json").read_text())
-    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}
+    # No data source's uid is written in: a variable offers every Prometheus one (the
+    # provisioned default first), so the dashboard imports into any Grafana.
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+    chosen = f"${{{variable['name']}}}"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == chosen, panel["title"]
+        assert {t["datasource"]["uid"] for t in panel["targets"]} == {chosen}, panel["title"]
     provider = yaml.safe_load((provisioning / "dashboards" / "relay.yml").read_text())
     compose = (DEPLOY / "compose.yaml").read_text()
     assert f"dashboards:{provider['providers'][0]['options']['path']}:ro" in compose
     prometheus = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["api:8000"]
+
+
+# Labels each metric the dashboard reads is exported with (histograms: besides `le`).
+_LABELS = {
+    "relay_events_accepted_total": [{"type": "post.published"}, {"type": "media.uploaded"}],
+    "relay_attempts_total": [{"status": "2xx"}, {"status": "5xx"}, {"status": "error"}],
+    "relay_deliveries_finished_total": [{"status": "delivered"}, {"status": "failed"}],
+    "relay_http_requests_total": [
+        {"method": "POST", "route": "/v1/events", "status": "202"},
+        {"method": "GET", "route": "/v1/webhooks/{id}", "status": "404"},
+    ],
+    "relay_http_request_duration_seconds": [
+        {"method": "POST", "route": "/v1/events"},
+        {"method": "GET", "route": "/v1/webhooks/{id}"},
+    ],
+}
+
+
+def _input_series(name: str, instance: str) -> list[dict[str, str]]:
+    """A minute-by-minute history of `name` as one API replica reports it."""
+    histogram = name.endswith(("_bucket", "_sum", "_count"))
+    base = re.sub(r"_(bucket|sum|count)$", "", name) if histogram else name
+    series = []
+    for n, labels in enumerate(_LABELS.get(base, [{}])):
+        steps = (
+            [(le, i + 1) for i, le in enumerate(("0.1", "1.0", "+Inf"))]
+            if name.endswith("_bucket")
+            else [(None, 1)]
+        )
+        for le, share in steps:
+            pairs = {**labels, "instance": instance} | ({"le": le} if le else {})
+            text = ",".join(f'{k}="{v}"' for k, v in sorted(pairs.items()))
+            counter = histogram or name.endswith("_total")
+            values = f"0+{(n + 1) * share * 60}x30" if counter else f"{(n + 1) * 3}x30"
+            series.append({"series": f"{name}{{{text}}}", "values": values})
+    return series
+
+
+def test_dashboard_queries_read_the_same_whether_one_replica_or_every_one_is_scraped(
+    tmp_path: Path,
+) -> None:
+    """Each API replica reports the same figures (they live in Redis): scraping every pod (a
+    ServiceMonitor) rather than one (through the Service) must change no panel. promtool
+    evaluates every query over two replicas' identical series and over one replica's."""
+    queries = _dashboard_queries()
+    names = sorted({n for q in queries for n in re.findall(r"\brelay_[a-z_]+\b", q)})
+
+    def one_replica(query: str) -> str:
+        # The same query, every selector narrowed to the first replica.
+        narrowed = re.sub(r"\b(relay_[a-z_]+)\{", r'\1{instance="a",', query)
+        return re.sub(r"\b(relay_[a-z_]+)\b(?![{_a-z])", r'\1{instance="a"}', narrowed)
+
+    rules = []
+    for n, query in enumerate(queries):
+        rules.append({"record": f"every:query_{n}", "expr": query})
+        rules.append({"record": f"one:query_{n}", "expr": one_replica(query)})
+    (tmp_path / "queries.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
+    )
+    # The same series, the same label sets, the same values: count and total agree.
+    same = [
+        {
+            "expr": f"count(every:query_{n}) - count(one:query_{n}) "
+            f"+ on() (sum(every:query_{n}) - sum(one:query_{n}))",
+            "eval_time": "20m",
+            "exp_samples": [{"labels": "{}", "value": 0}],
+        }
+        for n in range(len(queries))
+    ]
+    series = [s for name in names for i in ("a", "b") for s in _input_series(name, i)]
+    test = {
+        "rule_files": ["queries.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": same}],
+    }
+    (tmp_path / "queries.test.yml").write_text(yaml.safe_dump(test))
+    _run(_tool("promtool"), "test", "rules", "queries.test.yml", cwd=tmp_path)

@@ -6,14 +6,16 @@ import asyncio
 import re
 
 import httpx
+import redis.asyncio
 
 from tests.conftest import ClientFactory
-from tests.flows import Workers, post_event, webhook
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver, Reply
 from tests.support import RedisServer
 
 
 def _value(scrape: str, name: str) -> float | None:
-    match = re.search(rf"^{name} (\S+)$", scrape, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", scrape, re.M)
     return float(match[1]) if match else None
 
 
@@ -117,3 +119,93 @@ async def test_an_event_that_goes_nowhere_says_why_and_is_counted(
     assert _value(scrape, 'relay_events_undelivered_total{reason="webhooks_disabled"}') == 1
     assert _value(scrape, 'relay_events_undelivered_total{reason="no_subscribers"}') == 1
     assert _value(scrape, 'relay_events_accepted_total{type="post.failed"}') == 1
+
+
+async def test_delivery_lag_is_how_long_the_oldest_due_delivery_has_waited(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    async with Receiver() as rx:
+        hook = await webhook(admin, rx.url("/hook"))
+        assert _value(await _scrape(admin), "relay_delivery_lag_seconds") == 0
+        # No worker yet: the delivery is due at once and waits.
+        event = (await post_event(admin)).json()["data"]
+        await asyncio.sleep(1.5)
+        waited = _value(await _scrape(admin), "relay_delivery_lag_seconds")
+        assert waited is not None and 1.4 <= waited < 10, waited
+        assert _value(await _scrape(admin), "relay_deliveries_due") == 1
+
+        await workers(1)
+        await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "delivered")
+        assert _value(await _scrape(admin), "relay_delivery_lag_seconds") == 0
+
+
+async def test_api_requests_are_counted_by_route_and_status_with_their_latency(
+    admin: httpx.AsyncClient,
+) -> None:
+    hook = await webhook(admin, "https://example.com/hook")
+    for _ in range(2):
+        assert (await post_event(admin)).status_code == 202
+    assert (await admin.get(f"/v1/webhooks/{hook['id']}")).status_code == 200
+    assert (await admin.get("/v1/webhooks/wh_nothing")).status_code == 404
+    assert (await admin.get("/v1/no/such/path/wh_x")).status_code == 404
+    too_large = await admin.post("/v1/events", content=b"{" + b" " * 2_000_000 + b"}")
+    assert too_large.status_code == 413
+
+    scrape = await _scrape(admin)
+    requests = "relay_http_requests_total"
+    post = 'method="POST",route="/v1/events"'
+    assert _value(scrape, f'{requests}{{{post},status="202"}}') == 2
+    assert _value(scrape, f'{requests}{{{post},status="413"}}') == 1
+    one = 'method="GET",route="/v1/webhooks/{id}"'
+    assert _value(scrape, f'{requests}{{{one},status="200"}}') == 1
+    assert _value(scrape, f'{requests}{{{one},status="404"}}') == 1
+    assert _value(scrape, f'{requests}{{method="GET",route="unmatched",status="404"}}') == 1
+    # Routes, never paths: no object's id makes a series of its own.
+    assert hook["id"] not in scrape and "wh_nothing" not in scrape and "wh_x" not in scrape
+
+    duration = "relay_http_request_duration_seconds"
+    assert _value(scrape, f"{duration}_count{{{post}}}") == 3
+    assert _value(scrape, f'{duration}_bucket{{le="+Inf",{post}}}') == 3
+    assert _value(scrape, f'{duration}_bucket{{le="30.0",{post}}}') == 3
+    total = _value(scrape, f"{duration}_sum{{{post}}}")
+    assert total is not None and 0 < total < 30
+
+
+async def test_redis_memory_is_shown_against_its_limit(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    direct = redis.asyncio.Redis.from_url(own_redis.url)
+    try:
+        await direct.config_set("maxmemory", 64 * 1024 * 1024)
+        scrape = await _scrape(client)
+        assert _value(scrape, "relay_redis_memory_max_bytes") == 64 * 1024 * 1024
+        used = _value(scrape, "relay_redis_memory_used_bytes")
+        assert used is not None and 0 < used < 64 * 1024 * 1024
+
+        await direct.config_set("maxmemory", 0)
+        assert _value(await _scrape(client), "relay_redis_memory_max_bytes") == 0
+    finally:
+        await direct.aclose()
+
+
+async def test_webhooks_disabled_for_failing_are_counted_apart_from_those_their_owner_disabled(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    owned = await webhook(admin, "https://example.com/paused")
+    await admin.patch(f"/v1/webhooks/{owned['id']}", json={"enabled": False})
+    assert _value(await _scrape(admin), "relay_webhooks_auto_disabled_total") == 0
+
+    await workers()
+    async with Receiver() as rx:
+        rx.answer(Reply(410))  # gone: disabled at its first answer
+        hook = await webhook(admin, rx.url("/hook"))
+        event = (await post_event(admin)).json()["data"]
+        await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "failed")
+    for _ in range(100):  # the worker adds its counts every few seconds
+        if _value(await _scrape(admin), "relay_webhooks_auto_disabled_total") == 1:
+            break
+        await asyncio.sleep(0.1)
+    scrape = await _scrape(admin)
+    assert _value(scrape, "relay_webhooks_auto_disabled_total") == 1
+    assert _value(scrape, "relay_webhooks_disabled") == 2

@@ -265,6 +265,7 @@ async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
     )
     if why is not None:
         disabled = await svc.webhooks.change(claim.webhook_id, lambda w: disable(w, why))
+        svc.counts.add("webhooks_auto_disabled")
         await svc.audit.add(
             audit.entry("webhook.auto_disable", audit.SYSTEM, disabled.id, disabled.tenant_id, None)
         )

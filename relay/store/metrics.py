@@ -11,16 +11,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from relay.store import keys
+from relay.store import keys, memory
+from relay.store.memory import Memory
 
 # A worker that has not announced itself for this long is counted as gone.
 WORKER_SILENCE_MS = 30_000
 
 
 @dataclass(slots=True, frozen=True)
+class Queued:
+    """Deliveries in the endpoints' queues."""
+
+    pending: int  # all of them: pending, or in flight
+    due: int  # due by then and not in flight
+    oldest_due_ms: int | None = None  # when the one due longest became due (Redis ms)
+
+
+@dataclass(slots=True, frozen=True)
 class Snapshot:
-    """Everything /metrics shows, read in one round trip."""
+    """Everything /metrics shows, read in a few round trips."""
 
     counters: dict[bytes, bytes]
     pending: int
@@ -29,6 +40,9 @@ class Snapshot:
     disabled_webhooks: int
     history_backlog: int = 0
     history_lag_ms: int = 0
+    delivery_lag_ms: int = 0
+    # None when relay's user may not run INFO.
+    memory: Memory | None = None
 
 
 async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
@@ -41,24 +55,39 @@ async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
         pipe.xrange(keys.HISTORY, "-", "+", count=1)
         results = await pipe.execute()
     counters, workers, disabled, waiting, oldest = results[-5:]
-    pending, due = await queued(redis, now_ms)
+    queues = await queued(redis, now_ms)
     # A stream entry's id starts with the Redis time (ms) it was added at.
     lag = now_ms - int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
-    return Snapshot(counters, pending, due, int(workers), int(disabled), int(waiting), max(lag, 0))
+    try:
+        used = await memory.read(redis)
+    except ResponseError:
+        used = None
+    return Snapshot(
+        counters,
+        queues.pending,
+        queues.due,
+        int(workers),
+        int(disabled),
+        int(waiting),
+        max(lag, 0),
+        0 if queues.oldest_due_ms is None else max(now_ms - queues.oldest_due_ms, 0),
+        used,
+    )
 
 
 async def backlog(redis: Redis) -> int:
     """How many deliveries are pending (due, waiting for a slot or their time) or in flight."""
-    return (await queued(redis, None))[0]
+    return (await queued(redis, None)).pending
 
 
-async def queued(redis: Redis, now_ms: int | None) -> tuple[int, int]:
-    """Deliveries in the endpoints' queues: all of them (pending or in flight), and those due
-    by `now_ms` and not in flight (0 when None). Read through the schedule: every tenant with
-    deliveries queued is in the tenants' set, and each of its endpoints with any in its own."""
+async def queued(redis: Redis, now_ms: int | None) -> Queued:
+    """Deliveries in the endpoints' queues: all of them, and (by `now_ms`; none when None)
+    those due and not in flight, with when the one due longest became due. Read through the
+    schedule: every tenant with deliveries queued is in the tenants' set, and each of its
+    endpoints with any in its own; each queue costs the same few calls, however long it is."""
     tenants = [t.decode() for t in await redis.zrange(keys.TENANTS, 0, -1)]
     if not tenants:
-        return 0, 0
+        return Queued(0, 0)
     async with redis.pipeline(transaction=False) as pipe:
         for tenant in tenants:
             pipe.zrange(keys.endpoints(tenant), 0, -1)
@@ -69,10 +98,19 @@ async def queued(redis: Redis, now_ms: int | None) -> tuple[int, int]:
             pipe.zcard(keys.endpoint_queue(webhook_id))
             if now_ms is not None:
                 pipe.zcount(keys.endpoint_queue(webhook_id), "-inf", now_ms)
-        counts = [int(n) for n in await pipe.execute()]
+                # The lowest score: the earliest due time, or the first lease to run out (a
+                # lease run out is due again, to be taken over).
+                pipe.zrange(keys.endpoint_queue(webhook_id), 0, 0, withscores=True)
+        answers = await pipe.execute()
     if now_ms is None:
-        return sum(counts), 0
-    return sum(counts[::2]), sum(counts[1::2])
+        return Queued(sum(int(n) for n in answers), 0)
+    firsts = [int(first[0][1]) for first in answers[2::3] if first]
+    due_since = [score for score in firsts if score <= now_ms]
+    return Queued(
+        sum(int(n) for n in answers[::3]),
+        sum(int(n) for n in answers[1::3]),
+        min(due_since, default=None),
+    )
 
 
 # Counters and presence are written even when Redis is out of memory (allow-oom), which is when

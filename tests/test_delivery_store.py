@@ -368,6 +368,7 @@ async def _waiting(
     assert (await store.settle(first, failed)).written
     scheduled = (await store.get(delivery_id)).next_attempt_at
     assert (await store.restart([delivery_id], RETRYABLE))[1] == ["manual"]
+    await asyncio.sleep(0.002)  # claims come a millisecond after, at least
     manual = await _claim(store, "w", 10, lease_ms)
     assert [(c.attempt, c.trigger) for c in manual] == [(2, Trigger.MANUAL)]
     return scheduled, manual
@@ -437,6 +438,7 @@ async def test_a_retry_of_a_delivery_already_due_is_its_scheduled_attempt_sent_o
     store, [delivery_id] = await _store_with(redis_client, archive)
     # Accepted and due now, not yet claimed: a retry adds no second request.
     assert (await store.restart([delivery_id], RETRYABLE))[1] == ["ok"]
+    await asyncio.sleep(0.002)
     [claim] = await _claim(store, "w", 10)
     assert claim.trigger is Trigger.SCHEDULED and claim.attempt - claim.cycle_start == 1
 

@@ -27,6 +27,7 @@ FIELDS = (
     "delivery_id",
     "webhook_id",
     "attempt",
+    "trigger",
     "status",
     "status_code",
     "duration_ms",

@@ -47,7 +47,7 @@ DELIVERY_FIELDS = (
 WEBHOOK_COLUMNS = ("id", "tenant_id", "url", "events", "enabled", "disabled_reason")
 TOKEN_COLUMNS = ("id", "role", "tenant_id", "name", "created_at")
 EVENT_FIELDS = ("id", "type", "tenant_id", "upstream_id", "created_at")
-ATTEMPT_COLUMNS = ("number", "started_at", "status_code", "duration_ms", "error")
+ATTEMPT_COLUMNS = ("number", "started_at", "status_code", "trigger", "duration_ms", "error")
 
 
 class UsageError(Exception):

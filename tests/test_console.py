@@ -193,6 +193,7 @@ async def test_a_failing_delivery_shows_its_attempts_and_a_retry_delivers_it(
     attempts = page.locator("details.attempt")
     await expect(attempts).to_have_count(3)
     await expect(page.locator("dd .badge")).to_have_text("failed")
+    await expect(attempts.first.locator("summary .badge").first).to_have_text("scheduled")
     await attempts.first.locator("summary").click()
     await expect(attempts.first).to_contain_text("receiver is down")
     await expect(attempts.first).to_contain_text("webhook-signature")

@@ -308,9 +308,63 @@ async def test_manual_retry_starts_one_new_cycle_and_keeps_history(
     assert done["attempt_count"] == 9 and done["last_status_code"] == 200
     assert [a["number"] for a in done["attempts"]] == list(range(1, 10))
     assert [a["status_code"] for a in done["attempts"]] == [500] * 8 + [200]
+    # Each retry of the failed delivery started a fresh schedule: all its attempts are the
+    # schedule's (a manual attempt is one sent outside the schedule of a pending delivery).
+    assert {a["trigger"] for a in done["attempts"]} == {"scheduled"}
     Verifier(hook["secret"]).verify(newest.body, newest.headers)
     assert newest.headers["webhook-id"] == first.headers["webhook-id"] == event["id"]
     assert int(newest.headers["webhook-timestamp"]) > first_stamp
+
+
+async def test_manual_retries_of_a_waiting_delivery_neither_use_up_nor_move_its_schedule(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    # Three attempts in all, a minute apart: the schedule's second is far beyond this test.
+    await workers(RELAY_RETRY_SCHEDULE="60,60")
+    async with Receiver() as rx:
+        rx.answer(Reply(status=500))
+        hook = await webhook(admin, rx.url("/debugged"))
+        dlv = delivery_to(await accepted(admin), hook)
+        waiting = await poll(
+            lambda: delivery(admin, hook, dlv),
+            lambda d: d["attempt_count"] == 1 and d["status"] == "pending",
+        )
+        scheduled = waiting["next_attempt_at"]
+        retry = f"/v1/webhooks/{hook['id']}/deliveries/{dlv}/retry"
+
+        # Three debugging clicks, more than the schedule has attempts left: each is sent at
+        # once, fails, and leaves the delivery waiting for the same scheduled attempt.
+        for made in (2, 3, 4):
+            response = await admin.post(retry)
+            assert response.status_code == 202, response.text
+            assert response.json()["data"]["next_attempt_at"] == scheduled
+            after = await poll(
+                lambda: delivery(admin, hook, dlv),
+                lambda d, made=made: d["attempt_count"] == made and d["status"] == "pending",
+            )
+            assert after["next_attempt_at"] == scheduled and after["last_status_code"] == 500
+        assert len(rx.requests) == 4
+        assert [(a["number"], a["trigger"]) for a in after["attempts"]] == [
+            (1, "scheduled"),
+            (2, "manual"),
+            (3, "manual"),
+            (4, "manual"),
+        ]
+
+        # The receiver is fixed: the next click delivers, and nothing is sent after it.
+        rx.answer(Reply(status=200))
+        assert (await admin.post(retry)).status_code == 202
+        done = await wait_status(admin, hook["id"], dlv, "delivered")
+        await asyncio.sleep(0.3)
+        assert len(rx.requests) == 5
+    assert done["attempt_count"] == 5 and done["next_attempt_at"] is None
+    assert [(a["number"], a["trigger"], a["status_code"]) for a in done["attempts"]] == [
+        (1, "scheduled", 500),
+        (2, "manual", 500),
+        (3, "manual", 500),
+        (4, "manual", 500),
+        (5, "manual", 200),
+    ]
 
 
 async def test_cancel_stops_a_waiting_delivery_and_refuses_a_finished_one(

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from relay import ids
 from relay.delivery.archive import Archive
-from relay.delivery.model import Attempt, Claim, Settlement, Status
+from relay.delivery.model import RETRYABLE, Attempt, Claim, Settlement, Status, Trigger
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
 from relay.history.db import Database
@@ -23,11 +23,17 @@ from tests.support import PostgresServer
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
 
 
-def _result(code: int, status: Status | None = None, number: int = 1) -> Settlement:
-    attempt = Attempt(number, rfc3339(now()), 5, code, None, "", {}, "http://127.0.0.1/")
+def _result(
+    code: int,
+    status: Status | None = None,
+    number: int = 1,
+    trigger: Trigger = Trigger.SCHEDULED,
+) -> Settlement:
+    attempt = Attempt(number, rfc3339(now()), 5, code, None, "", {}, "http://127.0.0.1/", trigger)
     if status is None:
         status = Status.DELIVERED if code < 300 else Status.FAILED
-    delay = 60_000 if status is Status.PENDING else None
+    # A failed manual attempt has no delay of its own: the schedule's next attempt stays.
+    delay = 60_000 if status is Status.PENDING and trigger is Trigger.SCHEDULED else None
     ok = code < 300
     return Settlement(status, attempt, delay, code, None if ok else f"HTTP {code}", endpoint_ok=ok)
 
@@ -348,6 +354,93 @@ async def test_a_pending_delivery_retried_while_it_waits_for_a_slot_keeps_its_ne
     delivery = await store.get(retried)
     assert delivery.status is Status.PENDING and delivery.attempt_count == 1
     assert [(await store.get(d)).status for d in planned[:-1]] == [Status.DELIVERED] * 4
+
+
+async def _waiting(
+    store: DeliveryStore, delivery_id: str, delay_ms: int = 60_000, lease_ms: int = 60_000
+) -> tuple[str | None, list[Claim]]:
+    """Its first attempt made and failed, the next due in `delay_ms`; then an operator's retry:
+    the next attempt the schedule has, and the claims (leased for `lease_ms`) of the manual
+    attempt that follows."""
+    [first] = await _claim(store, "w", 10)
+    assert first.trigger is Trigger.SCHEDULED
+    failed = dataclasses.replace(_result(500, Status.PENDING), delay_ms=delay_ms)
+    assert (await store.settle(first, failed)).written
+    scheduled = (await store.get(delivery_id)).next_attempt_at
+    assert (await store.restart([delivery_id], RETRYABLE))[1] == ["manual"]
+    await asyncio.sleep(0.002)  # claims come a millisecond after, at least
+    manual = await _claim(store, "w", 10, lease_ms)
+    assert [(c.attempt, c.trigger) for c in manual] == [(2, Trigger.MANUAL)]
+    return scheduled, manual
+
+
+async def _triggers(store: DeliveryStore, delivery_id: str) -> list[tuple[object, object]]:
+    """The delivery's attempts as (number, trigger), as its log shows them."""
+    delivery = await store.get(delivery_id)
+    return [(a["number"], a["trigger"]) for a in await store.attempts(delivery)]
+
+
+async def test_a_failed_manual_attempt_leaves_the_schedule_where_it_was(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    scheduled, [manual] = await _waiting(store, delivery_id, delay_ms=1_500)
+
+    assert (await store.settle(manual, _result(500, Status.PENDING, 2, Trigger.MANUAL))).written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.PENDING and delivery.attempt_count == 2
+    assert delivery.next_attempt_at == scheduled
+    assert await _claim(store, "w", 10) == []  # nothing goes before the schedule's time
+    assert await _triggers(store, delivery_id) == [(1, "scheduled"), (2, "manual")]
+
+    # At its time, the schedule's second attempt: the manual one took none of its steps.
+    await asyncio.sleep(1.6)
+    [second] = await _claim(store, "w", 10)
+    assert second.trigger is Trigger.SCHEDULED and second.attempt == 3
+    assert second.attempt - second.cycle_start == 2
+
+
+async def test_a_manual_attempt_that_succeeds_ends_the_delivery_delivered(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    _, [manual] = await _waiting(store, delivery_id)
+
+    assert (await store.settle(manual, _result(200, number=2, trigger=Trigger.MANUAL))).written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.DELIVERED and delivery.attempt_count == 2
+    assert delivery.next_attempt_at is None
+    assert await _triggers(store, delivery_id) == [(1, "scheduled"), (2, "manual")]
+    assert await _claim(store, "w", 10) == []
+
+
+async def test_a_stalled_manual_attempt_is_taken_over_as_manual_and_both_are_logged(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    scheduled, [stale] = await _waiting(store, delivery_id, lease_ms=50)
+    await asyncio.sleep(0.1)  # its worker stalls past the lease
+    [fresh] = await _claim(store, "b", 10)
+    assert fresh.trigger is Trigger.MANUAL and fresh.token != stale.token
+
+    late = await store.settle(stale, _result(500, Status.PENDING, 2, Trigger.MANUAL))
+    assert late.written
+    assert (await store.settle(fresh, _result(500, Status.PENDING, 2, Trigger.MANUAL))).written
+    delivery = await store.get(delivery_id)
+    assert delivery.status is Status.PENDING and delivery.next_attempt_at == scheduled
+    assert delivery.attempt_count == 3 and delivery.attempt_count - delivery.cycle_start == 1
+    assert await _triggers(store, delivery_id) == [(1, "scheduled"), (2, "manual"), (3, "manual")]
+
+
+async def test_a_retry_of_a_delivery_already_due_is_its_scheduled_attempt_sent_once(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    # Accepted and due now, not yet claimed: a retry adds no second request.
+    assert (await store.restart([delivery_id], RETRYABLE))[1] == ["ok"]
+    await asyncio.sleep(0.002)
+    [claim] = await _claim(store, "w", 10)
+    assert claim.trigger is Trigger.SCHEDULED and claim.attempt - claim.cycle_start == 1
 
 
 async def _expired_behind_a_busy_endpoint(store: DeliveryStore) -> tuple[Claim, list[Claim]]:

@@ -122,6 +122,34 @@ async def test_a_finished_delivery_leaves_redis_and_is_read_from_history(
     assert await history_db.fetchval("SELECT count(*) FROM events") == 1
 
 
+async def test_each_attempts_trigger_is_kept_in_history_and_read_back(
+    admin: httpx.AsyncClient,
+    workers: Workers,
+    redis_client: redis.asyncio.Redis,
+    history_db: asyncpg.Connection,
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(500))
+        hook = await webhook(admin, rx.url("/hook"))
+        await workers(1, RELAY_RETRY_SCHEDULE="60")
+        [planned] = (await post_event(admin)).json()["data"]["deliveries"]
+        await rx.wait_for(1, timeout=20)
+        await wait_status(admin, hook["id"], planned["id"], "pending")  # its next in a minute
+        rx.answer(Reply(200))
+        path = f"/v1/webhooks/{hook['id']}/deliveries/{planned['id']}/retry"
+        assert (await admin.post(path)).status_code == 202
+        await wait_status(admin, hook["id"], planned["id"], "delivered")
+        await _gone_from_redis(redis_client)
+
+    delivery = await _delivery(admin, planned["id"])
+    assert [(a["number"], a["trigger"]) for a in delivery["attempts"]] == [
+        (1, "scheduled"),
+        (2, "manual"),
+    ]
+    rows = await history_db.fetch("SELECT number, trigger FROM attempts ORDER BY number")
+    assert [(r["number"], r["trigger"]) for r in rows] == [(1, "scheduled"), (2, "manual")]
+
+
 async def test_retries_and_recover_bring_back_deliveries_that_only_history_holds(
     admin: httpx.AsyncClient,
     workers: Workers,

@@ -166,6 +166,7 @@ async def test_deliveries_get_shows_a_delivery_with_its_attempts(
     rows = attempts.strip().splitlines()
     assert rows[0].split()[:3] == ["NUMBER", "STARTED_AT", "STATUS_CODE"]
     assert rows[1].split()[0] == "1" and "503" in rows[1].split()
+    assert "scheduled" in rows[1].split()
     as_json = json.loads(await relay(dev, "deliveries", "get", delivery_id, "--json"))
     assert as_json["id"] == delivery_id and as_json["attempts"][0]["status_code"] == 503
     assert "No such delivery" in await relay(dev, "deliveries", "get", "dlv_" + "0" * 26, code=1)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.delivery.policy import DEFAULT_SCHEDULE, Outcome, RetryPolicy, outcome
+from relay.delivery.model import Status, Trigger
+from relay.delivery.policy import DEFAULT_SCHEDULE, Outcome, RetryPolicy, Verdict, judge, outcome
 
 NOW = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 POLICY = RetryPolicy()
@@ -175,3 +176,20 @@ def test_any_retry_after_gives_a_delay_within_bounds(value: str) -> None:
 )
 def test_outcome_classification(status: int | None, expected: Outcome) -> None:
     assert outcome(status) is expected
+
+
+@pytest.mark.parametrize("made", range(1, 8))
+def test_a_failed_manual_attempt_leaves_the_next_attempt_to_the_schedule(made: int) -> None:
+    # A scheduled attempt that fails sets when the next goes; a manual one sets nothing, even
+    # when the receiver asks for a wait: the delivery keeps the schedule's next attempt.
+    scheduled = judge(POLICY, made, 503, None, "60", NOW, Trigger.SCHEDULED)
+    assert scheduled.status is Status.PENDING and scheduled.delay is not None
+
+    manual = judge(POLICY, made, 503, None, "60", NOW, Trigger.MANUAL)
+    assert manual == Verdict(Status.PENDING, delay=None, error="HTTP 503")
+
+
+def test_a_manual_attempt_that_succeeds_delivers_and_a_410_still_fails_the_delivery() -> None:
+    assert judge(POLICY, 3, 204, None, None, NOW, Trigger.MANUAL) == Verdict(Status.DELIVERED)
+    gone = judge(POLICY, 3, 410, None, None, NOW, Trigger.MANUAL)
+    assert gone.status is Status.FAILED and gone.disable_webhook

@@ -108,7 +108,8 @@ async def get_delivery_by_id(request: Request, principal: Principal) -> Response
 
 
 async def retry_delivery(request: Request, principal: Principal) -> Response:
-    """A finished delivery starts again, a pending one is due now; 409 while delivering."""
+    """A finished delivery starts again, a pending one gets a manual attempt now; 409 while
+    delivering."""
     delivery = await _visible_delivery(request, principal)
     return ok((await service.retry(services(request), delivery)).public(), 202)
 
@@ -207,8 +208,9 @@ OPERATIONS = [
         params=DELIVERY,
         status=202,
         audit=Audit("delivery.retry"),
-        # Again, it finds the delivery pending and makes it due now once more; one that was
-        # delivered meanwhile goes once more, which at-least-once receivers dedupe by its id.
+        # Again, it finds the delivery pending and asks for a manual attempt once more (its
+        # schedule untouched); one that was delivered meanwhile goes once more, which
+        # at-least-once receivers dedupe by its id.
         repeats=True,
     ),
     Operation(

@@ -14,7 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import core_schema
 
-from relay.delivery.model import Status
+from relay.delivery.model import Status, Trigger
 from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
 from relay.roles import Role
@@ -262,6 +262,10 @@ class Attempt(Shape):
     """One try at a delivery: what was sent and what the endpoint answered."""
 
     number: Annotated[int, Field(ge=1)]
+    trigger: Trigger = Field(
+        description="What made it: the retry schedule, or an operator's retry of a pending "
+        "delivery (manual: outside the schedule, which it neither uses up nor moves)"
+    )
     started_at: Timestamp
     duration_ms: Count
     status_code: HttpStatus | None

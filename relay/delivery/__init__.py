@@ -8,7 +8,9 @@
                  │                    (slot freed → the endpoint, its tenant may go again)
                  ├── cancel: pending ──► canceled (webhook deleted: settle ──► canceled)
                  └── restart: delivered | failed | canceled ──► pending (fresh schedule)
-                              pending ──► pending, due now
+                              pending ──► pending, a manual attempt now (outside the
+                              schedule, which keeps its next attempt) — or, if that one is
+                              due already, due now
 
 - `model.py`    statuses and transitions, declared once
 - `policy.py`   the retry schedule and what an attempt's result means (pure)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class Status(enum.StrEnum):
@@ -27,14 +28,26 @@ class Transition(enum.StrEnum):
     CLAIM = "claim"  # pending → delivering, in turn between tenants and their endpoints
     EXTEND = "extend"  # delivering on the claim's short lease → on the attempt's lease
     SETTLE = "settle"  # delivering → pending | delivered | failed | canceled
-    RESTART = "restart"  # finished → pending with a fresh schedule; pending → due now
+    # finished → pending with a fresh schedule; pending → a manual attempt now, outside it
+    RESTART = "restart"
     CANCEL = "cancel"  # pending → canceled
     RELEASE = "release"  # finished and written to history → gone from Redis
 
 
 # What an operator's retry may start from: a finished delivery starts a fresh schedule, a
-# pending one is made due now; a delivering one must end its attempt first.
+# pending one gets a manual attempt now; a delivering one must end its attempt first.
 RETRYABLE = frozenset({Status.PENDING, *FINISHED})
+
+
+class Trigger(enum.StrEnum):
+    """What made an attempt: the retry schedule, or an operator's retry of a pending delivery.
+
+    A manual attempt sits outside the schedule: it uses none of its attempts and, failing,
+    leaves its next one where it was (a 2xx still ends the delivery as delivered).
+    """
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,18 @@ class Attempt:
     response_body: str
     request_headers: dict[str, str]
     url: str
+    trigger: Trigger = Trigger.SCHEDULED
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Attempt:
+        """An attempt as its log keeps it (JSON)."""
+        return cls(**attempt_view(record))
+
+
+def attempt_view(record: dict[str, Any]) -> dict[str, Any]:
+    """An attempt's record with its trigger: those logged before attempts recorded theirs were
+    all scheduled."""
+    return {**record, "trigger": Trigger(record.get("trigger", Trigger.SCHEDULED))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +87,10 @@ class Delivery:
     event_type: str
     status: Status
     attempt_count: int
-    cycle_start: int  # attempts made before the current cycle (a manual retry starts one)
+    # Attempts the current schedule does not count: those made before it began (a retry of a
+    # finished delivery starts a fresh one), and the manual ones made during it. The schedule's
+    # position is `attempt_count - cycle_start`.
+    cycle_start: int
     next_attempt_at: str | None
     last_status_code: int | None
     last_error: str | None
@@ -101,6 +129,7 @@ class Claim:
     attempt: int
     token: str
     cycle_start: int
+    trigger: Trigger
     webhook_id: str
     event_id: str
     webhook_record: bytes | None
@@ -124,6 +153,7 @@ class Claim:
             "event_id": self.event_id,
             "webhook_id": self.webhook_id,
             "attempt": self.attempt,
+            "trigger": self.trigger.value,
         }
         if self.request_id is not None:
             ids["request_id"] = self.request_id

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from relay.delivery.model import Status
+from relay.delivery.model import Status, Trigger
 
 DEFAULT_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
@@ -133,8 +133,13 @@ def judge(
     error: str | None,
     retry_after: str | None,
     now: datetime,
+    trigger: Trigger,
 ) -> Verdict:
-    """The next state after an attempt: delivered, retried after a delay, or failed."""
+    """The next state after an attempt: delivered, retried after a delay, or failed.
+
+    A failed manual attempt leaves the delivery pending with no delay of its own: its next
+    attempt stays the schedule's (`attempts_in_cycle` does not count it).
+    """
     result = outcome(status_code)
     if result is Outcome.DELIVERED:
         return Verdict(Status.DELIVERED)
@@ -142,8 +147,10 @@ def judge(
         return Verdict(
             Status.FAILED, error="410 Gone: the endpoint asked to stop", disable_webhook=True
         )
-    delay = policy.next_delay(attempts_in_cycle, status_code, retry_after, now)
     reason = error or _status_reason(status_code)
+    if trigger is Trigger.MANUAL:
+        return Verdict(Status.PENDING, error=reason)
+    delay = policy.next_delay(attempts_in_cycle, status_code, retry_after, now)
     if delay is None:
         return Verdict(Status.FAILED, error=f"{reason} (retry schedule exhausted)")
     return Verdict(Status.PENDING, delay=delay, error=reason)

@@ -150,6 +150,7 @@ async def _attempt(
         result.error,
         result.retry_after,
         datetime.fromtimestamp(finished_ms / 1000, UTC),
+        claim.trigger,
     )
     seconds = result.duration_ms / 1000
     settlement = Settlement(
@@ -163,6 +164,7 @@ async def _attempt(
             response_body=result.response_body,
             request_headers=headers,
             url=webhook.url,
+            trigger=claim.trigger,
         ),
         delay_ms=int(verdict.delay * 1000) if verdict.delay is not None else None,
         last_status_code=result.status_code,
@@ -192,12 +194,21 @@ def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
         error,
         None,
         datetime.now(UTC),
+        claim.trigger,
     )
     final = verdict.status if verdict.status is not Status.PENDING else None
     return Settlement(
         status=verdict.status,
         attempt=Attempt(
-            claim.attempt, from_timestamp(claim.now_ms / 1000), 0, None, error, "", {}, ""
+            number=claim.attempt,
+            started_at=from_timestamp(claim.now_ms / 1000),
+            duration_ms=0,
+            status_code=None,
+            error=error,
+            response_body="",
+            request_headers={},
+            url="",
+            trigger=claim.trigger,
         ),
         delay_ms=int(verdict.delay * 1000) if verdict.delay is not None else None,
         last_status_code=None,
@@ -303,12 +314,15 @@ def _disable_reason(
 
 
 async def retry(svc: Services, delivery: Delivery) -> Delivery:
-    """A finished delivery starts a fresh schedule now (history kept); a pending one is due now."""
+    """A finished delivery starts a fresh schedule now (history kept); a pending one gets a
+    manual attempt now, which leaves its schedule as it was (one due already just goes)."""
     now_ms, [outcome] = await svc.deliveries.restart([delivery.id], RETRYABLE)
-    if outcome != "ok":
+    if outcome not in ("ok", "manual"):
         raise Conflict(f"The delivery is {outcome}; it can be retried once its attempt ends.")
     # As the transition wrote it: a worker may take it the next moment.
     stamp = from_timestamp(now_ms / 1000)
+    if outcome == "manual":
+        return replace(delivery, updated_at=stamp)
     cycle_start = delivery.cycle_start if delivery.status is Status.PENDING else None
     return replace(
         delivery,

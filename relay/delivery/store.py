@@ -34,6 +34,8 @@ from relay.delivery.model import (
     Settlement,
     Status,
     Transition,
+    Trigger,
+    attempt_view,
 )
 from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys
@@ -568,7 +570,7 @@ class DeliveryStore:
             pipe.lrange(keys.attempts(delivery.id), 0, -1)
             pipe.hget(keys.delivery(delivery.id), "last_attempt")
             rows, last = await pipe.execute()
-        live = [codec.loads(r) for r in [*rows, *([last] if last else [])]]
+        live = [attempt_view(codec.loads(r)) for r in [*rows, *([last] if last else [])]]
         # A delivery that never left Redis has nothing in history; one that came back from
         # history for a retry has its earlier cycles there.
         if live and live[0]["number"] == 1:
@@ -639,6 +641,7 @@ class DeliveryStore:
                 attempt=int(r[1]),
                 token=r[2].decode(),
                 cycle_start=int(r[3]),
+                trigger=Trigger.MANUAL if int(r[11]) else Trigger.SCHEDULED,
                 webhook_id=r[4].decode(),
                 event_id=r[5].decode(),
                 webhook_record=r[6] or None,
@@ -696,6 +699,7 @@ class DeliveryStore:
             "id": claim.delivery_id,
             "attempt": claim.attempt,
             "token": claim.token,
+            "manual": claim.trigger is Trigger.MANUAL,
             "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
             "status": result.status.value,
             "delay_ms": result.delay_ms,
@@ -721,9 +725,11 @@ class DeliveryStore:
     async def restart(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]
     ) -> tuple[int, list[str]]:
-        """Start a new cycle now (or make a pending one due now) for each id whose status allows.
+        """Start a new cycle now for each finished id whose status allows; a pending one gets
+        a manual attempt now, outside its schedule (or, due already, is made due now).
 
-        Returns Redis's now (ms) and per id "ok", "missing" or the status that refused it.
+        Returns Redis's now (ms) and per id "ok" (due now), "manual", "missing" or the status
+        that refused it.
         """
         if not delivery_ids:
             return 0, []
@@ -1012,7 +1018,9 @@ class DeliveryStore:
                     entry_id,
                     delivery=_delivery(hashed),
                     version=record["delivery"]["updated_ms"],
-                    attempts=[Attempt(**codec.loads(a)) for a in record.get("attempts", [])],
+                    attempts=[
+                        Attempt.from_record(codec.loads(a)) for a in record.get("attempts", [])
+                    ],
                 )
             )
         return handed

@@ -244,6 +244,7 @@ class PostgresArchive:
                 "response_body": r["response_body"],
                 "request_headers": r["request_headers"],
                 "url": r["url"],
+                "trigger": r["trigger"],
             }
             for r in rows
         ]

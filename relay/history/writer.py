@@ -90,18 +90,19 @@ RETURNING tenant_id, updated_at AS at, webhook_id, status AS label, 0 AS bucket,
           0 AS duration_ms
 )""" + _COUNT.format(kind="delivery", counted="label <> 'pending'")
 
-# Latency buckets are the bounds of relay_attempt_duration_seconds, in ms ($13).
+# Latency buckets are the bounds of relay_attempt_duration_seconds, in ms ($14).
 _ATTEMPTS = """
 WITH new AS (
 INSERT INTO attempts (tenant_id, delivery_id, number, created_at, webhook_id, started_at,
-                      duration_ms, status_code, error, response_body, request_headers, url)
+                      duration_ms, status_code, error, response_body, request_headers, url,
+                      trigger)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::text[],
                      $6::timestamptz[], $7::int[], $8::int[], $9::text[], $10::text[],
-                     $11::jsonb[], $12::text[])
+                     $11::jsonb[], $12::text[], $13::text[])
 ON CONFLICT DO NOTHING
 RETURNING tenant_id, started_at AS at, webhook_id,
           coalesce((status_code / 100)::text || 'xx', 'error') AS label,
-          width_bucket(duration_ms, $13::int[]) AS bucket, duration_ms
+          width_bucket(duration_ms, $14::int[]) AS bucket, duration_ms
 )""" + _COUNT.format(kind="attempt", counted="true")
 _AUDIT = """
 INSERT INTO audit (tenant_id, id, created_at, at, action, token_id, role, object_id, request_id)
@@ -153,6 +154,7 @@ def _attempt_rows(handed: Sequence[Handover]) -> list[tuple[Any, ...]]:
         (
             *(d.tenant_id, d.id, a.number, id_time(d.id), d.webhook_id, _moment(a.started_at)),
             *(a.duration_ms, a.status_code, a.error, a.response_body, a.request_headers, a.url),
+            a.trigger.value,
         )
         for h in handed
         if (d := h.delivery) is not None

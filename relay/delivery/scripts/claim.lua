@@ -101,7 +101,8 @@ local sequence = 0
 local missing = {}
 local function try(id, wh, e, t)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
-    'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id')
+    'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id', 'manual',
+    'next_attempt_at')
   local status = d[1]
   local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
@@ -126,11 +127,16 @@ local function try(id, wh, e, t)
   end
   sequence = sequence + 1
   local token = A.owner .. ':' .. int(NOW) .. ':' .. sequence
+  -- An operator's retry asked for a manual attempt (outside the schedule; settle clears the
+  -- mark, so one that takes over a stalled one is manual too). Unless the schedule's next
+  -- attempt came due before it went: then this is that one, and the two are one request.
+  local manual = d[9] == '1' and (tonumber(d[10]) or 0) > NOW
   redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
     'lease_token', token)
+  if d[9] == '1' and not manual then redis.call('HSET', K.delivery .. id, 'manual', '') end
   redis.call('ZADD', queue, lease, id)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
-    e.failing, e.quick and 1 or 0, d[8] or ''}, lease
+    e.failing, e.quick and 1 or 0, d[8] or '', manual and 1 or 0}, lease
 end
 
 -- An endpoint not known to answer quickly, when its tenant's slow share is in use: it waits

@@ -1,7 +1,12 @@
--- finished → pending with a fresh schedule (history kept), or a pending one made due now,
--- for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok', 'missing', or
--- the status that refused it, after Redis's clock. A delivery whose lease ran out is pending:
--- its stalled attempt, if it comes back, is logged and changes nothing else (see settle).
+-- finished → pending with a fresh schedule (history kept), or a pending one given a manual
+-- attempt now, for each delivery of A.ids whose status is in A.allowed. Replies per id: 'ok'
+-- (due now), 'manual', 'missing', or the status that refused it, after Redis's clock.
+-- A manual attempt sits outside the schedule: the delivery's `next_attempt_at` stays the
+-- schedule's, and settle puts the delivery back there if the attempt fails (a 2xx ends it). A
+-- pending delivery whose next attempt is due already is on its way: it is only made due now,
+-- rather than sent twice in a row.
+-- A delivery whose lease ran out is pending: its stalled attempt, if it comes back, is logged
+-- and changes nothing else (see settle).
 -- A finished delivery that has left Redis for history comes back with its record from
 -- A.revive (and its event, when that left too: from A.events, once for all its deliveries,
 -- with its payload in the argument it names), in this same step: it is in flight again.
@@ -28,7 +33,8 @@ local out = {}
 local woken = false
 for _, id in ipairs(A.ids) do
   local key = K.delivery .. id
-  local fields = {'status', 'attempt_count', 'lease_until', 'webhook_id', 'tenant_id'}
+  local fields = {'status', 'attempt_count', 'lease_until', 'webhook_id', 'tenant_id',
+    'next_attempt_at'}
   local st = redis.call('HMGET', key, unpack(fields))
   local r = A.revive[id]
   if not st[1] and r and allowed[r.status] and revive(id, r) then
@@ -42,6 +48,7 @@ for _, id in ipairs(A.ids) do
     table.insert(out, st[1])
   else
     local finished = st[1] ~= 'pending'
+    local manual = not finished and (tonumber(st[6]) or 0) > NOW
     if finished then
       -- The last attempt joins the list the new cycle's attempts follow.
       local last = redis.call('HGET', key, 'last_attempt')
@@ -49,7 +56,7 @@ for _, id in ipairs(A.ids) do
         redis.call('RPUSH', K.delivery .. id .. K.attempts_suffix, last)
       end
       redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '',
-        'last_attempt', '')
+        'last_attempt', '', 'manual', '')
     end
     if expired then
       redis.call('HSET', key, 'status', 'pending', 'lease_until', '', 'lease_token', '')
@@ -57,14 +64,18 @@ for _, id in ipairs(A.ids) do
       redis.call('ZREM', K.tenant_slots .. st[5], id)
       redis.call('ZREM', K.tenant_slow_slots .. st[5], id)
     end
-    redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
+    if manual then
+      redis.call('HSET', key, 'manual', 1, 'updated_ms', int(NOW))
+    else
+      redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
+    end
     -- History shows it in flight again (its attempts are there already, or come with its end).
     if finished then archive_delivery(id, hash_of(key), {}) end
     redis.call('ZADD', K.queue .. st[4], NOW, id)
     redis.call('ZADD', K.endpoints .. st[5], 'LT', NOW, st[4])
     redis.call('ZADD', K.tenants, 'LT', NOW, st[5])
     woken = true
-    table.insert(out, 'ok')
+    table.insert(out, manual and 'manual' or 'ok')
   end
 end
 if woken then wake() end

@@ -6,6 +6,9 @@
 -- or an operator canceled or retried the delivery) happened all the same: it joins the log as
 -- the next attempt, and a 2xx ends the delivery as delivered whatever state it is in; anything
 -- else changes nothing but the log, the schedule being the current holder's.
+-- A manual attempt (an operator's retry of a pending delivery, A.manual) sits outside the
+-- schedule: it is numbered and logged like any other, but `cycle_start` counts it out of the
+-- schedule's position, and a failed one leaves the delivery due when the schedule had it.
 -- `at` is Redis's clock as the worker tells it: the claim's TIME plus the time the attempt took
 -- (a monotonic duration), which spares every settle a TIME call and agrees with Redis's own
 -- clock to well under a millisecond.
@@ -14,6 +17,8 @@ local id = A.id
 local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token', 'event_id',
   'webhook_id', 'tenant_id', 'event_type', 'created_at', 'cycle_start', 'updated_ms')
 local delivered_now = A.status == 'delivered'
+-- What a logged attempt adds to `cycle_start`: a manual one is no step of the schedule.
+local uncounted = (A.manual and A.record ~= '') and 1 or 0
 
 -- The attempt's record numbered as the next one of the delivery: the claim's number unless a
 -- late attempt was logged since (rare: only then is the record decoded).
@@ -29,7 +34,8 @@ local function archive_whole(fields)
   local attempts = redis.call('LRANGE', K.attempts, 0, -1)
   local last = redis.call('HGET', K.delivery, 'last_attempt')
   if last and last ~= '' then table.insert(attempts, last) end
-  for _, name in ipairs({'last_attempt', 'lease_until', 'lease_token', 'traceparent'}) do
+  local transient = {'last_attempt', 'lease_until', 'lease_token', 'traceparent', 'manual'}
+  for _, name in ipairs(transient) do
     fields[name] = nil
   end
   archive_delivery(id, fields, attempts)
@@ -46,6 +52,7 @@ if not st[1] then
   -- worker's reading of Redis's clock, which may run a few ms behind another's.
   at = math.max(at, (tonumber(d.updated_ms) or 0) + 1)
   d.attempt_count, d.updated_ms = tostring(n), int(at)
+  d.cycle_start = int(tonumber(d.cycle_start) + uncounted)
   if delivered_now and d.status ~= 'delivered' then
     d.status, d.delivered_ms = 'delivered', int(at)
     d.last_status_code, d.last_error = A.last_status_code, A.last_error
@@ -70,7 +77,8 @@ if st[1] ~= 'delivering' or st[3] ~= A.token then
   at = math.max(at, (tonumber(st[10]) or 0) + 1)
   local finished = st[1] ~= 'pending' and st[1] ~= 'delivering'
   local win = delivered_now and st[1] ~= 'delivered'
-  local fields = {'attempt_count', made + 1, 'updated_ms', int(at)}
+  local fields = {'attempt_count', made + 1, 'updated_ms', int(at),
+    'cycle_start', int(tonumber(st[9]) + uncounted)}
   if finished then
     -- An ended delivery keeps its last attempt on the hash: that one joins the list now.
     local last = redis.call('HGET', K.delivery, 'last_attempt')
@@ -109,7 +117,13 @@ elseif A.quick == false and A.was_quick then
 end
 local count = made
 if record ~= '' then count = made + 1 end
-local due = A.status == 'pending' and at + A.delay_ms or nil
+local cycle_start = tonumber(st[9]) + uncounted
+local due = nil
+if A.status == 'pending' then
+  -- A failed manual attempt leaves the delivery due when its schedule had it.
+  due = A.manual and (tonumber(redis.call('HGET', K.delivery, 'next_attempt_at')) or at)
+    or at + A.delay_ms
+end
 -- A rescheduled attempt joins the delivery's list; the last one is kept on the delivery (one
 -- write fewer) until history has it.
 if due and record ~= '' then redis.call('RPUSH', K.attempts, record) end
@@ -120,6 +134,7 @@ redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
   'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(at),
   'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered, 'lease_until', '',
   'lease_token', '', 'last_attempt', due and '' or record)
+if A.manual then redis.call('HSET', K.delivery, 'cycle_start', int(cycle_start), 'manual', '') end
 if due then
   redis.call('ZADD', queue, due, id)
   redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
@@ -133,7 +148,7 @@ else
   local attempts = made > 0 and redis.call('LRANGE', K.attempts, 0, -1) or {}
   if record ~= '' then table.insert(attempts, record) end
   archive_delivery(id, {id = id, event_id = st[4], webhook_id = st[5], tenant_id = st[6],
-    event_type = st[7], created_at = st[8], cycle_start = st[9], status = A.status,
+    event_type = st[7], created_at = st[8], cycle_start = int(cycle_start), status = A.status,
     attempt_count = tostring(count), last_status_code = A.last_status_code,
     last_error = A.last_error, updated_ms = int(at), delivered_ms = delivered}, attempts)
 end

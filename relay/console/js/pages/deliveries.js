@@ -82,7 +82,7 @@ function attemptView(a) {
   return h(
     "details",
     { class: "attempt" },
-    h("summary", {}, h("strong", {}, `Attempt ${a.number}`), code, when(a.started_at), `${a.duration_ms} ms`, a.error ? h("span", {}, a.error) : null),
+    h("summary", {}, h("strong", {}, `Attempt ${a.number}`), badge(a.trigger), code, when(a.started_at), `${a.duration_ms} ms`, a.error ? h("span", {}, a.error) : null),
     h("h3", {}, "Request headers"),
     table(["Header", "Value"], Object.entries(a.request_headers ?? {}).map(([k, v]) => [h("code", {}, k), h("code", {}, v)]), "None recorded."),
     h("h3", {}, "Response body"),
@@ -97,6 +97,10 @@ function view(d, event, out) {
   retry.addEventListener("click", () =>
     act(retry, out, async () => {
       const { data } = await post(`${path}/retry`);
+      // A pending delivery gets a manual attempt outside its schedule, which keeps its next one
+      // (unless that one was due already: then it just goes, and the answer says due now).
+      const manual = d.status === "pending" && data.next_attempt_at === d.next_attempt_at;
+      if (manual) return notice("success", "Manual attempt queued; the next scheduled attempt stays at ", when(data.next_attempt_at), ".");
       return notice("success", `Retry queued: the delivery is ${data.status}.`);
     }),
   );

@@ -427,13 +427,13 @@ class DeliveryStore:
         return outcomes
 
     def _pipelined(self, batch: Sequence[EventWrite]) -> list[list[EventWrite]]:
-        """`batch` in groups of at most a chunk of deliveries and a call's worth of payload
-        bytes (an event past either goes alone)."""
+        """`batch` in groups of at most a chunk of deliveries (an event without any counting
+        as one) and a call's worth of payload bytes; an event past either goes alone."""
         groups: list[list[EventWrite]] = []
         deliveries = size = 0
         for item in batch:
             event, planned, _ = item
-            width = min(len(planned), self._chunk)
+            width = max(1, min(len(planned), self._chunk))
             if (
                 not groups
                 or deliveries + width > self._chunk

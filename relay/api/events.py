@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,6 +36,16 @@ BATCH_PATH = "/v1/events/batch"
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 OWNERS = frozenset({Role.ADMIN, Role.TENANT})
+
+
+class _EventSegment(StringConvertor):
+    # Any path segment but `batch`: /v1/events/batch is an operation of its own (POST), so
+    # another method there is a 405 naming POST, not a lookup of an event called "batch".
+    regex = "(?!batch$)[^/]+"
+
+
+# Starlette's convertors are process-wide by design; routes name this one as `{id:event}`.
+register_url_convertor("event", _EventSegment())
 
 
 async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
@@ -144,7 +155,7 @@ OPERATIONS = [
     ),
     Operation(
         "GET",
-        "/v1/events/{id}",
+        "/v1/events/{id:event}",
         get_event,
         "Get an event and its deliveries",
         READERS,

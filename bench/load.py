@@ -87,15 +87,13 @@ class Api:
             return data
 
     async def post_event(
-        self, body: bytes, idempotency_key: str | None = None
+        self, body: bytes, idempotency_key: str | None = None, path: str = "/v1/events"
     ) -> tuple[int, bytes]:
-        """POST /v1/events; the status and raw answer."""
+        """POST /v1/events (or `path`, e.g. /v1/events/batch); the status and raw answer."""
         headers = self._post_headers
         if idempotency_key is not None:
             headers = {**headers, "idempotency-key": idempotency_key}
-        async with self._session.post(
-            self._base + "/v1/events", data=body, headers=headers
-        ) as response:
+        async with self._session.post(self._base + path, data=body, headers=headers) as response:
             return response.status, await response.read()
 
     async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:

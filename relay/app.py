@@ -69,7 +69,13 @@ def create_app(settings: Settings) -> Starlette:
             *console_routes(settings.console_frame_ancestors),
             *routes(OPERATIONS),
         ],
-        middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
+        middleware=[
+            Middleware(
+                BodyLimit,
+                max_bytes=settings.max_body_bytes,
+                larger={events.BATCH_PATH: settings.max_batch_body_bytes},
+            )
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -28,6 +28,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # 2-core machine (README, "Large events").
 MAX_BODY_BYTES_CEILING = 4 * 1_048_576
 
+# The largest whole body of a batch of events (POST /v1/events/batch), whatever
+# RELAY_MAX_BATCH_EVENTS and RELAY_MAX_BODY_BYTES allow: the API holds a batch's parsed JSON,
+# several times its size, while it works on it.
+MAX_BATCH_BODY_BYTES = 16 * 1_048_576
 
 # What asyncpg connects to.
 _DATABASE_SCHEMES = ("postgresql", "postgres")
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     allow_eviction: bool = False
     retention_days: int = Field(30, ge=1, le=3650)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Most events in one POST /v1/events/batch: every item is validated, fanned out and written
+    # while the request holds its connection, so the bound keeps one request's work short.
+    max_batch_events: int = Field(100, ge=1, le=1000)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
     # Half of one worker's attempts: a tenant whose endpoints all hang leaves the other half of
@@ -188,6 +195,12 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8") from None
         return networks
+
+    @property
+    def max_batch_body_bytes(self) -> int:
+        """The largest body of a batch of events: RELAY_MAX_BATCH_EVENTS events of
+        RELAY_MAX_BODY_BYTES each, up to MAX_BATCH_BODY_BYTES."""
+        return min(self.max_batch_events * self.max_body_bytes, MAX_BATCH_BODY_BYTES)
 
     @property
     def retention_seconds(self) -> int:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pydantic
 
 from relay import logs, tracing
+from relay.config import Settings
 from relay.delivery.store import NewEvent, PlannedDelivery
-from relay.events import EVENT_TYPES, envelope, validate_event
+from relay.errors import Invalid, PayloadTooLarge, RelayError, Unavailable
+from relay.events import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
 from relay.store.events import StoredEvent
-from relay.store.idempotency import Commit
+from relay.store.idempotency import Commit, Held
 from relay.timefmt import now, rfc3339
-from relay.validation import TenantId
-from relay.webhooks import fan_out
+from relay.validation import TenantId, parse_object
+from relay.webhooks import Undeliverable, Webhook, fan_out
 
 
 class EventIn(pydantic.BaseModel):
@@ -31,24 +35,68 @@ class EventIn(pydantic.BaseModel):
     id: str | None = pydantic.Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]+$")
 
 
-async def accept(
-    ctx: Services, spec: EventIn, commit: Commit[dict[str, object]] | None = None
-) -> tuple[dict[str, object], bool]:
-    """Store the event with a delivery per matching webhook; (view, created).
+class BatchIn(pydantic.BaseModel):
+    """`POST /v1/events/batch`: events each accepted or refused on its own, as `POST
+    /v1/events` would, in one request."""
 
-    A repeated upstream id creates nothing and returns the first event (created False).
-    `commit` stores the request's answer to the created event's view with it.
-    """
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    events: list[EventIn] = pydantic.Field(
+        min_length=1,
+        description="At most RELAY_MAX_BATCH_EVENTS (default 100) events; each at most "
+        "RELAY_MAX_BODY_BYTES as JSON",
+    )
+
+
+# What became of one event of a batch: its view and whether it was created now, or why not.
+Outcome = tuple[dict[str, object], bool] | RelayError
+
+
+@dataclass(slots=True)
+class _Catalog:
+    """What planning events reads besides the event: registered types and tenants' webhooks,
+    each read once per request (a batch names the same ones again and again)."""
+
+    ctx: Services
+    _types: dict[str, RegisteredType | None] = field(default_factory=dict)
+    _webhooks: dict[str, list[Webhook]] = field(default_factory=dict)
+
+    async def registered(self, name: str) -> RegisteredType | None:
+        """The registered type of this name, if any."""
+        if name not in self._types:
+            self._types[name] = await self.ctx.event_types.get(name)
+        return self._types[name]
+
+    async def webhooks(self, tenant_id: str) -> list[Webhook]:
+        """The tenant's webhooks."""
+        if tenant_id not in self._webhooks:
+            self._webhooks[tenant_id] = await self.ctx.webhooks.of_tenant(tenant_id)
+        return self._webhooks[tenant_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """An event validated and fanned out, ready to be written."""
+
+    event: NewEvent
+    deliveries: list[PlannedDelivery]
+    view: dict[str, object]
+    undeliverable: Undeliverable | None
+
+
+async def _plan(ctx: Services, catalog: _Catalog, spec: EventIn) -> _Planned | StoredEvent:
+    """The event validated (or Invalid) and fanned out; or, for an upstream id history already
+    has, the event first accepted under it."""
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
-    registered = None if spec.type in EVENT_TYPES else await ctx.event_types.get(spec.type)
+    registered = None if spec.type in EVENT_TYPES else await catalog.registered(spec.type)
     data = validate_event(spec.type, spec.data, registered)
-    targets, undeliverable = fan_out(await ctx.webhooks.of_tenant(spec.tenant_id), spec.type)
+    targets, undeliverable = fan_out(await catalog.webhooks(spec.tenant_id), spec.type)
     moment = now()
     now_ms = int(moment.timestamp() * 1000)
     if spec.id is not None and (
         earlier := await ctx.events.first_with_upstream_id(spec.tenant_id, spec.id)
     ):
-        return await event_view(ctx, earlier), False
+        return earlier
     event_id = new_id("evt", now_ms)
     created_at = rfc3339(moment)
     event = NewEvent(
@@ -62,21 +110,116 @@ async def accept(
         traceparent=tracing.traceparent(),
         request_id=logs.request_id(),
     )
-    logs.annotate(tenant_id=spec.tenant_id, event_id=event_id)
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
     view = _view(event.id, event.type, event.tenant_id, event.created_at, spec.id, data)
     view["deliveries"] = [
         {"id": d.id, "webhook_id": d.webhook_id, "status": "pending"} for d in planned
     ]
     view["undeliverable"] = undeliverable
-    answer = None if commit is None else commit.lua(view)
-    first = await ctx.deliveries.accept(event, planned, answer)
+    return _Planned(event, planned, view, undeliverable)
+
+
+async def _written(
+    ctx: Services, planned: _Planned, first: str | None
+) -> tuple[dict[str, object], bool]:
+    """(view, created) of a planned event once written; `first` is the event its upstream id
+    was accepted as meanwhile, if it was (then nothing was written)."""
     if first is not None:
         return await event_view(ctx, await ctx.events.get(first)), False
-    ctx.counts.add(f"events_accepted:{spec.type}")
-    if undeliverable is not None:
-        ctx.counts.add(f"events_undelivered:{undeliverable.value}")
-    return view, True
+    ctx.counts.add(f"events_accepted:{planned.event.type}")
+    if planned.undeliverable is not None:
+        ctx.counts.add(f"events_undelivered:{planned.undeliverable.value}")
+    return planned.view, True
+
+
+async def accept(
+    ctx: Services, spec: EventIn, commit: Commit[dict[str, object]] | None = None
+) -> tuple[dict[str, object], bool]:
+    """Store the event with a delivery per matching webhook; (view, created).
+
+    A repeated upstream id creates nothing and returns the first event (created False).
+    `commit` stores the request's answer to the created event's view with it.
+    """
+    planned = await _plan(ctx, _Catalog(ctx), spec)
+    if isinstance(planned, StoredEvent):
+        return await event_view(ctx, planned), False
+    logs.annotate(tenant_id=spec.tenant_id, event_id=planned.event.id)
+    answer = None if commit is None else commit.lua(planned.view)
+    first = await ctx.deliveries.accept(planned.event, planned.deliveries, answer)
+    return await _written(ctx, planned, first)
+
+
+def batch_items(body: object, settings: Settings) -> list[EventIn | RelayError]:
+    """The events of a batch, each parsed or refused on its own (a 413 past
+    RELAY_MAX_BODY_BYTES, a 422 naming its fields); Invalid when the body is not a batch of 1
+    to RELAY_MAX_BATCH_EVENTS events."""
+    if not isinstance(body, dict):
+        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
+    errors = {name: ["Extra inputs are not permitted"] for name in body if name != "events"}
+    events = body.get("events")
+    most = settings.max_batch_events
+    if not isinstance(events, list):
+        errors["events"] = ["must be a list of events"]
+    elif not 1 <= len(events) <= most:
+        errors["events"] = [
+            f"must hold 1 to {most} events (RELAY_MAX_BATCH_EVENTS); this one holds {len(events)}"
+        ]
+    if errors or not isinstance(events, list):
+        raise Invalid(f'The body must be {{"events": [...]}} with 1 to {most} events.', errors)
+    return [_item(raw, settings.max_body_bytes) for raw in events]
+
+
+def _item(raw: object, max_bytes: int) -> EventIn | RelayError:
+    # An event of a batch is held to what it would be held to posted alone.
+    if len(orjson.dumps(raw)) > max_bytes:
+        return PayloadTooLarge(
+            f"The event is larger than {max_bytes} bytes (RELAY_MAX_BODY_BYTES)."
+        )
+    try:
+        return parse_object(EventIn, raw)
+    except Invalid as refused:
+        return refused
+
+
+async def accept_batch(
+    ctx: Services, items: Sequence[EventIn | RelayError], claim: Held | None = None
+) -> list[Outcome]:
+    """Accept each event of a batch as `accept` would, in order; one refused (or already a
+    RelayError) never holds the others back. Their writes are pipelined.
+
+    With `claim` (the batch's Idempotency-Key), each write records its event under it, and an
+    event that an earlier run of the same request wrote is answered as written, not again.
+    """
+    made = {} if claim is None else await ctx.idempotency.made(claim)
+    catalog = _Catalog(ctx)
+    outcomes: dict[int, Outcome] = {}
+    writes: list[tuple[int, _Planned]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, RelayError):
+            outcomes[index] = item
+        elif index in made:
+            outcomes[index] = (await event_view(ctx, await ctx.events.get(made[index])), True)
+        else:
+            try:
+                planned = await _plan(ctx, catalog, item)
+            except Invalid as refused:
+                outcomes[index] = refused
+                continue
+            if isinstance(planned, StoredEvent):
+                outcomes[index] = (await event_view(ctx, planned), False)
+            else:
+                writes.append((index, planned))
+    written = await ctx.deliveries.accept_many(
+        [
+            (p.event, p.deliveries, None if claim is None else claim.item(i, p.event.id))
+            for i, p in writes
+        ]
+    )
+    for (index, planned), first in zip(writes, written, strict=True):
+        outcomes[index] = (
+            first if isinstance(first, Unavailable) else await _written(ctx, planned, first)
+        )
+    return [outcomes[index] for index in range(len(items))]
 
 
 def _view(

@@ -16,7 +16,9 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from relay.delivery.model import Status
 from relay.runtime import StaleRuntime, dev_admin_token, running
@@ -162,6 +164,80 @@ def _event_get(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]
     return event, f"{record(event, EVENT_FIELDS)}\n\ndeliveries:\n{deliveries}"
 
 
+# What `events send` sends in one request unless told: the API's own default of
+# RELAY_MAX_BATCH_EVENTS, or that variable when it is set here too.
+_DEFAULT_BATCH = 100
+SEND_COLUMNS = ("line", "status", "id", "detail")
+
+
+def _event_lines(path: Path) -> list[tuple[int, object]]:
+    """(line number, event) of each non-blank line of a JSON Lines file; UsageError naming
+    the first line that is not JSON (nothing is sent then)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    events = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                events.append((number, orjson.loads(line)))
+            except orjson.JSONDecodeError as exc:
+                raise UsageError(f"{path}, line {number}: not JSON ({exc})") from None
+    return events
+
+
+def _sent(number: int, result: dict[str, Any]) -> dict[str, Any]:
+    """One row of `events send`: the line, its status, the event or why it was refused."""
+    data = result.get("data") or {}
+    detail = result.get("detail")
+    if result.get("errors"):
+        fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in result["errors"].items())
+        detail = f"{detail} ({fields})"
+    elif result["status"] == 200:
+        detail = "a repeat of its upstream id: the first event"
+    return {"line": number, "status": result["status"], "id": data.get("id"), "detail": detail}
+
+
+def send_events(args: argparse.Namespace) -> int:
+    """`relay events send`: post a JSON Lines file in batches; exit 1 if any event was refused."""
+    from relay.client import ApiRefused, Unreachable
+
+    size = args.batch
+    if size is None:
+        configured = os.environ.get("RELAY_MAX_BATCH_EVENTS") or str(_DEFAULT_BATCH)
+        if not configured.isdigit():
+            raise UsageError(
+                f"RELAY_MAX_BATCH_EVENTS must be a number of events, not {configured!r}"
+            )
+        size = int(configured)
+    if size < 1:
+        raise UsageError("--batch must be at least 1")
+    events = _event_lines(Path(args.file))
+    api = client_from_env()
+    rows: list[dict[str, Any]] = []
+    failure = None
+    try:
+        for start in range(0, len(events), size):
+            chunk = events[start : start + size]
+            body = {"events": [event for _, event in chunk]}
+            results = api.call("POST", "/v1/events/batch", body=body)["data"]
+            rows += [_sent(n, r) for (n, _), r in zip(chunk, results, strict=True)]
+    except (ApiRefused, Unreachable) as exc:
+        failure = f"relay: {exc} (lines from {chunk[0][0]} on were not sent)"
+    finally:
+        api.close()
+    refused = sum(row["status"] >= 300 for row in rows)
+    if args.json:
+        print(as_json(rows))
+    else:
+        print(table(rows, SEND_COLUMNS))
+        print(f"{len(rows) - refused} of {len(events)} events accepted, {refused} refused")
+    if failure:
+        print(failure, file=sys.stderr)
+    return 1 if failure or refused else 0
+
+
 def _tokens_list(api: RelayClient, _: argparse.Namespace) -> tuple[object, str]:
     page = api.call("GET", "/v1/tokens", params={"limit": "100"})
     return page, table(page["data"], TOKEN_COLUMNS)
@@ -231,11 +307,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     recover.add_argument("--until", type=moment, help=f"end, default now ({_TIMES})")
     _command(recover, _recover)
 
-    events = sub.add_parser("events", help="look at events")
+    events = sub.add_parser("events", help="look at and send events")
     actions = events.add_subparsers(dest="action", required=True)
     get = actions.add_parser("get", help="an event and its deliveries")
     get.add_argument("id", help="the event (evt_...)")
     _command(get, _event_get)
+    send = actions.add_parser(
+        "send", help="post events from a JSON Lines file (one event a line), in batches"
+    )
+    send.add_argument("--file", required=True, help="the file: one event's JSON per line")
+    send.add_argument(
+        "--batch",
+        type=int,
+        help="events per request (default RELAY_MAX_BATCH_EVENTS, else 100)",
+    )
+    send.add_argument("--json", action="store_true", help="print each event's result as JSON")
+    send.set_defaults(func=send_events)
 
     tokens = sub.add_parser("tokens", help="list and revoke API tokens")
     actions = tokens.add_subparsers(dest="action", required=True)

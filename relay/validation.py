@@ -31,6 +31,13 @@ def parse(model: type[M], data: Any, prefix: str = "", context: dict[str, Any] |
         raise Invalid("The request has invalid fields.", field_errors(exc, prefix)) from exc
 
 
+def parse_object(model: type[M], data: Any, context: dict[str, Any] | None = None) -> M:
+    """`data`, which must be a JSON object, validated against `model` (see `parse`)."""
+    if not isinstance(data, dict):
+        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
+    return parse(model, data, context=context)
+
+
 def _patch_schema(schema: dict[str, Any], model: type[Any]) -> None:
     # A field left out of a PATCH keeps its value, so there are no defaults; null is refused
     # everywhere but in NULLABLE, so it is no part of the other fields' schemas.

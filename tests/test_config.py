@@ -31,6 +31,7 @@ def test_defaults_follow_the_contract() -> None:
     assert 1 <= s.endpoint_concurrency <= 16
     assert s.redis_min_replicas == 0
     assert s.test_sends_per_minute == 10 and s.propagate_trace_context is False
+    assert s.max_batch_events == 100
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,6 +67,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("RELAY_RETENTION_DAYS", "0"),
         ("RELAY_MAX_BODY_BYTES", "ten"),
         ("RELAY_MAX_BODY_BYTES", str(MAX_BODY_BYTES_CEILING + 1)),
+        ("RELAY_MAX_BATCH_EVENTS", "0"),
+        ("RELAY_MAX_BATCH_EVENTS", "1001"),
+        ("RELAY_MAX_BATCH_EVENTS", "many"),
         ("RELAY_ALLOWED_CIDRS", "10.0.0.0/33"),
         ("RELAY_ALLOW_PRIVATE_TARGETS", "perhaps"),
         ("RELAY_ENDPOINT_CONCURRENCY", "0"),

@@ -54,6 +54,7 @@ def test_prints_every_setting_with_secrets_masked(tmp_path: Path) -> None:
     assert shown["RELAY_RETRY_SCHEDULE"] == "1,2" and shown["RELAY_LOG_LEVEL"] == "warning"
     assert shown["RELAY_LOG_FORMAT"] == "json"
     assert shown["RELAY_PUBLIC_URL"] == "(unset)"
+    assert shown["RELAY_MAX_BATCH_EVENTS"] == "100"
     assert "tracing: off" in result.stdout
     for secret in (ADMIN, TEST_MASTER_KEY, REDIS_PASSWORD):
         assert secret not in result.stdout + result.stderr
@@ -82,6 +83,7 @@ def test_says_where_traces_go(tmp_path: Path) -> None:
         ("RELAY_DATABASE_URL", "mysql://relay@db.internal/relay"),
         ("RELAY_WORKER_HEALTH_PORT", "70000"),
         ("RELAY_WORKER_HEALTH_PORT", "http"),
+        ("RELAY_MAX_BATCH_EVENTS", "0"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"),
     ],

@@ -174,6 +174,23 @@ async def test_a_generated_client_posts_lists_and_retries(live_relay: str, tmp_p
             assert retried.status_code == 202, retried.content
             assert retried.parsed.data.id == delivery.id
             await rx.wait_for(3, timeout=20)
+
+            # A batch: the events typed as for a single post, one typed result each.
+            media = models.MediaUploadedEvent(
+                type_="media.uploaded",
+                tenant_id="space_42",
+                data=models.MediaUploaded(
+                    media_id="m_1", url="https://cdn.example.com/m_1.png", mime="image/png"
+                ),
+            )
+            batch = await _module("api.events.post_batch").asyncio_detailed(
+                client=client, body=models.BatchIn(events=[event, media])
+            )
+            assert batch.status_code == 207, batch.content
+            repeat, made = batch.parsed.data
+            assert (repeat.status, repeat.data.id) == (200, accepted.id)
+            assert made.status == 202 and made.data.type_ == "media.uploaded"
+            assert [d.webhook_id for d in made.data.deliveries] == [hook_id]
     finally:
         _forget(tmp_path)
 

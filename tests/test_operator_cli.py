@@ -225,3 +225,44 @@ def test_an_operator_command_loads_no_server_code(dev: Dev) -> None:
         [sys.executable, "-c", probe], env=_env(dev), capture_output=True, text=True, timeout=30
     )
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+
+
+async def test_events_send_posts_a_file_in_batches_and_prints_each_lines_result(
+    dev: Dev, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    def event(**fields: Any) -> str:
+        return json.dumps({"type": "post.published", "tenant_id": "t_send", **fields})
+
+    lines = [
+        event(data={"post_id": "p_1"}, id="send-1"),
+        "",
+        event(data={}),
+        event(data={"post_id": "p_3"}),
+        event(data={"post_id": "p_1"}, id="send-1"),  # in the second batch, a repeat of line 1
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    argv = ["events", "send", "--file", str(path), "--batch", "2"]
+
+    sent = await run_relay([*argv, "--json"], _env(dev))
+    assert sent.returncode == 1, sent.stderr  # one event was refused
+    rows = json.loads(sent.stdout)
+    assert [(r["line"], r["status"]) for r in rows] == [(1, 202), (3, 422), (4, 202), (5, 200)]
+    assert rows[3]["id"] == rows[0]["id"]
+    assert "data.post_id: Field required" in rows[1]["detail"]
+    shown = (await api.get(f"/v1/events/{rows[2]['id']}")).json()["data"]
+    assert shown["data"] == {"post_id": "p_3"}
+
+    again = await run_relay(argv, _env(dev))
+    printed = again.stdout.decode()
+    assert again.returncode == 1
+    assert printed.splitlines()[0].split() == ["LINE", "STATUS", "ID", "DETAIL"]
+    assert rows[0]["id"] in printed and "3 of 4 events accepted, 1 refused" in printed
+
+    path.write_text(event(data={"post_id": "p_5"}) + "\n")
+    assert "1 of 1 events accepted" in await relay(dev, "events", "send", "--file", str(path))
+    path.write_text(event(data={"post_id": "p_6"}) + "\n{not json\n")
+    said = await relay(dev, "events", "send", "--file", str(path), code=2)
+    assert "line 2" in said
+    listed = (await api.get("/v1/events", params={"tenant_id": "t_send"})).json()["data"]
+    assert "p_6" not in [e["data"]["post_id"] for e in listed]

@@ -36,7 +36,7 @@ async def test_the_document_states_each_operations_model(admin: httpx.AsyncClien
     for op in OPERATIONS:
         data = _data_schema(document, op.handler.__name__, op.status)
         name = op.answers.__name__
-        assert (data["items"] if op.list_of else data) == {"$ref": REF + name}, name
+        assert (data["items"] if op.list_of or op.per_item else data) == {"$ref": REF + name}, name
         component = components[name]
         # Closed, with every field the model has (under its JSON name) and no other.
         assert component["additionalProperties"] is False, name

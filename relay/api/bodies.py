@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from relay.errors import Invalid, UnsupportedMediaType
 from relay.store import codec
-from relay.validation import check_depth, parse, too_deep
+from relay.validation import check_depth, parse_object, too_deep
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -36,10 +36,7 @@ async def read_json(request: Request) -> Any:
 
 async def read_model(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M:
     """The JSON body validated against `model` (errors name each field)."""
-    data = await read_json(request)
-    if not isinstance(data, dict):
-        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
-    return parse(model, data, context=context)
+    return parse_object(model, await read_json(request), context=context)
 
 
 def ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -29,8 +29,8 @@ log = logging.getLogger("relay.api")
 PROBLEM_TYPE_BASE = "/problems/"
 
 
-def problem(err: RelayError) -> Response:
-    """Render a domain error as problem+json."""
+def problem_fields(err: RelayError) -> dict[str, object]:
+    """A domain error as the fields of its problem+json body."""
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + err.code,
         "title": err.title,
@@ -40,6 +40,12 @@ def problem(err: RelayError) -> Response:
     }
     if err.errors:
         body["errors"] = err.errors
+    return body
+
+
+def problem(err: RelayError) -> Response:
+    """Render a domain error as problem+json."""
+    body = problem_fields(err)
     headers = {}
     if isinstance(err, RateLimited):
         headers["Retry-After"] = str(err.retry_after)

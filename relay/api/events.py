@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.api import shapes
-from relay.api.bodies import listing, ok, read_model
-from relay.api.idempotency import commit
+from relay.api.bodies import listing, ok, read_json, read_model
+from relay.api.errors import problem_fields
+from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import Operation, Param
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
-from relay.ingest import EventIn, accept, event_summary, event_view
+from relay.errors import RelayError
+from relay.ingest import (
+    BatchIn,
+    EventIn,
+    Outcome,
+    accept,
+    accept_batch,
+    batch_items,
+    event_summary,
+    event_view,
+)
 from relay.roles import Role
 from relay.services import services
 from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal
 
 ID = (id_param("evt"),)
+BATCH_PATH = "/v1/events/batch"
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 OWNERS = frozenset({Role.ADMIN, Role.TENANT})
+
+
+class _EventSegment(StringConvertor):
+    # Any path segment but `batch`: /v1/events/batch is an operation of its own (POST), so
+    # another method there is a 405 naming POST, not a lookup of an event called "batch".
+    regex = "(?!batch$)[^/]+"
+
+
+# Starlette's convertors are process-wide by design; routes name this one as `{id:event}`.
+register_url_convertor("event", _EventSegment())
 
 
 async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
@@ -40,6 +63,20 @@ async def post_event(request: Request, _: Principal) -> Response:
     spec = await read_model(request, EventIn)
     view, created = await accept(services(request), spec, commit(_accepted))
     return _accepted(view) if created else ok(view, 200)
+
+
+async def post_batch(request: Request, _: Principal) -> Response:
+    """Accept each event of a batch on its own: 207 with one result per event, in order."""
+    ctx = services(request)
+    items = batch_items(await read_json(request), ctx.settings)
+    return ok([_result(o) for o in await accept_batch(ctx, items, in_steps())], 207)
+
+
+def _result(outcome: Outcome) -> dict[str, object]:
+    if isinstance(outcome, RelayError):
+        return problem_fields(outcome)
+    view, created = outcome
+    return {"status": 202 if created else 200, "data": view}
 
 
 async def list_events(request: Request, principal: Principal) -> Response:
@@ -86,6 +123,19 @@ OPERATIONS = [
         replicated=True,
     ),
     Operation(
+        "POST",
+        BATCH_PATH,
+        post_batch,
+        "Post a batch of events",
+        POSTERS,
+        "events",
+        answers=shapes.BatchResult,
+        body=BatchIn,
+        status=207,
+        per_item=True,
+        replicated=True,
+    ),
+    Operation(
         "GET",
         "/v1/events",
         list_events,
@@ -105,7 +155,7 @@ OPERATIONS = [
     ),
     Operation(
         "GET",
-        "/v1/events/{id}",
+        "/v1/events/{id:event}",
         get_event,
         "Get an event and its deliveries",
         READERS,

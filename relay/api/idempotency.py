@@ -72,6 +72,18 @@ def commit(render: Callable[[T], Response]) -> Commit[T] | None:
     return run.held.commit(lambda result: _stored(render(result)))
 
 
+def in_steps() -> Held | None:
+    """For a request whose write is made in several steps (a batch of events): the claim that
+    each step's write checks and records what it made under (`Held.item`), so that a retry after
+    a lost reply redoes only the steps not recorded; the answer is stored once all are done.
+    None without a key."""
+    run = _RUN.get()
+    if run is None:
+        return None
+    run.committing = True
+    return run.held
+
+
 async def idempotent(
     request: Request,
     principal: Principal,

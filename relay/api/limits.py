@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.api.errors import problem
@@ -9,22 +11,25 @@ from relay.errors import PayloadTooLarge
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 when Content-Length or the streamed body exceeds the limit."""
+    """Pure ASGI middleware: 413 when Content-Length or the streamed body exceeds the limit
+    (`max_bytes`, or for a path of `larger` its own)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The body is larger than {self.max_bytes} bytes.")
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        most = self.larger.get(scope["path"], self.max_bytes)
+        too_large = PayloadTooLarge(f"The body is larger than {most} bytes.")
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await problem(self._too_large())(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > most:
+                await problem(too_large)(scope, receive, send)
                 return
         received = 0
 
@@ -33,9 +38,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > most:
                     # Raised into whoever reads the body; the error handlers render it as 413.
-                    raise self._too_large()
+                    raise too_large
             return message
 
         await self.app(scope, limited, send)

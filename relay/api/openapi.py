@@ -136,6 +136,9 @@ def _schema(
     """`model`'s JSON Schema, the models it refers to moved into `components`."""
     schema = model.model_json_schema(ref_template=_REF, mode=mode)
     for name, definition in schema.pop("$defs", {}).items():
+        # A model that is refined is refined wherever it appears (EventIn in a batch too).
+        if (refine := _REFINE.get(name)) is not None:
+            refine(definition)
         # Components are one namespace: two different models of one name would overwrite.
         if components.setdefault(name, definition) != definition:
             raise ValueError(f"Two different schemas are named {name}.")
@@ -174,7 +177,7 @@ def _problem(code: int) -> dict[str, Any]:
 
 
 def _success(op: Operation, description: str, components: dict[str, Any]) -> dict[str, Any]:
-    body = _schema(envelope(op.answers, op.list_of), components, "serialization")
+    body = _schema(envelope(op.answers, op.list_of, op.per_item), components, "serialization")
     # Stated in place, as each operation's own answer: a generated client names it after the
     # operation, not after the generic envelope.
     del body["title"]

@@ -131,6 +131,8 @@ class Operation:
     params: tuple[Param, ...] = ()
     status: int = 200
     list_of: bool = False
+    # Set when its success holds one `answers` per item of the request, in order (no pages).
+    per_item: bool = False
     # Successes besides `status`, with what each means.
     also_succeeds: tuple[tuple[int, str], ...] = ()
     # Set when it looks an object up by an id in its body or query, or a tenant token can name
@@ -151,7 +153,7 @@ class Operation:
 
 
 def _endpoint(op: Operation) -> PublicHandler:
-    answer = envelope(op.answers, op.list_of)
+    answer = envelope(op.answers, op.list_of, op.per_item)
 
     async def call(request: Request, principal: Principal) -> Response:
         try:

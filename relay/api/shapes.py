@@ -252,6 +252,20 @@ class AcceptedEvent(Event):
     )
 
 
+class BatchResult(Shape):
+    """What became of one event of a batch, as `POST /v1/events` would have answered it alone:
+    its status, with the event (202 accepted, 200 a repeat of its upstream `id`) or with the
+    problem that refused it (`type` … `errors`: 413 too large, 422 invalid, 503 not taken now)."""
+
+    status: HttpStatus
+    data: AcceptedEvent | None = None
+    type: str | None = None
+    title: str | None = None
+    detail: str | None = None
+    code: str | None = None
+    errors: dict[str, list[str]] | None = None
+
+
 class RetriedEvent(Event):
     """An event whose failed deliveries went again."""
 
@@ -389,8 +403,16 @@ class Page(Shape, Generic[T]):
     next_cursor: str | None
 
 
-def envelope(answers: type[BaseModel], list_of: bool) -> type[BaseModel]:
-    """The whole body of an operation's success: its `answers` in `One` or `Page`."""
+class Each(Shape, Generic[T]):
+    """An answer of one result per item of the request, in its order: `{"data": [...]}`."""
+
+    data: list[T]
+
+
+def envelope(answers: type[BaseModel], list_of: bool, per_item: bool = False) -> type[BaseModel]:
+    """The whole body of an operation's success: its `answers` in `One`, `Page` or `Each`."""
+    if per_item:
+        return Each[answers]  # type: ignore[valid-type]
     return Page[answers] if list_of else One[answers]  # type: ignore[valid-type]
 
 

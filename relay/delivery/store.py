@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
@@ -160,6 +160,11 @@ class PlannedDelivery:
 
     id: str
     webhook_id: str
+
+
+# One event of `DeliveryStore.accept_many`: the event, its deliveries, and its commit (see
+# `accept`).
+EventWrite = tuple[NewEvent, Sequence[PlannedDelivery], dict[str, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +393,61 @@ class DeliveryStore:
             await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
+    async def accept_many(self, batch: Sequence[EventWrite]) -> list[str | Unavailable | None]:
+        """Write several events, each with its deliveries and commit, as `accept` writes one.
+
+        Their first steps go in pipelines of at most the store's chunk of deliveries and a
+        call's worth of payload: one round trip for many small events, while Redis still runs
+        one event's script at a time and no round trip holds it longer than one chunk would.
+        Per event: None, the id of the first event of its upstream id, or Unavailable when the
+        history backlog refused it (it wrote nothing).
+        """
+        outcomes: list[str | Unavailable | None] = []
+        unfinished: list[str] = []
+        for group in self._pipelined(batch):
+            calls = [self._begin(*item) for item in group]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for arg, raw, _ in calls:
+                    await self._run(Transition.ACCEPT, arg, *raw, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+            reads = [read for _, _, read in calls]
+            for read, reply in zip(reads, replies, strict=True):
+                try:
+                    begun = read(reply)
+                except Unavailable as refused:
+                    outcomes.append(refused)
+                    continue
+                if begun.unfinished:
+                    unfinished.append(begun.event_id)
+                outcomes.append(begun.event_id if begun.repeat else None)
+        for event_id in unfinished:
+            await self.finish_accept(event_id)
+        async with self._replicas.connection() as conn:
+            # The writes went on pooled connections: a write of this one after them is
+            # replicated after them, and the wait for it covers them all.
+            await self._replicas.confirm_read(conn)
+        return outcomes
+
+    def _pipelined(self, batch: Sequence[EventWrite]) -> list[list[EventWrite]]:
+        """`batch` in groups of at most a chunk of deliveries (an event without any counting
+        as one) and a call's worth of payload bytes; an event past either goes alone."""
+        groups: list[list[EventWrite]] = []
+        deliveries = size = 0
+        for item in batch:
+            event, planned, _ = item
+            width = max(1, min(len(planned), self._chunk))
+            if (
+                not groups
+                or deliveries + width > self._chunk
+                or size + len(event.payload) > self._payload_bytes
+            ):
+                groups.append([])
+                deliveries = size = 0
+            groups[-1].append(item)
+            deliveries += width
+            size += len(event.payload)
+        return groups
+
     async def begin_accept(
         self,
         event: NewEvent,
@@ -397,6 +457,20 @@ class DeliveryStore:
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan."""
+        arg, raw, read = self._begin(event, deliveries, commit)
+        try:
+            reply = await self._run(Transition.ACCEPT, arg, *raw, client=client)
+        except ResponseError as exc:
+            reply = exc
+        return read(reply)
+
+    def _begin(
+        self,
+        event: NewEvent,
+        deliveries: Sequence[PlannedDelivery],
+        commit: dict[str, str] | None,
+    ) -> tuple[dict[str, Any], tuple[bytes, ...], Callable[[Any], Begun]]:
+        """The arguments of an accept's first step, and what reads its reply (or error)."""
         whole = len(deliveries) <= self._chunk
         arg = self._step("whole" if whole else "begin", event, deliveries[: self._chunk])
         arg["upstream_id"] = event.upstream_id or ""
@@ -408,39 +482,39 @@ class DeliveryStore:
         taken_at = time.monotonic()
         arg["now_ms"] = estimate = self._clock.now_ms()
         rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
-        try:
-            reply = await self._run(
-                Transition.ACCEPT,
-                arg,
-                codec.dumps([d.id for d in deliveries]),
-                b"" if whole else codec.dumps(_Plan.of(event, rest)),
-                codec.dumps(
-                    {
-                        "tenant_id": event.tenant_id,
-                        "type": event.type,
-                        "created_at": event.created_at,
-                        "upstream_id": event.upstream_id,
-                        "deliveries": [[d.id, d.webhook_id] for d in deliveries],
-                    }
-                ),
-                event.payload,
-                client=client,
-            )
-        except ResponseError as exc:
-            if "HISTORY_BACKLOG" not in str(exc):
-                raise
-            self._backlog_checked_at = -math.inf
-            raise Unavailable(
-                f"More than {self._history_backlog} records are waiting to be written to "
-                "PostgreSQL; relay takes new events again once the history writer catches up."
-            ) from None
-        if checking:
-            self._backlog_checked_at = time.monotonic()
-        if isinstance(reply, list):
-            return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
-        if estimate is None:
-            self._clock.read(int(reply), taken_at)
-        return Begun(event.id, repeat=False, unfinished=not whole)
+        raw = (
+            codec.dumps([d.id for d in deliveries]),
+            b"" if whole else codec.dumps(_Plan.of(event, rest)),
+            codec.dumps(
+                {
+                    "tenant_id": event.tenant_id,
+                    "type": event.type,
+                    "created_at": event.created_at,
+                    "upstream_id": event.upstream_id,
+                    "deliveries": [[d.id, d.webhook_id] for d in deliveries],
+                }
+            ),
+            event.payload,
+        )
+
+        def read(reply: Any) -> Begun:
+            if isinstance(reply, ResponseError):
+                if "HISTORY_BACKLOG" not in str(reply):
+                    raise reply
+                self._backlog_checked_at = -math.inf
+                raise Unavailable(
+                    f"More than {self._history_backlog} records are waiting to be written to "
+                    "PostgreSQL; relay takes new events again once the history writer catches up."
+                ) from None
+            if checking:
+                self._backlog_checked_at = time.monotonic()
+            if isinstance(reply, list):
+                return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
+            if estimate is None:
+                self._clock.read(int(reply), taken_at)
+            return Begun(event.id, repeat=False, unfinished=not whole)
+
+        return arg, raw, read
 
     async def finish_accept(self, event_id: str, client: Redis | None = None) -> None:
         """Write what an event being accepted still lacks, from its stored plan, chunk by chunk

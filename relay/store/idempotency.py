@@ -47,6 +47,8 @@ end
 # Prepended to a script whose write answers a request: `commit(c)` writes nothing and fails
 # unless `c` (key, run, record; nil or null without a key) still holds its claim, then stores
 # the answer. Call it after every early return that writes nothing, before the first write.
+# For one step of a request written in several (`c.items`: see `Held.item`) it stores, instead
+# of the answer, what the step made; the answer is stored once every step is done.
 COMMIT = (
     HOLDS
     + f"""
@@ -55,7 +57,12 @@ local function commit(c)
   if not holds(c.key, c.run) then
     error({{err = '{CLAIM_MOVED} a later request with this Idempotency-Key took it over'}})
   end
-  redis.call('SET', c.key, c.record, 'KEEPTTL')
+  if c.items then
+    redis.call('HSET', c.items, c.item, c.made)
+    redis.call('EXPIRE', c.items, {KEEP_SECONDS})
+  else
+    redis.call('SET', c.key, c.record, 'KEEPTTL')
+  end
 end
 """
 )
@@ -187,6 +194,23 @@ class Held:
         """The commit that stores `answer(result)` with the write producing `result`."""
         return Commit(self.key, self.run, lambda result: self.record(answer(result)))
 
+    @property
+    def items(self) -> str:
+        """The key of what the steps of a request written in several steps made."""
+        return keys.idempotency_items(self.key, self.fingerprint)
+
+    def item(self, index: int, made: str) -> dict[str, str]:
+        """The argument of the Lua `commit` helper for step `index` of a request written in
+        several steps, which makes `made` (an id): kept under the key, so that a retry of the
+        request after a lost reply knows the step was done (`IdempotencyStore.made`)."""
+        return {
+            "key": self.key,
+            "run": self.run,
+            "items": self.items,
+            "item": str(index),
+            "made": made,
+        }
+
 
 class IdempotencyStore:
     """One record per (token, key), kept for 24 hours."""
@@ -251,6 +275,11 @@ class IdempotencyStore:
                     "using a new key."
                 )
         return Held(key, run, fingerprint, self._keyring)
+
+    async def made(self, held: Held) -> dict[int, str]:
+        """What earlier runs of a request written in several steps made, by step (`Held.item`)."""
+        found = await self._redis.hgetall(held.items)  # type: ignore[misc]
+        return {int(step): made.decode() for step, made in found.items()}
 
     async def complete(self, held: Held, response: StoredResponse) -> None:
         """Keep the response, encrypted, so repeats replay it (unless the run lost its claim)."""

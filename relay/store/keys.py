@@ -31,6 +31,12 @@ def idempotency(token_id: str, key_digest: str) -> str:
     return f"{PREFIX}idem:{token_id}:{key_digest}"
 
 
+def idempotency_items(record_key: str, fingerprint: str) -> str:
+    """What each step of a request written in several steps (a batch of events) made, under the
+    record `record_key` of its Idempotency-Key, for that request body only."""
+    return f"{record_key}:items:{fingerprint}"
+
+
 def audited_request(token_id: str, key_digest: str) -> str:
     """Set once the change made under one Idempotency-Key of one token is in the audit trail."""
     return f"{PREFIX}audited:{token_id}:{key_digest}"

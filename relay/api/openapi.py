@@ -138,7 +138,7 @@ def _schema(
     for name, definition in schema.pop("$defs", {}).items():
         # A model that is refined is refined wherever it appears (EventIn in a batch too).
         if (refine := _REFINE.get(name)) is not None:
-            refine(definition)
+            refine(definition, components)
         # Components are one namespace: two different models of one name would overwrite.
         if components.setdefault(name, definition) != definition:
             raise ValueError(f"Two different schemas are named {name}.")

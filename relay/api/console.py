@@ -33,7 +33,7 @@ def policy(frame_ancestors: str) -> dict[str, str]:
     }
 
 
-class _Secured:
+class Secured:
     """Adds the console's headers to every response of the wrapped ASGI app."""
 
     def __init__(self, app: StaticFiles, headers: dict[str, str]) -> None:
@@ -62,5 +62,5 @@ def console_routes(frame_ancestors: str) -> list[BaseRoute]:
     return [
         Route("/console", page),
         Route("/console/", slash),
-        Mount("/console/assets", _Secured(StaticFiles(directory=ASSETS), headers)),
+        Mount("/console/assets", Secured(StaticFiles(directory=ASSETS), headers)),
     ]

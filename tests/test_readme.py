@@ -27,9 +27,9 @@ def _requests(paste: str) -> list[tuple[str, dict[str, object]]]:
     """Each curl of the paste: the API path it posts to and the JSON body it sends."""
     requests = []
     for command in paste.replace("\\\n", " ").splitlines():
-        words = shlex.split(command)
-        if words[:1] != ["curl"]:
+        if not command.startswith("curl "):
             continue
+        words = shlex.split(command)
         [url] = [w for w in words if w.startswith("$RELAY_URL/")]
         body = json.loads(words[words.index("-d") + 1])
         requests.append((url.removeprefix("$RELAY_URL"), body))

@@ -3,13 +3,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: relay and what it runs on, then the test tooling on top (Playwright, schemathesis,
+# ruff, mypy, the deploy checkers), so that `make run` starts without waiting for the second.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint lock bench batch fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
-run: $(STAMP) redis postgres
+run: $(RUN_STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
 
 test: $(STAMP) redis postgres chromium faketime promtool
@@ -110,9 +113,13 @@ image:
 	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD) -t relay:$(VERSION) .
 
 # Every release pinned by requirements.lock, the one tested: see README, "Development".
-$(STAMP): pyproject.toml requirements.lock
+$(RUN_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
 	touch $(STAMP)
 

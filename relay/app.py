@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 from relay import tasks, tracing
 from relay.api import audit, deliveries, event_types, events, ops, stats, tokens, webhooks
 from relay.api.console import console_routes
+from relay.api.docs import docs_routes
 from relay.api.errors import EXCEPTION_HANDLERS
 from relay.api.limits import BodyLimit
 from relay.api.openapi import build as build_openapi
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             *ops.ops_routes(),
             *console_routes(settings.console_frame_ancestors),
+            *docs_routes(),
             *routes(OPERATIONS),
         ],
         middleware=[

@@ -138,9 +138,16 @@ async def test_openapi_describes_every_route(admin: httpx.AsyncClient) -> None:
 
 async def test_docs_page_is_served_with_its_assets(admin: httpx.AsyncClient) -> None:
     page = await admin.get("/docs")
-    assert page.status_code == 200 and "/openapi.json" in page.text
+    assert page.status_code == 200
     script = await admin.get("/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+    start = await admin.get("/docs/docs.js")
+    assert start.status_code == 200 and "/openapi.json" in start.text
+    # The console's policy: scripts from this origin only, and the page has none inline.
+    for response in (page, script, start):
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert all("src=" in tag for tag in re.findall(r"<script[^>]*>", page.text))
 
 
 def _event_nested(depth: int) -> bytes:

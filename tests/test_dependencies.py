@@ -3,6 +3,9 @@ advisory, and the venv the tests run in installed from it."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -86,3 +89,49 @@ def test_the_tests_run_on_exactly_the_locked_releases() -> None:
         if installed.get(name) != pin
     }
     assert wrong == {}, f"installed releases differ from the lock (pinned, installed): {wrong}"
+
+
+def _planned(checkout: Path, target: str) -> list[str]:
+    """The install commands `make TARGET` would run in a checkout (`make -n`: none runs)."""
+    plan = subprocess.run(
+        ["make", "-n", target, "PYTHON=python3"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [line for line in plan if "-m venv" in line or "requirements.lock" in line]
+
+
+def test_make_run_installs_relay_without_the_test_tooling_and_make_test_adds_it(
+    tmp_path: Path,
+) -> None:
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    venv = tmp_path / ".venv"
+    fresh = "python3 -m venv .venv"
+    runtime = ".venv/bin/pip install -q -c requirements.lock -e ."
+    tooling = ".venv/bin/pip install -q -c requirements.lock -e '.[test]'"
+
+    def made(path: Path, at: int) -> None:
+        """`path` as written `at` seconds after the checkout's files."""
+        path.touch()
+        when = (ROOT / "requirements.lock").stat().st_mtime + at
+        os.utime(path, (when, when))
+
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        made(tmp_path / name, 0)
+    # A fresh clone: `make run` installs relay alone, `make test` (and so CI) everything.
+    assert _planned(tmp_path, "run") == [fresh, runtime]
+    assert _planned(tmp_path, "test") == [fresh, runtime, tooling]
+    # Once `make run` has installed relay, `make test` adds the tooling to the same venv...
+    venv.mkdir()
+    made(venv / ".installed-run", 1)
+    assert _planned(tmp_path, "run") == []
+    assert _planned(tmp_path, "test") == [tooling]
+    # ...after which neither installs anything, until the lock changes.
+    made(venv / ".installed", 2)
+    assert _planned(tmp_path, "test") == _planned(tmp_path, "run") == []
+    made(tmp_path / "requirements.lock", 3)
+    assert _planned(tmp_path, "run") == [fresh, runtime]
+    assert _planned(tmp_path, "test") == [fresh, runtime, tooling]

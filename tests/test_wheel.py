@@ -107,6 +107,9 @@ def test_the_wheel_alone_runs_the_api_and_a_worker(
                 f"http://127.0.0.1:{port}/v1/tokens", headers={"authorization": f"Bearer {ADMIN}"}
             )
             assert tokens.status_code == 200
+            # The API reference's page and script ship in the wheel, Swagger UI with its package.
+            for path in ("/docs", "/docs/docs.js", "/docs/static/swagger-ui-bundle.js"):
+                assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
             wait_until(lambda: "worker connected" in logs.read_text(), timeout=30)
         finally:
             for process in (api, worker):

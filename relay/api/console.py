@@ -18,10 +18,10 @@ from starlette.types import Message, Receive, Scope, Send
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 
 
-def policy(frame_ancestors: str) -> dict[str, str]:
+def policy(frame_ancestors: str, img_src: str = "'self'") -> dict[str, str]:
     """The headers every console response carries."""
     csp = (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"default-src 'none'; script-src 'self'; style-src 'self'; img-src {img_src}; "
         "connect-src 'self'; base-uri 'none'; form-action 'none'; "
         f"frame-ancestors {frame_ancestors}"
     )
@@ -33,7 +33,7 @@ def policy(frame_ancestors: str) -> dict[str, str]:
     }
 
 
-class _Secured:
+class Secured:
     """Adds the console's headers to every response of the wrapped ASGI app."""
 
     def __init__(self, app: StaticFiles, headers: dict[str, str]) -> None:
@@ -62,5 +62,5 @@ def console_routes(frame_ancestors: str) -> list[BaseRoute]:
     return [
         Route("/console", page),
         Route("/console/", slash),
-        Mount("/console/assets", _Secured(StaticFiles(directory=ASSETS), headers)),
+        Mount("/console/assets", Secured(StaticFiles(directory=ASSETS), headers)),
     ]

@@ -1,4 +1,4 @@
-"""Unauthenticated operational endpoints: liveness, readiness, metrics, API description."""
+"""Unauthenticated operational endpoints: liveness, readiness, metrics, the API's description."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import time
 import asyncpg
 import redis.exceptions
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from relay.api.errors import problem
 from relay.api.shapes import Alive, Ready
@@ -98,20 +96,6 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
 
-_DOCS_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>relay API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""
-
-
-async def docs(_: Request) -> Response:
-    """Swagger UI over /openapi.json, served from the installed bundle (no CDN)."""
-    return HTMLResponse(_DOCS_PAGE)
-
-
 def ops_routes() -> list[BaseRoute]:
     """Routes outside /v1."""
     return [
@@ -119,6 +103,4 @@ def ops_routes() -> list[BaseRoute]:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
-        Route("/docs", docs),
-        Mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="docs-static"),
     ]

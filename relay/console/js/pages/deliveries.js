@@ -126,7 +126,9 @@ function view(d, event, out) {
         ["Created", when(d.created_at)],
         ["Delivered", when(d.delivered_at)],
       ]),
-      h("div", { class: "actions" }, retry, cancel),
+      // Only what the API would take: a delivery in flight ends its attempt first, and only a
+      // pending one can be canceled.
+      h("div", { class: "actions" }, d.status === "delivering" ? null : retry, d.status === "pending" ? cancel : null),
     ),
     h("h2", {}, "Attempts"),
     d.attempts.length ? h("section", { class: "panel attempts" }, d.attempts.map(attemptView)) : h("p", { class: "empty" }, "No attempt yet."),

@@ -69,7 +69,7 @@ function webhookFields(w, { tenant }) {
   return { controls, read };
 }
 
-function createForm(who) {
+function createForm(who, created) {
   const { controls, read } = webhookFields({}, { tenant: who.role === "admin" });
   const out = h("div", { "aria-live": "polite" });
   const button = h("button", { class: "primary", type: "submit" }, "Create webhook");
@@ -78,6 +78,9 @@ function createForm(who) {
     e.preventDefault();
     act(button, out, async () => {
       const { data } = await post("/v1/webhooks", read());
+      // Ready for the next one; the list above shows this one now.
+      form.reset();
+      await created();
       return notice(
         "success",
         "Created ",
@@ -107,7 +110,12 @@ export async function list(main, { query, who }) {
     const params = new URLSearchParams(new FormData(filter));
     location.hash = `#/webhooks?${params}`;
   });
-  clear(main, h("h1", {}, "Webhooks"), filter, results, createForm(who));
+  const show = () => showList(results, query, tenant);
+  clear(main, h("h1", {}, "Webhooks"), filter, results, createForm(who, show));
+  await show();
+}
+
+async function showList(results, query, tenant) {
   try {
     const page = await get("/v1/webhooks", { tenant_id: tenant, cursor: query.get("cursor"), limit: 50 });
     clear(

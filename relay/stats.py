@@ -1,4 +1,5 @@
-"""The overview operators look at first: figures over the last hour or day, and what needs care.
+"""The overview operators and tenants look at first: figures over the last hour or day, and what
+needs care — of everyone, of one tenant, or of one webhook.
 
 Computed from the per-minute figures the history writer keeps in PostgreSQL with what they
 count: an attempt shows here once it is written there (within a second or so).
@@ -15,7 +16,7 @@ from relay.delivery.model import FINISHED
 from relay.history.reader import counters
 from relay.metrics import DURATION_BUCKETS
 from relay.services import Services
-from relay.store.metrics import backlog
+from relay.store.metrics import backlog, webhook_backlog
 from relay.timefmt import from_timestamp, rfc3339
 
 # Webhooks the overview looks through for failing or disabled ones, newest first.
@@ -32,6 +33,14 @@ class Window:
 
 
 WINDOWS = {w.name: w for w in (Window("hour", 3600, 300), Window("day", 86_400, 3600))}
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose figures: everyone's (both None), one tenant's, or one webhook's (with its tenant)."""
+
+    tenant_id: str | None = None
+    webhook_id: str | None = None
 
 
 def quantile_ms(counters: Mapping[str, int], q: float) -> int | None:
@@ -73,17 +82,32 @@ def _merge(rows: Iterable[Mapping[str, int]]) -> Counter[str]:
     return total
 
 
-async def overview(ctx: Services, window: Window, moment: datetime) -> dict[str, object]:
-    """The window's totals and chart series, the backlog, and webhooks failing or disabled."""
+async def _backlog(ctx: Services, scope: Scope) -> int:
+    if scope.webhook_id is not None:
+        return await webhook_backlog(ctx.redis, scope.webhook_id)
+    return await backlog(ctx.redis, scope.tenant_id)
+
+
+async def overview(
+    ctx: Services, window: Window, moment: datetime, scope: Scope = Scope()
+) -> dict[str, object]:
+    """The window's totals and chart series, the backlog, and webhooks failing or disabled,
+    all within `scope`."""
     count = window.seconds // window.step
     # Points start on whole steps, the last one holding `moment`.
     first = int(moment.timestamp()) // window.step * window.step - (count - 1) * window.step
-    points = await counters(ctx.database, first, window.step, count, DURATION_BUCKETS)
+    points = await counters(
+        ctx.database, first, window.step, count, DURATION_BUCKETS, scope.tenant_id, scope.webhook_id
+    )
     series = [
         {"start": from_timestamp(first + i * window.step), **figures(point)}
         for i, point in enumerate(points)
     ]
-    troubled = await ctx.webhooks.troubled(_WEBHOOK_SCAN)
+    troubled = [
+        (w, since)
+        for w, since in await ctx.webhooks.troubled(_WEBHOOK_SCAN, scope.tenant_id)
+        if scope.webhook_id in (None, w.id)
+    ]
     return {
         "window": window.name,
         "since": from_timestamp(first),
@@ -91,7 +115,7 @@ async def overview(ctx: Services, window: Window, moment: datetime) -> dict[str,
         "step_seconds": window.step,
         "totals": figures(_merge(points)),
         "series": series,
-        "backlog": await backlog(ctx.redis),
+        "backlog": await _backlog(ctx, scope),
         "webhooks": [
             {**w.public(), "failing_since": from_timestamp(since / 1000) if since else None}
             for w, since in troubled

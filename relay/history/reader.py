@@ -84,10 +84,14 @@ class _Where:
         self.conditions: list[str] = []
         self.args: list[Any] = []
 
+    def param(self, value: Any) -> str:
+        """A numbered parameter holding `value`, for use in the statement."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
     def add(self, condition: str, value: Any) -> None:
         """Add `condition`, where `$` stands for `value`'s parameter."""
-        self.args.append(value)
-        self.conditions.append(condition.replace("$", f"${len(self.args)}"))
+        self.conditions.append(condition.replace("$", self.param(value)))
 
     def window(
         self, prefix: str, before: str | None, since_ms: int | None, until_ms: int | None
@@ -309,22 +313,41 @@ class PostgresArchive:
         return [_audit(r) for r in rows], cursor
 
 
-_COUNTERS = """
-SELECT (extract(epoch FROM minute)::bigint - $1) / $3 AS point, kind, label, bucket,
-       sum(n)::bigint AS n
-FROM stats
-WHERE minute >= to_timestamp($1) AND minute < to_timestamp($2)
-GROUP BY 1, 2, 3, 4
-"""
+def counter_rows(
+    first: int, step: int, points: int, tenant_id: str | None, webhook_id: str | None
+) -> Query:
+    """The statement summing the per-minute stats of a chart's points, of everyone, one
+    tenant or one webhook."""
+    where = _Where()
+    start, length = where.param(first), where.param(step)
+    where.add("minute >= to_timestamp($)", first)
+    where.add("minute < to_timestamp($)", first + step * points)
+    if tenant_id is not None:
+        where.add("tenant_id = $", tenant_id)
+    if webhook_id is not None:
+        where.add("webhook_id = $", webhook_id)
+    return Query(
+        f"SELECT (extract(epoch FROM minute)::bigint - {start}) / {length} AS point, "
+        f"kind, label, bucket, sum(n)::bigint AS n FROM stats WHERE {where.sql} "
+        "GROUP BY 1, 2, 3, 4",
+        tuple(where.args),
+    )
 
 
 async def counters(
-    db: Database, first: int, step: int, points: int, bounds: Sequence[float]
+    db: Database,
+    first: int,
+    step: int,
+    points: int,
+    bounds: Sequence[float],
+    tenant_id: str | None = None,
+    webhook_id: str | None = None,
 ) -> list[Counter[str]]:
     """Per point of a chart from `first` (unix s), `points` of `step` seconds: the counters
     the overview's figures are made of, from the per-minute stats (`bounds`: latency buckets,
-    in seconds, as Prometheus names them)."""
-    rows = await (await db.pool()).fetch(_COUNTERS, first, first + step * points, step)
+    in seconds, as Prometheus names them), narrowed to a tenant or a webhook when named."""
+    query = counter_rows(first, step, points, tenant_id, webhook_id)
+    rows = await (await db.pool()).fetch(query.sql, *query.args)
     series: list[Counter[str]] = [Counter() for _ in range(points)]
     for row in rows:
         c, n = series[row["point"]], row["n"]

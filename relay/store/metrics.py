@@ -75,17 +75,27 @@ async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
     )
 
 
-async def backlog(redis: Redis) -> int:
-    """How many deliveries are pending (due, waiting for a slot or their time) or in flight."""
-    return (await queued(redis, None)).pending
+async def backlog(redis: Redis, tenant_id: str | None = None) -> int:
+    """How many deliveries are pending (due, waiting for a slot or their time) or in flight,
+    of every tenant or of one."""
+    return (await queued(redis, None, tenant_id)).pending
 
 
-async def queued(redis: Redis, now_ms: int | None) -> Queued:
-    """Deliveries in the endpoints' queues: all of them, and (by `now_ms`; none when None)
-    those due and not in flight, with when the one due longest became due. Read through the
-    schedule: every tenant with deliveries queued is in the tenants' set, and each of its
-    endpoints with any in its own; each queue costs the same few calls, however long it is."""
-    tenants = [t.decode() for t in await redis.zrange(keys.TENANTS, 0, -1)]
+async def webhook_backlog(redis: Redis, webhook_id: str) -> int:
+    """How many deliveries of one webhook are pending or in flight."""
+    return int(await redis.zcard(keys.endpoint_queue(webhook_id)))
+
+
+async def queued(redis: Redis, now_ms: int | None, tenant_id: str | None = None) -> Queued:
+    """Deliveries in the endpoints' queues (of every tenant, or of one): all of them, and (by
+    `now_ms`; none when None) those due and not in flight, with when the one due longest
+    became due. Read through the schedule: every tenant with deliveries queued is in the
+    tenants' set, and each of its endpoints with any in its own; each queue costs the same few
+    calls, however long it is."""
+    if tenant_id is not None:
+        tenants = [tenant_id]
+    else:
+        tenants = [t.decode() for t in await redis.zrange(keys.TENANTS, 0, -1)]
     if not tenants:
         return Queued(0, 0)
     async with redis.pipeline(transaction=False) as pipe:

@@ -196,9 +196,13 @@ class WebhookStore:
             raise NotFound("No such webhook.")
         return _load(raw)
 
-    async def troubled(self, scan: int) -> list[tuple[Webhook, int | None]]:
-        """Of the newest `scan` webhooks, the disabled or failing ones, with failing since (ms)."""
-        ids = [i.decode() for i in await self._redis.zrange(keys.WEBHOOKS, 0, scan - 1, desc=True)]
+    async def troubled(
+        self, scan: int, tenant_id: str | None = None
+    ) -> list[tuple[Webhook, int | None]]:
+        """Of the newest `scan` webhooks (all or one tenant's), the disabled or failing ones,
+        with failing since (ms)."""
+        index = keys.tenant_webhooks(tenant_id) if tenant_id else keys.WEBHOOKS
+        ids = [i.decode() for i in await self._redis.zrange(index, 0, scan - 1, desc=True)]
         async with self._redis.pipeline(transaction=False) as pipe:
             for webhook_id in ids:
                 pipe.get(keys.webhook(webhook_id))

@@ -430,7 +430,7 @@ async def test_a_portal_link_signs_a_tenant_in_to_its_own_webhooks_only(
     # The token left the address bar (and history) for this tab's sessionStorage; no cookie.
     assert "token=" not in page.url
     assert await page.evaluate("document.cookie") == ""
-    await expect(page.get_by_role("link", name="Overview")).to_have_count(0)
+    await expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
     await expect(page.get_by_role("link", name=mine["url"])).to_be_visible()
     await expect(page.get_by_role("link", name=theirs["url"])).to_have_count(0)
 
@@ -448,7 +448,7 @@ async def test_a_portal_link_opened_in_a_tab_already_on_the_console_signs_in(
 ) -> None:
     mine = await webhook(api, receiver.url("/same-tab"), "space_same_tab")
     await sign_in(page, ADMIN)
-    await expect(page.get_by_role("link", name="Overview")).to_be_visible()
+    await expect(page.get_by_role("link", name="Tokens")).to_be_visible()
     response = await api.post("/v1/portal-sessions", json={"tenant_id": "space_same_tab"})
     link = response.json()["data"]["url"]
 
@@ -456,7 +456,7 @@ async def test_a_portal_link_opened_in_a_tab_already_on_the_console_signs_in(
     await page.evaluate("(link) => { location.href = link; }", link)
     await expect(page.locator("#who")).to_contain_text("Portal session")
     await expect(page.get_by_role("link", name=mine["url"])).to_be_visible()
-    await expect(page.get_by_role("link", name="Overview")).to_have_count(0)
+    await expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
     assert "token=" not in page.url
     await page.go_back()
     assert "token=" not in page.url
@@ -659,3 +659,227 @@ async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory
 def test_the_frame_ancestors_setting_cannot_add_directives() -> None:
     with pytest.raises(ConfigError, match="RELAY_CONSOLE_FRAME_ANCESTORS"):
         load_settings(console_frame_ancestors="'self'; script-src *")
+
+
+async def settled_stats(api: httpx.AsyncClient, finished: int, **params: str) -> dict[str, Any]:
+    """GET /v1/stats once history holds `finished` finished deliveries of its scope."""
+    for _ in range(200):
+        stats: dict[str, Any] = (await api.get("/v1/stats", params=params)).json()["data"]
+        if sum(stats["totals"]["deliveries"].values()) >= finished:
+            return stats
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"history did not catch up: {stats['totals']}")
+
+
+async def portal_link(api: httpx.AsyncClient, tenant: str) -> str:
+    response = await api.post("/v1/portal-sessions", json={"tenant_id": tenant})
+    assert response.status_code == 201, response.text
+    url: str = response.json()["data"]["url"]
+    return url
+
+
+async def test_the_event_catalog_reads_out_each_types_fields_and_example(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    schema = {
+        "type": "object",
+        "required": ["order_id", "lines"],
+        "properties": {
+            "order_id": {"type": "string", "minLength": 1, "description": "The shop's order."},
+            "lines": {"type": "array", "items": {"type": "integer"}},
+            "channel": {"enum": ["web", "store"]},
+        },
+    }
+    body = {"name": "console.ordered", "description": "An order was placed.", "schema": schema}
+    assert (await api.post("/v1/event-types", json=body)).status_code == 201
+
+    await sign_in(page, ADMIN)
+    await page.get_by_role("link", name="Event types").click()
+    failed = page.get_by_role("region", name="post.failed")
+    await expect(failed).to_contain_text("A post could not be published")
+    # Fields come out of the schema as rows, nested ones under their parent's name.
+    message = failed.get_by_role("row").filter(has_text="error.message")
+    await expect(message.get_by_role("cell").nth(1)).to_have_text("string")
+    await expect(message.get_by_role("cell").nth(2)).to_have_text("required")
+    platform = failed.get_by_role("row").filter(has_text="platform")
+    await expect(platform.get_by_role("cell").nth(1)).to_have_text("non-empty string")
+    await expect(platform.get_by_role("cell").nth(2)).to_have_text("optional, may be null")
+    media = page.get_by_role("region", name="media.uploaded")
+    await expect(media.get_by_role("row").filter(has_text="mime")).to_contain_text(
+        "string like image/jpeg"
+    )
+    await expect(media.get_by_label("Example of media.uploaded")).to_contain_text('"med_51xk7"')
+
+    ordered = page.get_by_role("region", name="console.ordered")
+    await expect(ordered).to_contain_text("registered")
+    row = ordered.get_by_role("row").filter(has_text="order_id")
+    await expect(row).to_contain_text("The shop's order.")
+    await expect(ordered.get_by_role("row").filter(has_text="lines")).to_contain_text(
+        "list of integer"
+    )
+    await expect(ordered.get_by_role("row").filter(has_text="channel")).to_contain_text(
+        'one of "web", "store"'
+    )
+    # The schema itself is there for those who want it, folded away.
+    await ordered.get_by_text("JSON Schema").click()
+    await expect(ordered.locator("pre")).to_contain_text('"minLength": 1')
+    await shot(page, "event-types")
+
+    # A customer in the portal reads the same catalog.
+    await page.goto(await portal_link(api, "space_catalog"))
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    await page.get_by_role("link", name="Event types").click()
+    await expect(page.get_by_role("region", name="post.published")).to_contain_text("post_id")
+
+
+async def test_a_webhooks_page_charts_its_own_success_rate_and_latency(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.answer(Reply(status=500), "/charted-down")
+    up = await webhook(api, receiver.url("/charted-up"), "space_charted")
+    down = await webhook(api, receiver.url("/charted-down"), "space_charted")
+    event = await event_for(api, "space_charted")
+    by_webhook = {d["webhook_id"]: d["id"] for d in event["deliveries"]}
+    await wait_status(api, up["id"], by_webhook[up["id"]], "delivered")
+    await wait_status(api, down["id"], by_webhook[down["id"]], "failed")
+    await settled_stats(api, 1, webhook_id=up["id"])
+    await settled_stats(api, 1, webhook_id=down["id"])
+
+    await sign_in(page, ADMIN)
+    await page.goto(f"/console#/webhooks/{down['id']}")
+    figures = page.get_by_role("region", name="Success rate and latency")
+    await expect(figures.get_by_role("status")).to_contain_text(
+        "0.0 % of 3 attempts in the last hour succeeded"
+    )
+    await expect(figures.get_by_role("status")).to_contain_text("0 deliveries delivered, 1 failed")
+    await expect(
+        figures.get_by_role("img", name=re.compile("Attempt success rate"))
+    ).to_be_visible()
+    await expect(figures.get_by_role("img", name=re.compile("Attempt latency"))).to_be_visible()
+    await figures.get_by_role("button", name="Last day").click()
+    await expect(figures.get_by_role("status")).to_contain_text("attempts in the last day")
+
+    await page.goto(f"/console#/webhooks/{up['id']}")
+    await expect(figures.get_by_role("status")).to_contain_text(
+        "100.0 % of 1 attempts in the last hour succeeded"
+    )
+    await expect(
+        figures.get_by_role("img", name=re.compile("Attempt success rate. 100.0 %"))
+    ).to_be_visible()
+
+
+async def test_a_portal_session_sees_its_own_tenants_overview_and_no_admin_pages(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    mine = await webhook(api, receiver.url("/overview-mine"), "space_overview_mine")
+    theirs = await webhook(api, f"http://127.0.0.1:{closed_port()}/gone", "space_overview_theirs")
+    sent = [await event_for(api, "space_overview_mine") for _ in range(2)]
+    other = await event_for(api, "space_overview_theirs")
+    for event in sent:
+        await wait_status(api, mine["id"], event["deliveries"][0]["id"], "delivered")
+    await wait_status(api, theirs["id"], other["deliveries"][0]["id"], "failed")
+    everyone = await settled_stats(api, 3)
+    assert everyone["totals"]["events_accepted"] > 2
+    await settled_stats(api, 2, tenant_id="space_overview_mine")
+
+    await page.goto(await portal_link(api, "space_overview_mine"))
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    for admin_only in ("Tokens", "Portal links", "Audit log"):
+        await expect(page.get_by_role("link", name=admin_only)).to_have_count(0)
+    await page.get_by_role("link", name="Overview", exact=True).click()
+    cards = page.locator(".card")
+    await expect(cards.filter(has_text="Events accepted").locator(".value")).to_have_text("2")
+    await expect(cards.filter(has_text="Delivered").locator(".value")).to_have_text("2")
+    await expect(cards.filter(has_text="Failed").locator(".value")).to_have_text("0")
+    await expect(page.get_by_text("No webhook is failing or disabled.")).to_be_visible()
+    await expect(page.get_by_text(theirs["url"])).to_have_count(0)
+    await shot(page, "portal-overview")
+
+    # Pages for admins answer a tenant as the API does.
+    await page.goto("/console#/tokens")
+    await expect(page.get_by_role("alert")).to_contain_text("403")
+
+
+async def test_an_admin_issues_a_token_once_revokes_it_and_opens_a_portal_link(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await sign_in(page, ADMIN)
+    await page.get_by_role("link", name="Tokens").click()
+    await page.get_by_label("Role").select_option("ingest")
+    await page.get_by_label("Name").fill("console uploader")
+    await page.get_by_role("button", name="Create token").click()
+    created = page.get_by_role("status").filter(has_text="Copy the token now")
+    secret = await created.locator("code.secret").text_content()
+    assert secret and secret.startswith("rly_")
+    row = page.get_by_role("row").filter(has_text="console uploader")
+    await expect(row).to_contain_text("ingest")
+    async with httpx.AsyncClient(base_url=str(api.base_url)) as client:
+        bearer = {"authorization": f"Bearer {secret}"}
+        assert (await client.get("/v1/event-types", headers=bearer)).status_code == 200
+        # Shown once: the list, read again, never has it.
+        await page.reload()
+        await expect(row).to_contain_text("never")
+        assert secret not in await page.content()
+        await shot(page, "tokens")
+
+        await row.get_by_role("button", name="Revoke").click()
+        await row.get_by_role("button", name="Press again to revoke").click()
+        await expect(row).to_have_count(0)
+        assert (await client.get("/v1/event-types", headers=bearer)).status_code == 401
+
+    await webhook(api, receiver.url("/linked"), "space_linked")
+    await page.get_by_role("link", name="Portal links").click()
+    await expect(page.get_by_role("heading", name="Portal links")).to_be_visible()
+    await page.get_by_label("Tenant", exact=True).fill("space_linked")
+    await page.get_by_role("button", name="Create portal link").click()
+    shown = page.get_by_label("Portal link", exact=True)
+    await expect(shown).to_have_value(re.compile(r"/console#token=rly_"))
+    url = await shown.input_value()
+    assert url.startswith(str(api.base_url))
+    await shot(page, "portal-links")
+    await page.goto(url)
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    await expect(page.get_by_role("link", name=receiver.url("/linked"))).to_be_visible()
+
+
+async def test_the_audit_log_filters_and_pages_through_who_changed_what(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/audited"), "space_audited")
+    for n in range(50):
+        response = await api.patch(f"/v1/webhooks/{hook['id']}", json={"description": f"v{n}"})
+        assert response.status_code == 200, response.text
+    rotated = await api.post(f"/v1/webhooks/{hook['id']}/rotate-secret", json={})
+    assert rotated.status_code == 200, rotated.text
+    for _ in range(200):  # the trail reaches history a moment later
+        listed = await api.get("/v1/audit-log", params={"tenant_id": "space_audited", "limit": 100})
+        if len(listed.json()["data"]) == 52:
+            break
+        await asyncio.sleep(0.1)
+
+    await sign_in(page, ADMIN)
+    await page.get_by_role("link", name="Audit log").click()
+    filters = page.get_by_role("search", name="Filter the audit log")
+    await filters.get_by_label("Tenant").fill("space_audited")
+    await filters.get_by_role("button", name="Filter").click()
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(50)
+    await expect(rows.first).to_contain_text("webhook.secret.rotate")
+    await expect(rows.first).to_contain_text("tok_bootstrap")
+    await page.get_by_role("link", name="Next page").click()
+    await expect(rows).to_have_count(2)
+    await expect(rows.last).to_contain_text("webhook.create")
+    await shot(page, "audit")
+
+    await filters.get_by_label("Action").fill("webhook.secret.rotate")
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(page).to_have_url(re.compile("action=webhook.secret.rotate"))
+    await rows.get_by_role("link", name=hook["id"]).click()
+    await expect(page.get_by_role("heading", name=re.compile("Webhook"))).to_contain_text(
+        receiver.url("/audited")
+    )
+    await page.go_back()
+    await filters.get_by_label("Until").fill("2001-01-01T00:00")
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page.get_by_text("No entries match these filters.")).to_be_visible()

@@ -2,16 +2,23 @@
 // JSON API; the browser loads them as they are, so there is nothing to build.
 import { ApiError, call, session, whenSignedOut } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
+import * as audit from "./pages/audit.js";
 import * as deliveries from "./pages/deliveries.js";
+import * as eventTypes from "./pages/event-types.js";
 import * as events from "./pages/events.js";
 import * as overview from "./pages/overview.js";
+import * as tokens from "./pages/tokens.js";
 import * as webhooks from "./pages/webhooks.js";
 
 const SECTIONS = [
-  { path: "/overview", title: "Overview", admin: true },
+  { path: "/overview", title: "Overview" },
   { path: "/webhooks", title: "Webhooks" },
   { path: "/deliveries", title: "Deliveries" },
   { path: "/events", title: "Events" },
+  { path: "/event-types", title: "Event types" },
+  { path: "/tokens", title: "Tokens", admin: true },
+  { path: "/portal-links", title: "Portal links", admin: true },
+  { path: "/audit", title: "Audit log", admin: true },
 ];
 
 const ROUTES = [
@@ -23,16 +30,21 @@ const ROUTES = [
   [/^\/deliveries\/(?:[^/]+\/)?([^/]+)$/, deliveries.detail],
   [/^\/events$/, events.lookup],
   [/^\/events\/([^/]+)$/, events.detail],
+  [/^\/event-types$/, eventTypes.page],
+  [/^\/event-types\/([^/]+)$/, eventTypes.one],
+  [/^\/tokens$/, tokens.list],
+  [/^\/portal-links$/, tokens.portal],
+  [/^\/audit$/, audit.page],
 ];
 
 const main = document.getElementById("main");
 let current = new AbortController();
 
-// Which role a token has, asked of the API itself: the overview is for admins only, the
-// webhook list for admins and tenants; an ingest token can do neither.
+// Which role a token has, asked of the API itself: tokens are for admins only, the webhook
+// list for admins and tenants; an ingest token can do neither.
 async function roleOf(token) {
   try {
-    await call("GET", "/v1/stats?window=hour", undefined, token);
+    await call("GET", "/v1/tokens?limit=1", undefined, token);
     return "admin";
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 403) throw err;

@@ -1,9 +1,10 @@
-// Overview (admins): the last hour or day at a glance, from GET /v1/stats.
+// Overview: the last hour or day at a glance, from GET /v1/stats (a tenant's own figures for a
+// tenant token).
 import { get } from "../api.js";
 import { chart } from "../chart.js";
 import { badge, clear, h, link, loading, notice, percent, sleep, table, when } from "../dom.js";
 
-const ms = (v) => (v === null || v === undefined ? "—" : `${v} ms`);
+export const ms = (v) => (v === null || v === undefined ? "—" : `${v} ms`);
 
 function card(label, value) {
   return h("div", { class: "card" }, h("div", { class: "label" }, label), h("div", { class: "value" }, value));
@@ -14,8 +15,10 @@ function clock(iso, window) {
   return window === "day" ? `${t}` : t;
 }
 
+const labelsOf = (stats) => stats.series.map((p) => clock(p.start, stats.window));
+
 function charts(stats) {
-  const labels = stats.series.map((p) => clock(p.start, stats.window));
+  const labels = labelsOf(stats);
   const step = stats.step_seconds >= 3600 ? "hour" : `${stats.step_seconds / 60} minutes`;
   const t = stats.totals;
   return h(
@@ -36,6 +39,15 @@ function charts(stats) {
         { name: "failed", values: stats.series.map((p) => p.deliveries.failed) },
       ],
     }),
+    attemptCharts(stats),
+  );
+}
+
+// The attempts' success rate and latency: the overview's, and a webhook's own on its page.
+export function attemptCharts(stats) {
+  const labels = labelsOf(stats);
+  const t = stats.totals;
+  return [
     chart({
       title: "Attempt success rate",
       summary: `${percent(t.success_rate)} over the window.`,
@@ -56,7 +68,7 @@ function charts(stats) {
         { name: "p95", values: stats.series.map((p) => p.latency_p95_ms) },
       ],
     }),
-  );
+  ];
 }
 
 function troubled(webhooks) {

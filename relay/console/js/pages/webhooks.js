@@ -1,7 +1,9 @@
-// Webhooks: list (per tenant for admins), create, edit, enable/disable, delete, secrets, tests.
+// Webhooks: list (per tenant for admins), create, edit, enable/disable, delete, secrets, tests,
+// and each one's success rate and latency.
 import { del, enc, get, patch, post } from "../api.js";
-import { act, badge, clear, facts, field, h, link, loading, notice, percent, table, when } from "../dom.js";
+import { act, badge, clear, facts, field, h, link, loading, notice, table, when } from "../dom.js";
 import { deliveryTable, pager, recoverForm } from "./common.js";
+import { webhookFigures } from "./webhook-figures.js";
 
 const SCHEMES = ["hmac-sha256", "ed25519"];
 
@@ -138,19 +140,6 @@ async function showList(results, query, tenant) {
   }
 }
 
-async function health(webhookId, out) {
-  const { data } = await get(`/v1/webhooks/${enc(webhookId)}/deliveries`, { limit: 100 });
-  const finished = data.filter((d) => d.status === "delivered" || d.status === "failed");
-  const delivered = finished.filter((d) => d.status === "delivered").length;
-  clear(
-    out,
-    finished.length
-      ? `${percent(delivered / finished.length)} of its last ${finished.length} finished deliveries were delivered.`
-      : "No finished deliveries yet.",
-  );
-  return data;
-}
-
 function secretPanel(id) {
   const out = h("div", { "aria-live": "polite" });
   const grace = h("input", { type: "number", name: "grace_seconds", min: 0, value: 86400 });
@@ -247,7 +236,6 @@ export async function detail(main, { params: [id] }) {
     return;
   }
   const facts_ = h("div", {}, summary(w));
-  const rate = h("p", { role: "status" }, loading("Working out the recent success rate…"));
   const out = h("div", { "aria-live": "polite" });
   const toggle = h("button", { type: "button" }, w.enabled ? "Disable" : "Enable");
   const remove = h("button", { type: "button", class: "danger" }, "Delete webhook");
@@ -284,7 +272,8 @@ export async function detail(main, { params: [id] }) {
   clear(
     main,
     h("h1", {}, "Webhook ", h("span", { class: "mono" }, w.url)),
-    h("section", { class: "panel" }, facts_, rate, h("div", { class: "actions" }, toggle, remove), out),
+    h("section", { class: "panel" }, facts_, h("div", { class: "actions" }, toggle, remove), out),
+    webhookFigures(id),
     h("h2", {}, "Recent deliveries"),
     recent,
     secretPanel(id),
@@ -293,10 +282,10 @@ export async function detail(main, { params: [id] }) {
     recoverForm(id),
   );
   try {
-    const deliveries = await health(id, rate);
+    const deliveries = (await get(`/v1/webhooks/${enc(id)}/deliveries`, { limit: 10 })).data;
     clear(
       recent,
-      deliveryTable(deliveries.slice(0, 10), "No deliveries yet.", ["Webhook", "Tenant"]),
+      deliveryTable(deliveries, "No deliveries yet.", ["Webhook", "Tenant"]),
       link(`#/deliveries?webhook_id=${enc(id)}`, "All deliveries of this webhook"),
     );
   } catch (err) {

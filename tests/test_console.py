@@ -720,10 +720,10 @@ async def test_the_event_catalog_reads_out_each_types_fields_and_example(
     await expect(ordered.get_by_role("row").filter(has_text="channel")).to_contain_text(
         'one of "web", "store"'
     )
+    await shot(page, "event-types")
     # The schema itself is there for those who want it, folded away.
     await ordered.get_by_text("JSON Schema").click()
     await expect(ordered.locator("pre")).to_contain_text('"minLength": 1')
-    await shot(page, "event-types")
 
     # A customer in the portal reads the same catalog.
     await page.goto(await portal_link(api, "space_catalog"))
@@ -756,6 +756,7 @@ async def test_a_webhooks_page_charts_its_own_success_rate_and_latency(
         figures.get_by_role("img", name=re.compile("Attempt success rate"))
     ).to_be_visible()
     await expect(figures.get_by_role("img", name=re.compile("Attempt latency"))).to_be_visible()
+    await shot(page, "webhook-figures")
     await figures.get_by_role("button", name="Last day").click()
     await expect(figures.get_by_role("status")).to_contain_text("attempts in the last day")
 

@@ -143,6 +143,27 @@ async def test_a_tenant_sees_its_own_figures_and_never_another_tenants(
     assert one["totals"]["events_accepted"] == 1
 
 
+async def test_a_tenants_backlog_counts_its_own_deliveries_only(
+    admin: httpx.AsyncClient,
+    token_for: Callable[..., Awaitable[str]],
+    make_client: ClientFactory,
+) -> None:
+    # No worker runs: every delivery stays pending, so the backlogs stay as posted.
+    async with Receiver() as rx:
+        mine = await webhook(admin, rx.url("/mine"), "space_mine")
+        await webhook(admin, rx.url("/theirs"), "space_theirs")
+        for tenant, count in (("space_mine", 2), ("space_theirs", 3)):
+            for _ in range(count):
+                assert (await post_event(admin, tenant)).status_code == 202
+        me = await make_client(await token_for("tenant", "space_mine"))
+        assert (await me.get("/v1/stats")).json()["data"]["backlog"] == 2
+        hook = (await me.get("/v1/stats", params={"webhook_id": mine["id"]})).json()["data"]
+        assert hook["backlog"] == 2
+        assert (await admin.get("/v1/stats")).json()["data"]["backlog"] == 5
+        theirs = await admin.get("/v1/stats", params={"tenant_id": "space_theirs"})
+        assert theirs.json()["data"]["backlog"] == 3
+
+
 async def test_a_webhooks_own_figures_chart_its_success_rate_and_latency(
     admin: httpx.AsyncClient, workers: Workers
 ) -> None:

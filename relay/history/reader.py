@@ -320,7 +320,7 @@ def counter_rows(
     tenant or one webhook."""
     where = _Where()
     start, length = where.param(first), where.param(step)
-    where.add("minute >= to_timestamp($)", first)
+    where.conditions.append(f"minute >= to_timestamp({start})")
     where.add("minute < to_timestamp($)", first + step * points)
     if tenant_id is not None:
         where.add("tenant_id = $", tenant_id)

@@ -768,6 +768,12 @@ async def test_a_webhooks_page_charts_its_own_success_rate_and_latency(
         figures.get_by_role("img", name=re.compile("Attempt success rate. 100.0 %"))
     ).to_be_visible()
 
+    # The webhook's owner sees the same in the portal.
+    await page.goto(await portal_link(api, "space_charted"))
+    await expect(page.locator("#who")).to_contain_text("Portal session")
+    await page.get_by_role("link", name=receiver.url("/charted-down")).click()
+    await expect(figures.get_by_role("status")).to_contain_text("0.0 % of 3 attempts")
+
 
 async def test_a_portal_session_sees_its_own_tenants_overview_and_no_admin_pages(
     page: Page, api: httpx.AsyncClient, receiver: Receiver

@@ -367,6 +367,55 @@ async def test_deliveries_filter_by_event_type_and_a_time_range_in_the_viewers_z
     await expect(filters.get_by_label("Since")).to_have_value("")
 
 
+async def refresh_every(page: Page, ms: int) -> None:
+    """Live views of this page read again every `ms` ms instead of every few seconds."""
+    await page.evaluate("(ms) => { document.documentElement.dataset.refreshMs = String(ms); }", ms)
+
+
+async def set_hidden(page: Page, hidden: bool) -> None:
+    """The tab goes to the background (or comes back), as the page's scripts see it."""
+    await page.evaluate(
+        """(hidden) => {
+            const state = hidden ? "hidden" : "visible";
+            const as = (value) => ({ configurable: true, get: () => value });
+            Object.defineProperty(document, "visibilityState", as(state));
+            Object.defineProperty(document, "hidden", as(hidden));
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+async def test_the_deliveries_list_follows_new_deliveries_unless_the_tab_is_hidden(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await webhook(api, receiver.url("/live"), "space_live")
+    await event_for(api, "space_live")
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto("/console#/deliveries?tenant_id=space_live")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(1)
+
+    # A delivery made while the list is open appears without a reload.
+    await event_for(api, "space_live")
+    await expect(rows).to_have_count(2)
+
+    # In a background tab the list asks relay for nothing, and catches up once shown again.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/v1/deliveries" in r.url else None)
+    await set_hidden(page, True)
+    await asyncio.sleep(0.3)  # a read already on its way when the tab was hidden
+    asked.clear()
+    await event_for(api, "space_live")
+    await asyncio.sleep(1.5)  # fifteen refresh intervals
+    assert asked == []
+    await expect(rows).to_have_count(2)
+    await set_hidden(page, False)
+    await expect(rows).to_have_count(3)
+    assert asked
+
+
 async def test_rotating_a_secret_shows_the_new_one(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

@@ -35,29 +35,53 @@ export function deliveryHref(d) {
   return `#/deliveries/${enc(d.id)}`;
 }
 
-// Shows what `load` answers through `view`, again every two seconds while the page is open,
-// so new attempts and status changes appear by themselves; sections the reader opened stay
-// open. A 404 shows `missing` instead.
-export async function live(signal, body, load, view, missing) {
-  let shown = "";
+// How long a live view waits between reads: `every` ms, unless the page's root element sets
+// `data-refresh-ms` (tests shorten it so they need not wait).
+function interval(every) {
+  return Number(document.documentElement.dataset.refreshMs) || every;
+}
+
+// Resolves at once while the tab is shown, else when it is shown again (or the page is left):
+// a tab in the background asks relay for nothing.
+function shown(signal) {
+  if (document.visibilityState === "visible" || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (document.visibilityState !== "visible" && !signal.aborted) return;
+      document.removeEventListener("visibilitychange", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    document.addEventListener("visibilitychange", done);
+    signal.addEventListener("abort", done);
+  });
+}
+
+// Shows what `load` answers through `view`, again every `every` ms while the page is open and
+// shown, so new rows, attempts and status changes appear by themselves; sections the reader
+// opened stay open. A 404 shows `missing` (when given) instead.
+export async function live(signal, body, load, view, missing, every = POLL_MS) {
+  let shownValue = "";
   while (!signal.aborted) {
+    await shown(signal);
+    if (signal.aborted) return;
     let value;
     try {
       value = await load();
     } catch (err) {
-      if (!signal.aborted) clear(body, notice("error", err.status === 404 ? missing : err.message));
+      if (!signal.aborted) clear(body, notice("error", err.status === 404 && missing ? missing : err.message));
       return;
     }
     if (signal.aborted) return;
     const fingerprint = JSON.stringify(value);
-    if (fingerprint !== shown) {
+    if (fingerprint !== shownValue) {
       const key = (el) => el.querySelector("summary strong")?.textContent;
       const open = [...body.querySelectorAll("details[open]")].map(key);
       clear(body, view(value));
       for (const el of body.querySelectorAll("details")) if (open.includes(key(el))) el.open = true;
-      shown = fingerprint;
+      shownValue = fingerprint;
     }
-    await sleep(POLL_MS);
+    await sleep(interval(every));
   }
 }
 

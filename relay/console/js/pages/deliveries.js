@@ -5,6 +5,7 @@ import { deliveryHref, deliveryTable, live, localInput, pager, recoverForm, utc 
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
 const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
+const LIST_REFRESH_MS = 5000;
 
 // Opens a delivery by the id alone, as a log line or an alert gives it.
 function openForm() {
@@ -63,17 +64,15 @@ function filterForm(query, who) {
   return form;
 }
 
-export async function list(main, { query, who }) {
+export async function list(main, { query, who, signal }) {
   const results = h("div", {}, loading("Loading deliveries…"));
   const webhook = query.get("webhook_id");
   clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
   const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
-  try {
-    const page = await get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
-    clear(results, deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor));
-  } catch (err) {
-    clear(results, notice("error", err.message));
-  }
+  const load = () => get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
+  const view = (page) => [deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor)];
+  // New deliveries and changes of status appear while the list is open.
+  await live(signal, results, load, view, null, LIST_REFRESH_MS);
 }
 
 function attemptView(a) {

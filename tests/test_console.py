@@ -416,6 +416,49 @@ async def test_the_deliveries_list_follows_new_deliveries_unless_the_tab_is_hidd
     assert asked
 
 
+async def failed_deliveries(api: httpx.AsyncClient, tenant: str, count: int) -> dict[str, Any]:
+    """A webhook whose endpoint refuses connections, with `count` deliveries that failed."""
+    hook = await webhook(api, f"http://127.0.0.1:{closed_port()}/down", tenant)
+    for start in range(0, count, 100):
+        batch = [
+            {"type": "post.published", "tenant_id": tenant, "data": {"post_id": f"p_{n}"}}
+            for n in range(start, min(count, start + 100))
+        ]
+        response = await api.post("/v1/events/batch", json={"events": batch})
+        assert response.status_code == 207, response.text
+    await wait_failed(api, hook["id"], count)
+    return hook
+
+
+async def wait_failed(api: httpx.AsyncClient, webhook_id: str, count: int) -> None:
+    """Until `count` of the webhook's deliveries have failed (their schedules are short)."""
+    for _ in range(600):
+        failed, cursor = 0, None
+        while True:
+            params = {"webhook_id": webhook_id, "status": "failed", "limit": 100}
+            page = (await api.get("/v1/deliveries", params={**params, "cursor": cursor})).json()
+            failed += len(page["data"])
+            if not (cursor := page["next_cursor"]):
+                break
+        if failed == count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{failed} of {count} deliveries failed")
+
+
+async def test_a_recovery_larger_than_a_batch_shows_its_progress_until_done(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    # More than the 200 a recovery restarts at once: the rest go as a background job.
+    hook = await failed_deliveries(api, "space_recover_many", 201)
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto(f"/console#/webhooks/{hook['id']}")
+    await page.get_by_role("button", name="Recover failed deliveries").click()
+    form = page.get_by_role("form", name="Recover failed deliveries")
+    await expect(form.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
+
+
 async def test_rotating_a_secret_shows_the_new_one(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

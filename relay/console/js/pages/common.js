@@ -1,8 +1,9 @@
 // Pieces more than one page uses: pagers, time inputs, delivery rows, live views, the recover form.
-import { enc, post } from "../api.js";
+import { enc, get, post } from "../api.js";
 import { act, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
 
 const POLL_MS = 2000;
+const RECOVERY_POLL_MS = 1000;
 
 export function pager(base, query, nextCursor) {
   const first = new URLSearchParams(query);
@@ -124,8 +125,37 @@ export function recoverForm(webhookId) {
       const body = { since: utc(since.value) };
       if (until.value) body.until = utc(until.value);
       const { data } = await post(`/v1/webhooks/${enc(webhookId)}/recover`, body);
-      return notice("success", `Requeued ${data.requeued} failed deliveries.`);
+      return recoveryProgress(data);
     });
   });
   return form;
+}
+
+// A recovery as it goes: the first batch is sent again at once, the rest in the background, so
+// its progress is read again until it is done (or the page is left).
+export function recoveryProgress(recovery) {
+  const out = h("div", {});
+  const show = (r) =>
+    clear(
+      out,
+      r.status === "done"
+        ? notice("success", `Requeued ${r.requeued} failed deliveries.`)
+        : notice("info", `Requeuing failed deliveries: ${r.requeued} so far…`),
+    );
+  const follow = async (r) => {
+    while (r.status !== "done") {
+      await sleep(interval(RECOVERY_POLL_MS));
+      if (!out.isConnected) return;
+      try {
+        r = (await get(r.url)).data;
+      } catch (err) {
+        clear(out, notice("error", err.message));
+        return;
+      }
+      show(r);
+    }
+  };
+  show(recovery);
+  follow(recovery);
+  return out;
 }

@@ -459,6 +459,58 @@ async def test_a_recovery_larger_than_a_batch_shows_its_progress_until_done(
     await expect(form.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
 
 
+async def test_events_filter_by_type_and_a_time_range_kept_in_the_address(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    published = await event_for(api, "space_event_filters")
+    response = await post_event(
+        api,
+        "space_event_filters",
+        type="post.failed",
+        data={"post_id": "p_2", "error": {"message": "x"}},
+    )
+    assert response.status_code == 202, response.text
+    failed = response.json()["data"]
+
+    await sign_in(page, ADMIN)
+    await page.goto("/console#/events?tenant_id=space_event_filters")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(2)
+    filters = page.get_by_role("search", name="Filter events")
+    event_type = filters.get_by_label("Event type")
+    await expect(filters.locator('datalist option[value="post.failed"]')).to_have_count(1)
+    await event_type.fill("post.failed")
+    await event_type.press("Enter")
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text(failed["id"])
+    await page.reload()
+    await expect(event_type).to_have_value("post.failed")
+    await expect(rows).to_have_count(1)
+
+    # Times are typed in the viewer's zone and asked of the API in UTC.
+    now = datetime.now(ZoneInfo(VIEWER_ZONE)).replace(second=0, microsecond=0)
+    await event_type.fill("")
+    await filters.get_by_label("Since").fill(
+        (now - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_label("Until").fill(
+        (now + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile("since=.*until="))
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text(failed["id"])
+    await expect(rows.last).to_contain_text(published["id"])
+    await filters.get_by_label("Until").fill(
+        (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page.get_by_text("No events match these filters.")).to_be_visible()
+    await page.get_by_role("link", name="Clear filters").click()
+    await expect(filters.get_by_label("Until")).to_have_value("")
+    await expect(rows.first).to_be_visible()
+
+
 async def test_rotating_a_secret_shows_the_new_one(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

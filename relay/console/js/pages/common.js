@@ -1,6 +1,6 @@
 // Pieces more than one page uses: pagers, time inputs, delivery rows, live views, the recover form.
 import { enc, get, post } from "../api.js";
-import { act, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
+import { act, append, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
 
 const POLL_MS = 2000;
 const RECOVERY_POLL_MS = 1000;
@@ -29,6 +29,42 @@ export function localInput(name, iso) {
   const at = iso ? new Date(iso) : null;
   const value = at ? new Date(at.getTime() - at.getTimezoneOffset() * 60000).toISOString().slice(0, 16) : "";
   return h("input", { type: "datetime-local", name, value });
+}
+
+// The event types relay knows, offered as suggestions; any other name may still be typed.
+export function eventTypeInput(value, name) {
+  const choices = h("datalist", { id: `${name}-choices` });
+  // Suggestions only: without them the field works as plain text, so a failure is not shown.
+  get("/v1/event-types").then(
+    ({ data }) => append(choices, data.map((t) => h("option", { value: t.name }))),
+    () => {},
+  );
+  return [h("input", { name, value, placeholder: "any", list: `${name}-choices`, autocomplete: "off" }), choices];
+}
+
+// A list's filters, kept in the address (`#<base>?name=value…`) so a filtered list survives a
+// reload and can be shared; `since` and `until` are typed in the viewer's zone, kept in UTC.
+export function filters(base, label, names, query, controls) {
+  const filtered = names.some((name) => query.get(name));
+  const form = h(
+    "form",
+    { class: "panel row", role: "search", "aria-label": label },
+    controls,
+    h("button", { type: "submit", class: "primary" }, "Filter"),
+    filtered ? link(`#${base}`, "Clear filters") : null,
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const next = new URLSearchParams();
+    for (const name of names) {
+      const raw = String(data.get(name) ?? "").trim();
+      const v = name === "since" || name === "until" ? utc(raw) : raw;
+      if (v) next.set(name, v);
+    }
+    location.hash = `#${base}?${next}`;
+  });
+  return form;
 }
 
 // A delivery's page is named by its id alone, so an id from a log or an alert opens it.

@@ -1,7 +1,7 @@
 // Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
 import { enc, get, post } from "../api.js";
-import { act, append, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
-import { deliveryHref, deliveryTable, live, localInput, pager, recoverForm, utc } from "./common.js";
+import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
+import { deliveryHref, deliveryTable, eventTypeInput, filters, live, localInput, pager, recoverForm } from "./common.js";
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
 const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
@@ -23,45 +23,17 @@ function openForm() {
   return form;
 }
 
-// The event types relay knows, offered as suggestions; any other name may still be typed.
-function eventTypeInput(value) {
-  const choices = h("datalist", { id: "event-types" });
-  // Suggestions only: without them the field works as plain text, so a failure is not shown.
-  get("/v1/event-types").then(
-    ({ data }) => append(choices, data.map((t) => h("option", { value: t.name }))),
-    () => {},
-  );
-  return [h("input", { name: "event_type", value, placeholder: "any", list: "event-types", autocomplete: "off" }), choices];
-}
-
 function filterForm(query, who) {
   const value = (name) => query.get(name) ?? "";
   const status = h("select", { name: "status" }, STATUSES.map((s) => h("option", { value: s, selected: s === value("status") }, s || "any")));
-  const filtered = FILTERS.some((name) => query.get(name));
-  const form = h(
-    "form",
-    { class: "panel row", role: "search", "aria-label": "Filter deliveries" },
+  return filters("/deliveries", "Filter deliveries", FILTERS, query, [
     field("Status", status),
-    field("Event type", eventTypeInput(value("event_type"))),
+    field("Event type", eventTypeInput(value("event_type"), "event_type")),
     field("Webhook", h("input", { name: "webhook_id", value: value("webhook_id"), placeholder: "wh_…" })),
     who.role === "admin" ? field("Tenant", h("input", { name: "tenant_id", value: value("tenant_id"), placeholder: "any" })) : null,
     field("Since", localInput("since", value("since"))),
     field("Until", localInput("until", value("until"))),
-    h("button", { type: "submit", class: "primary" }, "Filter"),
-    filtered ? link("#/deliveries", "Clear filters") : null,
-  );
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const data = new FormData(form);
-    const next = new URLSearchParams();
-    for (const name of FILTERS) {
-      const raw = String(data.get(name) ?? "").trim();
-      const v = name === "since" || name === "until" ? utc(raw) : raw;
-      if (v) next.set(name, v);
-    }
-    location.hash = `#/deliveries?${next}`;
-  });
-  return form;
+  ]);
 }
 
 export async function list(main, { query, who, signal }) {

@@ -790,6 +790,35 @@ async def test_the_overview_shows_live_figures_and_failing_webhooks(
     await expect(page.get_by_role("button", name="Retry")).to_be_visible()
 
 
+async def test_chart_points_show_their_values_on_hover_and_focus(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/charted"), "space_charted")
+    event = await event_for(api, "space_charted")
+    await wait_status(api, hook["id"], event["deliveries"][0]["id"], "delivered")
+
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 600_000)  # the figures stay as drawn while they are read
+    await page.goto("/console#/overview?window=day")
+    accepted = page.locator("figure").filter(has_text="Events accepted per")
+    readout = accepted.locator(".readout")
+    await expect(readout).to_be_hidden()
+    bar = accepted.locator(".point").last
+    await bar.hover()
+    await expect(readout).to_be_visible()
+    await expect(readout).to_have_text(re.compile(r"^\d\d:\d\d: events [1-9]\d*$"))
+    assert await readout.text_content() == await bar.get_attribute("aria-label")
+
+    # From the keyboard: focus moves point to point and the readout follows it.
+    rate = page.locator("figure").filter(has_text="Attempt success rate")
+    await page.mouse.move(0, 0)
+    await rate.locator(".point").last.focus()
+    await expect(rate.locator(".readout")).to_have_text(
+        re.compile(r"^\d\d:\d\d: success rate \d+%$")
+    )
+    await expect(readout).to_be_hidden()
+
+
 async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory) -> None:
     default = await make_client()
     csp = (await default.get("/console")).headers["content-security-policy"]

@@ -73,7 +73,7 @@ export function deliveryHref(d) {
 }
 
 // How long a live view waits between reads: `every` ms, unless the page's root element sets
-// `data-refresh-ms` (tests shorten it so they need not wait).
+// `data-refresh-ms` (tests set it: short so they need not wait, long to hold a view still).
 function interval(every) {
   return Number(document.documentElement.dataset.refreshMs) || every;
 }
@@ -94,13 +94,19 @@ function shown(signal) {
   });
 }
 
+// Waits between two reads of a live view: `every` ms, then for as long as the tab is hidden.
+export async function pause(signal, every) {
+  await sleep(interval(every));
+  await shown(signal);
+}
+
 // Shows what `load` answers through `view`, again every `every` ms while the page is open and
 // shown, so new rows, attempts and status changes appear by themselves; sections the reader
 // opened stay open. A 404 shows `missing` (when given) instead.
 export async function live(signal, body, load, view, missing, every = POLL_MS) {
-  let shownValue = "";
-  while (!signal.aborted) {
-    await shown(signal);
+  let drawn = "";
+  for (let first = true; !signal.aborted; first = false) {
+    if (!first) await pause(signal, every);
     if (signal.aborted) return;
     let value;
     try {
@@ -111,14 +117,13 @@ export async function live(signal, body, load, view, missing, every = POLL_MS) {
     }
     if (signal.aborted) return;
     const fingerprint = JSON.stringify(value);
-    if (fingerprint !== shownValue) {
+    if (fingerprint !== drawn) {
       const key = (el) => el.querySelector("summary strong")?.textContent;
       const open = [...body.querySelectorAll("details[open]")].map(key);
       clear(body, view(value));
       for (const el of body.querySelectorAll("details")) if (open.includes(key(el))) el.open = true;
-      shownValue = fingerprint;
+      drawn = fingerprint;
     }
-    await sleep(interval(every));
   }
 }
 

@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -77,6 +77,12 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+# The last millisecond a timestamp can name, counted in whole milliseconds.
+_LAST_MS = (datetime.max.replace(tzinfo=UTC) - datetime.fromtimestamp(0, UTC)) // timedelta(
+    milliseconds=1
+)
+
+
 class _Where:
     """A WHERE clause built one condition at a time, with numbered parameters."""
 
@@ -100,7 +106,10 @@ class _Where:
             self.add("created_at >= $", datetime.fromtimestamp(since_ms / 1000, UTC))
         if until_ms is not None:
             self.add("id < $", ids.time_floor(prefix, until_ms + 1))
-            self.add("created_at < $", datetime.fromtimestamp((until_ms + 1) / 1000, UTC))
+            # A window to the calendar's last millisecond (9999-12-31T23:59:59.999Z) has no
+            # later moment to bound the partitions by, and needs none.
+            if until_ms < _LAST_MS:
+                self.add("created_at < $", datetime.fromtimestamp((until_ms + 1) / 1000, UTC))
 
     @property
     def sql(self) -> str:

@@ -513,6 +513,32 @@ async def test_events_filter_by_type_and_a_time_range_kept_in_the_address(
     await expect(rows.first).to_be_visible()
 
 
+async def test_retry_all_matching_sends_every_failed_delivery_the_filters_select(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    # More than one batch, on more than one page of the list.
+    hook = await failed_deliveries(api, "space_bulk", 201)
+    receiver.answer(Reply(status=500), "/bulk-other")
+    other = await webhook(api, receiver.url("/bulk-other"), "space_bulk_other")
+    left = (await event_for(api, "space_bulk_other"))["deliveries"][0]["id"]
+    await wait_status(api, other["id"], left, "failed")
+
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto("/console#/deliveries?status=pending&tenant_id=space_bulk")
+    await expect(page.get_by_text("No deliveries match these filters.")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry all matching")).to_have_count(0)
+    await page.goto("/console#/deliveries?status=failed&tenant_id=space_bulk")
+    await expect(page.locator("tbody tr")).to_have_count(50)
+    bulk = page.get_by_role("region", name="Retry all matching")
+    await bulk.get_by_role("button", name="Retry all matching").click()
+    await expect(bulk.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
+    await wait_failed(api, hook["id"], 201)
+    # Another tenant's failure was not among those the filters selected.
+    kept = await wait_status(api, other["id"], left, "failed")
+    assert kept["attempt_count"] == 3
+
+
 async def test_rotating_a_secret_shows_the_new_one(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

@@ -1,11 +1,13 @@
 // Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
 import { enc, get, post } from "../api.js";
 import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
-import { deliveryHref, deliveryTable, eventTypeInput, filters, live, localInput, pager, recoverForm } from "./common.js";
+import { deliveryHref, deliveryTable, eventTypeInput, filters, live, localInput, pager, recoverForm, recoveryProgress } from "./common.js";
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
 const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
 const LIST_REFRESH_MS = 5000;
+// The filters a recovery takes: all but the status, which for a recovery is always failed.
+const SELECTION = FILTERS.filter((name) => name !== "status");
 
 // Opens a delivery by the id alone, as a log line or an alert gives it.
 function openForm() {
@@ -36,10 +38,31 @@ function filterForm(query, who) {
   ]);
 }
 
+// Every failed delivery the filters select goes again, on every page of the list, not only
+// those shown: one recovery of the filter, followed until it is done.
+function retryMatching(query) {
+  const out = h("div", { "aria-live": "polite" });
+  const button = h("button", { type: "button", class: "primary" }, "Retry all matching");
+  button.addEventListener("click", () =>
+    act(button, out, async () => {
+      const body = {};
+      for (const name of SELECTION) if (query.get(name)) body[name] = query.get(name);
+      return recoveryProgress((await post("/v1/recoveries", body)).data);
+    }),
+  );
+  return h(
+    "section",
+    { class: "panel", "aria-label": "Retry all matching" },
+    h("div", { class: "row" }, h("p", { class: "muted" }, "Send every failed delivery these filters select again, on every page."), button),
+    out,
+  );
+}
+
 export async function list(main, { query, who, signal }) {
   const results = h("div", {}, loading("Loading deliveries…"));
   const webhook = query.get("webhook_id");
-  clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
+  const failed = query.get("status") === "failed";
+  clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), failed ? retryMatching(query) : null, results, webhook ? recoverForm(webhook) : null);
   const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
   const load = () => get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
   const view = (page) => [deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor)];

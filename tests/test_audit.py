@@ -88,6 +88,23 @@ async def test_twelve_operator_actions_make_twelve_entries_in_order(
     assert rotated.json()["data"]["secret"] not in text
 
 
+async def test_a_recovery_by_filter_is_recorded_as_the_recovery_it_started(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    made = (await admin.post("/v1/tokens", json={"role": "tenant", "tenant_id": "t1"})).json()
+    tenant = await make_client(token=made["data"]["token"])
+    mine = await tenant.post("/v1/recoveries", json={"event_type": "post.failed"})
+    everyone = await admin.post("/v1/recoveries", json={})
+    assert mine.status_code == everyone.status_code == 202, (mine.text, everyone.text)
+
+    entries = [e for e in await trail(admin) if e["action"] == "deliveries.recover"]
+    tenant_actor = {"token_id": made["data"]["id"], "role": "tenant"}
+    assert [(e["actor"], e["object_id"], e["tenant_id"]) for e in entries] == [
+        (tenant_actor, mine.json()["data"]["id"], "t1"),
+        (ADMIN, everyone.json()["data"]["id"], None),
+    ]
+
+
 async def test_the_trail_filters_by_tenant_action_and_time(
     admin: httpx.AsyncClient,
 ) -> None:

@@ -367,6 +367,178 @@ async def test_deliveries_filter_by_event_type_and_a_time_range_in_the_viewers_z
     await expect(filters.get_by_label("Since")).to_have_value("")
 
 
+async def refresh_every(page: Page, ms: int) -> None:
+    """Live views of this page read again every `ms` ms instead of every few seconds."""
+    await page.evaluate("(ms) => { document.documentElement.dataset.refreshMs = String(ms); }", ms)
+
+
+async def set_hidden(page: Page, hidden: bool) -> None:
+    """The tab goes to the background (or comes back), as the page's scripts see it."""
+    await page.evaluate(
+        """(hidden) => {
+            const state = hidden ? "hidden" : "visible";
+            const as = (value) => ({ configurable: true, get: () => value });
+            Object.defineProperty(document, "visibilityState", as(state));
+            Object.defineProperty(document, "hidden", as(hidden));
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+async def test_the_deliveries_list_follows_new_deliveries_unless_the_tab_is_hidden(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await webhook(api, receiver.url("/live"), "space_live")
+    await event_for(api, "space_live")
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto("/console#/deliveries?tenant_id=space_live")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(1)
+
+    # A delivery made while the list is open appears without a reload.
+    await event_for(api, "space_live")
+    await expect(rows).to_have_count(2)
+
+    # In a background tab the list asks relay for nothing, and catches up once shown again.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/v1/deliveries" in r.url else None)
+    await set_hidden(page, True)
+    await asyncio.sleep(0.3)  # a read already on its way when the tab was hidden
+    asked.clear()
+    await event_for(api, "space_live")
+    await asyncio.sleep(1.5)  # fifteen refresh intervals
+    assert asked == []
+    await expect(rows).to_have_count(2)
+    await set_hidden(page, False)
+    await expect(rows).to_have_count(3)
+    assert asked
+
+
+async def failed_deliveries(api: httpx.AsyncClient, tenant: str, count: int) -> dict[str, Any]:
+    """A webhook whose endpoint refuses connections, with `count` deliveries that failed."""
+    hook = await webhook(api, f"http://127.0.0.1:{closed_port()}/down", tenant)
+    for start in range(0, count, 100):
+        batch = [
+            {"type": "post.published", "tenant_id": tenant, "data": {"post_id": f"p_{n}"}}
+            for n in range(start, min(count, start + 100))
+        ]
+        response = await api.post("/v1/events/batch", json={"events": batch})
+        assert response.status_code == 207, response.text
+    await wait_failed(api, hook["id"], count)
+    return hook
+
+
+async def wait_failed(api: httpx.AsyncClient, webhook_id: str, count: int) -> None:
+    """Until `count` of the webhook's deliveries have failed (their schedules are short)."""
+    for _ in range(600):
+        failed, cursor = 0, None
+        while True:
+            params = {"webhook_id": webhook_id, "status": "failed", "limit": 100}
+            page = (await api.get("/v1/deliveries", params={**params, "cursor": cursor})).json()
+            failed += len(page["data"])
+            if not (cursor := page["next_cursor"]):
+                break
+        if failed == count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{failed} of {count} deliveries failed")
+
+
+async def test_a_recovery_larger_than_a_batch_shows_its_progress_until_done(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    # More than the 200 a recovery restarts at once: the rest go as a background job.
+    hook = await failed_deliveries(api, "space_recover_many", 201)
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto(f"/console#/webhooks/{hook['id']}")
+    await page.get_by_role("button", name="Recover failed deliveries").click()
+    form = page.get_by_role("form", name="Recover failed deliveries")
+    await expect(form.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
+    # They fail again; once they have, the figures other tests read stand still.
+    await wait_failed(api, hook["id"], 201)
+
+
+async def test_events_filter_by_type_and_a_time_range_kept_in_the_address(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    published = await event_for(api, "space_event_filters")
+    response = await post_event(
+        api,
+        "space_event_filters",
+        type="post.failed",
+        data={"post_id": "p_2", "error": {"message": "x"}},
+    )
+    assert response.status_code == 202, response.text
+    failed = response.json()["data"]
+
+    await sign_in(page, ADMIN)
+    await page.goto("/console#/events?tenant_id=space_event_filters")
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(2)
+    filters = page.get_by_role("search", name="Filter events")
+    event_type = filters.get_by_label("Event type")
+    await expect(filters.locator('datalist option[value="post.failed"]')).to_have_count(1)
+    await event_type.fill("post.failed")
+    await event_type.press("Enter")
+    await expect(rows).to_have_count(1)
+    await expect(rows).to_contain_text(failed["id"])
+    await page.reload()
+    await expect(event_type).to_have_value("post.failed")
+    await expect(rows).to_have_count(1)
+
+    # Times are typed in the viewer's zone and asked of the API in UTC.
+    now = datetime.now(ZoneInfo(VIEWER_ZONE)).replace(second=0, microsecond=0)
+    await event_type.fill("")
+    await filters.get_by_label("Since").fill(
+        (now - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_label("Until").fill(
+        (now + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile("since=.*until="))
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text(failed["id"])
+    await expect(rows.last).to_contain_text(published["id"])
+    await filters.get_by_label("Until").fill(
+        (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    )
+    await filters.get_by_role("button", name="Filter").click()
+    await expect(page.get_by_text("No events match these filters.")).to_be_visible()
+    await page.get_by_role("link", name="Clear filters").click()
+    await expect(filters.get_by_label("Until")).to_have_value("")
+    await expect(rows.first).to_be_visible()
+
+
+async def test_retry_all_matching_sends_every_failed_delivery_the_filters_select(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    # More than one batch, on more than one page of the list.
+    hook = await failed_deliveries(api, "space_bulk", 201)
+    receiver.answer(Reply(status=500), "/bulk-other")
+    other = await webhook(api, receiver.url("/bulk-other"), "space_bulk_other")
+    left = (await event_for(api, "space_bulk_other"))["deliveries"][0]["id"]
+    await wait_status(api, other["id"], left, "failed")
+
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 100)
+    await page.goto("/console#/deliveries?status=pending&tenant_id=space_bulk")
+    await expect(page.get_by_text("No deliveries match these filters.")).to_be_visible()
+    await expect(page.get_by_role("button", name="Retry all matching")).to_have_count(0)
+    await page.goto("/console#/deliveries?status=failed&tenant_id=space_bulk")
+    await expect(page.locator("tbody tr")).to_have_count(50)
+    bulk = page.get_by_role("region", name="Retry all matching")
+    await bulk.get_by_role("button", name="Retry all matching").click()
+    await expect(bulk.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
+    await wait_failed(api, hook["id"], 201)
+    # Another tenant's failure was not among those the filters selected.
+    kept = await wait_status(api, other["id"], left, "failed")
+    assert kept["attempt_count"] == 3
+
+
 async def test_rotating_a_secret_shows_the_new_one(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
@@ -644,6 +816,35 @@ async def test_the_overview_shows_live_figures_and_failing_webhooks(
     await expect(page.get_by_role("heading", name="Delivery")).to_be_visible()
     await expect(page.get_by_text("Connection refused").first).to_be_visible()
     await expect(page.get_by_role("button", name="Retry")).to_be_visible()
+
+
+async def test_chart_points_show_their_values_on_hover_and_focus(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/charted"), "space_charted")
+    event = await event_for(api, "space_charted")
+    await wait_status(api, hook["id"], event["deliveries"][0]["id"], "delivered")
+
+    await sign_in(page, ADMIN)
+    await refresh_every(page, 600_000)  # the figures stay as drawn while they are read
+    await page.goto("/console#/overview?window=day")
+    accepted = page.locator("figure").filter(has_text="Events accepted per")
+    readout = accepted.locator(".readout")
+    await expect(readout).to_be_hidden()
+    bar = accepted.locator(".point").last
+    await bar.hover()
+    await expect(readout).to_be_visible()
+    await expect(readout).to_have_text(re.compile(r"^\d\d:\d\d: events [1-9]\d*$"))
+    assert await readout.text_content() == await bar.get_attribute("aria-label")
+
+    # From the keyboard: focus moves point to point and the readout follows it.
+    rate = page.locator("figure").filter(has_text="Attempt success rate")
+    await page.mouse.move(0, 0)
+    await rate.locator(".point").last.focus()
+    await expect(rate.locator(".readout")).to_have_text(
+        re.compile(r"^\d\d:\d\d: success rate \d+%$")
+    )
+    await expect(readout).to_be_hidden()
 
 
 async def test_who_may_frame_the_console_is_a_setting(make_client: ClientFactory) -> None:

@@ -524,6 +524,86 @@ async def test_recover_requeues_exactly_the_failed_deliveries_of_the_window(
         assert (await delivery(admin, hook, delivery_to(event, hook)))["attempt_count"] == 5
 
 
+async def test_a_recovery_by_filter_requeues_exactly_the_failed_deliveries_that_match(
+    admin: httpx.AsyncClient,
+    make_client: ClientFactory,
+    token_for: Callable[..., Awaitable[str]],
+    workers: Workers,
+) -> None:
+    await workers(RELAY_RETRY_SCHEDULE=QUICK)
+    start = datetime.now(UTC)
+    async with Receiver() as rx:
+        rx.answer(Reply(status=500))
+        first = await webhook(admin, rx.url("/first"), tenant="space_a")
+        second = await webhook(admin, rx.url("/second"), tenant="space_a")
+        theirs = await webhook(admin, rx.url("/theirs"), tenant="space_b")
+        published = await accepted(admin, "space_a")
+        crashed = await accepted(
+            admin, "space_a", type="post.failed", data={"post_id": "p", "error": {"message": "x"}}
+        )
+        other = await accepted(admin, "space_b")
+        ended = [
+            (hook, delivery_to(event, hook))
+            for event in (published, crashed)
+            for hook in (first, second)
+        ] + [(theirs, delivery_to(other, theirs))]
+        for hook, delivery_id in ended:
+            await wait_status(admin, hook["id"], delivery_id, "failed")
+        rx.answer(Reply(status=200))
+
+        tenant = await make_client(token=await token_for("tenant", "space_a"))
+        for body in ({"tenant_id": "space_b"}, {"webhook_id": theirs["id"]}):
+            problem(await tenant.post("/v1/recoveries", json=body), 404, "not_found")
+        backwards = recover_body(start, start - timedelta(seconds=1))
+        problem(await tenant.post("/v1/recoveries", json=backwards), 422, "validation")
+        problem(await tenant.post("/v1/recoveries", json={"status": "failed"}), 422, "validation")
+        mixed = {"tenant_id": "space_b", "webhook_id": first["id"]}
+        problem(await admin.post("/v1/recoveries", json=mixed), 422, "validation")
+
+        # A tenant's filter: its own failed deliveries of one event type, on every webhook.
+        response = await tenant.post("/v1/recoveries", json={"event_type": "post.failed"})
+        assert response.status_code == 202, response.text
+        started = response.json()["data"]
+        assert response.headers["location"] == started["url"] == f"/v1/recoveries/{started['id']}"
+        assert (started["tenant_id"], started["webhook_id"], started["event_type"]) == (
+            "space_a",
+            None,
+            "post.failed",
+        )
+        assert (started["status"], started["requeued"]) == ("done", 2)
+        progress = await tenant.get(started["url"])
+        assert progress.status_code == 200 and progress.json()["data"] == started
+        for hook in (first, second):
+            await wait_status(admin, hook["id"], delivery_to(crashed, hook), "delivered")
+        assert (await delivery(admin, first, delivery_to(published, first)))["status"] == "failed"
+
+        # One webhook's, within a window: found under that webhook too.
+        window = recover_body(start, datetime.now(UTC) + timedelta(seconds=5))
+        response = await admin.post("/v1/recoveries", json={"webhook_id": first["id"], **window})
+        assert response.status_code == 202, response.text
+        one = response.json()["data"]
+        assert (one["tenant_id"], one["requeued"]) == ("space_a", 1)
+        assert one["url"] == f"/v1/webhooks/{first['id']}/recoveries/{one['id']}"
+        assert (await admin.get(f"/v1/recoveries/{one['id']}")).json()["data"] == one
+        await wait_status(admin, first["id"], delivery_to(published, first), "delivered")
+
+        # Every tenant's, which only an admin may follow; any window RFC 3339 can write.
+        widest = {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999Z"}
+        response = await admin.post("/v1/recoveries", json=widest)
+        assert response.status_code == 202, response.text
+        everyone = response.json()["data"]
+        assert (everyone["tenant_id"], everyone["requeued"]) == (None, 2)
+        problem(await tenant.get(everyone["url"]), 404, "not_found")
+        for hook, delivery_id in ended:
+            await wait_status(admin, hook["id"], delivery_id, "delivered")
+        await asyncio.sleep(0.3)
+        per_event = {e["id"]: 0 for e in (published, crashed, other)}
+        for request in rx.requests:
+            per_event[request.headers["webhook-id"]] += 1
+    # Four attempts each that failed, then exactly one that went again.
+    assert per_event == {published["id"]: 10, crashed["id"]: 10, other["id"]: 5}
+
+
 # -- ingest --------------------------------------------------------------------------------
 
 

@@ -329,6 +329,9 @@ async def test_real_objects_match_the_documented_responses(
     assert recovery["requeued"] == 1
     on_recovery = {**on_hook, "recovery_id": recovery["id"]}
     await tour.call("GET", "/v1/webhooks/{id}/recoveries/{recovery_id}", 200, ids=on_recovery)
+    matching = {"webhook_id": hook["id"], "event_type": "post.published", **window}
+    bulk = (await tour.call("POST", "/v1/recoveries", 202, body=matching))["data"]
+    await tour.call("GET", "/v1/recoveries/{recovery_id}", 200, ids={"recovery_id": bulk["id"]})
     await tour.call("POST", f"{delivery}/retry", 202, ids=on_delivery)  # pending: due now
     await tour.call("POST", f"{delivery}/cancel", 200, ids=on_delivery)
     await tour.call("POST", f"{delivery}/retry", 202, ids=on_delivery)

@@ -170,16 +170,18 @@ def _queries(loaded: dict[str, Any]) -> dict[str, reader.Query]:
         "one delivery's attempts": reader.Query(reader.ATTEMPTS, (tenant, delivery_id, at)),
         "a delivery by id": reader.Query(reader.DELIVERY_BY_ID, (delivery_id, at)),
         "an event by id": reader.Query(reader.EVENT_BY_ID, (event[1], event[2])),
-        "a recovery's failed deliveries": reader.Query(
-            reader.FAILED_AFTER,
-            (
-                tenant,
-                webhook,
-                ids.time_floor("dlv", _ms(day_ago)),
-                ids.time_floor("dlv", _ms(NOW)),
-                day_ago,
-                200,
-            ),
+        "a webhook's recovery": reader.failed_after(
+            DeliveryFilter(webhook_id=webhook, tenant_id=tenant, until_ms=_ms(NOW)),
+            ids.time_floor("dlv", _ms(day_ago)),
+            200,
+        ),
+        "a tenant's recovery of one event type": reader.failed_after(
+            DeliveryFilter(tenant_id=tenant, event_type="media.uploaded", until_ms=_ms(NOW)),
+            ids.time_floor("dlv", _ms(day_ago)),
+            200,
+        ),
+        "a recovery of every tenant's deliveries": reader.failed_after(
+            DeliveryFilter(until_ms=_ms(NOW)), ids.time_floor("dlv", _ms(day_ago)), 200
         ),
     }
 

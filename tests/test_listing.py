@@ -213,3 +213,15 @@ async def test_a_nul_character_is_refused_where_history_could_not_hold_it(
     posted = await post_event(admin, id="up\x00stream")
     assert posted.status_code == 422, posted.text
     assert list(posted.json()["errors"]) == ["id"]
+
+
+@pytest.mark.parametrize("op", [op for op in LISTS if any(p.name == "until" for p in op.params)])
+async def test_a_window_to_the_calendars_last_moment_lists_everything(
+    admin: httpx.AsyncClient, op: Any
+) -> None:
+    await _events(admin)
+    last = {"since": "0001-01-01T00:00:00Z", "until": "9999-12-31T23:59:59.999Z"}
+    everything = await admin.get(_sample(op.path))
+    response = await admin.get(_sample(op.path), params=last)
+    assert response.status_code == everything.status_code, response.text
+    assert response.json() == everything.json()

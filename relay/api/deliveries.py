@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pydantic
+from pydantic import WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,9 +20,11 @@ from relay.delivery import service
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
 from relay.errors import Invalid, NotFound
+from relay.ids import pattern as id_pattern
 from relay.services import services
 from relay.timefmt import parse_rfc3339
 from relay.tokens import Principal
+from relay.validation import TenantId
 
 
 class RecoverWindow(pydantic.BaseModel):
@@ -29,6 +34,39 @@ class RecoverWindow(pydantic.BaseModel):
 
     since: str
     until: str | None = None
+
+
+_MOMENT = WithJsonSchema({"type": "string", "format": "date-time"})
+
+
+class RecoverySelection(pydantic.BaseModel):
+    """`POST /v1/recoveries`: the failed deliveries that match go again, as the delivery list
+    filters them (every field optional; a tenant token's are its own tenant's)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    webhook_id: str | None = pydantic.Field(None, pattern=id_pattern("wh"))
+    tenant_id: TenantId | None = None
+    # Nothing relay stores can hold a NUL character, so no filter has one.
+    event_type: str | None = pydantic.Field(None, max_length=255, pattern=r"^[^\x00]*$")
+    since: Annotated[str, _MOMENT] | None = None
+    until: Annotated[str, _MOMENT] | None = None
+
+
+def _window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """[since, until] as unix milliseconds (None where open); 422 when it ends before it starts."""
+    start = parse_rfc3339(since, "since") if since else None
+    end = parse_rfc3339(until, "until") if until else None
+    if start is not None and end is not None and end < start:
+        raise Invalid("The window ends before it starts.", {"until": ["must not be before since"]})
+    return (
+        int(start.timestamp() * 1000) if start else None,
+        int(end.timestamp() * 1000) if end else None,
+    )
+
+
+def _started(view: dict[str, object]) -> Response:
+    return ok(view, 202, headers={"location": str(view["url"])})
 
 
 def _status(request: Request) -> Status | None:
@@ -124,20 +162,50 @@ async def recover_webhook(request: Request, principal: Principal) -> Response:
     """Send again every failed delivery of the webhook created in [since, until]."""
     window = await read_model(request, RecoverWindow)
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    since = parse_rfc3339(window.since, "since")
-    until = parse_rfc3339(window.until, "until") if window.until else None
-    if until is not None and until < since:
-        raise Invalid("The window ends before it starts.", {"until": ["must not be before since"]})
-    since_ms = int(since.timestamp() * 1000)
-    until_ms = int(until.timestamp() * 1000) if until else 2**47
-    view = await service.recover(services(request), webhook, since_ms, until_ms)
-    return ok(view, 202, headers={"location": str(view["url"])})
+    since_ms, until_ms = _window(window.since, window.until)
+    selection = DeliveryFilter(
+        webhook_id=webhook.id, tenant_id=webhook.tenant_id, since_ms=since_ms, until_ms=until_ms
+    )
+    return _started(await service.recover(services(request), selection))
+
+
+async def start_recovery(request: Request, principal: Principal) -> Response:
+    """Send again every failed delivery the filter selects: a bulk retry of a filtered list."""
+    spec = await read_model(request, RecoverySelection)
+    since_ms, until_ms = _window(spec.since, spec.until)
+    tenant_id = principal.tenant_scope(spec.tenant_id or None)
+    webhook_id = spec.webhook_id or None
+    if webhook_id:
+        webhook = await visible_webhook(request, principal, webhook_id)
+        if tenant_id not in (None, webhook.tenant_id):
+            raise Invalid("The webhook is another tenant's.", {"webhook_id": ["not this tenant's"]})
+        webhook_id, tenant_id = webhook.id, webhook.tenant_id
+    selection = DeliveryFilter(
+        webhook_id=webhook_id,
+        tenant_id=tenant_id,
+        event_type=spec.event_type or None,
+        since_ms=since_ms,
+        until_ms=until_ms,
+    )
+    return _started(await service.recover(services(request), selection))
+
+
+async def _visible_recovery(request: Request, principal: Principal) -> dict[str, str]:
+    record = await services(request).deliveries.recovery(request.path_params["recovery_id"])
+    # One of every tenant's (tenant_id empty) is an admin's alone.
+    principal.check_visible(record["tenant_id"], "recovery")
+    return record
 
 
 async def get_recovery(request: Request, principal: Principal) -> Response:
     """How far a recovery has got."""
+    return ok(service.recovery_view(await _visible_recovery(request, principal)))
+
+
+async def get_webhook_recovery(request: Request, principal: Principal) -> Response:
+    """How far a recovery of this webhook's deliveries has got."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    record = await services(request).deliveries.recovery(request.path_params["recovery_id"])
+    record = await _visible_recovery(request, principal)
     if record["webhook_id"] != webhook.id:
         raise NotFound("No such recovery.")
     return ok(service.recovery_view(record))
@@ -245,11 +313,37 @@ OPERATIONS = [
     Operation(
         "GET",
         "/v1/webhooks/{id}/recoveries/{recovery_id}",
-        get_recovery,
+        get_webhook_recovery,
         "Get a recovery's progress",
         OWNERS,
         "deliveries",
         answers=shapes.Recovery,
         params=(*ID, id_param("rcv", "recovery_id")),
+    ),
+    Operation(
+        "POST",
+        "/v1/recoveries",
+        start_recovery,
+        "Resend the failed deliveries a filter selects",
+        OWNERS,
+        "deliveries",
+        answers=shapes.Recovery,
+        looks_up=True,
+        body=RecoverySelection,
+        status=202,
+        audit=Audit("deliveries.recover"),
+        # Batches that may outlive the request; again, it restarts only deliveries still
+        # failed, so those the first run restarted are left alone.
+        repeats=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/recoveries/{recovery_id}",
+        get_recovery,
+        "Get a recovery's progress",
+        OWNERS,
+        "deliveries",
+        answers=shapes.Recovery,
+        params=(id_param("rcv", "recovery_id"),),
     ),
 ]

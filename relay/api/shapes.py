@@ -364,10 +364,13 @@ class Stats(Shape):
 
 
 class Recovery(Shape):
-    """Failed deliveries of a time window being sent again, and how far that has got."""
+    """Failed deliveries of a time window being sent again — one webhook's, or those a filter
+    selects — and how far that has got."""
 
     id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
-    webhook_id: WebhookId
+    webhook_id: WebhookId | None = Field(description="Only this webhook's deliveries; null: any")
+    tenant_id: TenantId | None = Field(description="Only this tenant's deliveries; null: any")
+    event_type: str | None = Field(description="Only deliveries of this event type; null: any")
     status: Literal["running", "done"]
     requeued: Count = Field(description="Failed deliveries sent again so far")
     since: Timestamp

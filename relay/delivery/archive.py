@@ -37,10 +37,9 @@ class Archive(Protocol):
     ) -> tuple[list[Delivery], str | None]:
         """Matching deliveries with ids below `before`, newest first; the cursor if more."""
 
-    async def failed_after(
-        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
-    ) -> list[str]:
-        """Ids of a webhook's failed deliveries after `after` up to `until_ms`, oldest first."""
+    async def failed_after(self, query: DeliveryFilter, after: str, count: int) -> list[str]:
+        """Ids of the deliveries `query` selects after `after` (ignoring its `since`) that may
+        have failed — failed, or in flight — oldest first."""
 
     async def event(self, event_id: str) -> StoredEvent | None:
         """An event by id, or None."""

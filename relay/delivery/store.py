@@ -938,12 +938,10 @@ class DeliveryStore:
             shown = [d for d in shown if d.status is query.status]
         return shown, next_cursor
 
-    async def failed_after(
-        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
-    ) -> list[str]:
-        """Up to `count` ids of a webhook's deliveries, oldest first, after `after`, to
-        until_ms, that may have failed: the failed ones and those in flight."""
-        return await self._archive.failed_after(tenant_id, webhook_id, after, until_ms, count)
+    async def failed_after(self, query: DeliveryFilter, after: str, count: int) -> list[str]:
+        """Up to `count` ids of the deliveries `query` selects, oldest first, after `after`,
+        that may have failed: the failed ones and those in flight."""
+        return await self._archive.failed_after(query, after, count)
 
     # Records reach history only once the replicas relay waits for hold them: then whatever
     # history has, a failover keeps in Redis too, and the two never tell different stories

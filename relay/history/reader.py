@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -77,6 +77,12 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+# The last millisecond a timestamp can name, counted in whole milliseconds.
+_LAST_MS = (datetime.max.replace(tzinfo=UTC) - datetime.fromtimestamp(0, UTC)) // timedelta(
+    milliseconds=1
+)
+
+
 class _Where:
     """A WHERE clause built one condition at a time, with numbered parameters."""
 
@@ -104,7 +110,10 @@ class _Where:
             self.add("created_at >= $", datetime.fromtimestamp(since_ms / 1000, UTC))
         if until_ms is not None:
             self.add("id < $", ids.time_floor(prefix, until_ms + 1))
-            self.add("created_at < $", datetime.fromtimestamp((until_ms + 1) / 1000, UTC))
+            # A window to the calendar's last millisecond (9999-12-31T23:59:59.999Z) has no
+            # later moment to bound the partitions by, and needs none.
+            if until_ms < _LAST_MS:
+                self.add("created_at < $", datetime.fromtimestamp((until_ms + 1) / 1000, UTC))
 
     @property
     def sql(self) -> str:
@@ -127,19 +136,41 @@ def _newest_first(table: str, where: _Where, limit: int) -> Query:
     )
 
 
-def delivery_list(query: DeliveryFilter, limit: int, before: str | None) -> Query:
-    """The statement behind a page of the delivery log."""
+def _selecting(query: DeliveryFilter) -> _Where:
+    """The conditions on a delivery's tenant, webhook and event type, those `query` sets."""
     where = _Where()
     for column in ("tenant_id", "webhook_id", "event_type"):
         value = getattr(query, column)
         if value:
             where.add(f"{column} = $", value)
+    return where
+
+
+def delivery_list(query: DeliveryFilter, limit: int, before: str | None) -> Query:
+    """The statement behind a page of the delivery log."""
+    where = _selecting(query)
     if query.status is not None:
         # History keeps a delivery in flight as pending, whichever state it is in now.
         stored = Status.PENDING if query.status is Status.DELIVERING else query.status
         where.add("status = $", stored.value)
     where.window("dlv", before, query.since_ms, query.until_ms)
     return _newest_first("deliveries", where, limit)
+
+
+def failed_after(query: DeliveryFilter, after: str, count: int) -> Query:
+    """The statement behind one batch of a recovery: ids of the deliveries `query` selects
+    after `after`, oldest first, that may have failed — failed, or in flight (history keeps
+    those as pending, and they may have failed since)."""
+    where = _selecting(query)
+    where.conditions.append("status IN ('failed', 'pending')")
+    where.add("id > $", after)
+    # The cursor is at or after `since`, so it bounds the partitions read from below.
+    where.add("created_at >= $", id_time(after))
+    where.window("dlv", None, None, query.until_ms)
+    return Query(
+        f"SELECT id FROM deliveries WHERE {where.sql} ORDER BY id LIMIT {int(count)}",
+        tuple(where.args),
+    )
 
 
 def event_list(query: EventFilter, limit: int, before: str | None) -> Query:
@@ -186,12 +217,6 @@ ATTEMPTS = (
 )
 EVENT_BY_UPSTREAM_ID = (
     "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 ORDER BY created_at LIMIT 1"
-)
-# Failed, or in flight (pending): those a recovery may send again.
-FAILED_AFTER = (
-    "SELECT id FROM deliveries WHERE tenant_id = $1 AND webhook_id = $2 "
-    "AND status IN ('failed', 'pending') AND id > $3 AND id < $4 AND created_at >= $5 "
-    "ORDER BY id LIMIT $6"
 )
 
 
@@ -260,19 +285,11 @@ class PostgresArchive:
         rows, cursor = await _page(self._db, delivery_list(query, limit, before), limit)
         return [_delivery(r) for r in rows], cursor
 
-    async def failed_after(
-        self, tenant_id: str, webhook_id: str, after: str, until_ms: int, count: int
-    ) -> list[str]:
-        """Ids of a webhook's failed deliveries after `after` up to `until_ms`, oldest first."""
-        rows = await (await self._db.pool()).fetch(
-            FAILED_AFTER,
-            tenant_id,
-            webhook_id,
-            after,
-            ids.time_floor("dlv", until_ms + 1),
-            id_time(after),
-            count,
-        )
+    async def failed_after(self, query: DeliveryFilter, after: str, count: int) -> list[str]:
+        """Ids of the deliveries `query` selects after `after` that may have failed, oldest
+        first."""
+        statement = failed_after(query, after, count)
+        rows = await (await self._db.pool()).fetch(statement.sql, *statement.args)
         return [r["id"] for r in rows]
 
     async def event(self, event_id: str) -> StoredEvent | None:

@@ -31,6 +31,17 @@ export function chart({ title, summary, labels, series, kind = "bars", format = 
     svg("text", { class: "tick", x: PAD.left, y: H - 4 }, labels[0] ?? ""),
     svg("text", { class: "tick", x: W - PAD.right, y: H - 4, "text-anchor": "end" }, labels[n - 1] ?? ""),
   ];
+  // Each point says its value in a readout while the pointer is on it or the keyboard's focus
+  // is (Tab moves from point to point), and in a tooltip.
+  const point = (mark, i, s, v, at) => {
+    const text = `${labels[i]}: ${s.name} ${format(v)}`;
+    const g = svg("g", { class: "point", tabindex: 0, "aria-label": text }, mark, svg("title", {}, text));
+    g.dataset.x = Math.min(Math.max(at.x, PAD.left + 60), W - 60);
+    g.dataset.y = Math.max(at.y - 6, PAD.top + 8);
+    return g;
+  };
+  const marks = [];
+  const labelled = [];
   series.forEach((s, k) => {
     const colour = COLOURS[k % COLOURS.length];
     if (kind === "bars") {
@@ -38,10 +49,8 @@ export function chart({ title, summary, labels, series, kind = "bars", format = 
       s.values.forEach((v, i) => {
         if (!v) return;
         const left = x(i) - (bw * series.length) / 2 + bw * k;
-        body.push(
-          svg("rect", { x: left, y: y(v), width: bw, height: y(0) - y(v), fill: colour },
-            svg("title", {}, `${labels[i]}: ${s.name} ${format(v)}`)),
-        );
+        const bar = svg("rect", { x: left, y: y(v), width: bw, height: y(0) - y(v), fill: colour });
+        labelled.push(point(bar, i, s, v, { x: left + bw / 2, y: y(v) }));
       });
     } else {
       const points = s.values.map((v, i) => (v === null ? null : `${x(i)},${y(v)}`));
@@ -49,17 +58,34 @@ export function chart({ title, summary, labels, series, kind = "bars", format = 
       for (const p of [...points, null]) {
         if (p) run.push(p);
         else if (run.length) {
-          body.push(svg("polyline", { points: run.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
-          if (run.length === 1) {
-            const [cx, cy] = run[0].split(",");
-            body.push(svg("circle", { cx, cy, r: 2.5, fill: colour }));
-          }
+          marks.push(svg("polyline", { points: run.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }));
           run = [];
         }
       }
+      s.values.forEach((v, i) => {
+        if (v === null) return;
+        const dot = svg("circle", { cx: x(i), cy: y(v), r: 2.5, fill: colour });
+        labelled.push(point(dot, i, s, v, { x: x(i), y: y(v) }));
+      });
     }
   });
+  // The readout last, so that no mark covers it.
+  const readout = svg("text", { class: "readout", "text-anchor": "middle", visibility: "hidden" });
+  body.push(...marks, ...labelled, readout);
   const picture = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${title}. ${summary}` }, ...body);
+  const show = (e) => {
+    const g = e.target.closest?.(".point");
+    if (!g) return;
+    readout.textContent = g.getAttribute("aria-label");
+    readout.setAttribute("x", g.dataset.x);
+    readout.setAttribute("y", g.dataset.y);
+    readout.setAttribute("visibility", "visible");
+  };
+  const hide = () => readout.setAttribute("visibility", "hidden");
+  picture.addEventListener("pointerover", show);
+  picture.addEventListener("focusin", show);
+  picture.addEventListener("pointerout", hide);
+  picture.addEventListener("focusout", hide);
   const legend =
     series.length > 1
       ? h("div", { class: "legend" }, series.map((s, k) => h("span", {}, h("span", { class: `swatch s${k}` }), s.name)))

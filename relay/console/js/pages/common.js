@@ -1,8 +1,9 @@
 // Pieces more than one page uses: pagers, time inputs, delivery rows, live views, the recover form.
-import { enc, post } from "../api.js";
-import { act, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
+import { enc, get, post } from "../api.js";
+import { act, append, badge, clear, field, h, link, notice, sleep, table, when } from "../dom.js";
 
 const POLL_MS = 2000;
+const RECOVERY_POLL_MS = 1000;
 
 export function pager(base, query, nextCursor) {
   const first = new URLSearchParams(query);
@@ -30,34 +31,99 @@ export function localInput(name, iso) {
   return h("input", { type: "datetime-local", name, value });
 }
 
+// The event types relay knows, offered as suggestions; any other name may still be typed.
+export function eventTypeInput(value, name) {
+  const choices = h("datalist", { id: `${name}-choices` });
+  // Suggestions only: without them the field works as plain text, so a failure is not shown.
+  get("/v1/event-types").then(
+    ({ data }) => append(choices, data.map((t) => h("option", { value: t.name }))),
+    () => {},
+  );
+  return [h("input", { name, value, placeholder: "any", list: `${name}-choices`, autocomplete: "off" }), choices];
+}
+
+// A list's filters, kept in the address (`#<base>?name=value…`) so a filtered list survives a
+// reload and can be shared; `since` and `until` are typed in the viewer's zone, kept in UTC.
+export function filters(base, label, names, query, controls) {
+  const filtered = names.some((name) => query.get(name));
+  const form = h(
+    "form",
+    { class: "panel row", role: "search", "aria-label": label },
+    controls,
+    h("button", { type: "submit", class: "primary" }, "Filter"),
+    filtered ? link(`#${base}`, "Clear filters") : null,
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const next = new URLSearchParams();
+    for (const name of names) {
+      const raw = String(data.get(name) ?? "").trim();
+      const v = name === "since" || name === "until" ? utc(raw) : raw;
+      if (v) next.set(name, v);
+    }
+    location.hash = `#${base}?${next}`;
+  });
+  return form;
+}
+
 // A delivery's page is named by its id alone, so an id from a log or an alert opens it.
 export function deliveryHref(d) {
   return `#/deliveries/${enc(d.id)}`;
 }
 
-// Shows what `load` answers through `view`, again every two seconds while the page is open,
-// so new attempts and status changes appear by themselves; sections the reader opened stay
-// open. A 404 shows `missing` instead.
-export async function live(signal, body, load, view, missing) {
-  let shown = "";
-  while (!signal.aborted) {
+// How long a live view waits between reads: `every` ms, unless the page's root element sets
+// `data-refresh-ms` (tests set it: short so they need not wait, long to hold a view still).
+function interval(every) {
+  return Number(document.documentElement.dataset.refreshMs) || every;
+}
+
+// Resolves at once while the tab is shown, else when it is shown again (or the page is left):
+// a tab in the background asks relay for nothing.
+function shown(signal) {
+  if (document.visibilityState === "visible" || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (document.visibilityState !== "visible" && !signal.aborted) return;
+      document.removeEventListener("visibilitychange", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    document.addEventListener("visibilitychange", done);
+    signal.addEventListener("abort", done);
+  });
+}
+
+// Waits between two reads of a live view: `every` ms, then for as long as the tab is hidden.
+export async function pause(signal, every) {
+  await sleep(interval(every));
+  await shown(signal);
+}
+
+// Shows what `load` answers through `view`, again every `every` ms while the page is open and
+// shown, so new rows, attempts and status changes appear by themselves; sections the reader
+// opened stay open. A 404 shows `missing` (when given) instead.
+export async function live(signal, body, load, view, missing, every = POLL_MS) {
+  let drawn = "";
+  for (let first = true; !signal.aborted; first = false) {
+    if (!first) await pause(signal, every);
+    if (signal.aborted) return;
     let value;
     try {
       value = await load();
     } catch (err) {
-      if (!signal.aborted) clear(body, notice("error", err.status === 404 ? missing : err.message));
+      if (!signal.aborted) clear(body, notice("error", err.status === 404 && missing ? missing : err.message));
       return;
     }
     if (signal.aborted) return;
     const fingerprint = JSON.stringify(value);
-    if (fingerprint !== shown) {
+    if (fingerprint !== drawn) {
       const key = (el) => el.querySelector("summary strong")?.textContent;
       const open = [...body.querySelectorAll("details[open]")].map(key);
       clear(body, view(value));
       for (const el of body.querySelectorAll("details")) if (open.includes(key(el))) el.open = true;
-      shown = fingerprint;
+      drawn = fingerprint;
     }
-    await sleep(POLL_MS);
   }
 }
 
@@ -100,8 +166,37 @@ export function recoverForm(webhookId) {
       const body = { since: utc(since.value) };
       if (until.value) body.until = utc(until.value);
       const { data } = await post(`/v1/webhooks/${enc(webhookId)}/recover`, body);
-      return notice("success", `Requeued ${data.requeued} failed deliveries.`);
+      return recoveryProgress(data);
     });
   });
   return form;
+}
+
+// A recovery as it goes: the first batch is sent again at once, the rest in the background, so
+// its progress is read again until it is done (or the page is left).
+export function recoveryProgress(recovery) {
+  const out = h("div", {});
+  const show = (r) =>
+    clear(
+      out,
+      r.status === "done"
+        ? notice("success", `Requeued ${r.requeued} failed deliveries.`)
+        : notice("info", `Requeuing failed deliveries: ${r.requeued} so far…`),
+    );
+  const follow = async (r) => {
+    while (r.status !== "done") {
+      await sleep(interval(RECOVERY_POLL_MS));
+      if (!out.isConnected) return;
+      try {
+        r = (await get(r.url)).data;
+      } catch (err) {
+        clear(out, notice("error", err.message));
+        return;
+      }
+      show(r);
+    }
+  };
+  show(recovery);
+  follow(recovery);
+  return out;
 }

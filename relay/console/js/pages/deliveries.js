@@ -1,10 +1,13 @@
 // Deliveries: a filterable, paged list, and one delivery with its payload and every attempt.
 import { enc, get, post } from "../api.js";
-import { act, append, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
-import { deliveryHref, deliveryTable, live, localInput, pager, recoverForm, utc } from "./common.js";
+import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
+import { deliveryHref, deliveryTable, eventTypeInput, filters, live, localInput, pager, recoverForm, recoveryProgress } from "./common.js";
 
 const STATUSES = ["", "pending", "delivering", "delivered", "failed", "canceled"];
 const FILTERS = ["status", "event_type", "webhook_id", "tenant_id", "since", "until"];
+const LIST_REFRESH_MS = 5000;
+// The filters a recovery takes: all but the status, which for a recovery is always failed.
+const SELECTION = FILTERS.filter((name) => name !== "status");
 
 // Opens a delivery by the id alone, as a log line or an alert gives it.
 function openForm() {
@@ -22,58 +25,49 @@ function openForm() {
   return form;
 }
 
-// The event types relay knows, offered as suggestions; any other name may still be typed.
-function eventTypeInput(value) {
-  const choices = h("datalist", { id: "event-types" });
-  // Suggestions only: without them the field works as plain text, so a failure is not shown.
-  get("/v1/event-types").then(
-    ({ data }) => append(choices, data.map((t) => h("option", { value: t.name }))),
-    () => {},
-  );
-  return [h("input", { name: "event_type", value, placeholder: "any", list: "event-types", autocomplete: "off" }), choices];
-}
-
 function filterForm(query, who) {
   const value = (name) => query.get(name) ?? "";
   const status = h("select", { name: "status" }, STATUSES.map((s) => h("option", { value: s, selected: s === value("status") }, s || "any")));
-  const filtered = FILTERS.some((name) => query.get(name));
-  const form = h(
-    "form",
-    { class: "panel row", role: "search", "aria-label": "Filter deliveries" },
+  return filters("/deliveries", "Filter deliveries", FILTERS, query, [
     field("Status", status),
-    field("Event type", eventTypeInput(value("event_type"))),
+    field("Event type", eventTypeInput(value("event_type"), "event_type")),
     field("Webhook", h("input", { name: "webhook_id", value: value("webhook_id"), placeholder: "wh_…" })),
     who.role === "admin" ? field("Tenant", h("input", { name: "tenant_id", value: value("tenant_id"), placeholder: "any" })) : null,
     field("Since", localInput("since", value("since"))),
     field("Until", localInput("until", value("until"))),
-    h("button", { type: "submit", class: "primary" }, "Filter"),
-    filtered ? link("#/deliveries", "Clear filters") : null,
-  );
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const data = new FormData(form);
-    const next = new URLSearchParams();
-    for (const name of FILTERS) {
-      const raw = String(data.get(name) ?? "").trim();
-      const v = name === "since" || name === "until" ? utc(raw) : raw;
-      if (v) next.set(name, v);
-    }
-    location.hash = `#/deliveries?${next}`;
-  });
-  return form;
+  ]);
 }
 
-export async function list(main, { query, who }) {
+// Every failed delivery the filters select goes again, on every page of the list, not only
+// those shown: one recovery of the filter, followed until it is done.
+function retryMatching(query) {
+  const out = h("div", { "aria-live": "polite" });
+  const button = h("button", { type: "button", class: "primary" }, "Retry all matching");
+  button.addEventListener("click", () =>
+    act(button, out, async () => {
+      const body = {};
+      for (const name of SELECTION) if (query.get(name)) body[name] = query.get(name);
+      return recoveryProgress((await post("/v1/recoveries", body)).data);
+    }),
+  );
+  return h(
+    "section",
+    { class: "panel", "aria-label": "Retry all matching" },
+    h("div", { class: "row" }, h("p", { class: "muted" }, "Send every failed delivery these filters select again, on every page."), button),
+    out,
+  );
+}
+
+export async function list(main, { query, who, signal }) {
   const results = h("div", {}, loading("Loading deliveries…"));
   const webhook = query.get("webhook_id");
-  clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), results, webhook ? recoverForm(webhook) : null);
+  const failed = query.get("status") === "failed";
+  clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), failed ? retryMatching(query) : null, results, webhook ? recoverForm(webhook) : null);
   const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
-  try {
-    const page = await get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
-    clear(results, deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor));
-  } catch (err) {
-    clear(results, notice("error", err.message));
-  }
+  const load = () => get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
+  const view = (page) => [deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor)];
+  // New deliveries and changes of status appear while the list is open.
+  await live(signal, results, load, view, null, LIST_REFRESH_MS);
 }
 
 function attemptView(a) {

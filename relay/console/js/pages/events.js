@@ -1,7 +1,9 @@
 // Events: look one up by relay id or upstream id, see its deliveries, retry its failures.
 import { enc, get, post } from "../api.js";
 import { act, badge, clear, facts, field, h, json, link, loading, notice, table, when } from "../dom.js";
-import { deliveryHref, live, pager } from "./common.js";
+import { deliveryHref, eventTypeInput, filters, live, localInput, pager } from "./common.js";
+
+const FILTERS = ["type", "tenant_id", "since", "until"];
 
 // relay's own event ids (see relay/ids.py); anything else can only be an upstream id.
 const EVENT_ID = /^evt_[0-9a-hjkmnp-tv-z]{26}$/;
@@ -72,17 +74,30 @@ function lookupForm(wanted, signal) {
   return { form, out };
 }
 
-export async function lookup(main, { query, signal }) {
+function filterForm(query, who) {
+  const value = (name) => query.get(name) ?? "";
+  return filters("/events", "Filter events", FILTERS, query, [
+    field("Event type", eventTypeInput(value("type"), "type")),
+    who.role === "admin" ? field("Tenant", h("input", { name: "tenant_id", value: value("tenant_id"), placeholder: "any" })) : null,
+    field("Since", localInput("since", value("since"))),
+    field("Until", localInput("until", value("until"))),
+  ]);
+}
+
+export async function lookup(main, { query, who, signal }) {
   const wanted = query.get("id")?.trim() ?? "";
   const { form, out } = lookupForm(wanted, signal);
   const recent = h("div", {}, loading("Loading recent events…"));
-  clear(main, h("h1", {}, "Events"), form, h("h2", {}, "Recent events"), recent);
+  clear(main, h("h1", {}, "Events"), form, h("h2", {}, "Recent events"), filterForm(query, who), recent);
   if (wanted) search(wanted, out, signal);
   const pages = new URLSearchParams(query);
   pages.delete("id");
+  const filtered = FILTERS.some((name) => pages.get(name));
   try {
-    const page = await get("/v1/events", { limit: 20, cursor: pages.get("cursor") });
-    clear(recent, eventTable(page.data, "No events yet."), pager("/events", pages, page.next_cursor));
+    const asked = Object.fromEntries([...FILTERS, "cursor"].map((name) => [name, pages.get(name)]));
+    const page = await get("/v1/events", { ...asked, limit: 20 });
+    const empty = filtered ? "No events match these filters." : "No events yet.";
+    clear(recent, eventTable(page.data, empty), pager("/events", pages, page.next_cursor));
   } catch (err) {
     clear(recent, notice("error", err.message));
   }

@@ -2,7 +2,8 @@
 // tenant token).
 import { get } from "../api.js";
 import { chart } from "../chart.js";
-import { badge, clear, h, link, loading, notice, percent, sleep, table, when } from "../dom.js";
+import { badge, clear, h, link, loading, notice, percent, table, when } from "../dom.js";
+import { pause } from "./common.js";
 
 export const ms = (v) => (v === null || v === undefined ? "—" : `${v} ms`);
 
@@ -101,10 +102,10 @@ export async function page(main, { query, signal }) {
     ),
     body,
   );
-  // Live figures: read again every few seconds while the page is open.
+  // Live figures: read again every few seconds while the page is open and shown.
   while (!signal.aborted) {
     await show(body, window, signal);
-    await sleep(REFRESH_MS);
+    await pause(signal, REFRESH_MS);
   }
 }
 

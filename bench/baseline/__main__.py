@@ -8,17 +8,21 @@ broker (AOF, fsync every second, as relay's), acks_late, autoretry with backoff.
 virtualenv of its own, pinned by bench/baseline/requirements.txt and made on first use under
 ~/.cache/relay-bench (Celery's Redis transport needs a newer redis-py than relay's arq allows).
 
-First relay, as `make bench` runs it (relay api, 2 workers, Redis, PostgreSQL; events POSTed over
-HTTP by 32 clients): a warm-up, then fan-out 1 and fan-out 10. Then Celery, with a Redis of its
-own and the same receiver, once per pool (prefork, threads), concurrency (4, 8, 16) and prefetch
-multiplier (1, 4): a warm-up, then the same deliveries, queued with `.delay()` by one process of
-the bench (Celery has no HTTP ingest, so relay's figures carry work Celery's do not). One system
-runs at a time. Deliveries/s is deliveries received over first event sent (POST or enqueue) to
-last delivery received; the best Celery setting of each fan-out is compared with relay.
+relay runs as `make bench` runs it (relay api, 2 workers, Redis, PostgreSQL; events POSTed over
+HTTP by 32 clients), Celery with a Redis of its own; both deliver to the same receiver, one
+system at a time. Celery's tasks are queued with `.delay()` by one process of the bench: Celery
+has no HTTP ingest, so relay's figures carry work Celery's do not.
 
-Prints the table and writes bench/results/celery-<timestamp>.json. Exit status: 0 when every
-delivery arrived once with a valid signature, 1 when not, 2 when the run could not be done, 130
-when interrupted.
+1. SWEEP: one Celery worker after another, for each pool (prefork, threads), concurrency (4, 8,
+   16) and prefetch multiplier (1, 4): a warm-up, then 1,000 deliveries at fan-out 1 and 150
+   events x 10 endpoints at fan-out 10. The fastest setting of each fan-out goes on.
+2. ROUNDS: twice, relay and that best Celery setting back to back (which goes first
+   alternates): 3,000 deliveries at fan-out 1, 500 events x 10 endpoints at fan-out 10.
+
+Deliveries/s is deliveries received over first event sent (POST or enqueue) to last delivery
+received; relay ÷ Celery is the ratio of their medians over the rounds. Prints the table and
+writes bench/results/celery-<timestamp>.json. Exit status: 0 when every delivery arrived once
+with a valid signature, 1 when not, 2 when the run could not be done, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +52,7 @@ from bench.phases import (
     TENANT_NONE,
     TENANT_ONE,
     TENANT_TEN,
+    Bench,
     E2EFigures,
     end_to_end,
     start,
@@ -57,20 +64,18 @@ from bench.procs import (
     SetupError,
     bench_env,
     free_port,
-    receiver_argv,
     run_harness,
     start_redis,
     stop,
     tree_cpu_seconds,
     wait_exit,
-    wait_until,
 )
 from bench.report import columns, machine, num, save
-from relay.signing import generate_secret
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relay-bench"
 FAN_OUTS = (1, 10)
+TENANTS = {1: TENANT_ONE, 10: TENANT_TEN}  # relay's bench tenants of each fan-out
 # relay's roles that make up its cost, and the Celery side's.
 RELAY_ROLES = ("api", "workers", "redis", "postgres")
 CELERY_ROLES = ("worker", "redis", "enqueue")
@@ -100,15 +105,6 @@ class Setting:
         ]
 
 
-SETTINGS = tuple(
-    Setting(pool, concurrency, prefetch)
-    for pool in ("prefork", "threads")
-    for concurrency in (4, 8, 16)
-    for prefetch in (1, 4)
-)
-QUICK_SETTINGS = (Setting("prefork", 8, 4), Setting("threads", 8, 4))
-
-
 @dataclass(frozen=True, slots=True)
 class Sizes:
     """Events of each round: at fan-out 10 each goes to ten endpoints."""
@@ -122,8 +118,33 @@ class Sizes:
         return self.fan_out_1 if fan_out == 1 else self.fan_out_10
 
 
-FULL = Sizes(warm_up=300, fan_out_1=3000, fan_out_10=500)
-QUICK = Sizes(warm_up=100, fan_out_1=600, fan_out_10=60)
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The Celery settings swept and with what, then how many alternating rounds of what."""
+
+    settings: tuple[Setting, ...]
+    sweep_sizes: Sizes
+    rounds: int
+    rounds_sizes: Sizes
+
+
+FULL = Plan(
+    settings=tuple(
+        Setting(pool, concurrency, prefetch)
+        for pool in ("prefork", "threads")
+        for concurrency in (4, 8, 16)
+        for prefetch in (1, 4)
+    ),
+    sweep_sizes=Sizes(warm_up=200, fan_out_1=1000, fan_out_10=150),
+    rounds=2,
+    rounds_sizes=Sizes(warm_up=300, fan_out_1=3000, fan_out_10=500),
+)
+QUICK = Plan(
+    settings=(Setting("prefork", 8, 4), Setting("threads", 8, 4)),
+    sweep_sizes=Sizes(warm_up=100, fan_out_1=300, fan_out_10=30),
+    rounds=1,
+    rounds_sizes=Sizes(warm_up=100, fan_out_1=600, fan_out_10=60),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,37 +185,28 @@ def celery_python(say: Callable[[str], None]) -> Path:
     return python
 
 
-# --- relay's side -------------------------------------------------------------------------------
+# --- the two systems ----------------------------------------------------------------------------
 
 
-async def relay_side(
-    procs: Processes, sizes: Sizes, say: Callable[[str], None]
-) -> list[E2EFigures]:
-    """relay as `make bench` runs it: a warm-up, then one end-to-end run per fan-out."""
-    opts = replace(bench_options([]), events=sizes.fan_out_1)
-    say(f"relay: starting redis-server, postgres, relay api and the receiver in {procs.workdir}")
-    async with new_session(opts.concurrency) as session:
-        bench = await start(procs, opts, session)
-        try:
-            async with asyncio.timeout(600):
-                await post_burst(bench.api, TENANT_NONE, sizes.warm_up, opts.concurrency)
-                await start_workers(bench, opts.workers)
-                await end_to_end(bench, TENANT_ONE, sizes.warm_up)
-                runs = []
-                for tenant, fan_out in ((TENANT_ONE, 1), (TENANT_TEN, 10)):
-                    runs.append(await end_to_end(bench, tenant, sizes.events(fan_out)))
-                    say(f"relay fan-out {fan_out}: {runs[-1].per_second:,.0f} deliveries/s")
-                return runs
-        finally:
-            await bench.redis.aclose()
+async def warm_relay(bench: Bench, sizes: Sizes) -> None:
+    """relay's API warmed (schemas compiled, pools open), its workers started and warmed."""
+    await post_burst(bench.api, TENANT_NONE, sizes.warm_up, bench.opts.concurrency)
+    await start_workers(bench, bench.opts.workers)
+    await end_to_end(bench, TENANT_ONE, sizes.warm_up)
 
 
-# --- Celery's side ------------------------------------------------------------------------------
+async def relay_round(bench: Bench, sizes: Sizes, say: Callable[[str], None]) -> list[E2EFigures]:
+    """One end-to-end run per fan-out."""
+    runs = []
+    for fan_out in FAN_OUTS:
+        runs.append(await end_to_end(bench, TENANTS[fan_out], sizes.events(fan_out)))
+        say(f"relay, fan-out {fan_out}: {runs[-1].per_second:,.0f} deliveries/s")
+    return runs
 
 
 @dataclass(slots=True)
-class CelerySide:
-    """The broker, the receiver and the environment every Celery process gets."""
+class Celery:
+    """The baseline's broker, the environment every Celery process gets, and the receiver."""
 
     procs: Processes
     python: Path
@@ -227,6 +239,31 @@ class CelerySide:
                 return False
             await asyncio.sleep(0.1)
         return True
+
+    async def rounds(
+        self,
+        setting: Setting,
+        fan_outs: tuple[int, ...],
+        sizes: Sizes,
+        say: Callable[[str], None],
+    ) -> list[CeleryFigures]:
+        """A worker of `setting` started and warmed, one round per fan-out, the worker stopped."""
+        worker = self.procs.spawn(
+            f"celery-{setting.pool}-{setting.concurrency}", setting.argv(self.python), self.env
+        )
+        try:
+            # The warm-up also waits out the worker's start.
+            await self.deliver(worker, setting, 1, sizes.warm_up)
+            runs = []
+            for fan_out in fan_outs:
+                runs.append(await self.deliver(worker, setting, fan_out, sizes.events(fan_out)))
+                say(
+                    f"celery {setting.label}, fan-out {fan_out}:"
+                    f" {runs[-1].per_second:,.0f} deliveries/s"
+                )
+            return runs
+        finally:
+            stop([worker])
 
     async def deliver(
         self, worker: Child, setting: Setting, fan_out: int, events: int
@@ -269,77 +306,46 @@ class CelerySide:
             cpu_per_1k={r: s * 1000 / delivered if delivered else 0.0 for r, s in cpu.items()},
         )
 
-
-async def celery_side(
-    procs: Processes,
-    python: Path,
-    settings: tuple[Setting, ...],
-    sizes: Sizes,
-    say: Callable[[str], None],
-) -> list[CeleryFigures]:
-    """Every setting in turn: its worker, a warm-up, one round per fan-out, the worker stopped."""
-    say(f"celery: starting redis-server and the receiver in {procs.workdir}")
-    redis_port, receiver_port = free_port(), free_port()
-    redis_child = await start_redis(procs, redis_port)
-    secret = generate_secret()
-    receiver_child = procs.spawn("receiver", receiver_argv(receiver_port), bench_env(secret))
-    env = {
-        **bench_env(secret),
-        BROKER_URL_ENV: f"redis://127.0.0.1:{redis_port}/0",
-        SECRET_ENV: secret,
-    }
-    redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
-    try:
-        async with new_session(4) as session, asyncio.timeout(300 * len(settings)):
-            receiver = ReceiverClient(session, receiver_port)
-            await wait_until(receiver.ready, receiver_child, "receiver")
-            side = CelerySide(procs, python, env, redis_child, redis, receiver_child, receiver)
-            figures = []
-            for number, setting in enumerate(settings, 1):
-                worker = procs.spawn(f"celery{number}", setting.argv(python), env)
-                try:
-                    # The warm-up also waits out the worker's start.
-                    await side.deliver(worker, setting, 1, sizes.warm_up)
-                    for fan_out in FAN_OUTS:
-                        figures.append(
-                            await side.deliver(worker, setting, fan_out, sizes.events(fan_out))
-                        )
-                        say(
-                            f"celery {setting.label}, fan-out {fan_out}:"
-                            f" {figures[-1].per_second:,.0f} deliveries/s"
-                        )
-                finally:
-                    stop([worker])
-            return figures
-    finally:
-        await redis.aclose()
+    async def best_rounds(
+        self, best: dict[int, Setting], sizes: Sizes, say: Callable[[str], None]
+    ) -> list[CeleryFigures]:
+        """One round per fan-out, each with its best setting (one worker when they agree)."""
+        runs = []
+        for setting in dict.fromkeys(best.values()):
+            fan_outs = tuple(f for f in FAN_OUTS if best[f] == setting)
+            runs += await self.rounds(setting, fan_outs, sizes, say)
+        return runs
 
 
-# --- the report ---------------------------------------------------------------------------------
+def fastest(runs: list[CeleryFigures], fan_out: int) -> CeleryFigures:
+    """The fastest of `runs` at `fan_out`."""
+    return max((r for r in runs if r.fan_out == fan_out), key=lambda r: r.per_second)
 
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """Both sides of one run."""
+    """What one run measured: the sweep, then the alternating rounds."""
 
     started_at: str
     seconds: float
     load_average: dict[str, list[float]]
-    relay: list[E2EFigures]
-    celery: list[CeleryFigures]
+    sweep: list[CeleryFigures]
+    relay: list[E2EFigures]  # per round, per fan-out
+    celery: list[CeleryFigures]  # per round, per fan-out, the sweep's best setting
 
-    def relay_at(self, fan_out: int) -> E2EFigures:
-        """relay's run at `fan_out`."""
-        return next(r for r in self.relay if r.fan_out == fan_out)
+    def relay_at(self, fan_out: int) -> list[E2EFigures]:
+        """relay's rounds at `fan_out`."""
+        return [r for r in self.relay if r.fan_out == fan_out]
 
-    def best_celery(self, fan_out: int) -> CeleryFigures:
-        """The fastest Celery setting at `fan_out`."""
-        return max((c for c in self.celery if c.fan_out == fan_out), key=lambda c: c.per_second)
+    def celery_at(self, fan_out: int) -> list[CeleryFigures]:
+        """The best Celery setting's rounds at `fan_out`."""
+        return [c for c in self.celery if c.fan_out == fan_out]
 
     def ratio(self, fan_out: int) -> float:
-        """relay's deliveries/s over the best Celery setting's."""
-        best = self.best_celery(fan_out).per_second
-        return self.relay_at(fan_out).per_second / best if best else float("nan")
+        """relay's median deliveries/s over the best Celery setting's."""
+        relay = statistics.median(r.per_second for r in self.relay_at(fan_out))
+        celery = statistics.median(c.per_second for c in self.celery_at(fan_out))
+        return relay / celery if celery else math.nan
 
     def complete(self) -> bool:
         """Whether every delivery of both arrived, once, with a valid signature."""
@@ -347,48 +353,120 @@ class Comparison:
             r.arrived == r.deliveries and not (r.rejected or r.refused or r.duplicates)
             for r in self.relay
         ) and all(
-            c.arrived == c.deliveries and not (c.rejected or c.duplicates) for c in self.celery
+            c.arrived == c.deliveries and not (c.rejected or c.duplicates)
+            for c in (*self.sweep, *self.celery)
         )
 
 
-def render(comparison: Comparison) -> str:
-    """The tables: the ratio first, then every Celery setting, then CPU per delivery."""
-    m = machine()
-    load = comparison.load_average
-    head = (
-        f"relay {m['relay_version']} against Celery, {comparison.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}; {comparison.seconds:.0f} s in all;"
-        f" load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+async def start_celery(procs: Processes, bench: Bench, python: Path) -> Celery:
+    """The baseline's Redis (AOF, as relay's), its environment; the receiver is relay's."""
+    redis_port = free_port()
+    redis_child = await start_redis(procs, redis_port, name="redis-celery")
+    env = {
+        **bench_env(bench.webhook_secret),
+        BROKER_URL_ENV: f"redis://127.0.0.1:{redis_port}/0",
+        SECRET_ENV: bench.webhook_secret,
+    }
+    redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
+    return Celery(procs, python, env, redis_child, redis, bench.receiver_child, bench.receiver)
+
+
+async def compare(
+    procs: Processes, python: Path, plan: Plan, say: Callable[[str], None]
+) -> Comparison:
+    """Both systems up; every Celery setting swept; then relay and the best Celery settings in
+    alternating rounds, back to back."""
+    started = time.time()
+    load_before = list(os.getloadavg())
+    opts = replace(bench_options([]), events=plan.rounds_sizes.fan_out_1)
+    say(f"starting redis-servers, postgres, relay api and the receiver in {procs.workdir}")
+    async with new_session(opts.concurrency) as session:
+        bench = await start(procs, opts, session)
+        celery = await start_celery(procs, bench, python)
+        try:
+            async with asyncio.timeout(600 + 300 * len(plan.settings)):
+                await warm_relay(bench, plan.rounds_sizes)
+                sweep = []
+                for setting in plan.settings:
+                    sweep += await celery.rounds(setting, FAN_OUTS, plan.sweep_sizes, say)
+                best = {f: fastest(sweep, f).setting for f in FAN_OUTS}
+                relay_runs, celery_runs = [], []
+                for number in range(plan.rounds):
+                    say(f"round {number + 1} of {plan.rounds}")
+                    # Which goes first alternates, so a drift in the machine's load is shared.
+                    if number % 2 == 0:
+                        relay_runs += await relay_round(bench, plan.rounds_sizes, say)
+                    celery_runs += await celery.best_rounds(best, plan.rounds_sizes, say)
+                    if number % 2 == 1:
+                        relay_runs += await relay_round(bench, plan.rounds_sizes, say)
+        finally:
+            await bench.redis.aclose()
+            await celery.redis.aclose()
+    return Comparison(
+        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        seconds=time.time() - started,
+        load_average={"before": load_before, "after": list(os.getloadavg())},
+        sweep=sweep,
+        relay=relay_runs,
+        celery=celery_runs,
     )
-    ratio: list[tuple[str, ...]] = [
-        ("fan-out", "deliveries", "relay deliv/s", "best Celery deliv/s", "relay ÷ Celery", "best")
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def each(values: list[float], digits: int = 0) -> str:
+    """Every round's figure: '812 / 790'."""
+    return " / ".join(num(v, digits) for v in values)
+
+
+def mean_cpu(runs: list[E2EFigures] | list[CeleryFigures], role: str) -> float:
+    """CPU seconds per 1,000 deliveries of `role`, averaged over `runs`."""
+    return statistics.fmean(r.cpu_per_1k[role] for r in runs)
+
+
+def ratio_lines(comparison: Comparison) -> list[str]:
+    """relay and the best Celery setting, round by round, and the ratio of their medians."""
+    rows: list[tuple[str, ...]] = [
+        (
+            "fan-out",
+            "deliveries",
+            "relay deliv/s",
+            "Celery deliv/s",
+            "relay ÷ Celery",
+            "Celery setting",
+        )
     ]
     for fan_out in FAN_OUTS:
-        relay, best = comparison.relay_at(fan_out), comparison.best_celery(fan_out)
-        ratio.append(
+        relay, celery = comparison.relay_at(fan_out), comparison.celery_at(fan_out)
+        rows.append(
             (
                 str(fan_out),
-                f"{relay.deliveries:,}",
-                num(relay.per_second),
-                num(best.per_second),
+                f"{relay[0].deliveries:,}",
+                each([r.per_second for r in relay]),
+                each([c.per_second for c in celery]),
                 f"{comparison.ratio(fan_out):.2f}",
-                best.setting.label,
+                celery[0].setting.label,
             )
         )
-    settings: list[tuple[str, ...]] = [
-        (
-            "Celery setting",
-            "fan-out",
-            "arrived",
-            "seconds",
-            "deliv/s",
-            "enqueue/s",
-            "bad sig",
-            "dups",
-        )
+    return [
+        "RELAY ÷ CELERY: deliveries/s (first event sent to last delivery received) in each round;"
+        " the ratio of the medians",
+        *columns(rows),
+        "  relay: relay api, 2 workers, Redis (AOF), PostgreSQL; events POSTed over HTTP by 32"
+        " clients",
+        "  Celery: the sweep's fastest setting; tasks queued in-process with .delay() (Celery does"
+        " no HTTP ingest: relay's figures include its API, Celery's none)",
     ]
-    for c in comparison.celery:
-        settings.append(
+
+
+def sweep_lines(comparison: Comparison) -> list[str]:
+    """Every Celery setting tried."""
+    rows: list[tuple[str, ...]] = [
+        ("setting", "fan-out", "arrived", "seconds", "deliv/s", "enqueue/s", "bad sig", "dups")
+    ]
+    for c in comparison.sweep:
+        rows.append(
             (
                 c.setting.label,
                 str(c.fan_out),
@@ -400,60 +478,67 @@ def render(comparison: Comparison) -> str:
                 str(c.duplicates),
             )
         )
-    cpu: list[tuple[str, ...]] = [
+    return ["CELERY SWEEP (pool, concurrency, prefetch multiplier)", *columns(rows)]
+
+
+def cpu_lines(comparison: Comparison) -> list[str]:
+    """CPU seconds per 1,000 deliveries of each process, averaged over the rounds."""
+    rows: list[tuple[str, ...]] = [
         ("system, fan-out", "api", "workers", "redis", "postgres", "enqueue", "total", "receiver")
     ]
     for fan_out in FAN_OUTS:
-        r = comparison.relay_at(fan_out).cpu_per_1k
-        cpu.append(
+        relay = comparison.relay_at(fan_out)
+        rows.append(
             (
                 f"relay, {fan_out}",
-                *(num(r[role], 3) for role in RELAY_ROLES),
+                *(num(mean_cpu(relay, role), 3) for role in RELAY_ROLES),
                 "-",
-                num(sum(r[role] for role in RELAY_ROLES), 3),
-                num(r["receiver"], 3),
+                num(sum(mean_cpu(relay, role) for role in RELAY_ROLES), 3),
+                num(mean_cpu(relay, "receiver"), 3),
             )
         )
     for fan_out in FAN_OUTS:
-        b = comparison.best_celery(fan_out).cpu_per_1k
-        cpu.append(
+        celery = comparison.celery_at(fan_out)
+        rows.append(
             (
-                f"Celery (best), {fan_out}",
+                f"Celery, {fan_out}",
                 "-",
-                num(b["worker"], 3),
-                num(b["redis"], 3),
+                num(mean_cpu(celery, "worker"), 3),
+                num(mean_cpu(celery, "redis"), 3),
                 "-",
-                num(b["enqueue"], 3),
-                num(sum(b[role] for role in CELERY_ROLES), 3),
-                num(b["receiver"], 3),
+                num(mean_cpu(celery, "enqueue"), 3),
+                num(sum(mean_cpu(celery, role) for role in CELERY_ROLES), 3),
+                num(mean_cpu(celery, "receiver"), 3),
             )
         )
-    return "\n\n".join(
-        [
-            head,
-            "\n".join(
-                [
-                    "RELAY ÷ CELERY: deliveries/s, first event sent to last delivery received,"
-                    " same receiver, same cores",
-                    *columns(ratio),
-                    "  relay: relay api, 2 workers, Redis (AOF), PostgreSQL; events POSTed over"
-                    " HTTP by 32 clients",
-                    "  Celery: tasks queued in-process with .delay() (Celery does no HTTP ingest:"
-                    " relay's figures include its API, Celery's none)",
-                ]
-            ),
-            "\n".join(
-                ["CELERY SETTINGS (pool, concurrency, prefetch multiplier)", *columns(settings)]
-            ),
-            "\n".join(
-                [
-                    "CPU seconds per 1,000 deliveries (psutil; Celery's worker with its pool's"
-                    " processes; enqueue = the producer's queueing; total leaves out the receiver)",
-                    *columns(cpu),
-                ]
-            ),
-        ]
+    relay_total = [sum(mean_cpu(comparison.relay_at(f), r) for r in RELAY_ROLES) for f in FAN_OUTS]
+    celery_total = [
+        sum(mean_cpu(comparison.celery_at(f), r) for r in CELERY_ROLES) for f in FAN_OUTS
+    ]
+    # On a shared machine CPU per delivery moves less with others' load than deliveries/s do.
+    ratios = ", ".join(
+        f"fan-out {f} {c / r:.2f}" if r else f"fan-out {f} -"
+        for f, r, c in zip(FAN_OUTS, relay_total, celery_total, strict=True)
     )
+    return [
+        "CPU seconds per 1,000 deliveries, mean of the rounds (psutil; Celery's worker with its"
+        " pool's processes; enqueue = the producer queueing; total leaves out the receiver)",
+        *columns(rows),
+        f"  Celery's total ÷ relay's: {ratios}",
+    ]
+
+
+def render(comparison: Comparison) -> str:
+    """The whole report: the ratio first."""
+    m = machine()
+    load = comparison.load_average
+    head = (
+        f"relay {m['relay_version']} against Celery, {comparison.started_at}: {m['cpu_model']},"
+        f" {m['cores']} cores, Python {m['python']}; {comparison.seconds:.0f} s in all;"
+        f" load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+    )
+    sections = [[head], ratio_lines(comparison), sweep_lines(comparison), cpu_lines(comparison)]
+    return "\n\n".join("\n".join(lines) for lines in sections)
 
 
 def document(comparison: Comparison) -> dict[str, object]:
@@ -463,9 +548,9 @@ def document(comparison: Comparison) -> dict[str, object]:
         "machine": machine(),
         "summary": {
             f"fan_out_{fan_out}": {
-                "relay_per_second": comparison.relay_at(fan_out).per_second,
-                "best_celery_per_second": comparison.best_celery(fan_out).per_second,
-                "best_celery_setting": asdict(comparison.best_celery(fan_out).setting),
+                "relay_per_second": [r.per_second for r in comparison.relay_at(fan_out)],
+                "celery_per_second": [c.per_second for c in comparison.celery_at(fan_out)],
+                "celery_setting": asdict(comparison.celery_at(fan_out)[0].setting),
                 "relay_over_celery": comparison.ratio(fan_out),
             }
             for fan_out in FAN_OUTS
@@ -482,39 +567,24 @@ def say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """relay, then every Celery setting; the exit status."""
+    """The sweep and the rounds; the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.baseline", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer deliveries and two Celery settings"
+        "--quick", action="store_true", help="fewer deliveries, two Celery settings, one round"
     )
-    quick = parser.parse_args(argv).quick
-    sizes, settings = (QUICK, QUICK_SETTINGS) if quick else (FULL, SETTINGS)
+    plan = QUICK if parser.parse_args(argv).quick else FULL
     try:
         python = celery_python(say)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"bench.baseline: the Celery virtualenv could not be made: {exc}", file=sys.stderr)
         return 2
-    started = time.time()
-    load_before = list(os.getloadavg())
-    relay = run_harness("bench.baseline", lambda procs: relay_side(procs, sizes, say), (LoadError,))
-    if isinstance(relay, int):
-        return relay
-    celery = run_harness(
-        "bench.baseline",
-        lambda procs: celery_side(procs, python, settings, sizes, say),
-        (LoadError,),
+    comparison = run_harness(
+        "bench.baseline", lambda procs: compare(procs, python, plan, say), (LoadError,)
     )
-    if isinstance(celery, int):
-        return celery
-    comparison = Comparison(
-        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        seconds=time.time() - started,
-        load_average={"before": load_before, "after": list(os.getloadavg())},
-        relay=relay,
-        celery=celery,
-    )
+    if isinstance(comparison, int):
+        return comparison
     path = save("celery", document(comparison))
     print("\n" + render(comparison) + "\n")
     print(f"results written to {os.path.relpath(path)}")

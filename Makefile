@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint lock bench batch fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test lint lock bench celery batch fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(RUN_STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -25,10 +25,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/mypy
 
-# Throughput and latency, then what deliveries waiting behind a hanging endpoint cost.
+# Throughput and latency, what deliveries waiting behind a hanging endpoint cost, then relay
+# against a Celery baseline.
 bench: $(STAMP) redis postgres
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.waiting $(WAITING_ARGS)
+	$(MAKE) celery
+
+# relay's deliveries/s against a Celery task that signs and POSTs with httpx, at fan-out 1 and
+# 10 (`CELERY_ARGS=--quick` for a short run). Celery runs in a virtualenv of its own, made on
+# first use from bench/baseline/requirements.txt.
+celery: $(STAMP) redis postgres
+	$(BIN)/python -m bench.baseline $(CELERY_ARGS)
 
 # POST /v1/events against POST /v1/events/batch at 32 clients: events/s of each and the ratio.
 batch: $(STAMP) redis postgres

@@ -379,10 +379,11 @@ class E2EFigures:
     worker_log_bytes_per_delivery: float  # what the workers print is work too
 
 
-async def end_to_end(bench: Bench, tenant: str) -> E2EFigures:
-    """One throughput run; CPU and Redis memory are measured from settled to settled."""
+async def end_to_end(bench: Bench, tenant: str, events: int | None = None) -> E2EFigures:
+    """One throughput run of `events` events (the run's --events over the fan-out unless
+    given); CPU and Redis memory are measured from settled to settled."""
     fan_out = FAN_OUT[tenant]
-    events = max(1, bench.opts.events // fan_out)
+    events = events if events is not None else max(1, bench.opts.events // fan_out)
     await bench.settle()
     await bench.receiver.reset()
     memory_before = await bench.used_memory()

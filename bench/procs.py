@@ -100,6 +100,19 @@ class Child:
         return float(t.user + t.system + t.children_user + t.children_system)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid`, its ended children and every live descendant
+    (a postmaster's backends, a prefork pool's children)."""
+    root = psutil.Process(pid)
+    t = root.cpu_times()
+    used = float(t.user + t.system + t.children_user + t.children_system)
+    for descendant in root.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            d = descendant.cpu_times()
+            used += float(d.user + d.system)
+    return used
+
+
 @dataclass(slots=True)
 class Postgres:
     """A run's PostgreSQL: its URL, and the signals a chaos run sends to all of its processes."""
@@ -132,14 +145,7 @@ class Postgres:
         if not self.running:
             return 0.0
         assert self.embedded.process is not None
-        postmaster = psutil.Process(self.embedded.process.pid)
-        t = postmaster.cpu_times()
-        used = float(t.user + t.system + t.children_user + t.children_system)
-        for backend in postmaster.children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                b = backend.cpu_times()
-                used += float(b.user + b.system)
-        return used
+        return tree_cpu_seconds(self.embedded.process.pid)
 
     def _frozen(self) -> list[psutil.Process]:
         """The postmaster, stopped so that it forks no more, and every process it has forked.

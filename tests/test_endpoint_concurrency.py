@@ -1,10 +1,19 @@
-"""An endpoint's adaptive concurrency: the rule (pure, table tests)."""
+"""An endpoint's adaptive concurrency: the rule (pure, table tests), then real workers moving it
+as a loopback receiver answers, seen on the webhook through the API."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 import pytest
 
 from relay.delivery.concurrency import ConcurrencyRule, Load, load
+from tests.flows import Workers, webhook
+from tests.receivers import Receiver, Reply
 
 RULE = ConcurrencyRule(start=4, ceiling=64)
 TIMEOUT_MS = 2000
@@ -94,3 +103,78 @@ def test_rounds_of_quick_successes_add_about_one_each() -> None:
             current = RULE.next(current, Load.ROOM, draws.pop())
         rounds += 1
     assert 10 <= rounds <= 14, rounds
+
+
+# --- through real workers --------------------------------------------------------------------
+
+
+async def _concurrency(client: httpx.AsyncClient, hook_id: str) -> dict[str, int]:
+    response = await client.get(f"/v1/webhooks/{hook_id}")
+    assert response.status_code == 200, response.text
+    shown: dict[str, int] = response.json()["data"]["concurrency"]
+    return shown
+
+
+async def _until(
+    client: httpx.AsyncClient, hook_id: str, ok: Callable[[int], bool], timeout: float
+) -> dict[str, int]:
+    """The webhook's concurrency once `ok(current)`; fails the test with the last one seen."""
+    deadline = time.monotonic() + timeout
+    while not ok((shown := await _concurrency(client, hook_id))["current"]):
+        assert time.monotonic() < deadline, shown
+        await asyncio.sleep(0.1)
+    return shown
+
+
+async def _post_many(client: httpx.AsyncClient, tenant: str, count: int) -> None:
+    event: dict[str, Any] = {"type": "post.published", "tenant_id": tenant, "data": {"post_id": 1}}
+    for start in range(0, count, 100):
+        batch = {"events": [event] * min(100, count - start)}
+        response = await client.post("/v1/events/batch", json=batch)
+        assert response.status_code == 207, response.text
+
+
+async def test_a_webhook_answering_503_gets_its_concurrency_halved_down_to_one(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(503))
+        hook = await webhook(admin, rx.url("/busy"))
+        assert await _concurrency(admin, hook["id"]) == {"current": 4, "max": 64}
+        await workers(1)
+        await _post_many(admin, "space_42", 20)
+        shown = await _until(admin, hook["id"], lambda n: n == 1, timeout=30)
+        listed = (await admin.get("/v1/webhooks", params={"tenant_id": "space_42"})).json()
+    assert shown == {"current": 1, "max": 64}
+    assert [w["concurrency"] for w in listed["data"]] == [shown]
+
+
+async def test_a_webhook_answering_2xx_quickly_gets_more_concurrency(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    async with Receiver() as rx:
+        rx.answer(Reply(200, delay=0.02))
+        hook = await webhook(admin, rx.url("/fast"))
+        await workers(1)
+        await _post_many(admin, "space_42", 600)
+        shown = await _until(admin, hook["id"], lambda n: n >= 8, timeout=60)
+        await rx.wait_for(600, timeout=60)
+    assert shown["max"] == 64
+    # The receiver felt it: more attempts at once than the fixed concurrency of 4 allowed.
+    assert rx.most_in_flight > 4, rx.most_in_flight
+
+
+async def test_a_tenant_s_concurrency_still_binds_a_webhook_that_answers_quickly(
+    make_client: Callable[..., Any], workers: Workers
+) -> None:
+    client = await make_client(endpoint_concurrency=2, tenant_concurrency=3)
+    async with Receiver() as rx:
+        rx.answer(Reply(200, delay=0.01))
+        hook = await webhook(client, rx.url("/fast"))
+        await workers(1, RELAY_ENDPOINT_CONCURRENCY="2", RELAY_TENANT_CONCURRENCY="3")
+        await _post_many(client, "space_42", 300)
+        await rx.wait_for(300, timeout=60)
+        shown = await _concurrency(client, hook["id"])
+    # It grows only while it fills its own slots, which the tenant's three stop it doing past 4.
+    assert 3 <= shown["current"] <= 4, shown
+    assert rx.most_in_flight <= 3, rx.most_in_flight

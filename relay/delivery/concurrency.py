@@ -28,7 +28,7 @@ def load(
     status_code: int | None, duration_ms: int, timeout_ms: int, quick: bool, full: bool
 ) -> Load:
     """Read an attempt's answer: `quick` if it came within a tenth of the timeout, `full` if
-    the attempt took the endpoint's last free slot."""
+    the attempt went with every one of the endpoint's slots in use."""
     if status_code in _OVERLOAD_STATUSES:
         return Load.OVERLOAD
     if status_code is None and duration_ms >= timeout_ms:

@@ -144,7 +144,7 @@ class Claim:
     # tenant's slow share.
     endpoint_quick: bool = False
     # How many attempts the endpoint could have in flight when this one was claimed, and
-    # whether this one took the last free slot (see relay.delivery.concurrency).
+    # whether this one went with every slot in use (see relay.delivery.concurrency).
     endpoint_concurrency: int = 1
     endpoint_full: bool = False
     # Of the request that posted the event, so an upstream's request id finds its attempts.

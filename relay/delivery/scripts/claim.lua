@@ -189,10 +189,8 @@ local function serve(t, T, wh, want)
     local claim, now_at, unfit = try(due[i], wh, e, t)
     if claim then
       got = got + 1
-      -- The concurrency it was claimed at, and whether it took the endpoint's last free slot:
-      -- only a quick success of such an attempt says the endpoint could take more (settle).
-      table.insert(claim, e.cap)
-      table.insert(claim, (e.enabled and e.free - got <= 0) and 1 or 0)
+      table.insert(claim, e.cap)  -- the concurrency it was claimed at
+      table.insert(claim, 0)  -- whether it goes with every slot in use (below)
       table.insert(claims, claim)
     end
     if now_at and (not next or now_at < next) then next = now_at end
@@ -200,6 +198,12 @@ local function serve(t, T, wh, want)
       more = true
       break
     end
+  end
+  -- Those that fill the endpoint's slots go with every slot in use: only a quick success of
+  -- such an attempt says the endpoint could take more (see settle). All of them, not only the
+  -- last: when several settles come before the next claim, it takes several at once.
+  if e.enabled and got > 0 and e.free - got <= 0 then
+    for i = #claims - got + 1, #claims do claims[i][14] = 1 end
   end
   if window and got > 0 then
     redis.call('INCRBY', window, got)

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint lock bench celery batch fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test lint lock bench celery batch adaptive fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(RUN_STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
@@ -41,6 +41,10 @@ celery: $(STAMP) redis postgres
 # POST /v1/events against POST /v1/events/batch at 32 clients: events/s of each and the ratio.
 batch: $(STAMP) redis postgres
 	$(BIN)/python -m bench.batch $(BATCH_ARGS)
+
+# What adaptive endpoint concurrency gives a fast endpoint and spares one that degrades.
+adaptive: $(STAMP) redis postgres
+	$(BIN)/python -m bench.adaptive $(ADAPTIVE_ARGS)
 
 # One tenant's hanging webhooks and backlog against another tenant's steady traffic: the
 # other's latency, and the first one's healthy webhooks, while the backlog hangs.

@@ -237,6 +237,8 @@ class Arrivals:
     first: float | None
     last: float | None
     hanging: int = 0  # requests to /hang/ endpoints begun (they answer only much later)
+    knee_peak: int = 0  # the most requests /knee/ endpoints had in flight at once
+    knee_in_flight: int = 0  # over requests to /knee/, the sum of those in flight on arrival
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,11 @@ Every POST under /hook/ is answered 200 at once. Endpoints that misbehave, for t
 the waiting benchmark, live under their own prefixes: /fail/ answers 500, /flap/ 500 half the
 time, /hang/
 answers (503) only after --hang-seconds, past relay's delivery timeout, and /limit/ takes
---limit-per-second requests a second and answers the rest 429 with `Retry-After: 1`.
+--limit-per-second requests a second and answers the rest 429 with `Retry-After: 1`. Two more
+stand for endpoints with a capacity of their own, for the adaptive concurrency benchmark:
+/paced/ answers 200 after --paced-ms, however many requests it has in flight, and /knee/ slows
+down with its requests in flight (--knee-base-ms plus --knee-step-ms per other request in
+flight) and answers 503 with `Retry-After: 1` at once to a request beyond --knee in flight.
 
 Every request's signature is verified with an HMAC check written from the Standard Webhooks
 spec (a few microseconds, so it does not slow the receiver down); every 100th request is
@@ -104,6 +108,8 @@ class Tally:
     first: float | None = None
     last: float | None = None
     hanging: int = 0  # requests to /hang/ begun
+    knee_peak: int = 0  # the most requests /knee/ endpoints had in flight at once
+    knee_in_flight: int = 0  # the sum, over requests to /knee/, of those in flight on arrival
     arrivals: dict[str, float] = field(default_factory=dict)  # webhook-id -> first arrival
     seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (path, id) -> first
     accepted: Counter[tuple[str, str]] = field(default_factory=Counter)  # 2xx answers given
@@ -141,6 +147,8 @@ class Tally:
             "first": self.first,
             "last": self.last,
             "hanging": self.hanging,
+            "knee_peak": self.knee_peak,
+            "knee_in_flight": self.knee_in_flight,
         }
 
 
@@ -150,6 +158,10 @@ class Misbehaviour:
 
     hang_seconds: float = 30.0
     limit_per_second: int = 5
+    paced_ms: float = 20.0
+    knee: int = 8
+    knee_base_ms: float = 20.0
+    knee_step_ms: float = 10.0
 
 
 class Receiver:
@@ -160,6 +172,7 @@ class Receiver:
         self.misbehaviour = misbehaviour or Misbehaviour()
         self.tally = Tally()
         self._window = (0, 0)  # (unix second, requests taken in it) of the /limit/ endpoints
+        self._knee_in_flight = 0
 
     async def hook(self, request: web.Request) -> web.Response:
         """A healthy webhook: answer 200."""
@@ -189,6 +202,26 @@ class Receiver:
         if taken > self.misbehaviour.limit_per_second:
             return await self._take(request, 429, {"Retry-After": "1"})
         return await self._take(request, 200)
+
+    async def paced(self, request: web.Request) -> web.Response:
+        """An endpoint that answers 200 in --paced-ms, whatever its load."""
+        await asyncio.sleep(self.misbehaviour.paced_ms / 1000)
+        return await self._take(request, 200)
+
+    async def knee(self, request: web.Request) -> web.Response:
+        """An endpoint that slows down with its load, and is overloaded past --knee in flight."""
+        m = self.misbehaviour
+        self._knee_in_flight += 1
+        try:
+            in_flight = self._knee_in_flight
+            self.tally.knee_peak = max(self.tally.knee_peak, in_flight)
+            self.tally.knee_in_flight += in_flight
+            if in_flight > m.knee:
+                return await self._take(request, 503, {"Retry-After": "1"})
+            await asyncio.sleep((m.knee_base_ms + m.knee_step_ms * (in_flight - 1)) / 1000)
+            return await self._take(request, 200)
+        finally:
+            self._knee_in_flight -= 1
 
     async def _take(
         self, request: web.Request, status: int, headers: Mapping[str, str] | None = None
@@ -245,6 +278,8 @@ class Receiver:
         app.router.add_post("/flap/{name}", self.flap)
         app.router.add_post("/hang/{name}", self.hang)
         app.router.add_post("/limit/{name}", self.limit)
+        app.router.add_post("/paced/{name}", self.paced)
+        app.router.add_post("/knee/{name}", self.knee)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/arrivals", self.arrivals)
         app.router.add_get("/deliveries", self.deliveries)
@@ -259,8 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hang-seconds", type=float, default=Misbehaviour().hang_seconds)
     parser.add_argument("--limit-per-second", type=int, default=Misbehaviour().limit_per_second)
+    parser.add_argument("--paced-ms", type=float, default=Misbehaviour().paced_ms)
+    parser.add_argument("--knee", type=int, default=Misbehaviour().knee)
+    parser.add_argument("--knee-base-ms", type=float, default=Misbehaviour().knee_base_ms)
+    parser.add_argument("--knee-step-ms", type=float, default=Misbehaviour().knee_step_ms)
     ns = parser.parse_args(argv)
-    misbehaviour = Misbehaviour(ns.hang_seconds, ns.limit_per_second)
+    misbehaviour = Misbehaviour(
+        ns.hang_seconds,
+        ns.limit_per_second,
+        ns.paced_ms,
+        ns.knee,
+        ns.knee_base_ms,
+        ns.knee_step_ms,
+    )
     secret = os.environ.get(SECRET_ENV, "")
     if not secret.startswith("whsec_"):
         print(f"receiver: {SECRET_ENV} must hold a whsec_ secret", file=sys.stderr)

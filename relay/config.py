@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from relay import tracing
+from relay.delivery.concurrency import ConcurrencyRule
 from relay.delivery.policy import RetryPolicy
 from relay.logs import LogFormat, LogLevel
 from relay.store.connect import check_redis_url
@@ -32,6 +33,9 @@ MAX_BODY_BYTES_CEILING = 4 * 1_048_576
 # RELAY_MAX_BATCH_EVENTS and RELAY_MAX_BODY_BYTES allow: the API holds a batch's parsed JSON,
 # several times its size, while it works on it.
 MAX_BATCH_BODY_BYTES = 16 * 1_048_576
+
+# The ceiling of an endpoint's adaptive concurrency when RELAY_ENDPOINT_CONCURRENCY_MAX is unset.
+DEFAULT_CONCURRENCY_MAX = 64
 
 # What asyncpg connects to.
 _DATABASE_SCHEMES = ("postgresql", "postgres")
@@ -80,6 +84,15 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(100, ge=1, le=1000)
     allowed_cidrs: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     endpoint_concurrency: int = Field(4, ge=1, le=1000)
+    # The ceiling of an endpoint's adaptive concurrency (see relay.delivery.concurrency): at
+    # 20 ms an answer, 64 attempts in flight are over 3,000 deliveries a second, more than a
+    # worker makes, while an endpoint's 64 hanging attempts are still little of a worker's 100.
+    # Unset: 64, or RELAY_ENDPOINT_CONCURRENCY if that is higher.
+    endpoint_concurrency_max: int = Field(
+        default_factory=lambda data: max(DEFAULT_CONCURRENCY_MAX, data["endpoint_concurrency"]),
+        ge=1,
+        le=10_000,
+    )
     # Half of one worker's attempts: a tenant whose endpoints all hang leaves the other half of
     # even a lone worker to everyone else, while 50 attempts in flight are more than a tenant
     # with answering endpoints needs to keep a worker busy (see README, Fairness).
@@ -131,6 +144,17 @@ class Settings(BaseSettings):
         # Unset or empty: `relay dev` runs its own, `api` and `worker` refuse.
         if value and urlsplit(value).scheme not in _DATABASE_SCHEMES:
             raise ValueError("give a postgresql:// (or postgres://) URL")
+        return value
+
+    @field_validator("endpoint_concurrency_max")
+    @classmethod
+    def _check_concurrency_max(cls, value: int, info: pydantic.ValidationInfo) -> int:
+        start = info.data.get("endpoint_concurrency")
+        if start is not None and value < start:
+            raise ValueError(
+                f"{value} is below RELAY_ENDPOINT_CONCURRENCY ({start}), where an endpoint's "
+                "concurrency starts; set it to that for a fixed concurrency"
+            )
         return value
 
     @field_validator("max_body_bytes")
@@ -203,6 +227,11 @@ class Settings(BaseSettings):
         return min(self.max_batch_events * self.max_body_bytes, MAX_BATCH_BODY_BYTES)
 
     @property
+    def endpoint_concurrency_rule(self) -> ConcurrencyRule:
+        """Where an endpoint's concurrency starts and how far it may grow."""
+        return ConcurrencyRule(self.endpoint_concurrency, self.endpoint_concurrency_max)
+
+    @property
     def retention_seconds(self) -> int:
         """How long events, deliveries and attempts are kept, in seconds."""
         return self.retention_days * 86_400
@@ -263,6 +292,8 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except pydantic.ValidationError as exc:
         for err in exc.errors(include_url=False, include_input=False):
+            if err["type"] == "default_factory_not_called":
+                continue  # a default made from another setting, whose own error is reported
             name = "RELAY_" + str(err["loc"][0]).upper() if err["loc"] else "RELAY_*"
             problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
     except ValueError as exc:  # e.g. a malformed CIDR raised before pydantic wraps it

@@ -106,6 +106,7 @@ class DeliveryWorker:
                     _CLAIM_LEASE_SECONDS * 1000,
                     self._svc.settings.endpoint_concurrency,
                     self._svc.settings.tenant_concurrency,
+                    self._svc.settings.endpoint_concurrency_max,
                 )
                 self._svc.counts.add("sweeper_requeued", poll.taken_over)
                 self._report_missing(poll.missing)

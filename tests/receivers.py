@@ -57,6 +57,8 @@ class Receiver:
         self.connections = 0
         self.open_connections = 0
         self.max_open_connections = 0
+        self.in_flight = 0  # requests read and not answered yet
+        self.most_in_flight = 0
         self._default = Reply()
         self._by_path: dict[str, Reply] = {}
         self._queued: list[Reply] = []
@@ -142,9 +144,14 @@ class Receiver:
                 reply = self._reply_for(request)
                 if reply.drop:
                     break
-                if reply.delay and await _client_left_within(reader, reply.delay):
-                    break  # the client gave up (timed out): the connection is gone, as it is
-                await _write_reply(writer, reply)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                try:
+                    if reply.delay and await _client_left_within(reader, reply.delay):
+                        break  # the client gave up (timed out): the connection is gone, as it is
+                    await _write_reply(writer, reply)
+                finally:
+                    self.in_flight -= 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -84,6 +84,8 @@ def test_says_where_traces_go(tmp_path: Path) -> None:
         ("RELAY_WORKER_HEALTH_PORT", "70000"),
         ("RELAY_WORKER_HEALTH_PORT", "http"),
         ("RELAY_MAX_BATCH_EVENTS", "0"),
+        ("RELAY_ENDPOINT_CONCURRENCY_MAX", "0"),
+        ("RELAY_ENDPOINT_CONCURRENCY_MAX", "many"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "not-a-url"),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"),
     ],
@@ -93,6 +95,23 @@ def test_a_bad_variable_fails_the_check_by_name(tmp_path: Path, variable: str, v
     assert result.returncode != 0
     assert variable in result.stderr
     assert ADMIN not in result.stdout + result.stderr
+
+
+def test_the_concurrency_ceiling_is_shown_and_may_not_be_below_where_it_starts(
+    tmp_path: Path,
+) -> None:
+    default = _check(tmp_path, **_good())
+    raised = _check(tmp_path, **_good(RELAY_ENDPOINT_CONCURRENCY="100"))
+    below = _check(
+        tmp_path, **_good(RELAY_ENDPOINT_CONCURRENCY="8", RELAY_ENDPOINT_CONCURRENCY_MAX="4")
+    )
+    assert "RELAY_ENDPOINT_CONCURRENCY_MAX=64" in default.stdout.splitlines()
+    # Unset, it is never below where an endpoint starts.
+    assert "RELAY_ENDPOINT_CONCURRENCY_MAX=100" in raised.stdout.splitlines()
+    assert below.returncode == 2
+    assert (
+        "RELAY_ENDPOINT_CONCURRENCY_MAX: 4 is below RELAY_ENDPOINT_CONCURRENCY (8)" in below.stderr
+    )
 
 
 def test_a_body_limit_past_its_ceiling_fails_the_check_naming_the_ceiling(

@@ -788,6 +788,22 @@ async def test_the_api_reference_lists_every_operation_and_one_opens(
     assert refused == []
 
 
+async def test_a_webhook_page_shows_how_many_attempts_relay_makes_to_it_at_once(
+    page: Page, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    hook = await webhook(api, receiver.url("/at-once"), "space_at_once")
+    await page.goto(f"/console#/webhooks/{hook['id']}")
+    await page.get_by_label("API token").fill(ADMIN)
+    await page.keyboard.press("Enter")
+
+    facts = page.locator("dl.facts").first
+    await expect(facts).to_contain_text("4 attempts in flight at most now (adapts up to 64)")
+    # A change's answer does not say it: the page keeps the figure it read.
+    await page.get_by_role("button", name="Disable").click()
+    await expect(facts.locator(".badge")).to_have_text("disabled")
+    await expect(facts).to_contain_text("4 attempts in flight at most now (adapts up to 64)")
+
+
 async def test_the_overview_shows_live_figures_and_failing_webhooks(
     page: Page, api: httpx.AsyncClient
 ) -> None:

@@ -169,6 +169,30 @@ class Webhook(Shape):
     updated_at: Timestamp
 
 
+class EndpointConcurrency(Shape):
+    """How many attempts relay makes to the webhook at once: adapted to how it answers."""
+
+    current: Annotated[
+        int,
+        Field(
+            ge=1,
+            description=(
+                "Attempts it may have in flight now: one more per round of quick 2xx answers "
+                "while all are in use, half after a 429, a 503 or a timeout"
+            ),
+        ),
+    ]
+    max: Annotated[
+        int, Field(ge=1, description="How far it may grow (RELAY_ENDPOINT_CONCURRENCY_MAX)")
+    ]
+
+
+class DeliveredWebhook(Webhook):
+    """A webhook, with how relay delivers to it now (read-only)."""
+
+    concurrency: EndpointConcurrency
+
+
 class CreatedWebhook(Webhook):
     """A webhook just registered, with what its receiver verifies signatures with."""
 

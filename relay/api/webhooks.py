@@ -76,17 +76,30 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     return response
 
 
+async def _with_concurrency(request: Request, webhooks: list[Webhook]) -> list[dict[str, object]]:
+    """The webhooks as the API shows them, each with the concurrency it is delivered at now."""
+    ctx = services(request)
+    rule = ctx.settings.endpoint_concurrency_rule
+    stored = await ctx.webhooks.concurrency([w.id for w in webhooks])
+    return [
+        {**w.public(), "concurrency": {"current": rule.current(s), "max": rule.ceiling}}
+        for w, s in zip(webhooks, stored, strict=True)
+    ]
+
+
 async def list_webhooks(request: Request, principal: Principal) -> Response:
     """Webhooks newest first, optionally one tenant's (a tenant token sees only its own)."""
     page = page_request(request, "wh")
     tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
     found, cursor = await services(request).webhooks.page(tenant_id, page.limit, page.cursor)
-    return listing([w.public() for w in found], cursor)
+    return listing(await _with_concurrency(request, found), cursor)
 
 
 async def get_webhook(request: Request, principal: Principal) -> Response:
     """One webhook."""
-    return ok((await visible_webhook(request, principal, request.path_params["id"])).public())
+    webhook = await visible_webhook(request, principal, request.path_params["id"])
+    [shown] = await _with_concurrency(request, [webhook])
+    return ok(shown)
 
 
 async def update_webhook(request: Request, principal: Principal) -> Response:
@@ -182,7 +195,7 @@ OPERATIONS = [
         "List webhooks",
         OWNERS,
         "webhooks",
-        answers=shapes.Webhook,
+        answers=shapes.DeliveredWebhook,
         looks_up=True,
         params=(*page_params("wh"), Param("tenant_id")),
         list_of=True,
@@ -218,7 +231,7 @@ OPERATIONS = [
         "Get a webhook",
         OWNERS,
         "webhooks",
-        answers=shapes.Webhook,
+        answers=shapes.DeliveredWebhook,
         params=ID,
     ),
     Operation(

@@ -14,6 +14,8 @@
 
 - `model.py`    statuses and transitions, declared once
 - `policy.py`   the retry schedule and what an attempt's result means (pure)
+- `concurrency.py` how many attempts an endpoint may have in flight, adapted to its answers
+                (pure)
 - `scripts/`    one Lua script per transition, each taking one JSON argument; `prelude.lua`
                 gives every script Redis's clock (`TIME`), so no worker's clock decides anything
 - `store.py`    the only delivery code that knows Redis key names
@@ -27,7 +29,9 @@ expiry (delivering). A claim takes due deliveries in turns: tenants, and within 
 endpoints, each scored by when to look at it next (what it waits for: something due, a slot of
 its own or of its tenant, a rate window), which a settle that frees a slot brings forward.
 Endpoints not known to answer quickly share half of their tenant's slots, so that those that
-answer quickly always have the rest. A worker's claim leases a batch, each delivery with a
+answer quickly always have the rest. An endpoint's own slots are its concurrency, which the
+settle of an attempt adapts to the answer and the claim reads with the rest of the endpoint.
+A worker's claim leases a batch, each delivery with a
 token of its own that settle checks, so a worker that stalls past its lease cannot overwrite
 the attempt of the worker that took over; its own attempt is still logged, and a 2xx wins.
 """

@@ -143,6 +143,10 @@ class Claim:
     # Whether the endpoint's last attempt answered quickly: this one then did not count in its
     # tenant's slow share.
     endpoint_quick: bool = False
+    # How many attempts the endpoint could have in flight when this one was claimed, and
+    # whether this one went with every slot in use (see relay.delivery.concurrency).
+    endpoint_concurrency: int = 1
+    endpoint_full: bool = False
     # Of the request that posted the event, so an upstream's request id finds its attempts.
     request_id: str | None = None
 
@@ -175,6 +179,8 @@ class Settlement:
     # Whether the endpoint answered quickly: then it may use all of its tenant's slots, not
     # only the share kept for the others (None when no request was made).
     quick: bool | None = None
+    # The endpoint's concurrency from now on, when the answer changes it (None: unchanged).
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,13 @@ in one place, `receiver_request`, for deliveries and test sends alike.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from relay import audit, events, ids, logs, tracing
+from relay.delivery.concurrency import load
 from relay.delivery.model import (
     RETRYABLE,
     Attempt,
@@ -156,6 +158,13 @@ async def _attempt(
         claim.trigger,
     )
     seconds = result.duration_ms / 1000
+    timeout_ms = round(svc.settings.delivery_timeout * 1000)
+    # Within a tenth of the timeout: its attempts give their slots back soon enough.
+    quick = result.duration_ms * 10 <= timeout_ms
+    answer = load(result.status_code, result.duration_ms, timeout_ms, quick, claim.endpoint_full)
+    concurrency = svc.settings.endpoint_concurrency_rule.next(
+        claim.endpoint_concurrency, answer, random.random()
+    )
     settlement = Settlement(
         status=verdict.status,
         attempt=Attempt(
@@ -181,8 +190,8 @@ async def _attempt(
         ),
         duration_seconds=seconds,
         endpoint_ok=result.ok,
-        # Within a tenth of the timeout: its attempts give their slots back soon enough.
-        quick=result.duration_ms * 10 <= svc.settings.delivery_timeout * 1000,
+        quick=quick,
+        concurrency=concurrency,
     )
     return settlement, verdict.disable_webhook
 

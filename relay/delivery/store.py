@@ -289,6 +289,9 @@ _KNOWN_PAYLOAD_BYTES = 16 * 1_048_576
 _CLAIM_WAKES = 100
 # How long an endpoint that answered quickly counts as quick without sending anything.
 _QUICK_TTL_SECONDS = 86_400
+# How long an endpoint keeps the concurrency its answers adapted it to while nothing changes it:
+# then it starts again from RELAY_ENDPOINT_CONCURRENCY.
+_CONCURRENCY_TTL_SECONDS = 86_400
 # Entries one call moves out of the layout before endpoint queues.
 _REQUEUE_BATCH = 500
 # A tenant concurrency that never binds, for callers that set none.
@@ -660,11 +663,14 @@ class DeliveryStore:
         lease_ms: int,
         concurrency: int,
         tenant_concurrency: int | None = None,
+        concurrency_max: int | None = None,
     ) -> Poll:
         """Lease up to `limit` due deliveries to `owner`, in turns between tenants and their
-        endpoints, none over its endpoint's `concurrency` or rate nor its tenant's
+        endpoints, none over its endpoint's concurrency or rate nor its tenant's
         `tenant_concurrency` in flight (unbounded if None); endpoints not known to answer
-        quickly share half of that (see `Settlement.quick`).
+        quickly share half of that (see `Settlement.quick`). An endpoint's concurrency is the
+        one its answers adapted it to (see `Settlement.concurrency`), else `concurrency`, and
+        at most `concurrency_max` (None: `concurrency`, fixed).
 
         Fewer when their events' payloads would pass the store's claim bound: the rest stays
         due now (`next_due_in_ms` 0).
@@ -684,6 +690,7 @@ class DeliveryStore:
                     "rate": keys.ENDPOINT_RATE_PREFIX,
                     "failing": keys.endpoint_failing(""),
                     "quick": keys.endpoint_quick(""),
+                    "concurrency": keys.endpoint_concurrency(""),
                     **_SCHEDULE_KEYS,
                 },
                 "owner": owner,
@@ -692,6 +699,7 @@ class DeliveryStore:
                 "wakes": _CLAIM_WAKES,
                 "lease_ms": lease_ms,
                 "concurrency": concurrency,
+                "concurrency_max": concurrency_max or concurrency,
                 "tenant_concurrency": tenant,
                 "slow_concurrency": tenant - tenant // 2,
                 "payload_bytes": self._payload_bytes,
@@ -726,6 +734,8 @@ class DeliveryStore:
                 endpoint_failing=bool(r[8]),
                 endpoint_quick=bool(r[9]),
                 request_id=r[10].decode() or None,
+                endpoint_concurrency=int(r[12]),
+                endpoint_full=bool(r[13]),
             )
             for r in rows
         ]
@@ -767,6 +777,7 @@ class DeliveryStore:
                 "event": keys.event(claim.event_id),
                 "failing": keys.endpoint_failing(claim.webhook_id),
                 "quick": keys.endpoint_quick(claim.webhook_id),
+                "concurrency": keys.endpoint_concurrency(claim.webhook_id),
                 "history": keys.HISTORY,
                 **_SCHEDULE_KEYS,
             },
@@ -787,6 +798,12 @@ class DeliveryStore:
             "was_quick": claim.endpoint_quick,
             "quick_ttl": _QUICK_TTL_SECONDS,
         }
+        if result.concurrency is not None and result.concurrency != claim.endpoint_concurrency:
+            arg["concurrency"] = {
+                "from": claim.endpoint_concurrency,
+                "to": result.concurrency,
+                "ttl": _CONCURRENCY_TTL_SECONDS,
+            }
         reply = await self._run(Transition.SETTLE, arg)
         if int(reply[0]) == _GONE and result.attempt is not None:
             archived = await self._archive.delivery(claim.delivery_id)

@@ -182,6 +182,12 @@ def endpoint_quick(webhook_id: str) -> str:
     return f"{PREFIX}quick:{webhook_id}"
 
 
+def endpoint_concurrency(webhook_id: str) -> str:
+    """How many attempts a webhook may have in flight now, as its answers adapted it (unset:
+    RELAY_ENDPOINT_CONCURRENCY; expires if it does not change for a day)."""
+    return f"{PREFIX}concurrency:{webhook_id}"
+
+
 def recovery(recovery_id: str) -> str:
     """A recovery's progress (hash)."""
     return f"{PREFIX}rcv:{recovery_id}"

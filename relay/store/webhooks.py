@@ -119,6 +119,14 @@ class WebhookStore:
         raws = await self._redis.mget([keys.webhook(i) for i in page.ids]) if page.ids else []
         return [_load(r) for r in raws if r], page.next_cursor
 
+    async def concurrency(self, webhook_ids: list[str]) -> list[int | None]:
+        """Each webhook's concurrency as its answers adapted it (None: never adapted, or not
+        for a day), in one read."""
+        if not webhook_ids:
+            return []
+        stored = await self._redis.mget([keys.endpoint_concurrency(i) for i in webhook_ids])
+        return [None if value is None else int(value) for value in stored]
+
     async def of_tenant(self, tenant_id: str) -> list[Webhook]:
         """Every webhook of a tenant, for fan-out: one read while none has changed since this
         process last read them (a change anywhere is seen by the next event)."""

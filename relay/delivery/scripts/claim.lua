@@ -10,7 +10,9 @@
 -- between its endpoints whose time has come; one served that could take more is looked at again
 -- after those already waiting (its time becomes now): tenants, and endpoints, take turns. One
 -- waiting costs nothing meanwhile, so no backlog an endpoint cannot take hides what others could.
--- A tenant has at most A.tenant_concurrency attempts in flight, an endpoint A.concurrency. And
+-- A tenant has at most A.tenant_concurrency attempts in flight, an endpoint its concurrency:
+-- the one its answers adapted it to (K.concurrency, which settle writes), else A.concurrency,
+-- and at most A.concurrency_max (which may have been lowered since it was written). And
 -- as a slot held by an attempt that hangs frees only at the timeout, an endpoint whose last
 -- attempt did not answer quickly (or that has not answered yet) may use only the tenant's slow
 -- share, A.slow_concurrency: the rest is kept for its endpoints that answer quickly. Those
@@ -44,13 +46,15 @@ local endpoints = {}
 local function endpoint(wh)
   local e = endpoints[wh]
   if not e then
-    local got = redis.call('MGET', K.webhook .. wh, K.failing .. wh, K.quick .. wh)
+    local got = redis.call('MGET', K.webhook .. wh, K.failing .. wh, K.quick .. wh,
+      K.concurrency .. wh)
     local record = got[1]
     local ok, w = false, nil
     if record then ok, w = pcall(cjson.decode, record) end
     e = {record = record, enabled = ok and w.enabled == true,
       rate = ok and w.rate_limit_per_second or nil, failing = got[2] and 1 or 0,
-      quick = got[3] and true or false}
+      quick = got[3] and true or false,
+      cap = math.min(tonumber(got[4]) or A.concurrency, A.concurrency_max)}
     endpoints[wh] = e
   end
   return e
@@ -154,7 +158,7 @@ local function serve(t, T, wh, want)
   local room, window, left = math.min(want, budget), nil, nil
   -- A deleted or disabled webhook's deliveries end without a request: no slot, no rate.
   if e.enabled then
-    if e.free == nil then e.free = free_slots(slots, A.concurrency) end
+    if e.free == nil then e.free = free_slots(slots, e.cap) end
     if e.free <= 0 then return 0, first_expiry(slots) end
     room = math.min(room, e.free, T.free)
     if not e.quick then
@@ -184,14 +188,22 @@ local function serve(t, T, wh, want)
     budget = budget - 1
     local claim, now_at, unfit = try(due[i], wh, e, t)
     if claim then
-      table.insert(claims, claim)
       got = got + 1
+      table.insert(claim, e.cap)  -- the concurrency it was claimed at
+      table.insert(claim, 0)  -- whether it goes with every slot in use (below)
+      table.insert(claims, claim)
     end
     if now_at and (not next or now_at < next) then next = now_at end
     if unfit then
       more = true
       break
     end
+  end
+  -- Those that fill the endpoint's slots go with every slot in use: only a quick success of
+  -- such an attempt says the endpoint could take more (see settle). All of them, not only the
+  -- last: when several settles come before the next claim, it takes several at once.
+  if e.enabled and got > 0 and e.free - got <= 0 then
+    for i = #claims - got + 1, #claims do claims[i][14] = 1 end
   end
   if window and got > 0 then
     redis.call('INCRBY', window, got)

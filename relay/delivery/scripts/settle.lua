@@ -1,7 +1,8 @@
 -- delivering → pending | delivered | failed | canceled, by the holder of the lease (its token).
 -- Writes the attempt (if one was made), the next due time and the endpoint's failure streak;
 -- frees the endpoint's and the tenant's slot (bringing forward whoever waits for it) and notes
--- whether the endpoint answers quickly (see claim.lua).
+-- whether the endpoint answers quickly and how many attempts it may have in flight (see
+-- claim.lua).
 -- An attempt whose worker lost the lease meanwhile (it stalled past it and another took over,
 -- or an operator canceled or retried the delivery) happened all the same: it joins the log as
 -- the next attempt, and a 2xx ends the delivery as delivered whatever state it is in; anything
@@ -114,6 +115,17 @@ if A.quick == true and not A.was_quick then
   redis.call('SET', K.quick, 1, 'EX', A.quick_ttl)
 elseif A.quick == false and A.was_quick then
   redis.call('DEL', K.quick)
+end
+-- The endpoint's concurrency, when this attempt's answer moves it (A.concurrency: from the one
+-- it was claimed at, to the next; nil, the usual case, costs nothing). An increase holds only
+-- if nothing moved it since the claim, and a decrease never raises it: of a round's attempts,
+-- the first to move it does, and the others find it moved.
+if A.concurrency then
+  local c = A.concurrency
+  local held = tonumber(redis.call('GET', K.concurrency)) or c.from
+  if (c.to > c.from and held == c.from) or c.to < held then
+    redis.call('SET', K.concurrency, c.to, 'EX', c.ttl)
+  end
 end
 local count = made
 if record ~= '' then count = made + 1 end

@@ -210,6 +210,12 @@ function editForm(w, onSaved) {
   return form;
 }
 
+// Adapted by relay to how the endpoint answers: read-only, as of when the page was loaded.
+function concurrencyText(concurrency) {
+  if (!concurrency) return "—";
+  return `${concurrency.current} attempts in flight at most now (adapts up to ${concurrency.max})`;
+}
+
 function summary(w) {
   return facts([
     ["ID", h("code", {}, w.id)],
@@ -220,6 +226,7 @@ function summary(w) {
     ["Description", w.description || "—"],
     ["Custom headers", headerText(w.headers) || "—"],
     ["Rate limit", w.rate_limit_per_second ? `${w.rate_limit_per_second} per second` : "none"],
+    ["Concurrency", concurrencyText(w.concurrency)],
     ["Signatures", w.signature_scheme],
     ["Created", when(w.created_at)],
     ["Updated", when(w.updated_at)],
@@ -241,7 +248,8 @@ export async function detail(main, { params: [id] }) {
   const remove = h("button", { type: "button", class: "danger" }, "Delete webhook");
   const recent = h("div", {}, loading("Loading recent deliveries…"));
   const saved = (next) => {
-    w = next;
+    // A change's answer does not say how relay delivers to it now: the last reading stays.
+    w = { ...next, concurrency: w.concurrency };
     clear(facts_, summary(w));
     toggle.textContent = w.enabled ? "Disable" : "Enable";
   };

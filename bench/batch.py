@@ -6,7 +6,8 @@ Starts a throwaway redis-server (AOF, fsync every second), PostgreSQL and `relay
 one tenant one webhook (on a discard port: no worker runs, so only ingest is measured), then
 posts the events one per request (POST /v1/events) with C clients, and as many again in
 batches of B (POST /v1/events/batch) with C clients. It prints the events/s of each and their
-ratio, and writes bench/results/batch-<timestamp>.json. Exit status: 0 when every event was
+ratio, with the API's CPU time per accepted event each way, and writes
+bench/results/batch-<timestamp>.json. Exit status: 0 when every event was
 accepted, 1 when not, 2 when the run could not be done, 130 when interrupted.
 """
 
@@ -18,13 +19,15 @@ import secrets
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import orjson
 
 from bench.load import Api, LoadError, event_body, new_session, post_burst
 from bench.procs import (
+    Child,
     Processes,
     RelaySettings,
     api_argv,
@@ -50,11 +53,17 @@ class Ingest:
     accepted: int
     refused: dict[str, int]
     seconds: float
+    api_cpu_seconds: float = 0.0  # what the API process spent meanwhile
 
     @property
     def per_second(self) -> float:
         """Accepted events per second."""
         return self.accepted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def api_cpu_us(self) -> float:
+        """The API's CPU time per accepted event, in microseconds."""
+        return self.api_cpu_seconds * 1e6 / self.accepted if self.accepted else 0.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,10 +137,19 @@ async def run(procs: Processes, options: argparse.Namespace) -> list[Ingest]:
         await api.create("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "tenant_id": TENANT})
         await post_singly(api, WARM_UP, options.concurrency)
         await post_batches(api, WARM_UP, options.concurrency, options.batch)
-        single = await post_singly(api, options.events, options.concurrency)
-        batch = await post_batches(api, options.events, options.concurrency, options.batch)
+        single = await _costed(api_child, post_singly(api, options.events, options.concurrency))
+        batch = await _costed(
+            api_child, post_batches(api, options.events, options.concurrency, options.batch)
+        )
         api_child.check_alive()
     return [single, batch]
+
+
+async def _costed(api_child: Child, posting: Awaitable[Ingest]) -> Ingest:
+    """What `posting` did, with the API process's CPU time meanwhile."""
+    before = api_child.cpu_seconds()
+    done = await posting
+    return replace(done, api_cpu_seconds=api_child.cpu_seconds() - before)
 
 
 def render(results: list[Ingest], options: argparse.Namespace) -> str:
@@ -139,12 +157,13 @@ def render(results: list[Ingest], options: argparse.Namespace) -> str:
     single, batch = results
     lines = [
         f"ingest of {options.events} events with {options.concurrency} clients, no worker",
-        f"{'way':>24} {'accepted':>9} {'refused':>8} {'seconds':>8} {'events/s':>9}",
+        f"{'way':>24} {'accepted':>9} {'refused':>8} {'seconds':>8} {'events/s':>9} "
+        f"{'API CPU/event':>14}",
     ]
     for r, way in ((single, "POST /v1/events"), (batch, f"batch of {options.batch}")):
         lines.append(
             f"{way:>24} {r.accepted:>9} {sum(r.refused.values()):>8} {r.seconds:>8.2f} "
-            f"{r.per_second:>9.0f}"
+            f"{r.per_second:>9.0f} {r.api_cpu_us:>11.0f} µs"
         )
     ratio = batch.per_second / single.per_second if single.per_second else float("inf")
     lines.append(f"batch / single: {ratio:.1f}x the events/s")
@@ -165,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     document: dict[str, Any] = {
         "machine": machine(),
         "options": vars(options),
-        "ways": [{**asdict(r), "per_second": r.per_second} for r in outcome],
+        "ways": [
+            {**asdict(r), "per_second": r.per_second, "api_cpu_us": r.api_cpu_us} for r in outcome
+        ],
     }
     print(f"results: {save('batch', document)}")
     return 0 if all(r.accepted == r.events for r in outcome) else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,13 +12,14 @@ import pydantic
 
 from relay import logs, tracing
 from relay.config import Settings
-from relay.delivery.store import NewEvent, PlannedDelivery
+from relay.delivery.store import NewEvent, PlannedDelivery, StaleFanOut
 from relay.errors import Invalid, PayloadTooLarge, RelayError, Unavailable
 from relay.events import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
 from relay.store.events import StoredEvent
 from relay.store.idempotency import Commit, Held
+from relay.store.webhooks import TenantWebhooks
 from relay.timefmt import now, rfc3339
 from relay.validation import TenantId, parse_object
 from relay.webhooks import Undeliverable, Webhook, fan_out
@@ -52,6 +54,12 @@ class BatchIn(pydantic.BaseModel):
 Outcome = tuple[dict[str, object], bool] | RelayError
 
 
+# Plans of one event whose write checks the webhooks' version: the first from this process's
+# copy of them, the next from a fresh read. Should they change yet again before its write, the
+# last plan, from another fresh read, is written unchecked, as a plan read just before.
+_CHECKED_PLANS = 2
+
+
 @dataclass(slots=True)
 class _Catalog:
     """What planning events reads besides the event: registered types and tenants' webhooks,
@@ -59,7 +67,8 @@ class _Catalog:
 
     ctx: Services
     _types: dict[str, RegisteredType | None] = field(default_factory=dict)
-    _webhooks: dict[str, list[Webhook]] = field(default_factory=dict)
+    _webhooks: dict[str, TenantWebhooks] = field(default_factory=dict)
+    _stale: Counter[str] = field(default_factory=Counter)
 
     async def registered(self, name: str) -> RegisteredType | None:
         """The registered type of this name, if any."""
@@ -67,11 +76,21 @@ class _Catalog:
             self._types[name] = await self.ctx.event_types.get(name)
         return self._types[name]
 
-    async def webhooks(self, tenant_id: str) -> list[Webhook]:
-        """The tenant's webhooks."""
+    async def webhooks(self, tenant_id: str) -> tuple[list[Webhook], str | None]:
+        """The tenant's webhooks, and the version of them that the write of a fan-out planned
+        from them is to check (None: no check)."""
+        checked = self._stale[tenant_id] < _CHECKED_PLANS
         if tenant_id not in self._webhooks:
-            self._webhooks[tenant_id] = await self.ctx.webhooks.of_tenant(tenant_id)
-        return self._webhooks[tenant_id]
+            # A copy will do while the write checks it, until one was found stale.
+            copy_will_do = checked and not self._stale[tenant_id]
+            self._webhooks[tenant_id] = await self.ctx.webhooks.of_tenant(tenant_id, copy_will_do)
+        found = self._webhooks[tenant_id]
+        return found.webhooks, found.version if checked else None
+
+    def stale(self, tenant_id: str) -> None:
+        """A write found the tenant's webhooks changed since they were read."""
+        self._webhooks.pop(tenant_id, None)
+        self._stale[tenant_id] += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +109,8 @@ async def _plan(ctx: Services, catalog: _Catalog, spec: EventIn) -> _Planned | S
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
     registered = None if spec.type in EVENT_TYPES else await catalog.registered(spec.type)
     data = validate_event(spec.type, spec.data, registered)
-    targets, undeliverable = fan_out(await catalog.webhooks(spec.tenant_id), spec.type)
+    webhooks, version = await catalog.webhooks(spec.tenant_id)
+    targets, undeliverable = fan_out(webhooks, spec.type)
     moment = now()
     now_ms = int(moment.timestamp() * 1000)
     if spec.id is not None and (
@@ -109,6 +129,7 @@ async def _plan(ctx: Services, catalog: _Catalog, spec: EventIn) -> _Planned | S
         payload=envelope(event_id, spec.type, spec.tenant_id, data, created_at),
         traceparent=tracing.traceparent(),
         request_id=logs.request_id(),
+        fan_out_version=version,
     )
     planned = [PlannedDelivery(new_id("dlv", now_ms), w.id) for w in targets]
     view = _view(event.id, event.type, event.tenant_id, event.created_at, spec.id, data)
@@ -140,13 +161,19 @@ async def accept(
     A repeated upstream id creates nothing and returns the first event (created False).
     `commit` stores the request's answer to the created event's view with it.
     """
-    planned = await _plan(ctx, _Catalog(ctx), spec)
-    if isinstance(planned, StoredEvent):
-        return await event_view(ctx, planned), False
-    logs.annotate(tenant_id=spec.tenant_id, event_id=planned.event.id)
-    answer = None if commit is None else commit.lua(planned.view)
-    first = await ctx.deliveries.accept(planned.event, planned.deliveries, answer)
-    return await _written(ctx, planned, first)
+    catalog = _Catalog(ctx)
+    while True:  # see _CHECKED_PLANS
+        planned = await _plan(ctx, catalog, spec)
+        if isinstance(planned, StoredEvent):
+            return await event_view(ctx, planned), False
+        logs.annotate(tenant_id=spec.tenant_id, event_id=planned.event.id)
+        answer = None if commit is None else commit.lua(planned.view)
+        try:
+            first = await ctx.deliveries.accept(planned.event, planned.deliveries, answer)
+        except StaleFanOut:
+            catalog.stale(spec.tenant_id)
+        else:
+            return await _written(ctx, planned, first)
 
 
 def batch_items(body: object, settings: Settings) -> list[EventIn | RelayError]:
@@ -193,33 +220,56 @@ async def accept_batch(
     made = {} if claim is None else await ctx.idempotency.made(claim)
     catalog = _Catalog(ctx)
     outcomes: dict[int, Outcome] = {}
-    writes: list[tuple[int, _Planned]] = []
+    todo: list[tuple[int, EventIn]] = []
     for index, item in enumerate(items):
         if isinstance(item, RelayError):
             outcomes[index] = item
         elif index in made:
             outcomes[index] = (await event_view(ctx, await ctx.events.get(made[index])), True)
         else:
-            try:
-                planned = await _plan(ctx, catalog, item)
-            except Invalid as refused:
-                outcomes[index] = refused
-                continue
-            if isinstance(planned, StoredEvent):
-                outcomes[index] = (await event_view(ctx, planned), False)
-            else:
-                writes.append((index, planned))
+            todo.append((index, item))
+    while todo:  # see _CHECKED_PLANS
+        todo = await _write_batch(ctx, catalog, todo, claim, outcomes)
+    return [outcomes[index] for index in range(len(items))]
+
+
+async def _write_batch(
+    ctx: Services,
+    catalog: _Catalog,
+    todo: list[tuple[int, EventIn]],
+    claim: Held | None,
+    outcomes: dict[int, Outcome],
+) -> list[tuple[int, EventIn]]:
+    """Plan and write the events of a batch numbered in `todo`, setting what came of each in
+    `outcomes`; the ones to plan again, their webhooks having changed since they were read."""
+    writes: list[tuple[int, EventIn, _Planned]] = []
+    for index, spec in todo:
+        try:
+            planned = await _plan(ctx, catalog, spec)
+        except Invalid as refused:
+            outcomes[index] = refused
+            continue
+        if isinstance(planned, StoredEvent):
+            outcomes[index] = (await event_view(ctx, planned), False)
+        else:
+            writes.append((index, spec, planned))
     written = await ctx.deliveries.accept_many(
         [
             (p.event, p.deliveries, None if claim is None else claim.item(i, p.event.id))
-            for i, p in writes
+            for i, _, p in writes
         ]
     )
-    for (index, planned), first in zip(writes, written, strict=True):
-        outcomes[index] = (
-            first if isinstance(first, Unavailable) else await _written(ctx, planned, first)
-        )
-    return [outcomes[index] for index in range(len(items))]
+    again: list[tuple[int, EventIn]] = []
+    for (index, spec, planned), first in zip(writes, written, strict=True):
+        if isinstance(first, StaleFanOut):
+            again.append((index, spec))
+        elif isinstance(first, Unavailable):
+            outcomes[index] = first
+        else:
+            outcomes[index] = await _written(ctx, planned, first)
+    for tenant_id in dict.fromkeys(spec.tenant_id for _, spec in again):
+        catalog.stale(tenant_id)
+    return again
 
 
 def _view(

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -92,9 +93,17 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return merged
 
 
+@lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    # Formatted once a second, not once a line: every request logs one.
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def _rfc3339(seconds: float) -> str:
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # Rounded to the microsecond as datetime.fromtimestamp rounds, then cut to milliseconds.
+    whole = int(seconds)
+    carry, micros = divmod(round((seconds - whole) * 1_000_000), 1_000_000)
+    return f"{_second(whole + carry)}{micros // 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,7 +12,9 @@ reach Redis, they are all the page has.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -40,13 +42,19 @@ def _field(kind: str, *labels: object) -> str:
     return f"{kind}:{' '.join(map(str, labels))}" if labels else kind
 
 
+@cache
+def _histogram_fields(histogram: str, labels: tuple[object, ...]) -> tuple[str, tuple[str, ...]]:
+    """A histogram's count field and its bucket fields, smallest first, for one set of labels.
+    Made once: every request and attempt observes one, and its labels are of a fixed few."""
+    buckets = tuple(_field(f"{histogram}_bucket", *labels, le) for le in DURATION_BUCKETS)
+    return _field(f"{histogram}_count", *labels), buckets
+
+
 def _observed(histogram: str, seconds: float, *labels: object) -> list[str]:
     """The fields one observation increments: the histogram's count and each bucket it falls
     in (its sum is added apart, by the seconds themselves)."""
-    buckets = [
-        _field(f"{histogram}_bucket", *labels, le) for le in DURATION_BUCKETS if seconds <= le
-    ]
-    return [_field(f"{histogram}_count", *labels), *buckets]
+    count, buckets = _histogram_fields(histogram, labels)
+    return [count, *buckets[bisect_left(DURATION_BUCKETS, seconds) :]]
 
 
 def attempt_counters(status_code: int | None, seconds: float, final: Status | None) -> list[str]:

@@ -101,3 +101,24 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
     group = SentinelGroup(tmp_path / "sentinel-group").start()
     yield group
     group.stop()
+
+
+async def commands_sent_while(
+    own_redis: RedisServer, action: Awaitable[httpx.Response]
+) -> list[str]:
+    """The commands relay sent Redis while `action` ran (not those its scripts ran)."""
+    end = "end-of-watch"
+    async with (
+        redis.asyncio.Redis.from_url(own_redis.url) as client,
+        client.monitor() as monitor,
+    ):
+        response = await action
+        assert response.status_code < 300, response.text
+        await client.echo(end)
+        sent: list[str] = []
+        async for seen in monitor.listen():
+            if end in seen["command"]:
+                return sent
+            if seen["client_type"] != "lua":
+                sent.append(seen["command"].split()[0].upper())
+    raise AssertionError("the monitor stopped")

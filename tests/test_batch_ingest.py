@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import ClientFactory
-from tests.flows import webhook
+from tests.flows import commands_sent_while, webhook
 from tests.links import Link
 from tests.support import RedisServer
 
@@ -181,3 +181,26 @@ async def test_the_retry_of_a_batch_whose_reply_was_lost_writes_each_event_once(
         replay = await client.post(BATCH, json={"events": events}, headers=headers)
         assert replay.headers["idempotent-replayed"] == "true"
         assert replay.json() == retry.json()
+
+
+async def test_a_batch_of_small_events_is_written_in_one_redis_call(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url)
+    hook = await webhook(client, "https://hooks.example.com/a", tenant="t1")
+    assert (await client.post(BATCH, json={"events": [_event("warm")]})).status_code == 207
+    events = [_event(f"p_{n}", id=f"up_{n}") for n in range(10)]
+
+    sent = await commands_sent_while(own_redis, client.post(BATCH, json={"events": events}))
+
+    # The token's rate limit, then one script call writing the whole batch.
+    assert sent == ["EVALSHA", "EVALSHA"], sent
+    listed = await _events_of(client, "t1")
+    assert len(listed) == 11
+    for event in listed:
+        shown = await client.get(f"/v1/events/{event['id']}")
+        assert [d["webhook_id"] for d in shown.json()["data"]["deliveries"]] == [hook["id"]]
+    # Each event is still its own: posted again, each is a repeat of its upstream id.
+    again = await client.post(BATCH, json={"events": events})
+    assert [r["status"] for r in again.json()["data"]] == [200] * 10
+    assert len(await _events_of(client, "t1")) == 11

@@ -8,8 +8,10 @@ import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.flows import Workers, post_event, wait_status, webhook
+from tests.conftest import ClientFactory
+from tests.flows import Workers, commands_sent_while, post_event, wait_status, webhook
 from tests.receivers import Receiver
+from tests.support import RedisServer
 
 
 async def test_event_reaches_every_matching_webhook_of_its_tenant_signed(
@@ -55,3 +57,44 @@ async def test_event_reaches_every_matching_webhook_of_its_tenant_signed(
         # The receiver got the custom header's value; the log names it without it.
         if d["webhook_id"] == a["id"]:
             assert attempt["request_headers"]["X-Custom"] == "[redacted]"
+
+
+async def test_each_event_fans_out_to_the_webhooks_as_they_are_when_it_is_written(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    # Two API processes on one Redis: one posts events, the other changes the webhooks.
+    poster = await make_client(redis_url=own_redis.url)
+    other = await make_client(redis_url=own_redis.url)
+    first = await webhook(other, "https://hooks.example.com/1")
+    alone = await post_event(poster, data={"post_id": "p_1"})
+    assert [d["webhook_id"] for d in alone.json()["data"]["deliveries"]] == [first["id"]]
+
+    # While the webhooks stay as they were, an event costs no Redis read besides its write:
+    # nothing but script calls (the rate limit's and the write's).
+    sent = await commands_sent_while(own_redis, post_event(poster, data={"post_id": "p_2"}))
+    assert set(sent) == {"EVALSHA"}, sent
+
+    # A webhook made through the other process gets the next event, alone or in a batch.
+    second = await webhook(other, "https://hooks.example.com/2")
+    both = {first["id"], second["id"]}
+    posted = await post_event(poster, data={"post_id": "p_3"})
+    assert {d["webhook_id"] for d in posted.json()["data"]["deliveries"]} == both
+    third = await webhook(other, "https://hooks.example.com/3", events=["post.published"])
+    events = [
+        {"type": "post.published", "tenant_id": "space_42", "data": {"post_id": f"p_{n}"}}
+        for n in range(4, 7)
+    ]
+    batch = await poster.post("/v1/events/batch", json={"events": events})
+    assert batch.status_code == 207, batch.text
+    for result in batch.json()["data"]:
+        assert result["status"] == 202
+        shown = {d["webhook_id"] for d in result["data"]["deliveries"]}
+        assert shown == {*both, third["id"]}
+    # And one it disabled gets none.
+    disabled = await other.patch(f"/v1/webhooks/{first['id']}", json={"enabled": False})
+    assert disabled.status_code == 200, disabled.text
+    later = await post_event(poster, data={"post_id": "p_7"})
+    assert {d["webhook_id"] for d in later.json()["data"]["deliveries"]} == {
+        second["id"],
+        third["id"],
+    }

@@ -147,6 +147,9 @@ class NewEvent:
     payload: bytes
     traceparent: str | None = None  # of the ingest span, so attempts join its trace
     request_id: str | None = None  # of the request that posted it, for the attempts' log lines
+    # The version of the webhooks (WEBHOOKS_VERSION) its fan-out was planned from, which its
+    # write checks; None writes it whatever they are now.
+    fan_out_version: str | None = None
 
     @property
     def upstream_key(self) -> str | None:
@@ -329,6 +332,22 @@ _SCHEDULE_KEYS = {
 }
 
 
+# The keys every call of the accept script takes (each event names its own besides).
+_ACCEPT_KEYS = {
+    "queue": keys.endpoint_queue(""),
+    "tenants": keys.TENANTS,
+    "wake": keys.WAKE,
+    "accepting": keys.ACCEPTING,
+    "history": keys.HISTORY,
+    "webhooks_version": keys.WEBHOOKS_VERSION,
+}
+
+
+class StaleFanOut(Exception):
+    """The webhooks changed since an event's fan-out was planned (its `fan_out_version`): it
+    was not written, and is to be planned again from them as they are now."""
+
+
 class DeliveryStore:
     """Persistence and transitions of deliveries."""
 
@@ -386,8 +405,9 @@ class DeliveryStore:
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
-        With replicas to wait for, returns only once they hold it (the first event too, for a
-        repeat), else raises NotReplicated.
+        Raises StaleFanOut, writing nothing, when the webhooks changed since the event's
+        `fan_out_version`. With replicas to wait for, returns only once they hold it (the first
+        event too, for a repeat), else raises NotReplicated.
         """
         async with self._replicas.connection() as conn:
             begun = await self.begin_accept(event, deliveries, commit, conn)
@@ -396,33 +416,29 @@ class DeliveryStore:
             await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
-    async def accept_many(self, batch: Sequence[EventWrite]) -> list[str | Unavailable | None]:
+    async def accept_many(
+        self, batch: Sequence[EventWrite]
+    ) -> list[str | Unavailable | StaleFanOut | None]:
         """Write several events, each with its deliveries and commit, as `accept` writes one.
 
-        Their first steps go in pipelines of at most the store's chunk of deliveries and a
-        call's worth of payload: one round trip for many small events, while Redis still runs
-        one event's script at a time and no round trip holds it longer than one chunk would.
-        Per event: None, the id of the first event of its upstream id, or Unavailable when the
-        history backlog refused it (it wrote nothing).
+        Their first steps go in groups of at most the store's chunk of deliveries and a call's
+        worth of payload, one script call a group: a batch of small events is one call, and no
+        call holds Redis longer than one chunk would. Per event: None,
+        the id of the first event of its upstream id, Unavailable when the history backlog
+        refused it, or StaleFanOut when its webhooks changed since it was planned (neither of
+        those two wrote anything).
         """
-        outcomes: list[str | Unavailable | None] = []
+        outcomes: list[str | Unavailable | StaleFanOut | None] = []
         unfinished: list[str] = []
-        for group in self._pipelined(batch):
-            calls = [self._begin(*item) for item in group]
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for arg, raw, _ in calls:
-                    await self._run(Transition.ACCEPT, arg, *raw, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
-            reads = [read for _, _, read in calls]
-            for read, reply in zip(reads, replies, strict=True):
-                try:
-                    begun = read(reply)
-                except Unavailable as refused:
-                    outcomes.append(refused)
-                    continue
-                if begun.unfinished:
-                    unfinished.append(begun.event_id)
-                outcomes.append(begun.event_id if begun.repeat else None)
+        for group in self._grouped(batch):
+            arg, raw, read = self._first_steps(group)
+            for begun in read(await self._run(Transition.ACCEPT, arg, *raw)):
+                if isinstance(begun, Begun):
+                    if begun.unfinished:
+                        unfinished.append(begun.event_id)
+                    outcomes.append(begun.event_id if begun.repeat else None)
+                else:
+                    outcomes.append(begun)
         for event_id in unfinished:
             await self.finish_accept(event_id)
         async with self._replicas.connection() as conn:
@@ -431,7 +447,7 @@ class DeliveryStore:
             await self._replicas.confirm_read(conn)
         return outcomes
 
-    def _pipelined(self, batch: Sequence[EventWrite]) -> list[list[EventWrite]]:
+    def _grouped(self, batch: Sequence[EventWrite]) -> list[list[EventWrite]]:
         """`batch` in groups of at most a chunk of deliveries (an event without any counting
         as one) and a call's worth of payload bytes; an event past either goes alone."""
         groups: list[list[EventWrite]] = []
@@ -459,65 +475,87 @@ class DeliveryStore:
         client: Redis | None = None,
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
-        the event, its first chunk, and the rest as the event's stored plan."""
-        arg, raw, read = self._begin(event, deliveries, commit)
-        try:
-            reply = await self._run(Transition.ACCEPT, arg, *raw, client=client)
-        except ResponseError as exc:
-            reply = exc
-        return read(reply)
+        the event, its first chunk, and the rest as the event's stored plan. Raises what
+        refused it (Unavailable, StaleFanOut), having written nothing."""
+        arg, raw, read = self._first_steps([(event, deliveries, commit)])
+        (begun,) = read(await self._run(Transition.ACCEPT, arg, *raw, client=client))
+        if not isinstance(begun, Begun):
+            raise begun
+        return begun
 
-    def _begin(
-        self,
-        event: NewEvent,
-        deliveries: Sequence[PlannedDelivery],
-        commit: dict[str, str] | None,
-    ) -> tuple[dict[str, Any], tuple[bytes, ...], Callable[[Any], Begun]]:
-        """The arguments of an accept's first step, and what reads its reply (or error)."""
-        whole = len(deliveries) <= self._chunk
-        arg = self._step("whole" if whole else "begin", event, deliveries[: self._chunk])
-        arg["upstream_id"] = event.upstream_id or ""
-        arg["commit"] = commit
-        arg["live"] = len(deliveries)
-        arg["inline_payload_bytes"] = INLINE_PAYLOAD_BYTES
+    def _first_steps(
+        self, group: Sequence[EventWrite]
+    ) -> tuple[
+        dict[str, Any], list[bytes], Callable[[Any], list[Begun | Unavailable | StaleFanOut]]
+    ]:
+        """The arguments of one call making the first step of each event of `group`, and what
+        reads its reply (or error) into what came of each."""
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
-        arg["history_max"] = self._history_backlog if checking else None
         taken_at = time.monotonic()
-        arg["now_ms"] = estimate = self._clock.now_ms()
-        rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
-        raw = (
-            codec.dumps([d.id for d in deliveries]),
-            b"" if whole else codec.dumps(_Plan.of(event, rest)),
-            codec.dumps(
-                {
-                    "tenant_id": event.tenant_id,
-                    "type": event.type,
-                    "created_at": event.created_at,
-                    "upstream_id": event.upstream_id,
-                    "deliveries": [[d.id, d.webhook_id] for d in deliveries],
-                }
-            ),
-            event.payload,
-        )
+        estimate = self._clock.now_ms()
+        events: list[dict[str, Any]] = []
+        raw: list[bytes] = []
+        for event, deliveries, commit in group:
+            whole = len(deliveries) <= self._chunk
+            step = self._event_arg(event, deliveries[: self._chunk])
+            step["step"] = "whole" if whole else "begin"
+            step["upstream_id"] = event.upstream_id or ""
+            step["commit"] = commit
+            step["live"] = len(deliveries)
+            step["fan_out_version"] = event.fan_out_version
+            events.append(step)
+            rest = [[d.id, d.webhook_id] for d in deliveries[self._chunk :]]
+            raw += (
+                codec.dumps([d.id for d in deliveries]),
+                b"" if whole else codec.dumps(_Plan.of(event, rest)),
+                codec.dumps(
+                    {
+                        "tenant_id": event.tenant_id,
+                        "type": event.type,
+                        "created_at": event.created_at,
+                        "upstream_id": event.upstream_id,
+                        "deliveries": [[d.id, d.webhook_id] for d in deliveries],
+                    }
+                ),
+                event.payload,
+            )
+        arg = {
+            "keys": _ACCEPT_KEYS,
+            "events": events,
+            "ttl": self._retention,
+            "inline_payload_bytes": INLINE_PAYLOAD_BYTES,
+            "history_max": self._history_backlog if checking else None,
+            "now_ms": estimate,
+        }
 
-        def read(reply: Any) -> Begun:
-            if isinstance(reply, ResponseError):
-                if "HISTORY_BACKLOG" not in str(reply):
-                    raise reply
-                self._backlog_checked_at = -math.inf
-                raise Unavailable(
-                    f"More than {self._history_backlog} records are waiting to be written to "
-                    "PostgreSQL; relay takes new events again once the history writer catches up."
-                ) from None
-            if checking:
-                self._backlog_checked_at = time.monotonic()
-            if isinstance(reply, list):
-                return Begun(reply[0].decode(), repeat=True, unfinished=bool(reply[1]))
+        def read(reply: Any) -> list[Begun | Unavailable | StaleFanOut]:
+            if isinstance(reply, Exception):
+                raise reply
+            now_ms, *results = reply
             if estimate is None:
-                self._clock.read(int(reply), taken_at)
-            return Begun(event.id, repeat=False, unfinished=not whole)
+                self._clock.read(int(now_ms), taken_at)
+            begun = [self._begun(item, result) for item, result in zip(group, results, strict=True)]
+            if any(isinstance(b, Unavailable) for b in begun):
+                self._backlog_checked_at = -math.inf
+            elif checking:
+                self._backlog_checked_at = time.monotonic()
+            return begun
 
         return arg, raw, read
+
+    def _begun(self, item: EventWrite, result: Any) -> Begun | Unavailable | StaleFanOut:
+        """What the first step of `item` did, from its result in the call's reply."""
+        event, deliveries, _ = item
+        if isinstance(result, list):
+            return Begun(result[0].decode(), repeat=True, unfinished=bool(result[1]))
+        if result == b"stale":
+            return StaleFanOut()
+        if result == b"backlog":
+            return Unavailable(
+                f"More than {self._history_backlog} records are waiting to be written to "
+                "PostgreSQL; relay takes new events again once the history writer catches up."
+            )
+        return Begun(event.id, repeat=False, unfinished=len(deliveries) > self._chunk)
 
     async def finish_accept(self, event_id: str, client: Redis | None = None) -> None:
         """Write what an event being accepted still lacks, from its stored plan, chunk by chunk
@@ -530,17 +568,18 @@ class DeliveryStore:
             plan = _Plan.load(raw)
             todo = [PlannedDelivery(d, w) for d, w in plan.deliveries]
             for start in range(0, len(todo), self._chunk):
+                chunk = self._event_arg(plan, todo[start : start + self._chunk])
                 await self._run(
                     Transition.ACCEPT,
-                    self._step("chunk", plan, todo[start : start + self._chunk]),
+                    {"step": "chunk", "keys": _ACCEPT_KEYS, "event": chunk},
                     client=client,
                 )
         await self._run(
             Transition.ACCEPT,
             {
                 "step": "finish",
-                "id": event_id,
-                "keys": {"accepting": keys.ACCEPTING, "plan": keys.event_plan(event_id)},
+                "keys": _ACCEPT_KEYS,
+                "event": {"id": event_id, "keys": {"plan": keys.event_plan(event_id)}},
             },
             client=client,
         )
@@ -579,24 +618,18 @@ class DeliveryStore:
             await self.finish_accept(event_id.decode())
         return len(stale)
 
-    def _step(
-        self, step: str, event: NewEvent | _Plan, deliveries: Sequence[PlannedDelivery]
+    @staticmethod
+    def _event_arg(
+        event: NewEvent | _Plan, deliveries: Sequence[PlannedDelivery]
     ) -> dict[str, Any]:
-        """The argument of one accept step that writes `deliveries` of `event`."""
+        """An event as a step of its accept that writes `deliveries` of it takes it."""
         return {
-            "step": step,
             "keys": {
                 "event": keys.event(event.id),
-                "queue": keys.endpoint_queue(""),
-                "endpoints": keys.endpoints(event.tenant_id),
-                "tenants": keys.TENANTS,
-                "wake": keys.WAKE,
-                "accepting": keys.ACCEPTING,
                 "plan": keys.event_plan(event.id),
-                "history": keys.HISTORY,
+                "endpoints": keys.endpoints(event.tenant_id),
             },
             "id": event.id,
-            "ttl": self._retention,
             "type": event.type,
             "tenant_id": event.tenant_id,
             "created_at": event.created_at,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -67,6 +68,15 @@ _READ_CHUNK = 1000
 _TENANTS_CACHED = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class TenantWebhooks:
+    """A tenant's webhooks, and the version of all webhooks (WEBHOOKS_VERSION) read before
+    them: any change since makes the version another."""
+
+    version: str
+    webhooks: list[Webhook]
+
+
 class WebhookStore:
     """Persistence of webhooks; every change is atomic."""
 
@@ -74,9 +84,8 @@ class WebhookStore:
         self._redis = redis
         self._max_per_tenant = max_per_tenant
         self._add = redis.register_script(_ADD)
-        # tenant -> (webhooks version read before them, webhooks): every event reads its
-        # tenant's webhooks, and most events find them unchanged.
-        self._copies: OrderedDict[str, tuple[bytes, list[Webhook]]] = OrderedDict()
+        # Every event reads its tenant's webhooks, and most events find them unchanged.
+        self._copies: OrderedDict[str, TenantWebhooks] = OrderedDict()
 
     async def add(self, webhook: Webhook, commit: Commit[Webhook] | None = None) -> None:
         """Store a new webhook with its index entries; Invalid once its tenant has the most
@@ -127,20 +136,27 @@ class WebhookStore:
         stored = await self._redis.mget([keys.endpoint_concurrency(i) for i in webhook_ids])
         return [None if value is None else int(value) for value in stored]
 
-    async def of_tenant(self, tenant_id: str) -> list[Webhook]:
+    async def of_tenant(self, tenant_id: str, checked: bool = False) -> TenantWebhooks:
         """Every webhook of a tenant, for fan-out: one read while none has changed since this
-        process last read them (a change anywhere is seen by the next event)."""
-        version = await self._redis.get(keys.WEBHOOKS_VERSION) or b"0"
+        process last read them (a change anywhere is seen by the next event).
+
+        `checked` says the caller's write checks their version (the accept script does): then
+        this process's copy, if it has one, is taken without asking Redis at all.
+        """
         copy = self._copies.get(tenant_id)
-        if copy is not None and copy[0] == version:
+        if checked and copy is not None:
             self._copies.move_to_end(tenant_id)
-            return copy[1]
-        webhooks = await self._read_tenant(tenant_id)
-        self._copies[tenant_id] = (version, webhooks)
+            return copy
+        version = (await self._redis.get(keys.WEBHOOKS_VERSION) or b"0").decode()
+        if copy is not None and copy.version == version:
+            self._copies.move_to_end(tenant_id)
+            return copy
+        copy = TenantWebhooks(version, await self._read_tenant(tenant_id))
+        self._copies[tenant_id] = copy
         self._copies.move_to_end(tenant_id)
         if len(self._copies) > _TENANTS_CACHED:
             self._copies.popitem(last=False)
-        return webhooks
+        return copy
 
     async def _read_tenant(self, tenant_id: str) -> list[Webhook]:
         ids = await self._redis.zrange(keys.tenant_webhooks(tenant_id), 0, -1)

@@ -54,7 +54,9 @@ async def test_sigkilled_worker_loses_nothing(admin: httpx.AsyncClient, workers:
             assert all(r.status_code == 202 for r in batch)
             event_ids += [r.json()["data"]["id"] for r in batch]
             if start == 100:
-                await rx.wait_for(60)
+                # Only where the worker dies: with deliveries in flight, at whatever pace a busy
+                # machine allows.
+                await rx.wait_for(60, timeout=30)
                 doomed.send_signal(signal.SIGKILL)
         await asyncio.to_thread(doomed.wait, 10)
         await _all_delivered(admin, hook["id"], total)

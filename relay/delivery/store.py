@@ -726,6 +726,7 @@ class DeliveryStore:
                 endpoint_failing=bool(r[8]),
                 endpoint_quick=bool(r[9]),
                 request_id=r[10].decode() or None,
+                holds_slot=bool(r[12]),
             )
             for r in rows
         ]
@@ -785,6 +786,7 @@ class DeliveryStore:
             "now_ms": claim.now_ms + elapsed_ms,
             "quick": result.quick,
             "was_quick": claim.endpoint_quick,
+            "holds_slot": claim.holds_slot,
             "quick_ttl": _QUICK_TTL_SECONDS,
         }
         reply = await self._run(Transition.SETTLE, arg)

@@ -22,7 +22,8 @@ One run starts redis-server (AOF, fsync every second), PostgreSQL (fsync on), `r
    with an attempt each and an event per two; then the lists an operator runs most, through
    the API, `--repeats` times each, p50 and p95.
 4. DROP: one day 10 days back filled with `--drop-deliveries` deliveries (default 1,000,000),
-   then dropped by retention's own `drop_before`, while a list query runs every 10 ms.
+   then dropped by retention's own two steps (`drop_before`: the day taken out of its tables,
+   then the tables dropped), each timed, while a list query runs every 10 ms.
 
 It prints a report and writes bench/results/capacity-<timestamp>.json. Exit status: 0 when the
 figures were taken (goals met or not: they are reported), 1 when deliveries went missing, 2 when
@@ -852,7 +853,8 @@ class DropFigures:
     day: str
     seeded: SeedFigures
     dropped: list[str]
-    seconds: float
+    seconds: float  # the whole of drop_before: the day taken out of its tables, then dropped
+    detach_seconds: float  # until the day had left its tables: no query sees it from then on
     probes: int
     probe_p50_ms: float  # before the drop
     worst_wait_ms: float  # the longest probe that overlapped the drop
@@ -881,8 +883,11 @@ async def drop(
 
         prober = asyncio.create_task(probe())
         await asyncio.sleep(2.0)
+        # drop_before's two steps, timed apart: the day leaves its tables, then its tables go.
         began = time.perf_counter()
-        dropped = await partitions.drop_before(conn, day + timedelta(days=1))
+        await partitions.detach_before(conn, day + timedelta(days=1))
+        detached = time.perf_counter()
+        dropped = await partitions.drop_detached(conn)
         ended = time.perf_counter()
         await asyncio.sleep(2.0)
         stop.set()
@@ -896,6 +901,7 @@ async def drop(
         seeded=seeded,
         dropped=dropped,
         seconds=ended - began,
+        detach_seconds=detached - began,
         probes=len(probes),
         probe_p50_ms=ms(percentile(before, 0.50)),
         worst_wait_ms=ms(max(during, default=math.nan)),
@@ -951,12 +957,17 @@ class Results:
                 )
             )
         if (d := self.drop) is not None:
+            # What retention costs the service: how long until the day is out of every query,
+            # and the longest a list waited meanwhile or while its tables were dropped after
+            # (their files' unlinking, which no query waits for, is shown beside).
+            worst = max(d.detach_seconds, d.worst_wait_ms / 1000)
             found.append(
                 (
-                    f"dropping a day of {d.seeded.deliveries:,} deliveries"
-                    f" < {GOAL_DROP_SECONDS:g} s",
-                    f"{d.seconds:.3f} s",
-                    d.seconds < GOAL_DROP_SECONDS,
+                    f"dropping a day of {d.seeded.deliveries:,} deliveries takes it out of"
+                    f" history < {GOAL_DROP_SECONDS:g} s, and no list waits longer",
+                    f"{d.detach_seconds:.3f} s, lists {d.worst_wait_ms:.0f} ms"
+                    f" ({d.seconds:.3f} s with its files)",
+                    worst < GOAL_DROP_SECONDS,
                 )
             )
         return found
@@ -1138,7 +1149,8 @@ def render_drop(d: DropFigures) -> list[str]:
         f"DROP of day {d.day}: {d.seeded.deliveries:,} deliveries, their attempts and"
         f" {d.seeded.events:,} events ({d.seeded.db_bytes_added / MB:,.0f} MB)",
         f"  drop_before took {d.seconds * 1000:.1f} ms for {len(d.dropped)} partitions"
-        f" ({', '.join(d.dropped)})",
+        f" ({', '.join(d.dropped)}): the day had left its tables after"
+        f" {d.detach_seconds * 1000:.1f} ms, dropping them (unlinking their files) took the rest",
         f"  a tenant's list every 10 ms: p50 {d.probe_p50_ms:.1f} ms before; the longest of the"
         f" {d.probes_during} that overlapped the drop took {d.worst_wait_ms:.1f} ms",
     ]

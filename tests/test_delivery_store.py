@@ -60,6 +60,12 @@ async def _taken_over(store: DeliveryStore) -> tuple[Claim, Claim]:
     return stale, fresh
 
 
+async def _leases_held(redis_client: redis.asyncio.Redis, webhook_id: str) -> int:
+    """The endpoint's slots in use: the leases in its set (scored by when they run out), not the
+    mark a claim that found the set full leaves there (scored +inf)."""
+    return int(await redis_client.zcount(keys.endpoint_slots(webhook_id), "-inf", "(+inf"))
+
+
 async def _codes(store: DeliveryStore, delivery_id: str) -> list[tuple[object, object]]:
     """The delivery's attempts as (number, status code), as its log shows them."""
     delivery = await store.get(delivery_id)
@@ -77,7 +83,7 @@ async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over
     assert late.written
     delivery = await store.get(delivery_id)
     assert delivery.status is Status.DELIVERING and delivery.attempt_count == 1
-    assert await redis_client.zcard(keys.endpoint_slots("wh_1")) == 1
+    assert await _leases_held(redis_client, "wh_1") == 1
     assert (await store.claim("c", 10, lease_ms=60_000, concurrency=1)).claims == []
 
     assert (await store.settle(fresh, _result(200))).written
@@ -212,7 +218,7 @@ async def test_an_extended_claim_holds_for_the_attempts_lease_and_a_lapsed_one_i
     event = NewEvent("evt_3", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
     await store.accept(event, [PlannedDelivery("dlv_3", "wh_1")])
     assert (await store.claim("c", 10, lease_ms=100, concurrency=2)).claims == []
-    assert await redis_client.zcard(keys.endpoint_slots("wh_1")) == 2
+    assert await _leases_held(redis_client, "wh_1") == 2
 
     assert (await store.settle(extended, _result(200))).written
     assert (await store.settle(taken, _result(200))).written
@@ -550,6 +556,94 @@ async def test_tenants_take_turns(redis_client: redis.asyncio.Redis, archive: Ar
     )
     order = await _served_in_turn(store, "wh_a_slow", 0.2)
     assert order == ["wh_a_slow", "wh_b_fast"] * 3, order
+
+
+async def test_a_slot_that_frees_goes_at_once_to_the_endpoint_at_its_concurrency(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=2)
+    [first] = (await store.claim("w", 10, lease_ms=60_000, concurrency=1)).claims
+    full = await store.claim("w", 10, lease_ms=60_000, concurrency=1)
+    # At its concurrency: the endpoint is looked at again when the lease runs out at the latest.
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+
+    assert (await store.settle(first, _result(200))).written
+    after = await store.claim("w", 10, lease_ms=60_000, concurrency=1)
+    assert [c.delivery_id for c in after.claims] == [planned[1]]
+
+
+async def _quick(redis_client: redis.asyncio.Redis, *webhook_ids: str) -> None:
+    """Mark endpoints as answering quickly, as a quick attempt's settle does."""
+    for webhook_id in webhook_ids:
+        await redis_client.set(keys.endpoint_quick(webhook_id), 1)
+
+
+async def test_a_slot_that_frees_goes_at_once_to_the_tenant_at_its_concurrency(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
+    )
+    # Known to answer quickly: they wait for the tenant's slots, not for its slow share.
+    await _quick(redis_client, "wh_a", "wh_b")
+    [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
+    full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+
+    assert (await store.settle(first, _result(200))).written
+    after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    [other] = [w for w in made if w != first.webhook_id]
+    assert [c.delivery_id for c in after.claims] == made[other]
+
+
+async def test_a_disabled_webhooks_delivery_ending_leaves_the_freed_slot_to_whoever_waits(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_on", 2), ("t1", "wh_off", 1)]
+    )
+    off = {**WEBHOOK, "id": "wh_off", "enabled": False}
+    await redis_client.set(keys.webhook("wh_off"), orjson.dumps(off))
+    await _quick(redis_client, "wh_on")
+    claimed = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
+    # The disabled webhook's delivery takes no slot; the enabled one's first takes the only one.
+    assert sorted(c.delivery_id for c in claimed) == sorted([made["wh_on"][0], *made["wh_off"]])
+    ended = next(c for c in claimed if c.webhook_id == "wh_off")
+    held = next(c for c in claimed if c.webhook_id == "wh_on")
+    assert not ended.holds_slot and held.holds_slot
+    assert (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims == []
+
+    # Ending the one that held no slot frees none: the tenant still waits for the other.
+    assert (await store.settle(ended, Settlement(Status.CANCELED, None, None, None, None))).written
+    assert (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims == []
+    assert (await store.settle(held, _result(200))).written
+    after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    assert [c.delivery_id for c in after.claims] == [made["wh_on"][1]]
+
+
+async def _commands(redis_client: redis.asyncio.Redis) -> int:
+    """Commands Redis ran since the last CONFIG RESETSTAT, those inside scripts included (the
+    INFO that reads them is not yet counted)."""
+    stats = await redis_client.info("commandstats")
+    return sum(int(s["calls"]) for name, s in stats.items() if name != "cmdstat_config|resetstat")
+
+
+async def test_settling_an_attempt_nobody_waits_for_costs_seven_redis_commands(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=2)
+    [first] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    quick = dataclasses.replace(_result(200), quick=True)
+    # The script is loaded by now, and the endpoint known to answer quickly (no slow share).
+    assert (await store.settle(first, quick)).written
+    [second] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    assert second.endpoint_quick
+
+    await redis_client.config_resetstat()
+    assert (await store.settle(second, quick)).written
+    # The script, its read of the delivery, the three sets it leaves (queue, endpoint's and
+    # tenant's slots), its write and its hand-off to history; nothing to look up for a waiter.
+    assert await _commands(redis_client) == 7
 
 
 async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_queues(

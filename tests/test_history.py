@@ -219,6 +219,73 @@ async def test_retention_drops_a_day_and_the_api_then_answers_404(
     assert (await admin.get("/v1/deliveries")).json()["data"] == []
 
 
+async def test_retention_keeps_no_list_waiting_behind_a_day_it_drops(
+    postgres_server: PostgresServer, history_db: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).date()
+    old, kept = today - timedelta(days=40), today - timedelta(days=1)
+    await partitions.ensure(history_db, [old, kept])
+    reading = await asyncpg.connect(postgres_server.url)
+    listing = await asyncpg.connect(postgres_server.url)
+    try:
+        # A long report reads the deliveries (and so every partition) when retention comes.
+        report = reading.transaction()
+        await report.start()
+        await reading.fetch("SELECT * FROM deliveries LIMIT 1")
+        dropping = asyncio.create_task(
+            partitions.drop_before(history_db, today - timedelta(days=30))
+        )
+        await asyncio.sleep(0.3)
+        # Retention waits for the report; a list that comes meanwhile does not wait for either.
+        began = time.monotonic()
+        await asyncio.wait_for(listing.fetch("SELECT id FROM deliveries LIMIT 50"), 5)
+        assert time.monotonic() - began < 0.5
+        assert not dropping.done()
+        await report.commit()
+        assert await asyncio.wait_for(dropping, 10) == sorted(
+            f"{table}_p{old:%Y%m%d}" for table in partitions.TABLES
+        )
+    finally:
+        await reading.close()
+        await listing.close()
+    names = {r["relname"] for r in await history_db.fetch(partitions._PARTITIONS, ["deliveries"])}
+    assert names >= {f"deliveries_p{kept:%Y%m%d}"} and f"deliveries_p{old:%Y%m%d}" not in names
+
+
+async def test_retention_finishes_a_day_a_stopped_pass_left_half_dropped(
+    postgres_server: PostgresServer, history_db: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=n) for n in (42, 41, 40)]
+    await partitions.ensure(history_db, days)
+    pending, detached, whole = (f"deliveries_p{day:%Y%m%d}" for day in days)
+    # A pass stopped between the two steps of one detach, and after another's detach.
+    await history_db.execute(f"ALTER TABLE deliveries DETACH PARTITION {detached}")
+    reading = await asyncpg.connect(postgres_server.url)
+    try:
+        report = reading.transaction()
+        await report.start()
+        await reading.fetch("SELECT * FROM deliveries LIMIT 1")
+        await history_db.execute("SET statement_timeout = 500")
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await history_db.execute(
+                f"ALTER TABLE deliveries DETACH PARTITION {pending} CONCURRENTLY"
+            )
+        await history_db.execute("RESET statement_timeout")
+        await report.commit()
+    finally:
+        await reading.close()
+    rows = await history_db.fetch(partitions._PARTITIONS, ["deliveries"])
+    assert {r["relname"]: r["detaching"] for r in rows}[pending] is True
+
+    dropped = await partitions.drop_before(history_db, today - timedelta(days=30))
+    assert {pending, detached, whole} <= set(dropped)
+    left = await history_db.fetchval(
+        "SELECT count(*) FROM pg_class WHERE relname = ANY($1::text[])", [pending, detached, whole]
+    )
+    assert left == 0
+
+
 async def test_tenants_never_see_each_others_history(
     admin: httpx.AsyncClient,
     make_client: Any,

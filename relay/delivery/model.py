@@ -149,6 +149,9 @@ class Claim:
     endpoint_full: bool = False
     # Of the request that posted the event, so an upstream's request id finds its attempts.
     request_id: str | None = None
+    # Whether the lease took one of the endpoint's and the tenant's slots (a disabled or deleted
+    # webhook's delivery ends without a request, and takes none).
+    holds_slot: bool = True
 
     def log_ids(self) -> dict[str, str | int]:
         """The ids an attempt's log line and span carry."""

@@ -767,8 +767,9 @@ class DeliveryStore:
                 endpoint_failing=bool(r[8]),
                 endpoint_quick=bool(r[9]),
                 request_id=r[10].decode() or None,
-                endpoint_concurrency=int(r[12]),
-                endpoint_full=bool(r[13]),
+                holds_slot=bool(r[12]),
+                endpoint_concurrency=int(r[13]),
+                endpoint_full=bool(r[14]),
             )
             for r in rows
         ]
@@ -829,6 +830,7 @@ class DeliveryStore:
             "now_ms": claim.now_ms + elapsed_ms,
             "quick": result.quick,
             "was_quick": claim.endpoint_quick,
+            "holds_slot": claim.holds_slot,
             "quick_ttl": _QUICK_TTL_SECONDS,
         }
         if result.concurrency is not None and result.concurrency != claim.endpoint_concurrency:

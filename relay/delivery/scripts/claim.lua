@@ -25,18 +25,26 @@ local claims = {}
 local taken_over = 0
 
 -- A lease whose worker died stays in its slots until it is taken over (and freed by the attempt
--- that takes it over): it is counted out only when the set looks full.
+-- that takes it over): it is counted out only when the set looks full. Leases only: WAITING,
+-- scored +inf, is none.
 local function free_slots(slots, cap)
-  local used = redis.call('ZCARD', slots)
+  local used = redis.call('ZCOUNT', slots, '-inf', '(+inf')
   if used >= cap then
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', NOW)
-    used = redis.call('ZCARD', slots)
+    used = redis.call('ZCOUNT', slots, '-inf', '(+inf')
   end
   return cap - used
 end
--- When the first lease of a full set runs out: a settle frees a slot sooner, and says so.
+-- When the first lease of a set runs out.
 local function first_expiry(slots)
-  return tonumber(redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')[2]) or (NOW + 1000)
+  local first = redis.call('ZRANGE', slots, '-inf', '(+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  return tonumber(first[2]) or (NOW + 1000)
+end
+-- A full set of slots is looked at again when its first lease runs out, or sooner when a settle
+-- frees one of its slots: WAITING in the set tells that settle to bring its owner forward.
+local function wait_for_slot(slots)
+  redis.call('ZADD', slots, '+inf', WAITING)
+  return first_expiry(slots)
 end
 
 -- Within one call each endpoint's record and free slots, each tenant's free slots, and each
@@ -140,7 +148,7 @@ local function try(id, wh, e, t)
   if d[9] == '1' and not manual then redis.call('HSET', K.delivery .. id, 'manual', '') end
   redis.call('ZADD', queue, lease, id)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
-    e.failing, e.quick and 1 or 0, d[8] or '', manual and 1 or 0}, lease
+    e.failing, e.quick and 1 or 0, d[8] or '', manual and 1 or 0, e.enabled and 1 or 0}, lease
 end
 
 -- An endpoint not known to answer quickly, when its tenant's slow share is in use: it waits
@@ -159,7 +167,7 @@ local function serve(t, T, wh, want)
   -- A deleted or disabled webhook's deliveries end without a request: no slot, no rate.
   if e.enabled then
     if e.free == nil then e.free = free_slots(slots, e.cap) end
-    if e.free <= 0 then return 0, first_expiry(slots) end
+    if e.free <= 0 then return 0, wait_for_slot(slots) end
     room = math.min(room, e.free, T.free)
     if not e.quick then
       if T.slow_free == nil then T.slow_free = free_slots(T.slow_slots, A.slow_concurrency) end
@@ -203,7 +211,7 @@ local function serve(t, T, wh, want)
   -- such an attempt says the endpoint could take more (see settle). All of them, not only the
   -- last: when several settles come before the next claim, it takes several at once.
   if e.enabled and got > 0 and e.free - got <= 0 then
-    for i = #claims - got + 1, #claims do claims[i][14] = 1 end
+    for i = #claims - got + 1, #claims do claims[i][15] = 1 end
   end
   if window and got > 0 then
     redis.call('INCRBY', window, got)
@@ -216,7 +224,7 @@ local function serve(t, T, wh, want)
       redis.call('HSET', T.served, wh, int(NOW))
       redis.call('ZREM', T.slow, wh)
     end
-    if e.free <= 0 then return got, first_expiry(slots) end
+    if e.free <= 0 then return got, wait_for_slot(slots) end
     if not e.quick and T.slow_free <= 0 and more then return got, wait_slow(T, wh) end
     if window and left - got <= 0 then return got, (math.floor(NOW / 1000) + 1) * 1000 end
   end
@@ -269,7 +277,7 @@ local function visit(t, want)
     end
   end
   if T.free <= 0 then
-    return (soonest and soonest <= 0) and NOW or first_expiry(T.slots)
+    return (soonest and soonest <= 0) and NOW or wait_for_slot(T.slots)
   end
   if again then return NOW end
   return soonest or false

@@ -106,7 +106,16 @@ if st[1] ~= 'delivering' or st[3] ~= A.token then
   return {1, '', int(at)}
 end
 
-local freed = redis.call('ZREM', K.slots .. wh, id) + redis.call('ZREM', K.tenant_slots .. t, id)
+-- Frees the delivery's slot in one set; returns whether one was freed, and whether a claim had
+-- found the set full since (WAITING, taken out with it). A delivery whose webhook was disabled
+-- when claimed holds no slot: it takes no WAITING out, which is for a slot that frees.
+local function free(slots)
+  if not A.holds_slot then return redis.call('ZREM', slots, id) > 0, false end
+  local n = redis.call('ZREM', slots, id, WAITING)
+  return n > 0, n == 2
+end
+local freed, endpoint_waits = free(K.slots .. wh)
+local tenant_freed, tenant_waits = free(K.tenant_slots .. t)
 -- The claim said whether the endpoint counted as quick: only a change is written (so a quick
 -- endpoint's flag lapses a day after it was set, and its next attempt sets it again).
 local freed_slow = 0
@@ -168,23 +177,31 @@ end
 -- until the next claim that looks at it, at the latest when the lease it was scored by runs
 -- out: that claim lets it go (see claim.lua). Most of the time an endpoint with traffic gets
 -- its next delivery first, and taking it out here would only have it put back.
-if freed > 0 then
-  -- Whoever waited for the slot may go now: the endpoint if more of it is due, the least
-  -- recently served of those waiting for a slow slot if one freed, and the tenant if one of
-  -- its endpoints is due (it was at its concurrency).
-  local endpoints, changed = K.endpoints .. t, 0
-  local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]
-  if first and tonumber(first) <= at then
-    changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, wh)
+if freed or tenant_freed then
+  -- Whoever waited for the slot may go now: the endpoint if it was at its concurrency and more
+  -- of it is due, the least recently served of those waiting for a slow slot if one freed, and
+  -- the tenant if one of those goes, or if it was at its concurrency and one of its endpoints
+  -- is due. Nobody waits for most slots that free: that costs no read.
+  local endpoints, changed, due = K.endpoints .. t, 0, false
+  if endpoint_waits then
+    local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]
+    if first and tonumber(first) <= at then
+      changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, wh)
+      due = true
+    end
   end
   if freed_slow > 0 then
     local next = redis.call('ZPOPMIN', K.endpoints_slow .. t)[1]
-    if next then changed = changed + redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, next) end
+    if next then
+      changed = changed + redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, next)
+      due = true
+    end
   end
-  local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
-  if soonest and tonumber(soonest) <= at then
-    changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', at, t)
+  if tenant_waits and not due then
+    local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
+    due = soonest ~= nil and tonumber(soonest) <= at
   end
+  if due then changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', at, t) end
   if changed > 0 then wake() end
 end
 if A.endpoint == 'ok' then

@@ -183,17 +183,24 @@ if freed or tenant_freed then
   -- the tenant if one of those goes, or if it was at its concurrency and one of its endpoints
   -- is due. Nobody waits for most slots that free: that costs no read.
   local endpoints, changed, due = K.endpoints .. t, 0, false
+  -- Whoever goes is due by Redis's own clock: `at`, the worker's estimate, can run a few ms
+  -- ahead of it, and a claim in those ms would pass them by. Read only when someone waits.
+  local now = at
+  if endpoint_waits or tenant_waits or freed_slow > 0 then
+    local time = redis.call('TIME')
+    now = math.min(at, tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
+  end
   if endpoint_waits then
     local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]
     if first and tonumber(first) <= at then
-      changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, wh)
+      changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', now, wh)
       due = true
     end
   end
   if freed_slow > 0 then
     local next = redis.call('ZPOPMIN', K.endpoints_slow .. t)[1]
     if next then
-      changed = changed + redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', at, next)
+      changed = changed + redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', now, next)
       due = true
     end
   end
@@ -201,7 +208,7 @@ if freed or tenant_freed then
     local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
     due = soonest ~= nil and tonumber(soonest) <= at
   end
-  if due then changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', at, t) end
+  if due then changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', now, t) end
   if changed > 0 then wake() end
 end
 if A.endpoint == 'ok' then

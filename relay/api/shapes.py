@@ -193,7 +193,7 @@ class DeliveredWebhook(Webhook):
     concurrency: EndpointConcurrency
 
 
-class CreatedWebhook(Webhook):
+class CreatedWebhook(DeliveredWebhook):
     """A webhook just registered, with what its receiver verifies signatures with."""
 
     secret: VerificationKey

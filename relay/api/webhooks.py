@@ -18,7 +18,7 @@ from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
 from relay.roles import Role
-from relay.services import services
+from relay.services import Services, services
 from relay.timefmt import from_timestamp
 from relay.tokens import Principal
 from relay.webhooks import (
@@ -71,20 +71,26 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     ctx = services(request)
     check_target(spec.url, ctx.policy)
     webhook, secret = new_webhook(spec, tenant_id, ctx.keyring)
-    response = ok({**webhook.public(), "secret": secret}, 201)
+    response = ok({**_delivered(ctx, webhook, None), "secret": secret}, 201)
     await ctx.webhooks.add(webhook, commit(lambda _: response))
     return response
+
+
+def _delivered(ctx: Services, webhook: Webhook, stored: int | None) -> dict[str, object]:
+    """A webhook as the API shows it, with the concurrency it is delivered at now (`stored`:
+    as its answers adapted it, if they did)."""
+    rule = ctx.settings.endpoint_concurrency_rule
+    return {
+        **webhook.public(),
+        "concurrency": {"current": rule.current(stored), "max": rule.ceiling},
+    }
 
 
 async def _with_concurrency(request: Request, webhooks: list[Webhook]) -> list[dict[str, object]]:
     """The webhooks as the API shows them, each with the concurrency it is delivered at now."""
     ctx = services(request)
-    rule = ctx.settings.endpoint_concurrency_rule
     stored = await ctx.webhooks.concurrency([w.id for w in webhooks])
-    return [
-        {**w.public(), "concurrency": {"current": rule.current(s), "max": rule.ceiling}}
-        for w, s in zip(webhooks, stored, strict=True)
-    ]
+    return [_delivered(ctx, w, s) for w, s in zip(webhooks, stored, strict=True)]
 
 
 async def list_webhooks(request: Request, principal: Principal) -> Response:
@@ -108,24 +114,25 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
     if "url" in changes:
         check_target(changes["url"], services(request).policy)
 
-    keyring = services(request).keyring
+    ctx = services(request)
+    # Read first: the answer is made inside the change, to be stored with it.
+    [stored] = await ctx.webhooks.concurrency([request.path_params["id"]])
 
     def edit(webhook: Webhook) -> Webhook:
         principal.check_visible(webhook.tenant_id, "webhook")
-        return apply_update(webhook, changes, keyring)
+        return apply_update(webhook, changes, ctx.keyring)
+
+    def shown(webhook: Webhook) -> Response:
+        return ok(_delivered(ctx, webhook, stored))
 
     # Days of failures before it was disabled must not count against it now.
-    webhook = await services(request).webhooks.change(
+    webhook = await ctx.webhooks.change(
         request.path_params["id"],
         edit,
-        commit(_shown),
+        commit(shown),
         forget_failures=changes.get("enabled") is True,
     )
-    return _shown(webhook)
-
-
-def _shown(webhook: Webhook) -> Response:
-    return ok(webhook.public())
+    return shown(webhook)
 
 
 def _deleted(webhook: Webhook) -> Response:
@@ -241,7 +248,7 @@ OPERATIONS = [
         "Change a webhook",
         OWNERS,
         "webhooks",
-        answers=shapes.Webhook,
+        answers=shapes.DeliveredWebhook,
         body=WebhookUpdate,
         params=ID,
         audit=Audit(webhook_change),

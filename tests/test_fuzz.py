@@ -29,6 +29,7 @@ from relay.api.openapi import build as build_openapi
 from relay.app import OPERATIONS, create_app
 from relay.config import Settings
 from relay.events import EVENT_TYPES
+from relay.timefmt import parse_rfc3339
 from tests.conftest import ADMIN_TOKEN, ClientFactory
 from tests.flows import Workers, wait_status, webhook
 from tests.receivers import closed_port
@@ -135,6 +136,16 @@ def _within_unstated_rules(case: schemathesis.Case) -> None:
         if case.method.upper() == "POST" and case.body.get("tenant_id") is None:
             # An admin says which tenant a webhook is for; a tenant token may leave it out.
             case.body["tenant_id"] = "fuzz_tenant"
+    recovery = (case.method.upper(), case.path) == ("POST", "/v1/recoveries")
+    if (
+        recovery
+        and isinstance(case.body, dict)
+        and case.body.get("since")
+        and case.body.get("until")
+    ):
+        # A window ends no earlier than it starts.
+        since, until = (parse_rfc3339(case.body[k], k) for k in ("since", "until"))
+        assume(until >= since)
     event_post = (case.method.upper(), case.path) == ("POST", "/v1/events")
     if event_post and isinstance(case.body, dict) and case.body.get("type") not in EVENT_TYPES:
         # Registered types are data: the document says an event may name one, not which exist.

@@ -50,7 +50,9 @@ class RecoverySelection(pydantic.BaseModel):
     # Nothing relay stores can hold a NUL character, so no filter has one.
     event_type: str | None = pydantic.Field(None, max_length=255, pattern=r"^[^\x00]*$")
     since: Annotated[str, _MOMENT] | None = None
-    until: Annotated[str, _MOMENT] | None = None
+    until: Annotated[str, _MOMENT] | None = pydantic.Field(
+        None, description="Not before `since` (422 otherwise)"
+    )
 
 
 def _window(since: str | None, until: str | None) -> tuple[int | None, int | None]:

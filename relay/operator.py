@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -152,10 +153,19 @@ def _webhook_enabled(enabled: bool) -> Show:
     return run
 
 
+# How often `recover` asks how far a recovery in the background has got.
+_FOLLOW_EVERY_SECONDS = 0.25
+
+
 def _recover(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
     body = {"since": args.since, **({"until": args.until} if args.until else {})}
-    done = api.data("POST", f"/v1/webhooks/{args.webhook}/recover", body=body)
-    return done, f"requeued {done['requeued']} failed deliveries"
+    recovery = api.data("POST", f"/v1/webhooks/{args.webhook}/recover", body=body)
+    # A window larger than one batch goes on in the background: the first answer's count is
+    # only that batch, so follow the recovery to its end before saying how many went again.
+    while recovery["status"] == "running":
+        time.sleep(_FOLLOW_EVERY_SECONDS)
+        recovery = api.data("GET", recovery["url"])
+    return recovery, f"requeued {recovery['requeued']} failed deliveries"
 
 
 def _event_get(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:

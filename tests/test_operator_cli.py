@@ -266,3 +266,40 @@ async def test_events_send_posts_a_file_in_batches_and_prints_each_lines_result(
     assert "line 2" in said
     listed = (await api.get("/v1/events", params={"tenant_id": "t_send"})).json()["data"]
     assert "p_6" not in [e["data"]["post_id"] for e in listed]
+
+
+async def _failed_count(api: httpx.AsyncClient, webhook_id: str) -> int:
+    failed, cursor = 0, None
+    while True:
+        params = {"webhook_id": webhook_id, "status": "failed", "limit": 100, "cursor": cursor}
+        page = (await api.get("/v1/deliveries", params=params)).json()
+        failed += len(page["data"])
+        if not (cursor := page["next_cursor"]):
+            return failed
+
+
+async def test_recover_counts_every_delivery_it_sent_again_not_only_the_first_batch(
+    dev: Dev, api: httpx.AsyncClient
+) -> None:
+    # More than the 200 a recovery requeues at once: the rest go in the background.
+    count = 201
+    async with Receiver() as rx:
+        rx.answer(Reply(410), path="/many")  # fails them all: the webhook is disabled at once
+        hook = await _hook(api, rx.url("/many"), "t_many")
+        since = (await api.get(f"/v1/webhooks/{hook}")).json()["data"]["created_at"]
+        for start in range(0, count, 100):
+            batch = [
+                {"type": "post.published", "tenant_id": "t_many", "data": {"post_id": f"p_{n}"}}
+                for n in range(start, min(count, start + 100))
+            ]
+            assert (await api.post("/v1/events/batch", json={"events": batch})).status_code == 207
+        for _ in range(400):
+            if await _failed_count(api, hook) == count:
+                break
+            await asyncio.sleep(0.05)
+        assert await _failed_count(api, hook) == count
+
+        rx.answer(Reply(200), path="/many")
+        assert hook in await relay(dev, "webhooks", "enable", hook)
+        said = await relay(dev, "recover", hook, "--since", since)
+        assert f"requeued {count} failed deliveries" in said

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import platform
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,10 +329,10 @@ def render(results: Results) -> str:
     return "\n\n".join("\n".join(lines) for lines in sections)
 
 
-def write(results: Results) -> Path:
-    """Write the results as JSON to bench/results/bench-<timestamp>.json."""
+def write_document(results: Results) -> dict[str, Any]:
+    """The results file of a `python -m bench` run, a summary added to the figures."""
     fastest = results.fastest_limit()
-    document = {
+    return {
         **asdict(results),
         "summary": {
             "fastest_limit": {"loop": fastest.loop, "client": fastest.client},
@@ -347,7 +349,6 @@ def write(results: Results) -> Path:
             ],
         },
     }
-    return save("bench", document)
 
 
 def save(kind: str, document: dict[str, Any]) -> Path:
@@ -368,3 +369,24 @@ def _no_nan(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_no_nan(v) for v in value]
     return value
+
+
+def conclude(
+    kind: str,
+    document: dict[str, Any],
+    report: Callable[[], str],
+    whole: bool = True,
+    problem: str = "",
+) -> int:
+    """Write the results file, print the report and say where it went; the exit status: 1
+    with `problem` said when the run was not `whole`, else 0.
+
+    The file is written first: the figures are kept even if rendering them fails.
+    """
+    path = save(kind, document)
+    print("\n" + report() + "\n")
+    print(f"results written to {os.path.relpath(path)}", flush=True)
+    if not whole:
+        print(f"{kind}: {problem}", file=sys.stderr)
+        return 1
+    return 0

@@ -326,9 +326,9 @@ async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     values["redis keys"] = await watch.redis.dbsize()
     # Every delivery in flight is in its endpoint's queue: due (ready to go, or waiting for a
     # slot of its endpoint or tenant), or not yet (a retry later, an attempt under way).
-    queued, due = await queued_deliveries(watch.redis, int(time.time() * 1000))
-    values["due deliveries"] = due
-    values["queued deliveries"] = queued
+    queued = await queued_deliveries(watch.redis, int(time.time() * 1000))
+    values["due deliveries"] = queued.due
+    values["queued deliveries"] = queued.pending
     values["events accepted"] = watch.stats.accepted
     paths = await watch.stack.receiver.paths()
     values["receiver requests"] = sum(p.requests for p in paths.values())

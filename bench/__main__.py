@@ -29,7 +29,6 @@ import asyncio
 import os
 import sys
 import time
-from datetime import UTC, datetime
 
 from bench import limit
 from bench.harness import Stack, command_line, scenario, speaker
@@ -47,7 +46,7 @@ from bench.phases import (
     steady_latency,
 )
 from bench.procs import Processes
-from bench.report import Results, conclude, machine, render, write_document
+from bench.report import Results, conclude, machine, render, utc, write_document
 
 say = speaker("bench")
 
@@ -123,7 +122,7 @@ async def measure(stack: Stack, opts: Options, started: float) -> Results:
     stats = await stack.redis.info("stats")
     persistence = await stack.redis.info("persistence")
     return Results(
-        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        started_at=utc(started),
         seconds=time.time() - started,
         options=opts,
         machine=machine(),

@@ -50,7 +50,7 @@ from bench.harness import Stack, command_line, scenario, speaker
 from bench.load import Api, LoadError, Posted, new_session, percentile, post_burst, post_paced
 from bench.phases import TENANT_ONE, TENANT_TEN, ms
 from bench.procs import Processes, redis_calls
-from bench.report import columns, conclude, machine, num
+from bench.report import columns, conclude, headline, joined, machine, num, utc, verdicts
 from relay import ids
 from relay.history import partitions
 from relay.store import keys
@@ -1048,7 +1048,7 @@ async def run(procs: Processes, opts: Options) -> Results:
             await stack.start_workers(opts.workers)
             server = await stack.redis.info("server")
             results = Results(
-                started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                started_at=utc(started),
                 seconds=0.0,
                 options=opts,
                 machine=machine(),
@@ -1148,11 +1148,10 @@ def render_drop(d: DropFigures) -> list[str]:
 
 def render(results: Results) -> str:
     """The whole report."""
-    m = results.machine
     head = (
-        f"relay {m['relay_version']} capacity, {results.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}, Redis {results.redis_version};"
-        f" {results.options.workers} workers; {results.seconds:.0f} s in all"
+        headline("capacity", results.started_at, results.machine)
+        + f", Redis {results.redis_version}; {results.options.workers} workers;"
+        f" {results.seconds:.0f} s in all"
     )
     sections = [[head]]
     if results.memory:
@@ -1163,11 +1162,8 @@ def render(results: Results) -> str:
         sections.append(render_queries(results.queries))
     if results.drop:
         sections.append(render_drop(results.drop))
-    rows: list[tuple[str, ...]] = [("goal", "measured", "")]
-    for what, measured, met in results.targets():
-        rows.append((what, measured, "met" if met else "MISSED"))
-    sections.append(["GOALS", *columns(rows)])
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    sections.append(verdicts("GOALS", "goal", results.targets()))
+    return joined(sections)
 
 
 def complete(results: Results) -> bool:

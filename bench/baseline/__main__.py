@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -69,7 +68,7 @@ from bench.procs import (
     tree_cpu_seconds,
     wait_exit,
 )
-from bench.report import columns, conclude, machine, num
+from bench.report import columns, conclude, headline, joined, load_range, machine, num, utc
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relay-bench"
@@ -412,7 +411,7 @@ async def compare(
             await stack.redis.aclose()
             await celery.redis.aclose()
     return Comparison(
-        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        started_at=utc(started),
         seconds=time.time() - started,
         load_average={"before": load_before, "after": list(os.getloadavg())},
         sweep=sweep,
@@ -542,15 +541,12 @@ def cpu_lines(comparison: Comparison) -> list[str]:
 
 def render(comparison: Comparison) -> str:
     """The whole report: the ratio first."""
-    m = machine()
-    load = comparison.load_average
     head = (
-        f"relay {m['relay_version']} against Celery, {comparison.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}; {comparison.seconds:.0f} s in all;"
-        f" load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+        headline("against Celery", comparison.started_at, machine())
+        + f"; {comparison.seconds:.0f} s in all; {load_range(comparison.load_average)}"
     )
     sections = [[head], ratio_lines(comparison), sweep_lines(comparison), cpu_lines(comparison)]
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    return joined(sections)
 
 
 def document(comparison: Comparison) -> dict[str, object]:

@@ -25,20 +25,18 @@ interrupted. Whether the targets were met is reported, not turned into an exit s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 import time
-from datetime import UTC, datetime
 
 from bench import limit
-from bench.load import LoadError, new_session, post_burst
+from bench.harness import Stack, command_line, scenario, speaker
+from bench.load import new_session, post_burst
 from bench.phases import (
     TENANT_NONE,
     TENANT_ONE,
     TENANT_TEN,
-    Bench,
     Options,
     drain_backlog,
     end_to_end,
@@ -46,17 +44,16 @@ from bench.phases import (
     limit_run,
     start,
     steady_latency,
-    stop_workers_down_to,
 )
-from bench.procs import Processes, run_harness
-from bench.report import Results, machine, render, write
+from bench.procs import Processes
+from bench.report import Results, conclude, machine, render, utc, write_document
+
+say = speaker("bench")
 
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench", __doc__)
     add = parser.add_argument
     add("--quick", action="store_true", help="a small run, for a smoke check (< 1 min)")
     add("--workers", type=int, default=2, help="relay worker processes (default 2)")
@@ -87,60 +84,55 @@ def parse_args(argv: list[str] | None) -> Options:
     )
 
 
-def say(text: str) -> None:
-    """A progress line: the run takes minutes, show it is moving."""
-    print(f"bench: {text}", flush=True)
-
-
-async def measure(bench: Bench, opts: Options, started: float) -> Results:
+async def measure(stack: Stack, opts: Options, started: float) -> Results:
     """Every phase, in order (see the module docstring for why this order)."""
     limits = []
     for loop in limit.LOOPS:
         for client in limit.CLIENTS:
-            run = await limit_run(bench, client, loop)
+            run = await limit_run(stack, opts, client, loop)
             limits.append(run)
             say(f"limit {loop} + {client}: {run.per_second:,.0f}/s")
 
     # Warm the API (first requests compile schemas, open pools) without counting it.
-    await post_burst(bench.api, TENANT_NONE, min(500, opts.events), opts.concurrency)
+    await post_burst(stack.api, TENANT_NONE, min(500, opts.events), opts.concurrency)
     ingests = [
-        await ingest(bench, "no matching webhook", TENANT_NONE),
-        await ingest(bench, "one webhook (no workers yet)", TENANT_ONE),
+        await ingest(stack, opts, "no matching webhook", TENANT_NONE),
+        await ingest(stack, opts, "one webhook (no workers yet)", TENANT_ONE),
     ]
     for run_ in ingests:
         say(f"ingest {run_.case}: {run_.per_second:,.0f} events/s")
-    drain = await drain_backlog(bench, ingests[-1].deliveries)
+    drain = await drain_backlog(stack, opts, ingests[-1].deliveries)
     say(f"backlog drain with {drain.workers} workers: {drain.per_second:,.0f} deliveries/s")
 
     e2e = []
     for tenant in (TENANT_ONE, TENANT_TEN):
-        e2e.append(await end_to_end(bench, tenant))
+        e2e.append(await end_to_end(stack, opts, tenant))
         say(
             f"e2e fan-out {e2e[-1].fan_out}, {e2e[-1].workers} workers: {e2e[-1].per_second:,.0f}/s"
         )
-    latency = await steady_latency(bench)
+    latency = await steady_latency(stack, opts)
     say(f"latency at {latency.rate:g}/s: p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms")
     if opts.workers > 1:
-        stop_workers_down_to(bench, 1)
+        stack.stop_workers(stack.workers[1:])
         for tenant in (TENANT_ONE, TENANT_TEN):
-            e2e.append(await end_to_end(bench, tenant))
+            e2e.append(await end_to_end(stack, opts, tenant))
             say(f"e2e fan-out {e2e[-1].fan_out}, 1 worker: {e2e[-1].per_second:,.0f}/s")
 
-    server = await bench.redis.info("server")
-    stats = await bench.redis.info("stats")
-    persistence = await bench.redis.info("persistence")
+    server = await stack.redis.info("server")
+    stats = await stack.redis.info("stats")
+    persistence = await stack.redis.info("persistence")
     return Results(
-        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        started_at=utc(started),
         seconds=time.time() - started,
         options=opts,
         machine=machine(),
-        settings=bench.settings.shown(),
+        settings=stack.settings.shown(),
         redis={
             "version": str(server["redis_version"]),
             # Forks are AOF rewrites: on two cores their CPU competes with everything else.
             "forks": int(stats["total_forks"]),
             "aof_rewrites": int(persistence.get("aof_rewrites", 0)),
-            "used_memory_end": await bench.used_memory(),
+            "used_memory_end": await stack.used_memory(),
         },
         load_average={},
         limit=limits,
@@ -157,13 +149,13 @@ async def run(procs: Processes, opts: Options) -> Results:
     load_before = list(os.getloadavg())
     say(f"starting redis-server, postgres, relay api and the receiver in {procs.workdir}")
     async with new_session(opts.concurrency) as session:
-        bench = await start(procs, opts, session)
+        stack = await start(procs, opts, session)
         try:
             # A bound on the whole run, on top of each phase's own.
             async with asyncio.timeout(900 + opts.events / 10):
-                results = await measure(bench, opts, started)
+                results = await measure(stack, opts, started)
         finally:
-            await bench.redis.aclose()
+            await stack.redis.aclose()
     results.load_average = {"before": load_before, "after": list(os.getloadavg())}
     return results
 
@@ -185,17 +177,17 @@ def complete(results: Results) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """One benchmark run; the exit status."""
     opts = parse_args(argv)
-    results = run_harness("bench", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(results, int):
-        return results
-    # Written first: the figures are kept even if rendering them fails.
-    path = write(results)
-    print("\n" + render(results) + "\n")
-    print(f"results written to {os.path.relpath(path)}")
-    if not complete(results):
-        print("bench: some deliveries are missing, duplicated or badly signed", file=sys.stderr)
-        return 1
-    return 0
+
+    def finish(results: Results) -> int:
+        return conclude(
+            "bench",
+            write_document(results),
+            lambda: render(results),
+            complete(results),
+            "some deliveries are missing, duplicated or badly signed",
+        )
+
+    return scenario("bench", lambda procs: run(procs, opts), finish)
 
 
 if __name__ == "__main__":

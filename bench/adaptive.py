@@ -28,32 +28,17 @@ taken (met or not), 2 when the run could not be done, 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import secrets
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 
-from bench.load import Api, LoadError, ReceiverClient, new_session, post_burst
-from bench.procs import (
-    Processes,
-    RelaySettings,
-    api_argv,
-    bench_env,
-    free_port,
-    receiver_argv,
-    run_harness,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    stop,
-    until_connected,
-    wait_until,
-)
-from bench.report import columns, num, save
-from relay.signing import generate_secret
+from bench import harness
+from bench.harness import Stack, command_line, scenario, speaker
+from bench.load import LoadError, new_session, post_burst
+from bench.procs import Processes
+from bench.report import columns, conclude, num
 
 START = 4  # RELAY_ENDPOINT_CONCURRENCY, relay's default
 CEILING = 64  # RELAY_ENDPOINT_CONCURRENCY_MAX, relay's default
@@ -112,9 +97,7 @@ class Drain:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.adaptive", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.adaptive", __doc__)
     add = parser.add_argument
     add("--fast-events", type=int, default=6000, help="backlog for the fast endpoint (6000)")
     add("--knee-events", type=int, default=600, help="backlog for the knee endpoint (600)")
@@ -128,42 +111,25 @@ def parse_args(argv: list[str] | None) -> Options:
     return Options(ns.fast_events, ns.knee_events, ns.rounds, ns.workers, endpoints)
 
 
-def say(text: str) -> None:
-    """A progress line."""
-    print(f"adaptive: {text}", flush=True)
+say = speaker("adaptive")
 
 
-@dataclass(frozen=True, slots=True)
-class Bench:
-    """What every drain uses: the processes, the relay settings, the API and the receiver."""
-
-    procs: Processes
-    settings: RelaySettings
-    redis_port: int
-    admin: Api
-    api: Api
-    receiver: ReceiverClient
-    secret: str
-    workers: int
-
-
-async def drain(b: Bench, endpoint: str, ceiling: int, round_: int, events: int) -> Drain:
+async def drain(
+    b: Stack, opts: Options, endpoint: str, ceiling: int, round_: int, events: int
+) -> Drain:
     """Post `events` to a fresh webhook of `endpoint`, then drain them through fresh workers."""
     tenant = f"adaptive_{endpoint}_{ceiling}_{round_}"
     path = f"/{'paced' if endpoint == 'fast' else 'knee'}/{tenant}"
-    hook = await b.admin.create(
-        "/v1/webhooks", {"url": b.receiver.base + path, "tenant_id": tenant, "secret": b.secret}
-    )
+    hook = await b.add_webhook(path, tenant)
     await b.receiver.reset()
     posted = await post_burst(b.api, tenant, events, 16)
     if posted.deliveries != events:
         raise LoadError(f"{events} events for {tenant}: {dict(posted.refused)}")
     env = {**b.settings.env(), "RELAY_ENDPOINT_CONCURRENCY_MAX": str(ceiling)}
-    workers = [spawn_worker(b.procs, f"worker-{tenant}-{n}", env) for n in range(1, b.workers + 1)]
     samples: list[int] = []
+    workers = []
     try:
-        for worker in workers:
-            await until_connected(worker, b.redis_port)
+        workers = await b.start_workers(opts.workers, f"worker-{tenant}-", env)
         deadline = time.monotonic() + 60 + events / 20
         while True:
             shown = await b.admin.get(f"/v1/webhooks/{hook['id']}", {})
@@ -175,7 +141,7 @@ async def drain(b: Bench, endpoint: str, ceiling: int, round_: int, events: int)
                 raise LoadError(f"{tenant}: not drained in time ({tally})")
             await asyncio.sleep(SAMPLE_SECONDS)
     finally:
-        await asyncio.to_thread(stop, workers)
+        await asyncio.to_thread(b.stop_workers, workers)
     stats = await b.receiver.stats()
     assert tally is not None and stats.first is not None and stats.last is not None
     firsts = [arrived for _, _, arrived in await b.receiver.arrivals_under(path)]
@@ -201,45 +167,20 @@ async def drain(b: Bench, endpoint: str, ceiling: int, round_: int, events: int)
 
 async def run(procs: Processes, opts: Options) -> list[Drain]:
     """Start everything, then the rounds of drains."""
-    redis_port = free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_port = free_port()
-    receiver_child = procs.spawn(
-        "receiver", receiver_argv(receiver_port, "--knee", str(KNEE)), bench_env(secret)
-    )
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
-        endpoint_concurrency=START,
-        extra={"RELAY_RETRY_SCHEDULE": SCHEDULE},
-    )
-    api_port = free_port()
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
     drains = []
     async with new_session(32) as session:
-        admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-        receiver = ReceiverClient(session, receiver_port)
-        await wait_until(receiver.ready, receiver_child, "receiver")
-        await wait_until(admin.ready, api_child, "relay api")
-        token = await admin.create("/v1/tokens", {"role": "ingest", "name": "bench"})
-        b = Bench(
+        b = await harness.start(
             procs,
-            settings,
-            redis_port,
-            admin,
-            admin.with_token(token["token"]),
-            receiver,
-            secret,
-            opts.workers,
+            session,
+            endpoint_concurrency=START,
+            extra={"RELAY_RETRY_SCHEDULE": SCHEDULE},
+            receiver_options=("--knee", str(KNEE)),
         )
         for round_ in range(1, opts.rounds + 1):
             for endpoint in opts.endpoints:
                 events = opts.fast_events if endpoint == "fast" else opts.knee_events
                 for ceiling in (START, CEILING):
-                    d = await drain(b, endpoint, ceiling, round_, events)
+                    d = await drain(b, opts, endpoint, ceiling, round_, events)
                     say(
                         f"round {round_}, {endpoint}, max {ceiling}: "
                         f"{num(d.per_second)} deliveries/s, {d.refused} of {d.requests} refused"
@@ -312,13 +253,12 @@ def render(drains: list[Drain], opts: Options) -> str:
 def main(argv: list[str] | None = None) -> int:
     """One run; the exit status."""
     opts = parse_args(argv)
-    drains = run_harness("adaptive", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(drains, int):
-        return drains
-    print("\n" + render(drains, opts) + "\n", flush=True)
-    path = save("adaptive", {"options": asdict(opts), "drains": [asdict(d) for d in drains]})
-    print(f"results: {path}", flush=True)
-    return 0
+
+    def finish(drains: list[Drain]) -> int:
+        document = {"options": asdict(opts), "drains": [asdict(d) for d in drains]}
+        return conclude("adaptive", document, lambda: render(drains, opts))
+
+    return scenario("adaptive", lambda procs: run(procs, opts), finish)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import time
 from collections import Counter
@@ -25,19 +24,10 @@ from typing import Any
 
 import orjson
 
-from bench.load import Api, LoadError, event_body, new_session, post_burst
-from bench.procs import (
-    Child,
-    Processes,
-    RelaySettings,
-    api_argv,
-    free_port,
-    run_harness,
-    start_postgres,
-    start_redis,
-    wait_until,
-)
-from bench.report import machine, save
+from bench.harness import command_line, scenario, start_api, start_stores
+from bench.load import Api, event_body, in_turn, new_session, post_burst
+from bench.procs import Child, Processes
+from bench.report import conclude, machine
 
 TENANT = "bench_batch"
 # Events posted each way before measuring: scripts cached, connections open, code warm.
@@ -68,7 +58,7 @@ class Ingest:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__)
+    parser = command_line("bench.batch", __doc__)
     add = parser.add_argument
     add("--events", type=int, default=20_000, help="events posted each way (default 20000)")
     add("--concurrency", type=int, default=32, help="clients / requests in flight (default 32)")
@@ -89,25 +79,23 @@ def batch_body(first: int, count: int) -> bytes:
 
 async def post_batches(api: Api, count: int, concurrency: int, size: int) -> Ingest:
     """POST `count` events in batches of `size` as fast as `concurrency` clients can."""
-    starts = iter(range(0, count, size))  # shared: whichever client frees up takes the next
     refused: Counter[str] = Counter()
     accepted = 0
 
-    async def client() -> None:
+    async def send(start: int) -> None:
         nonlocal accepted
-        for start in starts:
-            events = min(size, count - start)
-            status, raw = await api.post_event(batch_body(start, events), path="/v1/events/batch")
-            if status != 207:
-                refused[str(status)] += events
-                continue
-            outcomes = Counter(result["status"] for result in orjson.loads(raw)["data"])
-            accepted += outcomes.pop(202, 0)
-            refused.update({str(code): n for code, n in outcomes.items()})
+        events = min(size, count - start)
+        status, raw = await api.post_event(batch_body(start, events), path="/v1/events/batch")
+        if status != 207:
+            refused[str(status)] += events
+            return
+        outcomes = Counter(result["status"] for result in orjson.loads(raw)["data"])
+        accepted += outcomes.pop(202, 0)
+        refused.update({str(code): n for code, n in outcomes.items()})
 
     began = time.perf_counter()
     async with asyncio.timeout(60 + count / 50):
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await in_turn(concurrency, range(0, count, size), send)
     return Ingest("batch", count, accepted, dict(refused), time.perf_counter() - began)
 
 
@@ -119,21 +107,10 @@ async def post_singly(api: Api, count: int, concurrency: int) -> Ingest:
 
 async def run(procs: Processes, options: argparse.Namespace) -> list[Ingest]:
     """Start the stores and the API, then post singly and in batches; what each way did."""
-    redis_port, api_port = free_port(), free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    token = secrets.token_urlsafe(24)
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=token,
-        endpoint_concurrency=4,
-        extra={"RELAY_MAX_BATCH_EVENTS": str(options.batch)},
-    )
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
+    stores = await start_stores(procs)
+    settings = stores.settings(4, {"RELAY_MAX_BATCH_EVENTS": str(options.batch)})
     async with new_session(options.concurrency) as session:
-        api = Api(session, f"http://127.0.0.1:{api_port}", token)
-        await wait_until(api.ready, api_child, "relay api")
+        api_child, api = await start_api(procs, session, settings)
         await api.create("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "tenant_id": TENANT})
         await post_singly(api, WARM_UP, options.concurrency)
         await post_batches(api, WARM_UP, options.concurrency, options.batch)
@@ -174,22 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run the batch benchmark; the exit status."""
     options = parse_args(argv)
 
-    async def go(procs: Processes) -> list[Ingest]:
-        return await run(procs, options)
+    def finish(outcome: list[Ingest]) -> int:
+        document: dict[str, Any] = {
+            "machine": machine(),
+            "options": vars(options),
+            "ways": [
+                {**asdict(r), "per_second": r.per_second, "api_cpu_us": r.api_cpu_us}
+                for r in outcome
+            ],
+        }
+        return conclude(
+            "batch",
+            document,
+            lambda: render(outcome, options),
+            all(r.accepted == r.events for r in outcome),
+            "some events were refused",
+        )
 
-    outcome = run_harness("bench.batch", go, (LoadError,))
-    if isinstance(outcome, int):
-        return outcome
-    print(render(outcome, options))
-    document: dict[str, Any] = {
-        "machine": machine(),
-        "options": vars(options),
-        "ways": [
-            {**asdict(r), "per_second": r.per_second, "api_cpu_us": r.api_cpu_us} for r in outcome
-        ],
-    }
-    print(f"results: {save('batch', document)}")
-    return 0 if all(r.accepted == r.events for r in outcome) else 1
+    return scenario("bench.batch", lambda procs: run(procs, options), finish)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,8 @@ the run could not be done, 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
-import os
 import random
 import statistics
 import sys
@@ -48,10 +46,11 @@ from typing import Any
 import asyncpg
 
 from bench import phases
+from bench.harness import Stack, command_line, scenario, speaker
 from bench.load import Api, LoadError, Posted, new_session, percentile, post_burst, post_paced
-from bench.phases import TENANT_ONE, TENANT_TEN, Bench
-from bench.procs import Processes, redis_calls, run_harness
-from bench.report import columns, machine, num, save
+from bench.phases import TENANT_ONE, TENANT_TEN, ms
+from bench.procs import Processes, redis_calls
+from bench.report import columns, conclude, headline, joined, machine, num, utc, verdicts
 from relay import ids
 from relay.history import partitions
 from relay.store import keys
@@ -92,9 +91,7 @@ class Options:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.capacity", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.capacity", __doc__)
     add = parser.add_argument
     add("--quick", action="store_true", help="small numbers, a couple of minutes in all")
     add("--only", default=",".join(PARTS), help=f"comma-separated parts to run: {','.join(PARTS)}")
@@ -144,28 +141,21 @@ def parse_args(argv: list[str] | None) -> Options:
     return opts
 
 
-def say(text: str) -> None:
-    """A progress line: the run takes minutes, show it is moving."""
-    print(f"capacity: {text}", flush=True)
-
-
-def ms(seconds: float) -> float:
-    """Seconds as milliseconds, rounded for the results file."""
-    return round(seconds * 1000, 2)
+say = speaker("capacity")
 
 
 # --- reading the stores ------------------------------------------------------------------------
 
 
-async def used_memory(bench: Bench) -> int:
+async def used_memory(stack: Stack) -> int:
     """Redis INFO used_memory, in bytes."""
-    return await bench.used_memory()
+    return await stack.used_memory()
 
 
-async def writer_lag(bench: Bench) -> tuple[int, float]:
+async def writer_lag(stack: Stack) -> tuple[int, float]:
     """(entries in the history stream, age in seconds of the oldest; 0 when it is empty)."""
-    length = int(await bench.redis.xlen(keys.HISTORY))
-    oldest = await bench.redis.xrange(keys.HISTORY, count=1)
+    length = int(await stack.redis.xlen(keys.HISTORY))
+    oldest = await stack.redis.xrange(keys.HISTORY, count=1)
     if not oldest:
         return length, 0.0
     # A stream entry's id starts with the unix ms Redis added it at.
@@ -183,15 +173,15 @@ async def row_count(conn: asyncpg.Connection, table: str) -> int:
     return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
 
 
-async def until_written(bench: Bench, timeout: float, calls: Counter[str] | None = None) -> bool:
+async def until_written(stack: Stack, timeout: float, calls: Counter[str] | None = None) -> bool:
     """Wait until nothing is due and the history stream is empty; False if not in time.
 
     `calls` counts the commands this sends, so a commands run can leave them out.
     """
     deadline = time.monotonic() + timeout
     while True:
-        queued = await bench.redis.exists(keys.TENANTS)
-        length = await bench.redis.xlen(keys.HISTORY)
+        queued = await stack.redis.exists(keys.TENANTS)
+        length = await stack.redis.xlen(keys.HISTORY)
         if calls is not None:
             calls.update(("exists", "xlen"))
         if queued == 0 and length == 0:
@@ -271,7 +261,7 @@ class Progress:
         self.current = None
 
 
-async def post_steady(bench: Bench, opts: Options, progress: Progress) -> None:
+async def post_steady(stack: Stack, opts: Options, progress: Progress) -> None:
     """Half the deliveries at fan-out 10, then half at fan-out 1, at `rate` deliveries/s."""
     half = opts.deliveries // 2
     for tenant, fan_out, share in ((TENANT_TEN, 10, half), (TENANT_ONE, 1, opts.deliveries - half)):
@@ -283,18 +273,18 @@ async def post_steady(bench: Bench, opts: Options, progress: Progress) -> None:
         for first in range(0, events, round_size):
             progress.current = Posted()
             posted = await post_paced(
-                bench.api, tenant, per_second, min(round_size, events - first), progress.current
+                stack.api, tenant, per_second, min(round_size, events - first), progress.current
             )
             progress.finish(posted)
     progress.fan_out = 0
 
 
-async def memory(bench: Bench, conn: asyncpg.Connection, opts: Options) -> MemoryFigures:
+async def memory(stack: Stack, conn: asyncpg.Connection, opts: Options) -> MemoryFigures:
     """Post steadily while sampling Redis, the history stream and PostgreSQL."""
-    if not await until_written(bench, DRAIN_TIMEOUT):
+    if not await until_written(stack, DRAIN_TIMEOUT):
         raise LoadError("relay did not settle before the memory run")
-    await bench.receiver.reset()
-    empty = await used_memory(bench)
+    await stack.receiver.reset()
+    empty = await stack.used_memory()
     db_before = await db_size(conn)
     say(
         f"memory: {opts.deliveries:,} deliveries at {opts.rate:g}/s; empty relay uses"
@@ -310,18 +300,18 @@ async def memory(bench: Bench, conn: asyncpg.Connection, opts: Options) -> Memor
     streams: list[int] = []
     samples: list[Sample] = []
     began = time.monotonic()
-    posting = asyncio.create_task(post_steady(bench, opts, progress))
+    posting = asyncio.create_task(post_steady(stack, opts, progress))
     posting_ended: float | None = None
 
     async def sample_once(printed: bool) -> None:
         elapsed = time.monotonic() - began
-        used = await used_memory(bench)
-        length, lag = await writer_lag(bench)
+        used = await stack.used_memory()
+        length, lag = await writer_lag(stack)
         memories.append((progress.fan_out, used))
         streams.append(length)
         lags.append(lag)
         if printed:
-            delivered = (await bench.receiver.stats()).requests
+            delivered = (await stack.receiver.stats()).requests
             sample = Sample(
                 elapsed=round(elapsed, 1),
                 posted=progress.posted,
@@ -354,14 +344,14 @@ async def memory(bench: Bench, conn: asyncpg.Connection, opts: Options) -> Memor
         if printed:
             next_print += opts.sample_seconds
         await sample_once(printed)
-        bench.check_alive()
+        stack.check_alive()
         if posting.done():
             posting.result()  # a failed posting loop ends the run with its error
             if posting_ended is None:
                 posting_ended = elapsed
                 deadline = time.monotonic() + DRAIN_TIMEOUT + progress.posted / 100
-            delivered = (await bench.receiver.stats()).requests
-            if delivered >= progress.posted and await until_written(bench, 0):
+            delivered = (await stack.receiver.stats()).requests
+            if delivered >= progress.posted and await until_written(stack, 0):
                 written = True
                 break
             assert deadline is not None
@@ -370,8 +360,8 @@ async def memory(bench: Bench, conn: asyncpg.Connection, opts: Options) -> Memor
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began - elapsed)))
     seconds = time.monotonic() - began
     await sample_once(True)
-    after = await used_memory(bench)
-    arrived = await bench.receiver.stats()
+    after = await stack.used_memory()
+    arrived = await stack.receiver.stats()
     halves = {}
     for fan_out in (10, 1):
         during = [used for posting_fan_out, used in memories if posting_fan_out == fan_out]
@@ -430,36 +420,36 @@ class CommandFigures:
         return self.idle_per_second * self.seconds / self.delivered if self.delivered else 0.0
 
 
-async def command_counts(bench: Bench) -> Counter[str]:
+async def command_counts(stack: Stack) -> Counter[str]:
     """Calls per command since the last CONFIG RESETSTAT."""
-    stats = await bench.redis.info("commandstats")
+    stats = await stack.redis.info("commandstats")
     return Counter({name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()})
 
 
-async def commands(bench: Bench, opts: Options) -> CommandFigures:
+async def commands(stack: Stack, opts: Options) -> CommandFigures:
     """Warm up, measure an idle relay, then count what `command_events` deliveries cost."""
-    warm = await post_burst(bench.api, TENANT_ONE, 200, 16)
-    await bench.receiver.wait_for(warm.deliveries, timeout=60)
-    await until_written(bench, DRAIN_TIMEOUT)
+    warm = await post_burst(stack.api, TENANT_ONE, 200, 16)
+    await stack.receiver.wait_for(warm.deliveries, timeout=60)
+    await until_written(stack, DRAIN_TIMEOUT)
     await asyncio.sleep(FLUSH_SECONDS)
 
-    await bench.redis.config_resetstat()
+    await stack.redis.config_resetstat()
     idle_began = time.monotonic()
     await asyncio.sleep(FLUSH_SECONDS)
-    idle = await redis_calls(bench.redis) - 1  # the CONFIG RESETSTAT itself
+    idle = await redis_calls(stack.redis) - 1  # the CONFIG RESETSTAT itself
     idle_per_second = idle / (time.monotonic() - idle_began)
 
-    await bench.receiver.reset()
+    await stack.receiver.reset()
     own: Counter[str] = Counter()
-    await bench.redis.config_resetstat()
+    await stack.redis.config_resetstat()
     own["config|resetstat"] += 1
     began = time.monotonic()
-    posted = await post_paced(bench.api, TENANT_ONE, opts.rate, opts.command_events)
-    arrived = await bench.receiver.wait_for(posted.deliveries, timeout=60 + posted.deliveries / 50)
-    await until_written(bench, DRAIN_TIMEOUT, own)
+    posted = await post_paced(stack.api, TENANT_ONE, opts.rate, opts.command_events)
+    arrived = await stack.receiver.wait_for(posted.deliveries, timeout=60 + posted.deliveries / 50)
+    await until_written(stack, DRAIN_TIMEOUT, own)
     await asyncio.sleep(FLUSH_SECONDS)
     seconds = time.monotonic() - began
-    counted = await command_counts(bench)
+    counted = await command_counts(stack)
     counted.subtract(own)
     by_command = {name: n for name, n in counted.most_common() if n > 0}
     return CommandFigures(
@@ -734,10 +724,10 @@ async def _sample(
 
 
 async def queries(
-    bench: Bench, admin: Api, opts: Options, hooks: list[list[str]], seeded: SeedFigures
+    stack: Stack, admin: Api, opts: Options, hooks: list[list[str]], seeded: SeedFigures
 ) -> QueriesFigures:
     """Time the lists an operator runs most, each `repeats` times with other tenants."""
-    conn = await asyncpg.connect(bench.postgres.url)
+    conn = await asyncpg.connect(stack.postgres.url)
     try:
         rows = {t: await row_count(conn, t) for t in ("deliveries", "attempts", "events")}
         # Samples spread over every partition, so answers come from all days, not a warm one;
@@ -862,14 +852,14 @@ class DropFigures:
 
 
 async def drop(
-    bench: Bench, admin: Api, opts: Options, tenants: list[str], webhooks: list[str]
+    stack: Stack, admin: Api, opts: Options, tenants: list[str], webhooks: list[str]
 ) -> DropFigures:
     """Fill a day 10 days back, then time `drop_before` for it under a list every 10 ms."""
     day = datetime.now(UTC).date() - timedelta(days=DROP_DAYS_BACK)
     seeded = await seed(
-        bench.postgres.url, [day], opts.drop_deliveries, tenants, webhooks, first_event=10**12
+        stack.postgres.url, [day], opts.drop_deliveries, tenants, webhooks, first_event=10**12
     )
-    conn = await asyncpg.connect(bench.postgres.url)
+    conn = await asyncpg.connect(stack.postgres.url)
     try:
         probes: list[tuple[float, float]] = []
         stop = asyncio.Event()
@@ -978,20 +968,20 @@ def seeded_tenants(hooks: list[list[str]]) -> tuple[list[str], list[str]]:
     return [tenant_name(i) for i in range(len(hooks))], [h for row in hooks for h in row]
 
 
-async def measure(bench: Bench, opts: Options, results: Results) -> None:
+async def measure(stack: Stack, opts: Options, results: Results) -> None:
     """Each part asked for, in order."""
-    admin = bench.api.with_token(bench.settings.admin_token)
-    conn = await asyncpg.connect(bench.postgres.url)
+    admin = stack.admin
+    conn = await asyncpg.connect(stack.postgres.url)
     try:
         if "memory" in opts.only:
-            results.memory = await memory(bench, conn, opts)
+            results.memory = await memory(stack, conn, opts)
             m = results.memory
             say(
                 f"memory: Redis empty {m.empty_memory / MB:.2f} MB, max {m.max_memory / MB:.2f} MB,"
                 f" after {m.after_memory / MB:.2f} MB"
             )
         if "commands" in opts.only:
-            results.commands = await commands(bench, opts)
+            results.commands = await commands(stack, opts)
             say(f"commands: {results.commands.per_delivery:.1f} per delivery")
     finally:
         await conn.close()
@@ -1000,7 +990,7 @@ async def measure(bench: Bench, opts: Options, results: Results) -> None:
     tenants_wanted = opts.tenants if "queries" in opts.only else 1
     began = time.monotonic()
     hooks = await register_tenants(
-        admin, tenants_wanted, bench.receiver.hook_url("seeded"), bench.webhook_secret
+        admin, tenants_wanted, stack.receiver.hook_url("seeded"), stack.secret
     )
     registered = time.monotonic() - began
     say(
@@ -1012,16 +1002,16 @@ async def measure(bench: Bench, opts: Options, results: Results) -> None:
         today = datetime.now(UTC).date()
         days = [today - timedelta(days=n) for n in range(SEED_DAYS - 1, -1, -1)]
         seeded = await seed(
-            bench.postgres.url, days, opts.seed_deliveries, tenants, webhooks, first_event=0
+            stack.postgres.url, days, opts.seed_deliveries, tenants, webhooks, first_event=0
         )
         say(
             f"seeded {seeded.deliveries:,} deliveries in {seeded.seconds:.0f} s"
             f" ({seeded.per_second:,.0f}/s, {seeded.db_bytes_added / MB:,.0f} MB)"
         )
-        results.queries = await queries(bench, admin, opts, hooks, seeded)
+        results.queries = await queries(stack, admin, opts, hooks, seeded)
         results.queries.register_seconds = registered
     if "drop" in opts.only:
-        results.drop = await drop(bench, admin, opts, tenants, webhooks)
+        results.drop = await drop(stack, admin, opts, tenants, webhooks)
         say(f"drop: {results.drop.seconds:.3f} s, worst wait {results.drop.worst_wait_ms:.1f} ms")
 
 
@@ -1053,21 +1043,21 @@ async def run(procs: Processes, opts: Options) -> Results:
         endpoint_concurrency=64,
     )
     async with new_session(32) as session:
-        bench = await phases.start(procs, bench_opts, session)
+        stack = await phases.start(procs, bench_opts, session)
         try:
-            await phases.start_workers(bench, opts.workers)
-            server = await bench.redis.info("server")
+            await stack.start_workers(opts.workers)
+            server = await stack.redis.info("server")
             results = Results(
-                started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                started_at=utc(started),
                 seconds=0.0,
                 options=opts,
                 machine=machine(),
                 redis_version=str(server["redis_version"]),
             )
             async with asyncio.timeout(bound_seconds(opts)):
-                await measure(bench, opts, results)
+                await measure(stack, opts, results)
         finally:
-            await bench.redis.aclose()
+            await stack.redis.aclose()
     results.seconds = time.time() - started
     return results
 
@@ -1158,11 +1148,10 @@ def render_drop(d: DropFigures) -> list[str]:
 
 def render(results: Results) -> str:
     """The whole report."""
-    m = results.machine
     head = (
-        f"relay {m['relay_version']} capacity, {results.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}, Redis {results.redis_version};"
-        f" {results.options.workers} workers; {results.seconds:.0f} s in all"
+        headline("capacity", results.started_at, results.machine)
+        + f", Redis {results.redis_version}; {results.options.workers} workers;"
+        f" {results.seconds:.0f} s in all"
     )
     sections = [[head]]
     if results.memory:
@@ -1173,11 +1162,8 @@ def render(results: Results) -> str:
         sections.append(render_queries(results.queries))
     if results.drop:
         sections.append(render_drop(results.drop))
-    rows: list[tuple[str, ...]] = [("goal", "measured", "")]
-    for what, measured, met in results.targets():
-        rows.append((what, measured, "met" if met else "MISSED"))
-    sections.append(["GOALS", *columns(rows)])
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    sections.append(verdicts("GOALS", "goal", results.targets()))
+    return joined(sections)
 
 
 def complete(results: Results) -> bool:
@@ -1191,22 +1177,22 @@ def complete(results: Results) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """One capacity run; the exit status."""
     opts = parse_args(argv)
-    results = run_harness("capacity", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(results, int):
-        return results
-    # Written first: the figures are kept even if rendering them fails.
-    document = asdict(results)
-    document["targets"] = [
-        {"goal": what, "measured": measured, "met": met}
-        for what, measured, met in results.targets()
-    ]
-    path = save("capacity", document)
-    print("\n" + render(results) + "\n")
-    print(f"results written to {os.path.relpath(path)}")
-    if not complete(results):
-        print("capacity: some deliveries did not arrive or were not written", file=sys.stderr)
-        return 1
-    return 0
+
+    def finish(results: Results) -> int:
+        document = asdict(results)
+        document["targets"] = [
+            {"goal": what, "measured": measured, "met": met}
+            for what, measured, met in results.targets()
+        ]
+        return conclude(
+            "capacity",
+            document,
+            lambda: render(results),
+            complete(results),
+            "some deliveries did not arrive or were not written",
+        )
+
+    return scenario("capacity", lambda procs: run(procs, opts), finish)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ no worker exited on its own; 1 when not; 2 when the run could not be done; 130 w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import glob
 import itertools
+import math
 import random
 import re
 import secrets
@@ -56,27 +56,22 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from bench.load import Api, LoadError, ReceiverClient, new_session
+from bench.harness import command_line, ingest_client, scenario, spawn_receiver, speaker, start_api
+from bench.load import Api, ReceiverClient, event, media_data, new_session, on_schedule, post_data
 from bench.procs import (
     Child,
     Postgres,
     Processes,
     RelaySettings,
     SetupError,
-    api_argv,
-    bench_env,
     free_port,
-    receiver_argv,
-    run_harness,
     spawn_worker,
     start_postgres,
     start_redis,
     start_sentinel,
     until_connected,
     wait_exit,
-    wait_until,
 )
-from relay.signing import generate_secret
 from relay.store import keys
 
 # Short steps, so every delivery's whole schedule fits in the run and the wait after it.
@@ -164,9 +159,7 @@ class Options:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.chaos", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.chaos", __doc__)
     add = parser.add_argument
     add("--seconds", type=float, default=300.0, help="how long to load and fault (default 300)")
     add("--rate", type=float, default=10.0, help="events posted per second (default 10)")
@@ -187,9 +180,7 @@ def parse_args(argv: list[str] | None) -> Options:
     return Options(ns.seconds, ns.rate, ns.workers, (low, high), ns.settle_seconds, seed)
 
 
-def say(text: str) -> None:
-    """A progress line."""
-    print(f"chaos: {text}", flush=True)
+say = speaker("chaos")
 
 
 # --- the system under test ---------------------------------------------------------------------
@@ -494,10 +485,8 @@ def event_body(number: int) -> dict[str, Any]:
     tenant = TENANTS[number % len(TENANTS)]
     upstream_id = f"chaos-{number}"
     if tenant == "chaos_c" and number // len(TENANTS) % 10 == 0:
-        data = {"media_id": f"m_{number}", "url": "https://cdn.example/m.png", "mime": "image/png"}
-        return {"type": "media.uploaded", "tenant_id": tenant, "data": data, "id": upstream_id}
-    data = {"post_id": f"p_{number}", "platform": "chaos"}
-    return {"type": "post.published", "tenant_id": tenant, "data": data, "id": upstream_id}
+        return event("media.uploaded", tenant, media_data(number), upstream_id)
+    return event("post.published", tenant, post_data(number, "chaos"), upstream_id)
 
 
 async def post_until_answered(api: Api, body: dict[str, Any], load: Load, deadline: float) -> None:
@@ -528,18 +517,11 @@ async def post_until_answered(api: Api, body: dict[str, Any], load: Load, deadli
 
 async def post_events(api: Api, opts: Options, load: Load, deadline: float) -> None:
     """Start one post every 1/rate seconds for `seconds`; wait until every post is resolved."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    posts: list[asyncio.Task[None]] = []
-    for number in itertools.count():
-        due = began + number / opts.rate
-        if due >= began + opts.seconds:
-            break
-        await asyncio.sleep(max(0.0, due - loop.time()))
-        posts.append(
-            asyncio.create_task(post_until_answered(api, event_body(number), load, deadline))
-        )
-    await asyncio.gather(*posts)
+
+    async def send(number: int) -> None:
+        await post_until_answered(api, event_body(number), load, deadline)
+
+    await on_schedule(opts.rate, math.ceil(opts.seconds * opts.rate), send)
 
 
 # --- the outcome ---------------------------------------------------------------------------------
@@ -809,21 +791,14 @@ async def start(
     """Everything up and the webhooks registered; the admin and ingest clients."""
     redis = await RedisGroup.start(procs)
     postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_port = free_port()
-    receiver_options = (
-        "--hang-seconds",
-        str(HANG_SECONDS),
-        "--limit-per-second",
-        str(LIMIT_PER_SECOND),
-    )
-    receiver_child = procs.spawn(
-        "receiver", receiver_argv(receiver_port, *receiver_options), bench_env(secret)
+    receiver = spawn_receiver(
+        procs,
+        session,
+        ("--hang-seconds", str(HANG_SECONDS), "--limit-per-second", str(LIMIT_PER_SECOND)),
     )
     settings = RelaySettings(
         redis_url=redis.url,
         database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
         endpoint_concurrency=ENDPOINT_CONCURRENCY,
         extra={
             "RELAY_RETRY_SCHEDULE": RETRY_SCHEDULE,
@@ -832,30 +807,25 @@ async def start(
             "RELAY_REDIS_MIN_REPLICAS": "1",
         },
     )
-    api_port = free_port()
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
-    admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-    receiver = ReceiverClient(session, receiver_port)
-    await wait_until(receiver.ready, receiver_child, "receiver")
-    await wait_until(admin.ready, api_child, "relay api")
+    api_child, admin = await start_api(procs, session, settings, receiver)
     kinds: dict[str, Endpoint] = {}
     for endpoint in ENDPOINTS:
         made = await admin.create(
             "/v1/webhooks",
             {
-                "url": receiver.base + endpoint.path,
+                "url": receiver.client.base + endpoint.path,
                 "tenant_id": endpoint.tenant,
                 "events": list(endpoint.events),
                 "description": f"chaos {endpoint.kind}",
-                "secret": secret,  # the receiver checks every signature with it
+                "secret": receiver.secret,  # the receiver checks every signature with it
             },
         )
         kinds[made["id"]] = endpoint
-    token = await admin.create("/v1/tokens", {"role": "ingest", "name": "chaos"})
+    ingest = await ingest_client(admin, "chaos")
     system = System(procs, settings, redis, postgres, api_child)
     for _ in range(opts.workers):
         await system.start_worker()
-    return system, admin, admin.with_token(token["token"]), receiver, kinds
+    return system, admin, ingest, receiver.client, kinds
 
 
 async def run(procs: Processes, opts: Options) -> Outcome:
@@ -911,10 +881,7 @@ def logged_errors(procs: Processes, most: int = 5) -> str:
 def main(argv: list[str] | None = None) -> int:
     """One chaos run; the exit status."""
     opts = parse_args(argv)
-    outcome = run_harness("chaos", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(outcome, int):
-        return outcome
-    return 0 if outcome.ok else 1
+    return scenario("chaos", lambda procs: run(procs, opts), lambda outcome: 0 if outcome.ok else 1)
 
 
 if __name__ == "__main__":

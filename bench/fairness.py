@@ -25,15 +25,15 @@ could not be done, 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
-import secrets
 import sys
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from bench import harness
+from bench.harness import command_line, scenario, speaker
 from bench.load import (
     Api,
     LoadError,
@@ -46,22 +46,8 @@ from bench.load import (
     post_burst,
     post_paced,
 )
-from bench.procs import (
-    Processes,
-    RelaySettings,
-    api_argv,
-    bench_env,
-    free_port,
-    receiver_argv,
-    run_harness,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    until_connected,
-    wait_until,
-)
+from bench.procs import Processes
 from relay.config import Settings
-from relay.signing import generate_secret
 from relay.store import keys
 
 NOISY = "fair_a"
@@ -108,9 +94,7 @@ class Figures:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.fairness", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.fairness", __doc__)
     add = parser.add_argument
     add("--hanging", type=int, default=100, help="tenant A's hanging webhooks (100)")
     add("--backlog", type=int, default=10_000, help="A's deliveries to them (10,000)")
@@ -131,9 +115,7 @@ def parse_args(argv: list[str] | None) -> Options:
     )
 
 
-def say(text: str) -> None:
-    """A progress line."""
-    print(f"fairness: {text}", flush=True)
+say = speaker("fairness")
 
 
 async def traffic(api: Api, receiver: ReceiverClient, opts: Options) -> Run:
@@ -177,45 +159,26 @@ async def sample_in_flight(redis: aioredis.Redis, stop: asyncio.Event) -> int:
 
 async def run(procs: Processes, opts: Options) -> Figures:
     """Start everything, then measure idle and loaded."""
-    redis_port = free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_port = free_port()
-    hang = str(DELIVERY_TIMEOUT * 2)
-    receiver_child = procs.spawn(
-        "receiver", receiver_argv(receiver_port, "--hang-seconds", hang), bench_env(secret)
-    )
     tenant_concurrency = opts.tenant_concurrency or DEFAULT_TENANT_CONCURRENCY
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
-        endpoint_concurrency=4,  # relay's default
-        extra={
-            "RELAY_TENANT_CONCURRENCY": str(tenant_concurrency),
-            # A's hanging webhooks and its healthy ones, past the default of 100 if need be.
-            "RELAY_MAX_WEBHOOKS_PER_TENANT": str(max(100, opts.hanging + HEALTHY_WEBHOOKS)),
-        },
-    )
-    api_port = free_port()
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
-    redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
     async with new_session(64) as session:
-        admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-        receiver = ReceiverClient(session, receiver_port)
-        await wait_until(receiver.ready, receiver_child, "receiver")
-        await wait_until(admin.ready, api_child, "relay api")
+        stack = await harness.start(
+            procs,
+            session,
+            endpoint_concurrency=4,  # relay's default
+            extra={
+                "RELAY_TENANT_CONCURRENCY": str(tenant_concurrency),
+                # A's hanging webhooks and its healthy ones, past the default of 100 if need be.
+                "RELAY_MAX_WEBHOOKS_PER_TENANT": str(max(100, opts.hanging + HEALTHY_WEBHOOKS)),
+            },
+            receiver_options=("--hang-seconds", str(DELIVERY_TIMEOUT * 2)),
+        )
+        redis, api, receiver = stack.redis, stack.api, stack.receiver
         hooks = [(QUIET, "/hook/b", ["*"])]
         hooks += [(NOISY, f"/hook/a-{n}", ["media.uploaded"]) for n in range(HEALTHY_WEBHOOKS)]
         hooks += [(NOISY, f"/hang/a-{n}", ["post.published"]) for n in range(opts.hanging)]
-        for tenant, path, events in hooks:
-            hook = {"url": receiver.base + path, "tenant_id": tenant, "secret": secret}
-            await admin.create("/v1/webhooks", {**hook, "events": events})
-        token = await admin.create("/v1/tokens", {"role": "ingest", "name": "bench"})
-        api = admin.with_token(token["token"])
-        for n in range(1, opts.workers + 1):
-            await until_connected(spawn_worker(procs, f"worker{n}", settings.env()), redis_port)
+        for tenant, path, types in hooks:
+            await stack.add_webhook(path, tenant, events=types)
+        await stack.start_workers(opts.workers)
 
         await traffic(api, receiver, Options(1, 1, opts.rate, opts.a_rate, 2, 1))  # warm-up
         idle = await traffic(api, receiver, opts)
@@ -281,11 +244,12 @@ def render(f: Figures, opts: Options) -> str:
 def main(argv: list[str] | None = None) -> int:
     """One run; the exit status."""
     opts = parse_args(argv)
-    figures = run_harness("fairness", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(figures, int):
-        return figures
-    print("\n" + render(figures, opts) + "\n", flush=True)
-    return 0
+
+    def finish(figures: Figures) -> int:
+        print("\n" + render(figures, opts) + "\n", flush=True)
+        return 0
+
+    return scenario("fairness", lambda procs: run(procs, opts), finish)
 
 
 if __name__ == "__main__":

@@ -17,28 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio as aioredis
 
-from bench.load import Api, LoadError, event_body, new_session
+from bench.harness import command_line, scenario, start_api, start_stores
+from bench.load import Api, event_body, new_session
 from bench.pinger import Pinger
-from bench.procs import (
-    Processes,
-    RelaySettings,
-    api_argv,
-    free_port,
-    run_harness,
-    start_postgres,
-    start_redis,
-    wait_until,
-)
-from bench.report import RESULTS_DIR, machine
+from bench.procs import Processes
+from bench.report import conclude, machine
 from relay.secrets import Keyring
 from relay.store.webhooks import WebhookStore
 from relay.validation import parse
@@ -75,7 +65,7 @@ class Accept:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser = command_line("bench.fanout", __doc__)
     parser.add_argument("--webhooks", type=int, default=20_000, help="webhooks of the tenant")
     parser.add_argument("--events", type=int, default=3, help="events posted, one at a time")
     return parser.parse_args(argv)
@@ -126,29 +116,18 @@ async def accept_one(api: Api, client: aioredis.Redis, pinger: Pinger, number: i
 
 async def run(procs: Processes, webhooks: int, events: int) -> list[Accept]:
     """Start the stores and the API, store the webhooks, post the events; what each accept cost."""
-    redis_port, api_port = free_port(), free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    token = secrets.token_urlsafe(24)
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=token,
-        endpoint_concurrency=4,
-        extra={"RELAY_MAX_WEBHOOKS_PER_TENANT": str(webhooks)},
-    )
-    client = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=60)
+    stores = await start_stores(procs)
+    settings = stores.settings(4, {"RELAY_MAX_WEBHOOKS_PER_TENANT": str(webhooks)})
+    client = stores.client(timeout=60)
     try:
         started = time.perf_counter()
         await store_webhooks(client, Keyring.from_strings([settings.master_key]), webhooks)
         print(f"stored {webhooks} webhooks in {time.perf_counter() - started:.1f}s")
-        api_child = procs.spawn("api", api_argv(api_port), settings.env())
         await client.config_set("slowlog-log-slower-than", SLOWLOG_FLOOR_MICROS)
         await client.config_set("slowlog-max-len", 10_000)
         async with new_session(4) as session:
-            api = Api(session, f"http://127.0.0.1:{api_port}", token)
-            await wait_until(api.ready, api_child, "relay api")
-            with Pinger(redis_port) as pinger:
+            _, api = await start_api(procs, session, settings)
+            with Pinger(stores.redis_port) as pinger:
                 return [await accept_one(api, client, pinger, n) for n in range(events)]
     finally:
         await client.aclose()
@@ -174,25 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run the fan-out benchmark; the exit status."""
     options = parse_args(argv)
 
-    async def go(procs: Processes) -> list[Accept]:
-        return await run(procs, options.webhooks, options.events)
+    def finish(outcome: list[Accept]) -> int:
+        document = {
+            "machine": machine(),
+            "webhooks": options.webhooks,
+            "accepts": [asdict(r) for r in outcome],
+        }
+        return conclude(
+            "fanout",
+            document,
+            lambda: render(outcome, options.webhooks),
+            all(r.status == 202 and r.deliveries == options.webhooks for r in outcome),
+            "some events were not accepted with a delivery per webhook",
+        )
 
-    outcome = run_harness("bench.fanout", go, (LoadError,))
-    if isinstance(outcome, int):
-        return outcome
-    print(render(outcome, options.webhooks))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"fanout-{stamp}.json"
-    document = {
-        "machine": machine(),
-        "webhooks": options.webhooks,
-        "accepts": [asdict(r) for r in outcome],
-    }
-    path.write_text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-    print(f"results: {path}")
-    whole = all(r.status == 202 and r.deliveries == options.webhooks for r in outcome)
-    return 0 if whole else 1
+    return scenario(
+        "bench.fanout", lambda procs: run(procs, options.webhooks, options.events), finish
+    )
 
 
 if __name__ == "__main__":

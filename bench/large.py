@@ -23,35 +23,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import orjson
 import redis.asyncio as aioredis
 
+from bench import harness
 from bench.fanout import SLOWLOG_FLOOR_MICROS, longest_call
-from bench.load import Api, LoadError, ReceiverClient, new_session
+from bench.harness import command_line, scenario
+from bench.load import Api, ReceiverClient, event, new_session, post_data
 from bench.pinger import Pinger
-from bench.procs import (
-    Processes,
-    RelaySettings,
-    api_argv,
-    bench_env,
-    free_port,
-    receiver_argv,
-    run_harness,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    until_connected,
-    wait_until,
-)
-from bench.report import RESULTS_DIR, machine
+from bench.procs import Processes
+from bench.report import conclude, machine
 from relay.config import MAX_BODY_BYTES_CEILING
-from relay.signing import generate_secret
 
 TENANT = "bench_large"
 TARGET_PING_MS = 50.0
@@ -85,7 +71,7 @@ class LargeEvent:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench.large", description=__doc__)
+    parser = command_line("bench.large", __doc__)
     add = parser.add_argument
     add("--sizes", default="1048576", help="body sizes in bytes, comma-separated (1 MiB)")
     add("--webhooks", type=int, default=100, help="webhooks of the tenant (default 100)")
@@ -110,8 +96,7 @@ def large_body(size: int, number: int) -> bytes:
     """A `post.published` event whose request body is `size` bytes, most of it one string."""
 
     def body(text: str) -> bytes:
-        data = {"post_id": f"p_{number}", "platform": "bench", "text": text}
-        return orjson.dumps({"type": "post.published", "tenant_id": TENANT, "data": data})
+        return orjson.dumps(event("post.published", TENANT, post_data(number, text=text)))
 
     return body("x" * (size - len(body(""))))
 
@@ -183,40 +168,27 @@ async def post_large(
 
 async def run(procs: Processes, options: argparse.Namespace) -> list[LargeEvent]:
     """Start everything, register the webhooks, post the events; what each cost."""
-    redis_port, api_port, receiver_port = free_port(), free_port(), free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_child = procs.spawn("receiver", receiver_argv(receiver_port), bench_env(secret))
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(24),
-        endpoint_concurrency=4,
-        extra={
-            "RELAY_MAX_BODY_BYTES": str(max(options.sizes)),
-            "RELAY_MAX_WEBHOOKS_PER_TENANT": str(max(100, options.webhooks)),
-        },
-    )
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
-    client = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=60)
     results: list[LargeEvent] = []
-    try:
-        async with new_session(4) as session:
-            api = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-            receiver = ReceiverClient(session, receiver_port)
-            await wait_until(receiver.ready, receiver_child, "receiver")
-            await wait_until(api.ready, api_child, "relay api")
+    async with new_session(4) as session:
+        stack = await harness.start(
+            procs,
+            session,
+            endpoint_concurrency=4,
+            extra={
+                "RELAY_MAX_BODY_BYTES": str(max(options.sizes)),
+                "RELAY_MAX_WEBHOOKS_PER_TENANT": str(max(100, options.webhooks)),
+            },
+            redis_timeout=60,
+        )
+        client, api, receiver = stack.redis, stack.admin, stack.receiver
+        try:
             for n in range(options.webhooks):
-                hook = {"url": receiver.hook_url(f"large-{n}"), "tenant_id": TENANT}
-                await api.create("/v1/webhooks", {**hook, "secret": secret})
-            for n in range(options.workers):
-                worker = spawn_worker(procs, f"worker{n + 1}", settings.env())
-                await until_connected(worker, redis_port)
+                await stack.add_webhook(f"/hook/large-{n}", TENANT)
+            await stack.start_workers(options.workers)
             await client.config_set("slowlog-log-slower-than", SLOWLOG_FLOOR_MICROS)
             await client.config_set("slowlog-max-len", 10_000)
             await client.config_set("latency-monitor-threshold", LATENCY_FLOOR_MS)
-            with Pinger(redis_port) as pinger:
+            with Pinger(stack.stores.redis_port) as pinger:
                 results.append(await idle(client, pinger, IDLE_SECONDS))
                 print(render_row(results[-1]), flush=True)
                 expected = options.webhooks * options.together
@@ -229,8 +201,8 @@ async def run(procs: Processes, options: argparse.Namespace) -> list[LargeEvent]
                         print(render_row(result), flush=True)
                         if result.delivered < expected:
                             return results
-    finally:
-        await client.aclose()
+        finally:
+            await client.aclose()
     return results
 
 
@@ -258,30 +230,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"events to {options.webhooks} webhooks, {options.workers} worker(s); PINGs meanwhile")
     print(HEADER, flush=True)
 
-    async def go(procs: Processes) -> list[LargeEvent]:
-        return await run(procs, options)
+    def finish(outcome: list[LargeEvent]) -> int:
+        longest = max((r.longest_ping_ms for r in outcome if r.together), default=0.0)
+        verdict = "met" if longest <= TARGET_PING_MS else "missed"
+        document = {
+            "machine": machine(),
+            "webhooks": options.webhooks,
+            "workers": options.workers,
+            "events": [asdict(r) for r in outcome],
+        }
+        rounds = [r for r in outcome if r.together]
+        expected = options.webhooks * options.together
+        whole = len(rounds) == len(options.sizes) * options.events
+        return conclude(
+            "large",
+            document,
+            lambda: f"longest PING {longest:.1f} ms (target {TARGET_PING_MS:.0f} ms: {verdict})",
+            whole and all(r.delivered == expected for r in rounds),
+            "some deliveries did not arrive",
+        )
 
-    outcome = run_harness("bench.large", go, (LoadError,))
-    if isinstance(outcome, int):
-        return outcome
-    longest = max((r.longest_ping_ms for r in outcome if r.together), default=0.0)
-    verdict = "met" if longest <= TARGET_PING_MS else "missed"
-    print(f"longest PING {longest:.1f} ms (target {TARGET_PING_MS:.0f} ms: {verdict})")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"large-{stamp}.json"
-    document = {
-        "machine": machine(),
-        "webhooks": options.webhooks,
-        "workers": options.workers,
-        "events": [asdict(r) for r in outcome],
-    }
-    path.write_text(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-    print(f"results: {path}")
-    rounds = [r for r in outcome if r.together]
-    expected = options.webhooks * options.together
-    whole = len(rounds) == len(options.sizes) * options.events
-    return 0 if whole and all(r.delivered == expected for r in rounds) else 1
+    return scenario("bench.large", lambda procs: run(procs, options), finish)
 
 
 if __name__ == "__main__":

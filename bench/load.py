@@ -10,14 +10,15 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
+T = TypeVar("T")
 REQUEST_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
 
@@ -35,16 +36,33 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[rank - 1]
 
 
+def event(
+    kind: str, tenant: str, data: dict[str, Any], upstream_id: str | None = None
+) -> dict[str, Any]:
+    """An event as an upstream service posts it, with its upstream `id` when given."""
+    found = {"type": kind, "tenant_id": tenant, "data": data}
+    return found if upstream_id is None else {**found, "id": upstream_id}
+
+
+def post_data(number: int, platform: str = "bench", **more: Any) -> dict[str, Any]:
+    """The `data` of a `post.published` event (or, with an `error`, of a `post.failed` one)."""
+    return {"post_id": f"p_{number}", "platform": platform, **more}
+
+
+def media_data(number: int) -> dict[str, Any]:
+    """The `data` of a small `media.uploaded` event."""
+    return {"media_id": f"m_{number}", "url": "https://cdn.example/m.png", "mime": "image/png"}
+
+
 def event_body(tenant: str, number: int) -> bytes:
     """A small `post.published` event."""
-    data = {"post_id": f"p_{number}", "platform": "bench", "url": "https://example.com/p"}
-    return orjson.dumps({"type": "post.published", "tenant_id": tenant, "data": data})
+    data = post_data(number, url="https://example.com/p")
+    return orjson.dumps(event("post.published", tenant, data))
 
 
 def media_body(tenant: str, number: int) -> bytes:
     """A small `media.uploaded` event (webhooks can subscribe to it apart from posts)."""
-    data = {"media_id": f"m_{number}", "url": "https://example.com/m.png", "mime": "image/png"}
-    return orjson.dumps({"type": "media.uploaded", "tenant_id": tenant, "data": data})
+    return orjson.dumps(event("media.uploaded", tenant, media_data(number)))
 
 
 def unix_seconds(rfc3339: str) -> float:
@@ -175,19 +193,52 @@ async def post_one(api: Api, body: bytes, into: Posted) -> None:
     )
 
 
-async def _client(api: Api, tenant: str, numbers: Iterator[int], into: Posted) -> None:
-    for number in numbers:
-        await post_one(api, event_body(tenant, number), into)
+async def in_turn(
+    concurrency: int, items: Iterable[T], send: Callable[[T], Awaitable[None]]
+) -> None:
+    """`send` every item with `concurrency` clients, each waiting for its answer: one shared
+    iterator, so exactly these items go, whichever client frees up first taking the next."""
+    shared = iter(items)
+
+    async def client() -> None:
+        for item in shared:
+            await send(item)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
+async def on_schedule(
+    rate: float, count: int, send: Callable[[int], Coroutine[Any, Any, None]]
+) -> float:
+    """Start `send(n)` for each of `count` numbers at n / rate seconds from now (an open loop);
+    wait until every one is done; how late the latest start was, in seconds.
+
+    Each starts on time whatever the previous ones are doing, so a slow answer does not lower
+    the rate.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    most_late = 0.0
+    tasks: list[asyncio.Task[None]] = []
+    for number in range(count):
+        due = began + number / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        most_late = max(most_late, loop.time() - due)
+        tasks.append(asyncio.create_task(send(number)))
+    await asyncio.gather(*tasks)
+    return most_late
 
 
 async def post_burst(api: Api, tenant: str, count: int, concurrency: int) -> Posted:
     """POST `count` events as fast as `concurrency` clients, each waiting for its answer, can."""
     posted = Posted(started=time.time())
     began = time.perf_counter()
-    # One shared iterator: exactly `count` events, whichever client frees up first takes one.
-    numbers = iter(range(count))
+
+    async def send(number: int) -> None:
+        await post_one(api, event_body(tenant, number), posted)
+
     async with asyncio.timeout(60 + count / 50):
-        await asyncio.gather(*(_client(api, tenant, numbers, posted) for _ in range(concurrency)))
+        await in_turn(concurrency, range(count), send)
     posted.seconds = time.perf_counter() - began
     return posted
 
@@ -209,17 +260,14 @@ async def post_paced(
     """
     posted = into if into is not None else Posted()
     posted.started = time.time()
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    tasks: list[asyncio.Task[None]] = []
+    began = time.perf_counter()
+
+    async def send(number: int) -> None:
+        await post_one(api, body(tenant, number), posted)
+
     async with asyncio.timeout(60 + count / rate * 2):
-        for number in range(count):
-            due = began + number / rate
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            posted.max_lag = max(posted.max_lag, loop.time() - due)
-            tasks.append(asyncio.create_task(post_one(api, body(tenant, number), posted)))
-        await asyncio.gather(*tasks)
-    posted.seconds = loop.time() - began
+        posted.max_lag = await on_schedule(rate, count, send)
+    posted.seconds = time.perf_counter() - began
     return posted
 
 

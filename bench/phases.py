@@ -6,47 +6,22 @@ runs before any worker exists (so it measures the API and Redis alone), then the
 
 from __future__ import annotations
 
-import asyncio
 import json
-import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
-from bench import limit
-from bench.load import Api, ReceiverClient, latencies, percentile, post_burst, post_paced
-from bench.procs import (
-    Child,
-    Postgres,
-    Processes,
-    RelaySettings,
-    SetupError,
-    api_argv,
-    bench_env,
-    free_port,
-    harness_cpu_seconds,
-    machine_cpu_seconds,
-    receiver_argv,
-    redis_calls,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    stop,
-    until_connected,
-    wait_exit,
-    wait_until,
-)
-from relay.signing import generate_secret
-from relay.store import keys
+from bench import harness, limit
+from bench.harness import Stack
+from bench.load import latencies, percentile, post_burst, post_paced
+from bench.procs import Processes, SetupError, bench_env, stop, wait_exit
 
 TENANT_NONE = "bench_none"  # no webhooks: an event fans out to nothing
 TENANT_ONE = "bench_one"  # one webhook
 TENANT_TEN = "bench_ten"  # ten webhooks: fan-out 10
 FAN_OUT = {TENANT_ONE: 1, TENANT_TEN: 10}
-SETTLE_TIMEOUT = 60.0
 PLAIN_HTTPX_MAX = 2000
 
 
@@ -65,143 +40,19 @@ class Options:
     endpoint_concurrency: int
 
 
-@dataclass(slots=True)
-class Bench:
-    """The running system and the clients that drive and watch it."""
+async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Stack:
+    """The system up, with the bench tenants' webhooks registered (one secret for all, so that
+    the receiver can check them all).
 
-    opts: Options
-    procs: Processes
-    settings: RelaySettings
-    redis_child: Child
-    postgres: Postgres
-    api_child: Child
-    receiver_child: Child
-    redis: aioredis.Redis
-    redis_port: int
-    api: Api  # with an ingest token, as an upstream service would post
-    receiver: ReceiverClient
-    webhook_secret: str
-    workers: list[Child] = field(default_factory=list)
-
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each process, and by the workers together."""
-        used = {"api": self.api_child.cpu_seconds()}
-        for worker in self.workers:
-            used[worker.name] = worker.cpu_seconds()
-        used["workers"] = sum(used[w.name] for w in self.workers)
-        used["redis"] = self.redis_child.cpu_seconds()
-        used["postgres"] = self.postgres.cpu_seconds()
-        used["receiver"] = self.receiver_child.cpu_seconds()
-        used["harness"] = harness_cpu_seconds()
-        # Not a process: the whole machine (all cores, everyone), and time stolen from it.
-        used["machine"], used["stolen"] = machine_cpu_seconds()
-        return used
-
-    def check_alive(self) -> None:
-        """Raise SetupError if a relay process, a store or the receiver has exited."""
-        for child in (self.redis_child, self.api_child, self.receiver_child, *self.workers):
-            child.check_alive()
-        self.postgres.check_alive()
-
-    async def redis_calls(self) -> int:
-        """Commands Redis has run so far, those inside Lua scripts included."""
-        return await redis_calls(self.redis)
-
-    async def used_memory(self) -> int:
-        """Redis INFO used_memory, in bytes."""
-        info = await self.redis.info("memory")
-        return int(info["used_memory"])
-
-    async def settle(self) -> bool:
-        """Wait until no delivery is pending or in flight; False if some still are at the end."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        # A tenant with anything queued stays in the tenants' set until its last delivery ends.
-        while await self.redis.exists(keys.TENANTS):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
-
-
-# --- start-up ----------------------------------------------------------------------------------
-
-
-async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Bench:
-    """Redis, PostgreSQL, the receiver and the API up; an ingest token and the webhooks
-    registered.
-
-    Workers are started later (`start_workers`), once ingest has been measured without them.
+    Workers are started later, once ingest has been measured without them.
     """
-    redis_port = free_port()
-    redis_child = await start_redis(procs, redis_port)
-    redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
-    postgres = await start_postgres(procs)
-
-    webhook_secret = generate_secret()
-    receiver_port = free_port()
-    receiver_child = procs.spawn(
-        "receiver", receiver_argv(receiver_port), bench_env(webhook_secret)
-    )
-
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
-        endpoint_concurrency=opts.endpoint_concurrency,
-    )
-    api_port = free_port()
-    api_url = f"http://127.0.0.1:{api_port}"
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
-
-    admin = Api(session, api_url, settings.admin_token)
-    receiver = ReceiverClient(session, receiver_port)
-    await wait_until(receiver.ready, receiver_child, "receiver")
-    await wait_until(admin.ready, api_child, "relay api")
-
-    token = await admin.create("/v1/tokens", {"role": "ingest", "name": "bench"})
+    stack = await harness.start(procs, session, opts.endpoint_concurrency)
     for tenant, fan_out in FAN_OUT.items():
         for n in range(fan_out):
-            webhook = {
-                "url": receiver.hook_url(f"{tenant}-{n}"),
-                "tenant_id": tenant,
-                "events": ["*"],
-                "description": "bench receiver",
-                # One imported secret for every webhook, so the receiver can check them all.
-                "secret": webhook_secret,
-            }
-            await admin.create("/v1/webhooks", webhook)
-    return Bench(
-        opts=opts,
-        procs=procs,
-        settings=settings,
-        redis_child=redis_child,
-        postgres=postgres,
-        api_child=api_child,
-        receiver_child=receiver_child,
-        redis=redis,
-        redis_port=redis_port,
-        api=admin.with_token(token["token"]),
-        receiver=receiver,
-        webhook_secret=webhook_secret,
-    )
-
-
-async def start_workers(bench: Bench, count: int) -> None:
-    """Start `count` `relay worker` processes and wait until each has connected to Redis."""
-    first = len(bench.workers) + 1
-    started = [
-        spawn_worker(bench.procs, f"worker{n}", bench.settings.env())
-        for n in range(first, first + count)
-    ]
-    for worker in started:
-        await until_connected(worker, bench.redis_port)
-    bench.workers += started
-
-
-def stop_workers_down_to(bench: Bench, count: int) -> None:
-    """Stop workers (SIGTERM, as a deploy would) until `count` remain."""
-    while len(bench.workers) > count:
-        stop([bench.workers.pop()])
+            await stack.add_webhook(
+                f"/hook/{tenant}-{n}", tenant, events=["*"], description="bench receiver"
+            )
+    return stack
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -247,28 +98,30 @@ class LimitFigures:
     cpu_per_1k: dict[str, float]  # the loop itself and the receiver
 
 
-async def limit_run(bench: Bench, client: limit.ClientName, loop: limit.LoopName) -> LimitFigures:
+async def limit_run(
+    stack: Stack, opts: Options, client: limit.ClientName, loop: limit.LoopName
+) -> LimitFigures:
     """Run the bare loop once in its own process (so its CPU is its own) and collect."""
-    count = bench.opts.events
+    count = opts.events
     if client == "httpx":
         # httpx's own pool manages ~300/s at this concurrency: 10,000 sends would take half a
         # minute to show what a couple of thousand show as well.
         count = min(count, PLAIN_HTTPX_MAX)
-    out = bench.procs.workdir / f"limit-{loop}-{client}.json"
-    argv = [sys.executable, "-m", "bench.limit", "--url", bench.receiver.hook_url("limit")]
-    argv += ["--count", str(count), "--concurrency", str(bench.opts.concurrency)]
+    out = stack.procs.workdir / f"limit-{loop}-{client}.json"
+    argv = [sys.executable, "-m", "bench.limit", "--url", stack.receiver.hook_url("limit")]
+    argv += ["--count", str(count), "--concurrency", str(opts.concurrency)]
     argv += ["--client", client, "--loop", loop, "--out", str(out)]
-    await bench.receiver.reset()
-    receiver_before = bench.receiver_child.cpu_seconds()
-    child = bench.procs.spawn(f"limit-{loop}-{client}", argv, bench_env(bench.webhook_secret))
+    await stack.receiver.reset()
+    receiver_before = stack.receiver_child.cpu_seconds()
+    child = stack.procs.spawn(f"limit-{loop}-{client}", argv, bench_env(stack.secret))
     if not await wait_exit(child, timeout=90 + count / 100):
         stop([child])
         raise SetupError(f"{child.name} did not finish in time")
-    receiver_cpu = bench.receiver_child.cpu_seconds() - receiver_before
+    receiver_cpu = stack.receiver_child.cpu_seconds() - receiver_before
     if child.process.returncode != 0 or not out.exists():
         raise SetupError(f"the {loop}+{client} loop failed:\n{child.tail()}")
     result = json.loads(out.read_text())
-    arrived = await bench.receiver.stats()
+    arrived = await stack.receiver.stats()
     ok: int = result["ok"]
     return LimitFigures(
         client=client,
@@ -304,16 +157,16 @@ class IngestFigures:
     busy: dict[str, float]
 
 
-async def ingest(bench: Bench, case: str, tenant: str) -> IngestFigures:
+async def ingest(stack: Stack, opts: Options, case: str, tenant: str) -> IngestFigures:
     """Post `events` events of one tenant with `concurrency` clients."""
-    cpu_before = bench.cpu()
-    posted = await post_burst(bench.api, tenant, bench.opts.events, bench.opts.concurrency)
-    cpu_after = bench.cpu()
-    bench.check_alive()
+    cpu_before = stack.cpu()
+    posted = await post_burst(stack.api, tenant, opts.events, opts.concurrency)
+    cpu_after = stack.cpu()
+    stack.check_alive()
     accepted = len(posted.accepted)
     return IngestFigures(
         case=case,
-        events=bench.opts.events,
+        events=opts.events,
         accepted=accepted,
         refused=dict(posted.refused),
         seconds=posted.seconds,
@@ -337,15 +190,15 @@ class DrainFigures:
     per_second: float
 
 
-async def drain_backlog(bench: Bench, expected: int) -> DrainFigures:
+async def drain_backlog(stack: Stack, opts: Options, expected: int) -> DrainFigures:
     """Start the workers on a full queue; time first receipt to last."""
-    await bench.receiver.reset()
-    await start_workers(bench, bench.opts.workers)
-    arrived = await bench.receiver.wait_for(expected, timeout=60 + expected / 50)
+    await stack.receiver.reset()
+    await stack.start_workers(opts.workers)
+    arrived = await stack.receiver.wait_for(expected, timeout=60 + expected / 50)
     seconds = (arrived.last or 0.0) - (arrived.first or 0.0)
-    await bench.settle()
+    await stack.settle()
     return DrainFigures(
-        workers=len(bench.workers),
+        workers=len(stack.workers),
         deliveries=expected,
         arrived=arrived.requests,
         seconds=seconds,
@@ -379,32 +232,34 @@ class E2EFigures:
     worker_log_bytes_per_delivery: float  # what the workers print is work too
 
 
-async def end_to_end(bench: Bench, tenant: str, events: int | None = None) -> E2EFigures:
+async def end_to_end(
+    stack: Stack, opts: Options, tenant: str, events: int | None = None
+) -> E2EFigures:
     """One throughput run of `events` events (the run's --events over the fan-out unless
     given); CPU and Redis memory are measured from settled to settled."""
     fan_out = FAN_OUT[tenant]
-    events = events if events is not None else max(1, bench.opts.events // fan_out)
-    await bench.settle()
-    await bench.receiver.reset()
-    memory_before = await bench.used_memory()
-    calls_before = await bench.redis_calls()
-    logged_before = sum(w.log_bytes() for w in bench.workers)
-    cpu_before = bench.cpu()
-    posted = await post_burst(bench.api, tenant, events, bench.opts.concurrency)
-    arrived = await bench.receiver.wait_for(posted.deliveries, timeout=60 + posted.deliveries / 50)
-    settled = await bench.settle()
+    events = events if events is not None else max(1, opts.events // fan_out)
+    await stack.settle()
+    await stack.receiver.reset()
+    memory_before = await stack.used_memory()
+    calls_before = await stack.redis_calls()
+    logged_before = sum(w.log_bytes() for w in stack.workers)
+    cpu_before = stack.cpu()
+    posted = await post_burst(stack.api, tenant, events, opts.concurrency)
+    arrived = await stack.receiver.wait_for(posted.deliveries, timeout=60 + posted.deliveries / 50)
+    settled = await stack.settle()
     # Taken once every delivery is settled in Redis: its last writes are part of the cost.
-    cpu_after = bench.cpu()
+    cpu_after = stack.cpu()
     wall = time.time() - posted.started
-    memory_after = await bench.used_memory()
-    calls = await bench.redis_calls() - calls_before
-    logged = sum(w.log_bytes() for w in bench.workers) - logged_before
-    bench.check_alive()
+    memory_after = await stack.used_memory()
+    calls = await stack.redis_calls() - calls_before
+    logged = sum(w.log_bytes() for w in stack.workers) - logged_before
+    stack.check_alive()
     seconds = (arrived.last or posted.started) - posted.started
     delivered = arrived.requests
     return E2EFigures(
         fan_out=fan_out,
-        workers=len(bench.workers),
+        workers=len(stack.workers),
         events=len(posted.accepted),
         refused=sum(posted.refused.values()),
         deliveries=posted.deliveries,
@@ -448,16 +303,15 @@ class LatencyFigures:
     max_lag_ms: float  # how late the pacing loop started its latest POST
 
 
-async def steady_latency(bench: Bench) -> LatencyFigures:
+async def steady_latency(stack: Stack, opts: Options) -> LatencyFigures:
     """Post at `rate` events/s for `latency_seconds`; latency per event from the arrival times."""
-    opts = bench.opts
     count = max(1, round(opts.rate * opts.latency_seconds))
-    await bench.settle()
-    await bench.receiver.reset()
-    posted = await post_paced(bench.api, TENANT_ONE, opts.rate, count)
-    await bench.receiver.wait_for(posted.deliveries, timeout=60.0)
-    first_seen = await bench.receiver.arrivals()
-    bench.check_alive()
+    await stack.settle()
+    await stack.receiver.reset()
+    posted = await post_paced(stack.api, TENANT_ONE, opts.rate, count)
+    await stack.receiver.wait_for(posted.deliveries, timeout=60.0)
+    first_seen = await stack.receiver.arrivals()
+    stack.check_alive()
     relay_side = latencies(posted.accepted, first_seen)
     client_side = [
         first_seen[event.event_id] - event.sent_at

@@ -19,21 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import redis.asyncio as aioredis
-import uvloop
 
 from relay.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from relay.embedded import free_port as free_port  # the one free_port, re-exported
 from relay.history import migrations
 from relay.processes import die_with_parent
 
-T = TypeVar("T")
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 30.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -348,10 +345,10 @@ class RelaySettings:
 
     redis_url: str
     database_url: str
-    admin_token: str
     endpoint_concurrency: int
     # Other RELAY_* variables a run sets, e.g. a short retry schedule.
     extra: dict[str, str] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     master_key: str = field(
         default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
     )
@@ -510,34 +507,3 @@ async def redis_calls(client: aioredis.Redis) -> int:
     """Commands Redis has run so far, those inside Lua scripts included."""
     stats = await client.info("commandstats")
     return sum(int(command["calls"]) for command in stats.values())
-
-
-def run_harness(
-    name: str,
-    main: Callable[[Processes], Coroutine[Any, Any, T]],
-    failures: tuple[type[Exception], ...] = (),
-) -> T | int:
-    """Run `main` on uvloop with a work dir for its children, stopped however it ends.
-
-    Returns its result, or an exit status: 130 when interrupted (Ctrl-C, or SIGTERM from
-    `timeout`, CI or a supervisor), 2 when SetupError or one of `failures` says the run could
-    not be done.
-    """
-
-    async def cancellable(procs: Processes) -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await main(procs)
-
-    try:
-        with processes() as procs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(cancellable(procs))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"\n{name}: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if not isinstance(exc, (SetupError, TimeoutError, *failures)):
-            raise
-        print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2

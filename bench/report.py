@@ -6,6 +6,8 @@ import json
 import math
 import os
 import platform
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +109,42 @@ class Results:
                 slowest >= TARGET_INGEST_PER_SECOND,
             ),
         ]
+
+
+# --- shared by every report -------------------------------------------------------------------
+
+
+def utc(unix: float) -> str:
+    """Unix seconds as RFC 3339 UTC, to the second: when a run started."""
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def headline(what: str, started_at: str, machine: dict[str, Any]) -> str:
+    """The start of a report's first line: relay's version, the run, when, and the machine."""
+    return (
+        f"relay {machine['relay_version']} {what}, {started_at}: {machine['cpu_model']},"
+        f" {machine['cores']} cores, Python {machine['python']}"
+    )
+
+
+def load_range(load_average: dict[str, list[float]]) -> str:
+    """The machine's 1-minute load average before and after the run: it is shared."""
+    return (
+        f"load average {load_average['before'][0]:.2f} before, {load_average['after'][0]:.2f} after"
+    )
+
+
+def verdicts(title: str, heading: str, targets: list[tuple[str, str, bool]]) -> list[str]:
+    """Each (target, what was measured, met) as a table under `title`."""
+    rows: list[tuple[str, ...]] = [(heading, "measured", "")]
+    for what, measured, met in targets:
+        rows.append((what, measured, "met" if met else "MISSED"))
+    return [title, *columns(rows)]
+
+
+def joined(sections: list[list[str]]) -> str:
+    """A report's sections, each a list of lines, a blank line between them."""
+    return "\n\n".join("\n".join(lines) for lines in sections)
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -293,26 +331,15 @@ def latency_lines(results: Results) -> list[str]:
     ]
 
 
-def target_lines(results: Results) -> list[str]:
-    """Each target, measured, met or not."""
-    rows: list[tuple[str, ...]] = [("target", "measured", "")]
-    for what, measured, met in results.targets():
-        rows.append((what, measured, "met" if met else "MISSED"))
-    return ["TARGETS", *columns(rows)]
-
-
 def render(results: Results) -> str:
     """The whole report."""
-    m = results.machine
     fastest = results.fastest_limit()
     head = (
-        f"relay {m['relay_version']} bench, {results.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}, Redis {results.redis['version']};"
+        headline("bench", results.started_at, results.machine)
+        + f", Redis {results.redis['version']};"
         f" {results.options.events:,} events per run, {results.options.concurrency} clients,"
         f" RELAY_ENDPOINT_CONCURRENCY={results.options.endpoint_concurrency};"
-        f" {results.seconds:.0f} s in all;"
-        f" load average {results.load_average['before'][0]:.2f} before,"
-        f" {results.load_average['after'][0]:.2f} after"
+        f" {results.seconds:.0f} s in all; {load_range(results.load_average)}"
     )
     fastest_line = f"  fastest: {fastest.loop} + {fastest.client}, {num(fastest.per_second)}/s"
     sections = [
@@ -322,15 +349,15 @@ def render(results: Results) -> str:
         e2e_lines(results),
         latency_lines(results),
         cpu_lines(results),
-        target_lines(results),
+        verdicts("TARGETS", "target", results.targets()),
     ]
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    return joined(sections)
 
 
-def write(results: Results) -> Path:
-    """Write the results as JSON to bench/results/bench-<timestamp>.json."""
+def write_document(results: Results) -> dict[str, Any]:
+    """The results file of a `python -m bench` run, a summary added to the figures."""
     fastest = results.fastest_limit()
-    document = {
+    return {
         **asdict(results),
         "summary": {
             "fastest_limit": {"loop": fastest.loop, "client": fastest.client},
@@ -347,7 +374,6 @@ def write(results: Results) -> Path:
             ],
         },
     }
-    return save("bench", document)
 
 
 def save(kind: str, document: dict[str, Any]) -> Path:
@@ -368,3 +394,24 @@ def _no_nan(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_no_nan(v) for v in value]
     return value
+
+
+def conclude(
+    kind: str,
+    document: dict[str, Any],
+    report: Callable[[], str],
+    whole: bool = True,
+    problem: str = "",
+) -> int:
+    """Write the results file, print the report and say where it went; the exit status: 1
+    with `problem` said when the run was not `whole`, else 0.
+
+    The file is written first: the figures are kept even if rendering them fails.
+    """
+    path = save(kind, document)
+    print("\n" + report() + "\n")
+    print(f"results written to {os.path.relpath(path)}", flush=True)
+    if not whole:
+        print(f"{kind}: {problem}", file=sys.stderr)
+        return 1
+    return 0

@@ -15,20 +15,16 @@ not, 2 when the run itself could not be done, 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import math
 import os
-import secrets
 import statistics
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,24 +33,11 @@ import orjson
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import redis.asyncio as aioredis
 
-from bench.load import Api, LoadError, PathTally, ReceiverClient, new_session
-from bench.procs import (
-    Child,
-    Processes,
-    RelaySettings,
-    api_argv,
-    bench_env,
-    free_port,
-    receiver_argv,
-    run_harness,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    until_connected,
-    wait_until,
-)
-from relay.signing import generate_secret
-from relay.store import keys
+from bench import harness
+from bench.harness import Stack, command_line, scenario
+from bench.load import Api, PathTally, event, in_turn, media_data, new_session, post_data
+from bench.procs import Processes
+from bench.report import save
 from relay.store.metrics import queued as queued_deliveries
 
 # Short retry steps so whole schedules, and the retry traffic they make, fit in the run.
@@ -65,7 +48,6 @@ DELIVERY_TIMEOUT = 2.0
 ENDPOINT_CONCURRENCY = 4
 SLOW_REPLY_SECONDS = DELIVERY_TIMEOUT + 1.0
 PRINT_EVERY = 10.0
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 ReceiverKind = Literal["healthy", "error", "slow"]
 MeasureKind = Literal["level", "stored", "counter"]
@@ -91,9 +73,7 @@ class Options:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.soak", __doc__)
     add = parser.add_argument
     add("--seconds", type=float, default=60.0, help="how long to post events (default 60)")
     add("--rate", type=float, default=100.0, help="events posted per second (default 100)")
@@ -121,39 +101,11 @@ def parse_args(argv: list[str] | None) -> Options:
 # --- the system under test ----------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Cluster:
-    """Redis, the API, the workers and the receiver of one soak run."""
-
-    redis_url: str
-    admin: Api
-    redis: Child
-    api: Child
-    workers: list[Child]
-    receiver: ReceiverClient
-    secret: str  # every webhook imports it, so the receiver can check every signature
-
-    @property
-    def relay(self) -> list[Child]:
-        """The relay processes, the ones whose resources are watched."""
-        return [self.api, *self.workers]
-
-
-async def start_cluster(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Cluster:
+async def start(procs: Processes, opts: Options, session: aiohttp.ClientSession) -> Stack:
     """Start the stores, the receiver, the API and the workers; wait until all are up."""
-    redis_port = free_port()
-    redis_child = await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_port = free_port()
-    receiver_options = ("--hang-seconds", str(SLOW_REPLY_SECONDS))
-    receiver_child = procs.spawn(
-        "receiver", receiver_argv(receiver_port, *receiver_options), bench_env(secret)
-    )
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
+    stack = await harness.start(
+        procs,
+        session,
         endpoint_concurrency=ENDPOINT_CONCURRENCY,
         extra={
             "RELAY_RETRY_SCHEDULE": ",".join(map(str, RETRY_SCHEDULE)),
@@ -161,20 +113,11 @@ async def start_cluster(procs: Processes, opts: Options, session: aiohttp.Client
             "RELAY_RETENTION_DAYS": str(opts.retention_days),
             "RELAY_API_RATE_LIMIT": "1000",  # production's default: it is part of what is soaked
         },
+        receiver_options=("--hang-seconds", str(SLOW_REPLY_SECONDS)),
     )
-    api_port = free_port()
-    api = procs.spawn("api", api_argv(api_port), settings.env())
-    workers = [
-        spawn_worker(procs, f"worker{n}", settings.env()) for n in range(1, opts.workers + 1)
-    ]
-    admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-    receiver = ReceiverClient(session, receiver_port)
-    await wait_until(receiver.ready, receiver_child, "receiver")
-    await wait_until(admin.ready, api, "relay api")
-    for worker in workers:
-        # Waiting for the connection keeps the workers' slow start-up out of the "start" figures.
-        await until_connected(worker, redis_port)
-    return Cluster(settings.redis_url, admin, redis_child, api, workers, receiver, secret)
+    # Waiting for the connection keeps the workers' slow start-up out of the "start" figures.
+    await stack.start_workers(opts.workers)
+    return stack
 
 
 # --- receivers and webhooks --------------------------------------------------------------------
@@ -214,21 +157,19 @@ def webhook_kinds(tenants: int, per_tenant: int, failing_share: float) -> list[l
     return kinds
 
 
-async def register(cluster: Cluster, kinds: list[list[ReceiverKind]]) -> list[Webhook]:
+async def register(stack: Stack, kinds: list[list[ReceiverKind]]) -> list[Webhook]:
     """Create one webhook per receiver path through the API."""
     webhooks: list[Webhook] = []
     for index, tenant_kinds in enumerate(kinds):
         for number, kind in enumerate(tenant_kinds):
             path = f"/{PATHS[kind]}/{tenant_name(index)}-{number}"
-            body = {
-                "url": cluster.receiver.base + path,
-                "tenant_id": tenant_name(index),
+            made = await stack.add_webhook(
+                path,
+                tenant_name(index),
                 # The slow endpoint gets only the rare media events: see `slow_event_every`.
-                "events": ["media.uploaded"] if kind == "slow" else ["*"],
-                "description": f"soak {kind}",
-                "secret": cluster.secret,
-            }
-            made = await cluster.admin.create("/v1/webhooks", body)
+                events=["media.uploaded"] if kind == "slow" else ["*"],
+                description=f"soak {kind}",
+            )
             webhooks.append(Webhook(made["id"], tenant_name(index), kind, path))
     return webhooks
 
@@ -251,15 +192,14 @@ def slow_event_every(rate: float) -> int:
 def event_body(number: int, tenants: int, media_every: int) -> dict[str, Any]:
     """Event `number` of the run: mostly posts published, some failed, a few media uploads."""
     if number % media_every == 0:
-        data = {"media_id": f"m_{number}", "url": "https://cdn.example/m.png", "mime": "image/png"}
         # Tenant 0 is where the slow endpoint is (see `webhook_kinds`).
-        return {"type": "media.uploaded", "tenant_id": tenant_name(0), "data": data}
+        return event("media.uploaded", tenant_name(0), media_data(number))
     tenant = tenant_name(number % tenants)
     if number % 10 == 9:
         failure = {"post_id": f"p_{number}", "error": {"message": "quota exceeded", "code": "q"}}
-        return {"type": "post.failed", "tenant_id": tenant, "data": failure}
-    data = {"post_id": f"p_{number}", "platform": "soak", "url": f"https://example.com/{number}"}
-    return {"type": "post.published", "tenant_id": tenant, "data": data}
+        return event("post.failed", tenant, failure)
+    data = post_data(number, "soak", url=f"https://example.com/{number}")
+    return event("post.published", tenant, data)
 
 
 @dataclass(slots=True)
@@ -298,18 +238,16 @@ async def post_events(api: Api, opts: Options, stats: LoadStats) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + opts.seconds
-    numbers = itertools.count()
     media_every = slow_event_every(opts.rate)
 
-    async def sender() -> None:
-        for number in numbers:
-            due = start + number / opts.rate
-            if due >= deadline or loop.time() >= deadline:
-                return
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            await post_event(api, event_body(number, opts.tenants, media_every), stats)
+    def on_time(number: int) -> bool:
+        return start + number / opts.rate < deadline and loop.time() < deadline
 
-    await asyncio.gather(*(sender() for _ in range(opts.concurrency)))
+    async def send(number: int) -> None:
+        await asyncio.sleep(max(0.0, start + number / opts.rate - loop.time()))
+        await post_event(api, event_body(number, opts.tenants, media_every), stats)
+
+    await in_turn(opts.concurrency, itertools.takewhile(on_time, itertools.count()), send)
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -362,37 +300,37 @@ class Sample:
 class Watch:
     """What a sample reads from."""
 
-    cluster: Cluster
+    stack: Stack
     redis: aioredis.Redis
     stats: LoadStats
     processes: dict[str, Any]  # name → psutil.Process
 
     @classmethod
-    def of(cls, cluster: Cluster, client: aioredis.Redis, stats: LoadStats) -> Watch:
+    def of(cls, stack: Stack, stats: LoadStats) -> Watch:
         """Watch these processes, Redis and the receiver."""
-        processes = {c.name: psutil.Process(c.pid) for c in [*cluster.relay, cluster.redis]}
-        return cls(cluster, client, stats, processes)
+        redis = stack.stores.redis_child
+        processes = {c.name: psutil.Process(c.pid) for c in [*stack.relay, redis]}
+        return cls(stack, stack.redis, stats, processes)
 
 
 async def take_sample(watch: Watch, t: float, phase: Phase) -> Sample:
     """Read every measure now."""
-    for child in [*watch.cluster.relay, watch.cluster.redis]:
-        child.check_alive()
+    watch.stack.check_alive()
     values: dict[str, float] = {}
     for name, process in watch.processes.items():
         values[f"{name} rss"] = process.memory_info().rss
-    for child in watch.cluster.relay:
+    for child in watch.stack.relay:
         values[f"{child.name} fds"] = watch.processes[child.name].num_fds()
     memory = await watch.redis.info("memory")
     values["redis used_memory"] = memory["used_memory"]
     values["redis keys"] = await watch.redis.dbsize()
     # Every delivery in flight is in its endpoint's queue: due (ready to go, or waiting for a
     # slot of its endpoint or tenant), or not yet (a retry later, an attempt under way).
-    queued, due = await queued_deliveries(watch.redis, int(time.time() * 1000))
-    values["due deliveries"] = due
-    values["queued deliveries"] = queued
+    queued = await queued_deliveries(watch.redis, int(time.time() * 1000))
+    values["due deliveries"] = queued.due
+    values["queued deliveries"] = queued.pending
     values["events accepted"] = watch.stats.accepted
-    paths = await watch.cluster.receiver.paths()
+    paths = await watch.stack.receiver.paths()
     values["receiver requests"] = sum(p.requests for p in paths.values())
     values["delivered"] = sum(len(p.accepted) for p in paths.values())
     return Sample(round(t, 2), phase, values)
@@ -436,16 +374,6 @@ async def watch_load(
             next_print += PRINT_EVERY
 
 
-async def drain(watch: Watch, seconds: float) -> bool:
-    """Wait until no delivery is pending or in flight; False if some still are after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while await watch.redis.exists(keys.TENANTS):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.5)
-    return True
-
-
 @dataclass(slots=True)
 class Report:
     """Everything one run measured."""
@@ -464,12 +392,9 @@ async def soak(procs: Processes, opts: Options) -> Report:
     stats = LoadStats()
     samples: list[Sample] = []
     async with new_session(opts.concurrency) as session:
-        cluster = await start_cluster(procs, opts, session)
-        redis_client = aioredis.Redis.from_url(cluster.redis_url)
+        stack = await start(procs, opts, session)
         try:
-            webhooks = await register(cluster, kinds)
-            token = await cluster.admin.create("/v1/tokens", {"role": "ingest", "name": "soak"})
-            ingest = cluster.admin.with_token(token["token"])
+            webhooks = await register(stack, kinds)
             counts = Counter(kind for tenant_kinds in kinds for kind in tenant_kinds)
             print(
                 f"soak: {opts.tenants} tenants, {len(webhooks)} webhooks ({counts['healthy']}"
@@ -479,12 +404,12 @@ async def soak(procs: Processes, opts: Options) -> Report:
                 flush=True,
             )
 
-            watch = Watch.of(cluster, redis_client, stats)
+            watch = Watch.of(stack, stats)
             loop = asyncio.get_running_loop()
             samples.append(await take_sample(watch, 0.0, "start"))
             print(sample_line(samples[-1], opts.workers), flush=True)
             began = loop.time()
-            load = asyncio.create_task(post_events(ingest, opts, stats))
+            load = asyncio.create_task(post_events(stack.api, opts, stats))
             try:
                 await watch_load(load, watch, began, opts, samples)
                 await load
@@ -497,12 +422,12 @@ async def soak(procs: Processes, opts: Options) -> Report:
             print(sample_line(samples[-1], opts.workers), flush=True)
 
             print(f"soak: load done; waiting up to {opts.drain:g}s for retries to end", flush=True)
-            drained = await drain(watch, opts.drain)
+            drained = await stack.settle(opts.drain)
             samples.append(await take_sample(watch, loop.time() - began, "drained"))
             print(sample_line(samples[-1], opts.workers), flush=True)
-            received = await cluster.receiver.paths()
+            received = await stack.receiver.paths()
         finally:
-            await redis_client.aclose()
+            await stack.redis.aclose()
     return Report(samples, stats, webhooks, received, load_seconds, drained)
 
 
@@ -672,9 +597,6 @@ def write_results(
     bounded: bool,
 ) -> Path:
     """Write the run as JSON to bench/results/soak-<timestamp>.json."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"soak-{stamp}.json"
     document = {
         "options": asdict(opts),
         "settings": {
@@ -694,8 +616,7 @@ def write_results(
         "bounded": bounded,
         "samples": [asdict(s) for s in report.samples],
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return save("soak", document)
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -704,10 +625,7 @@ def write_results(
 def main(argv: list[str] | None = None) -> int:
     """Run one soak; the exit status."""
     opts = parse_args(argv)
-    report = run_harness("soak", lambda procs: soak(procs, opts), (LoadError,))
-    if isinstance(report, int):
-        return report
-    return finish(report, opts)
+    return scenario("soak", lambda procs: soak(procs, opts), lambda report: finish(report, opts))
 
 
 if __name__ == "__main__":

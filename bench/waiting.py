@@ -20,15 +20,15 @@ could not be done, 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import secrets
 import sys
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from bench import harness
+from bench.harness import command_line, scenario, speaker
 from bench.load import (
     Api,
     LoadError,
@@ -39,22 +39,7 @@ from bench.load import (
     post_burst,
     post_paced,
 )
-from bench.procs import (
-    Processes,
-    RelaySettings,
-    api_argv,
-    bench_env,
-    free_port,
-    receiver_argv,
-    redis_calls,
-    run_harness,
-    spawn_worker,
-    start_postgres,
-    start_redis,
-    until_connected,
-    wait_until,
-)
-from relay.signing import generate_secret
+from bench.procs import Processes, redis_calls
 
 HEALTHY = "wait_healthy"
 HANGING = "wait_hanging"
@@ -94,9 +79,7 @@ class Figures:
 
 def parse_args(argv: list[str] | None) -> Options:
     """Read and check the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.waiting", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.waiting", __doc__)
     add = parser.add_argument
     add("--waiting", type=int, default=1000, help="deliveries behind the hanging endpoint")
     add("--seconds", type=float, default=20.0, help="how long to count Redis commands (20)")
@@ -108,9 +91,7 @@ def parse_args(argv: list[str] | None) -> Options:
     return Options(ns.waiting, ns.seconds, ns.rate, ns.latency_seconds)
 
 
-def say(text: str) -> None:
-    """A progress line."""
-    print(f"waiting: {text}", flush=True)
+say = speaker("waiting")
 
 
 async def calls_per_second(redis: aioredis.Redis, seconds: float) -> float:
@@ -133,38 +114,18 @@ async def healthy_latency(api: Api, receiver: ReceiverClient, opts: Options) -> 
 
 async def run(procs: Processes, opts: Options) -> Figures:
     """Start everything, then measure idle and waiting."""
-    redis_port = free_port()
-    await start_redis(procs, redis_port)
-    postgres = await start_postgres(procs)
-    secret = generate_secret()
-    receiver_port = free_port()
-    receiver_child = procs.spawn(
-        "receiver",
-        receiver_argv(receiver_port, "--hang-seconds", str(HANG_SECONDS)),
-        bench_env(secret),
-    )
-    settings = RelaySettings(
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        database_url=postgres.url,
-        admin_token=secrets.token_urlsafe(32),
-        endpoint_concurrency=1,
-        extra={"RELAY_DELIVERY_TIMEOUT": str(DELIVERY_TIMEOUT)},
-    )
-    api_port = free_port()
-    api_child = procs.spawn("api", api_argv(api_port), settings.env())
-    redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
     async with new_session(32) as session:
-        admin = Api(session, f"http://127.0.0.1:{api_port}", settings.admin_token)
-        receiver = ReceiverClient(session, receiver_port)
-        await wait_until(receiver.ready, receiver_child, "receiver")
-        await wait_until(admin.ready, api_child, "relay api")
-        for tenant, path in ((HEALTHY, "/hook/healthy"), (HANGING, "/hang/hanging")):
-            hook = {"url": receiver.base + path, "tenant_id": tenant, "secret": secret}
-            await admin.create("/v1/webhooks", hook)
-        token = await admin.create("/v1/tokens", {"role": "ingest", "name": "bench"})
-        api = admin.with_token(token["token"])
-        for n in (1, 2):
-            await until_connected(spawn_worker(procs, f"worker{n}", settings.env()), redis_port)
+        stack = await harness.start(
+            procs,
+            session,
+            endpoint_concurrency=1,
+            extra={"RELAY_DELIVERY_TIMEOUT": str(DELIVERY_TIMEOUT)},
+            receiver_options=("--hang-seconds", str(HANG_SECONDS)),
+        )
+        redis, api, receiver = stack.redis, stack.api, stack.receiver
+        await stack.add_webhook("/hook/healthy", HEALTHY)
+        await stack.add_webhook("/hang/hanging", HANGING)
+        await stack.start_workers(2)
 
         # Warm up (schemas compiled, pools open), then the idle figures.
         await healthy_latency(api, receiver, Options(1, 1, opts.rate, 2))
@@ -212,11 +173,12 @@ def render(f: Figures, opts: Options) -> str:
 def main(argv: list[str] | None = None) -> int:
     """One run; the exit status."""
     opts = parse_args(argv)
-    figures = run_harness("waiting", lambda procs: run(procs, opts), (LoadError,))
-    if isinstance(figures, int):
-        return figures
-    print("\n" + render(figures, opts) + "\n", flush=True)
-    return 0
+
+    def finish(figures: Figures) -> int:
+        print("\n" + render(figures, opts) + "\n", flush=True)
+        return 0
+
+    return scenario("waiting", lambda procs: run(procs, opts), finish)
 
 
 if __name__ == "__main__":

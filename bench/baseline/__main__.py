@@ -28,7 +28,6 @@ with a valid signature, 1 when not, 2 when the run could not be done, 130 when i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -41,23 +40,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from bench.__main__ import parse_args as bench_options
 from bench.baseline import BROKER_URL_ENV, SECRET_ENV
-from bench.load import LoadError, ReceiverClient, event_body, new_session, post_burst
+from bench.harness import Stack, command_line, scenario, speaker
+from bench.load import ReceiverClient, event_body, new_session, post_burst
 from bench.phases import (
     TENANT_NONE,
     TENANT_ONE,
     TENANT_TEN,
-    Bench,
     E2EFigures,
+    Options,
     end_to_end,
     start,
-    start_workers,
 )
 from bench.procs import (
     Child,
@@ -65,13 +63,12 @@ from bench.procs import (
     SetupError,
     bench_env,
     free_port,
-    run_harness,
     start_redis,
     stop,
     tree_cpu_seconds,
     wait_exit,
 )
-from bench.report import columns, machine, num, save
+from bench.report import columns, conclude, headline, joined, load_range, machine, num, utc
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relay-bench"
@@ -189,18 +186,20 @@ def celery_python(say: Callable[[str], None]) -> Path:
 # --- the two systems ----------------------------------------------------------------------------
 
 
-async def warm_relay(bench: Bench, sizes: Sizes) -> None:
+async def warm_relay(stack: Stack, opts: Options, sizes: Sizes) -> None:
     """relay's API warmed (schemas compiled, pools open), its workers started and warmed."""
-    await post_burst(bench.api, TENANT_NONE, sizes.warm_up, bench.opts.concurrency)
-    await start_workers(bench, bench.opts.workers)
-    await end_to_end(bench, TENANT_ONE, sizes.warm_up)
+    await post_burst(stack.api, TENANT_NONE, sizes.warm_up, opts.concurrency)
+    await stack.start_workers(opts.workers)
+    await end_to_end(stack, opts, TENANT_ONE, sizes.warm_up)
 
 
-async def relay_round(bench: Bench, sizes: Sizes, say: Callable[[str], None]) -> list[E2EFigures]:
+async def relay_round(
+    stack: Stack, opts: Options, sizes: Sizes, say: Callable[[str], None]
+) -> list[E2EFigures]:
     """One end-to-end run per fan-out."""
     runs = []
     for fan_out in FAN_OUTS:
-        runs.append(await end_to_end(bench, TENANTS[fan_out], sizes.events(fan_out)))
+        runs.append(await end_to_end(stack, opts, TENANTS[fan_out], sizes.events(fan_out)))
         say(f"relay, fan-out {fan_out}: {runs[-1].per_second:,.0f} deliveries/s")
     return runs
 
@@ -367,17 +366,17 @@ class Comparison:
         )
 
 
-async def start_celery(procs: Processes, bench: Bench, python: Path) -> Celery:
+async def start_celery(procs: Processes, stack: Stack, python: Path) -> Celery:
     """The baseline's Redis (AOF, as relay's), its environment; the receiver is relay's."""
     redis_port = free_port()
     redis_child = await start_redis(procs, redis_port, name="redis-celery")
     env = {
-        **bench_env(bench.webhook_secret),
+        **bench_env(stack.secret),
         BROKER_URL_ENV: f"redis://127.0.0.1:{redis_port}/0",
-        SECRET_ENV: bench.webhook_secret,
+        SECRET_ENV: stack.secret,
     }
     redis = aioredis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
-    return Celery(procs, python, env, redis_child, redis, bench.receiver_child, bench.receiver)
+    return Celery(procs, python, env, redis_child, redis, stack.receiver_child, stack.receiver)
 
 
 async def compare(
@@ -390,11 +389,11 @@ async def compare(
     opts = replace(bench_options([]), events=plan.rounds_sizes.fan_out_1)
     say(f"starting redis-servers, postgres, relay api and the receiver in {procs.workdir}")
     async with new_session(opts.concurrency) as session:
-        bench = await start(procs, opts, session)
-        celery = await start_celery(procs, bench, python)
+        stack = await start(procs, opts, session)
+        celery = await start_celery(procs, stack, python)
         try:
             async with asyncio.timeout(600 + 300 * len(plan.settings)):
-                await warm_relay(bench, plan.rounds_sizes)
+                await warm_relay(stack, opts, plan.rounds_sizes)
                 sweep = []
                 for setting in plan.settings:
                     sweep += await celery.rounds(setting, FAN_OUTS, plan.sweep_sizes, say)
@@ -404,15 +403,15 @@ async def compare(
                     say(f"round {number + 1} of {plan.rounds}")
                     # Which goes first alternates, so a drift in the machine's load is shared.
                     if number % 2 == 0:
-                        relay_runs += await relay_round(bench, plan.rounds_sizes, say)
+                        relay_runs += await relay_round(stack, opts, plan.rounds_sizes, say)
                     celery_runs += await celery.best_rounds(best, plan.rounds_sizes, say)
                     if number % 2 == 1:
-                        relay_runs += await relay_round(bench, plan.rounds_sizes, say)
+                        relay_runs += await relay_round(stack, opts, plan.rounds_sizes, say)
         finally:
-            await bench.redis.aclose()
+            await stack.redis.aclose()
             await celery.redis.aclose()
     return Comparison(
-        started_at=datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        started_at=utc(started),
         seconds=time.time() - started,
         load_average={"before": load_before, "after": list(os.getloadavg())},
         sweep=sweep,
@@ -542,15 +541,12 @@ def cpu_lines(comparison: Comparison) -> list[str]:
 
 def render(comparison: Comparison) -> str:
     """The whole report: the ratio first."""
-    m = machine()
-    load = comparison.load_average
     head = (
-        f"relay {m['relay_version']} against Celery, {comparison.started_at}: {m['cpu_model']},"
-        f" {m['cores']} cores, Python {m['python']}; {comparison.seconds:.0f} s in all;"
-        f" load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
+        headline("against Celery", comparison.started_at, machine())
+        + f"; {comparison.seconds:.0f} s in all; {load_range(comparison.load_average)}"
     )
     sections = [[head], ratio_lines(comparison), sweep_lines(comparison), cpu_lines(comparison)]
-    return "\n\n".join("\n".join(lines) for lines in sections)
+    return joined(sections)
 
 
 def document(comparison: Comparison) -> dict[str, object]:
@@ -574,16 +570,12 @@ def document(comparison: Comparison) -> dict[str, object]:
 # --- the run ------------------------------------------------------------------------------------
 
 
-def say(text: str) -> None:
-    """A progress line: the run takes minutes, show it is moving."""
-    print(f"bench.baseline: {text}", flush=True)
+say = speaker("bench.baseline")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The sweep and the rounds; the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.baseline", description=__doc__.split("\n\n")[0] if __doc__ else None
-    )
+    parser = command_line("bench.baseline", __doc__)
     parser.add_argument(
         "--quick", action="store_true", help="fewer deliveries, two Celery settings, one round"
     )
@@ -593,21 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"bench.baseline: the Celery virtualenv could not be made: {exc}", file=sys.stderr)
         return 2
-    comparison = run_harness(
-        "bench.baseline", lambda procs: compare(procs, python, plan, say), (LoadError,)
-    )
-    if isinstance(comparison, int):
-        return comparison
-    path = save("celery", document(comparison))
-    print("\n" + render(comparison) + "\n")
-    print(f"results written to {os.path.relpath(path)}")
-    if not comparison.complete():
-        print(
-            "bench.baseline: some deliveries are missing, duplicated or badly signed",
-            file=sys.stderr,
+
+    def finish(comparison: Comparison) -> int:
+        return conclude(
+            "celery",
+            document(comparison),
+            lambda: render(comparison),
+            comparison.complete(),
+            "some deliveries are missing, duplicated or badly signed",
         )
-        return 1
-    return 0
+
+    return scenario("bench.baseline", lambda procs: compare(procs, python, plan, say), finish)
 
 
 if __name__ == "__main__":

@@ -109,12 +109,6 @@ def check_query(params: Sequence[Param], request: Request) -> None:
         raise Invalid("The query has unknown or invalid parameters.", errors)
 
 
-PAGE = (
-    Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100}),
-    Param("cursor", description="next_cursor of the previous page"),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: who may call it, what it takes, what it answers."""

@@ -11,7 +11,7 @@ from relay.api.bodies import listing, ok, read_json, read_model
 from relay.api.errors import problem_fields
 from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
@@ -35,7 +35,6 @@ ID = (id_param("evt"),)
 BATCH_PATH = "/v1/events/batch"
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
-OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 
 
 class _EventSegment(StringConvertor):

@@ -28,8 +28,11 @@ from relay.tokens import Principal
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 PublicHandler = Callable[[Request], Awaitable[Response]]
 
+# Who may call an operation (`Operation.roles`): the sets that several operations share.
 ANY_ROLE = frozenset(Role)
 ADMIN = frozenset({Role.ADMIN})
+# Admins, and tenant tokens on their own tenant's objects (another tenant's are a 404).
+OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 
 
 # Decimal digits only (not other scripts' digits, "+5" or "1e2"); "50.0" is the integer 50.

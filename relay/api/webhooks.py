@@ -13,11 +13,10 @@ from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param
 from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
-from relay.roles import Role
 from relay.services import Services, services
 from relay.timefmt import from_timestamp
 from relay.tokens import Principal
@@ -35,7 +34,6 @@ from relay.webhooks import (
     rotate,
 )
 
-OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 ID = (id_param("wh"),)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -184,6 +185,20 @@ def _endpoint(op: Operation) -> PublicHandler:
 
     endpoint.__name__ = op.handler.__name__
     return endpoint
+
+
+def reserve_segment(convertor: str, name: str) -> None:
+    """Let routes name `{id:convertor}` for any path segment but `name`.
+
+    For a collection with an operation of its own at `name` (POST /v1/events/batch) beside its
+    objects' `{id}`: another method there is a 405 naming that operation's methods, not a
+    lookup of an object called `name`. Starlette's convertors are process-wide by design.
+    """
+
+    class Segment(StringConvertor):
+        regex = f"(?!{re.escape(name)}$)[^/]+"
+
+    register_url_convertor(convertor, Segment())
 
 
 # `{name}` or `{name:convertor}` in a route's path.

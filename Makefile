@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Two stamps: relay and what it runs on, then the test tooling on top (Playwright, schemathesis,
-# ruff, mypy, the deploy checkers), so that `make run` starts without waiting for the second.
+# ruff, mypy, oxlint, the deploy checkers), so that `make run` starts without waiting for the
+# second.
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 VERSION = $(shell $(PYTHON) -c "import relay; print(relay.__version__)")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The JavaScript relay serves, held to .oxlintrc.json (undefined and unused names, and the like).
+JSLINT = $(BIN)/oxlint --config .oxlintrc.json --deny-warnings relay/console/js relay/docs
 
 .PHONY: run test lint lock bench celery batch adaptive fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
@@ -19,11 +22,13 @@ test: $(STAMP) redis postgres chromium faketime promtool
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
+	$(JSLINT)
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/mypy
+	$(JSLINT)
 
 # Throughput and latency, what deliveries waiting behind a hanging endpoint cost, then relay
 # against a Celery baseline.

@@ -54,7 +54,7 @@ def _split(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """relay's configuration (CONTRACT §1); field `x` is read from `RELAY_X`."""
+    """relay's configuration (README, Configuration); field `x` is read from `RELAY_X`."""
 
     model_config = SettingsConfigDict(
         env_prefix="RELAY_",

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 
 class RelayError(Exception):
-    """Base of every error relay reports to a client; `code` and `status` follow CONTRACT §2."""
+    """Base of every error relay reports to a client: `code` is the stable name clients match
+    on (the README's API section lists them under **Errors**), `status` its HTTP status."""
 
     code = "internal"
     status = 500

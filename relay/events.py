@@ -390,7 +390,8 @@ def catalog(registered: Sequence[RegisteredType] = ()) -> list[dict[str, object]
 
 
 def envelope(event_id: str, type_name: str, tenant_id: str, data: object, timestamp: str) -> bytes:
-    """The exact body every receiver gets for an event (CONTRACT §3), encoded once."""
+    """The exact body every receiver gets for an event (the README's "What a receiver gets"),
+    encoded once."""
     return orjson.dumps(
         {
             "id": event_id,

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-# The fields a line may carry besides time, level, logger and message, in the order shown.
+# The fields a line may carry besides time, level, logger and message, in the order shown; a log
+# call's `extra=` passes only these (tests/test_logs.py reads every call to hold relay to it).
 FIELDS = (
     "request_id",
     "tenant_id",
@@ -37,6 +38,12 @@ FIELDS = (
     "path",
     "trace_id",
 )
+
+# What every LogRecord holds of its own and what formatting adds, then the fields above: any
+# other attribute of a record came in through the call's `extra=` undeclared.
+_KNOWN = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", *FIELDS}
+# Set on a line whose call passed `extra=` keys that FIELDS does not declare: their names.
+UNDECLARED = "undeclared_fields"
 
 # One dict per request or job. Code deeper down adds to it in place, so what a handler learns
 # (the event id it made) is on the request's closing line even across task boundaries.
@@ -83,13 +90,27 @@ def request_id() -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _undeclared(record: logging.LogRecord) -> list[str]:
+    """The `extra=` keys of one of relay's own log calls that FIELDS does not declare."""
+    if record.name != "relay" and not record.name.startswith("relay."):
+        return []  # other libraries' extras (uvicorn's `color_message`) are theirs
+    return sorted(k for k in record.__dict__ if k not in _KNOWN)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    """The ids of the current scope, overridden by any passed as `extra=` to the call."""
+    """The ids of the current scope, overridden by any passed as `extra=` to the call.
+
+    A key FIELDS does not declare is a mistake in relay (a typo, a field never added): the line
+    names it rather than dropping it unseen, and never shows its value, which FIELDS has not
+    vetted as free of secrets. Raising instead would lose the line, in the middle of a request.
+    """
     merged = dict(_context.get() or {})
     for name in FIELDS:
         value = record.__dict__.get(name)
         if value is not None:
             merged[name] = value
+    if names := _undeclared(record):
+        merged[UNDECLARED] = names
     return merged
 
 

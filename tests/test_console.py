@@ -667,6 +667,26 @@ async def test_a_tenant_token_pasted_in_is_scoped_like_the_api(
     await expect(page.get_by_role("alert")).to_contain_text("404")
 
 
+async def test_signing_in_reads_the_tokens_role_without_being_refused_anything(
+    page: Page, api: httpx.AsyncClient
+) -> None:
+    # The console asks the API what the token is; it never finds out by trying routes, which
+    # would put a 403 in the operator's logs and metrics for every tenant who signs in.
+    answered: list[tuple[int, str]] = []
+    page.on("response", lambda r: answered.append((r.status, r.url)) if "/v1/" in r.url else None)
+    await sign_in(page, await tenant_token(api, "space_signs_in"))
+    await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+    await expect(page.locator("#who")).to_contain_text("Tenant")
+    await expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
+
+    await page.get_by_role("button", name="Sign out").click()
+    ingest = await api.post("/v1/tokens", json={"role": "ingest"})
+    await page.get_by_label("API token").fill(ingest.json()["data"]["token"])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("This token may only post events")
+    assert [status for status, _ in answered if status >= 400] == [], answered
+
+
 async def test_an_owner_tests_edits_disables_recovers_and_deletes_a_webhook(
     page: Page, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:

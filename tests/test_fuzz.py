@@ -299,6 +299,7 @@ async def test_real_objects_match_the_documented_responses(
     token = (await tour.call("POST", "/v1/tokens", 201, body=TENANT_TOKEN, headers=key))["data"]
     await tour.call("POST", "/v1/tokens", 201, body=TENANT_TOKEN, headers=key)  # a replay
     await tour.call("GET", "/v1/tokens", 200, query={"limit": 1})
+    await tour.call("GET", "/v1/tokens/self", 200)
     await tour.call("DELETE", "/v1/tokens/{id}", 200, ids={"id": token["id"]})
     await tour.call("POST", "/v1/portal-sessions", 201, body={"tenant_id": "space_42"})
 
@@ -376,6 +377,8 @@ async def test_real_objects_match_the_documented_responses(
         ("PATCH", "/v1/webhooks/test", "POST"),
         ("GET", "/v1/webhooks/test", "POST"),
         ("GET", "/v1/events/batch", "POST"),
+        ("DELETE", "/v1/tokens/self", "GET, HEAD"),
+        ("GET", "/v1/tokens/tok_1", "DELETE"),
         ("PUT", "/v1/webhooks/wh_1", "DELETE, GET, HEAD, PATCH"),
         ("POST", "/healthz", "GET, HEAD"),
     ],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import io
 import json
+import logging
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+import relay
+from relay import logs
 from tests.conftest import ClientFactory
 from tests.receivers import Receiver
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
@@ -170,6 +175,8 @@ async def test_a_webhooks_change_and_an_events_attempts_are_logged_with_their_id
     assert attempt["logger"] == "relay.delivery" and attempt["status_code"] == 200
     assert attempt["request_id"] == "upstream-7f3a"
     assert attempt["webhook_id"] == hook_id and attempt["attempt"] == 1
+    logged = _lines(text) + _lines(worker_log.read_text())
+    assert [line for line in logged if logs.UNDECLARED in line] == []
 
 
 def test_a_text_line_cannot_be_forged_with_a_line_break(
@@ -187,3 +194,54 @@ def test_a_text_line_cannot_be_forged_with_a_line_break(
     # Every record is one line, its control characters written as escapes.
     assert "/v1/x\\n2026-01-01" in text and "/v1/x\\x1b[31m" in text
     assert all(line[:1].isdigit() or line.startswith("  ") for line in lines), text
+
+
+_LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+
+
+def test_every_extra_key_relay_logs_with_is_declared() -> None:
+    # A key that FIELDS does not declare (a typo: `statuscode`) is caught here, not found
+    # missing from production logs. Only a literal dict can be read before it runs.
+    root = Path(relay.__file__).parent
+    passed: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            if node.func.attr not in _LOG_METHODS:
+                continue
+            for keyword in node.keywords:
+                if keyword.arg != "extra":
+                    continue
+                where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                assert isinstance(keyword.value, ast.Dict), f"{where}: extra= is not a dict literal"
+                for key in keyword.value.keys:
+                    assert isinstance(key, ast.Constant) and isinstance(key.value, str), where
+                    passed[key.value] = where
+    assert {"method", "path", "status_code", "duration_ms"} <= passed.keys()  # relay's calls found
+    assert {key: where for key, where in passed.items() if key not in logs.FIELDS} == {}
+
+
+@pytest.mark.parametrize("formatter", [logs.JsonFormatter(), logs.TextFormatter()])
+def test_an_undeclared_key_is_named_on_its_line_never_dropped_or_shown(
+    formatter: logging.Formatter,
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    relay_log, library_log = logging.Logger("relay.delivery"), logging.Logger("uvicorn.error")
+    for logger in (relay_log, library_log):
+        logger.addHandler(handler)
+
+    relay_log.info("sent", extra={"status_code": 200, "statuscode": "rly_not_for_logs"})
+    library_log.info("started", extra={"color_message": "\x1b[1mstarted\x1b[0m"})
+    relay_line, library_line = stream.getvalue().splitlines()
+
+    assert "rly_not_for_logs" not in relay_line  # an unvetted value is never written
+    if isinstance(formatter, logs.JsonFormatter):
+        line = json.loads(relay_line)
+        assert line["status_code"] == 200 and line[logs.UNDECLARED] == ["statuscode"]
+        assert logs.UNDECLARED not in json.loads(library_line)  # a library's extras are its own
+    else:
+        assert "status_code=200" in relay_line and "undeclared_fields=['statuscode']" in relay_line
+        assert logs.UNDECLARED not in library_line

@@ -34,6 +34,45 @@ async def test_token_lifecycle(admin: httpx.AsyncClient, make_client: ClientFact
     assert (await admin.delete(f"/v1/tokens/{data['id']}")).status_code == 404
 
 
+async def test_every_token_reads_its_own_role_tenant_and_expiry(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    described = await admin.get("/v1/tokens/self")
+    assert described.status_code == 200, described.text
+    assert described.json()["data"] == {
+        "id": "tok_bootstrap",  # RELAY_ADMIN_TOKEN: configured, never issued
+        "role": "admin",
+        "tenant_id": None,
+        "name": None,
+        "expires_at": None,
+    }
+
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    issued = []
+    for spec in (
+        {"role": "tenant", "tenant_id": "space_self", "name": "dashboard", "expires_at": expires},
+        {"role": "ingest", "name": "publisher"},
+    ):
+        made = await admin.post("/v1/tokens", json=spec)
+        assert made.status_code == 201, made.text
+        issued.append(made.json()["data"])
+    for token in issued:
+        own = await make_client(token=token["token"])
+        described = await own.get("/v1/tokens/self")
+        assert described.status_code == 200, described.text
+        keys = ("id", "role", "tenant_id", "name", "expires_at")
+        assert described.json()["data"] == {key: token[key] for key in keys}
+        # Describing itself is all it may do with tokens.
+        assert (await own.get("/v1/tokens")).status_code == 403
+
+    tenant = await make_client(token=issued[0]["token"])
+    assert (await admin.delete(f"/v1/tokens/{issued[0]['id']}")).status_code == 200
+    assert (await tenant.get("/v1/tokens/self")).status_code == 401
+    # `self` names no token: nothing is revoked under that name.
+    refused = await admin.delete("/v1/tokens/self")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+
+
 async def test_tokens_are_stored_only_as_hashes(
     admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
 ) -> None:

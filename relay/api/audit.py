@@ -8,9 +8,8 @@ from starlette.responses import Response
 from relay.api import shapes
 from relay.api.bodies import listing
 from relay.api.pagination import page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
-from relay.roles import Role
 from relay.services import services
 from relay.store.audit import AuditQuery
 from relay.tokens import Principal
@@ -35,7 +34,7 @@ OPERATIONS = [
         "/v1/audit-log",
         audit_log,
         "List the audit trail",
-        frozenset({Role.ADMIN, Role.TENANT}),
+        OWNERS,
         "audit",
         answers=shapes.AuditEntry,
         looks_up=True,

@@ -1,4 +1,5 @@
-"""Request bodies in, `{"data": ...}` out: the JSON conventions of CONTRACT §2."""
+"""Request bodies in, `{"data": ...}` out: one object as `{"data": {...}}`, a list as
+`{"data": [...], "next_cursor": ...}` (the README's API section)."""
 
 from __future__ import annotations
 

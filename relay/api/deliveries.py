@@ -12,9 +12,9 @@ from starlette.responses import Response
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
-from relay.api.webhooks import ID, OWNERS, visible_webhook
+from relay.api.webhooks import ID, visible_webhook
 from relay.audit import Audit
 from relay.delivery import service
 from relay.delivery.model import Delivery, Status

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,7 +10,7 @@ from relay.api.bodies import listing, ok, read_json, read_model
 from relay.api.errors import problem_fields
 from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
@@ -35,17 +34,10 @@ ID = (id_param("evt"),)
 BATCH_PATH = "/v1/events/batch"
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
-OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 
 
-class _EventSegment(StringConvertor):
-    # Any path segment but `batch`: /v1/events/batch is an operation of its own (POST), so
-    # another method there is a 405 naming POST, not a lookup of an event called "batch".
-    regex = "(?!batch$)[^/]+"
-
-
-# Starlette's convertors are process-wide by design; routes name this one as `{id:event}`.
-register_url_convertor("event", _EventSegment())
+# /v1/events/batch is an operation of its own (POST): routes name `{id:event}`.
+reserve_segment("event", "batch")
 
 
 async def _visible_event(request: Request, principal: Principal) -> StoredEvent:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,8 +29,11 @@ from relay.tokens import Principal
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 PublicHandler = Callable[[Request], Awaitable[Response]]
 
+# Who may call an operation (`Operation.roles`): the sets that several operations share.
 ANY_ROLE = frozenset(Role)
 ADMIN = frozenset({Role.ADMIN})
+# Admins, and tenant tokens on their own tenant's objects (another tenant's are a 404).
+OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 
 
 # Decimal digits only (not other scripts' digits, "+5" or "1e2"); "50.0" is the integer 50.
@@ -109,12 +113,6 @@ def check_query(params: Sequence[Param], request: Request) -> None:
         raise Invalid("The query has unknown or invalid parameters.", errors)
 
 
-PAGE = (
-    Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100}),
-    Param("cursor", description="next_cursor of the previous page"),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One method on one path: who may call it, what it takes, what it answers."""
@@ -187,6 +185,20 @@ def _endpoint(op: Operation) -> PublicHandler:
 
     endpoint.__name__ = op.handler.__name__
     return endpoint
+
+
+def reserve_segment(convertor: str, name: str) -> None:
+    """Let routes name `{id:convertor}` for any path segment but `name`.
+
+    For a collection with an operation of its own at `name` (POST /v1/events/batch) beside its
+    objects' `{id}`: another method there is a 405 naming that operation's methods, not a
+    lookup of an object called `name`. Starlette's convertors are process-wide by design.
+    """
+
+    class Segment(StringConvertor):
+        regex = f"(?!{re.escape(name)}$)[^/]+"
+
+    register_url_convertor(convertor, Segment())
 
 
 # `{name}` or `{name:convertor}` in a route's path.

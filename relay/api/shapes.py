@@ -20,7 +20,7 @@ from relay.ids import pattern as id_pattern
 from relay.roles import Role
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
-from relay.tokens import TOKEN_PREFIX
+from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX
 from relay.validation import TenantId
 from relay.webhooks import Undeliverable
 
@@ -93,6 +93,20 @@ class Token(Shape):
     last_used_at: Timestamp | None = Field(
         description="When the token last authenticated, to the minute"
     )
+
+
+class CallingToken(Shape):
+    """The token a request is made with, as the caller may know it: what it may do, until when."""
+
+    id: Annotated[
+        str,
+        StringConstraints(pattern=f"{id_pattern('tok')}|^{BOOTSTRAP_ID}$"),
+        Field(description=f"The token's id; `{BOOTSTRAP_ID}` for RELAY_ADMIN_TOKEN"),
+    ]
+    role: Role
+    tenant_id: TenantId | None
+    name: str | None = Field(description="The name it was issued with (none for RELAY_ADMIN_TOKEN)")
+    expires_at: Timestamp | None
 
 
 class IssuedToken(Token):

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from relay.api import shapes
 from relay.api.bodies import ok
 from relay.api.pagination import id_schema
-from relay.api.routing import Operation, Param
-from relay.api.webhooks import OWNERS, visible_webhook
+from relay.api.routing import OWNERS, Operation, Param
+from relay.api.webhooks import visible_webhook
 from relay.errors import Invalid
 from relay.services import services
 from relay.stats import WINDOWS, Scope, overview

@@ -1,4 +1,5 @@
-"""/v1/tokens and /v1/portal-sessions: admins issue, list and revoke API tokens."""
+"""/v1/tokens and /v1/portal-sessions: admins issue, list and revoke API tokens; every token
+reads its own description."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import ADMIN, Operation
+from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
 from relay.audit import Audit
 from relay.services import services
 from relay.store.tokens import Issued, TokenRecord
-from relay.tokens import PortalSessionSpec, Principal, TokenSpec
+from relay.tokens import BOOTSTRAP_ID, PortalSessionSpec, Principal, TokenSpec
 
 CONSOLE_PATH = "/console"
+
+# /v1/tokens/self is an operation of its own (GET): routes name `{id:token}`.
+reserve_segment("token", "self")
 
 
 def _issued(issued: Issued) -> Response:
@@ -34,6 +38,24 @@ async def list_tokens(request: Request, _: Principal) -> Response:
     page = page_request(request, "tok")
     found, cursor = await services(request).tokens.page(page.limit, page.cursor)
     return listing([record.public(used) for record, used in found], cursor)
+
+
+async def describe_own_token(request: Request, principal: Principal) -> Response:
+    """The calling token, whatever its role: what it may do and until when, so that a client
+    (the console) need not find out by trying."""
+    name = expires_at = None
+    if principal.token_id != BOOTSTRAP_ID:  # RELAY_ADMIN_TOKEN is configured, not issued
+        record = await services(request).tokens.get(principal.token_id)
+        name, expires_at = record.name, record.expires_at
+    return ok(
+        {
+            "id": principal.token_id,
+            "role": principal.role,
+            "tenant_id": principal.tenant_id,
+            "name": name,
+            "expires_at": expires_at,
+        }
+    )
 
 
 async def delete_token(request: Request, _: Principal) -> Response:
@@ -101,8 +123,17 @@ OPERATIONS = [
         list_of=True,
     ),
     Operation(
+        "GET",
+        "/v1/tokens/self",
+        describe_own_token,
+        "Describe the calling token",
+        ANY_ROLE,
+        "tokens",
+        answers=shapes.CallingToken,
+    ),
+    Operation(
         "DELETE",
-        "/v1/tokens/{id}",
+        "/v1/tokens/{id:token}",
         delete_token,
         "Revoke an API token",
         ADMIN,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,11 +12,10 @@ from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
-from relay.api.routing import Operation, Param
+from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.audit import Audit, webhook_change
 from relay.delivery import service
 from relay.errors import Invalid
-from relay.roles import Role
 from relay.services import Services, services
 from relay.timefmt import from_timestamp
 from relay.tokens import Principal
@@ -35,18 +33,11 @@ from relay.webhooks import (
     rotate,
 )
 
-OWNERS = frozenset({Role.ADMIN, Role.TENANT})
 ID = (id_param("wh"),)
 
 
-class _WebhookSegment(StringConvertor):
-    # Any path segment but `test`: /v1/webhooks/test is an operation of its own (POST), so
-    # another method there is a 405 naming POST, not a lookup of a webhook called "test".
-    regex = "(?!test$)[^/]+"
-
-
-# Starlette's convertors are process-wide by design; routes name this one as `{id:webhook}`.
-register_url_convertor("webhook", _WebhookSegment())
+# /v1/webhooks/test is an operation of its own (POST): routes name `{id:webhook}`.
+reserve_segment("webhook", "test")
 
 
 async def _filter_context(request: Request) -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """Every Redis key relay uses, named in one place.
 
-Objects are JSON strings under `relay:<kind>:<id>`; lists are sorted sets whose members all
-have score 0, so they order lexicographically by id, and ids order by creation time.
+Configuration (tokens, webhooks, registered event types) and audit entries are JSON strings
+under `relay:<kind>:<id>`; what is in flight (events, deliveries, recoveries) are hashes; each
+key below says which. The indexes the API pages through are sorted sets whose members all have
+score 0, so they order lexicographically: by id, and ids order by creation time (event types by
+name). Finished deliveries, events whose deliveries all left, and audit entries leave Redis
+once PostgreSQL has them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ def token(token_id: str) -> str:
 
 
 def token_by_hash(digest: str) -> str:
-    """Lookup from a presented token's hash to its record."""
+    """A token's record again, under the hash of its plaintext: what authentication reads."""
     return f"{PREFIX}tokhash:{digest}"
 
 
@@ -27,7 +31,8 @@ def token_used(digest: str) -> str:
 
 
 def idempotency(token_id: str, key_digest: str) -> str:
-    """A stored response for one Idempotency-Key of one token."""
+    """One Idempotency-Key of one token: its request's claim while it runs, then the answer to
+    replay (encrypted: it may show a secret once)."""
     return f"{PREFIX}idem:{token_id}:{key_digest}"
 
 
@@ -51,16 +56,18 @@ WEBHOOKS_VERSION = PREFIX + "whs:version"
 
 
 def webhook(webhook_id: str) -> str:
-    """A webhook's record (JSON, secrets encrypted)."""
+    """A webhook's record (JSON, secrets and header values encrypted)."""
     return f"{PREFIX}wh:{webhook_id}"
 
 
 def tenant_webhooks(tenant_id: str) -> str:
-    """The index of one tenant's webhooks: read on every fan-out."""
+    """The index of one tenant's webhooks: a fan-out reads it when its process's copy of them
+    is older than WEBHOOKS_VERSION."""
     return f"{PREFIX}whs:t:{tenant_id}"
 
 
-# The audit trail: entries by id, and indexes of all entries and of each tenant's.
+# The audit trail until PostgreSQL has it: entries by id, and indexes of all entries and of
+# each tenant's.
 AUDIT = PREFIX + "auds"
 
 
@@ -92,7 +99,8 @@ TENANTS = PREFIX + "tenants"
 OLD_DUE = PREFIX + "due"
 OLD_WAKES = PREFIX + "wakes"
 OLD_PARKED_PREFIX = PREFIX + "parked:"
-# Idle workers block on this list; a script that makes something due now pushes to it.
+# Idle workers block on this list; whatever makes something due now (a script, a webhook
+# change) pushes to it.
 WAKE = PREFIX + "wake"
 # Held by the worker running history's partition maintenance (one at a time).
 MAINTENANCE_LOCK = PREFIX + "maintenance:lock"
@@ -109,7 +117,8 @@ HISTORY_GROUP = "writers"
 REPLICATED_MARK = PREFIX + "replicated"
 # Counters every worker and API process adds to; /metrics reads them.
 METRICS = PREFIX + "metrics"
-# The arq queue of background jobs (recoveries, retention); job records use arq's key prefix.
+# The arq queue of background jobs (a recovery's batches; retention is the workers'
+# maintenance pass, not a job); job records use arq's key prefix.
 QUEUE = PREFIX + "jobs"
 # Workers alive, scored by when each last said so (unix ms); expires when none is left.
 WORKERS = PREFIX + "workers"
@@ -157,7 +166,8 @@ def endpoints(tenant_id: str) -> str:
 
 
 def tenant_slots(tenant_id: str) -> str:
-    """Attempts in flight for one tenant (sorted set of delivery ids, scored by lease expiry)."""
+    """Attempts in flight for one tenant (sorted set of delivery ids, scored by lease expiry,
+    and `~waiting` at +inf while a claim waits for one: see prelude.lua)."""
     return f"{PREFIX}tslots:{tenant_id}"
 
 
@@ -178,7 +188,8 @@ def slow_served(tenant_id: str) -> str:
 
 
 def endpoint_quick(webhook_id: str) -> str:
-    """Set while a webhook's last attempt answered quickly (expires if it sends nothing)."""
+    """Set while a webhook's attempts answer quickly; written only when that changes, so it
+    lapses a day after it was set, and the next quick answer sets it again."""
     return f"{PREFIX}quick:{webhook_id}"
 
 
@@ -199,7 +210,8 @@ def webhook_tests(webhook_id: str) -> str:
 
 
 def endpoint_slots(webhook_id: str) -> str:
-    """Attempts in flight to one webhook (sorted set of delivery ids, scored by lease expiry)."""
+    """Attempts in flight to one webhook (sorted set of delivery ids, scored by lease expiry,
+    and `~waiting` at +inf while a claim waits for one: see prelude.lua)."""
     return f"{PREFIX}slots:{webhook_id}"
 
 

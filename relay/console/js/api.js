@@ -55,16 +55,14 @@ export function whenSignedOut(callback) {
 export async function call(method, path, body, token = session.load()?.token) {
   const headers = { accept: "application/json", authorization: `Bearer ${token}` };
   if (method !== "GET") headers["idempotency-key"] = randomKey("console-");
-  if (body !== undefined) headers["content-type"] = "application/json";
+  const init = { method, headers, credentials: "omit", cache: "no-store" };
+  if (body !== undefined) {
+    headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
   let response;
   try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
-      cache: "no-store",
-    });
+    response = await fetch(path, init);
   } catch (err) {
     throw new ApiError(0, { detail: `relay did not answer (${err.message}).` });
   }

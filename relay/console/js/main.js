@@ -1,6 +1,6 @@
 // The console: sign-in, navigation, and one page per `#/path`. Plain ES modules against the
 // JSON API; the browser loads them as they are, so there is nothing to build.
-import { ApiError, call, session, whenSignedOut } from "./api.js";
+import { call, session, whenSignedOut } from "./api.js";
 import { clear, field, h, notice } from "./dom.js";
 import * as audit from "./pages/audit.js";
 import * as deliveries from "./pages/deliveries.js";
@@ -40,24 +40,13 @@ const ROUTES = [
 const main = document.getElementById("main");
 let current = new AbortController();
 
-// Which role a token has, asked of the API itself: tokens are for admins only, the webhook
-// list for admins and tenants; an ingest token can do neither.
+// Which role a token has, as the API describes the token to itself.
 async function roleOf(token) {
-  try {
-    await call("GET", "/v1/tokens?limit=1", undefined, token);
-    return "admin";
-  } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 403) throw err;
+  const { data } = await call("GET", "/v1/tokens/self", undefined, token);
+  if (data.role !== "admin" && data.role !== "tenant") {
+    throw new Error("This token may only post events. Sign in with an admin or tenant token.");
   }
-  try {
-    await call("GET", "/v1/webhooks?limit=1", undefined, token);
-    return "tenant";
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 403) {
-      throw new Error("This token may only post events. Sign in with an admin or tenant token.");
-    }
-    throw err;
-  }
+  return data.role;
 }
 
 async function signIn(token, extra = {}) {

@@ -50,13 +50,13 @@ export async function page(main, { query, signal }) {
   clear(main, h("h1", {}, "Audit log"), filterForm(query), results);
   const filters = Object.fromEntries(FILTERS.map((name) => [name, query.get(name)]));
   try {
-    const page = await get("/v1/audit-log", { ...filters, cursor: query.get("cursor"), limit: 50 });
+    const found = await get("/v1/audit-log", { ...filters, cursor: query.get("cursor"), limit: 50 });
     if (signal.aborted) return;
     clear(
       results,
       table(
         ["When", "Action", "Who", "Object", "Tenant", "Request id"],
-        page.data.map((e) => [
+        found.data.map((e) => [
           when(e.at),
           h("code", {}, e.action),
           actor(e.actor),
@@ -66,7 +66,7 @@ export async function page(main, { query, signal }) {
         ]),
         FILTERS.some((name) => query.get(name)) ? "No entries match these filters." : "Nothing has been changed yet.",
       ),
-      pager("/audit", query, page.next_cursor),
+      pager("/audit", query, found.next_cursor),
     );
   } catch (err) {
     clear(results, notice("error", err.message));

@@ -65,9 +65,9 @@ export async function list(main, { query, who, signal }) {
   clear(main, h("h1", {}, "Deliveries"), openForm(), filterForm(query, who), failed ? retryMatching(query) : null, results, webhook ? recoverForm(webhook) : null);
   const params = Object.fromEntries(FILTERS.map((f) => [f, query.get(f)]));
   const load = () => get("/v1/deliveries", { ...params, cursor: query.get("cursor"), limit: 50 });
-  const view = (page) => [deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor)];
+  const shown = (page) => [deliveryTable(page.data, "No deliveries match these filters."), pager("/deliveries", query, page.next_cursor)];
   // New deliveries and changes of status appear while the list is open.
-  await live(signal, results, load, view, null, LIST_REFRESH_MS);
+  await live(signal, results, load, shown, null, LIST_REFRESH_MS);
 }
 
 function attemptView(a) {

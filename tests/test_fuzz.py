@@ -4,7 +4,7 @@ Schemathesis reads /openapi.json from the app, generates valid and invalid reque
 operation, sends them as the admin and runs its default checks on every answer: never a 5xx,
 only documented status codes, content types, headers and schemas, valid data accepted and
 invalid data refused, 405 with `Allow` for undocumented methods, and no operation that answers
-without a token. On top of those, every error must be RFC 9457 problem+json (CONTRACT §2).
+without a token. On top of those, every error must be RFC 9457 problem+json.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ BATCH = ("POST", "/v1/events/batch")
 def errors_are_problems(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
-    """CONTRACT §2: every 4xx and 5xx is RFC 9457 problem+json with the promised members."""
+    """Every 4xx and 5xx is RFC 9457 problem+json with the promised members."""
     if response.status_code < 400:
         return None
     media = response.headers.get("content-type", [""])[0].split(";")[0].strip()
@@ -124,7 +124,7 @@ def _within_unstated_rules(case: schemathesis.Case) -> None:
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return
     # A client reuses an Idempotency-Key only to retry the same request; a repeat with another
-    # body is refused with 422 (CONTRACT §2). Generated keys repeat across different requests.
+    # body is refused with 422. Generated keys repeat across different requests.
     if case.headers and "Idempotency-Key" in case.headers:
         case.headers["Idempotency-Key"] = uuid.uuid4().hex
     if (case.method.upper(), case.path) in WEBHOOK_BODIES and isinstance(case.body, dict):
@@ -173,7 +173,7 @@ def test_every_operation_keeps_its_documented_promises(case: schemathesis.Case) 
     _within_unstated_rules(case)
     body = case.meta.components.get(ParameterLocation.BODY) if case.meta else None
     if body is not None and body.mode.is_negative and (case.method.upper(), case.path) == BATCH:
-        # A batch refuses an invalid event on its own, in a 207 (CONTRACT §2): an invalid body
+        # A batch refuses an invalid event on its own, in a 207: an invalid body
         # is refused by the whole answer or by one of its results.
         response = case.call_and_validate(excluded_checks=[negative_data_rejection])
         if response.status_code == 207:

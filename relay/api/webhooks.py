@@ -1,4 +1,4 @@
-"""/v1/webhooks and /v1/event-types: customers register endpoints and manage their secrets."""
+"""/v1/webhooks: customers register endpoints and manage their secrets."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ async function signIn(token, extra = {}) {
   session.save({ token, role, ...extra });
 }
 
-// A portal link carries its token in the fragment (`#token=...&expires_at=...`), which
+// A portal link carries its token in the fragment (`#token=...`), which
 // browsers never send to a server; it moves into sessionStorage and leaves the address bar.
 async function signInFromFragment() {
   const raw = location.hash.replace(/^#/, "");
@@ -64,7 +64,7 @@ async function signInFromFragment() {
   history.replaceState(null, "", `${location.pathname}${location.search}#/`);
   if (!token) return;
   session.clear();
-  await signIn(token, { portal: true, expires_at: params.get("expires_at") });
+  await signIn(token, { portal: true });
 }
 
 function signInPage(message, kind = "info") {

@@ -43,6 +43,7 @@ from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
 from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339
+from relay.tokens import TokenChanged, TokenCheck
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
 # like any other: the scripts that do not need it are spared it), unless the caller passes its
@@ -348,6 +349,10 @@ class StaleFanOut(Exception):
     was not written, and is to be planned again from them as they are now."""
 
 
+# Why the first step of an event wrote nothing.
+Refused = Unavailable | StaleFanOut | TokenChanged
+
+
 class DeliveryStore:
     """Persistence and transitions of deliveries."""
 
@@ -399,9 +404,12 @@ class DeliveryStore:
         event: NewEvent,
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
+        token: TokenCheck | None = None,
     ) -> str | None:
         """Write the event and its deliveries, due now, in calls of at most the store's chunk;
         `commit` (the request's answer, as `Commit.lua` gives it) goes with the first call.
+        With `token`, the first call writes only while the token's record is as checked (else
+        TokenChanged, nothing written), and confirms it.
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
@@ -410,28 +418,29 @@ class DeliveryStore:
         event too, for a repeat), else raises NotReplicated.
         """
         async with self._replicas.connection() as conn:
-            begun = await self.begin_accept(event, deliveries, commit, conn)
+            begun = await self.begin_accept(event, deliveries, commit, conn, token)
             if begun.unfinished:
                 await self.finish_accept(begun.event_id, conn)
             await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
     async def accept_many(
-        self, batch: Sequence[EventWrite]
-    ) -> list[str | Unavailable | StaleFanOut | None]:
+        self, batch: Sequence[EventWrite], token: TokenCheck | None = None
+    ) -> list[str | Unavailable | StaleFanOut | TokenChanged | None]:
         """Write several events, each with its deliveries and commit, as `accept` writes one.
 
         Their first steps go in groups of at most the store's chunk of deliveries and a call's
         worth of payload, one script call a group: a batch of small events is one call, and no
         call holds Redis longer than one chunk would. Per event: None,
         the id of the first event of its upstream id, Unavailable when the history backlog
-        refused it, or StaleFanOut when its webhooks changed since it was planned (neither of
-        those two wrote anything).
+        refused it, or StaleFanOut when its webhooks changed since it was planned, or
+        TokenChanged when `token`'s record was no longer as checked (none of those three wrote
+        anything).
         """
-        outcomes: list[str | Unavailable | StaleFanOut | None] = []
+        outcomes: list[str | Unavailable | StaleFanOut | TokenChanged | None] = []
         unfinished: list[str] = []
         for group in self._grouped(batch):
-            arg, raw, read = self._first_steps(group)
+            arg, raw, read = self._first_steps(group, token)
             for begun in read(await self._run(Transition.ACCEPT, arg, *raw)):
                 if isinstance(begun, Begun):
                     if begun.unfinished:
@@ -473,23 +482,23 @@ class DeliveryStore:
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
         client: Redis | None = None,
+        token: TokenCheck | None = None,
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan. Raises what
-        refused it (Unavailable, StaleFanOut), having written nothing."""
-        arg, raw, read = self._first_steps([(event, deliveries, commit)])
+        refused it (Unavailable, StaleFanOut, TokenChanged), having written nothing."""
+        arg, raw, read = self._first_steps([(event, deliveries, commit)], token)
         (begun,) = read(await self._run(Transition.ACCEPT, arg, *raw, client=client))
         if not isinstance(begun, Begun):
             raise begun
         return begun
 
     def _first_steps(
-        self, group: Sequence[EventWrite]
-    ) -> tuple[
-        dict[str, Any], list[bytes], Callable[[Any], list[Begun | Unavailable | StaleFanOut]]
-    ]:
-        """The arguments of one call making the first step of each event of `group`, and what
-        reads its reply (or error) into what came of each."""
+        self, group: Sequence[EventWrite], token: TokenCheck | None
+    ) -> tuple[dict[str, Any], list[bytes], Callable[[Any], list[Begun | Refused]]]:
+        """The arguments of one call making the first step of each event of `group` (while
+        `token`'s record is as checked, if given), and what reads its reply (or error) into
+        what came of each."""
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
@@ -520,7 +529,10 @@ class DeliveryStore:
                 event.payload,
             )
         arg = {
-            "keys": _ACCEPT_KEYS,
+            "keys": _ACCEPT_KEYS
+            if token is None
+            else {**_ACCEPT_KEYS, "token": keys.token_by_hash(token.token_hash)},
+            "token_fingerprint": None if token is None else token.fingerprint,
             "events": events,
             "ttl": self._retention,
             "inline_payload_bytes": INLINE_PAYLOAD_BYTES,
@@ -528,13 +540,15 @@ class DeliveryStore:
             "now_ms": estimate,
         }
 
-        def read(reply: Any) -> list[Begun | Unavailable | StaleFanOut]:
+        def read(reply: Any) -> list[Begun | Refused]:
             if isinstance(reply, Exception):
                 raise reply
             now_ms, *results = reply
             if estimate is None:
                 self._clock.read(int(now_ms), taken_at)
             begun = [self._begun(item, result) for item, result in zip(group, results, strict=True)]
+            if token is not None and not isinstance(begun[0], TokenChanged):
+                token.confirmed = True
             if any(isinstance(b, Unavailable) for b in begun):
                 self._backlog_checked_at = -math.inf
             elif checking:
@@ -543,13 +557,15 @@ class DeliveryStore:
 
         return arg, raw, read
 
-    def _begun(self, item: EventWrite, result: Any) -> Begun | Unavailable | StaleFanOut:
+    def _begun(self, item: EventWrite, result: Any) -> Begun | Refused:
         """What the first step of `item` did, from its result in the call's reply."""
         event, deliveries, _ = item
         if isinstance(result, list):
             return Begun(result[0].decode(), repeat=True, unfinished=bool(result[1]))
         if result == b"stale":
             return StaleFanOut()
+        if result == b"token":
+            return TokenChanged()
         if result == b"backlog":
             return Unavailable(
                 f"More than {self._history_backlog} records are waiting to be written to "

@@ -694,3 +694,31 @@ async def test_an_accept_checking_a_token_record_writes_only_while_it_is_as_chec
         assert not stale.confirmed
     assert not await redis_client.exists(keys.delivery("dlv_2"))
     assert await redis_client.zrange(keys.endpoint_queue("wh_1"), 0, -1) == [b"dlv_1"]
+
+
+async def test_accepts_made_at_once_are_each_written_or_refused_on_their_own(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    record = b'{"id": "tok_1", "role": "ingest"}'
+    await redis_client.set(keys.token_by_hash("h1"), record)
+    current = TokenCheck("h1", fingerprint(record), remembered=True)
+    outdated = TokenCheck("h1", fingerprint(b'{"id": "tok_1"}'), remembered=True)
+    created = rfc3339(datetime.now(UTC))
+    events = [
+        NewEvent(f"evt_{n}", "post.published", "t1", created, 0, None, b"{}") for n in range(4)
+    ]
+
+    outcomes = await asyncio.gather(
+        store.accept(events[0], [PlannedDelivery("dlv_0", "wh_1")], token=current),
+        store.accept(events[1], [PlannedDelivery("dlv_1", "wh_1")], token=outdated),
+        store.accept(events[2], [PlannedDelivery("dlv_2", "wh_1")]),
+        store.accept(events[3], [PlannedDelivery("dlv_3", "wh_1")], token=current),
+        return_exceptions=True,
+    )
+
+    assert outcomes[0] is outcomes[2] is outcomes[3] is None
+    assert isinstance(outcomes[1], TokenChanged)
+    assert current.confirmed and not outdated.confirmed
+    queued = await redis_client.zrange(keys.endpoint_queue("wh_1"), 0, -1)
+    assert sorted(queued) == [b"dlv_0", b"dlv_2", b"dlv_3"]

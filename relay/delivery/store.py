@@ -8,6 +8,7 @@ without a delivery being sent twice by one cycle, skipped, or left in between.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -353,6 +354,17 @@ class StaleFanOut(Exception):
 Refused = Unavailable | StaleFanOut | TokenChanged
 
 
+@dataclass(slots=True)
+class _Gathered:
+    """Single-event accepts made at about the same moment under the same token record, written
+    by one script call (see `DeliveryStore.accept`): each with the check it came with and what
+    its caller awaits."""
+
+    writes: list[EventWrite] = field(default_factory=list)
+    checks: list[TokenCheck] = field(default_factory=list)
+    outcomes: list[asyncio.Future[Begun | Refused]] = field(default_factory=list)
+
+
 class DeliveryStore:
     """Persistence and transitions of deliveries."""
 
@@ -386,6 +398,9 @@ class DeliveryStore:
             t: redis.register_script(script_text(t.value)) for t in Transition
         }
         self._requeue = redis.register_script(script_text("requeue"))
+        # Accepts waiting for their shared call, by the token record they check (None: none).
+        self._gathering: dict[tuple[str, str] | None, _Gathered] = {}
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def _run(
         self,
@@ -417,12 +432,63 @@ class DeliveryStore:
         `fan_out_version`. With replicas to wait for, returns only once they hold it (the first
         event too, for a repeat), else raises NotReplicated.
         """
+        if not self._replicas.required and len(deliveries) <= self._chunk:
+            begun = await self._gathered((event, deliveries, commit), token)
+            if begun.unfinished:  # the first event of its upstream id, cut off in its steps
+                await self.finish_accept(begun.event_id)
+            return begun.event_id if begun.repeat else None
         async with self._replicas.connection() as conn:
             begun = await self.begin_accept(event, deliveries, commit, conn, token)
             if begun.unfinished:
                 await self.finish_accept(begun.event_id, conn)
             await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
+
+    async def _gathered(self, write: EventWrite, token: TokenCheck | None) -> Begun:
+        """The first (and only) step of a small event's accept, written by one script call
+        with the others made meanwhile: under concurrent requests a call, its round trip and
+        its client-side cost are shared. Each event is still its own, all or nothing; the call
+        is sent once the requests that are ready now have had their turn."""
+        key = None if token is None else (token.token_hash, token.fingerprint)
+        gathered = self._gathering.get(key)
+        if gathered is None:
+            gathered = self._gathering[key] = _Gathered()
+            task = asyncio.create_task(self._write_gathered(key, gathered, token))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+        outcome: asyncio.Future[Begun | Refused] = asyncio.get_running_loop().create_future()
+        gathered.writes.append(write)
+        gathered.outcomes.append(outcome)
+        if token is not None:
+            gathered.checks.append(token)
+        begun = await outcome
+        if not isinstance(begun, Begun):
+            raise begun
+        return begun
+
+    async def _write_gathered(
+        self, key: tuple[str, str] | None, gathered: _Gathered, token: TokenCheck | None
+    ) -> None:
+        # Whoever comes from now on gathers anew, while these are written.
+        del self._gathering[key]
+        start = 0
+        try:
+            for group in self._grouped(gathered.writes):
+                arg, raw, read = self._first_steps(group, token)
+                results = read(await self._run(Transition.ACCEPT, arg, *raw))
+                for n, result in enumerate(results, start):
+                    if not isinstance(result, TokenChanged) and gathered.checks:
+                        gathered.checks[n].confirmed = True
+                    if not gathered.outcomes[n].done():  # its caller may have gone
+                        gathered.outcomes[n].set_result(result)
+                start += len(group)
+        except Exception as exc:  # each caller gets it, as it would have alone
+            for outcome in gathered.outcomes[start:]:
+                if not outcome.done():
+                    outcome.set_exception(exc)
+        finally:
+            for outcome in gathered.outcomes[start:]:
+                outcome.cancel()  # (a no-op when done) not written: the process is stopping
 
     async def accept_many(
         self, batch: Sequence[EventWrite], token: TokenCheck | None = None

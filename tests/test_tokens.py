@@ -376,3 +376,15 @@ async def test_a_change_to_a_tokens_record_holds_at_once_for_ingest(
     assert refused.status_code == 403, refused.text
     assert refused.json()["detail"] == "A tenant token may not do this."
     assert await _posted(admin) == ["p_1"]
+
+
+async def test_a_revoked_token_refused_for_its_role_is_then_refused_as_revoked(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    made = await _issue(admin, role="tenant", tenant_id="t1")
+    tenant = await make_client(token=made["token"])
+    assert (await tenant.post("/v1/events", json=_event("p_1"))).status_code == 403
+    assert (await admin.delete(f"/v1/tokens/{made['id']}")).status_code == 200
+
+    refused = await tenant.post("/v1/events", json=_event("p_1"))
+    assert refused.status_code == 401, refused.text

@@ -178,9 +178,14 @@ def _endpoint(op: Operation) -> PublicHandler:
         return response
 
     async def authorized(request: Request, principal: Principal) -> Response:
-        if await services(request).rate_limiter.wait(principal.token_id):
-            raise RateLimited("This token is over its request rate; retry in a second.")
-        principal.require(op.roles)
+        try:
+            if await services(request).rate_limiter.wait(principal.token_id):
+                raise RateLimited("This token is over its request rate; retry in a second.")
+            principal.require(op.roles)
+        except RelayError:
+            # Refused for what the token was: only if that is what it still is (not revoked).
+            await confirm(request, principal)
+            raise
         response = await idempotent(
             request, principal, lambda: call(request, principal), op.repeats, op.replicated
         )

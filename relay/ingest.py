@@ -13,7 +13,7 @@ import pydantic
 from relay import logs, tracing
 from relay.config import Settings
 from relay.delivery.store import NewEvent, PlannedDelivery, StaleFanOut
-from relay.errors import Invalid, PayloadTooLarge, RelayError, Unavailable
+from relay.errors import Invalid, PayloadTooLarge, RelayError, Unauthorized, Unavailable
 from relay.events import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
@@ -21,6 +21,7 @@ from relay.store.events import StoredEvent
 from relay.store.idempotency import Commit, Held
 from relay.store.webhooks import TenantWebhooks
 from relay.timefmt import now, rfc3339
+from relay.tokens import TokenChanged, TokenCheck
 from relay.validation import TenantId, parse_object
 from relay.webhooks import Undeliverable, Webhook, fan_out
 
@@ -154,12 +155,16 @@ async def _written(
 
 
 async def accept(
-    ctx: Services, spec: EventIn, commit: Commit[dict[str, object]] | None = None
+    ctx: Services,
+    spec: EventIn,
+    commit: Commit[dict[str, object]] | None = None,
+    token: TokenCheck | None = None,
 ) -> tuple[dict[str, object], bool]:
     """Store the event with a delivery per matching webhook; (view, created).
 
     A repeated upstream id creates nothing and returns the first event (created False).
-    `commit` stores the request's answer to the created event's view with it.
+    `commit` stores the request's answer to the created event's view with it. With `token`,
+    the write raises TokenChanged, writing nothing, once its record is not as checked.
     """
     catalog = _Catalog(ctx)
     while True:  # see _CHECKED_PLANS
@@ -169,7 +174,9 @@ async def accept(
         logs.annotate(tenant_id=spec.tenant_id, event_id=planned.event.id)
         answer = None if commit is None else commit.lua(planned.view)
         try:
-            first = await ctx.deliveries.accept(planned.event, planned.deliveries, answer)
+            first = await ctx.deliveries.accept(
+                planned.event, planned.deliveries, answer, token=token
+            )
         except StaleFanOut:
             catalog.stale(spec.tenant_id)
         else:
@@ -209,17 +216,22 @@ def _item(raw: object, max_bytes: int) -> EventIn | RelayError:
 
 
 async def accept_batch(
-    ctx: Services, items: Sequence[EventIn | RelayError], claim: Held | None = None
+    ctx: Services,
+    items: Sequence[EventIn | RelayError],
+    claim: Held | None = None,
+    token: TokenCheck | None = None,
 ) -> list[Outcome]:
     """Accept each event of a batch as `accept` would, in order; one refused (or already a
     RelayError) never holds the others back. Their writes are pipelined.
 
     With `claim` (the batch's Idempotency-Key), each write records its event under it, and an
     event that an earlier run of the same request wrote is answered as written, not again.
+    With `token`, events are written only while its record is as checked: TokenChanged when
+    none was written, else the events after the change are refused as unauthorized.
     """
     made = {} if claim is None else await ctx.idempotency.made(claim)
     catalog = _Catalog(ctx)
-    outcomes: dict[int, Outcome] = {}
+    outcomes: dict[int, Outcome | TokenChanged] = {}
     todo: list[tuple[int, EventIn]] = []
     for index, item in enumerate(items):
         if isinstance(item, RelayError):
@@ -229,8 +241,15 @@ async def accept_batch(
         else:
             todo.append((index, item))
     while todo:  # see _CHECKED_PLANS
-        todo = await _write_batch(ctx, catalog, todo, claim, outcomes)
-    return [outcomes[index] for index in range(len(items))]
+        todo = await _write_batch(ctx, catalog, todo, claim, outcomes, token)
+    found = [outcomes[index] for index in range(len(items))]
+    if any(isinstance(o, TokenChanged) for o in found) and not any(
+        isinstance(o, tuple) and o[1] for o in found
+    ):
+        raise TokenChanged
+    # Revoked while the batch was being written: what was written stands, the rest does not.
+    revoked = Unauthorized("This token was revoked while the batch was being written.")
+    return [revoked if isinstance(o, TokenChanged) else o for o in found]
 
 
 async def _write_batch(
@@ -238,7 +257,8 @@ async def _write_batch(
     catalog: _Catalog,
     todo: list[tuple[int, EventIn]],
     claim: Held | None,
-    outcomes: dict[int, Outcome],
+    outcomes: dict[int, Outcome | TokenChanged],
+    token: TokenCheck | None,
 ) -> list[tuple[int, EventIn]]:
     """Plan and write the events of a batch numbered in `todo`, setting what came of each in
     `outcomes`; the ones to plan again, their webhooks having changed since they were read."""
@@ -257,13 +277,14 @@ async def _write_batch(
         [
             (p.event, p.deliveries, None if claim is None else claim.item(i, p.event.id))
             for i, _, p in writes
-        ]
+        ],
+        token,
     )
     again: list[tuple[int, EventIn]] = []
     for (index, spec, planned), first in zip(writes, written, strict=True):
         if isinstance(first, StaleFanOut):
             again.append((index, spec))
-        elif isinstance(first, Unavailable):
+        elif isinstance(first, Unavailable | TokenChanged):
             outcomes[index] = first
         else:
             outcomes[index] = await _written(ctx, planned, first)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -22,6 +22,25 @@ TOKEN_PREFIX = "rly_"
 BOOTSTRAP_ID = "tok_bootstrap"
 
 
+@dataclass(slots=True)
+class TokenCheck:
+    """The stored record a request authenticated by, for a write to check: a write that finds
+    it gone or changed (revoked meanwhile) writes nothing, so the request may go by a record
+    this process read a little earlier. `confirmed` once a write or a fresh read found it."""
+
+    token_hash: str
+    # SHA-1 (hex) of the record as stored: all a write compares, whatever the record holds.
+    fingerprint: str
+    # Whether the record came from this process's memory rather than a read for this request.
+    remembered: bool
+    confirmed: bool = False
+
+
+class TokenChanged(Exception):
+    """The record a request authenticated by is gone or changed (a revoke): nothing was written
+    under it, and the request is to authenticate again from a fresh read."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the token's id (idempotency keys are scoped by it), role and tenant."""
@@ -29,6 +48,8 @@ class Principal:
     token_id: str
     role: Role
     tenant_id: str | None = None
+    # None for the bootstrap admin token, which has no stored record.
+    check: TokenCheck | None = field(default=None, compare=False)
 
     def require(self, roles: Collection[Role]) -> None:
         """Raise Forbidden unless this caller's role is one of `roles`."""

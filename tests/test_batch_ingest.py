@@ -3,6 +3,7 @@ with one result per event in order."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -204,3 +205,31 @@ async def test_a_batch_of_small_events_is_written_in_one_redis_call(
     again = await client.post(BATCH, json={"events": events})
     assert [r["status"] for r in again.json()["data"]] == [200] * 10
     assert len(await _events_of(client, "t1")) == 11
+
+
+async def test_single_events_posted_at_once_share_their_script_calls_each_its_own(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    client = await make_client(redis_url=own_redis.url, api_rate_limit=0)
+    hook = await webhook(client, "https://hooks.example.com/a", tenant="t1")
+    assert (await client.post("/v1/events", json=_event("warm"))).status_code == 202
+    posts = [_event(f"p_{n}") for n in range(10)] + [_event("p_0", id="up_0"), {"type": "x"}]
+    answers: list[httpx.Response] = []
+
+    async def at_once() -> httpx.Response:
+        answers.extend(await asyncio.gather(*(client.post("/v1/events", json=b) for b in posts)))
+        return answers[0]
+
+    sent = await commands_sent_while(own_redis, at_once())
+
+    assert [a.status_code for a in answers] == [202] * 11 + [422]
+    assert 1 <= sent.count("EVALSHA") < 11, sent
+    created = [a.json()["data"] for a in answers[:11]]
+    assert len({e["id"] for e in created}) == 11
+    for event in created:
+        assert [d["webhook_id"] for d in event["deliveries"]] == [hook["id"]]
+        shown = await client.get(f"/v1/events/{event['id']}")
+        assert shown.json()["data"]["data"] == event["data"]
+    repeat = await client.post("/v1/events", json=posts[10])
+    assert (repeat.status_code, repeat.json()["data"]["id"]) == (200, created[10]["id"])
+    assert len(await _events_of(client, "t1")) == 12

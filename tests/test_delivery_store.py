@@ -8,6 +8,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 import redis.asyncio
 
 from relay import ids
@@ -17,7 +18,9 @@ from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
 from relay.history.db import Database
 from relay.store import keys
+from relay.store.tokens import fingerprint
 from relay.timefmt import now, rfc3339
+from relay.tokens import TokenChanged, TokenCheck
 from tests.support import PostgresServer
 
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
@@ -662,3 +665,60 @@ async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_que
     claims = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
     assert sorted(c.delivery_id for c in claims) == sorted(planned)
     assert not await redis_client.exists(keys.OLD_DUE, keys.OLD_WAKES)
+
+
+async def test_an_accept_checking_a_token_record_writes_only_while_it_is_as_checked(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    record = b'{"id": "tok_1", "role": "ingest"}'
+    await redis_client.set(keys.token_by_hash("h1"), record)
+
+    def event(upstream_id: str) -> NewEvent:
+        created = datetime.now(UTC)
+        return NewEvent(
+            ids.new_id("evt"), "post.published", "t1", rfc3339(created), 0, upstream_id, b"{}"
+        )
+
+    first = event("up_1")
+    check = TokenCheck("h1", fingerprint(record), remembered=True)
+    assert await store.accept(first, [PlannedDelivery("dlv_1", "wh_1")], token=check) is None
+    assert check.confirmed
+
+    # Changed (or gone): neither a new event nor a repeat of an upstream id gets through.
+    await redis_client.set(keys.token_by_hash("h1"), b'{"id": "tok_1", "role": "tenant"}')
+    for attempt in (event("up_2"), event("up_1")):
+        stale = TokenCheck("h1", fingerprint(record), remembered=True)
+        with pytest.raises(TokenChanged):
+            await store.accept(attempt, [PlannedDelivery("dlv_2", "wh_1")], token=stale)
+        assert not stale.confirmed
+    assert not await redis_client.exists(keys.delivery("dlv_2"))
+    assert await redis_client.zrange(keys.endpoint_queue("wh_1"), 0, -1) == [b"dlv_1"]
+
+
+async def test_accepts_made_at_once_are_each_written_or_refused_on_their_own(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    record = b'{"id": "tok_1", "role": "ingest"}'
+    await redis_client.set(keys.token_by_hash("h1"), record)
+    current = TokenCheck("h1", fingerprint(record), remembered=True)
+    outdated = TokenCheck("h1", fingerprint(b'{"id": "tok_1"}'), remembered=True)
+    created = rfc3339(datetime.now(UTC))
+    events = [
+        NewEvent(f"evt_{n}", "post.published", "t1", created, 0, None, b"{}") for n in range(4)
+    ]
+
+    outcomes = await asyncio.gather(
+        store.accept(events[0], [PlannedDelivery("dlv_0", "wh_1")], token=current),
+        store.accept(events[1], [PlannedDelivery("dlv_1", "wh_1")], token=outdated),
+        store.accept(events[2], [PlannedDelivery("dlv_2", "wh_1")]),
+        store.accept(events[3], [PlannedDelivery("dlv_3", "wh_1")], token=current),
+        return_exceptions=True,
+    )
+
+    assert outcomes[0] is outcomes[2] is outcomes[3] is None
+    assert isinstance(outcomes[1], TokenChanged)
+    assert current.confirmed and not outdated.confirmed
+    queued = await redis_client.zrange(keys.endpoint_queue("wh_1"), 0, -1)
+    assert sorted(queued) == [b"dlv_0", b"dlv_2", b"dlv_3"]

@@ -7,10 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis.asyncio
 
+from relay.store import keys
+from relay.tokens import token_hash
 from tests.conftest import ClientFactory
+from tests.flows import commands_sent_while
+from tests.support import RedisServer
 
 
 async def test_token_lifecycle(admin: httpx.AsyncClient, make_client: ClientFactory) -> None:
@@ -343,3 +348,82 @@ async def test_with_the_failure_limit_off_every_guess_is_a_401(make_client: Clie
     guesser = await make_client(token="rly_guessed_token", auth_failures_per_minute=0)
     answers = [await guesser.get("/v1/events") for _ in range(40)]
     assert {r.status_code for r in answers} == {401}
+
+
+def _event(post_id: str, **fields: object) -> dict[str, object]:
+    return {"type": "post.published", "tenant_id": "t1", "data": {"post_id": post_id}, **fields}
+
+
+async def _posted(admin: httpx.AsyncClient) -> list[object]:
+    listed = await admin.get("/v1/events", params={"tenant_id": "t1"})
+    assert listed.status_code == 200, listed.text
+    return [e["data"]["post_id"] for e in listed.json()["data"]]
+
+
+async def test_an_ingest_token_posts_events_without_a_token_read_per_request(
+    make_client: ClientFactory, own_redis: RedisServer
+) -> None:
+    admin = await make_client(redis_url=own_redis.url)
+    made = await _issue(admin, role="ingest")
+    ingest = await make_client(token=made["token"], redis_url=own_redis.url)
+    assert (await ingest.post("/v1/events", json=_event("p_1"))).status_code == 202
+
+    sent = await commands_sent_while(own_redis, ingest.post("/v1/events", json=_event("p_2")))
+
+    # The token's rate limit, then the accept script, which checks the token's record itself.
+    assert sent == ["EVALSHA", "EVALSHA"], sent
+
+
+async def test_a_revoked_ingest_token_is_refused_at_once_whatever_it_posts(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    made = await _issue(admin, role="ingest")
+    # Whether it would write, repeat an upstream id (no write), be refused as invalid, or post
+    # a batch: each on a replica of its own (not the admin's) that has just accepted the token.
+    attempts: list[tuple[str, dict[str, object]]] = [
+        ("/v1/events", _event("p_2")),
+        ("/v1/events", _event("p_1", id="up_1")),
+        ("/v1/events", {"type": "post.published"}),
+        ("/v1/events/batch", {"events": [_event("p_3")]}),
+    ]
+    replicas = [await make_client(token=made["token"]) for _ in attempts]
+    for n, replica in enumerate(replicas):
+        posted = await replica.post("/v1/events", json=_event("p_1", id="up_1"))
+        assert posted.status_code == (202 if n == 0 else 200), posted.text
+    assert (await admin.delete(f"/v1/tokens/{made['id']}")).status_code == 200
+
+    for replica, (path, body) in zip(replicas, attempts, strict=True):
+        response = await replica.post(path, json=body)
+        assert response.status_code == 401, (body, response.text)
+        assert response.json()["detail"] == "This token is unknown or has been revoked."
+    assert await _posted(admin) == ["p_1"]
+
+
+async def test_a_change_to_a_tokens_record_holds_at_once_for_ingest(
+    admin: httpx.AsyncClient, make_client: ClientFactory, redis_client: redis.asyncio.Redis
+) -> None:
+    made = await _issue(admin, role="ingest")
+    ingest = await make_client(token=made["token"])
+    assert (await ingest.post("/v1/events", json=_event("p_1"))).status_code == 202
+
+    # The record as another replica might rewrite it: now a tenant token, which may not post.
+    stored = keys.token_by_hash(token_hash(made["token"]))
+    record = orjson.loads(await redis_client.get(stored))
+    await redis_client.set(stored, orjson.dumps({**record, "role": "tenant", "tenant_id": "t1"}))
+
+    refused = await ingest.post("/v1/events", json=_event("p_2"))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["detail"] == "A tenant token may not do this."
+    assert await _posted(admin) == ["p_1"]
+
+
+async def test_a_revoked_token_refused_for_its_role_is_then_refused_as_revoked(
+    admin: httpx.AsyncClient, make_client: ClientFactory
+) -> None:
+    made = await _issue(admin, role="tenant", tenant_id="t1")
+    tenant = await make_client(token=made["token"])
+    assert (await tenant.post("/v1/events", json=_event("p_1"))).status_code == 403
+    assert (await admin.delete(f"/v1/tokens/{made['id']}")).status_code == 200
+
+    refused = await tenant.post("/v1/events", json=_event("p_1"))
+    assert refused.status_code == 401, refused.text

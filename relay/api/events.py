@@ -50,18 +50,19 @@ def _accepted(view: dict[str, object]) -> Response:
     return ok(view, 202)
 
 
-async def post_event(request: Request, _: Principal) -> Response:
+async def post_event(request: Request, principal: Principal) -> Response:
     """Accept an event: 202 once it and its deliveries are durably stored; 200 for a repeat."""
     spec = await read_model(request, EventIn)
-    view, created = await accept(services(request), spec, commit(_accepted))
+    view, created = await accept(services(request), spec, commit(_accepted), principal.check)
     return _accepted(view) if created else ok(view, 200)
 
 
-async def post_batch(request: Request, _: Principal) -> Response:
+async def post_batch(request: Request, principal: Principal) -> Response:
     """Accept each event of a batch on its own: 207 with one result per event, in order."""
     ctx = services(request)
     items = batch_items(await read_json(request), ctx.settings)
-    return ok([_result(o) for o in await accept_batch(ctx, items, in_steps())], 207)
+    outcomes = await accept_batch(ctx, items, in_steps(), principal.check)
+    return ok([_result(o) for o in outcomes], 207)
 
 
 def _result(outcome: Outcome) -> dict[str, object]:
@@ -113,6 +114,7 @@ OPERATIONS = [
             (200, "A repeat of an upstream `id`: the first event; nothing new is created"),
         ),
         replicated=True,
+        token_checked=True,
     ),
     Operation(
         "POST",
@@ -126,6 +128,7 @@ OPERATIONS = [
         status=207,
         per_item=True,
         replicated=True,
+        token_checked=True,
     ),
     Operation(
         "GET",

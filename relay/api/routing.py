@@ -15,16 +15,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.api import trail
-from relay.api.auth import authenticate
+from relay.api.auth import authenticate, confirm
 from relay.api.errors import problem
-from relay.api.idempotency import REPLAYED, idempotent
+from relay.api.idempotency import HEADER, REPLAYED, idempotent
 from relay.api.shapes import check, envelope
 from relay.audit import Audit
-from relay.errors import Invalid, NotFound, RateLimited, RelayError
+from relay.errors import Invalid, NotFound, RateLimited, RelayError, Unauthorized
 from relay.roles import Role
 from relay.services import services
 from relay.timefmt import read_rfc3339
-from relay.tokens import Principal
+from relay.tokens import Principal, TokenChanged
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 PublicHandler = Callable[[Request], Awaitable[Response]]
@@ -148,6 +148,12 @@ class Operation:
     replicated: bool = False
     # Set on every operation that changes something: what the audit trail records of it.
     audit: Audit | None = None
+    # Set when its writes check the record of the token that authenticated the request (the
+    # handler passes `principal.check` to them): a record this process read lately will do,
+    # sparing a read per request. A token revoked since writes nothing, and an answer that no
+    # such write confirmed is confirmed by a read, so a revoke holds at once all the same.
+    # Not with an Idempotency-Key: a stored answer is replayed without any write.
+    token_checked: bool = False
 
 
 def _endpoint(op: Operation) -> PublicHandler:
@@ -169,11 +175,15 @@ def _endpoint(op: Operation) -> PublicHandler:
             check(answer, bytes(response.body))
         return response
 
-    async def endpoint(request: Request) -> Response:
-        principal = await authenticate(request)
-        if await services(request).rate_limiter.wait(principal.token_id):
-            raise RateLimited("This token is over its request rate; retry in a second.")
-        principal.require(op.roles)
+    async def authorized(request: Request, principal: Principal) -> Response:
+        try:
+            if await services(request).rate_limiter.wait(principal.token_id):
+                raise RateLimited("This token is over its request rate; retry in a second.")
+            principal.require(op.roles)
+        except RelayError:
+            # Refused for what the token was: only if that is what it still is (not revoked).
+            await confirm(request, principal)
+            raise
         response = await idempotent(
             request, principal, lambda: call(request, principal), op.repeats, op.replicated
         )
@@ -181,7 +191,25 @@ def _endpoint(op: Operation) -> PublicHandler:
             # A change whose first run lost its reply (Redis went away after the write) was
             # never recorded; its replay records it. Once per key: a replay after that is a no-op.
             await trail.record(request, principal, op.audit, response)
+        await confirm(request, principal)
         return response
+
+    async def endpoint(request: Request) -> Response:
+        remembered_will_do = op.token_checked and HEADER not in request.headers
+        principal = await authenticate(request, remembered_will_do)
+        try:
+            return await authorized(request, principal)
+        except TokenChanged:
+            pass
+        # The token's record changed since it was read (a revoke): read it again, and answer
+        # as that says (a 401 once revoked). Nothing was written under the old one.
+        if principal.check is not None:
+            services(request).tokens.forget(principal.check.token_hash)
+        principal = await authenticate(request)
+        try:
+            return await authorized(request, principal)
+        except TokenChanged:
+            raise Unauthorized("This token was revoked while the request ran.") from None
 
     endpoint.__name__ = op.handler.__name__
     return endpoint

@@ -8,6 +8,7 @@ without a delivery being sent twice by one cycle, skipped, or left in between.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -43,6 +44,7 @@ from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
 from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339
+from relay.tokens import TokenChanged, TokenCheck
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
 # like any other: the scripts that do not need it are spared it), unless the caller passes its
@@ -348,6 +350,21 @@ class StaleFanOut(Exception):
     was not written, and is to be planned again from them as they are now."""
 
 
+# Why the first step of an event wrote nothing.
+Refused = Unavailable | StaleFanOut | TokenChanged
+
+
+@dataclass(slots=True)
+class _Gathered:
+    """Single-event accepts made at about the same moment under the same token record, written
+    by one script call (see `DeliveryStore.accept`): each with the check it came with and what
+    its caller awaits."""
+
+    writes: list[EventWrite] = field(default_factory=list)
+    checks: list[TokenCheck] = field(default_factory=list)
+    outcomes: list[asyncio.Future[Begun | Refused]] = field(default_factory=list)
+
+
 class DeliveryStore:
     """Persistence and transitions of deliveries."""
 
@@ -381,6 +398,9 @@ class DeliveryStore:
             t: redis.register_script(script_text(t.value)) for t in Transition
         }
         self._requeue = redis.register_script(script_text("requeue"))
+        # Accepts waiting for their shared call, by the token record they check (None: none).
+        self._gathering: dict[tuple[str, str] | None, _Gathered] = {}
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def _run(
         self,
@@ -399,9 +419,12 @@ class DeliveryStore:
         event: NewEvent,
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
+        token: TokenCheck | None = None,
     ) -> str | None:
         """Write the event and its deliveries, due now, in calls of at most the store's chunk;
         `commit` (the request's answer, as `Commit.lua` gives it) goes with the first call.
+        With `token`, the first call writes only while the token's record is as checked (else
+        TokenChanged, nothing written), and confirms it.
 
         Returns None once everything is written, or the id of the event first accepted under
         the same upstream id (then nothing new is written, only what that event still lacked).
@@ -409,29 +432,81 @@ class DeliveryStore:
         `fan_out_version`. With replicas to wait for, returns only once they hold it (the first
         event too, for a repeat), else raises NotReplicated.
         """
+        if not self._replicas.required and len(deliveries) <= self._chunk:
+            begun = await self._gathered((event, deliveries, commit), token)
+            if begun.unfinished:  # the first event of its upstream id, cut off in its steps
+                await self.finish_accept(begun.event_id)
+            return begun.event_id if begun.repeat else None
         async with self._replicas.connection() as conn:
-            begun = await self.begin_accept(event, deliveries, commit, conn)
+            begun = await self.begin_accept(event, deliveries, commit, conn, token)
             if begun.unfinished:
                 await self.finish_accept(begun.event_id, conn)
             await self._replicas.confirm(conn)
         return begun.event_id if begun.repeat else None
 
+    async def _gathered(self, write: EventWrite, token: TokenCheck | None) -> Begun:
+        """The first (and only) step of a small event's accept, written by one script call
+        with the others made meanwhile: under concurrent requests a call, its round trip and
+        its client-side cost are shared. Each event is still its own, all or nothing; the call
+        is sent once the requests that are ready now have had their turn."""
+        key = None if token is None else (token.token_hash, token.fingerprint)
+        gathered = self._gathering.get(key)
+        if gathered is None:
+            gathered = self._gathering[key] = _Gathered()
+            task = asyncio.create_task(self._write_gathered(key, gathered, token))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+        outcome: asyncio.Future[Begun | Refused] = asyncio.get_running_loop().create_future()
+        gathered.writes.append(write)
+        gathered.outcomes.append(outcome)
+        if token is not None:
+            gathered.checks.append(token)
+        begun = await outcome
+        if not isinstance(begun, Begun):
+            raise begun
+        return begun
+
+    async def _write_gathered(
+        self, key: tuple[str, str] | None, gathered: _Gathered, token: TokenCheck | None
+    ) -> None:
+        # Whoever comes from now on gathers anew, while these are written.
+        del self._gathering[key]
+        start = 0
+        try:
+            for group in self._grouped(gathered.writes):
+                arg, raw, read = self._first_steps(group, token)
+                results = read(await self._run(Transition.ACCEPT, arg, *raw))
+                for n, result in enumerate(results, start):
+                    if not isinstance(result, TokenChanged) and gathered.checks:
+                        gathered.checks[n].confirmed = True
+                    if not gathered.outcomes[n].done():  # its caller may have gone
+                        gathered.outcomes[n].set_result(result)
+                start += len(group)
+        except Exception as exc:  # each caller gets it, as it would have alone
+            for outcome in gathered.outcomes[start:]:
+                if not outcome.done():
+                    outcome.set_exception(exc)
+        finally:
+            for outcome in gathered.outcomes[start:]:
+                outcome.cancel()  # (a no-op when done) not written: the process is stopping
+
     async def accept_many(
-        self, batch: Sequence[EventWrite]
-    ) -> list[str | Unavailable | StaleFanOut | None]:
+        self, batch: Sequence[EventWrite], token: TokenCheck | None = None
+    ) -> list[str | Unavailable | StaleFanOut | TokenChanged | None]:
         """Write several events, each with its deliveries and commit, as `accept` writes one.
 
         Their first steps go in groups of at most the store's chunk of deliveries and a call's
         worth of payload, one script call a group: a batch of small events is one call, and no
         call holds Redis longer than one chunk would. Per event: None,
         the id of the first event of its upstream id, Unavailable when the history backlog
-        refused it, or StaleFanOut when its webhooks changed since it was planned (neither of
-        those two wrote anything).
+        refused it, or StaleFanOut when its webhooks changed since it was planned, or
+        TokenChanged when `token`'s record was no longer as checked (none of those three wrote
+        anything).
         """
-        outcomes: list[str | Unavailable | StaleFanOut | None] = []
+        outcomes: list[str | Unavailable | StaleFanOut | TokenChanged | None] = []
         unfinished: list[str] = []
         for group in self._grouped(batch):
-            arg, raw, read = self._first_steps(group)
+            arg, raw, read = self._first_steps(group, token)
             for begun in read(await self._run(Transition.ACCEPT, arg, *raw)):
                 if isinstance(begun, Begun):
                     if begun.unfinished:
@@ -473,23 +548,23 @@ class DeliveryStore:
         deliveries: Sequence[PlannedDelivery],
         commit: dict[str, str] | None = None,
         client: Redis | None = None,
+        token: TokenCheck | None = None,
     ) -> Begun:
         """The first step of an accept: all of it when the fan-out fits one chunk; otherwise
         the event, its first chunk, and the rest as the event's stored plan. Raises what
-        refused it (Unavailable, StaleFanOut), having written nothing."""
-        arg, raw, read = self._first_steps([(event, deliveries, commit)])
+        refused it (Unavailable, StaleFanOut, TokenChanged), having written nothing."""
+        arg, raw, read = self._first_steps([(event, deliveries, commit)], token)
         (begun,) = read(await self._run(Transition.ACCEPT, arg, *raw, client=client))
         if not isinstance(begun, Begun):
             raise begun
         return begun
 
     def _first_steps(
-        self, group: Sequence[EventWrite]
-    ) -> tuple[
-        dict[str, Any], list[bytes], Callable[[Any], list[Begun | Unavailable | StaleFanOut]]
-    ]:
-        """The arguments of one call making the first step of each event of `group`, and what
-        reads its reply (or error) into what came of each."""
+        self, group: Sequence[EventWrite], token: TokenCheck | None
+    ) -> tuple[dict[str, Any], list[bytes], Callable[[Any], list[Begun | Refused]]]:
+        """The arguments of one call making the first step of each event of `group` (while
+        `token`'s record is as checked, if given), and what reads its reply (or error) into
+        what came of each."""
         checking = time.monotonic() - self._backlog_checked_at >= self._backlog_check_seconds
         taken_at = time.monotonic()
         estimate = self._clock.now_ms()
@@ -520,7 +595,10 @@ class DeliveryStore:
                 event.payload,
             )
         arg = {
-            "keys": _ACCEPT_KEYS,
+            "keys": _ACCEPT_KEYS
+            if token is None
+            else {**_ACCEPT_KEYS, "token": keys.token_by_hash(token.token_hash)},
+            "token_fingerprint": None if token is None else token.fingerprint,
             "events": events,
             "ttl": self._retention,
             "inline_payload_bytes": INLINE_PAYLOAD_BYTES,
@@ -528,13 +606,15 @@ class DeliveryStore:
             "now_ms": estimate,
         }
 
-        def read(reply: Any) -> list[Begun | Unavailable | StaleFanOut]:
+        def read(reply: Any) -> list[Begun | Refused]:
             if isinstance(reply, Exception):
                 raise reply
             now_ms, *results = reply
             if estimate is None:
                 self._clock.read(int(now_ms), taken_at)
             begun = [self._begun(item, result) for item, result in zip(group, results, strict=True)]
+            if token is not None and not isinstance(begun[0], TokenChanged):
+                token.confirmed = True
             if any(isinstance(b, Unavailable) for b in begun):
                 self._backlog_checked_at = -math.inf
             elif checking:
@@ -543,13 +623,15 @@ class DeliveryStore:
 
         return arg, raw, read
 
-    def _begun(self, item: EventWrite, result: Any) -> Begun | Unavailable | StaleFanOut:
+    def _begun(self, item: EventWrite, result: Any) -> Begun | Refused:
         """What the first step of `item` did, from its result in the call's reply."""
         event, deliveries, _ = item
         if isinstance(result, list):
             return Begun(result[0].decode(), repeat=True, unfinished=bool(result[1]))
         if result == b"stale":
             return StaleFanOut()
+        if result == b"token":
+            return TokenChanged()
         if result == b"backlog":
             return Unavailable(
                 f"More than {self._history_backlog} records are waiting to be written to "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
@@ -14,12 +15,14 @@ from relay.store import codec, keys
 from relay.store.idempotency import Commit
 from relay.store.pages import newest_first
 from relay.store.records import transact
-from relay.tokens import Principal, TokenSpec, new_secret_token, token_hash
+from relay.tokens import Principal, TokenCheck, TokenSpec, new_secret_token, token_hash
 
 # An expired token's record stays this long, so that it answers "expired" rather than "unknown".
 _EXPIRED_KEPT_MS = 86_400_000
 # last_used_at is precise to a minute: a request writes it only if it is older than this.
 _USE_RECORDED_EVERY_MS = 60_000
+# Records remembered by one process (tokens found, not every token presented) at most.
+_REMEMBERED = 10_000
 
 # At most once a minute per token, note the time of use (the read that decides is a plain
 # MGET with the record: a request pays one command). The note lives as long as the record (an
@@ -54,13 +57,23 @@ class TokenRecord:
         out["last_used_at"] = timefmt.from_timestamp(last_used_ms / 1000) if last_used_ms else None
         return out
 
-    def principal(self) -> Principal:
+    def principal(self, check: TokenCheck | None = None) -> Principal:
         """Who a request bearing this token is."""
-        return Principal(self.id, self.role, self.tenant_id)
+        return Principal(self.id, self.role, self.tenant_id, check)
 
 
 # A new token: its record and its plaintext.
 Issued = tuple[TokenRecord, str]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundToken:
+    """A token's record as read, with its fingerprint (`TokenCheck`)."""
+
+    record: TokenRecord
+    fingerprint: str
+    # Remembered by this process until then (unix ms): when its use is next to be noted.
+    remembered_until_ms: int
 
 
 def _record(raw: bytes) -> TokenRecord:
@@ -81,6 +94,8 @@ class TokenStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._note_use = redis.register_script(_NOTE_USE)
+        # By token hash, never by token: records this process read lately.
+        self._remembered: dict[str, FoundToken] = {}
 
     async def issue(
         self, spec: TokenSpec, commit: Commit[Issued] | None = None
@@ -111,15 +126,36 @@ class TokenStore:
                 pipe.pexpireat(key, _ms(record.expires_at) + _EXPIRED_KEPT_MS)
         pipe.zadd(keys.TOKENS, {record.id: 0})
 
-    async def by_hash(self, digest: str, now_ms: int) -> TokenRecord | None:
+    def remembered(self, digest: str, now_ms: int) -> FoundToken | None:
+        """The record of this token hash as this process last read it, until its use is next
+        to be noted (a minute at most); None if it has to be read.
+
+        Only for a caller whose write checks the record (`TokenCheck`), so that a token revoked
+        since writes nothing all the same.
+        """
+        found = self._remembered.get(digest)
+        return found if found is not None and now_ms < found.remembered_until_ms else None
+
+    async def by_hash(self, digest: str, now_ms: int) -> FoundToken | None:
         """The token whose hash is `digest`, if any, noting that it is being used now."""
         record_key, used_key = keys.token_by_hash(digest), keys.token_used(digest)
         raw, used = await self._redis.mget([record_key, used_key])
         if not raw:
+            self.forget(digest)
             return None
-        if now_ms - int(used or 0) >= _USE_RECORDED_EVERY_MS:
+        noted_ms = int(used or 0)
+        if now_ms - noted_ms >= _USE_RECORDED_EVERY_MS:
             await self._note_use(keys=[record_key, used_key], args=[now_ms])
-        return _record(raw)
+            noted_ms = now_ms
+        found = FoundToken(_record(raw), fingerprint(raw), noted_ms + _USE_RECORDED_EVERY_MS)
+        if digest not in self._remembered and len(self._remembered) >= _REMEMBERED:
+            del self._remembered[next(iter(self._remembered))]  # the longest remembered
+        self._remembered[digest] = found
+        return found
+
+    def forget(self, digest: str) -> None:
+        """Read the record of this token hash afresh next time."""
+        self._remembered.pop(digest, None)
 
     async def get(self, token_id: str) -> TokenRecord:
         """A token by id, or NotFound."""
@@ -141,15 +177,22 @@ class TokenStore:
         ], page.next_cursor
 
     async def delete(self, token_id: str, commit: Commit[TokenRecord] | None = None) -> TokenRecord:
-        """Revoke a token: it stops authenticating at once, on every replica (nothing caches it)."""
+        """Revoke a token: it stops authenticating at once, on every replica (a process goes by a
+        record it remembers only where a write checks it: nothing is written under it after)."""
 
         def write(pipe: Pipeline, record: TokenRecord) -> None:
+            self.forget(record.hash)  # only hygiene: a write checks the record, not a memory
             pipe.delete(
                 keys.token(record.id), keys.token_by_hash(record.hash), keys.token_used(record.hash)
             )
             pipe.zrem(keys.TOKENS, record.id)
 
         return await transact(self._redis, keys.token(token_id), _found, write, "token", commit)
+
+
+def fingerprint(raw: bytes) -> str:
+    """What a write compares of a stored token record (SHA-1 hex, as Redis's `sha1hex`)."""
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()
 
 
 def _ms(stamp: str) -> int:

@@ -68,6 +68,26 @@ if A.step == 'finish' then
   return false
 end
 
+-- What the first steps check, read in one command for the call (nothing else runs
+-- meanwhile): the webhooks' version, if an event's plan is checked against it, and the
+-- request's token record, if the caller asks (see below).
+local current = {}
+local function read_current()
+  local names = {}
+  for _, E in ipairs(A.events) do
+    if E.fan_out_version ~= cjson.null then
+      table.insert(names, K.webhooks_version)
+      break
+    end
+  end
+  if A.token_fingerprint ~= cjson.null then table.insert(names, K.token) end
+  if #names == 0 then return end
+  local values = redis.call('MGET', unpack(names))
+  for i, name in ipairs(names) do current[name] = values[i] end
+end
+read_current()
+local webhooks_version = current[K.webhooks_version] or '0'
+
 -- The first step of event E ('whole' or 'begin'), with its delivery ids and its plan (raw
 -- JSON: decoding them would cost as much as a chunk), its history record and its payload.
 -- What came of it: 'ok' (written), {first id, 1 if that one is still being accepted} for a
@@ -86,8 +106,7 @@ local function begin(E, delivery_ids, plan, record, payload)
   end
   -- The caller planned the fan-out from its copy of the tenant's webhooks at this version of
   -- them: changed since (anywhere), the caller reads them again and plans again.
-  if E.fan_out_version ~= cjson.null
-    and (redis.call('GET', K.webhooks_version) or '0') ~= E.fan_out_version then
+  if E.fan_out_version ~= cjson.null and webhooks_version ~= E.fan_out_version then
     return 'stale'
   end
   -- Past this backlog PostgreSQL is not keeping up (or is away): refuse new work rather than
@@ -129,6 +148,14 @@ end
 -- Redis's clock goes back to the caller first, who goes by it for a while rather than have
 -- each call read it; then what came of each event, in order.
 local replies = {int(NOW)}
+-- The record of the token the request authenticated by, as it was then (its SHA-1), when the
+-- caller went by it: gone or changed since (revoked), nothing is written, not even a repeat's
+-- answer learnt, and the caller authenticates again ('token' for every event).
+if A.token_fingerprint ~= cjson.null
+  and redis.sha1hex(current[K.token] or '') ~= A.token_fingerprint then
+  for i = 1, #A.events do replies[i + 1] = 'token' end
+  return replies
+end
 for i, E in ipairs(A.events) do
   local at = 2 + 4 * (i - 1)
   replies[i + 1] = begin(E, ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3])

@@ -520,6 +520,36 @@ async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
     assert made == {today}
 
 
+async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_breaks_a_deadlock(
+    postgres_server: PostgresServer, history_db: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).date()
+    await partitions.ensure(history_db, [today])
+    await partitions.drop_before(history_db, today + timedelta(days=1))
+    entry = audit.entry("webhook.create", audit.Actor("tok_1", "admin"), "wh_1", "t1", None)
+    pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=1)
+    other = await asyncpg.connect(postgres_server.url)
+    try:
+        # Another session holds one table the writer must lock to make today's partitions...
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("LOCK TABLE attempts IN ROW EXCLUSIVE MODE")
+        writing = asyncio.create_task(writer.write(pool, [Handover("1-0", audit=entry)], set()))
+        for _ in range(1000):  # until the writer waits for it
+            if await history_db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                break
+            await asyncio.sleep(0.01)
+        # ...and then waits for one the writer holds: a cycle. The writer has waited longer,
+        # so its deadlock check comes first and it is the one rolled back.
+        await other.execute("LOCK TABLE events IN ACCESS SHARE MODE")
+        await holding.commit()
+        await asyncio.wait_for(writing, 30)
+    finally:
+        await other.close()
+        await pool.close()
+    assert await history_db.fetchval("SELECT count(*) FROM audit") == 1
+
+
 async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_written_yet(
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:

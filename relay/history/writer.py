@@ -190,11 +190,19 @@ async def write(pool: asyncpg.Pool, handed: Sequence[Handover], made: set[date])
     days = {partitions.day_of(m) for m in moments if m is not None}
     rows = (event_rows, delivery_rows, attempt_rows, audit_rows)
     async with pool.acquire() as conn:
-        try:
-            await _insert(conn, days - made, *rows)
-        except asyncpg.CheckViolationError:  # no partition for a row: retention dropped one
-            made.clear()
-            await _insert(conn, days, *rows)
+        for retries_left in (1, 0):
+            try:
+                await _insert(conn, days - made, *rows)
+                break
+            # No partition for a row: retention dropped one, so make every day's again. Or a
+            # deadlock: making a day's partitions locks each table whole, and a writer or a
+            # list holding one of them while it waits for another is a cycle PostgreSQL breaks
+            # by rolling one side back. Either way nothing was written, and the inserts can
+            # simply go again.
+            except (asyncpg.CheckViolationError, asyncpg.DeadlockDetectedError):
+                if not retries_left:
+                    raise
+                made.clear()
         made |= days
 
 

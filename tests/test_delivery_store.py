@@ -646,6 +646,37 @@ async def test_settling_an_attempt_nobody_waits_for_costs_seven_redis_commands(
     assert await _commands(redis_client) == 7
 
 
+async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being_counted(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=3)
+    [first, *rest] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    # History takes the event and one delivery: the event stays for the two still in flight.
+    handed = await store.handed_over("writer", 10, 10)
+    assert len(handed) == 2
+    await store.release(handed)
+    assert await redis_client.hget(keys.event(first.event_id), "live") == b"2"
+    for claim in rest:
+        assert (await store.settle(claim, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    await store.release(handed)
+    assert not await redis_client.exists(keys.event(first.event_id))
+
+    store, planned = await _store_with(redis_client, archive, deliveries=3)
+    for claim in (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims:
+        assert (await store.settle(claim, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    assert len(handed) == 4
+    await redis_client.config_resetstat()
+    await store.release(handed)
+    # The script, its read of each of the three deliveries, one DEL for all, the entries'
+    # acknowledgement and deletion: the batch holds every holder of the event, nothing to count.
+    assert await _commands(redis_client) == 7
+    gone = [keys.event(first.event_id), *(keys.delivery(d) for d in planned)]
+    assert not await redis_client.exists(*gone)
+
+
 async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_queues(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

@@ -1049,7 +1049,7 @@ class DeliveryStore:
                 "entries": [h.entry_id for h in handed],
                 "upstream_grace": UPSTREAM_GRACE_SECONDS,
                 "events": [
-                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or ""]
+                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or "", len(e.delivery_ids)]
                     for h in handed
                     if (e := h.event) is not None
                 ],

@@ -16,9 +16,12 @@ from relay.delivery.model import RETRYABLE, Attempt, Claim, Settlement, Status, 
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
 from relay.history.db import Database
+from relay.secrets import Keyring
 from relay.store import keys
+from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
-from tests.support import PostgresServer
+from relay.webhooks import WebhookCreate, new_webhook
+from tests.support import TEST_MASTER_KEY, PostgresServer
 
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
 
@@ -675,6 +678,33 @@ async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being
     assert await _commands(redis_client) == 7
     gone = [keys.event(first.event_id), *(keys.delivery(d) for d in planned)]
     assert not await redis_client.exists(*gone)
+
+
+async def test_a_deleted_webhook_leaves_no_slots_behind_once_its_deliveries_end(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    webhooks = WebhookStore(redis_client, max_per_tenant=10)
+    hook, _ = new_webhook(
+        WebhookCreate(url="https://hooks.example.com/a"),
+        "t1",
+        Keyring.from_strings([TEST_MASTER_KEY]),
+    )
+    await webhooks.add(hook)
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery(ids.new_id("dlv"), hook.id) for _ in range(3)])
+    # Worker a takes the one slot (the others wait for it), then dies with its attempt.
+    [lost] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
+    await webhooks.delete(hook.id)
+    await asyncio.sleep(0.1)
+
+    # Worker b ends all three, the one a left too, as the webhook is gone.
+    ended = (await store.claim("b", 10, lease_ms=60_000, concurrency=1)).claims
+    assert len(ended) == 3 and lost.delivery_id in {c.delivery_id for c in ended}
+    for claim in ended:
+        canceled = Settlement(Status.CANCELED, None, None, None, "the webhook was deleted")
+        assert (await store.settle(claim, canceled)).written
+    assert not await redis_client.exists(keys.endpoint_queue(hook.id), keys.endpoint_slots(hook.id))
 
 
 async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_queues(

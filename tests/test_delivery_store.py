@@ -680,6 +680,23 @@ async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being
     assert not await redis_client.exists(*gone)
 
 
+async def test_a_delivery_handed_over_twice_in_one_batch_lets_its_event_go_once(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=2)
+    [first, second] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    [ended] = [h for h in handed if h.delivery is not None]
+    # The same delivery twice (as a writer reading its entry again might hand it): it is one
+    # holder, and the event stays for the delivery still in flight.
+    await store.release([*handed, ended])
+    assert await redis_client.hget(keys.event(first.event_id), "live") == b"1"
+    assert (await store.settle(second, _result(200))).written
+    await store.release(await store.handed_over("writer", 10, 10))
+    assert not await redis_client.exists(keys.event(first.event_id))
+
+
 async def test_a_deleted_webhook_leaves_no_slots_behind_once_its_deliveries_end(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

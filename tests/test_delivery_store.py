@@ -17,11 +17,14 @@ from relay.delivery.model import RETRYABLE, Attempt, Claim, Settlement, Status, 
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
 from relay.history.db import Database
+from relay.secrets import Keyring
 from relay.store import keys
 from relay.store.tokens import fingerprint
+from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenChanged, TokenCheck
-from tests.support import PostgresServer
+from relay.webhooks import WebhookCreate, new_webhook
+from tests.support import TEST_MASTER_KEY, PostgresServer
 
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
 
@@ -647,6 +650,81 @@ async def test_settling_an_attempt_nobody_waits_for_costs_seven_redis_commands(
     # The script, its read of the delivery, the three sets it leaves (queue, endpoint's and
     # tenant's slots), its write and its hand-off to history; nothing to look up for a waiter.
     assert await _commands(redis_client) == 7
+
+
+async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being_counted(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=3)
+    [first, *rest] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    # History takes the event and one delivery: the event stays for the two still in flight.
+    handed = await store.handed_over("writer", 10, 10)
+    assert len(handed) == 2
+    await store.release(handed)
+    assert await redis_client.hget(keys.event(first.event_id), "live") == b"2"
+    for claim in rest:
+        assert (await store.settle(claim, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    await store.release(handed)
+    assert not await redis_client.exists(keys.event(first.event_id))
+
+    store, planned = await _store_with(redis_client, archive, deliveries=3)
+    for claim in (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims:
+        assert (await store.settle(claim, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    assert len(handed) == 4
+    await redis_client.config_resetstat()
+    await store.release(handed)
+    # The script, its read of each of the three deliveries, one DEL for all, the entries'
+    # acknowledgement and deletion: the batch holds every holder of the event, nothing to count.
+    assert await _commands(redis_client) == 7
+    gone = [keys.event(first.event_id), *(keys.delivery(d) for d in planned)]
+    assert not await redis_client.exists(*gone)
+
+
+async def test_a_delivery_handed_over_twice_in_one_batch_lets_its_event_go_once(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=2)
+    [first, second] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    handed = await store.handed_over("writer", 10, 10)
+    [ended] = [h for h in handed if h.delivery is not None]
+    # The same delivery twice (as a writer reading its entry again might hand it): it is one
+    # holder, and the event stays for the delivery still in flight.
+    await store.release([*handed, ended])
+    assert await redis_client.hget(keys.event(first.event_id), "live") == b"1"
+    assert (await store.settle(second, _result(200))).written
+    await store.release(await store.handed_over("writer", 10, 10))
+    assert not await redis_client.exists(keys.event(first.event_id))
+
+
+async def test_a_deleted_webhook_leaves_no_slots_behind_once_its_deliveries_end(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    webhooks = WebhookStore(redis_client, max_per_tenant=10)
+    hook, _ = new_webhook(
+        WebhookCreate(url="https://hooks.example.com/a"),
+        "t1",
+        Keyring.from_strings([TEST_MASTER_KEY]),
+    )
+    await webhooks.add(hook)
+    event = NewEvent(ids.new_id("evt"), "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery(ids.new_id("dlv"), hook.id) for _ in range(3)])
+    # Worker a takes the one slot (the others wait for it), then dies with its attempt.
+    [lost] = (await store.claim("a", 10, lease_ms=50, concurrency=1)).claims
+    await webhooks.delete(hook.id)
+    await asyncio.sleep(0.1)
+
+    # Worker b ends all three, the one a left too, as the webhook is gone.
+    ended = (await store.claim("b", 10, lease_ms=60_000, concurrency=1)).claims
+    assert len(ended) == 3 and lost.delivery_id in {c.delivery_id for c in ended}
+    for claim in ended:
+        canceled = Settlement(Status.CANCELED, None, None, None, "the webhook was deleted")
+        assert (await store.settle(claim, canceled)).written
+    assert not await redis_client.exists(keys.endpoint_queue(hook.id), keys.endpoint_slots(hook.id))
 
 
 async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_queues(

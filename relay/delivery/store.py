@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -292,7 +292,7 @@ _KNOWN_PAYLOAD_BYTES = 16 * 1_048_576
 # Tenants, and endpoints of one tenant, one claim call reads at most: with the scan, they bound
 # what one call costs whatever the number of tenants and endpoints.
 _CLAIM_WAKES = 100
-# How long an endpoint that answered quickly counts as quick without sending anything.
+# How long an endpoint counts as quick after a quick answer set it (set only when that changes).
 _QUICK_TTL_SECONDS = 86_400
 # How long an endpoint keeps the concurrency its answers adapted it to while nothing changes it:
 # then it starts again from RELAY_ENDPOINT_CONCURRENCY.
@@ -901,7 +901,8 @@ class DeliveryStore:
             "attempt": claim.attempt,
             "token": claim.token,
             "manual": claim.trigger is Trigger.MANUAL,
-            "record": codec.dumps(asdict(result.attempt)).decode() if result.attempt else "",
+            # orjson encodes the dataclass itself, a tenth of the time `asdict` takes first.
+            "record": codec.dumps(result.attempt).decode() if result.attempt else "",
             "status": result.status.value,
             "delay_ms": result.delay_ms,
             "last_status_code": result.last_status_code or "",
@@ -1131,7 +1132,7 @@ class DeliveryStore:
                 "entries": [h.entry_id for h in handed],
                 "upstream_grace": UPSTREAM_GRACE_SECONDS,
                 "events": [
-                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or ""]
+                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or "", len(e.delivery_ids)]
                     for h in handed
                     if (e := h.event) is not None
                 ],

@@ -203,7 +203,15 @@ class WebhookStore:
         """Remove a webhook and its index entries."""
 
         def write(pipe: Pipeline, webhook: Webhook) -> None:
-            pipe.delete(keys.webhook(webhook_id), keys.endpoint_failing(webhook_id))
+            # Its slots too: deleted, its deliveries end needing none, so nothing frees them
+            # or the mark of a claim that found them full, which would stay for good.
+            pipe.delete(
+                keys.webhook(webhook_id),
+                keys.endpoint_failing(webhook_id),
+                keys.endpoint_slots(webhook_id),
+                keys.endpoint_quick(webhook_id),
+                keys.endpoint_concurrency(webhook_id),
+            )
             pipe.zrem(keys.WEBHOOKS, webhook_id)
             pipe.zrem(keys.tenant_webhooks(webhook.tenant_id), webhook_id)
             pipe.srem(keys.DISABLED_WEBHOOKS, webhook_id)

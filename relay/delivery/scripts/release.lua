@@ -14,18 +14,28 @@
 -- often end up in one batch): one HINCRBY per event. The last holder takes the event (and
 -- shortens its upstream id's memory: history answers for it from now on, after a short
 -- overlap). An event already gone counts from 0 here: the key HINCRBY makes is dropped at once.
+-- A batch that lets go of an event's own entry and of every delivery of its fan-out (A.events
+-- names how many) is its last holder without counting: the event goes with no HINCRBY. Each
+-- holder counts once, however many of its entries the batch has.
 local letting_go = {}
-local function let_go(event, upstream, ...)
+local function let_go(event, holder, upstream, ...)
   local g = letting_go[event]
   if not g then
-    g = {n = 0, keys = {}}
+    g = {n = 0, keys = {}, held = {}}
     letting_go[event] = g
   end
+  if g.held[holder] then return false end
+  g.held[holder] = true
   g.n, g.upstream = g.n + 1, g.upstream or upstream
   for _, key in ipairs({...}) do table.insert(g.keys, key) end
+  return true
 end
 
-for _, e in ipairs(A.events) do let_go(K.event .. e[1], e[2] ~= '' and e[2] or nil) end
+for _, e in ipairs(A.events) do
+  local event = K.event .. e[1]
+  let_go(event, '', e[2] ~= '' and e[2] or nil)
+  letting_go[event].holders = e[3] + 1
+end
 for _, a in ipairs(A.audits) do
   redis.call('DEL', K.audit .. a[1])
   redis.call('ZREM', K.audits, a[1])
@@ -36,14 +46,15 @@ for _, d in ipairs(A.deliveries) do
   local key = K.delivery .. d[1]
   local st = redis.call('HMGET', key, 'status', 'updated_ms', 'event_id', 'upstream_key')
   if st[1] and st[1] == d[2] and st[2] == d[3] then
-    let_go(K.event .. st[3], st[4], key, key .. K.attempts_suffix)
-    released = released + 1
+    if let_go(K.event .. st[3], d[1], st[4], key, key .. K.attempts_suffix) then
+      released = released + 1
+    end
   end
 end
 -- What leaves goes in one DEL for the batch (in steps that keep within what unpack takes).
 local gone = {}
 for event, g in pairs(letting_go) do
-  if redis.call('HINCRBY', event, 'live', -g.n) <= 0 then
+  if g.n == g.holders or redis.call('HINCRBY', event, 'live', -g.n) <= 0 then
     if g.upstream then redis.call('EXPIRE', g.upstream, A.upstream_grace) end
     table.insert(gone, event)
   end

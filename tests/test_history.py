@@ -520,6 +520,13 @@ async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
     assert made == {today}
 
 
+# Sessions of this database waiting for a lock (the server may serve other databases too).
+_WAITING_HERE = """
+SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+WHERE NOT l.granted AND d.datname = current_database()
+"""
+
+
 async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_breaks_a_deadlock(
     postgres_server: PostgresServer, history_db: asyncpg.Connection
 ) -> None:
@@ -536,7 +543,7 @@ async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_brea
         await other.execute("LOCK TABLE attempts IN ROW EXCLUSIVE MODE")
         writing = asyncio.create_task(writer.write(pool, [Handover("1-0", audit=entry)], set()))
         for _ in range(1000):  # until the writer waits for it
-            if await history_db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+            if await history_db.fetchval(_WAITING_HERE):
                 break
             await asyncio.sleep(0.01)
         # ...and then waits for one the writer holds: a cycle. The writer has waited longer,

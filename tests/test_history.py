@@ -11,7 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -503,17 +503,23 @@ async def test_history_is_whole_once_after_redis_is_killed_with_records_on_their
     assert counted == total
 
 
-async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
-    postgres_server: PostgresServer, history_db: asyncpg.Connection
-) -> None:
+async def _today_dropped(history_db: asyncpg.Connection) -> tuple[date, Handover]:
+    """Today's partitions dropped, as retention drops a day; and an entry of today to write."""
     today = datetime.now(UTC).date()
     await partitions.ensure(history_db, [today])
     await partitions.drop_before(history_db, today + timedelta(days=1))
-    made = {today}  # as a writer that wrote before the drop remembers it
     entry = audit.entry("webhook.create", audit.Actor("tok_1", "admin"), "wh_1", "t1", None)
+    return today, Handover("1-0", audit=entry)
+
+
+async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
+    postgres_server: PostgresServer, history_db: asyncpg.Connection
+) -> None:
+    today, handed = await _today_dropped(history_db)
+    made = {today}  # as a writer that wrote before the drop remembers it
     pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=1)
     try:
-        await writer.write(pool, [Handover("1-0", audit=entry)], made)
+        await writer.write(pool, [handed], made)
     finally:
         await pool.close()
     assert await history_db.fetchval("SELECT count(*) FROM audit") == 1
@@ -530,10 +536,7 @@ WHERE NOT l.granted AND d.datname = current_database()
 async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_breaks_a_deadlock(
     postgres_server: PostgresServer, history_db: asyncpg.Connection
 ) -> None:
-    today = datetime.now(UTC).date()
-    await partitions.ensure(history_db, [today])
-    await partitions.drop_before(history_db, today + timedelta(days=1))
-    entry = audit.entry("webhook.create", audit.Actor("tok_1", "admin"), "wh_1", "t1", None)
+    _, handed = await _today_dropped(history_db)
     pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=1)
     other = await asyncpg.connect(postgres_server.url)
     try:
@@ -541,7 +544,7 @@ async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_brea
         holding = other.transaction()
         await holding.start()
         await other.execute("LOCK TABLE attempts IN ROW EXCLUSIVE MODE")
-        writing = asyncio.create_task(writer.write(pool, [Handover("1-0", audit=entry)], set()))
+        writing = asyncio.create_task(writer.write(pool, [handed], set()))
         for _ in range(1000):  # until the writer waits for it
             if await history_db.fetchval(_WAITING_HERE):
                 break

@@ -368,6 +368,29 @@ async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
     assert other.status_code == 202
 
 
+async def test_an_event_is_accepted_when_its_upstream_id_lookup_in_history_is_canceled(
+    admin: httpx.AsyncClient, history_db: asyncpg.Connection, postgres_server: PostgresServer
+) -> None:
+    # A query canceled under relay (a statement timeout, an operator, a server on its way down)
+    # is history being away for a moment, as when it cannot be reached: never a 500.
+    other = await asyncpg.connect(postgres_server.url)
+    try:
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        posting = asyncio.create_task(post_event(admin, id="up-canceled"))
+        for _ in range(1000):  # until the lookup waits for the lock
+            if waiting := await history_db.fetchval(_WAITING_PID):
+                break
+            await asyncio.sleep(0.01)
+        assert await history_db.fetchval("SELECT pg_cancel_backend($1)", waiting)
+        accepted = await asyncio.wait_for(posting, 30)
+        await holding.rollback()
+    finally:
+        await other.close()
+    assert accepted.status_code == 202, accepted.text
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own, migrated, which it may stop and start again."""
@@ -530,6 +553,10 @@ async def test_a_writer_that_remembers_a_day_retention_dropped_makes_it_again(
 _WAITING_HERE = """
 SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
 WHERE NOT l.granted AND d.datname = current_database()
+"""
+_WAITING_PID = """
+SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+WHERE NOT l.granted AND d.datname = current_database() LIMIT 1
 """
 
 

@@ -14,16 +14,17 @@ from relay.store import codec
 
 log = logging.getLogger("relay.history")
 
-# Failures that mean "not now" rather than "wrong": the server is down, restarting, unreachable
-# or too slow. Anything else is a bug and is raised.
+# Failures that mean "not now" rather than "wrong": the server is down, restarting, unreachable,
+# too slow or too busy. Anything else is a bug and is raised. Operator intervention (SQLSTATE
+# class 57) is a query canceled (a statement timeout, an operator, a server pausing or on its
+# way down), a shutdown, or a server not yet taking connections.
 POSTGRES_AWAY: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
 )
 
 

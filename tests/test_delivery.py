@@ -8,7 +8,7 @@ import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, commands_sent_while, post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import RedisServer

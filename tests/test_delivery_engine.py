@@ -19,7 +19,7 @@ import redis.asyncio
 
 from relay.secrets import generate_master_key
 from relay.store import keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_until

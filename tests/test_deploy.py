@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from relay.config import Settings
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from relay.history import migrations
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.receivers import Receiver, Request
 from tests.support import Dev, dev_env, free_port, postgres_dir, start_dev, stop_dev
 

@@ -30,7 +30,7 @@ from relay.app import OPERATIONS, create_app
 from relay.config import Settings
 from relay.events import EVENT_TYPES
 from relay.timefmt import parse_rfc3339
-from tests.conftest import ADMIN_TOKEN, ClientFactory
+from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import Workers, wait_status, webhook
 from tests.receivers import closed_port
 

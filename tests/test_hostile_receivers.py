@@ -29,7 +29,7 @@ import pytest
 import redis.asyncio
 
 from relay.embedded import free_port
-from tests.conftest import ADMIN_TOKEN
+from tests.fixtures import ADMIN_TOKEN
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.support import RedisServer, relay_env, spawn_relay, wait_http
 

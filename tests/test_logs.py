@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.receivers import Receiver
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 

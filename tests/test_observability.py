@@ -19,7 +19,7 @@ from relay import tracing
 from relay.config import Settings
 from relay.services import Services
 from relay.worker import DeliveryWorker
-from tests.conftest import ADMIN_TOKEN, ClientFactory
+from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import RedisServer, relay_env, spawn_relay

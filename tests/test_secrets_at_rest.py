@@ -13,7 +13,7 @@ import httpx
 import redis.asyncio
 
 from relay.secrets import generate_master_key
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import (

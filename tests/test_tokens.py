@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis.asyncio
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 
 
 async def test_token_lifecycle(admin: httpx.AsyncClient, make_client: ClientFactory) -> None:

@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay.secrets import generate_master_key
 from relay.signing import generate_secret
 from relay.store import codec, keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, relay_env, run_relay

@@ -7,7 +7,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from bench.chaos import FAULT_KINDS
+
+pytestmark = pytest.mark.system
 
 
 def _figure(report: str, label: str) -> int:

@@ -31,6 +31,9 @@ from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
+# One test process runs the module, so that its browser and relay processes start once.
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("console")]
+
 ADMIN = "console-admin-token"
 XSS = "<img src=x onerror=alert(1)>"
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")

@@ -26,6 +26,8 @@ import yaml
 from relay.config import Settings
 from tests.fixtures import ClientFactory
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OBSERVABILITY = DEPLOY / "observability"

@@ -169,6 +169,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+@pytest.mark.system
 def test_every_operation_keeps_its_documented_promises(case: schemathesis.Case) -> None:
     _within_unstated_rules(case)
     body = case.meta.components.get(ParameterLocation.BODY) if case.meta else None

@@ -352,6 +352,7 @@ def api_process(
             api.kill()
 
 
+@pytest.mark.system
 async def test_the_api_holds_little_with_100_bomb_test_sends_in_flight(
     api_process: tuple[str, int],
 ) -> None:

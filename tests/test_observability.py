@@ -177,6 +177,7 @@ async def test_without_a_collector_nothing_is_traced(make_client: ClientFactory)
     assert response.status_code == 202
 
 
+@pytest.mark.system
 async def test_each_attempt_is_one_json_log_line_with_its_ids_and_no_secret(
     admin: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio
 
 from relay.secrets import generate_master_key
@@ -24,6 +25,8 @@ from tests.support import (
     start_dev,
     stop_dev,
 )
+
+pytestmark = pytest.mark.system
 
 PREFIXES = ("whsec_", "whsk_", "rly_")
 

@@ -19,6 +19,8 @@ from relay.services import Services
 from relay.worker import DeliveryWorker
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
+pytestmark = pytest.mark.system
+
 
 async def _health(port: int) -> httpx.Response:
     async with httpx.AsyncClient(timeout=2) as client:

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio
+from _pytest.nodeid import NodeId
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
@@ -52,11 +53,27 @@ ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that starts relay workers is a system test, whichever file it is in."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts relay workers is a system test, whichever file it is in; under
+    `--dist loadgroup`, a test's xdist_group is named in its id."""
     for item in items:
         if "workers" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.system)
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            _name_group(item)
+
+
+def _name_group(item: pytest.Item) -> None:
+    """Suffix the id with the test's xdist_group, as loadgroup schedules by the id.
+
+    pytest-xdist 3.8 writes the suffix to `_nodeid`, which pytest 9.2 no longer reads: without
+    this its groups would be spread over processes, each starting the group's fixtures again.
+    """
+    groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+    suffix = "@" + "_".join(groups)
+    if groups and not item.nodeid.endswith(suffix):
+        item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @pytest.fixture(scope="session")

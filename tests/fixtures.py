@@ -54,11 +54,16 @@ ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that starts relay workers is a system test, whichever file it is in; under
-    `--dist loadgroup`, a test's xdist_group is named in its id."""
+    """A test that starts relay workers is a system test, whichever file it is in; in a test
+    process of xdist's, system tests come first; under `--dist loadgroup`, a test's xdist_group
+    is named in its id."""
     for item in items:
         if "workers" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.system)
+    if hasattr(config, "workerinput"):
+        # Spread over processes, the long system tests go first and the short ones fill in
+        # after them, so that no process starts a long one when the others are nearly done.
+        items.sort(key=lambda item: item.get_closest_marker("system") is None)
     if getattr(config.option, "loadgroup", False):
         for item in items:
             _name_group(item)

@@ -13,17 +13,29 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The JavaScript relay serves, held to .oxlintrc.json (undefined and unused names, and the like).
 JSLINT = $(BIN)/oxlint --config .oxlintrc.json --deny-warnings relay/console/js relay/docs
 
-.PHONY: run test lint lock bench celery batch adaptive fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
+.PHONY: run test test-fast lint lock bench celery batch adaptive fairness fanout large soak chaos capacity clean redis postgres chromium faketime promtool image
 
 run: $(RUN_STAMP) redis postgres
 	$(BIN)/relay dev $(ARGS)
+
+# The suite runs in TEST_PROCESSES pytest processes side by side, each with a redis-server and
+# a PostgreSQL of its own. Most tests wait (retry schedules, processes starting) rather than
+# compute, so more processes than cores pay. A module whose tests share one expensive fixture
+# names an xdist_group and runs whole in one process.
+TEST_PROCESSES ?= 4
+PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 test: $(STAMP) redis postgres chromium faketime promtool
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/mypy
 	$(JSLINT)
-	$(BIN)/pytest
+	$(PYTEST)
+
+# The inner loop: every test but the system tests (marked `system`: relay processes, Chromium,
+# schemathesis, client generation, the wheel build, deploy checkers, bench runs).
+test-fast: $(STAMP) redis postgres
+	$(PYTEST) -m "not system"
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench

@@ -1,60 +1,22 @@
-"""Steps many delivery tests share: start workers, register webhooks, post events, wait."""
+"""Steps many delivery tests share: register webhooks, post events, wait; the `workers`
+fixture's schedule and type (tests/fixtures.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest
 import redis.asyncio
 
-from tests.support import RedisServer, SentinelGroup, relay_env, spawn_relay
+from tests.support import RedisServer
 
 # Short steps so a whole schedule runs within a test; jitter still applies (±20 %).
 SCHEDULE = "0.3,0.6,1.2"
 Workers = Callable[..., Awaitable[list[subprocess.Popen[bytes]]]]
-
-
-@pytest.fixture
-async def workers(
-    redis_server: RedisServer, redis_client: redis.asyncio.Redis
-) -> AsyncIterator[Workers]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    async def start(count: int = 1, **env: str) -> list[subprocess.Popen[bytes]]:
-        settings = {
-            "RELAY_ALLOW_PRIVATE_TARGETS": "true",
-            "RELAY_RETRY_SCHEDULE": SCHEDULE,
-            "RELAY_DELIVERY_TIMEOUT": "2",
-            **env,
-        }
-        procs = [
-            spawn_relay(
-                ["worker"],
-                relay_env(redis_server.url, **settings),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(count)
-        ]
-        started.extend(procs)
-        return procs
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in started:
-        try:
-            await asyncio.to_thread(proc.wait, 15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def webhook(
@@ -85,22 +47,6 @@ async def wait_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"still {data['status']} after {timeout}s: {data}")
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, which it may pause, stop and restart."""
-    server = RedisServer(tmp_path / "own-redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    """A primary, its replica and three sentinels of the test's own, which it may fail over."""
-    group = SentinelGroup(tmp_path / "sentinel-group").start()
-    yield group
-    group.stop()
 
 
 async def commands_sent_while(

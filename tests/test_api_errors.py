@@ -11,7 +11,7 @@ import pytest
 from relay.app import OPERATIONS
 from relay.store.tokens import TokenStore
 from relay.validation import MAX_JSON_DEPTH
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, webhook
 from tests.support import RedisServer, free_port
 

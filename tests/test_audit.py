@@ -4,12 +4,13 @@ the request it came in; tenants see only their own tenant's entries."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 
@@ -159,7 +160,11 @@ async def test_an_automatic_disable_is_recorded_as_relay_itself(
         hook = await webhook(admin, rx.url("/hook"))
         event = (await post_event(admin)).json()["data"]
         await wait_status(admin, hook["id"], event["deliveries"][0]["id"], "failed")
-    entries = await trail(admin, action="webhook.auto_disable")
+    # The worker records the disable once it has settled the delivery: wait for the entry.
+    deadline = time.monotonic() + 20
+    while not (entries := await trail(admin, action="webhook.auto_disable")):
+        assert time.monotonic() < deadline, "no webhook.auto_disable entry"
+        await asyncio.sleep(0.1)
     assert len(entries) == 1
     [found] = entries
     assert found["actor"] == {"token_id": "system", "role": "system"}

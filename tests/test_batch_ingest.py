@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import commands_sent_while, webhook
 from tests.links import Link
 from tests.support import RedisServer

@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.system
+
 
 def test_a_tiny_capacity_run_reports_memory_queries_and_the_drop() -> None:
     run = subprocess.run(

@@ -7,12 +7,16 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 # Every kind of fault the chaos run promises to inject (see bench/chaos.py), by what it hurts.
 FAULT_KINDS = [
     *("kill_worker", "term_worker", "skew_worker"),
     *("kill_redis", "stop_redis", "failover_redis"),
     *("kill_postgres", "stop_postgres"),
 ]
+
+pytestmark = pytest.mark.system
 
 
 def _figure(report: str, label: str) -> int:

@@ -23,6 +23,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.system
+
 
 def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)

@@ -14,6 +14,8 @@ from relay.config import MAX_BODY_BYTES_CEILING, Settings
 from relay.history import migrations
 from tests.support import TEST_MASTER_KEY, PostgresServer, RedisServer, SentinelGroup
 
+pytestmark = pytest.mark.system
+
 ADMIN = "rly_config_check_admin_token_0123456789"
 REDIS_PASSWORD = "hunter2-redis-password"
 DATABASE_PASSWORD = "hunter3-database-password"

@@ -26,10 +26,13 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from relay.config import ConfigError, load_settings
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
+
+# One test process runs the module, so that its browser and relay processes start once.
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("console")]
 
 ADMIN = "console-admin-token"
 XSS = "<img src=x onerror=alert(1)>"

@@ -8,7 +8,7 @@ import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, commands_sent_while, post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import RedisServer
@@ -29,7 +29,8 @@ async def test_event_reaches_every_matching_webhook_of_its_tenant_signed(
         assert event["id"].startswith("evt_") and event["tenant_id"] == "space_42"
         assert {d["webhook_id"] for d in event["deliveries"]} == {a["id"], b["id"]}
         assert all(d["status"] == "pending" for d in event["deliveries"])
-        received = await ours.wait_for(2)
+        # The worker process was started just now: its start is in this wait too.
+        received = await ours.wait_for(2, timeout=20)
         await asyncio.sleep(0.3)
         assert theirs.requests == []
     assert sorted(r.path for r in received) == ["/a", "/b"]

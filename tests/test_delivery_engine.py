@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio
 
 from relay.secrets import generate_master_key
 from relay.store import keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_until
@@ -138,6 +139,7 @@ async def test_a_delivery_outlives_retention_while_its_schedule_runs(
         assert await redis_client.ttl(key) == -1, key
 
 
+@pytest.mark.system
 async def test_an_undecryptable_secret_is_a_failed_attempt_logged_once(
     admin: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -341,6 +343,7 @@ async def test_test_sends_are_marked_and_listed(admin: httpx.AsyncClient) -> Non
     assert test["url"] == url
 
 
+@pytest.mark.system
 async def test_a_worker_started_before_redis_waits_for_it(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -372,6 +375,7 @@ async def test_a_worker_started_before_redis_waits_for_it(
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.system
 async def test_a_due_delivery_whose_record_is_gone_is_logged_and_counted(
     admin: httpx.AsyncClient,
     redis_server: RedisServer,

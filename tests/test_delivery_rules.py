@@ -18,7 +18,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 
@@ -734,6 +734,17 @@ async def test_delivery_lists_filter_and_paginate_newest_first(
 
     good_list = f"/v1/webhooks/{good['id']}/deliveries"
     bad_list = f"/v1/webhooks/{bad['id']}/deliveries"
+
+    # Lists by status read history: wait until the worker has handed each ended one over.
+    async def ended_in_history() -> int:
+        delivered = await listing(admin, good_list, status="delivered")
+        failed = await listing(admin, bad_list, status="failed")
+        return min(len(delivered["data"]), len(failed["data"]))
+
+    deadline = time.monotonic() + 20
+    while await ended_in_history() < len(events):
+        assert time.monotonic() < deadline, "the ended deliveries never reached history"
+        await asyncio.sleep(0.1)
     assert ids(await listing(admin, good_list)) == newest_first[good["id"]]
     assert ids(await listing(admin, good_list, status="delivered")) == newest_first[good["id"]]
     assert ids(await listing(admin, good_list, status="failed")) == []

@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from relay.config import Settings
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

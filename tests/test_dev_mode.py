@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from relay.history import migrations
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.receivers import Receiver, Request
 from tests.support import Dev, dev_env, free_port, postgres_dir, start_dev, stop_dev
 
@@ -31,12 +31,14 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
     stop_dev(running)
 
 
+@pytest.mark.system
 def test_the_banner_comes_once_the_api_answers(dev: Dev) -> None:
     # No waiting: whoever reads the banner may use the URL at once.
     assert httpx.get(dev.url + "/healthz", timeout=2).status_code == 200
     assert any(f"http://localhost:{dev.port}" in line for line in dev.banner)
 
 
+@pytest.mark.system
 async def test_dev_delivers_to_a_loopback_receiver_and_says_it_may(dev: Dev) -> None:
     assert any("loopback" in line and "allowed" in line for line in dev.banner), dev.banner
     assert (await _deliver_once(dev)).path == "/hook"
@@ -68,6 +70,7 @@ async def _database(data_dir: Path) -> tuple[str, int, bool]:
     return url, version, marked
 
 
+@pytest.mark.system
 async def test_dev_runs_its_own_postgresql_and_a_restart_keeps_its_data() -> None:
     with postgres_dir() as data_dir:
         first = start_dev(data_dir, own_database=True)
@@ -110,6 +113,7 @@ async def test_a_production_api_refuses_loopback_and_names_the_variable(
     assert "RELAY_ALLOW_PRIVATE_TARGETS" in message
 
 
+@pytest.mark.system
 def test_a_second_dev_on_the_same_data_dir_stops_at_once_naming_the_first(
     tmp_path: Path, dev: Dev
 ) -> None:
@@ -128,6 +132,7 @@ def test_a_second_dev_on_the_same_data_dir_stops_at_once_naming_the_first(
     assert (tmp_path / "data" / "runtime.json").exists()
 
 
+@pytest.mark.system
 def test_a_killed_dev_leaves_a_record_that_is_explained_then_replaced(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = start_dev(data_dir)

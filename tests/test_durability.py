@@ -13,7 +13,7 @@ import redis.asyncio
 from relay.delivery.archive import Archive
 from relay.delivery.store import DeliveryStore
 from relay.store import keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from relay.validation import MAX_JSON_DEPTH
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, webhook
 from tests.receivers import Receiver
 

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.flows import Workers, webhook
 from tests.receivers import Receiver
 from tests.support import SentinelGroup, free_port, relay_env, spawn_relay, wait_http
+
+pytestmark = pytest.mark.system
 
 ADMIN = "failover-admin-token"
 # Events are posted this often, each by a task that retries it until relay answers 200 or 202.

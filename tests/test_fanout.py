@@ -19,7 +19,7 @@ from relay.ids import new_id
 from relay.store import keys
 from relay.store.metrics import backlog
 from relay.timefmt import now, rfc3339
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, webhook
 from tests.receivers import Receiver
 

@@ -30,7 +30,7 @@ from relay.app import OPERATIONS, create_app
 from relay.config import Settings
 from relay.events import EVENT_TYPES
 from relay.timefmt import parse_rfc3339
-from tests.conftest import ADMIN_TOKEN, ClientFactory
+from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import Workers, wait_status, webhook
 from tests.receivers import closed_port
 
@@ -169,6 +169,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+@pytest.mark.system
 def test_every_operation_keeps_its_documented_promises(case: schemathesis.Case) -> None:
     _within_unstated_rules(case)
     body = case.meta.components.get(ParameterLocation.BODY) if case.meta else None

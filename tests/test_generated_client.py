@@ -30,6 +30,8 @@ from relay.app import OPERATIONS
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
+pytestmark = pytest.mark.system
+
 ADMIN = "generated-client-admin"
 PACKAGE = "relay_generated_client"
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()

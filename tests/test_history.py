@@ -29,7 +29,7 @@ from relay.history import migrations, partitions, reader, writer
 from relay.history.db import Database
 from relay.store import keys
 from relay.timefmt import rfc3339
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import PostgresServer, RedisServer, postgres_dir

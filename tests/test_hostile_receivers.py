@@ -29,7 +29,7 @@ import pytest
 import redis.asyncio
 
 from relay.embedded import free_port
-from tests.conftest import ADMIN_TOKEN
+from tests.fixtures import ADMIN_TOKEN
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.support import RedisServer, relay_env, spawn_relay, wait_http
 
@@ -352,6 +352,7 @@ def api_process(
             api.kill()
 
 
+@pytest.mark.system
 async def test_the_api_holds_little_with_100_bomb_test_sends_in_flight(
     api_process: tuple[str, int],
 ) -> None:

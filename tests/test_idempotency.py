@@ -26,7 +26,7 @@ from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 from relay.tokens import BOOTSTRAP_ID, TokenSpec
 from relay.webhooks import WebhookCreate, new_webhook
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, webhook
 from tests.links import Link
 from tests.support import TEST_MASTER_KEY, RedisServer

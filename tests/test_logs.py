@@ -17,7 +17,7 @@ import pytest
 
 import relay
 from relay import logs
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.receivers import Receiver
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
@@ -124,6 +124,7 @@ def test_text_format_is_for_people(redis_server: RedisServer, tmp_path: Path) ->
     assert any("GET /healthz 200" in ln and "request_id=rq-text" in ln for ln in text.splitlines())
 
 
+@pytest.mark.system
 async def test_a_webhooks_change_and_an_events_attempts_are_logged_with_their_ids(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -8,7 +8,7 @@ import re
 import httpx
 import redis.asyncio
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import RedisServer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 
 
 async def test_metrics_are_open_without_a_metrics_token(make_client: ClientFactory) -> None:

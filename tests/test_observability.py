@@ -19,7 +19,7 @@ from relay import tracing
 from relay.config import Settings
 from relay.services import Services
 from relay.worker import DeliveryWorker
-from tests.conftest import ADMIN_TOKEN, ClientFactory
+from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import RedisServer, relay_env, spawn_relay
@@ -177,6 +177,7 @@ async def test_without_a_collector_nothing_is_traced(make_client: ClientFactory)
     assert response.status_code == 202
 
 
+@pytest.mark.system
 async def test_each_attempt_is_one_json_log_line_with_its_ids_and_no_secret(
     admin: httpx.AsyncClient, redis_server: RedisServer, tmp_path: Path
 ) -> None:

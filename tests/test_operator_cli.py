@@ -17,6 +17,9 @@ import pytest
 from tests.receivers import Receiver, Reply
 from tests.support import Dev, run_relay, start_dev, stop_dev
 
+# One test process runs the module, so that its `relay dev` starts once.
+pytestmark = [pytest.mark.system, pytest.mark.xdist_group("operator_cli")]
+
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:

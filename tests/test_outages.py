@@ -20,7 +20,7 @@ from relay.app import OPERATIONS
 from relay.delivery.model import Transition
 from relay.delivery.store import script_text
 from relay.store import keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 from tests.support import PausingProxy, RedisServer, wait_until

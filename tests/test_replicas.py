@@ -15,7 +15,7 @@ from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.store.connect import connect_redis
 from relay.store.replicas import NotReplicated, Replicas
 from relay.timefmt import now, rfc3339
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, webhook
 from tests.support import RedisServer, wait_until
 

@@ -123,7 +123,9 @@ async def test_a_previous_secret_stops_signing_at_its_promised_time(
         rotated = (await rotate(admin, hook, grace_seconds=2)).json()["data"]
         ends = datetime.fromisoformat(rotated["previous_expires_at"])
         first = await delivered(admin, rx)
-        if datetime.fromtimestamp(int(first.headers["webhook-timestamp"]), UTC) < ends:
+        # The stamp is the signing moment's whole second: signed before the end for certain
+        # only if that second ended by then.
+        if datetime.fromtimestamp(int(first.headers["webhook-timestamp"]) + 1, UTC) <= ends:
             assert_signed_by_exactly(first, [rotated["secret"], old], [])
         await asyncio.sleep((ends - datetime.now(UTC)).total_seconds() + 0.05)
         assert_signed_by_exactly(await delivered(admin, rx), [rotated["secret"]], [old])

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio
 
 from relay.secrets import generate_master_key
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import post_event, wait_status, webhook
 from tests.receivers import Receiver
 from tests.support import (
@@ -24,6 +25,8 @@ from tests.support import (
     start_dev,
     stop_dev,
 )
+
+pytestmark = pytest.mark.system
 
 PREFIXES = ("whsec_", "whsk_", "rly_")
 

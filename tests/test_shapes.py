@@ -14,7 +14,7 @@ import relay.app
 from relay.api import shapes, webhooks
 from relay.app import OPERATIONS
 from relay.delivery.model import FINISHED
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 
 REF = "#/components/schemas/"
 

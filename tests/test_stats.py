@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from relay.stats import quantile_ms
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply
 

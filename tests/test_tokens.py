@@ -13,7 +13,7 @@ import redis.asyncio
 
 from relay.store import keys
 from relay.tokens import token_hash
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import commands_sent_while
 from tests.support import RedisServer
 

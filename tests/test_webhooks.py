@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay.secrets import generate_master_key
 from relay.signing import generate_secret
 from relay.store import codec, keys
-from tests.conftest import ClientFactory
+from tests.fixtures import ClientFactory
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.receivers import Receiver, Reply, closed_port
 from tests.support import RedisServer, relay_env, run_relay
@@ -360,6 +360,7 @@ async def test_rotation_default_grace_is_a_day_and_bounded(admin: httpx.AsyncCli
     assert too_long.status_code == 422
 
 
+@pytest.mark.system
 async def test_keys_reencrypt_moves_secrets_to_the_new_master_key(
     redis_server: RedisServer, make_client: ClientFactory, master_key: str
 ) -> None:
@@ -426,6 +427,7 @@ async def test_custom_header_values_are_never_shown_and_survive_a_read_edit_writ
         assert "authorization" not in await _sent_headers(admin, rx, made["id"])
 
 
+@pytest.mark.system
 async def test_keys_reencrypt_seals_header_values_stored_in_the_clear(
     redis_server: RedisServer,
     redis_client: redis.asyncio.Redis,
@@ -459,6 +461,7 @@ async def test_keys_reencrypt_seals_header_values_stored_in_the_clear(
         assert (await _sent_headers(new_only, rx, made["id"]))["x-api-key"] == "k-old-form-77"
 
 
+@pytest.mark.system
 def test_keys_generate_prints_a_usable_key() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "relay", "keys", "generate"], capture_output=True, timeout=30

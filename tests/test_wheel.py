@@ -24,6 +24,8 @@ from tests.support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "rly_wheel_test_admin_token_0123456789"
 

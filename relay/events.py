@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import jsonschema
 import orjson
@@ -213,15 +214,85 @@ def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         raise ValueError(f"Not a valid JSON Schema (draft 2020-12): {exc.message}") from None
     _local_refs_only(schema)
-    # A `$ref` that leads back to itself without going into the data (`{"$ref": "#"}`) makes
-    # validation recurse without end; tried on one value of each JSON type, such a loop shows.
-    probes: tuple[object, ...] = ({}, [], "", 0, None, True)
-    for probe in probes:
-        try:
-            any(Draft202012Validator(schema).iter_errors(probe))
-        except RecursionError:
-            raise ValueError("A $ref leads back to itself without going into the data.") from None
+    if _loops_in_place(schema):
+        raise ValueError("A $ref leads back to itself without going into the data.")
     return schema
+
+
+# Keywords whose subschemas apply to the same value as their own schema, not to a part of it.
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_MANY = ("allOf", "anyOf", "oneOf")
+
+
+def _loops_in_place(schema: dict[str, Any]) -> bool:
+    """Whether some `$ref` leads back where it started without going into the data.
+
+    Validating any value that reaches such a loop recurses without end, and where Python's
+    recursion limit then strikes (in jsonschema, or in the compiled code its reference registry
+    calls) is not something to rely on: the loop is found in the schema itself, before any data
+    is checked. Iterative, so that a deep schema cannot meet the recursion it guards against.
+    """
+    nodes: list[dict[str, Any]] = []
+    anchors: dict[str, dict[str, Any]] = {}
+    pending: list[object] = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            nodes.append(node)
+            for keyword in ("$anchor", "$dynamicAnchor"):
+                if isinstance(name := node.get(keyword), str):
+                    anchors.setdefault(name, node)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+
+    def in_place(node: dict[str, Any]) -> list[dict[str, Any]]:
+        found = [node.get(k) for k in _IN_PLACE_ONE]
+        found += [s for k in _IN_PLACE_MANY if isinstance(node.get(k), list) for s in node[k]]
+        if isinstance(node.get("dependentSchemas"), dict):
+            found += node["dependentSchemas"].values()
+        found += [_target(schema, anchors, node.get(k)) for k in ("$ref", "$dynamicRef")]
+        return [s for s in found if isinstance(s, dict)]
+
+    # Depth-first from every subschema, keeping the path: a subschema met again on it is a loop.
+    done: set[int] = set()
+    for start in nodes:
+        if id(start) in done:
+            continue
+        on_path = {id(start)}
+        stack = [(start, iter(in_place(start)))]
+        while stack:
+            node, following = stack[-1]
+            step = next(following, None)
+            if step is None:
+                stack.pop()
+                on_path.discard(id(node))
+                done.add(id(node))
+            elif id(step) in on_path:
+                return True
+            elif id(step) not in done:
+                on_path.add(id(step))
+                stack.append((step, iter(in_place(step))))
+    return False
+
+
+def _target(schema: dict[str, Any], anchors: dict[str, dict[str, Any]], ref: object) -> object:
+    """What a local `$ref` (`#`, `#/a/b`, `#name`) points at in `schema`; None if nothing."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    fragment = unquote(ref[1:])
+    if not fragment.startswith("/"):
+        return anchors.get(fragment) if fragment else schema
+    node: object = schema
+    for token in fragment[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(token)
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
 
 
 _Schema = Annotated[
@@ -315,7 +386,7 @@ def _schema_errors(schema: dict[str, Any], data: object) -> dict[str, list[str]]
     try:
         found = list(validator.iter_errors(data))
     except RecursionError:
-        # A loop of `$ref`s that only data of this shape enters (registration tried the others).
+        # A schema stored before registration looked for `$ref` loops, that loops on this data.
         return {
             "data": ["The type's schema loops ($ref) on data of this shape; it cannot be checked."]
         }

@@ -223,6 +223,14 @@ async def test_a_schema_nested_past_the_limit_is_a_422_naming_it(
             "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#"}},
         },
         {"anyOf": [{"type": "string"}, {"not": {"$ref": "#"}}]},
+        {"$defs": {"me": {"$anchor": "me", "oneOf": [{"$ref": "#me"}]}}, "$ref": "#/$defs/me"},
+        # Only objects with a `loop` field would take this one: refused all the same.
+        {
+            "type": "object",
+            "if": {"required": ["loop"]},
+            "then": {"$ref": "#/$defs/loop"},
+            "$defs": {"loop": {"dependentSchemas": {"x": {"$ref": "#/$defs/loop"}}}},
+        },
     ],
 )
 async def test_a_schema_whose_ref_loops_without_end_is_a_422(
@@ -233,18 +241,18 @@ async def test_a_schema_whose_ref_loops_without_end_is_a_422(
     assert "$ref" in response.json()["errors"]["schema"][0]
 
 
-async def test_a_ref_loop_only_some_data_enters_is_a_422_for_that_event(
+async def test_a_schema_whose_ref_goes_into_the_data_checks_it_at_every_level(
     admin: httpx.AsyncClient,
 ) -> None:
-    # Objects with a `loop` field take the loop; registration probes only empty values.
+    # Recursion through a part of the value ends where the data does: not a loop.
     schema = {
         "type": "object",
-        "if": {"required": ["loop"]},
-        "then": {"$ref": "#/$defs/loop"},
-        "$defs": {"loop": {"$ref": "#/$defs/loop"}},
+        "required": ["post_id"],
+        "properties": {"post_id": {"type": "string"}, "replies": {"items": {"$ref": "#"}}},
     }
     assert (await _register(admin, schema=schema)).status_code == 201
-    assert (await _post(admin, {"fine": 1})).status_code == 202
-    refused = await _post(admin, {"loop": 1})
+    nested = {"post_id": "p_1", "replies": [{"post_id": "p_2", "replies": [{"post_id": "p_3"}]}]}
+    assert (await _post(admin, nested)).status_code == 202
+    refused = await _post(admin, {"post_id": "p_1", "replies": [{"replies": []}]})
     assert refused.status_code == 422, refused.text
-    assert "$ref" in refused.json()["errors"]["data"][0]
+    assert "data.replies.0.post_id" in refused.json()["errors"]

@@ -499,6 +499,8 @@ async def test_recover_requeues_exactly_the_failed_deliveries_of_the_window(
 
         backwards = recover_body(start, start - timedelta(seconds=1))
         problem(await admin.post(recover, json=backwards), 422, "validation")
+        # An empty time is not an open window: it would send every failed delivery again.
+        problem(await admin.post(recover, json={"since": ""}), 422, "validation")
         before = recover_body(start - timedelta(hours=1), start - timedelta(seconds=1))
         response = await admin.post(recover, json=before)
         assert response.status_code == 202, response.text
@@ -556,6 +558,8 @@ async def test_a_recovery_by_filter_requeues_exactly_the_failed_deliveries_that_
             problem(await tenant.post("/v1/recoveries", json=body), 404, "not_found")
         backwards = recover_body(start, start - timedelta(seconds=1))
         problem(await tenant.post("/v1/recoveries", json=backwards), 422, "validation")
+        for empty in ({"since": ""}, {"until": ""}):
+            problem(await tenant.post("/v1/recoveries", json=empty), 422, "validation")
         problem(await tenant.post("/v1/recoveries", json={"status": "failed"}), 422, "validation")
         mixed = {"tenant_id": "space_b", "webhook_id": first["id"]}
         problem(await admin.post("/v1/recoveries", json=mixed), 422, "validation")

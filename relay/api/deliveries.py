@@ -57,8 +57,8 @@ class RecoverySelection(pydantic.BaseModel):
 
 def _window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
     """[since, until] as unix milliseconds (None where open); 422 when it ends before it starts."""
-    start = parse_rfc3339(since, "since") if since else None
-    end = parse_rfc3339(until, "until") if until else None
+    start = parse_rfc3339(since, "since") if since is not None else None
+    end = parse_rfc3339(until, "until") if until is not None else None
     if start is not None and end is not None and end < start:
         raise Invalid("The window ends before it starts.", {"until": ["must not be before since"]})
     return (

@@ -745,12 +745,18 @@ async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_que
     assert not await redis_client.exists(keys.OLD_DUE, keys.OLD_WAKES)
 
 
+async def _stored_token(redis_client: redis.asyncio.Redis) -> bytes:
+    """An ingest token's record, stored under the hash `h1`."""
+    record = b'{"id": "tok_1", "role": "ingest"}'
+    await redis_client.set(keys.token_by_hash("h1"), record)
+    return record
+
+
 async def test_an_accept_checking_a_token_record_writes_only_while_it_is_as_checked(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
-    record = b'{"id": "tok_1", "role": "ingest"}'
-    await redis_client.set(keys.token_by_hash("h1"), record)
+    record = await _stored_token(redis_client)
 
     def event(upstream_id: str) -> NewEvent:
         created = datetime.now(UTC)
@@ -778,8 +784,7 @@ async def test_accepts_made_at_once_are_each_written_or_refused_on_their_own(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
-    record = b'{"id": "tok_1", "role": "ingest"}'
-    await redis_client.set(keys.token_by_hash("h1"), record)
+    record = await _stored_token(redis_client)
     current = TokenCheck("h1", fingerprint(record), remembered=True)
     outdated = TokenCheck("h1", fingerprint(b'{"id": "tok_1"}'), remembered=True)
     created = rfc3339(datetime.now(UTC))

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -39,12 +38,15 @@ from relay.delivery.model import (
     attempt_view,
 )
 from relay.errors import NotFound, Unavailable
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.events import StoredEvent
 from relay.store.idempotency import COMMIT
 from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339
 from relay.tokens import TokenChanged, TokenCheck
+
+# Whose `scripts/` folder holds the transitions' Lua.
+_SCRIPTS = "relay.delivery"
 
 # Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
 # like any other: the scripts that do not need it are spared it), unless the caller passes its
@@ -84,12 +86,9 @@ class _RedisClock:
 def script_text(name: str) -> str:
     """The Lua of one script, after the shared preludes (JSON argument, Redis clock where the
     script reads it, idempotency commits); its `#!lua flags=…` line, if any, stays first."""
-    folder = resources.files("relay.delivery") / "scripts"
-    prelude = (folder / "prelude.lua").read_text()
-    body = (folder / f"{name}.lua").read_text()
-    shebang = body.partition("\n")[0] + "\n" if body.startswith("#!") else ""
-    body = body.removeprefix(shebang)
-    return shebang + prelude + (_CLOCK if "NOW" in body else "") + COMMIT + body
+    body = lua.source(name, _SCRIPTS)
+    clock = _CLOCK if "NOW" in body else ""
+    return lua.assemble(body, lua.source("prelude", _SCRIPTS), clock, COMMIT)
 
 
 def _text(value: bytes | None) -> str | None:

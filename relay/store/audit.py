@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from relay import ids
 from relay.audit import AuditEntry
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.pages import Window, filtered_newest_first, merge_newest_first
 
 if TYPE_CHECKING:
@@ -29,25 +29,6 @@ class AuditQuery:
     until_ms: int | None = None
 
 
-# KEYS: the entry, the marker (or the entry again when there is none), the history stream,
-# then its indexes. ARGV: the entry's record, its id, the retention in seconds, the trimming
-# floor. An entry with a marker is added only by whoever sets the marker first.
-_ADD = """
-if KEYS[2] ~= KEYS[1] and not redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[3]) then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('XADD', KEYS[3], '*', 'k', 'a', 'i', ARGV[2])
-for i = 4, #KEYS do
-  redis.call('ZADD', KEYS[i], 0, ARGV[2])
-  redis.call('ZREMRANGEBYLEX', KEYS[i], '-', ARGV[4])
-  -- A tenant's index lapses a retention period after its last entry.
-  redis.call('EXPIRE', KEYS[i], ARGV[3])
-end
-return 1
-"""
-
-
 class AuditLog:
     """Persistence of the audit trail."""
 
@@ -55,7 +36,7 @@ class AuditLog:
         self._redis = redis
         self._retention = retention_seconds
         self._archive = archive
-        self._add = redis.register_script(_ADD)
+        self._add = lua.register(redis, "audit_add")
 
     async def add(self, entry: AuditEntry, once: str | None = None) -> None:
         """Store an entry, unless `once` (a marker key) says its change is recorded already;

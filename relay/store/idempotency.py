@@ -16,6 +16,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from string import Template
 from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -23,7 +24,7 @@ from redis.asyncio.client import Pipeline
 
 from relay.errors import Conflict, Invalid
 from relay.secrets import Keyring, SecretDecryptionError
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.replicas import Replicas
 
 KEEP_SECONDS = 24 * 3600
@@ -32,94 +33,11 @@ CLAIM_MOVED = "CLAIMMOVED"
 
 T = TypeVar("T")
 
-# Lua helpers shared by every script that checks or commits a claim. `holds` is the one rule:
-# the record is still the pending claim of this run (whatever its lease says — a run whose
-# lease lapsed may still commit, until a retry or its own failure has taken the key).
-HOLDS = """
-local function holds(key, run)
-  local raw = redis.call('GET', key)
-  if not raw then return false end
-  local record = cjson.decode(raw)
-  return record.state == 'pending' and record.run == run
-end
-"""
-
-# Prepended to a script whose write answers a request: `commit(c)` writes nothing and fails
-# unless `c` (key, run, record; nil or null without a key) still holds its claim, then stores
-# the answer. Call it after every early return that writes nothing, before the first write.
-# For one step of a request written in several (`c.items`: see `Held.item`) it stores, instead
-# of the answer, what the step made; the answer is stored once every step is done.
-COMMIT = (
-    HOLDS
-    + f"""
-local function commit(c)
-  if c == nil or c == cjson.null then return end
-  if not holds(c.key, c.run) then
-    error({{err = '{CLAIM_MOVED} a later request with this Idempotency-Key took it over'}})
-  end
-  if c.items then
-    redis.call('HSET', c.items, c.item, c.made)
-    redis.call('EXPIRE', c.items, {KEEP_SECONDS})
-  else
-    redis.call('SET', c.key, c.record, 'KEEPTTL')
-  end
-end
-"""
+# The Lua helpers of every script that checks or commits a claim (see holds.lua, commit.lua).
+HOLDS = lua.source("holds")
+COMMIT = HOLDS + Template(lua.source("commit")).substitute(
+    CLAIM_MOVED=CLAIM_MOVED, KEEP_SECONDS=KEEP_SECONDS
 )
-
-# One atomic step decides what a request with a key may do. Times come from Redis, so API
-# replicas with different clocks agree on when a lease has lapsed. A lapsed lease means the
-# process holding it died before its write committed (a committed write leaves `done`): the
-# key is claimed again. Records written before runs carried tokens cannot say whether their
-# write landed: those stay unknown. A replay that is to wait for replicas (ARGV[5]) sets its
-# record again as it is: a WAIT after this call then covers the write the record answers, which
-# came before.
-_CLAIM = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local raw = redis.call('GET', KEYS[1])
-if raw then
-  local record = cjson.decode(raw)
-  if record.fingerprint ~= ARGV[1] then return {'mismatch'} end
-  if record.state == 'done' then
-    if ARGV[5] == '1' then redis.call('SET', KEYS[1], raw, 'KEEPTTL') end
-    return {'done', record.response}
-  end
-  if record.state == 'pending' and tonumber(record.lease_until) > now_ms then
-    return {'running'}
-  end
-  if not record.run then return {'unknown'} end
-end
-local pending = cjson.encode({state = 'pending', fingerprint = ARGV[1], run = ARGV[4],
-  lease_until = now_ms + tonumber(ARGV[2])})
-redis.call('SET', KEYS[1], pending, 'EX', ARGV[3])
-return {'claimed'}
-"""
-
-# Settles a claim only while this run holds it: to ARGV[2], or deleted when that is empty.
-_SETTLE = (
-    HOLDS
-    + """
-if not holds(KEYS[1], ARGV[1]) then return 0 end
-if ARGV[2] == '' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-end
-return 1
-"""
-)
-
-_HOLDS = HOLDS + "return holds(KEYS[1], ARGV[1]) and 1 or 0"
-
-# Re-encrypts one record only if nobody changed it meanwhile; its expiry stays as it was.
-_REPLACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0
-"""
 
 
 def _digest(idempotency_key: str) -> str:
@@ -164,7 +82,8 @@ class Commit(Generic[T]):
     async def hold(self, pipe: Pipeline) -> None:
         """In a pipeline before MULTI: watch the claim, and raise ClaimMoved if it is not ours."""
         await pipe.watch(self.key)
-        if not await pipe.eval(_HOLDS, 1, self.key, self.run):  # type: ignore[misc]
+        held = lua.text("idempotency_held", HOLDS)
+        if not await pipe.eval(held, 1, self.key, self.run):  # type: ignore[misc]
             raise ClaimMoved()
 
     def store(self, pipe: Pipeline, result: T) -> None:
@@ -219,9 +138,9 @@ class IdempotencyStore:
         self._redis = redis
         self._keyring = keyring
         self._replicas = replicas or Replicas(redis, 0)
-        self._claim = redis.register_script(_CLAIM)
-        self._settle = redis.register_script(_SETTLE)
-        self._replace = redis.register_script(_REPLACE)
+        self._claim = lua.register(redis, "idempotency_claim")
+        self._settle = lua.register(redis, "idempotency_settle", HOLDS)
+        self._replace = lua.register(redis, "idempotency_replace")
 
     @staticmethod
     def _key(token_id: str, idempotency_key: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from relay.store import keys, memory
+from relay.store import keys, lua, memory
 from relay.store.memory import Memory
 
 # A worker that has not announced itself for this long is counted as gone.
@@ -123,27 +123,13 @@ async def queued(redis: Redis, now_ms: int | None, tenant_id: str | None = None)
     )
 
 
-# Counters and presence are written even when Redis is out of memory (allow-oom), which is when
-# on-call needs them most: what was refused, and that the workers are alive (not counted out
-# as gone). What they add is bounded: a fixed set of counter fields, one entry per live worker.
-_ANNOUNCE = """#!lua flags=allow-oom
-local worker, now_ms, kept_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-if worker ~= '' then
-  redis.call('ZADD', KEYS[2], now_ms, worker)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - kept_ms)
-  redis.call('PEXPIRE', KEYS[2], kept_ms)
-end
-for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
-"""
-
-
 async def announce(
     redis: Redis, worker_id: str | None, now_ms: int, counts: Mapping[str, float]
 ) -> None:
     """Add a process's counts to the shared counters; and say that worker `worker_id` (if
     one) is alive."""
     added = [part for field, count in counts.items() if count for part in (field, count)]
-    await redis.register_script(_ANNOUNCE)(
+    await lua.register(redis, "announce")(
         keys=[keys.METRICS, keys.WORKERS],
         args=[worker_id or "", now_ms, 10 * WORKER_SILENCE_MS, *added],
     )

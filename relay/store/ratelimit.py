@@ -9,13 +9,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from relay.store import keys
-
-_COUNT = """
-local used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return used
-"""
+from relay.store import keys, lua
 
 
 class WindowLimiter:
@@ -31,7 +25,7 @@ class WindowLimiter:
         self._limit = limit
         self._window = window_seconds
         self._key = key
-        self._count = redis.register_script(_COUNT)
+        self._count = lua.register(redis, "window_count")
 
     async def wait(self, subject: str) -> int:
         """Count one use; 0 while within the budget, else whole seconds until the window ends."""

@@ -11,7 +11,7 @@ from redis.asyncio.client import Pipeline
 from relay import ids, timefmt
 from relay.errors import NotFound
 from relay.roles import Role
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.idempotency import Commit
 from relay.store.pages import newest_first
 from relay.store.records import transact
@@ -23,19 +23,6 @@ _EXPIRED_KEPT_MS = 86_400_000
 _USE_RECORDED_EVERY_MS = 60_000
 # Records remembered by one process (tokens found, not every token presented) at most.
 _REMEMBERED = 10_000
-
-# At most once a minute per token, note the time of use (the read that decides is a plain
-# MGET with the record: a request pays one command). The note lives as long as the record (an
-# expiring token's keys have a TTL; a revoke deletes both, and then nothing is noted).
-_NOTE_USE = """
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return end
-if ttl > 0 then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
-else
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +80,7 @@ class TokenStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._note_use = redis.register_script(_NOTE_USE)
+        self._note_use = lua.register(redis, "token_note_use")
         # By token hash, never by token: records this process read lately.
         self._remembered: dict[str, FoundToken] = {}
 

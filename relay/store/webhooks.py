@@ -12,27 +12,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from relay.errors import Invalid, NotFound
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.idempotency import COMMIT, Commit
 from relay.store.pages import newest_first
 from relay.store.records import edit_record, transact
 from relay.webhooks import Webhook
-
-# Count and add in one script, so that concurrent creates cannot pass the cap together; the
-# request's answer is stored with the webhook (see `Commit`).
-_ADD = (
-    COMMIT
-    + """
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
-commit(cjson.decode(ARGV[5]))
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
-redis.call('ZADD', KEYS[3], 0, ARGV[2])
-if ARGV[4] == '0' then redis.call('SADD', KEYS[4], ARGV[2]) end
-redis.call('SET', KEYS[5], ARGV[6])
-return 1
-"""
-)
 
 
 def _load(raw: bytes) -> Webhook:
@@ -83,7 +67,7 @@ class WebhookStore:
     def __init__(self, redis: Redis, max_per_tenant: int) -> None:
         self._redis = redis
         self._max_per_tenant = max_per_tenant
-        self._add = redis.register_script(_ADD)
+        self._add = lua.register(redis, "webhook_add", COMMIT)
         # Every event reads its tenant's webhooks, and most events find them unchanged.
         self._copies: OrderedDict[str, TenantWebhooks] = OrderedDict()
 

@@ -1,0 +1,161 @@
+"""The store's Lua scripts, each run through the function that uses it against the test Redis:
+the state each leaves behind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis.asyncio
+
+from relay import ids
+from relay.audit import Actor, AuditEntry
+from relay.delivery.archive import Archive
+from relay.errors import Conflict, Invalid
+from relay.roles import Role
+from relay.secrets import Keyring, generate_master_key
+from relay.store import codec, keys, metrics
+from relay.store.audit import AuditLog
+from relay.store.idempotency import KEEP_SECONDS, ClaimMoved, IdempotencyStore, StoredResponse
+from relay.store.ratelimit import WindowLimiter
+from relay.store.tokens import TokenStore
+from relay.store.webhooks import WebhookStore
+from relay.timefmt import now, rfc3339
+from relay.tokens import TokenSpec, token_hash
+from relay.webhooks import WebhookCreate, new_webhook
+from tests.support import TEST_MASTER_KEY
+
+KEYRING = Keyring.from_strings([TEST_MASTER_KEY])
+
+
+async def test_a_claim_is_pending_for_its_lease_and_kept_a_day(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = IdempotencyStore(redis_client, KEYRING)
+    held = await store.claim("tok_1", "k", "fp", lease_seconds=30)
+
+    record = codec.loads(await redis_client.get(held.key))
+    assert record["state"] == "pending" and record["run"] == held.run
+    assert record["lease_until"] > time.time() * 1000 + 25_000
+    assert KEEP_SECONDS - 5 <= await redis_client.ttl(held.key) <= KEEP_SECONDS
+    with pytest.raises(Conflict, match="still in progress"):
+        await store.claim("tok_1", "k", "fp", lease_seconds=30)
+
+
+async def test_a_settled_claim_replays_its_answer_and_a_released_one_is_gone(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = IdempotencyStore(redis_client, KEYRING)
+    done = await store.claim("tok_1", "done", "fp", lease_seconds=30)
+    await store.complete(done, StoredResponse(201, {"a": "b"}, b"{}"))
+    released = await store.claim("tok_1", "released", "fp", lease_seconds=30)
+    await store.release(released)
+
+    assert codec.loads(await redis_client.get(done.key))["state"] == "done"
+    assert await store.claim("tok_1", "done", "fp", lease_seconds=30) == StoredResponse(
+        201, {"a": "b"}, b"{}"
+    )
+    assert not await redis_client.exists(released.key)
+
+
+async def test_a_write_whose_claim_was_released_is_refused(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = IdempotencyStore(redis_client, KEYRING)
+    held = await store.claim("tok_1", "k", "fp", lease_seconds=30)
+    commit = held.commit(lambda _: StoredResponse(200, {}, b""))
+    await store.release(held)
+
+    async with redis_client.pipeline() as pipe:
+        with pytest.raises(ClaimMoved):
+            await commit.hold(pipe)
+
+
+async def test_reencrypting_rewrites_a_record_under_the_current_key(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    old = Keyring.from_strings([TEST_MASTER_KEY])
+    held = await IdempotencyStore(redis_client, old).claim("tok_1", "k", "fp", lease_seconds=30)
+    await IdempotencyStore(redis_client, old).complete(held, StoredResponse(200, {}, b"{}"))
+    await redis_client.expire(held.key, 1000)
+    rotated = Keyring.from_strings([generate_master_key(), TEST_MASTER_KEY])
+
+    assert await IdempotencyStore(redis_client, rotated).reencrypt() == (1, 1)
+    record = codec.loads(await redis_client.get(held.key))
+    assert rotated.is_current(record["response"])
+    assert 990 <= await redis_client.ttl(held.key) <= 1000
+
+
+async def test_an_audit_entry_with_a_marker_is_added_once_to_each_index(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    log = AuditLog(redis_client, 3600, archive)
+    actor = Actor("tok_1", "admin")
+    for _ in range(2):
+        entry = AuditEntry(ids.new_id("aud"), rfc3339(now()), "x", actor, None, "t1", None)
+        await log.add(entry, once="marker")
+
+    assert await redis_client.zcard(keys.AUDIT) == 1
+    assert await redis_client.zcard(keys.tenant_audit("t1")) == 1
+    assert await redis_client.xlen(keys.HISTORY) == 1
+    assert 3590 <= await redis_client.ttl(keys.tenant_audit("t1")) <= 3600
+    assert 3590 <= await redis_client.ttl("marker") <= 3600
+
+
+async def test_a_window_counts_each_use_and_lapses_a_second_after_it(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    limiter = WindowLimiter(redis_client, 2, 60, lambda s, w: f"count:{s}:{w}")
+
+    waits = [await limiter.wait("a") for _ in range(3)]
+    assert waits[:2] == [0, 0] and waits[2] >= 1
+    [key] = await redis_client.keys("count:a:*")
+    assert await redis_client.get(key) == b"3"
+    assert 55 <= await redis_client.ttl(key) <= 61
+
+
+async def test_a_token_use_is_noted_for_as_long_as_its_record_lives(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = TokenStore(redis_client)
+    record, plaintext = await store.issue(TokenSpec(role=Role.ADMIN))
+    digest = token_hash(plaintext)
+    await redis_client.pexpire(keys.token_by_hash(digest), 50_000)
+
+    await store.by_hash(digest, 123_456_789)
+    assert await redis_client.get(keys.token_used(digest)) == b"123456789"
+    assert 45_000 <= await redis_client.pttl(keys.token_used(digest)) <= 50_000
+    assert record.hash == digest
+
+
+async def test_counts_and_presence_are_announced_even_out_of_memory(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    await metrics.announce(redis_client, "w1", 1_000, {"sent": 1.5})
+    (maxmemory,) = (await redis_client.config_get("maxmemory")).values()
+    await redis_client.config_set("maxmemory", 1)
+    try:
+        await metrics.announce(redis_client, "w2", 900_000, {"sent": 1})
+    finally:
+        await redis_client.config_set("maxmemory", maxmemory)
+
+    assert await redis_client.hget(keys.METRICS, "sent") == b"2.5"
+    # w1 announced more than ten silences before: counted out.
+    assert await redis_client.zrange(keys.WORKERS, 0, -1, withscores=True) == [(b"w2", 900_000)]
+
+
+async def test_a_webhook_past_its_tenants_cap_is_not_added(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = WebhookStore(redis_client, max_per_tenant=1)
+    spec = WebhookCreate(url="https://hooks.example.com/a", enabled=False)
+    first, _ = new_webhook(spec, "t1", KEYRING)
+    second, _ = new_webhook(spec, "t1", KEYRING)
+    await store.add(first)
+    version = await redis_client.get(keys.WEBHOOKS_VERSION)
+
+    with pytest.raises(Invalid):
+        await store.add(second)
+    assert await redis_client.zrange(keys.tenant_webhooks("t1"), 0, -1) == [first.id.encode()]
+    assert await redis_client.smembers(keys.DISABLED_WEBHOOKS) == {first.id.encode()}
+    assert await redis_client.get(keys.WEBHOOKS_VERSION) == version is not None

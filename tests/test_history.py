@@ -560,29 +560,47 @@ WHERE NOT l.granted AND d.datname = current_database() LIMIT 1
 """
 
 
+async def _until_waiting(history_db: asyncpg.Connection, sessions: int) -> None:
+    for _ in range(3000):
+        if await history_db.fetchval(_WAITING_HERE) >= sessions:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {sessions} sessions wait for a lock")
+
+
 async def test_a_writer_making_a_days_partitions_goes_again_when_postgresql_breaks_a_deadlock(
     postgres_server: PostgresServer, history_db: asyncpg.Connection
 ) -> None:
     _, handed = await _today_dropped(history_db)
+    timeout_ms = await history_db.fetchval(
+        "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
+    )
     pool = await asyncpg.create_pool(postgres_server.url, min_size=1, max_size=1)
-    other = await asyncpg.connect(postgres_server.url)
+    other, gate = [await asyncpg.connect(postgres_server.url) for _ in range(2)]
     try:
-        # Another session holds one table the writer must lock to make today's partitions...
-        holding = other.transaction()
-        await holding.start()
+        # Two sessions each hold a table the writer must lock to make today's partitions; it
+        # meets the gate's first, holding `events` by then.
+        held, gated = other.transaction(), gate.transaction()
+        await held.start()
         await other.execute("LOCK TABLE attempts IN ROW EXCLUSIVE MODE")
+        await gated.start()
+        await gate.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")
         writing = asyncio.create_task(writer.write(pool, [handed], set()))
-        for _ in range(1000):  # until the writer waits for it
-            if await history_db.fetchval(_WAITING_HERE):
-                break
-            await asyncio.sleep(0.01)
-        # ...and then waits for one the writer holds: a cycle. The writer has waited longer,
-        # so its deadlock check comes first and it is the one rolled back.
-        await other.execute("LOCK TABLE events IN ACCESS SHARE MODE")
-        await holding.commit()
+        await _until_waiting(history_db, 1)
+        # The other session waits for `events`. PostgreSQL looks for a cycle once per wait, a
+        # deadlock timeout after it began: let both waits' looks pass while there is none...
+        asking = asyncio.create_task(other.execute("LOCK TABLE events IN ACCESS SHARE MODE"))
+        await _until_waiting(history_db, 2)
+        await asyncio.sleep(2 * timeout_ms / 1000 + 1)
+        # ...then let the writer on, to the other's table: the cycle is the writer's to find,
+        # so it is the writer that is rolled back, and the other gets `events`.
+        await gated.commit()
+        await asyncio.wait_for(asking, 30)
+        await held.commit()
         await asyncio.wait_for(writing, 30)
     finally:
         await other.close()
+        await gate.close()
         await pool.close()
     assert await history_db.fetchval("SELECT count(*) FROM audit") == 1
 

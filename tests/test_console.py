@@ -457,9 +457,18 @@ async def test_a_recovery_larger_than_a_batch_shows_its_progress_until_done(
     await sign_in(page, ADMIN)
     await refresh_every(page, 100)
     await page.goto(f"/console#/webhooks/{hook['id']}")
+    # Started from a tab in the background, its progress is not read until the tab is shown.
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/recoveries/" in r.url else None)
+    await set_hidden(page, True)
     await page.get_by_role("button", name="Recover failed deliveries").click()
     form = page.get_by_role("form", name="Recover failed deliveries")
+    await expect(form.get_by_role("status")).to_contain_text("so far")
+    await asyncio.sleep(1.5)  # fifteen refresh intervals
+    assert asked == []
+    await set_hidden(page, False)
     await expect(form.get_by_role("status")).to_have_text("Requeued 201 failed deliveries.")
+    assert asked
     # They fail again; once they have, the figures other tests read stand still.
     await wait_failed(api, hook["id"], 201)
 

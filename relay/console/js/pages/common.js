@@ -172,8 +172,11 @@ export function recoverForm(webhookId) {
   return form;
 }
 
+// A form's progress has no page signal to follow: it stops once its output leaves the page.
+const STAYS_OPEN = new AbortController().signal;
+
 // A recovery as it goes: the first batch is sent again at once, the rest in the background, so
-// its progress is read again until it is done (or the page is left).
+// its progress is read again (while the tab is shown) until it is done or the page is left.
 export function recoveryProgress(recovery) {
   const out = h("div", {});
   const show = (r) =>
@@ -185,7 +188,7 @@ export function recoveryProgress(recovery) {
     );
   const follow = async (r) => {
     while (r.status !== "done") {
-      await sleep(interval(RECOVERY_POLL_MS));
+      await pause(STAYS_OPEN, RECOVERY_POLL_MS);
       if (!out.isConnected) return;
       try {
         r = (await get(r.url)).data;

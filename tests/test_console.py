@@ -842,6 +842,12 @@ async def test_the_overview_shows_live_figures_and_failing_webhooks(
     broken = await webhook(api, f"http://127.0.0.1:{closed_port()}/gone", "space_broken")
     event = await event_for(api, "space_broken")
     await wait_status(api, broken["id"], event["deliveries"][0]["id"], "failed")
+    # Figures come from history, which the worker writes a moment after the delivery ends.
+    for _ in range(200):
+        own = await api.get("/v1/stats", params={"webhook_id": broken["id"]})
+        if own.json()["data"]["totals"]["deliveries"].get("failed") == 1:
+            break
+        await asyncio.sleep(0.1)
     stats = (await api.get("/v1/stats")).json()["data"]["totals"]
 
     await sign_in(page, ADMIN)

@@ -287,15 +287,21 @@ async def test_recover_counts_every_delivery_it_sent_again_not_only_the_first_ba
     # More than the 200 a recovery requeues at once: the rest go in the background.
     count = 201
     async with Receiver() as rx:
-        rx.answer(Reply(410), path="/many")  # fails them all: the webhook is disabled at once
+        # Fails them all, the webhook disabled by the first answer; late enough for every event
+        # to be posted first (an event posted after it has no delivery to the webhook).
+        rx.answer(Reply(410, delay=5), path="/many")
         hook = await _hook(api, rx.url("/many"), "t_many")
         since = (await api.get(f"/v1/webhooks/{hook}")).json()["data"]["created_at"]
+        made = 0
         for start in range(0, count, 100):
             batch = [
                 {"type": "post.published", "tenant_id": "t_many", "data": {"post_id": f"p_{n}"}}
                 for n in range(start, min(count, start + 100))
             ]
-            assert (await api.post("/v1/events/batch", json={"events": batch})).status_code == 207
+            posted = await api.post("/v1/events/batch", json={"events": batch})
+            assert posted.status_code == 207, posted.text
+            made += sum(len(item["data"]["deliveries"]) for item in posted.json()["data"])
+        assert made == count
         for _ in range(600):  # a minute: the suite may keep both cores busy meanwhile
             if await _failed_count(api, hook) == count:
                 break

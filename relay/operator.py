@@ -105,6 +105,17 @@ def moment(text: str) -> str:
     return rfc3339(now() - timedelta(**{_UNITS[unit]: int(amount)}))
 
 
+def _seconds(text: str) -> float:
+    """An option's number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return seconds
+
+
 Show = Callable[["RelayClient", argparse.Namespace], tuple[object, str]]
 
 
@@ -162,9 +173,21 @@ def _recover(api: RelayClient, args: argparse.Namespace) -> tuple[object, str]:
     recovery = api.data("POST", f"/v1/webhooks/{args.webhook}/recover", body=body)
     # A window larger than one batch goes on in the background: the first answer's count is
     # only that batch, so follow the recovery to its end before saying how many went again.
+    # Not for ever: with no worker to carry it on, it would wait until interrupted. Once the
+    # count has not moved for `--wait` seconds the command says where the recovery stands and
+    # how to follow it, and leaves it running.
+    moved_at, requeued = time.monotonic(), recovery["requeued"]
     while recovery["status"] == "running":
+        if time.monotonic() - moved_at >= args.wait:
+            return recovery, (
+                f"recovery {recovery['id']} still running: requeued {recovery['requeued']} "
+                f"failed deliveries so far, none in the last {args.wait:g} s; "
+                f"follow it with GET {recovery['url']}"
+            )
         time.sleep(_FOLLOW_EVERY_SECONDS)
         recovery = api.data("GET", recovery["url"])
+        if recovery["requeued"] != requeued:
+            moved_at, requeued = time.monotonic(), recovery["requeued"]
     return recovery, f"requeued {recovery['requeued']} failed deliveries"
 
 
@@ -315,6 +338,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     recover.add_argument("webhook", help="the webhook (wh_...)")
     recover.add_argument("--since", required=True, type=moment, help=f"start ({_TIMES})")
     recover.add_argument("--until", type=moment, help=f"end, default now ({_TIMES})")
+    recover.add_argument(
+        "--wait",
+        type=_seconds,
+        default=30.0,
+        help="seconds to follow a recovery whose count stops moving (default 30)",
+    )
     _command(recover, _recover)
 
     events = sub.add_parser("events", help="look at and send events")

@@ -313,3 +313,61 @@ async def test_recover_counts_every_delivery_it_sent_again_not_only_the_first_ba
         assert hook in await relay(dev, "webhooks", "enable", hook)
         said = await relay(dev, "recover", hook, "--since", since)
         assert f"requeued {count} failed deliveries" in said
+
+
+def _recovery_answer(status: str, requeued: int) -> Reply:
+    """What the API answers about a recovery, for a receiver standing in for it."""
+    recovery = {
+        "id": "rcv_01JDX3C2Q6V0M7W9Z4B8K5N1TA",
+        "webhook_id": "wh_stalled",
+        "tenant_id": None,
+        "event_type": None,
+        "status": status,
+        "requeued": requeued,
+        "since": "2026-01-01T00:00:00Z",
+        "until": "2026-01-02T00:00:00Z",
+        "url": "/v1/recoveries/rcv_01JDX3C2Q6V0M7W9Z4B8K5N1TA",
+    }
+    body = json.dumps({"data": recovery}).encode()
+    return Reply(200, headers={"content-type": "application/json"}, body=body)
+
+
+def _env_for(api: Receiver) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return {**env, "RELAY_URL": api.url(""), "RELAY_TOKEN": "rk_any"}
+
+
+async def test_recover_stops_following_a_recovery_whose_count_stops_and_says_where_it_is() -> None:
+    # No worker carries this recovery on: the API says "running, 200 so far" for ever.
+    async with Receiver() as api:
+        api.answer(_recovery_answer("running", 200))
+        args = ["recover", "wh_stalled", "--since", "1h", "--wait", "1"]
+        done = await run_relay(args, _env_for(api))
+    out = done.stdout.decode()
+    assert done.returncode == 0, (out, done.stderr.decode())
+    assert "still running: requeued 200 failed deliveries so far, none in the last 1 s" in out
+    assert "follow it with GET /v1/recoveries/rcv_01JDX3C2Q6V0M7W9Z4B8K5N1TA" in out
+    assert [r.method for r in api.requests][:2] == ["POST", "GET"]
+
+
+async def test_recover_follows_a_recovery_past_its_wait_while_the_count_moves() -> None:
+    async with Receiver() as api:
+        api.answer(_recovery_answer("done", 212))
+        # Twelve reads, 0.25 s apart, each one further on: three seconds, against a 1 s wait.
+        for n in range(200, 212):
+            api.fail(1, _recovery_answer("running", n))
+        args = ["recover", "wh_moving", "--since", "1h", "--wait", "1"]
+        done = await run_relay(args, _env_for(api))
+    out = done.stdout.decode()
+    assert done.returncode == 0, (out, done.stderr.decode())
+    assert "requeued 212 failed deliveries" in out
+    assert len(api.requests) == 13
+
+
+@pytest.mark.parametrize("wait", ["-1", "soon", "nan"])
+async def test_recover_refuses_a_wait_that_is_no_number_of_seconds(wait: str) -> None:
+    async with Receiver() as api:
+        done = await run_relay(["recover", "wh_x", "--since", "1h", "--wait", wait], _env_for(api))
+    assert done.returncode == 2
+    assert "not a number of seconds" in done.stderr.decode()
+    assert api.requests == []

@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from redis.asyncio import Redis
@@ -48,17 +47,6 @@ from relay.tokens import TokenChanged, TokenCheck
 # Whose `scripts/` folder holds the transitions' Lua.
 _SCRIPTS = "relay.delivery"
 
-# Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
-# like any other: the scripts that do not need it are spared it), unless the caller passes its
-# reading of it as `now_ms` (see `_RedisClock`).
-_CLOCK = """
-local NOW = A.now_ms
-if NOW == nil or NOW == cjson.null then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
 
 class _RedisClock:
     """Redis's clock as this process reads it between TIME calls: the last reading plus the
@@ -82,13 +70,11 @@ class _RedisClock:
         return self._ms + round(elapsed * 1000) if elapsed < self.FRESH_SECONDS else None
 
 
-@cache
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (JSON argument, Redis clock where the
-    script reads it, idempotency commits); its `#!lua flags=…` line, if any, stays first."""
-    body = lua.source(name, _SCRIPTS)
-    clock = _CLOCK if "NOW" in body else ""
-    return lua.assemble(body, lua.source("prelude", _SCRIPTS), clock, COMMIT)
+    """The Lua of one script, after the shared preludes (the JSON argument, idempotency commits,
+    Redis's clock as NOW where the script reads it, unless the caller passes its reading of it as
+    `now_ms`: see `_RedisClock`); its `#!lua flags=…` line stays first."""
+    return lua.text(name, lua.source("prelude", _SCRIPTS), COMMIT, package=_SCRIPTS, now="A.now_ms")
 
 
 def _text(value: bytes | None) -> str | None:

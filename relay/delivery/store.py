@@ -29,6 +29,8 @@ from relay.delivery.model import (
     Attempt,
     Claim,
     Delivery,
+    EventField,
+    Field,
     Settled,
     Settlement,
     Status,
@@ -70,11 +72,23 @@ class _RedisClock:
         return self._ms + round(elapsed * 1000) if elapsed < self.FRESH_SECONDS else None
 
 
+# The names every script spells as generated from model.py: statuses, the delivery's and the
+# event's hash fields, attempt triggers.
+NAMES = (
+    lua.names("S", Status)
+    + lua.names("F", Field)
+    + lua.names("EVENT", EventField)
+    + lua.names("TRIGGER", Trigger)
+)
+
+
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (the JSON argument, idempotency commits,
-    Redis's clock as NOW where the script reads it, unless the caller passes its reading of it as
-    `now_ms`: see `_RedisClock`); its `#!lua flags=…` line stays first."""
-    return lua.text(name, lua.source("prelude", _SCRIPTS), COMMIT, package=_SCRIPTS, now="A.now_ms")
+    """The Lua of one script, after the shared preludes (the generated names, the JSON argument,
+    idempotency commits, Redis's clock as NOW where the script reads it, unless the caller passes
+    its reading of it as `now_ms`: see `_RedisClock`); its `#!lua flags=…` line stays first."""
+    return lua.text(
+        name, NAMES, lua.source("prelude", _SCRIPTS), COMMIT, package=_SCRIPTS, now="A.now_ms"
+    )
 
 
 def _text(value: bytes | None) -> str | None:

@@ -1,12 +1,13 @@
 """Lua scripts: each one a `.lua` file in the `scripts/` folder of the package that runs it
 (relay.store's unless told), read once, after the shared Lua it needs (its preludes, and
 Redis's clock if it reads it), and registered with Redis by the digest of that whole text
-(redis-py sends it again only when Redis has lost it; a process whose Lua differs never runs
-another's)."""
+(redis-py sends it again only when Redis has lost it; a process whose Lua differs, in its file
+or in what is generated for it, never runs another's)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
@@ -21,6 +22,11 @@ _TIME_MS = """local function time_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
+# A Lua name: a letter or underscore, then those or digits, but no Lua keyword.
+_LUA_NAME = re.compile(
+    r"(?!(and|break|do|else|elseif|end|false|for|function|if|in|local|nil|not|or|repeat|return"
+    r"|then|true|until|while)$)[A-Za-z_][A-Za-z0-9_]*"
+)
 
 
 @cache
@@ -50,6 +56,18 @@ def clock(body: str, given: str | None = None) -> str:
         f"{_TIME_MS}local NOW = {given}\n"
         "if NOW == nil or NOW == cjson.null then NOW = time_ms() end\n"
     )
+
+
+def names(table: str, values: Iterable[str]) -> str:
+    """A Lua table `table` naming each of `values` after itself, so that scripts spell names
+    declared in Python as `table.name` (generated from that declaration) rather than as
+    literals that could drift from it."""
+    fields = []
+    for value in values:
+        if not _LUA_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is no Lua name")
+        fields.append(f"{value} = '{value}'")
+    return f"local {table} = {{{', '.join(fields)}}}\n"
 
 
 @cache

@@ -4,11 +4,15 @@ the state each leaves behind."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+import relay.delivery
+import relay.store
 from relay import ids
 from relay.audit import Actor, AuditEntry
 from relay.delivery.archive import Archive
@@ -203,3 +207,35 @@ async def test_redis_runs_a_delivery_script_by_the_digest_of_its_generated_names
     other = hashlib.sha1(script_text("claim").replace(NAMES, "").encode()).hexdigest()
     assert NAMES in script_text("claim")
     assert await redis_client.script_exists(ran, other) == [True, False]
+
+
+# What the loader generates into every delivery script, by the table it spells them from.
+GENERATED = {"S": Status, "F": Field, "EVENT": EventField, "TRIGGER": Trigger}
+DELIVERY_LUA = sorted(Path(relay.delivery.__file__).parent.glob("scripts/*.lua"))
+STORE_LUA = sorted(Path(relay.store.__file__).parent.glob("scripts/*.lua"))
+# A quoted string, or a comment (prose: its words are no literals).
+_LUA_TOKEN = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|--[^\n]*""")
+
+
+def _quoted(lua_text: str) -> set[str]:
+    """The string literals of a Lua text, outside its comments."""
+    tokens = (m.group() for m in _LUA_TOKEN.finditer(lua_text))
+    return {t[1:-1] for t in tokens if not t.startswith("--")}
+
+
+@pytest.mark.parametrize("path", DELIVERY_LUA, ids=lambda p: p.name)
+def test_a_delivery_script_spells_statuses_fields_and_triggers_by_their_generated_names(
+    path: Path,
+) -> None:
+    text = path.read_text()
+    declared = {v.value for values in GENERATED.values() for v in values}
+    assert _quoted(text) & declared == set()
+    # And every generated name it spells is one model.py declares.
+    code = _LUA_TOKEN.sub("''", text)
+    for table, member in re.findall(r"(?<![\w.])(S|F|EVENT|TRIGGER)\.(\w+)", code):
+        assert member in {v.value for v in GENERATED[table]}, f"{table}.{member}"
+
+
+@pytest.mark.parametrize("path", DELIVERY_LUA + STORE_LUA, ids=lambda p: p.name)
+def test_no_script_reads_redis_clock_but_through_the_loader(path: Path) -> None:
+    assert "TIME" not in _quoted(path.read_text())

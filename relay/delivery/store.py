@@ -1328,33 +1328,35 @@ def _ms(stamp: str | None) -> str:
 
 def _hash_of(delivery: Delivery) -> dict[str, str | int]:
     """A delivery's hash as the scripts write it, rebuilt from history."""
-    return {
-        "id": delivery.id,
-        "event_id": delivery.event_id,
-        "webhook_id": delivery.webhook_id,
-        "tenant_id": delivery.tenant_id,
-        "event_type": delivery.event_type,
-        "status": delivery.status.value,
-        "attempt_count": delivery.attempt_count,
-        "cycle_start": delivery.cycle_start,
-        "next_attempt_at": "",
-        "created_at": delivery.created_at,
-        "updated_ms": _ms(delivery.updated_at),
-        "delivered_ms": _ms(delivery.delivered_at),
-        "last_status_code": delivery.last_status_code or "",
-        "last_error": delivery.last_error or "",
+    fields: dict[Field, str | int] = {
+        Field.ID: delivery.id,
+        Field.EVENT_ID: delivery.event_id,
+        Field.WEBHOOK_ID: delivery.webhook_id,
+        Field.TENANT_ID: delivery.tenant_id,
+        Field.EVENT_TYPE: delivery.event_type,
+        Field.STATUS: delivery.status.value,
+        Field.ATTEMPT_COUNT: delivery.attempt_count,
+        Field.CYCLE_START: delivery.cycle_start,
+        Field.NEXT_ATTEMPT_AT: "",
+        Field.CREATED_AT: delivery.created_at,
+        Field.UPDATED_MS: _ms(delivery.updated_at),
+        Field.DELIVERED_MS: _ms(delivery.delivered_at),
+        Field.LAST_STATUS_CODE: delivery.last_status_code or "",
+        Field.LAST_ERROR: delivery.last_error or "",
     }
+    return {name.value: value for name, value in fields.items()}  # JSON keys: plain strings
 
 
 def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
     """An event's hash as accept writes it, rebuilt from history, but for its payload."""
-    return {
-        "type": event.type,
-        "tenant_id": event.tenant_id,
-        "created_at": event.created_at,
-        "upstream_id": event.upstream_id or "",
-        "deliveries": codec.dumps(event.delivery_ids),
+    fields: dict[EventField, str | bytes] = {
+        EventField.TYPE: event.type,
+        EventField.TENANT_ID: event.tenant_id,
+        EventField.CREATED_AT: event.created_at,
+        EventField.UPSTREAM_ID: event.upstream_id or "",
+        EventField.DELIVERY_IDS: codec.dumps(event.delivery_ids),
     }
+    return {name.value: value for name, value in fields.items()}
 
 
 def _flat(fields: dict[str, Any]) -> list[Any]:

@@ -12,7 +12,8 @@
                               schedule, which keeps its next attempt) — or, if that one is
                               due already, due now
 
-- `model.py`    statuses and transitions, declared once
+- `model.py`    statuses, transitions and hash fields, declared once (the scripts get them
+                generated)
 - `policy.py`   the retry schedule and what an attempt's result means (pure)
 - `concurrency.py` how many attempts an endpoint may have in flight, adapted to its answers
                 (pure)

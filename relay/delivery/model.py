@@ -1,4 +1,5 @@
-"""A delivery's states and transitions, declared once; the records an attempt reads and writes."""
+"""A delivery's states, transitions and Redis hash fields, declared once; the records an attempt
+reads and writes."""
 
 from __future__ import annotations
 

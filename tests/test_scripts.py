@@ -3,18 +3,25 @@ the state each leaves behind."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+import relay.delivery
+import relay.store
 from relay import ids
 from relay.audit import Actor, AuditEntry
 from relay.delivery.archive import Archive
+from relay.delivery.model import EventField, Field, Status, Transition, Trigger
+from relay.delivery.store import NAMES, DeliveryStore, script_text
 from relay.errors import Conflict, Invalid
 from relay.roles import Role
 from relay.secrets import Keyring, generate_master_key
-from relay.store import codec, keys, metrics
+from relay.store import codec, keys, lua, metrics
 from relay.store.audit import AuditLog
 from relay.store.idempotency import KEEP_SECONDS, ClaimMoved, IdempotencyStore, StoredResponse
 from relay.store.ratelimit import WindowLimiter
@@ -159,3 +166,76 @@ async def test_a_webhook_past_its_tenants_cap_is_not_added(
     assert await redis_client.zrange(keys.tenant_webhooks("t1"), 0, -1) == [first.id.encode()]
     assert await redis_client.smembers(keys.DISABLED_WEBHOOKS) == {first.id.encode()}
     assert await redis_client.get(keys.WEBHOOKS_VERSION) == version is not None
+
+
+# Every delivery script: one per transition, and the move from the layout before endpoint queues.
+DELIVERY_SCRIPTS = [*(t.value for t in Transition), "requeue"]
+
+
+@pytest.mark.parametrize("name", DELIVERY_SCRIPTS)
+async def test_a_delivery_script_spells_the_names_model_py_declares(
+    redis_client: redis.asyncio.Redis, name: str
+) -> None:
+    text = script_text(name)
+    body = lua.source(name, "relay.delivery")
+    # What the loader puts before the file, as Redis runs it (with an empty argument).
+    probe = text.removesuffix(body.partition("\n")[2] if body.startswith("#!") else body)
+    tables = await redis_client.eval(
+        probe + "return cjson.encode({S = S, F = F, EVENT = EVENT, TRIGGER = TRIGGER})",
+        0,
+        codec.dumps({"keys": {}}),
+    )
+
+    declared = {"S": Status, "F": Field, "EVENT": EventField, "TRIGGER": Trigger}
+    assert codec.loads(tables) == {
+        table: {v.value: v.value for v in values} for table, values in declared.items()
+    }
+    if body.startswith("#!"):  # its flags: Redis reads them on the first line only
+        assert text.splitlines()[0] == body.splitlines()[0]
+
+
+async def test_redis_runs_a_delivery_script_by_the_digest_of_its_generated_names_too(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    await redis_client.script_flush()
+    assert not (await store.claim("w", 10, lease_ms=60_000, concurrency=10)).claims
+
+    # A process with other generated names (another version, in a rolling upgrade) asks for
+    # another digest, told NOSCRIPT until it loads its own text: it never runs this one.
+    ran = hashlib.sha1(script_text("claim").encode()).hexdigest()
+    other = hashlib.sha1(script_text("claim").replace(NAMES, "").encode()).hexdigest()
+    assert NAMES in script_text("claim")
+    assert await redis_client.script_exists(ran, other) == [True, False]
+
+
+# What the loader generates into every delivery script, by the table it spells them from.
+GENERATED = {"S": Status, "F": Field, "EVENT": EventField, "TRIGGER": Trigger}
+DELIVERY_LUA = sorted(Path(relay.delivery.__file__).parent.glob("scripts/*.lua"))
+STORE_LUA = sorted(Path(relay.store.__file__).parent.glob("scripts/*.lua"))
+# A quoted string, or a comment (prose: its words are no literals).
+_LUA_TOKEN = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|--[^\n]*""")
+
+
+def _quoted(lua_text: str) -> set[str]:
+    """The string literals of a Lua text, outside its comments."""
+    tokens = (m.group() for m in _LUA_TOKEN.finditer(lua_text))
+    return {t[1:-1] for t in tokens if not t.startswith("--")}
+
+
+@pytest.mark.parametrize("path", DELIVERY_LUA, ids=lambda p: p.name)
+def test_a_delivery_script_spells_statuses_fields_and_triggers_by_their_generated_names(
+    path: Path,
+) -> None:
+    text = path.read_text()
+    declared = {v.value for values in GENERATED.values() for v in values}
+    assert _quoted(text) & declared == set()
+    # And every generated name it spells is one model.py declares.
+    code = _LUA_TOKEN.sub("''", text)
+    for table, member in re.findall(r"(?<![\w.])(S|F|EVENT|TRIGGER)\.(\w+)", code):
+        assert member in {v.value for v in GENERATED[table]}, f"{table}.{member}"
+
+
+@pytest.mark.parametrize("path", DELIVERY_LUA + STORE_LUA, ids=lambda p: p.name)
+def test_no_script_reads_redis_clock_but_through_the_loader(path: Path) -> None:
+    assert "TIME" not in _quoted(path.read_text())

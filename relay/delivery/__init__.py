@@ -12,12 +12,14 @@
                               schedule, which keeps its next attempt) — or, if that one is
                               due already, due now
 
-- `model.py`    statuses and transitions, declared once
+- `model.py`    statuses, transitions and hash fields, declared once (the scripts get them
+                generated)
 - `policy.py`   the retry schedule and what an attempt's result means (pure)
 - `concurrency.py` how many attempts an endpoint may have in flight, adapted to its answers
                 (pure)
-- `scripts/`    one Lua script per transition, each taking one JSON argument; `prelude.lua`
-                gives every script Redis's clock (`TIME`), so no worker's clock decides anything
+- `scripts/`    one Lua script per transition, each taking one JSON argument (`prelude.lua`:
+                what they share); they read Redis's clock (`NOW`), so no worker's clock decides
+                anything
 - `store.py`    the only delivery code that knows Redis key names
 - `queue.py`    the only module that imports arq (background jobs: recoveries)
 - `service.py`  the use cases: attempt, retry, cancel, recover, retry an event, test send —

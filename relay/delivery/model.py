@@ -1,4 +1,5 @@
-"""A delivery's states and transitions, declared once; the records an attempt reads and writes."""
+"""A delivery's states, transitions and Redis hash fields, declared once; the records an attempt
+reads and writes."""
 
 from __future__ import annotations
 
@@ -115,6 +116,52 @@ class Delivery:
             "updated_at": self.updated_at,
             "delivered_at": self.delivered_at,
         }
+
+
+class Field(enum.StrEnum):
+    """The fields of a delivery's hash in Redis, which every transition's script reads and
+    writes (by these names: see `relay.store.lua.names`). Times ending in `_ms` or `_until` are
+    Redis's clock in ms; an empty value is a blank field (cheaper to write than a deletion)."""
+
+    ID = "id"
+    EVENT_ID = "event_id"
+    WEBHOOK_ID = "webhook_id"
+    TENANT_ID = "tenant_id"
+    EVENT_TYPE = "event_type"
+    STATUS = "status"
+    ATTEMPT_COUNT = "attempt_count"
+    CYCLE_START = "cycle_start"
+    NEXT_ATTEMPT_AT = "next_attempt_at"  # when due (ms), while pending
+    CREATED_AT = "created_at"  # RFC 3339, as accepted
+    UPDATED_MS = "updated_ms"  # the state's version: history keeps the newest
+    DELIVERED_MS = "delivered_ms"
+    LAST_STATUS_CODE = "last_status_code"
+    LAST_ERROR = "last_error"
+    # The last attempt's record, kept on a finished delivery rather than pushed to its list.
+    LAST_ATTEMPT = "last_attempt"
+    # The lease of the attempt in flight: until when, and the token that proves it.
+    LEASE_UNTIL = "lease_until"
+    LEASE_TOKEN = "lease_token"
+    MANUAL = "manual"  # "1" while an operator's retry asks for a manual attempt
+    # Carried from the request that posted the event (for its attempts' spans and log lines).
+    TRACEPARENT = "traceparent"
+    REQUEST_ID = "request_id"
+    # The key remembering the event's upstream id, which leaves Redis with its last delivery.
+    UPSTREAM_KEY = "upstream_key"
+
+
+class EventField(enum.StrEnum):
+    """The fields of an event's hash in Redis, written with its deliveries."""
+
+    TYPE = "type"
+    TENANT_ID = "tenant_id"
+    CREATED_AT = "created_at"
+    UPSTREAM_ID = "upstream_id"
+    UPSTREAM_KEY = "upstream_key"
+    DELIVERY_IDS = "deliveries"
+    PAYLOAD = "payload"
+    # Holders of the event in Redis: its deliveries there, and its own entry for history.
+    LIVE = "live"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,6 +29,8 @@ from relay.delivery.model import (
     Attempt,
     Claim,
     Delivery,
+    EventField,
+    Field,
     Settled,
     Settlement,
     Status,
@@ -47,17 +48,6 @@ from relay.tokens import TokenChanged, TokenCheck
 
 # Whose `scripts/` folder holds the transitions' Lua.
 _SCRIPTS = "relay.delivery"
-
-# Redis's clock, read once at the start of the scripts that use it (a TIME call is a command
-# like any other: the scripts that do not need it are spared it), unless the caller passes its
-# reading of it as `now_ms` (see `_RedisClock`).
-_CLOCK = """
-local NOW = A.now_ms
-if NOW == nil or NOW == cjson.null then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
 
 
 class _RedisClock:
@@ -82,13 +72,23 @@ class _RedisClock:
         return self._ms + round(elapsed * 1000) if elapsed < self.FRESH_SECONDS else None
 
 
-@cache
+# The names every script spells as generated from model.py: statuses, the delivery's and the
+# event's hash fields, attempt triggers.
+NAMES = (
+    lua.names("S", Status)
+    + lua.names("F", Field)
+    + lua.names("EVENT", EventField)
+    + lua.names("TRIGGER", Trigger)
+)
+
+
 def script_text(name: str) -> str:
-    """The Lua of one script, after the shared preludes (JSON argument, Redis clock where the
-    script reads it, idempotency commits); its `#!lua flags=…` line, if any, stays first."""
-    body = lua.source(name, _SCRIPTS)
-    clock = _CLOCK if "NOW" in body else ""
-    return lua.assemble(body, lua.source("prelude", _SCRIPTS), clock, COMMIT)
+    """The Lua of one script, after the shared preludes (the generated names, the JSON argument,
+    idempotency commits, Redis's clock as NOW where the script reads it, unless the caller passes
+    its reading of it as `now_ms`: see `_RedisClock`); its `#!lua flags=…` line stays first."""
+    return lua.text(
+        name, NAMES, lua.source("prelude", _SCRIPTS), COMMIT, package=_SCRIPTS, now="A.now_ms"
+    )
 
 
 def _text(value: bytes | None) -> str | None:
@@ -1328,33 +1328,35 @@ def _ms(stamp: str | None) -> str:
 
 def _hash_of(delivery: Delivery) -> dict[str, str | int]:
     """A delivery's hash as the scripts write it, rebuilt from history."""
-    return {
-        "id": delivery.id,
-        "event_id": delivery.event_id,
-        "webhook_id": delivery.webhook_id,
-        "tenant_id": delivery.tenant_id,
-        "event_type": delivery.event_type,
-        "status": delivery.status.value,
-        "attempt_count": delivery.attempt_count,
-        "cycle_start": delivery.cycle_start,
-        "next_attempt_at": "",
-        "created_at": delivery.created_at,
-        "updated_ms": _ms(delivery.updated_at),
-        "delivered_ms": _ms(delivery.delivered_at),
-        "last_status_code": delivery.last_status_code or "",
-        "last_error": delivery.last_error or "",
+    fields: dict[Field, str | int] = {
+        Field.ID: delivery.id,
+        Field.EVENT_ID: delivery.event_id,
+        Field.WEBHOOK_ID: delivery.webhook_id,
+        Field.TENANT_ID: delivery.tenant_id,
+        Field.EVENT_TYPE: delivery.event_type,
+        Field.STATUS: delivery.status.value,
+        Field.ATTEMPT_COUNT: delivery.attempt_count,
+        Field.CYCLE_START: delivery.cycle_start,
+        Field.NEXT_ATTEMPT_AT: "",
+        Field.CREATED_AT: delivery.created_at,
+        Field.UPDATED_MS: _ms(delivery.updated_at),
+        Field.DELIVERED_MS: _ms(delivery.delivered_at),
+        Field.LAST_STATUS_CODE: delivery.last_status_code or "",
+        Field.LAST_ERROR: delivery.last_error or "",
     }
+    return {name.value: value for name, value in fields.items()}  # JSON keys: plain strings
 
 
 def _event_hash(event: StoredEvent) -> dict[str, str | bytes]:
     """An event's hash as accept writes it, rebuilt from history, but for its payload."""
-    return {
-        "type": event.type,
-        "tenant_id": event.tenant_id,
-        "created_at": event.created_at,
-        "upstream_id": event.upstream_id or "",
-        "deliveries": codec.dumps(event.delivery_ids),
+    fields: dict[EventField, str | bytes] = {
+        EventField.TYPE: event.type,
+        EventField.TENANT_ID: event.tenant_id,
+        EventField.CREATED_AT: event.created_at,
+        EventField.UPSTREAM_ID: event.upstream_id or "",
+        EventField.DELIVERY_IDS: codec.dumps(event.delivery_ids),
     }
+    return {name.value: value for name, value in fields.items()}
 
 
 def _flat(fields: dict[str, Any]) -> list[Any]:

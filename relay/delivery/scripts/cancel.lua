@@ -3,14 +3,14 @@
 -- attempt, if it ever comes back, is logged without changing the outcome (see settle).
 local d = hash_of(K.delivery)
 if not d.status then return 'missing' end
-if d.status == 'delivering' and (tonumber(d.lease_until) or 0) <= NOW then d.status = 'pending' end
-if d.status ~= 'pending' then return d.status end
-d.status, d.next_attempt_at = 'canceled', ''
+if d.status == S.delivering and (tonumber(d.lease_until) or 0) <= NOW then d.status = S.pending end
+if d.status ~= S.pending then return d.status end
+d.status, d.next_attempt_at = S.canceled, ''
 d.last_error, d.updated_ms = 'canceled by an operator', int(NOW)
 d.lease_until, d.lease_token, d.manual = nil, nil, nil
-redis.call('HSET', K.delivery, 'status', d.status, 'next_attempt_at', '',
-  'last_error', d.last_error, 'updated_ms', d.updated_ms, 'lease_until', '', 'lease_token', '',
-  'manual', '')
+redis.call('HSET', K.delivery, F.status, d.status, F.next_attempt_at, '',
+  F.last_error, d.last_error, F.updated_ms, d.updated_ms, F.lease_until, '', F.lease_token, '',
+  F.manual, '')
 redis.call('ZREM', K.queue .. d.webhook_id, A.id)
 redis.call('ZREM', K.slots .. d.webhook_id, A.id)
 redis.call('ZREM', K.tenant_slots .. d.tenant_id, A.id)

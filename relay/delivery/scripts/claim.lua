@@ -93,7 +93,7 @@ local events = {}
 local function payload_fits(event_id)
   if payloads[event_id] or known[event_id] then return true end
   if full then return false end
-  local payload = redis.call('HGET', K.event .. event_id, 'payload') or ''
+  local payload = redis.call('HGET', K.event .. event_id, EVENT.payload) or ''
   if payload_bytes > 0 and payload_bytes + #payload > A.payload_bytes then
     full = true
     return false
@@ -112,22 +112,22 @@ local sequence = 0
 -- where it goes any more, so it leaves its queue, and the worker reports it.
 local missing = {}
 local function try(id, wh, e, t)
-  local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
-    'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id', 'manual',
-    'next_attempt_at')
+  local d = redis.call('HMGET', K.delivery .. id, F.status, F.attempt_count, F.lease_until,
+    F.webhook_id, F.event_id, F.cycle_start, F.traceparent, F.request_id, F.manual,
+    F.next_attempt_at)
   local status = d[1]
   local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
-  if not status or (status ~= 'pending' and status ~= 'delivering') then
+  if not status or (status ~= S.pending and status ~= S.delivering) then
     redis.call('ZREM', queue, id)
     return nil, nil
   end
-  if status == 'delivering' and tonumber(d[3]) > NOW then
+  if status == S.delivering and tonumber(d[3]) > NOW then
     redis.call('ZADD', queue, d[3], id)  -- leased: its lease decides when to look again
     return nil, tonumber(d[3])
   end
   if not payload_fits(d[5]) then return nil, NOW, true end
-  if status == 'delivering' then
+  if status == S.delivering then
     -- Its worker died or stalled past the lease: another attempt takes over.
     taken_over = taken_over + 1
   end
@@ -143,9 +143,9 @@ local function try(id, wh, e, t)
   -- mark, so one that takes over a stalled one is manual too). Unless the schedule's next
   -- attempt came due before it went: then this is that one, and the two are one request.
   local manual = d[9] == '1' and (tonumber(d[10]) or 0) > NOW
-  redis.call('HSET', K.delivery .. id, 'status', 'delivering', 'lease_until', int(lease),
-    'lease_token', token)
-  if d[9] == '1' and not manual then redis.call('HSET', K.delivery .. id, 'manual', '') end
+  redis.call('HSET', K.delivery .. id, F.status, S.delivering, F.lease_until, int(lease),
+    F.lease_token, token)
+  if d[9] == '1' and not manual then redis.call('HSET', K.delivery .. id, F.manual, '') end
   redis.call('ZADD', queue, lease, id)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
     e.failing, e.quick and 1 or 0, d[8] or '', manual and 1 or 0, e.enabled and 1 or 0}, lease

@@ -10,11 +10,11 @@ local out = {}
 for _, c in ipairs(A.claims) do
   local id, token = c[1], c[2]
   local key = K.delivery .. id
-  local st = redis.call('HMGET', key, 'status', 'lease_token', 'webhook_id', 'tenant_id')
-  if st[1] == 'delivering' and st[2] == token then
+  local st = redis.call('HMGET', key, F.status, F.lease_token, F.webhook_id, F.tenant_id)
+  if st[1] == S.delivering and st[2] == token then
     local lease = int(NOW + A.lease_ms)
     local wh, t = st[3], st[4]
-    redis.call('HSET', key, 'lease_until', lease)
+    redis.call('HSET', key, F.lease_until, lease)
     -- Its place in the queue and its slots are scored by the lease: a claim reads them to
     -- know when to look again, and counts a slot out when its lease has run out. XX: a
     -- disabled or deleted webhook's delivery holds no slot, and gets none here.

@@ -1,5 +1,5 @@
--- Shared by every script (prepended when loaded): one JSON argument, and Redis's own clock as
--- NOW in the scripts that read it (store.py adds that line only to those).
+-- Shared by every script (prepended when loaded): one JSON argument. The scripts that read
+-- Redis's own clock get it as NOW, or by `time_ms()`, from the loader (see relay.store.lua).
 local A = cjson.decode(ARGV[1])
 local K = A.keys
 -- Integers as Redis text (Lua would print large numbers in exponent form).

@@ -44,7 +44,7 @@ end
 local released = 0
 for _, d in ipairs(A.deliveries) do
   local key = K.delivery .. d[1]
-  local st = redis.call('HMGET', key, 'status', 'updated_ms', 'event_id', 'upstream_key')
+  local st = redis.call('HMGET', key, F.status, F.updated_ms, F.event_id, F.upstream_key)
   if st[1] and st[1] == d[2] and st[2] == d[3] then
     if let_go(K.event .. st[3], d[1], st[4], key, key .. K.attempts_suffix) then
       released = released + 1
@@ -54,7 +54,7 @@ end
 -- What leaves goes in one DEL for the batch (in steps that keep within what unpack takes).
 local gone = {}
 for event, g in pairs(letting_go) do
-  if g.n == g.holders or redis.call('HINCRBY', event, 'live', -g.n) <= 0 then
+  if g.n == g.holders or redis.call('HINCRBY', event, EVENT.live, -g.n) <= 0 then
     if g.upstream then redis.call('EXPIRE', g.upstream, A.upstream_grace) end
     table.insert(gone, event)
   end

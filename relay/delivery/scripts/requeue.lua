@@ -4,8 +4,8 @@
 -- moved or dropped, and how many are left: callers repeat until none is.
 local moved = 0
 local function move(from, id, score)
-  local d = redis.call('HMGET', K.delivery .. id, 'status', 'webhook_id', 'tenant_id')
-  if d[1] == 'pending' or d[1] == 'delivering' then
+  local d = redis.call('HMGET', K.delivery .. id, F.status, F.webhook_id, F.tenant_id)
+  if d[1] == S.pending or d[1] == S.delivering then
     redis.call('ZADD', K.queue .. d[2], 'NX', score, id)
     redis.call('ZADD', K.endpoints .. d[3], 'LT', score, d[2])
     redis.call('ZADD', K.tenants, 'LT', score, d[3])

@@ -22,9 +22,9 @@ local function revive(id, r)
   local key = K.delivery .. id
   redis.call('HSET', key, unpack(r.delivery))
   if here then
-    redis.call('HINCRBY', event, 'live', 1)
+    redis.call('HINCRBY', event, EVENT.live, 1)
   else
-    redis.call('HSET', event, 'payload', ARGV[e.payload], 'live', 1, unpack(e.fields))
+    redis.call('HSET', event, EVENT.payload, ARGV[e.payload], EVENT.live, 1, unpack(e.fields))
   end
   return true
 end
@@ -33,41 +33,41 @@ local out = {}
 local woken = false
 for _, id in ipairs(A.ids) do
   local key = K.delivery .. id
-  local fields = {'status', 'attempt_count', 'lease_until', 'webhook_id', 'tenant_id',
-    'next_attempt_at'}
+  local fields = {F.status, F.attempt_count, F.lease_until, F.webhook_id, F.tenant_id,
+    F.next_attempt_at}
   local st = redis.call('HMGET', key, unpack(fields))
   local r = A.revive[id]
   if not st[1] and r and allowed[r.status] and revive(id, r) then
     st = redis.call('HMGET', key, unpack(fields))
   end
-  local expired = st[1] == 'delivering' and (tonumber(st[3]) or 0) <= NOW
-  if expired then st[1] = 'pending' end
+  local expired = st[1] == S.delivering and (tonumber(st[3]) or 0) <= NOW
+  if expired then st[1] = S.pending end
   if not st[1] then
     table.insert(out, r and not allowed[r.status] and r.status or 'missing')
   elseif not allowed[st[1]] then
     table.insert(out, st[1])
   else
-    local finished = st[1] ~= 'pending'
+    local finished = st[1] ~= S.pending
     local manual = not finished and (tonumber(st[6]) or 0) > NOW
     if finished then
       -- The last attempt joins the list the new cycle's attempts follow.
-      local last = redis.call('HGET', key, 'last_attempt')
+      local last = redis.call('HGET', key, F.last_attempt)
       if last and last ~= '' then
         redis.call('RPUSH', K.delivery .. id .. K.attempts_suffix, last)
       end
-      redis.call('HSET', key, 'status', 'pending', 'cycle_start', st[2], 'delivered_ms', '',
-        'last_attempt', '', 'manual', '')
+      redis.call('HSET', key, F.status, S.pending, F.cycle_start, st[2], F.delivered_ms, '',
+        F.last_attempt, '', F.manual, '')
     end
     if expired then
-      redis.call('HSET', key, 'status', 'pending', 'lease_until', '', 'lease_token', '')
+      redis.call('HSET', key, F.status, S.pending, F.lease_until, '', F.lease_token, '')
       redis.call('ZREM', K.slots .. st[4], id)
       redis.call('ZREM', K.tenant_slots .. st[5], id)
       redis.call('ZREM', K.tenant_slow_slots .. st[5], id)
     end
     if manual then
-      redis.call('HSET', key, 'manual', 1, 'updated_ms', int(NOW))
+      redis.call('HSET', key, F.manual, 1, F.updated_ms, int(NOW))
     else
-      redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
+      redis.call('HSET', key, F.next_attempt_at, int(NOW), F.updated_ms, int(NOW))
     end
     -- History shows it in flight again (its attempts are there already, or come with its end).
     if finished then archive_delivery(id, hash_of(key), {}) end
@@ -75,7 +75,7 @@ for _, id in ipairs(A.ids) do
     redis.call('ZADD', K.endpoints .. st[5], 'LT', NOW, st[4])
     redis.call('ZADD', K.tenants, 'LT', NOW, st[5])
     woken = true
-    table.insert(out, manual and 'manual' or 'ok')
+    table.insert(out, manual and TRIGGER.manual or 'ok')
   end
 end
 if woken then wake() end

@@ -15,9 +15,9 @@
 -- clock to well under a millisecond.
 local at = A.now_ms
 local id = A.id
-local st = redis.call('HMGET', K.delivery, 'status', 'attempt_count', 'lease_token', 'event_id',
-  'webhook_id', 'tenant_id', 'event_type', 'created_at', 'cycle_start', 'updated_ms')
-local delivered_now = A.status == 'delivered'
+local st = redis.call('HMGET', K.delivery, F.status, F.attempt_count, F.lease_token, F.event_id,
+  F.webhook_id, F.tenant_id, F.event_type, F.created_at, F.cycle_start, F.updated_ms)
+local delivered_now = A.status == S.delivered
 -- What a logged attempt adds to `cycle_start`: a manual one is no step of the schedule.
 local uncounted = (A.manual and A.record ~= '') and 1 or 0
 
@@ -33,9 +33,9 @@ end
 -- A delivery as history has it, with its attempts: Redis's list, then the last one.
 local function archive_whole(fields)
   local attempts = redis.call('LRANGE', K.attempts, 0, -1)
-  local last = redis.call('HGET', K.delivery, 'last_attempt')
+  local last = redis.call('HGET', K.delivery, F.last_attempt)
   if last and last ~= '' then table.insert(attempts, last) end
-  local transient = {'last_attempt', 'lease_until', 'lease_token', 'traceparent', 'manual'}
+  local transient = {F.last_attempt, F.lease_until, F.lease_token, F.traceparent, F.manual}
   for _, name in ipairs(transient) do
     fields[name] = nil
   end
@@ -54,8 +54,8 @@ if not st[1] then
   at = math.max(at, (tonumber(d.updated_ms) or 0) + 1)
   d.attempt_count, d.updated_ms = tostring(n), int(at)
   d.cycle_start = int(tonumber(d.cycle_start) + uncounted)
-  if delivered_now and d.status ~= 'delivered' then
-    d.status, d.delivered_ms = 'delivered', int(at)
+  if delivered_now and d.status ~= S.delivered then
+    d.status, d.delivered_ms = S.delivered, int(at)
     d.last_status_code, d.last_error = A.last_status_code, A.last_error
   end
   archive_delivery(id, d, {numbered(n)})
@@ -66,9 +66,9 @@ local made = tonumber(st[2])
 local record = numbered(made + 1)
 local wh, t = st[5], st[6]
 local queue = K.queue .. wh
-if st[1] ~= 'delivering' or st[3] ~= A.token then
+if st[1] ~= S.delivering or st[3] ~= A.token then
   -- Not in flight, or in flight again: then the slot is the new attempt's.
-  if st[1] ~= 'delivering' then
+  if st[1] ~= S.delivering then
     redis.call('ZREM', K.slots .. wh, id)
     redis.call('ZREM', K.tenant_slots .. t, id)
     redis.call('ZREM', K.tenant_slow_slots .. t, id)
@@ -76,26 +76,26 @@ if st[1] ~= 'delivering' or st[3] ~= A.token then
   if record == '' then return {0, '', int(at)} end
   -- Newer than the state it adds to, as above (history keeps a delivery's newest state).
   at = math.max(at, (tonumber(st[10]) or 0) + 1)
-  local finished = st[1] ~= 'pending' and st[1] ~= 'delivering'
-  local win = delivered_now and st[1] ~= 'delivered'
-  local fields = {'attempt_count', made + 1, 'updated_ms', int(at),
-    'cycle_start', int(tonumber(st[9]) + uncounted)}
+  local finished = st[1] ~= S.pending and st[1] ~= S.delivering
+  local win = delivered_now and st[1] ~= S.delivered
+  local fields = {F.attempt_count, made + 1, F.updated_ms, int(at),
+    F.cycle_start, int(tonumber(st[9]) + uncounted)}
   if finished then
     -- An ended delivery keeps its last attempt on the hash: that one joins the list now.
-    local last = redis.call('HGET', K.delivery, 'last_attempt')
+    local last = redis.call('HGET', K.delivery, F.last_attempt)
     if last and last ~= '' then redis.call('RPUSH', K.attempts, last) end
-    table.insert(fields, 'last_attempt')
+    table.insert(fields, F.last_attempt)
     table.insert(fields, record)
   elseif win then
-    table.insert(fields, 'last_attempt')
+    table.insert(fields, F.last_attempt)
     table.insert(fields, record)
   else
     redis.call('RPUSH', K.attempts, record)
   end
   if win then
-    for _, v in ipairs({'status', 'delivered', 'delivered_ms', int(at), 'next_attempt_at', '',
-      'last_status_code', A.last_status_code, 'last_error', A.last_error, 'lease_until', '',
-      'lease_token', ''}) do
+    for _, v in ipairs({F.status, S.delivered, F.delivered_ms, int(at), F.next_attempt_at, '',
+      F.last_status_code, A.last_status_code, F.last_error, A.last_error, F.lease_until, '',
+      F.lease_token, ''}) do
       table.insert(fields, v)
     end
     redis.call('ZREM', queue, id)
@@ -140,9 +140,9 @@ local count = made
 if record ~= '' then count = made + 1 end
 local cycle_start = tonumber(st[9]) + uncounted
 local due = nil
-if A.status == 'pending' then
+if A.status == S.pending then
   -- A failed manual attempt leaves the delivery due when its schedule had it.
-  due = A.manual and (tonumber(redis.call('HGET', K.delivery, 'next_attempt_at')) or at)
+  due = A.manual and (tonumber(redis.call('HGET', K.delivery, F.next_attempt_at)) or at)
     or at + A.delay_ms
 end
 -- A rescheduled attempt joins the delivery's list; the last one is kept on the delivery (one
@@ -151,11 +151,11 @@ if due and record ~= '' then redis.call('RPUSH', K.attempts, record) end
 -- One HSET for every field that changes (this script runs once per attempt); the lease is
 -- blanked rather than deleted, which would be one more command.
 local delivered = delivered_now and int(at) or ''
-redis.call('HSET', K.delivery, 'status', A.status, 'attempt_count', count,
-  'last_status_code', A.last_status_code, 'last_error', A.last_error, 'updated_ms', int(at),
-  'next_attempt_at', due and int(due) or '', 'delivered_ms', delivered, 'lease_until', '',
-  'lease_token', '', 'last_attempt', due and '' or record)
-if A.manual then redis.call('HSET', K.delivery, 'cycle_start', int(cycle_start), 'manual', '') end
+redis.call('HSET', K.delivery, F.status, A.status, F.attempt_count, count,
+  F.last_status_code, A.last_status_code, F.last_error, A.last_error, F.updated_ms, int(at),
+  F.next_attempt_at, due and int(due) or '', F.delivered_ms, delivered, F.lease_until, '',
+  F.lease_token, '', F.last_attempt, due and '' or record)
+if A.manual then redis.call('HSET', K.delivery, F.cycle_start, int(cycle_start), F.manual, '') end
 if due then
   redis.call('ZADD', queue, due, id)
   redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
@@ -187,8 +187,7 @@ if freed or tenant_freed then
   -- ahead of it, and a claim in those ms would pass them by. Read only when someone waits.
   local now = at
   if endpoint_waits or tenant_waits or freed_slow > 0 then
-    local time = redis.call('TIME')
-    now = math.min(at, tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
+    now = math.min(at, time_ms())
   end
   if endpoint_waits then
     local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]

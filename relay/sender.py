@@ -19,7 +19,6 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -101,18 +100,17 @@ class Sender:
         self._max_connections = max_connections
         self._user_agent = user_agent
         self._address_check = address_check
-        self._client = httpx.AsyncClient(
-            # The transport calls the factory on first use, inside the loop aiohttp binds to.
-            transport=_Transport(
-                client=self._new_session,
-                withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
-            ),
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-            # A cookie one receiver sets must never reach another receiver on the same host.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        # The transport calls the factory on first use, inside the loop aiohttp binds to.
+        self._transport = _Transport(
+            client=self._new_session,
+            withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
         )
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        # Attempts go to the transport directly, below the client's cookie jar, redirects and
+        # auth, none of which an attempt wants: the jar alone cost a parse of every answer,
+        # though it had to refuse every cookie so that one receiver's never reaches another.
+        # The client stays as the transport's owner, where tracing instruments it.
+        self._client = httpx.AsyncClient(transport=self._transport, trust_env=False)
         tracing.instrument(self._client)  # a client span per request, when tracing
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
@@ -124,19 +122,24 @@ class Sender:
         encoding = "identity"
         error: str | None = None
         try:
-            self._check_target(url)
+            request = httpx.Request(
+                "POST",
+                self._target(url),
+                content=body,
+                headers=self._headers(headers),
+                extensions=self._extensions,
+            )
             # httpx's timeouts reach aiohttp as per-read socket timeouts, which a body dripped
             # byte by byte never trips; this bounds the whole attempt, pool wait included.
-            async with (
-                asyncio.timeout(self._timeout),
-                self._client.stream(
-                    "POST", url, content=body, headers=self._headers(headers)
-                ) as response,
-            ):
-                status = response.status_code
-                retry_after = response.headers.get("retry-after")
-                encoding = response.headers.get("content-encoding", "identity").strip()
-                await _read_capped(response, captured, self._capture_bytes)
+            async with asyncio.timeout(self._timeout):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    status = response.status_code
+                    retry_after = response.headers.get("retry-after")
+                    encoding = response.headers.get("content-encoding", "identity").strip()
+                    await _read_capped(response, captured, self._capture_bytes)
+                finally:
+                    await response.aclose()
         except (_Refused, httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError) as exc:
             error = _describe(exc, self._timeout, status)
         return SendResult(
@@ -162,18 +165,22 @@ class Sender:
     ) -> None:
         await self.aclose()
 
-    def _check_target(self, url: str) -> None:
-        """Refuse a non-HTTP URL or a disallowed IP literal before any connection is tried."""
+    def _target(self, url: str) -> httpx.URL:
+        """Parse `url`, refusing a non-HTTP URL or a disallowed IP literal before any connection.
+
+        The request is built from this parse: the address checked is the address dialled.
+        """
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
             raise _Refused(f"unsupported url scheme {parsed.scheme!r}")
         try:
             literal = ipaddress.ip_address(parsed.host)
         except ValueError:
-            return
+            return parsed  # a name: its addresses are checked as it resolves
         # aiohttp never asks the resolver about IP literals, so they are checked here.
         if self._address_check is not None and not self._address_check(literal):
             raise _Refused(f"blocked: {parsed.host} is a disallowed address")
+        return parsed
 
     def _headers(self, headers: Mapping[str, str]) -> httpx.Headers:
         merged = httpx.Headers(headers)

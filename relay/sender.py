@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 import ssl
@@ -35,6 +36,7 @@ AddressCheck = Callable[[IPAddress], bool]
 
 _MAX_HEAD_LINE_BYTES = 8190  # the status line, and each header of an answer
 _MAX_RESPONSE_HEADERS = 128
+_PARSED_URLS = 4096  # the webhooks a process sends to often enough to keep their URLs parsed
 
 
 @dataclass(slots=True, frozen=True)
@@ -170,15 +172,16 @@ class Sender:
 
         The request is built from this parse: the address checked is the address dialled.
         """
-        parsed = httpx.URL(url)
+        parsed, literal = _parse(url)
         if parsed.scheme not in ("http", "https"):
             raise _Refused(f"unsupported url scheme {parsed.scheme!r}")
-        try:
-            literal = ipaddress.ip_address(parsed.host)
-        except ValueError:
-            return parsed  # a name: its addresses are checked as it resolves
-        # aiohttp never asks the resolver about IP literals, so they are checked here.
-        if self._address_check is not None and not self._address_check(literal):
+        # aiohttp never asks the resolver about IP literals, so they are checked here; a name's
+        # addresses are checked as it resolves.
+        if (
+            literal is not None
+            and self._address_check is not None
+            and not self._address_check(literal)
+        ):
             raise _Refused(f"blocked: {parsed.host} is a disallowed address")
         return parsed
 
@@ -232,6 +235,20 @@ class _Transport(AiohttpTransport):
         for name in self._withheld:
             request.headers.pop(name, None)
         return await super().handle_async_request(request)
+
+
+@functools.lru_cache(maxsize=_PARSED_URLS)
+def _parse(url: str) -> tuple[httpx.URL, IPAddress | None]:
+    """`url` parsed, and its host as an IP address when it is one.
+
+    A webhook's every attempt goes to the same URL, so each is parsed once, not once per
+    attempt; the checks on the result still run on every attempt. httpx.URL is immutable.
+    """
+    parsed = httpx.URL(url)
+    try:
+        return parsed, ipaddress.ip_address(parsed.host)
+    except ValueError:
+        return parsed, None
 
 
 async def _read_capped(response: httpx.Response, into: bytearray, limit: int) -> None:

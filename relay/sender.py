@@ -100,7 +100,10 @@ class Sender:
         self._timeout = timeout
         self._capture_bytes = capture_bytes
         self._max_connections = max_connections
-        self._user_agent = user_agent
+        # Built once, not per attempt. Only the start of a response is kept, so compression would
+        # buy nothing; identity only asks: an encoded answer is never inflated (`_read_capped`).
+        self._own_headers = [("user-agent", user_agent), ("accept-encoding", "identity")]
+        self._own_names = frozenset(name for name, _ in self._own_headers)
         self._address_check = address_check
         # The transport calls the factory on first use, inside the loop aiohttp binds to.
         self._transport = _Transport(
@@ -185,13 +188,11 @@ class Sender:
             raise _Refused(f"blocked: {parsed.host} is a disallowed address")
         return parsed
 
-    def _headers(self, headers: Mapping[str, str]) -> httpx.Headers:
-        merged = httpx.Headers(headers)
-        merged["user-agent"] = self._user_agent
-        # Only the start of a response is kept, so compression would buy nothing. This only
-        # asks: an encoded answer is still never inflated (see `_read_capped`).
-        merged["accept-encoding"] = "identity"
-        return merged
+    def _headers(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
+        """The caller's headers, with the sender's own in place of any of the same names."""
+        return [
+            (name, value) for name, value in headers.items() if name.lower() not in self._own_names
+        ] + self._own_headers
 
     def _new_session(self) -> aiohttp.ClientSession:
         resolver = (

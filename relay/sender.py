@@ -111,10 +111,9 @@ class Sender:
             withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
         )
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        # Attempts go to the transport directly, below the client's cookie jar, redirects and
-        # auth, none of which an attempt wants: the jar alone cost a parse of every answer,
-        # though it had to refuse every cookie so that one receiver's never reaches another.
-        # The client stays as the transport's owner, where tracing instruments it.
+        # Attempts go to the transport directly, below the client: an attempt wants none of its
+        # cookie jar, redirects or auth, which cost CPU on every answer all the same. The client
+        # stays as the transport's owner, where tracing instruments it.
         self._client = httpx.AsyncClient(transport=self._transport, trust_env=False)
         tracing.instrument(self._client)  # a client span per request, when tracing
 
@@ -209,6 +208,7 @@ class Sender:
         )
         return aiohttp.ClientSession(
             connector=connector,
+            # A receiver's cookie is never parsed, kept or sent: none reaches another receiver.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             # A receiver's answer head is bounded too (aiohttp's defaults, pinned here): longer

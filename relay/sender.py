@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Self
 
@@ -36,6 +36,7 @@ AddressCheck = Callable[[IPAddress], bool]
 
 _MAX_HEAD_LINE_BYTES = 8190  # the status line, and each header of an answer
 _MAX_RESPONSE_HEADERS = 128
+_PARSED_URLS = 4096  # the webhooks a process sends to often enough to keep their URLs parsed
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,20 +100,21 @@ class Sender:
         self._timeout = timeout
         self._capture_bytes = capture_bytes
         self._max_connections = max_connections
-        self._user_agent = user_agent
+        # Built once, not per attempt. Only the start of a response is kept, so compression would
+        # buy nothing; identity only asks: an encoded answer is never inflated (`_read_capped`).
+        self._own_headers = [("user-agent", user_agent), ("accept-encoding", "identity")]
+        self._own_names = frozenset(name for name, _ in self._own_headers)
         self._address_check = address_check
-        self._client = httpx.AsyncClient(
-            # The transport calls the factory on first use, inside the loop aiohttp binds to.
-            transport=_Transport(
-                client=self._new_session,
-                withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
-            ),
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-            # A cookie one receiver sets must never reach another receiver on the same host.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        # The transport calls the factory on first use, inside the loop aiohttp binds to.
+        self._transport = _Transport(
+            client=self._new_session,
+            withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
         )
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        # Attempts go to the transport directly, below the client: an attempt wants none of its
+        # cookie jar, redirects or auth, which cost CPU on every answer all the same. The client
+        # stays as the transport's owner, where tracing instruments it.
+        self._client = httpx.AsyncClient(transport=self._transport, trust_env=False)
         tracing.instrument(self._client)  # a client span per request, when tracing
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
@@ -124,19 +126,24 @@ class Sender:
         encoding = "identity"
         error: str | None = None
         try:
-            self._check_target(url)
+            request = httpx.Request(
+                "POST",
+                self._target(url),
+                content=body,
+                headers=self._headers(headers),
+                extensions=self._extensions,
+            )
             # httpx's timeouts reach aiohttp as per-read socket timeouts, which a body dripped
             # byte by byte never trips; this bounds the whole attempt, pool wait included.
-            async with (
-                asyncio.timeout(self._timeout),
-                self._client.stream(
-                    "POST", url, content=body, headers=self._headers(headers)
-                ) as response,
-            ):
-                status = response.status_code
-                retry_after = response.headers.get("retry-after")
-                encoding = response.headers.get("content-encoding", "identity").strip()
-                await _read_capped(response, captured, self._capture_bytes)
+            async with asyncio.timeout(self._timeout):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    status = response.status_code
+                    retry_after = response.headers.get("retry-after")
+                    encoding = response.headers.get("content-encoding", "identity").strip()
+                    await _read_capped(response, captured, self._capture_bytes)
+                finally:
+                    await response.aclose()
         except (_Refused, httpx.HTTPError, httpx.InvalidURL, aiohttp.ClientError, OSError) as exc:
             error = _describe(exc, self._timeout, status)
         return SendResult(
@@ -162,26 +169,29 @@ class Sender:
     ) -> None:
         await self.aclose()
 
-    def _check_target(self, url: str) -> None:
-        """Refuse a non-HTTP URL or a disallowed IP literal before any connection is tried."""
-        parsed = httpx.URL(url)
+    def _target(self, url: str) -> httpx.URL:
+        """Parse `url`, refusing a non-HTTP URL or a disallowed IP literal before any connection.
+
+        The request is built from this parse: the address checked is the address dialled.
+        """
+        parsed, literal = _parse(url)
         if parsed.scheme not in ("http", "https"):
             raise _Refused(f"unsupported url scheme {parsed.scheme!r}")
-        try:
-            literal = ipaddress.ip_address(parsed.host)
-        except ValueError:
-            return
-        # aiohttp never asks the resolver about IP literals, so they are checked here.
-        if self._address_check is not None and not self._address_check(literal):
+        # aiohttp never asks the resolver about IP literals, so they are checked here; a name's
+        # addresses are checked as it resolves.
+        if (
+            literal is not None
+            and self._address_check is not None
+            and not self._address_check(literal)
+        ):
             raise _Refused(f"blocked: {parsed.host} is a disallowed address")
+        return parsed
 
-    def _headers(self, headers: Mapping[str, str]) -> httpx.Headers:
-        merged = httpx.Headers(headers)
-        merged["user-agent"] = self._user_agent
-        # Only the start of a response is kept, so compression would buy nothing. This only
-        # asks: an encoded answer is still never inflated (see `_read_capped`).
-        merged["accept-encoding"] = "identity"
-        return merged
+    def _headers(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
+        """The caller's headers, with the sender's own in place of any of the same names."""
+        return [
+            (name, value) for name, value in headers.items() if name.lower() not in self._own_names
+        ] + self._own_headers
 
     def _new_session(self) -> aiohttp.ClientSession:
         resolver = (
@@ -198,6 +208,7 @@ class Sender:
         )
         return aiohttp.ClientSession(
             connector=connector,
+            # A receiver's cookie is never parsed, kept or sent: none reaches another receiver.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             # A receiver's answer head is bounded too (aiohttp's defaults, pinned here): longer
@@ -225,6 +236,20 @@ class _Transport(AiohttpTransport):
         for name in self._withheld:
             request.headers.pop(name, None)
         return await super().handle_async_request(request)
+
+
+@functools.lru_cache(maxsize=_PARSED_URLS)
+def _parse(url: str) -> tuple[httpx.URL, IPAddress | None]:
+    """`url` parsed, and its host as an IP address when it is one.
+
+    A webhook's every attempt goes to the same URL, so each is parsed once, not once per
+    attempt; the checks on the result still run on every attempt. httpx.URL is immutable.
+    """
+    parsed = httpx.URL(url)
+    try:
+        return parsed, ipaddress.ip_address(parsed.host)
+    except ValueError:
+        return parsed, None
 
 
 async def _read_capped(response: httpx.Response, into: bytearray, limit: int) -> None:

@@ -28,9 +28,9 @@ from relay.delivery.policy import judge
 from relay.delivery.store import DeliveryFilter
 from relay.errors import Conflict, RateLimited
 from relay.metrics import attempt_counters
+from relay.resources import USER_AGENT, Resources
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.sender import SendResult
-from relay.services import USER_AGENT, Services
 from relay.store import codec
 from relay.store.events import StoredEvent
 from relay.timefmt import from_timestamp
@@ -122,7 +122,7 @@ def _unsent(error: str) -> SendResult:
 
 
 async def _send(
-    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+    svc: Resources, webhook: Webhook, claim: Claim, body: bytes
 ) -> tuple[SendResult, dict[str, str]]:
     """Prepare and make the attempt; a failure to prepare is the attempt's error, never raised."""
     try:
@@ -143,7 +143,7 @@ async def _send(
 
 
 async def _attempt(
-    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+    svc: Resources, webhook: Webhook, claim: Claim, body: bytes
 ) -> tuple[Settlement, bool]:
     """Make the attempt and judge it: the settlement, and whether the endpoint is gone (410)."""
     result, headers = await _send(svc, webhook, claim, body)
@@ -196,7 +196,7 @@ async def _attempt(
     return settlement, verdict.disable_webhook
 
 
-def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
+def _broken(svc: Resources, claim: Claim, exc: Exception) -> Settlement:
     """An attempt that failed inside relay: a failed attempt like any other, retried on schedule."""
     error = f"relay could not make the attempt: {type(exc).__name__}: {exc}"
     verdict = judge(
@@ -229,7 +229,7 @@ def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
     )
 
 
-async def _settle(svc: Services, claim: Claim, settlement: Settlement, patience: float) -> Settled:
+async def _settle(svc: Resources, claim: Claim, settlement: Settlement, patience: float) -> Settled:
     """Settle, trying again while Redis is away for up to `patience` seconds (the lease).
 
     After that the lease has run out and another worker repeats the attempt: at least once.
@@ -245,7 +245,7 @@ async def _settle(svc: Services, claim: Claim, settlement: Settlement, patience:
             await backoff.wait()
 
 
-async def deliver(svc: Services, claim: Claim, patience: float) -> None:
+async def deliver(svc: Resources, claim: Claim, patience: float) -> None:
     """Make one claimed attempt, log it, and schedule what comes next.
 
     Whatever goes wrong in between ends as a logged, failed attempt with its reason: a claimed
@@ -255,7 +255,7 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
         await _deliver(svc, claim, patience)
 
 
-async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
+async def _deliver(svc: Resources, claim: Claim, patience: float) -> None:
     gone = False
     try:
         webhook, settlement = _no_attempt(claim)
@@ -325,7 +325,7 @@ def _disable_reason(
     return None
 
 
-async def retry(svc: Services, delivery: Delivery) -> Delivery:
+async def retry(svc: Resources, delivery: Delivery) -> Delivery:
     """A finished delivery starts a fresh schedule now (history kept); a pending one gets a
     manual attempt now, which leaves its schedule as it was (one due already just goes)."""
     now_ms, [outcome] = await svc.deliveries.restart([delivery.id], RETRYABLE)
@@ -346,7 +346,7 @@ async def retry(svc: Services, delivery: Delivery) -> Delivery:
     )
 
 
-async def cancel(svc: Services, delivery: Delivery) -> Delivery:
+async def cancel(svc: Resources, delivery: Delivery) -> Delivery:
     """Cancel a pending delivery: it is never sent afterwards."""
     outcome = await svc.deliveries.cancel(delivery.id)
     if outcome == "missing":  # it has left Redis: it ended, as history says
@@ -356,7 +356,7 @@ async def cancel(svc: Services, delivery: Delivery) -> Delivery:
     return await svc.deliveries.get(delivery.id)
 
 
-async def retry_failures(svc: Services, event: StoredEvent) -> int:
+async def retry_failures(svc: Resources, event: StoredEvent) -> int:
     """Send an event's failed deliveries again; how many went."""
     failed_only = frozenset({Status.FAILED})
     requeued = 0
@@ -378,7 +378,7 @@ def _selection(record: dict[str, str]) -> DeliveryFilter:
 
 
 async def _recover_step(
-    svc: Services, selection: DeliveryFilter, cursor: str
+    svc: Resources, selection: DeliveryFilter, cursor: str
 ) -> tuple[str, int, bool]:
     """Restart the failed deliveries of one batch; (new cursor, how many went, finished)."""
     batch = await svc.deliveries.failed_after(selection, cursor, RECOVER_BATCH)
@@ -388,7 +388,7 @@ async def _recover_step(
     return batch[-1], outcomes.count("ok"), len(batch) < RECOVER_BATCH
 
 
-async def recover(svc: Services, selection: DeliveryFilter) -> dict[str, object]:
+async def recover(svc: Resources, selection: DeliveryFilter) -> dict[str, object]:
     """Send again every failed delivery `selection` names (its webhook, tenant and event type
     when set) created in [since, until].
 
@@ -423,7 +423,7 @@ async def recover(svc: Services, selection: DeliveryFilter) -> dict[str, object]
     return recovery_view(await svc.deliveries.recovery(recovery_id))
 
 
-async def continue_recovery(svc: Services, recovery_id: str) -> None:
+async def continue_recovery(svc: Resources, recovery_id: str) -> None:
     """Run a recovery's remaining batches, saving progress after each (a re-run resumes)."""
     record = await svc.deliveries.recovery(recovery_id)
     cursor, requeued = record["cursor"], int(record["requeued"])
@@ -451,7 +451,7 @@ def recovery_view(record: dict[str, str]) -> dict[str, object]:
     }
 
 
-async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[str, object]:
+async def send_test(svc: Resources, webhook: Webhook, event_type: str) -> dict[str, object]:
     """Send a signed sample event now, record what the endpoint answered, and return it.
 
     Limited per tenant: otherwise any tenant could make relay POST to any public host on demand.

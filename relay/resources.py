@@ -62,7 +62,7 @@ def keyring(settings: Settings) -> Keyring:
 
 
 @dataclass(slots=True)
-class Services:
+class Resources:
     """The process's shared resources."""
 
     settings: Settings
@@ -85,8 +85,8 @@ class Services:
     counts: Counts = field(default_factory=Counts)
 
     @classmethod
-    def open(cls, settings: Settings) -> Services:
-        """Build the services for a process (connections open lazily)."""
+    def open(cls, settings: Settings) -> Resources:
+        """Build the resources for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
         replicas = Replicas(redis, settings.redis_min_replicas)
         database = Database(require_database_url(settings))
@@ -135,7 +135,7 @@ class Services:
         await self.database.aclose()
 
 
-def services(request: Request) -> Services:
-    """The services of the app serving `request`."""
-    ctx: Services = request.app.state.services
+def resources(request: Request) -> Resources:
+    """The resources of the app serving `request`."""
+    ctx: Resources = request.app.state.resources
     return ctx

@@ -14,8 +14,7 @@ from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import service
-from relay.errors import RelayError
-from relay.ingest import (
+from relay.delivery.accept import (
     BatchIn,
     EventIn,
     Outcome,
@@ -25,6 +24,7 @@ from relay.ingest import (
     event_summary,
     event_view,
 )
+from relay.errors import RelayError
 from relay.resources import resources
 from relay.roles import Role
 from relay.store.events import EventFilter, StoredEvent

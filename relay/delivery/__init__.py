@@ -13,6 +13,8 @@
                               due already, due now
 
 - `model.py`    statuses and transitions, declared once
+- `accept.py`   the first transition, new → pending: validate an event, fan it out to the
+                tenant's webhooks, store it durably
 - `policy.py`   the retry schedule and what an attempt's result means (pure)
 - `concurrency.py` how many attempts an endpoint may have in flight, adapted to its answers
                 (pure)

@@ -26,7 +26,7 @@ from redis.exceptions import OutOfMemoryError
 
 from relay import liveness, logs, tasks
 from relay.config import Settings, redacted_url
-from relay.delivery import service
+from relay.delivery import attempt, recovery
 from relay.delivery.model import Claim
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.queue import job_worker
@@ -179,7 +179,7 @@ class DeliveryWorker:
 
     async def _attempt(self, claim: Claim) -> None:
         try:
-            await service.deliver(self._svc, claim, self._lease_ms / 1000)
+            await attempt.deliver(self._svc, claim, self._lease_ms / 1000)
         except REDIS_AWAY as exc:
             log.warning("delivery %s: %s; its lease will run out", claim.delivery_id, exc)
         except POSTGRES_AWAY as exc:
@@ -268,7 +268,7 @@ async def _keep_partitions(svc: Resources, now_ms: int) -> None:
 
 
 async def _recover_job(ctx: dict[str, Any], recovery_id: str) -> None:
-    await service.continue_recovery(ctx["resources"], recovery_id)
+    await recovery.continue_recovery(ctx["resources"], recovery_id)
 
 
 async def _jobs_forever(svc: Resources, stopping: asyncio.Event) -> None:
@@ -278,7 +278,7 @@ async def _jobs_forever(svc: Resources, stopping: asyncio.Event) -> None:
         # A client of its own, closed with the runner it served: arq keeps it busy polling.
         redis = connect_redis(require_redis_url(svc.settings))
         worker = job_worker(
-            redis, [(service.RECOVER_JOB, _recover_job)], {"resources": svc}, timeout_seconds=3600
+            redis, [(recovery.RECOVER_JOB, _recover_job)], {"resources": svc}, timeout_seconds=3600
         )
         main = asyncio.create_task(worker.main())
         stopped = asyncio.create_task(stopping.wait())

@@ -16,7 +16,7 @@ from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
 from relay.api.webhooks import ID, visible_webhook
 from relay.audit import Audit
-from relay.delivery import service
+from relay.delivery import actions, recovery
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
 from relay.errors import Invalid, NotFound
@@ -151,13 +151,13 @@ async def retry_delivery(request: Request, principal: Principal) -> Response:
     """A finished delivery starts again, a pending one gets a manual attempt now; 409 while
     delivering."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await service.retry(resources(request), delivery)).public(), 202)
+    return ok((await actions.retry(resources(request), delivery)).public(), 202)
 
 
 async def cancel_delivery(request: Request, principal: Principal) -> Response:
     """Cancel a pending delivery: it is never sent afterwards."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await service.cancel(resources(request), delivery)).public())
+    return ok((await actions.cancel(resources(request), delivery)).public())
 
 
 async def recover_webhook(request: Request, principal: Principal) -> Response:
@@ -168,7 +168,7 @@ async def recover_webhook(request: Request, principal: Principal) -> Response:
     selection = DeliveryFilter(
         webhook_id=webhook.id, tenant_id=webhook.tenant_id, since_ms=since_ms, until_ms=until_ms
     )
-    return _started(await service.recover(resources(request), selection))
+    return _started(await recovery.recover(resources(request), selection))
 
 
 async def start_recovery(request: Request, principal: Principal) -> Response:
@@ -189,7 +189,7 @@ async def start_recovery(request: Request, principal: Principal) -> Response:
         since_ms=since_ms,
         until_ms=until_ms,
     )
-    return _started(await service.recover(resources(request), selection))
+    return _started(await recovery.recover(resources(request), selection))
 
 
 async def _visible_recovery(request: Request, principal: Principal) -> dict[str, str]:
@@ -201,7 +201,7 @@ async def _visible_recovery(request: Request, principal: Principal) -> dict[str,
 
 async def get_recovery(request: Request, principal: Principal) -> Response:
     """How far a recovery has got."""
-    return ok(service.recovery_view(await _visible_recovery(request, principal)))
+    return ok(recovery.recovery_view(await _visible_recovery(request, principal)))
 
 
 async def get_webhook_recovery(request: Request, principal: Principal) -> Response:
@@ -210,7 +210,7 @@ async def get_webhook_recovery(request: Request, principal: Principal) -> Respon
     record = await _visible_recovery(request, principal)
     if record["webhook_id"] != webhook.id:
         raise NotFound("No such recovery.")
-    return ok(service.recovery_view(record))
+    return ok(recovery.recovery_view(record))
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))

@@ -13,7 +13,7 @@ from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
-from relay.delivery import service
+from relay.delivery import actions
 from relay.delivery.accept import (
     BatchIn,
     EventIn,
@@ -95,7 +95,7 @@ async def retry_event(request: Request, principal: Principal) -> Response:
     """Send this event's failed deliveries again; delivered ones are left alone."""
     ctx = resources(request)
     event = await _visible_event(request, principal)
-    requeued = await service.retry_failures(ctx, event)
+    requeued = await actions.retry_failures(ctx, event)
     return ok({**await event_view(ctx, event), "requeued": requeued}, 202)
 
 

@@ -14,7 +14,7 @@ from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.audit import Audit, webhook_change
-from relay.delivery import service
+from relay.delivery import sample
 from relay.errors import Invalid
 from relay.resources import Resources, resources
 from relay.timefmt import from_timestamp
@@ -163,7 +163,7 @@ async def send_test_event(request: Request, principal: Principal) -> Response:
     """Send a signed sample event to the webhook now and report what its endpoint answered."""
     spec = await read_model(request, SampleSend)
     webhook = await visible_webhook(request, principal, spec.webhook_id)
-    return ok(await service.send_test(resources(request), webhook, spec.type))
+    return ok(await sample.send_test(resources(request), webhook, spec.type))
 
 
 async def list_tests(request: Request, principal: Principal) -> Response:

@@ -22,8 +22,11 @@
                 gives every script Redis's clock (`TIME`), so no worker's clock decides anything
 - `store.py`    the only delivery code that knows Redis key names
 - `queue.py`    the only module that imports arq (background jobs: recoveries)
-- `service.py`  the use cases: attempt, retry, cancel, recover, retry an event, test send —
-                `receiver_request` builds what a receiver gets, for all of them
+- `attempt.py`  making one claimed attempt: send, judge, settle, disable a gone endpoint —
+                `receiver_request` builds what a receiver gets, for attempts and test sends
+- `actions.py`  what operators do: retry a delivery, cancel one, retry an event's failures
+- `recovery.py` sending a window's failed deliveries again, as a resumable background job
+- `sample.py`   test sends: a signed sample event sent to a webhook now
 - `outage.py`   riding out Redis outages: backoff
 
 Each endpoint's queue is a sorted set of its delivery ids scored by due time (pending) or lease

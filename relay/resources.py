@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from relay import __version__
 from relay.config import Settings
+from relay.delivery.handover import HistoryHandover
 from relay.delivery.queue import JobQueue
 from relay.delivery.store import DeliveryStore
 from relay.history.db import Database
@@ -80,6 +81,7 @@ class Resources:
     test_sends: WindowLimiter  # per tenant and minute: each makes relay POST somewhere at once
     auth_failures: AuthFailureLimiter
     deliveries: DeliveryStore
+    handover: HistoryHandover  # records on their way to history, for its writer
     jobs: JobQueue
     database: Database
     counts: Counts = field(default_factory=Counts)
@@ -124,6 +126,7 @@ class Resources:
                 archive,
                 replicas=replicas,
             ),
+            handover=HistoryHandover(redis, replicas),
             jobs=JobQueue(redis),
             database=database,
         )

@@ -336,7 +336,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.counts)),
             asyncio.create_task(
                 HistoryWriter(
-                    svc.deliveries, await svc.database.pool(), worker_name(), svc.counts
+                    svc.handover, await svc.database.pool(), worker_name(), svc.counts
                 ).run(stopping)
             ),
         ]

@@ -20,7 +20,10 @@
                 (pure)
 - `scripts/`    one Lua script per transition, each taking one JSON argument; `prelude.lua`
                 gives every script Redis's clock (`TIME`), so no worker's clock decides anything
-- `store.py`    the only delivery code that knows Redis key names
+- `store.py`    the transitions in Redis (each script run with its key names) and the reads of
+                deliveries
+- `handover.py` the hand-over to history: the stream of ended records, read by the history
+                writer, and their release from Redis once PostgreSQL holds them
 - `queue.py`    the only module that imports arq (background jobs: recoveries)
 - `attempt.py`  making one claimed attempt: send, judge, settle, disable a gone endpoint —
                 `receiver_request` builds what a receiver gets, for attempts and test sends

@@ -25,6 +25,7 @@ from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import AuthFailureLimiter, WindowLimiter
+from relay.store.recoveries import RecoveryStore
 from relay.store.replicas import Replicas
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
@@ -82,6 +83,7 @@ class Resources:
     auth_failures: AuthFailureLimiter
     deliveries: DeliveryStore
     handover: HistoryHandover  # records on their way to history, for its writer
+    recoveries: RecoveryStore
     jobs: JobQueue
     database: Database
     counts: Counts = field(default_factory=Counts)
@@ -127,6 +129,7 @@ class Resources:
                 replicas=replicas,
             ),
             handover=HistoryHandover(redis, replicas),
+            recoveries=RecoveryStore(redis, settings.retention_seconds),
             jobs=JobQueue(redis),
             database=database,
         )

@@ -193,7 +193,7 @@ async def start_recovery(request: Request, principal: Principal) -> Response:
 
 
 async def _visible_recovery(request: Request, principal: Principal) -> dict[str, str]:
-    record = await resources(request).deliveries.recovery(request.path_params["recovery_id"])
+    record = await resources(request).recoveries.recovery(request.path_params["recovery_id"])
     # One of every tenant's (tenant_id empty) is an admin's alone.
     principal.check_visible(record["tenant_id"], "recovery")
     return record

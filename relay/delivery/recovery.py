@@ -59,7 +59,7 @@ async def recover(svc: Resources, selection: DeliveryFilter) -> dict[str, object
     cursor, requeued, done = await _recover_step(
         svc, _selection(record), ids.time_floor("dlv", since_ms)
     )
-    await svc.deliveries.start_recovery(
+    await svc.recoveries.start_recovery(
         recovery_id,
         {
             **record,
@@ -70,18 +70,18 @@ async def recover(svc: Resources, selection: DeliveryFilter) -> dict[str, object
     )
     if not done:
         await svc.jobs.enqueue(RECOVER_JOB, recovery_id, recovery_id)
-    return recovery_view(await svc.deliveries.recovery(recovery_id))
+    return recovery_view(await svc.recoveries.recovery(recovery_id))
 
 
 async def continue_recovery(svc: Resources, recovery_id: str) -> None:
     """Run a recovery's remaining batches, saving progress after each (a re-run resumes)."""
-    record = await svc.deliveries.recovery(recovery_id)
+    record = await svc.recoveries.recovery(recovery_id)
     cursor, requeued = record["cursor"], int(record["requeued"])
     done = record["status"] == "done"
     while not done:
         cursor, went, done = await _recover_step(svc, _selection(record), cursor)
         requeued += went
-        await svc.deliveries.recovery_progress(recovery_id, cursor, requeued, done)
+        await svc.recoveries.recovery_progress(recovery_id, cursor, requeued, done)
 
 
 def recovery_view(record: dict[str, str]) -> dict[str, object]:

@@ -1090,34 +1090,6 @@ class DeliveryStore:
         rows = await self._redis.lrange(keys.webhook_tests(webhook_id), 0, -1)  # type: ignore[misc]
         return [codec.loads(r) for r in rows]
 
-    async def start_recovery(self, recovery_id: str, record: dict[str, str | int]) -> None:
-        """Store a new recovery's progress record."""
-        key = keys.recovery(recovery_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.expire(key, self._retention)
-            await pipe.execute()
-
-    async def recovery_progress(
-        self, recovery_id: str, cursor: str, requeued: int, done: bool
-    ) -> None:
-        """Advance a recovery: where it got to, how many went again, whether it finished."""
-        await self._redis.hset(  # type: ignore[misc]
-            keys.recovery(recovery_id),
-            mapping={
-                "cursor": cursor,
-                "requeued": requeued,
-                "status": "done" if done else "running",
-            },
-        )
-
-    async def recovery(self, recovery_id: str) -> dict[str, str]:
-        """A recovery's progress record, or NotFound."""
-        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.recovery(recovery_id))  # type: ignore[misc]
-        if not raw:
-            raise NotFound("No such recovery.")
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
 
 def _upstream_key(tenant_id: str, upstream_id: str | None) -> str | None:
     """The key that remembers an event's upstream id, if it has one."""

@@ -27,6 +27,7 @@ from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import AuthFailureLimiter, WindowLimiter
 from relay.store.recoveries import RecoveryStore
 from relay.store.replicas import Replicas
+from relay.store.samples import SampleLog
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 
@@ -84,6 +85,7 @@ class Resources:
     deliveries: DeliveryStore
     handover: HistoryHandover  # records on their way to history, for its writer
     recoveries: RecoveryStore
+    sample_log: SampleLog  # each webhook's recent test sends
     jobs: JobQueue
     database: Database
     counts: Counts = field(default_factory=Counts)
@@ -130,6 +132,7 @@ class Resources:
             ),
             handover=HistoryHandover(redis, replicas),
             recoveries=RecoveryStore(redis, settings.retention_seconds),
+            sample_log=SampleLog(redis, settings.retention_seconds),
             jobs=JobQueue(redis),
             database=database,
         )

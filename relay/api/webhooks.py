@@ -169,7 +169,7 @@ async def send_test_event(request: Request, principal: Principal) -> Response:
 async def list_tests(request: Request, principal: Principal) -> Response:
     """The webhook's recent test sends and what its endpoint answered, newest first."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return listing(await resources(request).deliveries.tests(webhook.id), None)
+    return listing(await resources(request).sample_log.tests(webhook.id), None)
 
 
 OPERATIONS = [

@@ -40,5 +40,5 @@ async def send_test(svc: Resources, webhook: Webhook, event_type: str) -> dict[s
         "response_body": result.response_body,
         "request_headers": request.logged_headers,
     }
-    await svc.deliveries.record_test(webhook.id, view)
+    await svc.sample_log.record_test(webhook.id, view)
     return view

@@ -298,8 +298,6 @@ _REQUEUE_BATCH = 500
 _UNBOUNDED = 2**31
 # What settle answers for a delivery no longer in Redis: history has to be read for it.
 _GONE = -1
-# Test sends kept per webhook.
-_TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
 # accept that looked in history just before the event was written there. After it, the API
 # finds the id in history (`EventStore.first_with_upstream_id`); Redis does not grow with it.
@@ -1075,20 +1073,6 @@ class DeliveryStore:
     async def take_maintenance_lock(self, seconds: int) -> bool:
         """Whether this process may run the retention pass now (one at a time)."""
         return bool(await self._redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
-
-    async def record_test(self, webhook_id: str, result: dict[str, object]) -> None:
-        """Keep a test send's result with the webhook's recent ones (newest first)."""
-        key = keys.webhook_tests(webhook_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, codec.dumps(result))
-            pipe.ltrim(key, 0, _TESTS_KEPT - 1)
-            pipe.expire(key, self._retention)
-            await pipe.execute()
-
-    async def tests(self, webhook_id: str) -> list[dict[str, object]]:
-        """A webhook's recent test sends, newest first."""
-        rows = await self._redis.lrange(keys.webhook_tests(webhook_id), 0, -1)  # type: ignore[misc]
-        return [codec.loads(r) for r in rows]
 
 
 def _upstream_key(tenant_id: str, upstream_id: str | None) -> str | None:

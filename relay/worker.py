@@ -22,6 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from relay import liveness, logs, tasks
@@ -36,6 +37,7 @@ from relay.history.db import POSTGRES_AWAY
 from relay.history.writer import HistoryWriter
 from relay.presence import flush, keep_announcing, worker_name
 from relay.resources import Resources, require_redis_url
+from relay.store import keys
 from relay.store.connect import connect_redis
 
 log = logging.getLogger("relay.worker")
@@ -230,8 +232,13 @@ async def _finish_abandoned(svc: Resources) -> None:
 
 
 async def _retention(svc: Resources) -> None:
-    if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
+    if await _take_maintenance_lock(svc.redis, _MAINTENANCE_LOCK_SECONDS):
         await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+
+
+async def _take_maintenance_lock(redis: Redis, seconds: int) -> bool:
+    """Whether this process may run the retention pass now (one at a time)."""
+    return bool(await redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
 
 
 _STEPS = (

@@ -1070,10 +1070,6 @@ class DeliveryStore:
         that may have failed: the failed ones and those in flight."""
         return await self._archive.failed_after(query, after, count)
 
-    async def take_maintenance_lock(self, seconds: int) -> bool:
-        """Whether this process may run the retention pass now (one at a time)."""
-        return bool(await self._redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
-
 
 def _upstream_key(tenant_id: str, upstream_id: str | None) -> str | None:
     """The key that remembers an event's upstream id, if it has one."""

@@ -21,7 +21,7 @@ from relay.api.request_log import RequestLog
 from relay.api.routing import Operation, routes
 from relay.config import Settings
 from relay.presence import flush, keep_announcing
-from relay.services import Services
+from relay.resources import Resources
 
 OPERATIONS: list[Operation] = [
     *tokens.OPERATIONS,
@@ -46,23 +46,23 @@ class _Relay(Starlette):
 
 
 def create_app(settings: Settings) -> Starlette:
-    """The API app; its lifespan opens and closes the process's services."""
+    """The API app; its lifespan opens and closes the process's resources."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.services = Services.open(settings)
+        app.state.resources = Resources.open(settings)
         # Like the worker: start serving once PostgreSQL answers with the schema this release
         # knows; another version stops the start-up, naming `relay migrate`.
-        await app.state.services.database.wait()
+        await app.state.resources.database.wait()
         counting = asyncio.create_task(
-            keep_announcing(app.state.services.redis, None, app.state.services.counts)
+            keep_announcing(app.state.resources.redis, None, app.state.resources.counts)
         )
         try:
             yield
         finally:
             await tasks.cancel([counting])
-            await flush(app.state.services.redis, None, app.state.services.counts)
-            await app.state.services.aclose()
+            await flush(app.state.resources.redis, None, app.state.resources.counts)
+            await app.state.resources.aclose()
 
     app = _Relay(
         routes=[

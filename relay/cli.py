@@ -60,7 +60,7 @@ def _settings(warn: Callable[[str], None] = _log_warning, **overrides: Any) -> S
 
 def _required(settings: Settings, need: Callable[[Settings], T]) -> T:
     """What `need` takes from the settings, or a CliError naming the missing variable."""
-    from relay.services import MissingSetting
+    from relay.resources import MissingSetting
 
     try:
         return need(settings)
@@ -70,7 +70,7 @@ def _required(settings: Settings, need: Callable[[Settings], T]) -> T:
 
 def _server_settings(warn: Callable[[str], None] = _log_warning) -> Settings:
     """Settings for `api` and `worker`, with what they cannot run without checked up front."""
-    from relay.services import keyring, require_database_url, require_redis_url
+    from relay.resources import keyring, require_database_url, require_redis_url
 
     settings = _settings(warn)
     for need in (require_redis_url, require_database_url, keyring):
@@ -93,7 +93,7 @@ def _redis_keeps_keys(settings: Settings) -> None:
     evict relay's keys."""
     from relay.config import redacted_url
     from relay.delivery.outage import REDIS_AWAY, Backoff
-    from relay.services import require_redis_url
+    from relay.resources import require_redis_url
     from relay.store.connect import connect_redis
     from relay.store.memory import eviction_risk, policy
 
@@ -367,7 +367,7 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
 def cmd_keys_reencrypt(_: argparse.Namespace) -> int:
     """Re-encrypt every secret at rest under the first RELAY_SECRET_KEYS key."""
-    from relay.services import keyring
+    from relay.resources import keyring
     from relay.store.connect import connect_redis
     from relay.store.idempotency import IdempotencyStore
     from relay.store.webhooks import WebhookStore
@@ -502,7 +502,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
     from relay.history import migrations
     from relay.history.db import POSTGRES_AWAY
-    from relay.services import require_database_url
+    from relay.resources import require_database_url
 
     settings = _settings()
     url = _required(settings, require_database_url)

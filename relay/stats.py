@@ -15,7 +15,7 @@ from datetime import datetime
 from relay.delivery.model import FINISHED
 from relay.history.reader import counters
 from relay.metrics import DURATION_BUCKETS
-from relay.services import Services
+from relay.resources import Resources
 from relay.store.metrics import backlog, webhook_backlog
 from relay.timefmt import from_timestamp, rfc3339
 
@@ -82,14 +82,14 @@ def _merge(rows: Iterable[Mapping[str, int]]) -> Counter[str]:
     return total
 
 
-async def _backlog(ctx: Services, scope: Scope) -> int:
+async def _backlog(ctx: Resources, scope: Scope) -> int:
     if scope.webhook_id is not None:
         return await webhook_backlog(ctx.redis, scope.webhook_id)
     return await backlog(ctx.redis, scope.tenant_id)
 
 
 async def overview(
-    ctx: Services, window: Window, moment: datetime, scope: Scope = Scope()
+    ctx: Resources, window: Window, moment: datetime, scope: Scope = Scope()
 ) -> dict[str, object]:
     """The window's totals and chart series, the backlog, and webhooks failing or disabled,
     all within `scope`."""

@@ -22,11 +22,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from relay import liveness, logs, tasks
 from relay.config import Settings, redacted_url
-from relay.delivery import service
+from relay.delivery import attempt, recovery
 from relay.delivery.model import Claim
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.queue import job_worker
@@ -35,7 +36,8 @@ from relay.history import partitions
 from relay.history.db import POSTGRES_AWAY
 from relay.history.writer import HistoryWriter
 from relay.presence import flush, keep_announcing, worker_name
-from relay.services import Services, require_redis_url
+from relay.resources import Resources, require_redis_url
+from relay.store import keys
 from relay.store.connect import connect_redis
 
 log = logging.getLogger("relay.worker")
@@ -67,7 +69,7 @@ _ABANDONED_AFTER_MS = 30_000
 class DeliveryWorker:
     """Claims and attempts deliveries until stopped."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Resources) -> None:
         self._svc = svc
         self._owner = new_owner()
         self._lease_ms = int((svc.settings.delivery_timeout + _LEASE_SLACK_SECONDS) * 1000)
@@ -179,7 +181,7 @@ class DeliveryWorker:
 
     async def _attempt(self, claim: Claim) -> None:
         try:
-            await service.deliver(self._svc, claim, self._lease_ms / 1000)
+            await attempt.deliver(self._svc, claim, self._lease_ms / 1000)
         except REDIS_AWAY as exc:
             log.warning("delivery %s: %s; its lease will run out", claim.delivery_id, exc)
         except POSTGRES_AWAY as exc:
@@ -198,7 +200,7 @@ class DeliveryWorker:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
-async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
+async def _maintain_forever(svc: Resources, stopping: asyncio.Event) -> None:
     """Requeue what an older relay queued; finish abandoned accepts; and history's partitions,
     by one worker at a time. Waits out outages; any other failure is logged and tried again at
     the next pass."""
@@ -219,19 +221,24 @@ async def _maintain_forever(svc: Services, stopping: asyncio.Event) -> None:
             await asyncio.wait_for(stopping.wait(), _MAINTAIN_EVERY_SECONDS)
 
 
-async def _requeue_old_layout(svc: Services) -> None:
+async def _requeue_old_layout(svc: Resources) -> None:
     if moved := await svc.deliveries.requeue_old_layout():
         log.warning("moved %d deliveries an older relay queued into endpoint queues", moved)
 
 
-async def _finish_abandoned(svc: Services) -> None:
+async def _finish_abandoned(svc: Resources) -> None:
     if finished := await svc.deliveries.finish_abandoned(_ABANDONED_AFTER_MS):
         log.warning("finished %d accepts that their API process abandoned", finished)
 
 
-async def _retention(svc: Services) -> None:
-    if await svc.deliveries.take_maintenance_lock(_MAINTENANCE_LOCK_SECONDS):
+async def _retention(svc: Resources) -> None:
+    if await _take_maintenance_lock(svc.redis, _MAINTENANCE_LOCK_SECONDS):
         await _keep_partitions(svc, await svc.deliveries.redis_now_ms())
+
+
+async def _take_maintenance_lock(redis: Redis, seconds: int) -> bool:
+    """Whether this process may run the retention pass now (one at a time)."""
+    return bool(await redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
 
 
 _STEPS = (
@@ -241,7 +248,7 @@ _STEPS = (
 )
 
 
-async def _maintain(svc: Services) -> None:
+async def _maintain(svc: Resources) -> None:
     """One pass: each step, whatever became of the other; an outage ends the pass (to wait)."""
     for what, step in _STEPS:
         try:
@@ -257,7 +264,7 @@ async def _maintain(svc: Services) -> None:
             log.exception("maintenance could not %s; trying again at the next pass", what)
 
 
-async def _keep_partitions(svc: Services, now_ms: int) -> None:
+async def _keep_partitions(svc: Resources, now_ms: int) -> None:
     """History's partitions: the next days' made ahead, those past retention dropped."""
     today = datetime.fromtimestamp(now_ms / 1000, UTC).date()
     oldest_kept = today - timedelta(days=svc.settings.retention_days)
@@ -268,17 +275,17 @@ async def _keep_partitions(svc: Services, now_ms: int) -> None:
 
 
 async def _recover_job(ctx: dict[str, Any], recovery_id: str) -> None:
-    await service.continue_recovery(ctx["services"], recovery_id)
+    await recovery.continue_recovery(ctx["resources"], recovery_id)
 
 
-async def _jobs_forever(svc: Services, stopping: asyncio.Event) -> None:
+async def _jobs_forever(svc: Resources, stopping: asyncio.Event) -> None:
     """arq's worker for background jobs, started again whenever Redis drops it."""
     backoff = Backoff()
     while not stopping.is_set():
         # A client of its own, closed with the runner it served: arq keeps it busy polling.
         redis = connect_redis(require_redis_url(svc.settings))
         worker = job_worker(
-            redis, [(service.RECOVER_JOB, _recover_job)], {"services": svc}, timeout_seconds=3600
+            redis, [(recovery.RECOVER_JOB, _recover_job)], {"resources": svc}, timeout_seconds=3600
         )
         main = asyncio.create_task(worker.main())
         stopped = asyncio.create_task(stopping.wait())
@@ -292,7 +299,7 @@ async def _jobs_forever(svc: Services, stopping: asyncio.Event) -> None:
             await backoff.wait()
 
 
-async def wait_for_redis(svc: Services, stopping: asyncio.Event) -> bool:
+async def wait_for_redis(svc: Resources, stopping: asyncio.Event) -> bool:
     """Wait until Redis answers, saying so once per try; False if stopped meanwhile."""
     backoff = Backoff()
     while not stopping.is_set():
@@ -307,7 +314,7 @@ async def wait_for_redis(svc: Services, stopping: asyncio.Event) -> bool:
 
 async def run(settings: Settings) -> None:
     """Run one worker until SIGTERM or SIGINT, then drain its attempts in flight."""
-    svc = Services.open(settings)
+    svc = Resources.open(settings)
     stopping = asyncio.Event()
     worker = DeliveryWorker(svc)
     loop = asyncio.get_running_loop()
@@ -336,7 +343,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(keep_announcing(svc.redis, worker_name(), svc.counts)),
             asyncio.create_task(
                 HistoryWriter(
-                    svc.deliveries, await svc.database.pool(), worker_name(), svc.counts
+                    svc.handover, await svc.database.pool(), worker_name(), svc.counts
                 ).run(stopping)
             ),
         ]

@@ -26,8 +26,8 @@ from _pytest.nodeid import NodeId
 
 from relay.app import create_app
 from relay.config import Settings, load_settings
+from relay.delivery.handover import HistoryHandover
 from relay.delivery.outage import REDIS_AWAY
-from relay.delivery.store import DeliveryStore
 from relay.history import migrations
 from relay.history.db import POSTGRES_AWAY, Database
 from relay.history.reader import PostgresArchive
@@ -159,14 +159,16 @@ class _HistoryFirst(httpx.ASGITransport):
         assert settings.redis_url and settings.database_url
         self._redis = connect_redis(settings.redis_url)
         self._database = Database(settings.database_url)
-        self._store = DeliveryStore(self._redis, 3600, 3600, PostgresArchive(self._database))
+        self._handover = HistoryHandover(self._redis)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if request.method == "GET" and (path.endswith("/deliveries") or path == "/v1/events"):
             with contextlib.suppress(*REDIS_AWAY, *POSTGRES_AWAY):
-                writer = HistoryWriter(self._store, await self._database.pool(), "tests", Counts())
-                while handed := await self._store.handed_over("tests", BATCH, None):
+                writer = HistoryWriter(
+                    self._handover, await self._database.pool(), "tests", Counts()
+                )
+                while handed := await self._handover.handed_over("tests", BATCH, None):
                     await writer.flush(handed)
         return await super().handle_async_request(request)
 

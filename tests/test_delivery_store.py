@@ -13,6 +13,7 @@ import redis.asyncio
 
 from relay import ids
 from relay.delivery.archive import Archive
+from relay.delivery.handover import HistoryHandover
 from relay.delivery.model import RETRYABLE, Attempt, Claim, Settlement, Status, Trigger
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
@@ -290,20 +291,21 @@ async def test_a_late_2xx_reaches_a_delivery_that_only_history_holds(
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:
     store, [delivery_id] = await _store_with(redis_client, archive)
+    handover = HistoryHandover(redis_client)
     stale, fresh = await _taken_over(store)
     assert (await store.settle(fresh, _result(503))).written
     # History writes the failed delivery and Redis lets it go, all before a's answer comes back.
     database = Database(postgres_server.url)
     try:
-        handed = await store.handed_over("writer", 10, 10)
+        handed = await handover.handed_over("writer", 10, 10)
         await writer.write(await database.pool(), handed, set())
-        await store.release(handed)
+        await handover.release(handed)
         assert not await redis_client.exists(keys.delivery(delivery_id))
 
         assert (await store.settle(stale, _result(200))).written
-        handed = await store.handed_over("writer", 10, 10)
+        handed = await handover.handed_over("writer", 10, 10)
         await writer.write(await database.pool(), handed, set())
-        await store.release(handed)
+        await handover.release(handed)
     finally:
         await database.aclose()
     delivery = await store.get(delivery_id)
@@ -315,6 +317,7 @@ async def test_a_late_attempt_is_history_s_newest_state_even_by_a_clock_running_
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:
     store, [delivery_id] = await _store_with(redis_client, archive)
+    handover = HistoryHandover(redis_client)
     stale, fresh = await _taken_over(store)
     assert (await store.settle(fresh, _result(503))).written
     # a's reading of Redis's clock runs behind b's: its 2xx comes back just after b's ending,
@@ -323,9 +326,9 @@ async def test_a_late_attempt_is_history_s_newest_state_even_by_a_clock_running_
     assert (await store.settle(lagging, _result(200))).written
     database = Database(postgres_server.url)
     try:
-        handed = await store.handed_over("writer", 10, 10)
+        handed = await handover.handed_over("writer", 10, 10)
         await writer.write(await database.pool(), handed, set())
-        await store.release(handed)
+        await handover.release(handed)
         assert not await redis_client.exists(keys.delivery(delivery_id))
     finally:
         await database.aclose()
@@ -656,26 +659,27 @@ async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store, planned = await _store_with(redis_client, archive, deliveries=3)
+    handover = HistoryHandover(redis_client)
     [first, *rest] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
     assert (await store.settle(first, _result(200))).written
     # History takes the event and one delivery: the event stays for the two still in flight.
-    handed = await store.handed_over("writer", 10, 10)
+    handed = await handover.handed_over("writer", 10, 10)
     assert len(handed) == 2
-    await store.release(handed)
+    await handover.release(handed)
     assert await redis_client.hget(keys.event(first.event_id), "live") == b"2"
     for claim in rest:
         assert (await store.settle(claim, _result(200))).written
-    handed = await store.handed_over("writer", 10, 10)
-    await store.release(handed)
+    handed = await handover.handed_over("writer", 10, 10)
+    await handover.release(handed)
     assert not await redis_client.exists(keys.event(first.event_id))
 
     store, planned = await _store_with(redis_client, archive, deliveries=3)
     for claim in (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims:
         assert (await store.settle(claim, _result(200))).written
-    handed = await store.handed_over("writer", 10, 10)
+    handed = await handover.handed_over("writer", 10, 10)
     assert len(handed) == 4
     await redis_client.config_resetstat()
-    await store.release(handed)
+    await handover.release(handed)
     # The script, its read of each of the three deliveries, one DEL for all, the entries'
     # acknowledgement and deletion: the batch holds every holder of the event, nothing to count.
     assert await _commands(redis_client) == 7
@@ -687,16 +691,17 @@ async def test_a_delivery_handed_over_twice_in_one_batch_lets_its_event_go_once(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store, _ = await _store_with(redis_client, archive, deliveries=2)
+    handover = HistoryHandover(redis_client)
     [first, second] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
     assert (await store.settle(first, _result(200))).written
-    handed = await store.handed_over("writer", 10, 10)
+    handed = await handover.handed_over("writer", 10, 10)
     [ended] = [h for h in handed if h.delivery is not None]
     # The same delivery twice (as a writer reading its entry again might hand it): it is one
     # holder, and the event stays for the delivery still in flight.
-    await store.release([*handed, ended])
+    await handover.release([*handed, ended])
     assert await redis_client.hget(keys.event(first.event_id), "live") == b"1"
     assert (await store.settle(second, _result(200))).written
-    await store.release(await store.handed_over("writer", 10, 10))
+    await handover.release(await handover.handed_over("writer", 10, 10))
     assert not await redis_client.exists(keys.event(first.event_id))
 
 

@@ -22,8 +22,9 @@ import redis.asyncio
 
 from relay import audit, ids
 from relay.delivery.archive import Archive
+from relay.delivery.handover import Handover, HistoryHandover
 from relay.delivery.model import Attempt, Settlement, Status, Transition
-from relay.delivery.store import DeliveryStore, Handover, NewEvent, PlannedDelivery, script_text
+from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery, script_text
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
 from relay.history.db import Database
@@ -609,6 +610,7 @@ async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_writte
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
+    handover = HistoryHandover(redis_client)
     await redis_client.set(
         keys.webhook("wh_1"), orjson.dumps({"id": "wh_1", "enabled": True, "tenant_id": "t1"})
     )
@@ -622,14 +624,14 @@ async def test_a_retry_brings_back_a_delivery_whose_event_history_has_not_writte
     assert (await store.settle(claim, failed)).written
     # The delivery's entry is written and released; its event's is not yet (another writer
     # holds it): history has the delivery, only Redis the event.
-    handed = await store.handed_over("writer", 10, 10)
+    handed = await handover.handed_over("writer", 10, 10)
     [finished] = [h for h in handed if h.delivery is not None]
     database = Database(postgres_server.url)
     try:
         await writer.write(await database.pool(), [finished], set())
     finally:
         await database.aclose()
-    await store.release([finished])
+    await handover.release([finished])
     assert not await redis_client.exists(keys.delivery(delivery_id))
 
     _, [outcome] = await store.restart([delivery_id], frozenset({Status.FAILED}))
@@ -644,6 +646,7 @@ async def test_a_large_payload_stays_out_of_the_history_stream_and_history_has_i
     redis_client: redis.asyncio.Redis, archive: Archive, postgres_server: PostgresServer
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive, payload_bytes_per_call=250_000)
+    handover = HistoryHandover(redis_client, payload_bytes_per_call=250_000)
     created = rfc3339(datetime.now(UTC))
     payloads = [orjson.dumps({"text": "x" * size}) for size in (100, *[100_000] * 5)]
     events = [
@@ -658,12 +661,12 @@ async def test_a_large_payload_stays_out_of_the_history_stream_and_history_has_i
     entries = await redis_client.xrange(keys.HISTORY)
     assert len(entries) == 6
     assert max(sum(len(k) + len(v) for k, v in f.items()) for _, f in entries) < 1024
-    handed = await store.handed_over("writer", 10, None)
+    handed = await handover.handed_over("writer", 10, None)
     assert [h.event.payload for h in handed if h.event] == payloads
     database = Database(postgres_server.url)
     try:
         await writer.write(await database.pool(), handed, set())
-        await store.release(handed)
+        await handover.release(handed)
         rows = await (await database.pool()).fetch("SELECT id, payload FROM events")
     finally:
         await database.aclose()
@@ -675,18 +678,19 @@ async def test_a_large_events_entry_read_again_after_its_event_left_redis_is_let
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store = DeliveryStore(redis_client, 3600, 3600, archive)
+    handover = HistoryHandover(redis_client)
     created = rfc3339(datetime.now(UTC))
     payload = orjson.dumps({"text": "x" * 10_000})
     event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, payload)
     await store.accept(event, [])
-    [first] = await store.handed_over("slow", 10, None)
+    [first] = await handover.handed_over("slow", 10, None)
     assert first.event is not None and first.event.payload == payload
     # Another writer adopted the entry, wrote the event and let it go from Redis; the slow
     # writer reads the entry again, and finds nothing left to write.
     await redis_client.delete(keys.event(event.id))
-    [again] = await store.unreleased("slow", 10)
+    [again] = await handover.unreleased("slow", 10)
     assert again.entry_id == first.entry_id and again.event is None and again.delivery is None
-    await store.release([again])
+    await handover.release([again])
     assert await redis_client.xlen(keys.HISTORY) == 0
 
 
@@ -718,10 +722,11 @@ async def _failed_into_history(
         for claim in claims:
             assert (await store.settle(claim, failed)).written
     database = Database(postgres_server.url)
+    handover = HistoryHandover(redis_client)
     try:
-        while handed := await store.handed_over("writer", 1000, None):
+        while handed := await handover.handed_over("writer", 1000, None):
             await writer.write(await database.pool(), handed, set())
-            await store.release(handed)
+            await handover.release(handed)
     finally:
         await database.aclose()
     assert not [k async for k in redis_client.scan_iter(match="relay:evt:*")]

@@ -16,7 +16,7 @@ import redis.asyncio
 from relay import worker
 from relay.config import Settings
 from relay.history import partitions
-from relay.services import Services
+from relay.resources import Resources
 from relay.store import codec, keys
 
 
@@ -36,7 +36,7 @@ async def test_a_failing_step_is_logged_with_its_traceback_and_maintenance_goes_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(worker, "_MAINTAIN_EVERY_SECONDS", 0.2)
-    svc = Services.open(settings_for())
+    svc = Resources.open(settings_for())
     # The farthest partition made ahead, not made yet: a pass that runs makes it.
     today = datetime.fromtimestamp(await svc.deliveries.redis_now_ms() / 1000, UTC).date()
     ahead = f"events_p{today + timedelta(days=partitions.DAYS_AHEAD):%Y%m%d}"

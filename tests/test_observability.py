@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from relay import tracing
 from relay.config import Settings
-from relay.services import Services
+from relay.resources import Resources
 from relay.worker import DeliveryWorker
 from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import post_event, wait_status, webhook
@@ -41,10 +41,10 @@ async def in_process_worker(
     settings_for: Callable[..., Settings],
 ) -> AsyncIterator[Callable[..., None]]:
     """A delivery worker in the test's own process, so its spans reach the in-memory exporter."""
-    running: list[tuple[DeliveryWorker, asyncio.Task[None], Services]] = []
+    running: list[tuple[DeliveryWorker, asyncio.Task[None], Resources]] = []
 
     def start(**overrides: Any) -> None:
-        svc = Services.open(settings_for(**overrides))
+        svc = Resources.open(settings_for(**overrides))
         worker = DeliveryWorker(svc)
         running.append((worker, asyncio.create_task(worker.run()), svc))
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from relay.delivery.archive import Archive
+from relay.delivery.handover import HistoryHandover
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.store.connect import connect_redis
 from relay.store.replicas import NotReplicated, Replicas
@@ -93,7 +94,9 @@ async def test_history_takes_a_record_only_once_the_replica_holds_it(
     own_redis: RedisServer, replica: RedisServer, archive: Archive
 ) -> None:
     client = connect_redis(own_redis.url)
-    store = DeliveryStore(client, 3600, 3600, archive, replicas=Replicas(client, 1))
+    replicas = Replicas(client, 1)
+    store = DeliveryStore(client, 3600, 3600, archive, replicas=replicas)
+    handover = HistoryHandover(client, replicas)
     event = NewEvent("evt_1", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
     replica.pause()
     try:
@@ -101,10 +104,10 @@ async def test_history_takes_a_record_only_once_the_replica_holds_it(
             await store.accept(event, [PlannedDelivery("dlv_1", "wh_1")])
         # Written on the primary alone: a failover now could take it, so history waits.
         with pytest.raises(NotReplicated):
-            await store.handed_over("writer", 100, None)
+            await handover.handed_over("writer", 100, None)
     finally:
         replica.resume()
     # The entry it read is its own to write once the replica holds it.
-    handed = await store.unreleased("writer", 100)
+    handed = await handover.unreleased("writer", 100)
     assert [h.event.id for h in handed if h.event] == [event.id]
     await client.aclose()

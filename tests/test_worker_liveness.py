@@ -15,7 +15,7 @@ import pytest
 from relay import liveness
 from relay.config import Settings
 from relay.delivery.store import Poll
-from relay.services import Services
+from relay.resources import Resources
 from relay.worker import DeliveryWorker
 from tests.support import RedisServer, free_port, relay_env, spawn_relay, wait_http
 
@@ -57,9 +57,9 @@ async def test_a_worker_serves_its_liveness_on_the_port_it_is_given(
 @pytest.fixture
 async def served_worker(
     settings_for: Callable[..., Settings], own_redis: RedisServer
-) -> AsyncIterator[tuple[DeliveryWorker, Services, int]]:
+) -> AsyncIterator[tuple[DeliveryWorker, Resources, int]]:
     """A worker in the test's process, claiming from its own Redis, with its liveness served."""
-    svc = Services.open(settings_for(redis_url=own_redis.url))
+    svc = Resources.open(settings_for(redis_url=own_redis.url))
     worker = DeliveryWorker(svc)
     port = free_port()
     server = await liveness.serve(worker.heartbeat, port)
@@ -72,7 +72,7 @@ async def served_worker(
 
 
 async def test_a_redis_outage_does_not_make_a_worker_look_stuck(
-    served_worker: tuple[DeliveryWorker, Services, int], own_redis: RedisServer
+    served_worker: tuple[DeliveryWorker, Resources, int], own_redis: RedisServer
 ) -> None:
     worker, _, port = served_worker
     # Just above the longest wait between tries while Redis is away (5 s).
@@ -88,7 +88,7 @@ async def test_a_redis_outage_does_not_make_a_worker_look_stuck(
 
 
 async def test_a_stuck_claim_loop_fails_the_liveness_check(
-    served_worker: tuple[DeliveryWorker, Services, int],
+    served_worker: tuple[DeliveryWorker, Resources, int],
 ) -> None:
     worker, svc, port = served_worker
     assert (await _health(port)).status_code == 200

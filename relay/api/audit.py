@@ -10,7 +10,7 @@ from relay.api.bodies import listing
 from relay.api.pagination import page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
-from relay.services import services
+from relay.resources import resources
 from relay.store.audit import AuditQuery
 from relay.tokens import Principal
 
@@ -24,7 +24,7 @@ async def audit_log(request: Request, principal: Principal) -> Response:
         since_ms=query_ms(request, "since"),
         until_ms=query_ms(request, "until"),
     )
-    found, cursor = await services(request).audit.page(query, page.limit, page.cursor)
+    found, cursor = await resources(request).audit.page(query, page.limit, page.cursor)
     return listing([e.public() for e in found], cursor)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from relay.errors import RateLimited, Unauthorized
+from relay.resources import Resources, resources
 from relay.roles import Role
-from relay.services import Services, services
 from relay.timefmt import now
 from relay.tokens import (
     BOOTSTRAP_ID,
@@ -29,7 +29,7 @@ async def authenticate(request: Request, remembered_will_do: bool = False) -> Pr
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("Send an API token as 'Authorization: Bearer <token>'.")
-    ctx = services(request)
+    ctx = resources(request)
     admin = ctx.settings.admin_token
     if admin is not None and same_token(presented, admin.get_secret_value()):
         return Principal(BOOTSTRAP_ID, Role.ADMIN)
@@ -46,7 +46,7 @@ async def authenticate(request: Request, remembered_will_do: bool = False) -> Pr
         raise
 
 
-async def _look_up(ctx: Services, presented: str, remembered_will_do: bool) -> Principal:
+async def _look_up(ctx: Resources, presented: str, remembered_will_do: bool) -> Principal:
     digest = token_hash(presented)
     moment = now()
     # Read from Redis unless a remembered record will do: a revoke holds on every replica at
@@ -72,7 +72,7 @@ async def confirm(request: Request, principal: Principal) -> None:
     check = principal.check
     if check is None or check.confirmed or not check.remembered:
         return
-    found = await services(request).tokens.by_hash(check.token_hash, int(now().timestamp() * 1000))
+    found = await resources(request).tokens.by_hash(check.token_hash, int(now().timestamp() * 1000))
     if found is None or found.fingerprint != check.fingerprint:
         raise TokenChanged
     check.confirmed = True

@@ -16,12 +16,12 @@ from relay.api.routing import OWNERS, Operation, Param
 from relay.api.times import TIME, query_ms
 from relay.api.webhooks import ID, visible_webhook
 from relay.audit import Audit
-from relay.delivery import service
+from relay.delivery import actions, recovery
 from relay.delivery.model import Delivery, Status
 from relay.delivery.store import DeliveryFilter
 from relay.errors import Invalid, NotFound
 from relay.ids import pattern as id_pattern
-from relay.services import services
+from relay.resources import resources
 from relay.timefmt import parse_rfc3339
 from relay.tokens import Principal
 from relay.validation import TenantId
@@ -89,7 +89,7 @@ def _page(found: list[Delivery], cursor: str | None) -> Response:
 async def _visible_delivery(request: Request, principal: Principal) -> Delivery:
     # By the delivery's own tenant, so that the log of a deleted webhook stays readable until
     # retention ends.
-    delivery = await services(request).deliveries.get(request.path_params["delivery_id"])
+    delivery = await resources(request).deliveries.get(request.path_params["delivery_id"])
     if delivery.webhook_id != request.path_params["id"]:
         raise NotFound("No such delivery.")
     principal.check_visible(delivery.tenant_id, "delivery")
@@ -108,7 +108,7 @@ async def webhook_deliveries(request: Request, principal: Principal) -> Response
         since_ms=query_ms(request, "since"),
         until_ms=query_ms(request, "until"),
     )
-    return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
+    return _page(*await resources(request).deliveries.page(query, page.limit, page.cursor))
 
 
 async def all_deliveries(request: Request, principal: Principal) -> Response:
@@ -127,11 +127,11 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
         since_ms=query_ms(request, "since"),
         until_ms=query_ms(request, "until"),
     )
-    return _page(*await services(request).deliveries.page(query, page.limit, page.cursor))
+    return _page(*await resources(request).deliveries.page(query, page.limit, page.cursor))
 
 
 async def _with_attempts(request: Request, delivery: Delivery) -> Response:
-    attempts = await services(request).deliveries.attempts(delivery)
+    attempts = await resources(request).deliveries.attempts(delivery)
     return ok({**delivery.public(), "attempts": attempts})
 
 
@@ -142,7 +142,7 @@ async def get_delivery(request: Request, principal: Principal) -> Response:
 
 async def get_delivery_by_id(request: Request, principal: Principal) -> Response:
     """A delivery with its attempt log, by its id alone; another tenant's is a 404."""
-    delivery = await services(request).deliveries.get(request.path_params["id"])
+    delivery = await resources(request).deliveries.get(request.path_params["id"])
     principal.check_visible(delivery.tenant_id, "delivery")
     return await _with_attempts(request, delivery)
 
@@ -151,13 +151,13 @@ async def retry_delivery(request: Request, principal: Principal) -> Response:
     """A finished delivery starts again, a pending one gets a manual attempt now; 409 while
     delivering."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await service.retry(services(request), delivery)).public(), 202)
+    return ok((await actions.retry(resources(request), delivery)).public(), 202)
 
 
 async def cancel_delivery(request: Request, principal: Principal) -> Response:
     """Cancel a pending delivery: it is never sent afterwards."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await service.cancel(services(request), delivery)).public())
+    return ok((await actions.cancel(resources(request), delivery)).public())
 
 
 async def recover_webhook(request: Request, principal: Principal) -> Response:
@@ -168,7 +168,7 @@ async def recover_webhook(request: Request, principal: Principal) -> Response:
     selection = DeliveryFilter(
         webhook_id=webhook.id, tenant_id=webhook.tenant_id, since_ms=since_ms, until_ms=until_ms
     )
-    return _started(await service.recover(services(request), selection))
+    return _started(await recovery.recover(resources(request), selection))
 
 
 async def start_recovery(request: Request, principal: Principal) -> Response:
@@ -189,11 +189,11 @@ async def start_recovery(request: Request, principal: Principal) -> Response:
         since_ms=since_ms,
         until_ms=until_ms,
     )
-    return _started(await service.recover(services(request), selection))
+    return _started(await recovery.recover(resources(request), selection))
 
 
 async def _visible_recovery(request: Request, principal: Principal) -> dict[str, str]:
-    record = await services(request).deliveries.recovery(request.path_params["recovery_id"])
+    record = await resources(request).recoveries.recovery(request.path_params["recovery_id"])
     # One of every tenant's (tenant_id empty) is an admin's alone.
     principal.check_visible(record["tenant_id"], "recovery")
     return record
@@ -201,7 +201,7 @@ async def _visible_recovery(request: Request, principal: Principal) -> dict[str,
 
 async def get_recovery(request: Request, principal: Principal) -> Response:
     """How far a recovery has got."""
-    return ok(service.recovery_view(await _visible_recovery(request, principal)))
+    return ok(recovery.recovery_view(await _visible_recovery(request, principal)))
 
 
 async def get_webhook_recovery(request: Request, principal: Principal) -> Response:
@@ -210,7 +210,7 @@ async def get_webhook_recovery(request: Request, principal: Principal) -> Respon
     record = await _visible_recovery(request, principal)
     if record["webhook_id"] != webhook.id:
         raise NotFound("No such recovery.")
-    return ok(service.recovery_view(record))
+    return ok(recovery.recovery_view(record))
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))

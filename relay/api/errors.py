@@ -19,7 +19,7 @@ from relay.errors import (
     Unavailable,
 )
 from relay.history.db import POSTGRES_AWAY
-from relay.services import services
+from relay.resources import resources
 from relay.store import codec
 from relay.store.idempotency import CLAIM_MOVED, ClaimMoved
 
@@ -96,7 +96,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 async def on_redis_error(request: Request, exc: Exception) -> Response:
     """Redis unreachable or too slow: a clear 503 the client may retry, never a 500."""
     log.warning("redis unavailable: %s", exc)
-    services(request).counts.add("redis_errors")
+    resources(request).counts.add("redis_errors")
     return problem(Unavailable("The store is unreachable; retry shortly."))
 
 
@@ -104,7 +104,7 @@ async def on_redis_full(request: Request, exc: Exception) -> Response:
     """Redis reached its maxmemory and refuses writes: a 503 to retry, never a 500. Unlike a
     failover it lasts until an operator gives Redis memory, so each refusal says why."""
     log.warning("redis is out of memory (maxmemory reached) and refused a write: %s", exc)
-    services(request).counts.add_all(("redis_errors", "redis_oom_errors"))
+    resources(request).counts.add_all(("redis_errors", "redis_oom_errors"))
     return problem(Unavailable("The store is out of memory and refuses writes; retry later."))
 
 

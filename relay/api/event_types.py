@@ -12,7 +12,7 @@ from relay.api.idempotency import commit
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, Param
 from relay.audit import Audit
 from relay.events import EventTypeChange, EventTypeSpec, RegisteredType
-from relay.services import services
+from relay.resources import resources
 from relay.tokens import Principal
 
 NAME = (Param("name", "path", schema={"type": "string", "pattern": events.NAME_PATTERN}),)
@@ -20,7 +20,7 @@ NAME = (Param("name", "path", schema={"type": "string", "pattern": events.NAME_P
 
 async def event_types(request: Request, _: Principal) -> Response:
     """The event types relay accepts: the built-in ones, then those registered, with schemas."""
-    registered = await services(request).event_types.all()
+    registered = await resources(request).event_types.all()
     return listing(events.catalog(registered), None)
 
 
@@ -28,7 +28,7 @@ async def create_event_type(request: Request, _: Principal) -> Response:
     """Register an event type with the JSON Schema its events' data must match."""
     spec = await read_model(request, EventTypeSpec)
     event_type = events.register(spec)
-    await services(request).event_types.add(event_type, commit(_registered))
+    await resources(request).event_types.add(event_type, commit(_registered))
     return _registered(event_type)
 
 
@@ -37,7 +37,7 @@ async def update_event_type(request: Request, _: Principal) -> Response:
     name = request.path_params["name"]
     events.check_registrable(name)
     changes = (await read_model(request, EventTypeChange)).changes()
-    event_type = await services(request).event_types.change(
+    event_type = await resources(request).event_types.change(
         name, lambda current: events.apply_change(current, changes), commit(_shown)
     )
     return _shown(event_type)

@@ -13,9 +13,8 @@ from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
-from relay.delivery import service
-from relay.errors import RelayError
-from relay.ingest import (
+from relay.delivery import actions
+from relay.delivery.accept import (
     BatchIn,
     EventIn,
     Outcome,
@@ -25,8 +24,9 @@ from relay.ingest import (
     event_summary,
     event_view,
 )
+from relay.errors import RelayError
+from relay.resources import resources
 from relay.roles import Role
-from relay.services import services
 from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal
 
@@ -41,7 +41,7 @@ reserve_segment("event", "batch")
 
 
 async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
-    event = await services(request).events.get(request.path_params["id"])
+    event = await resources(request).events.get(request.path_params["id"])
     principal.check_visible(event.tenant_id, "event")
     return event
 
@@ -53,13 +53,13 @@ def _accepted(view: dict[str, object]) -> Response:
 async def post_event(request: Request, principal: Principal) -> Response:
     """Accept an event: 202 once it and its deliveries are durably stored; 200 for a repeat."""
     spec = await read_model(request, EventIn)
-    view, created = await accept(services(request), spec, commit(_accepted), principal.check)
+    view, created = await accept(resources(request), spec, commit(_accepted), principal.check)
     return _accepted(view) if created else ok(view, 200)
 
 
 async def post_batch(request: Request, principal: Principal) -> Response:
     """Accept each event of a batch on its own: 207 with one result per event, in order."""
-    ctx = services(request)
+    ctx = resources(request)
     items = batch_items(await read_json(request), ctx.settings)
     outcomes = await accept_batch(ctx, items, in_steps(), principal.check)
     return ok([_result(o) for o in outcomes], 207)
@@ -82,20 +82,20 @@ async def list_events(request: Request, principal: Principal) -> Response:
         since_ms=query_ms(request, "since"),
         until_ms=query_ms(request, "until"),
     )
-    found, cursor = await services(request).events.page(query, page.limit, page.cursor)
+    found, cursor = await resources(request).events.page(query, page.limit, page.cursor)
     return listing([event_summary(e) for e in found], cursor)
 
 
 async def get_event(request: Request, principal: Principal) -> Response:
     """An event with its deliveries."""
-    return ok(await event_view(services(request), await _visible_event(request, principal)))
+    return ok(await event_view(resources(request), await _visible_event(request, principal)))
 
 
 async def retry_event(request: Request, principal: Principal) -> Response:
     """Send this event's failed deliveries again; delivered ones are left alone."""
-    ctx = services(request)
+    ctx = resources(request)
     event = await _visible_event(request, principal)
-    requeued = await service.retry_failures(ctx, event)
+    requeued = await actions.retry_failures(ctx, event)
     return ok({**await event_view(ctx, event), "requeued": requeued}, 202)
 
 

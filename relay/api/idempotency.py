@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import Invalid
-from relay.services import services
+from relay.resources import resources
 from relay.store.idempotency import Commit, Held, StoredResponse
 from relay.tokens import Principal
 
@@ -59,7 +59,7 @@ def audit_marker(request: Request, principal: Principal) -> str | None:
     key = request.headers.get(HEADER)
     if key is None or request.method not in METHODS:
         return None
-    return services(request).idempotency.audit_marker(principal.token_id, key)
+    return resources(request).idempotency.audit_marker(principal.token_id, key)
 
 
 def commit(render: Callable[[T], Response]) -> Commit[T] | None:
@@ -108,7 +108,7 @@ async def idempotent(
     fingerprint = hashlib.sha256(
         b"\0".join((request.method.encode(), request.url.path.encode(), body))
     ).hexdigest()
-    ctx = services(request)
+    ctx = resources(request)
     store = ctx.idempotency
     lease = int(max(60.0, 4 * ctx.settings.delivery_timeout))
     claim = await store.claim(principal.token_id, key, fingerprint, lease, replicated)

@@ -17,7 +17,7 @@ from relay.errors import Unauthorized, Unavailable
 from relay.history.db import POSTGRES_AWAY
 from relay.metrics import render
 from relay.presence import flush
-from relay.services import Services, services
+from relay.resources import Resources, resources
 from relay.store import memory
 from relay.store.metrics import snapshot
 from relay.tokens import same_token
@@ -30,7 +30,7 @@ async def healthz(_: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when Redis and PostgreSQL answer within a second each, and Redis takes writes."""
-    svc = services(request)
+    svc = resources(request)
     try:
         async with asyncio.timeout(1.0):
             await svc.redis.ping()
@@ -45,7 +45,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(Ready(status="ready").model_dump())
 
 
-async def _postgres_up(svc: Services) -> bool:
+async def _postgres_up(svc: Resources) -> bool:
     """Whether this process can query PostgreSQL, within a second."""
     try:
         async with asyncio.timeout(1.0):
@@ -55,7 +55,7 @@ async def _postgres_up(svc: Services) -> bool:
     return True
 
 
-async def _redis_full(svc: Services) -> bool:
+async def _redis_full(svc: Resources) -> bool:
     """Whether Redis refuses writes for lack of memory (a full Redis still answers PING)."""
     try:
         return (await memory.read(svc.redis)).full
@@ -65,7 +65,7 @@ async def _redis_full(svc: Services) -> bool:
 
 def _check_metrics_token(request: Request) -> None:
     """With RELAY_METRICS_TOKEN set, /metrics wants it as a bearer token."""
-    expected = services(request).settings.metrics_token
+    expected = resources(request).settings.metrics_token
     if expected is None:
         return
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
@@ -79,7 +79,7 @@ async def metrics(request: Request) -> Response:
     With Redis unreachable it still answers, with `relay_redis_up 0`, so the alert can say so.
     """
     _check_metrics_token(request)
-    svc = services(request)
+    svc = resources(request)
     # What this replica counted goes in first, so a scrape sees its own requests' effects.
     await flush(svc.redis, None, svc.counts)
     try:

@@ -50,7 +50,7 @@ def _templates(routes: list[BaseRoute]) -> dict[object, str]:
 
 class RequestLog:
     """Pure ASGI middleware: sets the request id, returns it, logs the finished request and
-    counts it (the app's services count it, once its lifespan has opened them)."""
+    counts it (the app's resources count it, once its lifespan has opened them)."""
 
     def __init__(self, app: ASGIApp, relay: Starlette) -> None:
         self.app = app
@@ -86,7 +86,7 @@ class RequestLog:
             finally:
                 path: str = scope["path"]
                 seconds = time.perf_counter() - started
-                svc = getattr(self._relay.state, "services", None)
+                svc = getattr(self._relay.state, "resources", None)
                 if svc is not None:
                     count_request(svc.counts, scope["method"], self._route(scope), status, seconds)
                 log.log(

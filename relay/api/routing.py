@@ -21,8 +21,8 @@ from relay.api.idempotency import HEADER, REPLAYED, idempotent
 from relay.api.shapes import check, envelope
 from relay.audit import Audit
 from relay.errors import Invalid, NotFound, RateLimited, RelayError, Unauthorized
+from relay.resources import resources
 from relay.roles import Role
-from relay.services import services
 from relay.timefmt import read_rfc3339
 from relay.tokens import Principal, TokenChanged
 
@@ -177,7 +177,7 @@ def _endpoint(op: Operation) -> PublicHandler:
 
     async def authorized(request: Request, principal: Principal) -> Response:
         try:
-            if await services(request).rate_limiter.wait(principal.token_id):
+            if await resources(request).rate_limiter.wait(principal.token_id):
                 raise RateLimited("This token is over its request rate; retry in a second.")
             principal.require(op.roles)
         except RelayError:
@@ -204,7 +204,7 @@ def _endpoint(op: Operation) -> PublicHandler:
         # The token's record changed since it was read (a revoke): read it again, and answer
         # as that says (a 401 once revoked). Nothing was written under the old one.
         if principal.check is not None:
-            services(request).tokens.forget(principal.check.token_hash)
+            resources(request).tokens.forget(principal.check.token_hash)
         principal = await authenticate(request)
         try:
             return await authorized(request, principal)

@@ -14,7 +14,7 @@ from relay.api.pagination import id_schema
 from relay.api.routing import OWNERS, Operation, Param
 from relay.api.webhooks import visible_webhook
 from relay.errors import Invalid
-from relay.services import services
+from relay.resources import resources
 from relay.stats import WINDOWS, Scope, overview
 from relay.timefmt import now
 from relay.tokens import Principal
@@ -36,7 +36,7 @@ async def get_stats(request: Request, principal: Principal) -> Response:
     if window is None:
         raise Invalid("Unknown window.", {"window": [f"one of {', '.join(WINDOWS)}"]})
     scope = await _scope(request, principal)
-    return ok(await overview(services(request), window, now(), scope))
+    return ok(await overview(resources(request), window, now(), scope))
 
 
 OPERATIONS = [

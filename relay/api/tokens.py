@@ -12,7 +12,7 @@ from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
 from relay.audit import Audit
-from relay.services import services
+from relay.resources import resources
 from relay.store.tokens import Issued, TokenRecord
 from relay.tokens import BOOTSTRAP_ID, PortalSessionSpec, Principal, TokenSpec
 
@@ -30,13 +30,13 @@ def _issued(issued: Issued) -> Response:
 async def create_token(request: Request, _: Principal) -> Response:
     """Issue a token; its plaintext is in this response (and its encrypted replay) only."""
     spec = await read_model(request, TokenSpec)
-    return _issued(await services(request).tokens.issue(spec, commit(_issued)))
+    return _issued(await resources(request).tokens.issue(spec, commit(_issued)))
 
 
 async def list_tokens(request: Request, _: Principal) -> Response:
     """Tokens, newest first, with when each was last used (to the minute)."""
     page = page_request(request, "tok")
-    found, cursor = await services(request).tokens.page(page.limit, page.cursor)
+    found, cursor = await resources(request).tokens.page(page.limit, page.cursor)
     return listing([record.public(used) for record, used in found], cursor)
 
 
@@ -45,7 +45,7 @@ async def describe_own_token(request: Request, principal: Principal) -> Response
     (the console) need not find out by trying."""
     name = expires_at = None
     if principal.token_id != BOOTSTRAP_ID:  # RELAY_ADMIN_TOKEN is configured, not issued
-        record = await services(request).tokens.get(principal.token_id)
+        record = await resources(request).tokens.get(principal.token_id)
         name, expires_at = record.name, record.expires_at
     return ok(
         {
@@ -60,7 +60,7 @@ async def describe_own_token(request: Request, principal: Principal) -> Response
 
 async def delete_token(request: Request, _: Principal) -> Response:
     """Revoke a token."""
-    tokens = services(request).tokens
+    tokens = resources(request).tokens
     return _revoked(await tokens.delete(request.path_params["id"], commit(_revoked)))
 
 
@@ -71,7 +71,7 @@ def _revoked(record: TokenRecord) -> Response:
 def _public_base(request: Request) -> str:
     """Where relay's links point: RELAY_PUBLIC_URL, else the scheme and host the request came
     to (as uvicorn read them, trusting forwarded headers only from FORWARDED_ALLOW_IPS)."""
-    return services(request).settings.public_url or str(request.base_url).rstrip("/")
+    return resources(request).settings.public_url or str(request.base_url).rstrip("/")
 
 
 async def create_portal_session(request: Request, _: Principal) -> Response:
@@ -95,7 +95,7 @@ async def create_portal_session(request: Request, _: Principal) -> Response:
             201,
         )
 
-    return opened(await services(request).tokens.issue(spec.token_spec(), commit(opened)))
+    return opened(await resources(request).tokens.issue(spec.token_spec(), commit(opened)))
 
 
 OPERATIONS = [

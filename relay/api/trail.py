@@ -10,7 +10,7 @@ from relay import audit, logs
 from relay.api.idempotency import audit_marker
 from relay.errors import NotFound
 from relay.ids import has_prefix
-from relay.services import services
+from relay.resources import resources
 from relay.store import codec
 from relay.tokens import Principal
 
@@ -39,7 +39,7 @@ async def record(
         body = orjson.loads(await request.body() or b"{}")
     except orjson.JSONDecodeError:
         body = None
-    await services(request).audit.add(
+    await resources(request).audit.add(
         audit.entry(
             rule.action_for(body),
             audit.Actor(principal.token_id, principal.role.value),
@@ -61,7 +61,7 @@ def _log_field(object_id: str | None) -> dict[str, str]:
 async def _tenant_of(request: Request, object_id: str | None) -> str | None:
     if object_id is None or not has_prefix(object_id, "wh"):
         return None
-    webhooks = services(request).webhooks
+    webhooks = resources(request).webhooks
     try:
         return (await webhooks.get(object_id)).tenant_id
     except NotFound:

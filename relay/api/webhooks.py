@@ -14,9 +14,9 @@ from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
 from relay.audit import Audit, webhook_change
-from relay.delivery import service
+from relay.delivery import sample
 from relay.errors import Invalid
-from relay.services import Services, services
+from relay.resources import Resources, resources
 from relay.timefmt import from_timestamp
 from relay.tokens import Principal
 from relay.webhooks import (
@@ -42,13 +42,13 @@ reserve_segment("webhook", "test")
 
 async def _filter_context(request: Request) -> dict[str, Any]:
     """What `events` filters may name: the built-in types and those registered."""
-    registered = await services(request).event_types.names()
+    registered = await resources(request).event_types.names()
     return {KNOWN_TYPES: [*events.EVENT_TYPES, *registered]}
 
 
 async def visible_webhook(request: Request, principal: Principal, webhook_id: str) -> Webhook:
     """The webhook, if the caller may see it; another tenant's is a 404."""
-    webhook = await services(request).webhooks.get(webhook_id)
+    webhook = await resources(request).webhooks.get(webhook_id)
     principal.check_visible(webhook.tenant_id, "webhook")
     return webhook
 
@@ -59,7 +59,7 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     tenant_id = principal.tenant_scope(spec.tenant_id)
     if tenant_id is None:
         raise Invalid("Say which tenant the webhook is for.", {"tenant_id": ["required"]})
-    ctx = services(request)
+    ctx = resources(request)
     check_target(spec.url, ctx.policy)
     webhook, secret = new_webhook(spec, tenant_id, ctx.keyring)
     response = ok({**_delivered(ctx, webhook, None), "secret": secret}, 201)
@@ -67,7 +67,7 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     return response
 
 
-def _delivered(ctx: Services, webhook: Webhook, stored: int | None) -> dict[str, object]:
+def _delivered(ctx: Resources, webhook: Webhook, stored: int | None) -> dict[str, object]:
     """A webhook as the API shows it, with the concurrency it is delivered at now (`stored`:
     as its answers adapted it, if they did)."""
     rule = ctx.settings.endpoint_concurrency_rule
@@ -79,7 +79,7 @@ def _delivered(ctx: Services, webhook: Webhook, stored: int | None) -> dict[str,
 
 async def _with_concurrency(request: Request, webhooks: list[Webhook]) -> list[dict[str, object]]:
     """The webhooks as the API shows them, each with the concurrency it is delivered at now."""
-    ctx = services(request)
+    ctx = resources(request)
     stored = await ctx.webhooks.concurrency([w.id for w in webhooks])
     return [_delivered(ctx, w, s) for w, s in zip(webhooks, stored, strict=True)]
 
@@ -88,7 +88,7 @@ async def list_webhooks(request: Request, principal: Principal) -> Response:
     """Webhooks newest first, optionally one tenant's (a tenant token sees only its own)."""
     page = page_request(request, "wh")
     tenant_id = principal.tenant_scope(request.query_params.get("tenant_id") or None)
-    found, cursor = await services(request).webhooks.page(tenant_id, page.limit, page.cursor)
+    found, cursor = await resources(request).webhooks.page(tenant_id, page.limit, page.cursor)
     return listing(await _with_concurrency(request, found), cursor)
 
 
@@ -103,9 +103,9 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
     """Change only the fields given; enabling a disabled webhook clears its disabled_reason."""
     changes = (await read_model(request, WebhookUpdate, await _filter_context(request))).changes()
     if "url" in changes:
-        check_target(changes["url"], services(request).policy)
+        check_target(changes["url"], resources(request).policy)
 
-    ctx = services(request)
+    ctx = resources(request)
     # Read first: the answer is made inside the change, to be stored with it.
     [stored] = await ctx.webhooks.concurrency([request.path_params["id"]])
 
@@ -133,19 +133,19 @@ def _deleted(webhook: Webhook) -> Response:
 async def delete_webhook(request: Request, principal: Principal) -> Response:
     """Remove a webhook; it receives nothing more."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return _deleted(await services(request).webhooks.delete(webhook.id, commit(_deleted)))
+    return _deleted(await resources(request).webhooks.delete(webhook.id, commit(_deleted)))
 
 
 async def get_secret(request: Request, principal: Principal) -> Response:
     """What verifies the current signature, and until when previous secrets still sign."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return ok(reveal(webhook, services(request).keyring))
+    return ok(reveal(webhook, resources(request).keyring))
 
 
 async def rotate_secret(request: Request, principal: Principal) -> Response:
     """A new secret signs from now on; the previous one also signs until previous_expires_at."""
     grace = (await read_model(request, RotateSecret)).grace_seconds
-    ctx = services(request)
+    ctx = resources(request)
     answers: list[Response] = []  # the last edit's is the one written
 
     def edit(webhook: Webhook) -> Webhook:
@@ -163,13 +163,13 @@ async def send_test_event(request: Request, principal: Principal) -> Response:
     """Send a signed sample event to the webhook now and report what its endpoint answered."""
     spec = await read_model(request, SampleSend)
     webhook = await visible_webhook(request, principal, spec.webhook_id)
-    return ok(await service.send_test(services(request), webhook, spec.type))
+    return ok(await sample.send_test(resources(request), webhook, spec.type))
 
 
 async def list_tests(request: Request, principal: Principal) -> Response:
     """The webhook's recent test sends and what its endpoint answered, newest first."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return listing(await services(request).deliveries.tests(webhook.id), None)
+    return listing(await resources(request).sample_log.tests(webhook.id), None)
 
 
 OPERATIONS = [

@@ -14,16 +14,24 @@
 
 - `model.py`    statuses, transitions and hash fields, declared once (the scripts get them
                 generated)
+- `accept.py`   the first transition, new → pending: validate an event, fan it out to the
+                tenant's webhooks, store it durably
 - `policy.py`   the retry schedule and what an attempt's result means (pure)
 - `concurrency.py` how many attempts an endpoint may have in flight, adapted to its answers
                 (pure)
 - `scripts/`    one Lua script per transition, each taking one JSON argument (`prelude.lua`:
                 what they share); they read Redis's clock (`NOW`), so no worker's clock decides
                 anything
-- `store.py`    the only delivery code that knows Redis key names
+- `store.py`    the transitions in Redis (each script run with its key names) and the reads of
+                deliveries
+- `handover.py` the hand-over to history: the stream of ended records, read by the history
+                writer, and their release from Redis once PostgreSQL holds them
 - `queue.py`    the only module that imports arq (background jobs: recoveries)
-- `service.py`  the use cases: attempt, retry, cancel, recover, retry an event, test send —
-                `receiver_request` builds what a receiver gets, for all of them
+- `attempt.py`  making one claimed attempt: send, judge, settle, disable a gone endpoint —
+                `receiver_request` builds what a receiver gets, for attempts and test sends
+- `actions.py`  what operators do: retry a delivery, cancel one, retry an event's failures
+- `recovery.py` sending a window's failed deliveries again, as a resumable background job
+- `sample.py`   test sends: a signed sample event sent to a webhook now
 - `outage.py`   riding out Redis outages: backoff
 
 Each endpoint's queue is a sorted set of its delivery ids scored by due time (pending) or lease

@@ -1,4 +1,4 @@
-"""Deliveries in Redis: the only delivery code that knows key names.
+"""Deliveries in Redis: the transitions of their state machine, and the reads of them.
 
 Each transition of `model.Transition` is one Lua script in `scripts/` taking one JSON argument
 with named fields. Every script compares and sets the state it expects, and reads the time from
@@ -20,13 +20,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
 
-from relay.audit import AuditEntry
 from relay.delivery.archive import Archive
 from relay.delivery.model import (
-    FINISHED,
-    Attempt,
     Claim,
     Delivery,
     EventField,
@@ -302,8 +298,6 @@ _REQUEUE_BATCH = 500
 _UNBOUNDED = 2**31
 # What settle answers for a delivery no longer in Redis: history has to be read for it.
 _GONE = -1
-# Test sends kept per webhook.
-_TESTS_KEPT = 50
 # How long Redis still remembers an event's upstream id once history has the event: covers an
 # accept that looked in history just before the event was written there. After it, the API
 # finds the id in history (`EventStore.first_with_upstream_id`); Redis does not grow with it.
@@ -387,7 +381,6 @@ class DeliveryStore:
         self._history_backlog = history_backlog
         self._backlog_check_seconds = backlog_check_seconds
         self._backlog_checked_at = -math.inf  # monotonic; -inf while over the bound
-        self._group_ready = False
         self._chunk = fanout_chunk
         self._retention = retention_seconds
         # A failure streak is forgotten after twice the disable threshold without failures.
@@ -1076,242 +1069,6 @@ class DeliveryStore:
         """Up to `count` ids of the deliveries `query` selects, oldest first, after `after`,
         that may have failed: the failed ones and those in flight."""
         return await self._archive.failed_after(query, after, count)
-
-    # Records reach history only once the replicas relay waits for hold them: then whatever
-    # history has, a failover keeps in Redis too, and the two never tell different stories
-    # (an attempt history lists that the new primary never made, an event no one was told of).
-
-    async def handed_over(self, consumer: str, count: int, block_ms: int | None) -> list[Handover]:
-        """The next new records for history, waiting up to `block_ms` for one to come (None:
-        not waiting)."""
-        await self._ensure_group()
-        async with self._replicas.connection() as conn:
-            entries = await self._read_group(consumer, ">", count, block_ms, conn)
-            if entries:
-                await self._replicas.confirm_read(conn)
-        return await self._load(entries)
-
-    async def unreleased(self, consumer: str, count: int) -> list[Handover]:
-        """Records this consumer read before and has not released (a write failed)."""
-        await self._ensure_group()
-        async with self._replicas.connection() as conn:
-            entries = await self._read_group(consumer, "0", count, None, conn)
-            if entries:
-                await self._replicas.confirm_read(conn)
-        return await self._load(entries)
-
-    async def adopt(self, consumer: str, idle_ms: int, count: int) -> list[Handover]:
-        """Records another writer read and left unreleased for `idle_ms` (it died): now this
-        consumer's."""
-        await self._ensure_group()
-        async with self._replicas.connection() as conn:
-            reply = await conn.xautoclaim(
-                keys.HISTORY, keys.HISTORY_GROUP, consumer, idle_ms, "0-0", count=count
-            )
-            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
-            if entries:
-                await self._replicas.confirm_read(conn)
-        return await self._load(entries)
-
-    async def release(self, handed: Sequence[Handover]) -> int:
-        """Let records that history now holds go from Redis; how many deliveries left."""
-        released = await self._run(
-            Transition.RELEASE,
-            {
-                "keys": {
-                    "history": keys.HISTORY,
-                    "group": keys.HISTORY_GROUP,
-                    "event": keys.event(""),
-                    "delivery": keys.delivery(""),
-                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
-                    "audit": keys.audit_entry(""),
-                    "audits": keys.AUDIT,
-                    "tenant_audit": keys.tenant_audit(""),
-                },
-                "entries": [h.entry_id for h in handed],
-                "upstream_grace": UPSTREAM_GRACE_SECONDS,
-                "events": [
-                    [e.id, _upstream_key(e.tenant_id, e.upstream_id) or "", len(e.delivery_ids)]
-                    for h in handed
-                    if (e := h.event) is not None
-                ],
-                "audits": [
-                    [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
-                ],
-                "deliveries": [
-                    [h.delivery.id, h.delivery.status.value, h.version]
-                    for h in handed
-                    if h.delivery is not None and h.delivery.status in FINISHED
-                ],
-            },
-        )
-        return int(released)
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self._redis.xgroup_create(keys.HISTORY, keys.HISTORY_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            # A full Redis refuses XGROUP CREATE even for a group that exists, and the writer
-            # reading that group is what gives it room back: go by what is there.
-            if "BUSYGROUP" not in str(exc) and not await self._group_exists():
-                raise
-        self._group_ready = True
-
-    async def _group_exists(self) -> bool:
-        try:
-            groups = await self._redis.xinfo_groups(keys.HISTORY)
-        except ResponseError:  # no stream yet
-            return False
-        return any(g["name"] in (keys.HISTORY_GROUP, keys.HISTORY_GROUP.encode()) for g in groups)
-
-    async def _read_group(
-        self, consumer: str, start: str, count: int, block_ms: int | None, client: Redis
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        try:
-            reply = await client.xreadgroup(
-                keys.HISTORY_GROUP, consumer, {keys.HISTORY: start}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            # Redis restarted without the group (or the stream): make it again, read again.
-            if "NOGROUP" not in str(exc):
-                raise
-            self._group_ready = False
-            return []
-        return [(i, f) for _, entries in reply for i, f in entries if f] if reply else []
-
-    async def _load(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Handover]:
-        """Each entry with the record it carries (an audit entry's is read from Redis; None when
-        it is gone; so is a large event's payload)."""
-        audits = [f[b"i"].decode() for _, f in entries if f[b"k"] == b"a"]
-        raw_audits = await self._redis.mget([keys.audit_entry(i) for i in audits]) if audits else []
-        audit_of = dict(zip(audits, raw_audits, strict=True))
-        payload_of = await self._payloads(
-            {f[b"i"].decode(): int(f[b"n"]) for _, f in entries if f[b"k"] == b"e" and b"n" in f}
-        )
-        handed = []
-        for raw_id, fields in entries:
-            entry_id, record_id = raw_id.decode(), fields[b"i"].decode()
-            if fields[b"k"] == b"a":
-                raw = audit_of[record_id]
-                audit = AuditEntry.from_record(codec.loads(raw)) if raw else None
-                handed.append(Handover(entry_id, audit=audit))
-                continue
-            record = codec.loads(fields[b"r"])
-            if fields[b"k"] == b"e":
-                payload = fields[b"p"] if b"p" in fields else payload_of[record_id]
-                if payload is None:
-                    # The event left Redis: only once history had it (another writer adopted
-                    # this entry and wrote it first). Nothing is left to write.
-                    handed.append(Handover(entry_id))
-                    continue
-                fanout = [(d, w) for d, w in record["deliveries"]]
-                event = StoredEvent(
-                    id=record_id,
-                    type=record["type"],
-                    tenant_id=record["tenant_id"],
-                    created_at=record["created_at"],
-                    upstream_id=record["upstream_id"],
-                    payload=payload,
-                    delivery_ids=[d for d, _ in fanout],
-                )
-                handed.append(Handover(entry_id, event=event, fanout=fanout))
-                continue
-            hashed = {k.encode(): str(v).encode() for k, v in record["delivery"].items()}
-            handed.append(
-                Handover(
-                    entry_id,
-                    delivery=_delivery(hashed),
-                    version=record["delivery"]["updated_ms"],
-                    attempts=[
-                        Attempt.from_record(codec.loads(a)) for a in record.get("attempts", [])
-                    ],
-                )
-            )
-        return handed
-
-    async def _payloads(self, sizes: dict[str, int]) -> dict[str, bytes | None]:
-        """The payloads of events (by id, with their sizes) from Redis, in calls of at most
-        the store's payload bytes each; None for an event that is gone."""
-        groups: list[list[str]] = [[]]
-        total = 0
-        for event_id, size in sizes.items():
-            if groups[-1] and total + size > self._payload_bytes:
-                groups.append([])
-                total = 0
-            groups[-1].append(event_id)
-            total += size
-        found: dict[str, bytes | None] = {}
-        for group in groups if sizes else []:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event_id in group:
-                    pipe.hget(keys.event(event_id), "payload")
-                found.update(zip(group, await pipe.execute(), strict=True))
-        return found
-
-    async def take_maintenance_lock(self, seconds: int) -> bool:
-        """Whether this process may run the retention pass now (one at a time)."""
-        return bool(await self._redis.set(keys.MAINTENANCE_LOCK, "1", nx=True, ex=seconds))
-
-    async def record_test(self, webhook_id: str, result: dict[str, object]) -> None:
-        """Keep a test send's result with the webhook's recent ones (newest first)."""
-        key = keys.webhook_tests(webhook_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, codec.dumps(result))
-            pipe.ltrim(key, 0, _TESTS_KEPT - 1)
-            pipe.expire(key, self._retention)
-            await pipe.execute()
-
-    async def tests(self, webhook_id: str) -> list[dict[str, object]]:
-        """A webhook's recent test sends, newest first."""
-        rows = await self._redis.lrange(keys.webhook_tests(webhook_id), 0, -1)  # type: ignore[misc]
-        return [codec.loads(r) for r in rows]
-
-    async def start_recovery(self, recovery_id: str, record: dict[str, str | int]) -> None:
-        """Store a new recovery's progress record."""
-        key = keys.recovery(recovery_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.expire(key, self._retention)
-            await pipe.execute()
-
-    async def recovery_progress(
-        self, recovery_id: str, cursor: str, requeued: int, done: bool
-    ) -> None:
-        """Advance a recovery: where it got to, how many went again, whether it finished."""
-        await self._redis.hset(  # type: ignore[misc]
-            keys.recovery(recovery_id),
-            mapping={
-                "cursor": cursor,
-                "requeued": requeued,
-                "status": "done" if done else "running",
-            },
-        )
-
-    async def recovery(self, recovery_id: str) -> dict[str, str]:
-        """A recovery's progress record, or NotFound."""
-        raw: dict[bytes, bytes] = await self._redis.hgetall(keys.recovery(recovery_id))  # type: ignore[misc]
-        if not raw:
-            raise NotFound("No such recovery.")
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class Handover:
-    """One record handed to history: an event with its fan-out, a delivery (as it ended, or
-    back in flight) with its attempts, or an audit entry (None when it left Redis already).
-
-    `version` is the delivery's `updated_ms`: it leaves Redis only if that is still unchanged.
-    """
-
-    entry_id: str
-    event: StoredEvent | None = None
-    fanout: list[tuple[str, str]] = field(default_factory=list)  # (delivery, webhook) ids
-    delivery: Delivery | None = None
-    audit: AuditEntry | None = None
-    version: str = ""
-    attempts: list[Attempt] = field(default_factory=list)
 
 
 def _upstream_key(tenant_id: str, upstream_id: str | None) -> str | None:

@@ -21,9 +21,9 @@ from typing import Any
 
 import asyncpg
 
+from relay.delivery.handover import Handover, HistoryHandover
 from relay.delivery.model import Status
 from relay.delivery.outage import REDIS_AWAY, Backoff
-from relay.delivery.store import DeliveryStore, Handover
 from relay.history import partitions
 from relay.history.db import POSTGRES_AWAY
 from relay.history.reader import id_time
@@ -232,7 +232,7 @@ class HistoryWriter:
     """One worker's share of the history writing, until stopped."""
 
     def __init__(
-        self, store: DeliveryStore, pool: asyncpg.Pool, consumer: str, counts: Counts
+        self, store: HistoryHandover, pool: asyncpg.Pool, consumer: str, counts: Counts
     ) -> None:
         self._store = store
         self._pool = pool

@@ -16,7 +16,7 @@ from relay.delivery.store import NewEvent, PlannedDelivery, StaleFanOut
 from relay.errors import Invalid, PayloadTooLarge, RelayError, Unauthorized, Unavailable
 from relay.events import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
-from relay.services import Services
+from relay.resources import Resources
 from relay.store.events import StoredEvent
 from relay.store.idempotency import Commit, Held
 from relay.store.webhooks import TenantWebhooks
@@ -66,7 +66,7 @@ class _Catalog:
     """What planning events reads besides the event: registered types and tenants' webhooks,
     each read once per request (a batch names the same ones again and again)."""
 
-    ctx: Services
+    ctx: Resources
     _types: dict[str, RegisteredType | None] = field(default_factory=dict)
     _webhooks: dict[str, TenantWebhooks] = field(default_factory=dict)
     _stale: Counter[str] = field(default_factory=Counter)
@@ -104,7 +104,7 @@ class _Planned:
     undeliverable: Undeliverable | None
 
 
-async def _plan(ctx: Services, catalog: _Catalog, spec: EventIn) -> _Planned | StoredEvent:
+async def _plan(ctx: Resources, catalog: _Catalog, spec: EventIn) -> _Planned | StoredEvent:
     """The event validated (or Invalid) and fanned out; or, for an upstream id history already
     has, the event first accepted under it."""
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
@@ -142,7 +142,7 @@ async def _plan(ctx: Services, catalog: _Catalog, spec: EventIn) -> _Planned | S
 
 
 async def _written(
-    ctx: Services, planned: _Planned, first: str | None
+    ctx: Resources, planned: _Planned, first: str | None
 ) -> tuple[dict[str, object], bool]:
     """(view, created) of a planned event once written; `first` is the event its upstream id
     was accepted as meanwhile, if it was (then nothing was written)."""
@@ -155,7 +155,7 @@ async def _written(
 
 
 async def accept(
-    ctx: Services,
+    ctx: Resources,
     spec: EventIn,
     commit: Commit[dict[str, object]] | None = None,
     token: TokenCheck | None = None,
@@ -216,7 +216,7 @@ def _item(raw: object, max_bytes: int) -> EventIn | RelayError:
 
 
 async def accept_batch(
-    ctx: Services,
+    ctx: Resources,
     items: Sequence[EventIn | RelayError],
     claim: Held | None = None,
     token: TokenCheck | None = None,
@@ -253,7 +253,7 @@ async def accept_batch(
 
 
 async def _write_batch(
-    ctx: Services,
+    ctx: Resources,
     catalog: _Catalog,
     todo: list[tuple[int, EventIn]],
     claim: Held | None,
@@ -323,7 +323,7 @@ def event_summary(event: StoredEvent) -> dict[str, object]:
     )
 
 
-async def event_view(ctx: Services, event: StoredEvent) -> dict[str, object]:
+async def event_view(ctx: Resources, event: StoredEvent) -> dict[str, object]:
     """An event as the API shows it, with its deliveries' current status."""
     view = event_summary(event)
     view["deliveries"] = [

@@ -1,7 +1,8 @@
-"""The use cases of a delivery's life: attempt, retry, cancel, recover, retry an event, test send.
+"""Making one attempt of a claimed delivery: the receiver's request, the send, its verdict, the
+settle, and the webhook's disabling when its endpoint is gone or keeps failing.
 
-HTTP handlers and the worker call these and nothing below them. The receiver's request is built
-in one place, `receiver_request`, for deliveries and test sends alike.
+The worker calls `deliver` and nothing below it. The receiver's request is built in one place,
+`receiver_request`, for deliveries and test sends alike.
 """
 
 from __future__ import annotations
@@ -9,30 +10,19 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from relay import audit, events, ids, logs, tracing
+from relay import audit, logs, tracing
 from relay.delivery.concurrency import load
-from relay.delivery.model import (
-    RETRYABLE,
-    Attempt,
-    Claim,
-    Delivery,
-    Settled,
-    Settlement,
-    Status,
-)
+from relay.delivery.model import Attempt, Claim, Settled, Settlement, Status
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.policy import judge
-from relay.delivery.store import DeliveryFilter
-from relay.errors import Conflict, RateLimited
 from relay.metrics import attempt_counters
+from relay.resources import USER_AGENT, Resources
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.sender import SendResult
-from relay.services import USER_AGENT, Services
 from relay.store import codec
-from relay.store.events import StoredEvent
 from relay.timefmt import from_timestamp
 from relay.webhooks import (
     REDACTED,
@@ -44,12 +34,6 @@ from relay.webhooks import (
 )
 
 log = logging.getLogger("relay.delivery")
-
-# Deliveries one recovery step restarts with one script call.
-RECOVER_BATCH = 200
-RECOVER_JOB = "recover"
-# The `until` of a recovery given none: later than any delivery.
-_NO_END_MS = 2**47
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +106,7 @@ def _unsent(error: str) -> SendResult:
 
 
 async def _send(
-    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+    svc: Resources, webhook: Webhook, claim: Claim, body: bytes
 ) -> tuple[SendResult, dict[str, str]]:
     """Prepare and make the attempt; a failure to prepare is the attempt's error, never raised."""
     try:
@@ -143,7 +127,7 @@ async def _send(
 
 
 async def _attempt(
-    svc: Services, webhook: Webhook, claim: Claim, body: bytes
+    svc: Resources, webhook: Webhook, claim: Claim, body: bytes
 ) -> tuple[Settlement, bool]:
     """Make the attempt and judge it: the settlement, and whether the endpoint is gone (410)."""
     result, headers = await _send(svc, webhook, claim, body)
@@ -196,7 +180,7 @@ async def _attempt(
     return settlement, verdict.disable_webhook
 
 
-def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
+def _broken(svc: Resources, claim: Claim, exc: Exception) -> Settlement:
     """An attempt that failed inside relay: a failed attempt like any other, retried on schedule."""
     error = f"relay could not make the attempt: {type(exc).__name__}: {exc}"
     verdict = judge(
@@ -229,7 +213,7 @@ def _broken(svc: Services, claim: Claim, exc: Exception) -> Settlement:
     )
 
 
-async def _settle(svc: Services, claim: Claim, settlement: Settlement, patience: float) -> Settled:
+async def _settle(svc: Resources, claim: Claim, settlement: Settlement, patience: float) -> Settled:
     """Settle, trying again while Redis is away for up to `patience` seconds (the lease).
 
     After that the lease has run out and another worker repeats the attempt: at least once.
@@ -245,7 +229,7 @@ async def _settle(svc: Services, claim: Claim, settlement: Settlement, patience:
             await backoff.wait()
 
 
-async def deliver(svc: Services, claim: Claim, patience: float) -> None:
+async def deliver(svc: Resources, claim: Claim, patience: float) -> None:
     """Make one claimed attempt, log it, and schedule what comes next.
 
     Whatever goes wrong in between ends as a logged, failed attempt with its reason: a claimed
@@ -255,7 +239,7 @@ async def deliver(svc: Services, claim: Claim, patience: float) -> None:
         await _deliver(svc, claim, patience)
 
 
-async def _deliver(svc: Services, claim: Claim, patience: float) -> None:
+async def _deliver(svc: Resources, claim: Claim, patience: float) -> None:
     gone = False
     try:
         webhook, settlement = _no_attempt(claim)
@@ -323,163 +307,3 @@ def _disable_reason(
         since = from_timestamp(failing_since_ms / 1000)
         return f"every attempt since {since} failed (more than {disable_after} s)"
     return None
-
-
-async def retry(svc: Services, delivery: Delivery) -> Delivery:
-    """A finished delivery starts a fresh schedule now (history kept); a pending one gets a
-    manual attempt now, which leaves its schedule as it was (one due already just goes)."""
-    now_ms, [outcome] = await svc.deliveries.restart([delivery.id], RETRYABLE)
-    if outcome not in ("ok", "manual"):
-        raise Conflict(f"The delivery is {outcome}; it can be retried once its attempt ends.")
-    # As the transition wrote it: a worker may take it the next moment.
-    stamp = from_timestamp(now_ms / 1000)
-    if outcome == "manual":
-        return replace(delivery, updated_at=stamp)
-    cycle_start = delivery.cycle_start if delivery.status is Status.PENDING else None
-    return replace(
-        delivery,
-        status=Status.PENDING,
-        cycle_start=delivery.attempt_count if cycle_start is None else cycle_start,
-        next_attempt_at=stamp,
-        updated_at=stamp,
-        delivered_at=None,
-    )
-
-
-async def cancel(svc: Services, delivery: Delivery) -> Delivery:
-    """Cancel a pending delivery: it is never sent afterwards."""
-    outcome = await svc.deliveries.cancel(delivery.id)
-    if outcome == "missing":  # it has left Redis: it ended, as history says
-        outcome = delivery.status.value
-    if outcome != "ok":
-        raise Conflict(f"The delivery is {outcome}; only a pending delivery can be canceled.")
-    return await svc.deliveries.get(delivery.id)
-
-
-async def retry_failures(svc: Services, event: StoredEvent) -> int:
-    """Send an event's failed deliveries again; how many went."""
-    failed_only = frozenset({Status.FAILED})
-    requeued = 0
-    for start in range(0, len(event.delivery_ids), RECOVER_BATCH):
-        chunk = event.delivery_ids[start : start + RECOVER_BATCH]
-        requeued += (await svc.deliveries.restart(chunk, failed_only))[1].count("ok")
-    return requeued
-
-
-def _selection(record: dict[str, str]) -> DeliveryFilter:
-    """The deliveries a recovery record sends again (its `since` is in its cursor)."""
-    return DeliveryFilter(
-        webhook_id=record["webhook_id"] or None,
-        tenant_id=record["tenant_id"] or None,
-        status=Status.FAILED,
-        event_type=record.get("event_type") or None,
-        until_ms=int(record["until_ms"]),
-    )
-
-
-async def _recover_step(
-    svc: Services, selection: DeliveryFilter, cursor: str
-) -> tuple[str, int, bool]:
-    """Restart the failed deliveries of one batch; (new cursor, how many went, finished)."""
-    batch = await svc.deliveries.failed_after(selection, cursor, RECOVER_BATCH)
-    if not batch:
-        return cursor, 0, True
-    _, outcomes = await svc.deliveries.restart(batch, frozenset({Status.FAILED}))
-    return batch[-1], outcomes.count("ok"), len(batch) < RECOVER_BATCH
-
-
-async def recover(svc: Services, selection: DeliveryFilter) -> dict[str, object]:
-    """Send again every failed delivery `selection` names (its webhook, tenant and event type
-    when set) created in [since, until].
-
-    The first batch goes at once; a larger selection carries on as a background job whose
-    progress `recovery_view` shows.
-    """
-    since_ms = selection.since_ms or 0
-    until_ms = _NO_END_MS if selection.until_ms is None else selection.until_ms
-    recovery_id = ids.new_id("rcv")
-    record: dict[str, str] = {
-        "id": recovery_id,
-        "webhook_id": selection.webhook_id or "",
-        "tenant_id": selection.tenant_id or "",
-        "event_type": selection.event_type or "",
-        "since_ms": str(since_ms),
-        "until_ms": str(until_ms),
-    }
-    cursor, requeued, done = await _recover_step(
-        svc, _selection(record), ids.time_floor("dlv", since_ms)
-    )
-    await svc.deliveries.start_recovery(
-        recovery_id,
-        {
-            **record,
-            "cursor": cursor,
-            "requeued": requeued,
-            "status": "done" if done else "running",
-        },
-    )
-    if not done:
-        await svc.jobs.enqueue(RECOVER_JOB, recovery_id, recovery_id)
-    return recovery_view(await svc.deliveries.recovery(recovery_id))
-
-
-async def continue_recovery(svc: Services, recovery_id: str) -> None:
-    """Run a recovery's remaining batches, saving progress after each (a re-run resumes)."""
-    record = await svc.deliveries.recovery(recovery_id)
-    cursor, requeued = record["cursor"], int(record["requeued"])
-    done = record["status"] == "done"
-    while not done:
-        cursor, went, done = await _recover_step(svc, _selection(record), cursor)
-        requeued += went
-        await svc.deliveries.recovery_progress(recovery_id, cursor, requeued, done)
-
-
-def recovery_view(record: dict[str, str]) -> dict[str, object]:
-    """A recovery as the API shows it: one webhook's is found under that webhook too."""
-    webhook_id = record["webhook_id"] or None
-    base = f"/v1/webhooks/{webhook_id}" if webhook_id else "/v1"
-    return {
-        "id": record["id"],
-        "webhook_id": webhook_id,
-        "tenant_id": record["tenant_id"] or None,
-        "event_type": record.get("event_type") or None,
-        "status": record["status"],
-        "requeued": int(record["requeued"]),
-        "since": from_timestamp(int(record["since_ms"]) / 1000),
-        "until": from_timestamp(int(record["until_ms"]) / 1000),
-        "url": f"{base}/recoveries/{record['id']}",
-    }
-
-
-async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[str, object]:
-    """Send a signed sample event now, record what the endpoint answered, and return it.
-
-    Limited per tenant: otherwise any tenant could make relay POST to any public host on demand.
-    """
-    wait = await svc.test_sends.wait(webhook.tenant_id)
-    if wait:
-        raise RateLimited(
-            f"This tenant's test sends are limited to {svc.settings.test_sends_per_minute} "
-            f"a minute; retry in {wait} s.",
-            retry_after=wait,
-        )
-    now_ms = await svc.deliveries.redis_now_ms()
-    event_id = ids.new_id("evt", now_ms)
-    sent_at = from_timestamp(now_ms / 1000)
-    sample = events.EVENT_TYPES[event_type].sample
-    body = events.envelope(event_id, event_type, webhook.tenant_id, sample, sent_at)
-    request = receiver_request(webhook, svc.keyring, event_id, body, now_ms, test=True)
-    result = await svc.sender.send(request.url, request.body, request.headers)
-    view: dict[str, object] = {
-        "event_id": event_id,
-        "type": event_type,
-        "sent_at": sent_at,
-        "url": request.url,
-        "status_code": result.status_code,
-        "duration_ms": result.duration_ms,
-        "error": result.error,
-        "response_body": result.response_body,
-        "request_headers": request.logged_headers,
-    }
-    await svc.deliveries.record_test(webhook.id, view)
-    return view

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from relay import __version__
 from relay.config import Settings
+from relay.delivery.handover import HistoryHandover
 from relay.delivery.queue import JobQueue
 from relay.delivery.store import DeliveryStore
 from relay.history.db import Database
@@ -24,7 +25,9 @@ from relay.store.event_types import EventTypeStore
 from relay.store.events import EventStore
 from relay.store.idempotency import IdempotencyStore
 from relay.store.ratelimit import AuthFailureLimiter, WindowLimiter
+from relay.store.recoveries import RecoveryStore
 from relay.store.replicas import Replicas
+from relay.store.samples import SampleLog
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 
@@ -62,7 +65,7 @@ def keyring(settings: Settings) -> Keyring:
 
 
 @dataclass(slots=True)
-class Services:
+class Resources:
     """The process's shared resources."""
 
     settings: Settings
@@ -80,13 +83,16 @@ class Services:
     test_sends: WindowLimiter  # per tenant and minute: each makes relay POST somewhere at once
     auth_failures: AuthFailureLimiter
     deliveries: DeliveryStore
+    handover: HistoryHandover  # records on their way to history, for its writer
+    recoveries: RecoveryStore
+    sample_log: SampleLog  # each webhook's recent test sends
     jobs: JobQueue
     database: Database
     counts: Counts = field(default_factory=Counts)
 
     @classmethod
-    def open(cls, settings: Settings) -> Services:
-        """Build the services for a process (connections open lazily)."""
+    def open(cls, settings: Settings) -> Resources:
+        """Build the resources for a process (connections open lazily)."""
         redis = connect_redis(require_redis_url(settings))
         replicas = Replicas(redis, settings.redis_min_replicas)
         database = Database(require_database_url(settings))
@@ -124,6 +130,9 @@ class Services:
                 archive,
                 replicas=replicas,
             ),
+            handover=HistoryHandover(redis, replicas),
+            recoveries=RecoveryStore(redis, settings.retention_seconds),
+            sample_log=SampleLog(redis, settings.retention_seconds),
             jobs=JobQueue(redis),
             database=database,
         )
@@ -135,7 +144,7 @@ class Services:
         await self.database.aclose()
 
 
-def services(request: Request) -> Services:
-    """The services of the app serving `request`."""
-    ctx: Services = request.app.state.services
+def resources(request: Request) -> Resources:
+    """The resources of the app serving `request`."""
+    ctx: Resources = request.app.state.resources
     return ctx

@@ -74,3 +74,27 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
 
 def test_stats_count_every_finished_status() -> None:
     assert set(shapes.DeliveryCounts.model_fields) == {s.value for s in FINISHED}
+
+
+def _answer_models(model: type[shapes.Shape]) -> list[type[shapes.Shape]]:
+    below = model.__subclasses__()
+    return below + [m for sub in below for m in _answer_models(sub)]
+
+
+def _attributes(source: type) -> set[str]:
+    """What an object of `source` has to read: its dataclass fields and its properties."""
+    fields = (
+        {f.name for f in dataclasses.fields(source)} if dataclasses.is_dataclass(source) else set()
+    )
+    return fields | {n for n in dir(source) if isinstance(getattr(source, n), property)}
+
+
+def test_every_answer_reads_only_what_its_domain_object_has() -> None:
+    # An answer is its domain object's attributes (model_validate reads them): a field renamed
+    # or dropped on one side only would fail on the first call, so it fails here first.
+    built = {m for m in _answer_models(shapes.Shape) if m.source is not None}
+    assert built, "no answer names the domain object it is read from"
+    for model in built:
+        assert model.source is not None
+        missing = set(model.model_fields) - _attributes(model.source)
+        assert not missing, f"{model.__name__} has no {model.source.__name__} attribute {missing}"

@@ -7,11 +7,10 @@ these models and every answer is checked against its model before it leaves (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import core_schema
 
 from relay.delivery.model import Status, Trigger
@@ -20,6 +19,7 @@ from relay.ids import pattern as id_pattern
 from relay.roles import Role
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
+from relay.timefmt import read_rfc3339
 from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX
 from relay.validation import TenantId
 from relay.webhooks import Undeliverable
@@ -37,8 +37,17 @@ class OneOf:
         return core_schema.literal_schema(list(self.names))
 
 
-# Answers are rendered with timestamps as RFC 3339 strings (relay.timefmt).
-Timestamp = datetime
+def _rfc3339(value: str) -> str:
+    if read_rfc3339(value) is None:
+        raise ValueError("must be an RFC 3339 timestamp")
+    return value
+
+
+# Domain objects hold timestamps as the RFC 3339 strings relay.timefmt makes, and answers pass
+# them on as they are (a datetime would be re-rendered in another form): checked, not parsed.
+Timestamp = Annotated[
+    str, AfterValidator(_rfc3339), WithJsonSchema({"format": "date-time", "type": "string"})
+]
 Count = Annotated[int, Field(ge=0)]
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
 Headers = dict[str, str]
@@ -59,9 +68,14 @@ VerificationKey = Annotated[
 
 
 class Shape(BaseModel):
-    """An object relay answers with: closed, so an undeclared field is an error, not news."""
+    """An object relay answers with: closed, so an undeclared field is an error, not news.
 
-    model_config = ConfigDict(extra="forbid")
+    An answer is built from its domain object, `source` (`model_validate(obj)` reads its
+    attributes): every field is one of that object's attributes (tests/test_shapes.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    source: ClassVar[type | None] = None
 
 
 class Deleted(Shape):
@@ -117,27 +131,6 @@ class IssuedToken(Token):
 
 class RevokedToken(Token, Deleted):
     """A token that no longer authenticates."""
-
-
-class Actor(Shape):
-    """Who made a change."""
-
-    token_id: str = Field(description="The token's id, or `system`")
-    role: str
-
-
-class AuditEntry(Shape):
-    """One change made through the API."""
-
-    id: Annotated[str, StringConstraints(pattern=id_pattern("aud"))]
-    at: Timestamp
-    action: str = Field(description="What was done, e.g. webhook.secret.rotate")
-    actor: Actor
-    object_id: str | None
-    tenant_id: TenantId | None
-    request_id: str | None = Field(
-        description="The request's X-Request-Id (the caller's, or one relay made)"
-    )
 
 
 class PortalSession(Shape):

@@ -96,5 +96,10 @@ def test_every_answer_reads_only_what_its_domain_object_has() -> None:
     assert built, "no answer names the domain object it is read from"
     for model in built:
         assert model.source is not None
-        missing = set(model.model_fields) - _attributes(model.source)
+        has = _attributes(model.source)
+        # Read under its JSON name when it has one.
+        names = {f.alias or n for n, f in model.model_fields.items()}
+        missing = names - model.added - has
         assert not missing, f"{model.__name__} has no {model.source.__name__} attribute {missing}"
+        # What an answer adds beside its object is what the object does not hold.
+        assert model.added <= names - has, model.__name__

@@ -7,7 +7,7 @@ these models and every answer is checked against its model before it leaves (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -16,11 +16,9 @@ from pydantic_core import core_schema
 from relay.delivery.model import Status, Trigger
 from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
-from relay.roles import Role
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.stats import WINDOWS
 from relay.timefmt import read_rfc3339
-from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX
 from relay.validation import TenantId
 from relay.webhooks import Undeliverable
 
@@ -76,6 +74,26 @@ class Shape(BaseModel):
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
     source: ClassVar[type | None] = None
+    # Fields `source` does not hold, given beside it to `read` (a plaintext shown once).
+    added: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, obj: object, **added: object) -> Self:
+        """The answer for the domain object `obj`, with the fields it does not hold."""
+        if set(added) != cls.added:
+            raise TypeError(f"{cls.__name__} takes {sorted(cls.added)} beside its object")
+        return cls.model_validate(_Beside(obj, added) if added else obj)
+
+
+@dataclass(frozen=True, slots=True)
+class _Beside:
+    """A domain object with more attributes beside its own, for an answer to read."""
+
+    obj: object
+    added: dict[str, object]
+
+    def __getattr__(self, name: str) -> object:
+        return self.added[name] if name in self.added else getattr(self.obj, name)
 
 
 class Deleted(Shape):
@@ -93,53 +111,6 @@ class Problem(Shape):
     detail: str
     code: str
     errors: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class Token(Shape):
-    """An API token, never its plaintext."""
-
-    id: TokenId
-    role: Role
-    tenant_id: TenantId | None
-    name: str
-    created_at: Timestamp
-    expires_at: Timestamp | None
-    last_used_at: Timestamp | None = Field(
-        description="When the token last authenticated, to the minute"
-    )
-
-
-class CallingToken(Shape):
-    """The token a request is made with, as the caller may know it: what it may do, until when."""
-
-    id: Annotated[
-        str,
-        StringConstraints(pattern=f"{id_pattern('tok')}|^{BOOTSTRAP_ID}$"),
-        Field(description=f"The token's id; `{BOOTSTRAP_ID}` for RELAY_ADMIN_TOKEN"),
-    ]
-    role: Role
-    tenant_id: TenantId | None
-    name: str | None = Field(description="The name it was issued with (none for RELAY_ADMIN_TOKEN)")
-    expires_at: Timestamp | None
-
-
-class IssuedToken(Token):
-    """A new token, with its plaintext: in this answer and nowhere else, ever."""
-
-    token: Annotated[str, StringConstraints(pattern=f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$")]
-
-
-class RevokedToken(Token, Deleted):
-    """A token that no longer authenticates."""
-
-
-class PortalSession(Shape):
-    """A console link signed in as a short-lived token of one tenant."""
-
-    url: str = Field(description="The console, signed in by the token in the URL's fragment")
-    token_id: TokenId
-    tenant_id: TenantId
-    expires_at: Timestamp
 
 
 class EventType(Shape):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import relay.app
-from relay.api import shapes, webhooks
+from relay.api import shapes, stats, webhooks
 from relay.app import OPERATIONS
 from relay.delivery.model import FINISHED
 from tests.fixtures import ClientFactory
@@ -49,7 +49,7 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
 ) -> None:
     # As if create_webhook's model had lost its `secret` field: the handler still answers one.
     narrowed = [
-        dataclasses.replace(op, answers=shapes.Webhook)
+        dataclasses.replace(op, answers=webhooks.Webhook)
         if op.handler is webhooks.create_webhook
         else op
         for op in OPERATIONS
@@ -73,7 +73,7 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
 
 
 def test_stats_count_every_finished_status() -> None:
-    assert set(shapes.DeliveryCounts.model_fields) == {s.value for s in FINISHED}
+    assert set(stats.DeliveryCounts.model_fields) == {s.value for s in FINISHED}
 
 
 def _answer_models(model: type[shapes.Shape]) -> list[type[shapes.Shape]]:
@@ -103,3 +103,17 @@ def test_every_answer_reads_only_what_its_domain_object_has() -> None:
         assert not missing, f"{model.__name__} has no {model.source.__name__} attribute {missing}"
         # What an answer adds beside its object is what the object does not hold.
         assert model.added <= names - has, model.__name__
+
+
+async def test_answers_keep_their_fields_in_order(admin: httpx.AsyncClient) -> None:
+    # Answers are rendered from their models: a model's bases decide the order of its fields.
+    made = (await admin.post("/v1/tokens", json={"role": "ingest"})).json()["data"]
+    revoked = (await admin.delete(f"/v1/tokens/{made['id']}")).json()["data"]
+    assert list(revoked) == [*(k for k in made if k != "token"), "deleted"]
+    hook = {"url": "http://127.0.0.1:9/hook", "tenant_id": "space_42"}
+    created = (await admin.post("/v1/webhooks", json=hook)).json()["data"]
+    deleted = (await admin.delete(f"/v1/webhooks/{created['id']}")).json()["data"]
+    shown = (k for k in created if k not in ("concurrency", "secret"))
+    assert list(deleted) == [*shown, "deleted"]
+    stats = (await admin.get("/v1/stats")).json()["data"]
+    assert list(stats["series"][0])[:2] == ["start", "events_accepted"]

@@ -16,8 +16,7 @@ from pydantic_core import core_schema
 from relay.delivery.model import Status, Trigger
 from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
-from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
-from relay.stats import WINDOWS
+from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX
 from relay.timefmt import read_rfc3339
 from relay.validation import TenantId
 from relay.webhooks import Undeliverable
@@ -124,83 +123,6 @@ class EventType(Shape):
     example: dict[str, Any] | None
     deprecated: bool
     builtin: bool = Field(description="Built into relay (fixed) rather than registered")
-
-
-class Webhook(Shape):
-    """An endpoint that receives a tenant's events."""
-
-    id: WebhookId
-    tenant_id: TenantId
-    url: str
-    # Names of built-in and registered types, '*' and 'prefix.*' wildcards.
-    events: list[str]
-    description: str
-    headers: Annotated[
-        Headers,
-        Field(description="The custom headers' names; every value reads '[redacted]'."),
-    ]
-    enabled: bool
-    disabled_reason: str | None
-    rate_limit_per_second: Annotated[int, Field(ge=1)] | None
-    signature_scheme: Scheme
-    created_at: Timestamp
-    updated_at: Timestamp
-
-
-class EndpointConcurrency(Shape):
-    """How many attempts relay makes to the webhook at once: adapted to how it answers."""
-
-    current: Annotated[
-        int,
-        Field(
-            ge=1,
-            description=(
-                "Attempts it may have in flight now: one more per round of quick 2xx answers "
-                "while all are in use, half after a 429, a 503 or a timeout"
-            ),
-        ),
-    ]
-    max: Annotated[
-        int, Field(ge=1, description="How far it may grow (RELAY_ENDPOINT_CONCURRENCY_MAX)")
-    ]
-
-
-class DeliveredWebhook(Webhook):
-    """A webhook, with how relay delivers to it now (read-only)."""
-
-    concurrency: EndpointConcurrency
-
-
-class CreatedWebhook(DeliveredWebhook):
-    """A webhook just registered, with what its receiver verifies signatures with."""
-
-    secret: VerificationKey
-
-
-class DeletedWebhook(Webhook, Deleted):
-    """A webhook that receives nothing more."""
-
-
-class PreviousSecret(Shape):
-    """A secret replaced by a rotation that still signs for a while."""
-
-    expires_at: Timestamp
-
-
-class Secret(Shape):
-    """What verifies a webhook's signatures now, and until when previous secrets still sign."""
-
-    secret: VerificationKey
-    previous: list[PreviousSecret] = Field(
-        description="Previous secrets that still sign, and until when"
-    )
-
-
-class RotatedSecret(Shape):
-    """The new secret; the previous one also signs until previous_expires_at."""
-
-    secret: VerificationKey
-    previous_expires_at: Timestamp
 
 
 class TestResult(Shape):
@@ -318,51 +240,6 @@ class DeliveryWithAttempts(Delivery):
     """A delivery with its attempt log, oldest first."""
 
     attempts: list[Attempt]
-
-
-class DeliveryCounts(Shape):
-    """Deliveries that finished, by how (every status in relay.delivery.model.FINISHED)."""
-
-    delivered: Count
-    failed: Count
-    canceled: Count
-
-
-class Figures(Shape):
-    """Events, attempts, finished deliveries, success rate and latency over a span of time."""
-
-    events_accepted: Count
-    attempts: Count
-    attempts_succeeded: Count
-    success_rate: Annotated[float, Field(ge=0, le=1)] | None
-    deliveries: DeliveryCounts
-    latency_p50_ms: Count | None
-    latency_p95_ms: Count | None
-
-
-class Point(Figures):
-    """One point of a chart: the figures of the step that starts at `start`."""
-
-    start: Timestamp
-
-
-class TroubledWebhook(Webhook):
-    """A webhook that is failing or disabled."""
-
-    failing_since: Timestamp | None
-
-
-class Stats(Shape):
-    """The overview: figures over the last hour or day, and what needs care."""
-
-    window: Annotated[str, OneOf(tuple(WINDOWS))]
-    since: Timestamp
-    until: Timestamp
-    step_seconds: Count
-    totals: Figures
-    series: list[Point]
-    backlog: Count
-    webhooks: list[TroubledWebhook]
 
 
 class Recovery(Shape):

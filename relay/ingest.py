@@ -14,7 +14,7 @@ from relay import logs, tracing
 from relay.config import Settings
 from relay.delivery.store import NewEvent, PlannedDelivery, StaleFanOut
 from relay.errors import Invalid, PayloadTooLarge, RelayError, Unauthorized, Unavailable
-from relay.events import EVENT_TYPES, RegisteredType, envelope, validate_event
+from relay.event_types import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
 from relay.services import Services
 from relay.store.events import StoredEvent

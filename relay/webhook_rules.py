@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from relay.errors import Invalid
-from relay.events import EVENT_TYPES, WILDCARD_PATTERN, is_wildcard
+from relay.event_types import EVENT_TYPES, WILDCARD_PATTERN, is_wildcard
 from relay.signing import SECRET_PREFIX, Scheme, decode_secret
 from relay.validation import JSON_INT
 from relay.webhooks import REDACTED

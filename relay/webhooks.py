@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from relay.errors import Conflict, Invalid
-from relay.events import matches
+from relay.event_types import matches
 from relay.ids import new_id
 from relay.secrets import Keyring
 from relay.signing import (

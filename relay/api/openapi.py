@@ -17,7 +17,7 @@ from relay import __version__
 from relay.api.idempotency import REPLAYED
 from relay.api.routing import Operation
 from relay.api.shapes import Alive, Problem, Ready, envelope
-from relay.events import EVENT_TYPES, NAME_PATTERN
+from relay.event_types import EVENT_TYPES, NAME_PATTERN
 from relay.roles import Role
 from relay.signing import Scheme
 from relay.validation import TenantId

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic_core import core_schema
 
 from relay.delivery.model import Status, Trigger
-from relay.events import EVENT_TYPES, NAME_PATTERN
+from relay.event_types import EVENT_TYPES
 from relay.ids import pattern as id_pattern
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX
 from relay.timefmt import read_rfc3339
@@ -67,12 +67,13 @@ VerificationKey = Annotated[
 class Shape(BaseModel):
     """An object relay answers with: closed, so an undeclared field is an error, not news.
 
-    An answer is built from its domain object, `source` (`model_validate(obj)` reads its
-    attributes): every field is one of that object's attributes (tests/test_shapes.py).
+    An answer is built from its domain object, of class `source` (or of one of the classes
+    when it is a tuple): `model_validate(obj)` reads its attributes, and every field is one of
+    them (tests/test_shapes.py).
     """
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
-    source: ClassVar[type | None] = None
+    source: ClassVar[type | tuple[type, ...] | None] = None
     # Fields `source` does not hold, given beside it to `read` (a plaintext shown once).
     added: ClassVar[frozenset[str]] = frozenset()
 
@@ -110,19 +111,6 @@ class Problem(Shape):
     detail: str
     code: str
     errors: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class EventType(Shape):
-    """An event type relay accepts, and the JSON Schema its events' data must match."""
-
-    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-    description: str
-    data_schema: dict[str, Any] = Field(
-        alias="schema", description="JSON Schema of the event's data"
-    )
-    example: dict[str, Any] | None
-    deprecated: bool
-    builtin: bool = Field(description="Built into relay (fixed) rather than registered")
 
 
 class TestResult(Shape):

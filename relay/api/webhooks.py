@@ -9,7 +9,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay import events, webhooks
+from relay import event_types, webhooks
 from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
@@ -111,13 +111,13 @@ class SampleSend(BaseModel):
     model_config = INPUT
 
     webhook_id: str = Field(min_length=1, max_length=64)
-    type: str = Field("post.published", json_schema_extra={"enum": list(events.EVENT_TYPES)})
+    type: str = Field("post.published", json_schema_extra={"enum": list(event_types.EVENT_TYPES)})
 
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        if value not in events.EVENT_TYPES:
-            raise ValueError(f"Unknown event type; known: {', '.join(events.EVENT_TYPES)}.")
+        if value not in event_types.EVENT_TYPES:
+            raise ValueError(f"Unknown event type; known: {', '.join(event_types.EVENT_TYPES)}.")
         return value
 
 
@@ -220,7 +220,7 @@ reserve_segment("webhook", "test")
 async def _filter_context(request: Request) -> dict[str, Any]:
     """What `events` filters may name: the built-in types and those registered."""
     registered = await services(request).event_types.names()
-    return {KNOWN_TYPES: [*events.EVENT_TYPES, *registered]}
+    return {KNOWN_TYPES: [*event_types.EVENT_TYPES, *registered]}
 
 
 async def visible_webhook(

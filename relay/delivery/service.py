@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from relay import audit, events, ids, logs, tracing
+from relay import audit, event_types, ids, logs, tracing
 from relay.delivery.concurrency import load
 from relay.delivery.model import (
     RETRYABLE,
@@ -466,8 +466,8 @@ async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[st
     now_ms = await svc.deliveries.redis_now_ms()
     event_id = ids.new_id("evt", now_ms)
     sent_at = from_timestamp(now_ms / 1000)
-    sample = events.EVENT_TYPES[event_type].sample
-    body = events.envelope(event_id, event_type, webhook.tenant_id, sample, sent_at)
+    sample = event_types.EVENT_TYPES[event_type].sample
+    body = event_types.envelope(event_id, event_type, webhook.tenant_id, sample, sent_at)
     request = receiver_request(webhook, svc.keyring, event_id, body, now_ms, test=True)
     result = await svc.sender.send(request.url, request.body, request.headers)
     view: dict[str, object] = {

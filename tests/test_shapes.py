@@ -105,6 +105,10 @@ def test_every_answer_reads_only_what_its_domain_object_has() -> None:
             assert not missing, f"{model.__name__} has no {source.__name__} attribute {missing}"
             # What an answer adds beside its object is what the object does not hold.
             assert model.added <= names - has, model.__name__
+            if model.as_is:
+                # Sent as it is: every field of the object is in the answer, in its order.
+                written = [f.name for f in dataclasses.fields(source)]
+                assert written == list(model.model_fields), model.__name__
 
 
 async def test_answers_keep_their_fields_in_order(admin: httpx.AsyncClient) -> None:

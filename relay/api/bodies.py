@@ -40,7 +40,8 @@ async def read_model(request: Request, model: type[M], context: dict[str, Any] |
 
 
 def _answer(value: object) -> object:
-    # Answer models (relay.api.shapes) under their JSON names; everything else is plain JSON.
+    # Answer models (relay.api.shapes) under their JSON names; everything else is plain JSON,
+    # dataclasses included (orjson writes their fields in order).
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(by_alias=True)
     raise TypeError(f"{type(value).__name__} is not an answer")

@@ -10,16 +10,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import core_schema
 
 from relay.delivery.model import Status, Trigger
 from relay.event_types import EVENT_TYPES
 from relay.ids import pattern as id_pattern
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX
-from relay.timefmt import read_rfc3339
 from relay.validation import TenantId
-from relay.webhooks import Undeliverable
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +32,20 @@ class OneOf:
         return core_schema.literal_schema(list(self.names))
 
 
-def _rfc3339(value: str) -> str:
-    if read_rfc3339(value) is None:
-        raise ValueError("must be an RFC 3339 timestamp")
-    return value
-
+# RFC 3339 `date-time` with each part in its range (not a day past its month's end): the form
+# relay.timefmt writes. Matched by pydantic-core, not in Python: an answer is built and checked
+# on every call, the ingest answer on the hot path.
+_RFC3339 = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 
 # Domain objects hold timestamps as the RFC 3339 strings relay.timefmt makes, and answers pass
 # them on as they are (a datetime would be re-rendered in another form): checked, not parsed.
 Timestamp = Annotated[
-    str, AfterValidator(_rfc3339), WithJsonSchema({"format": "date-time", "type": "string"})
+    str,
+    StringConstraints(pattern=_RFC3339),
+    WithJsonSchema({"format": "date-time", "type": "string"}),
 ]
 Count = Annotated[int, Field(ge=0)]
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
@@ -74,6 +76,10 @@ class Shape(BaseModel):
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
     source: ClassVar[type | tuple[type, ...] | None] = None
+    # Set when `source` is a dataclass of exactly this answer's fields, in its order, sent as it
+    # is (orjson writes it): no model is built, for answers on the hot path (POST /v1/events).
+    # The answer is still held to this model before it leaves (relay.api.routing).
+    as_is: ClassVar[bool] = False
     # Fields `source` does not hold, given beside it to `read` (a plaintext shown once).
     added: ClassVar[frozenset[str]] = frozenset()
 
@@ -126,62 +132,6 @@ class TestResult(Shape):
     error: str | None
     response_body: str
     request_headers: Headers
-
-
-class EventSummary(Shape):
-    """An event as a list shows it."""
-
-    id: EventId
-    type: str
-    tenant_id: TenantId
-    created_at: Timestamp
-    upstream_id: str | None
-    data: dict[str, Any]
-
-
-class EventDelivery(Shape):
-    """One of an event's deliveries, and where it is."""
-
-    id: DeliveryId
-    webhook_id: WebhookId
-    status: Status
-
-
-class Event(EventSummary):
-    """An event with its deliveries' current status."""
-
-    deliveries: list[EventDelivery]
-
-
-class AcceptedEvent(Event):
-    """An event just accepted, with why it goes nowhere if it does."""
-
-    # Absent from the answer to a repeated upstream id, which shows the first event as it is now.
-    undeliverable: Undeliverable | None = Field(
-        None,
-        description="Set when the event has no deliveries: no_webhooks (the tenant has none), "
-        "no_subscribers (none subscribes to this type) or webhooks_disabled",
-    )
-
-
-class BatchResult(Shape):
-    """What became of one event of a batch, as `POST /v1/events` would have answered it alone:
-    its status, with the event (202 accepted, 200 a repeat of its upstream `id`) or with the
-    problem that refused it (`type` … `errors`: 413 too large, 422 invalid, 503 not taken now)."""
-
-    status: HttpStatus
-    data: AcceptedEvent | None = None
-    type: str | None = None
-    title: str | None = None
-    detail: str | None = None
-    code: str | None = None
-    errors: dict[str, list[str]] | None = None
-
-
-class RetriedEvent(Event):
-    """An event whose failed deliveries went again."""
-
-    requeued: Count
 
 
 class Attempt(Shape):

@@ -35,7 +35,7 @@ class DeliveryCounts(Shape):
 class Figures(Shape):
     """Events, attempts, finished deliveries, success rate and latency over a span of time."""
 
-    source: ClassVar[type | None] = stats.Figures
+    source: ClassVar[type | tuple[type, ...] | None] = stats.Figures
 
     events_accepted: Count
     attempts: Count

@@ -254,7 +254,9 @@ EventFilters = Annotated[
     AfterValidator(_dedupe),
 ]
 Description = Annotated[str, Field(max_length=1024)]
-Headers = Annotated[dict[str, str], AfterValidator(_check_headers), WithJsonSchema(_HEADERS_SCHEMA)]
+CustomHeaders = Annotated[
+    dict[str, str], AfterValidator(_check_headers), WithJsonSchema(_HEADERS_SCHEMA)
+]
 RateLimit = Annotated[int, Field(gt=0, le=_MAX_RATE_PER_SECOND), JSON_INT]
 ImportedSecret = Annotated[str, AfterValidator(_check_secret), WithJsonSchema(_SECRET_SCHEMA)]
 # An enum read from its JSON string (strict mode would take only Scheme instances).

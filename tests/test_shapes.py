@@ -15,6 +15,8 @@ from relay.api import shapes, stats, webhooks
 from relay.app import OPERATIONS
 from relay.delivery.model import FINISHED
 from tests.fixtures import ClientFactory
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver
 
 REF = "#/components/schemas/"
 
@@ -123,3 +125,41 @@ async def test_answers_keep_their_fields_in_order(admin: httpx.AsyncClient) -> N
     assert list(deleted) == [*shown, "deleted"]
     stats = (await admin.get("/v1/stats")).json()["data"]
     assert list(stats["series"][0])[:2] == ["start", "events_accepted"]
+
+
+async def test_attempts_and_test_sends_keep_their_fields_in_order(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers()
+    async with Receiver() as receiver:
+        hook = await webhook(admin, receiver.url("/a"))
+        [delivery] = (await post_event(admin)).json()["data"]["deliveries"]
+        done = await wait_status(admin, hook["id"], delivery["id"], "delivered")
+        sample = await admin.post("/v1/webhooks/test", json={"webhook_id": hook["id"]})
+    [attempt] = done["attempts"]
+    # As the attempt log has always kept them (the trigger last).
+    assert list(attempt) == [
+        "number",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "error",
+        "response_body",
+        "request_headers",
+        "url",
+        "trigger",
+    ]
+    sent = [
+        "event_id",
+        "type",
+        "sent_at",
+        "url",
+        "status_code",
+        "duration_ms",
+        "error",
+        "response_body",
+        "request_headers",
+    ]
+    assert list(sample.json()["data"]) == sent
+    [listed] = (await admin.get(f"/v1/webhooks/{hook['id']}/tests")).json()["data"]
+    assert list(listed) == sent

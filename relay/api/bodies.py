@@ -40,10 +40,11 @@ async def read_model(request: Request, model: type[M], context: dict[str, Any] |
 
 
 def _answer(value: object) -> object:
-    # Answer models (relay.api.shapes) under their JSON names; everything else is plain JSON,
-    # dataclasses included (orjson writes their fields in order).
+    # Answer models (relay.api.shapes) under their JSON names, with the fields their domain
+    # object or record has (an optional one it lacks stays absent); everything else is plain
+    # JSON, dataclasses included (orjson writes their fields in order).
     if isinstance(value, pydantic.BaseModel):
-        return value.model_dump(by_alias=True)
+        return value.model_dump(by_alias=True, exclude_unset=True)
     raise TypeError(f"{type(value).__name__} is not an answer")
 
 

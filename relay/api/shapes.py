@@ -13,11 +13,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import core_schema
 
-from relay.delivery.model import Status, Trigger
-from relay.event_types import EVENT_TYPES
 from relay.ids import pattern as id_pattern
 from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX
-from relay.validation import TenantId
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,82 +114,6 @@ class Problem(Shape):
     detail: str
     code: str
     errors: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class TestResult(Shape):
-    """A sample event sent to a webhook now, and what its endpoint answered."""
-
-    event_id: EventId
-    # Test sends are samples of the built-in types only.
-    type: Annotated[str, OneOf(tuple(EVENT_TYPES))]
-    sent_at: Timestamp
-    url: str
-    status_code: HttpStatus | None
-    duration_ms: Count
-    error: str | None
-    response_body: str
-    request_headers: Headers
-
-
-class Attempt(Shape):
-    """One try at a delivery: what was sent and what the endpoint answered."""
-
-    number: Annotated[int, Field(ge=1)]
-    trigger: Trigger = Field(
-        description="What made it: the retry schedule, or an operator's retry of a pending "
-        "delivery (manual: outside the schedule, which it neither uses up nor moves)"
-    )
-    started_at: Timestamp
-    duration_ms: Count
-    status_code: HttpStatus | None
-    error: str | None
-    response_body: str = Field(
-        description="The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)"
-    )
-    request_headers: Headers = Field(
-        description="What was sent; the webhook's custom headers show '[redacted]' for a value"
-    )
-    # Optional: attempts logged before relay recorded it have none.
-    url: str = Field("", description="Where the attempt went (empty if none was made)")
-
-
-class Delivery(Shape):
-    """One event on its way to one webhook."""
-
-    id: DeliveryId
-    event_id: EventId
-    webhook_id: WebhookId
-    tenant_id: TenantId
-    event_type: str
-    status: Status
-    attempt_count: Count
-    next_attempt_at: Timestamp | None
-    last_status_code: HttpStatus | None
-    last_error: str | None
-    created_at: Timestamp
-    updated_at: Timestamp
-    delivered_at: Timestamp | None
-
-
-class DeliveryWithAttempts(Delivery):
-    """A delivery with its attempt log, oldest first."""
-
-    attempts: list[Attempt]
-
-
-class Recovery(Shape):
-    """Failed deliveries of a time window being sent again — one webhook's, or those a filter
-    selects — and how far that has got."""
-
-    id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
-    webhook_id: WebhookId | None = Field(description="Only this webhook's deliveries; null: any")
-    tenant_id: TenantId | None = Field(description="Only this tenant's deliveries; null: any")
-    event_type: str | None = Field(description="Only deliveries of this event type; null: any")
-    status: Literal["running", "done"]
-    requeued: Count = Field(description="Failed deliveries sent again so far")
-    since: Timestamp
-    until: Timestamp
-    url: str = Field(description="Where to GET the recovery's progress")
 
 
 class Alive(Shape):

@@ -10,14 +10,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay import event_types, webhooks
-from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
-from relay.api.shapes import Deleted, Shape, Timestamp, VerificationKey, WebhookId
+from relay.api.shapes import (
+    Count,
+    Deleted,
+    EventId,
+    Headers,
+    HttpStatus,
+    OneOf,
+    Shape,
+    Timestamp,
+    VerificationKey,
+    WebhookId,
+)
 from relay.audit import Audit, webhook_change
 from relay.delivery import service
+from relay.delivery.model import TestSend
 from relay.errors import Invalid
 from relay.services import Services, services
 from relay.signing import Scheme
@@ -26,9 +37,9 @@ from relay.validation import JSON_INT, Patch, TenantId
 from relay.webhook_rules import (
     INPUT,
     KNOWN_TYPES,
+    CustomHeaders,
     Description,
     EventFilters,
-    Headers,
     ImportedSecret,
     RateLimit,
     SchemeName,
@@ -56,7 +67,7 @@ class WebhookCreate(BaseModel):
     tenant_id: TenantId | None = None
     events: EventFilters = Field(default_factory=lambda: ["*"])
     description: Description = ""
-    headers: Headers = Field(default_factory=dict)
+    headers: CustomHeaders = Field(default_factory=dict)
     enabled: bool = True
     rate_limit_per_second: RateLimit | None = None
     secret: ImportedSecret | None = Field(default=None, repr=False)
@@ -89,7 +100,7 @@ class WebhookUpdate(Patch):
     url: Url | None = None
     events: EventFilters | None = None
     description: Description | None = None
-    headers: Headers | None = None
+    headers: CustomHeaders | None = None
     enabled: bool | None = None
     rate_limit_per_second: RateLimit | None = None
     signature_scheme: SchemeName | None = None
@@ -121,6 +132,23 @@ class SampleSend(BaseModel):
         return value
 
 
+class TestResult(Shape):
+    """A sample event sent to a webhook now, and what its endpoint answered."""
+
+    source = TestSend
+
+    event_id: EventId
+    # Test sends are samples of the built-in types only.
+    type: Annotated[str, OneOf(tuple(event_types.EVENT_TYPES))]
+    sent_at: Timestamp
+    url: str
+    status_code: HttpStatus | None
+    duration_ms: Count
+    error: str | None
+    response_body: str
+    request_headers: Headers
+
+
 class Webhook(Shape):
     """An endpoint that receives a tenant's events."""
 
@@ -133,7 +161,7 @@ class Webhook(Shape):
     events: list[str]
     description: str
     headers: Annotated[
-        shapes.Headers,
+        Headers,
         Field(description="The custom headers' names; every value reads '[redacted]'."),
     ]
     enabled: bool
@@ -346,13 +374,14 @@ async def send_test_event(request: Request, principal: Principal) -> Response:
     """Send a signed sample event to the webhook now and report what its endpoint answered."""
     spec = await read_model(request, SampleSend)
     webhook = await visible_webhook(request, principal, spec.webhook_id)
-    return ok(await service.send_test(services(request), webhook, spec.type))
+    return ok(TestResult.read(await service.send_test(services(request), webhook, spec.type)))
 
 
 async def list_tests(request: Request, principal: Principal) -> Response:
     """The webhook's recent test sends and what its endpoint answered, newest first."""
     webhook = await visible_webhook(request, principal, request.path_params["id"])
-    return listing(await services(request).deliveries.tests(webhook.id), None)
+    sent = await services(request).deliveries.tests(webhook.id)
+    return listing([TestResult.model_validate(record) for record in sent], None)
 
 
 OPERATIONS = [
@@ -388,7 +417,7 @@ OPERATIONS = [
         "Send a sample event now",
         OWNERS,
         "webhooks",
-        answers=shapes.TestResult,
+        answers=TestResult,
         looks_up=True,
         body=SampleSend,
         # A sample changes nothing but the list of test sends; again, it sends another.
@@ -401,7 +430,7 @@ OPERATIONS = [
         "List a webhook's test sends",
         OWNERS,
         "webhooks",
-        answers=shapes.TestResult,
+        answers=TestResult,
         params=ID,
         list_of=True,
     ),

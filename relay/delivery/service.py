@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from relay import audit, event_types, ids, logs, tracing
@@ -19,9 +19,11 @@ from relay.delivery.model import (
     Attempt,
     Claim,
     Delivery,
+    Recovery,
     Settled,
     Settlement,
     Status,
+    TestSend,
 )
 from relay.delivery.outage import REDIS_AWAY, Backoff
 from relay.delivery.policy import judge
@@ -388,7 +390,7 @@ async def _recover_step(
     return batch[-1], outcomes.count("ok"), len(batch) < RECOVER_BATCH
 
 
-async def recover(svc: Services, selection: DeliveryFilter) -> dict[str, object]:
+async def recover(svc: Services, selection: DeliveryFilter) -> Recovery:
     """Send again every failed delivery `selection` names (its webhook, tenant and event type
     when set) created in [since, until].
 
@@ -434,24 +436,24 @@ async def continue_recovery(svc: Services, recovery_id: str) -> None:
         await svc.deliveries.recovery_progress(recovery_id, cursor, requeued, done)
 
 
-def recovery_view(record: dict[str, str]) -> dict[str, object]:
-    """A recovery as the API shows it: one webhook's is found under that webhook too."""
+def recovery_view(record: dict[str, str]) -> Recovery:
+    """A recovery from its progress record: one webhook's is found under that webhook too."""
     webhook_id = record["webhook_id"] or None
     base = f"/v1/webhooks/{webhook_id}" if webhook_id else "/v1"
-    return {
-        "id": record["id"],
-        "webhook_id": webhook_id,
-        "tenant_id": record["tenant_id"] or None,
-        "event_type": record.get("event_type") or None,
-        "status": record["status"],
-        "requeued": int(record["requeued"]),
-        "since": from_timestamp(int(record["since_ms"]) / 1000),
-        "until": from_timestamp(int(record["until_ms"]) / 1000),
-        "url": f"{base}/recoveries/{record['id']}",
-    }
+    return Recovery(
+        id=record["id"],
+        webhook_id=webhook_id,
+        tenant_id=record["tenant_id"] or None,
+        event_type=record.get("event_type") or None,
+        status=record["status"],
+        requeued=int(record["requeued"]),
+        since=from_timestamp(int(record["since_ms"]) / 1000),
+        until=from_timestamp(int(record["until_ms"]) / 1000),
+        url=f"{base}/recoveries/{record['id']}",
+    )
 
 
-async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[str, object]:
+async def send_test(svc: Services, webhook: Webhook, event_type: str) -> TestSend:
     """Send a signed sample event now, record what the endpoint answered, and return it.
 
     Limited per tenant: otherwise any tenant could make relay POST to any public host on demand.
@@ -470,16 +472,16 @@ async def send_test(svc: Services, webhook: Webhook, event_type: str) -> dict[st
     body = event_types.envelope(event_id, event_type, webhook.tenant_id, sample, sent_at)
     request = receiver_request(webhook, svc.keyring, event_id, body, now_ms, test=True)
     result = await svc.sender.send(request.url, request.body, request.headers)
-    view: dict[str, object] = {
-        "event_id": event_id,
-        "type": event_type,
-        "sent_at": sent_at,
-        "url": request.url,
-        "status_code": result.status_code,
-        "duration_ms": result.duration_ms,
-        "error": result.error,
-        "response_body": result.response_body,
-        "request_headers": request.logged_headers,
-    }
-    await svc.deliveries.record_test(webhook.id, view)
-    return view
+    sent = TestSend(
+        event_id=event_id,
+        type=event_type,
+        sent_at=sent_at,
+        url=request.url,
+        status_code=result.status_code,
+        duration_ms=result.duration_ms,
+        error=result.error,
+        response_body=result.response_body,
+        request_headers=request.logged_headers,
+    )
+    await svc.deliveries.record_test(webhook.id, asdict(sent))
+    return sent

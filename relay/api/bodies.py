@@ -40,7 +40,7 @@ async def read_model(request: Request, model: type[M], context: dict[str, Any] |
 
 
 def _answer(value: object) -> object:
-    # Answer models (relay.api.shapes) under their JSON names, with the fields their domain
+    # Answer models (relay.api.shapes.Shape) under their JSON names, with the fields their domain
     # object or record has (an optional one it lacks stays absent); everything else is plain
     # JSON, dataclasses included (orjson writes their fields in order).
     if isinstance(value, pydantic.BaseModel):

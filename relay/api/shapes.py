@@ -1,7 +1,9 @@
-"""What the API answers with, declared once: each object's fields, types and rules.
+"""What every answer shares: the Shape base, the types fields are built from, Problem, and the
+envelopes (One, Page, Each) answers are sent in.
 
-Every operation names its answer's model (`Operation.answers`); /openapi.json is generated from
-these models and every answer is checked against its model before it leaves (see routing).
+Each resource's module under relay/api/ declares its answers' models beside its handlers;
+every operation names its answer's model (`Operation.answers`), /openapi.json is generated
+from these models and every answer is checked against its model before it leaves (routing).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 from pydantic_core import core_schema
 
 from relay.ids import pattern as id_pattern
-from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +48,9 @@ Timestamp = Annotated[
 Count = Annotated[int, Field(ge=0)]
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
 Headers = dict[str, str]
-TokenId = Annotated[str, StringConstraints(pattern=id_pattern("tok"))]
 WebhookId = Annotated[str, StringConstraints(pattern=id_pattern("wh"))]
 EventId = Annotated[str, StringConstraints(pattern=id_pattern("evt"))]
 DeliveryId = Annotated[str, StringConstraints(pattern=id_pattern("dlv"))]
-VerificationKey = Annotated[
-    str,
-    StringConstraints(pattern=f"^({SECRET_PREFIX}|{PUBLIC_KEY_PREFIX})[A-Za-z0-9+/]+={{0,2}}$"),
-    Field(
-        description=(
-            f"What a receiver verifies with: the {SECRET_PREFIX} secret (hmac-sha256), or the "
-            f"{PUBLIC_KEY_PREFIX} public key (ed25519)"
-        )
-    ),
-]
 
 
 class Shape(BaseModel):
@@ -114,18 +104,6 @@ class Problem(Shape):
     detail: str
     code: str
     errors: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class Alive(Shape):
-    """The process is alive."""
-
-    status: Literal["ok"]
-
-
-class Ready(Shape):
-    """Redis is reachable."""
-
-    status: Literal["ready"]
 
 
 T = TypeVar("T", bound=BaseModel)

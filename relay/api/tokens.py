@@ -15,7 +15,7 @@ from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
-from relay.api.shapes import Deleted, Shape, Timestamp, TokenId
+from relay.api.shapes import Deleted, Shape, Timestamp
 from relay.audit import Audit
 from relay.ids import pattern as id_pattern
 from relay.roles import Role
@@ -25,6 +25,7 @@ from relay.timefmt import from_timestamp, now, rfc3339
 from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX, Principal, TokenSpec
 from relay.validation import JSON_INT, TenantId
 
+TokenId = Annotated[str, StringConstraints(pattern=id_pattern("tok"))]
 CONSOLE_PATH = "/console"
 PORTAL_SESSION_NAME = "portal session"
 DEFAULT_PORTAL_SECONDS = 3600

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +30,6 @@ from relay.api.shapes import (
     OneOf,
     Shape,
     Timestamp,
-    VerificationKey,
     WebhookId,
 )
 from relay.audit import Audit, webhook_change
@@ -31,7 +37,7 @@ from relay.delivery import service
 from relay.delivery.model import TestSend
 from relay.errors import Invalid
 from relay.services import Services, services
-from relay.signing import Scheme
+from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
 from relay.tokens import Principal
 from relay.validation import JSON_INT, Patch, TenantId
 from relay.webhook_rules import (
@@ -56,6 +62,17 @@ from relay.webhooks import (
 )
 
 ID = (id_param("wh"),)
+
+VerificationKey = Annotated[
+    str,
+    StringConstraints(pattern=f"^({SECRET_PREFIX}|{PUBLIC_KEY_PREFIX})[A-Za-z0-9+/]+={{0,2}}$"),
+    Field(
+        description=(
+            f"What a receiver verifies with: the {SECRET_PREFIX} secret (hmac-sha256), or the "
+            f"{PUBLIC_KEY_PREFIX} public key (ed25519)"
+        )
+    ),
+]
 
 
 class WebhookCreate(BaseModel):

@@ -48,16 +48,13 @@ def _answer(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not an answer")
 
 
-def _json(body: object) -> bytes:
-    return orjson.dumps(body, default=_answer)
-
-
 def ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A single object: `{"data": {...}}`."""
-    return Response(_json({"data": data}), status, headers, "application/json")
+    body = orjson.dumps({"data": data}, default=_answer)
+    return Response(body, status, headers, "application/json")
 
 
 def listing(items: list[Any], next_cursor: str | None) -> Response:
     """A page: `{"data": [...], "next_cursor": ...}`."""
-    body = {"data": items, "next_cursor": next_cursor}
-    return Response(_json(body), 200, media_type="application/json")
+    body = orjson.dumps({"data": items, "next_cursor": next_cursor}, default=_answer)
+    return Response(body, 200, media_type="application/json")

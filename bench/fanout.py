@@ -29,10 +29,11 @@ from bench.load import Api, event_body, new_session
 from bench.pinger import Pinger
 from bench.procs import Processes
 from bench.report import conclude, machine
+from relay.api.webhooks import WebhookCreate
 from relay.secrets import Keyring
 from relay.store.webhooks import WebhookStore
 from relay.validation import parse
-from relay.webhooks import WebhookCreate, new_webhook
+from relay.webhooks import new_webhook
 
 TENANT = "bench_wide"
 # Only what a slow call would hold up is logged: any call of a millisecond or more.

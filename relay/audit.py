@@ -4,7 +4,7 @@ made it, what it was, which object it touched, when, and the request it came in.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from relay.ids import new_id
@@ -34,21 +34,9 @@ class AuditEntry:
     tenant_id: str | None
     request_id: str | None
 
-    def public(self) -> dict[str, object]:
-        """The entry as the API shows it."""
-        return {
-            "id": self.id,
-            "at": self.at,
-            "action": self.action,
-            "actor": {"token_id": self.actor.token_id, "role": self.actor.role},
-            "object_id": self.object_id,
-            "tenant_id": self.tenant_id,
-            "request_id": self.request_id,
-        }
-
     def record(self) -> dict[str, object]:
         """What the store keeps."""
-        return self.public()
+        return asdict(self)
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> AuditEntry:

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from relay.events import EVENT_TYPES, EventType
+from relay.event_types import EVENT_TYPES, EventType
 
-BEGIN = "<!-- built-in event types: written by `python -m relay.readme` from relay/events.py -->"
+BEGIN = (
+    "<!-- built-in event types: written by `python -m relay.readme` from relay/event_types.py -->"
+)
 END = "<!-- end of the built-in event types -->"
 # The tenant of the README's examples, the same as its quickstart's.
 EXAMPLE_TENANT = "acme"

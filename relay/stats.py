@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from relay.delivery.model import FINISHED
 from relay.history.reader import counters
@@ -18,6 +19,7 @@ from relay.metrics import DURATION_BUCKETS
 from relay.resources import Resources
 from relay.store.metrics import backlog, webhook_backlog
 from relay.timefmt import from_timestamp, rfc3339
+from relay.webhooks import Webhook
 
 # Webhooks the overview looks through for failing or disabled ones, newest first.
 _WEBHOOK_SCAN = 1000
@@ -60,8 +62,29 @@ def quantile_ms(counters: Mapping[str, int], q: float) -> int | None:
     return round(DURATION_BUCKETS[-1] * 1000)
 
 
-def figures(counters: Mapping[str, int]) -> dict[str, object]:
-    """Events, attempts, finished deliveries, success rate and latency of a set of counters."""
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """Events, attempts, finished deliveries, success rate and latency over a span of time."""
+
+    events_accepted: int
+    attempts: int
+    attempts_succeeded: int
+    success_rate: float | None
+    # Finished deliveries by status (every status in FINISHED).
+    deliveries: dict[str, int]
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Point(Figures):
+    """One point of a chart: the figures of the step that starts at `start`."""
+
+    start: str
+
+
+def _counted(counters: Mapping[str, int]) -> dict[str, Any]:
+    """The Figures of a set of counters, by name."""
     attempts = sum(v for k, v in counters.items() if k.startswith("attempts:"))
     succeeded = counters.get("attempts:2xx", 0)
     return {
@@ -73,6 +96,21 @@ def figures(counters: Mapping[str, int]) -> dict[str, object]:
         "latency_p50_ms": quantile_ms(counters, 0.5),
         "latency_p95_ms": quantile_ms(counters, 0.95),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The figures of a window, its chart series, the backlog, and the webhooks that need care:
+    each with when its failures began (RFC 3339), or None if it is disabled without any."""
+
+    window: str
+    since: str
+    until: str
+    step_seconds: int
+    totals: Figures
+    series: list[Point]
+    backlog: int
+    troubled: list[tuple[Webhook, str | None]]
 
 
 def _merge(rows: Iterable[Mapping[str, int]]) -> Counter[str]:
@@ -90,7 +128,7 @@ async def _backlog(ctx: Resources, scope: Scope) -> int:
 
 async def overview(
     ctx: Resources, window: Window, moment: datetime, scope: Scope = Scope()
-) -> dict[str, object]:
+) -> Overview:
     """The window's totals and chart series, the backlog, and webhooks failing or disabled,
     all within `scope`."""
     count = window.seconds // window.step
@@ -100,7 +138,7 @@ async def overview(
         ctx.database, first, window.step, count, DURATION_BUCKETS, scope.tenant_id, scope.webhook_id
     )
     series = [
-        {"start": from_timestamp(first + i * window.step), **figures(point)}
+        Point(start=from_timestamp(first + i * window.step), **_counted(point))
         for i, point in enumerate(points)
     ]
     troubled = [
@@ -108,16 +146,13 @@ async def overview(
         for w, since in await ctx.webhooks.troubled(_WEBHOOK_SCAN, scope.tenant_id)
         if scope.webhook_id in (None, w.id)
     ]
-    return {
-        "window": window.name,
-        "since": from_timestamp(first),
-        "until": rfc3339(moment),
-        "step_seconds": window.step,
-        "totals": figures(_merge(points)),
-        "series": series,
-        "backlog": await _backlog(ctx, scope),
-        "webhooks": [
-            {**w.public(), "failing_since": from_timestamp(since / 1000) if since else None}
-            for w, since in troubled
-        ],
-    }
+    return Overview(
+        window=window.name,
+        since=from_timestamp(first),
+        until=rfc3339(moment),
+        step_seconds=window.step,
+        totals=Figures(**_counted(_merge(points))),
+        series=series,
+        backlog=await _backlog(ctx, scope),
+        troubled=[(w, from_timestamp(since / 1000) if since else None) for w, since in troubled],
+    )

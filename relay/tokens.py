@@ -8,15 +8,14 @@ import hmac
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Annotated
+from datetime import datetime
 
 import pydantic
 
 from relay.errors import Forbidden, NotFound, Unauthorized
 from relay.roles import Role
 from relay.timefmt import now, read_rfc3339, rfc3339
-from relay.validation import JSON_INT, TenantId
+from relay.validation import TenantId
 
 TOKEN_PREFIX = "rly_"
 BOOTSTRAP_ID = "tok_bootstrap"
@@ -117,29 +116,6 @@ def check_unexpired(expires_at: str | None, moment: datetime) -> None:
     ends = read_rfc3339(expires_at)
     if ends is None or ends <= moment:
         raise Unauthorized(f"This token expired at {expires_at}; ask for a new one.")
-
-
-PORTAL_SESSION_NAME = "portal session"
-DEFAULT_PORTAL_SECONDS = 3600
-MAX_PORTAL_SECONDS = 86_400
-
-
-class PortalSessionSpec(pydantic.BaseModel):
-    """`POST /v1/portal-sessions`: a console sign-in for one tenant, valid for a short while."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
-
-    tenant_id: TenantId
-    ttl_seconds: Annotated[int, pydantic.Field(ge=60, le=MAX_PORTAL_SECONDS), JSON_INT] = (
-        DEFAULT_PORTAL_SECONDS
-    )
-
-    def token_spec(self) -> TokenSpec:
-        """The tenant token behind the session: bound to the tenant, expiring with it."""
-        expires = rfc3339(now() + timedelta(seconds=self.ttl_seconds))
-        return TokenSpec(
-            role=Role.TENANT, tenant_id=self.tenant_id, name=PORTAL_SESSION_NAME, expires_at=expires
-        )
 
 
 def new_secret_token() -> str:

@@ -1,39 +1,19 @@
-"""Webhook endpoint rules: what a customer may register and change, checked without any I/O."""
+"""Webhook endpoints: a customer's settings and signing secrets, and the rules that change them."""
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any
-from urllib.parse import urlsplit
-
-import idna
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from typing import Any, Protocol
 
 from relay.errors import Conflict, Invalid
-from relay.events import EVENT_TYPES, WILDCARD_PATTERN, is_wildcard, matches
+from relay.event_types import matches
 from relay.ids import new_id
 from relay.secrets import Keyring
 from relay.signing import (
-    SECRET_PREFIX,
     Scheme,
     SigningKey,
-    decode_secret,
     generate_signing_secret,
     signature_headers,
     signing_key,
@@ -41,299 +21,10 @@ from relay.signing import (
 )
 from relay.ssrf import AddressPolicy
 from relay.timefmt import from_timestamp, now, rfc3339
-from relay.validation import JSON_INT, Patch, TenantId
 
 # What the API and the attempt log show for a custom header's value: often a credential for the
 # receiver, it is stored encrypted and never shown again.
 REDACTED = "[redacted]"
-
-_MAX_URL_CHARS = 2048
-_MAX_HEADER_BYTES = 4096
-_MAX_RATE_PER_SECOND = 10_000
-
-# RFC 7230 §3.2.6 token characters.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Visible ASCII with inner spaces or tabs: HTTP clients refuse anything else at send time, and
-# CR, LF or NUL would let a value smuggle in headers of its own.
-_HEADER_VALUE = re.compile(r"([!-~]([\t -~]*[!-~])?)?")
-# Set by relay itself (signature, body framing, identity, what it accepts back, trace context)
-# or meaningful only to one hop.
-_RESERVED_HEADERS = frozenset(
-    {
-        "accept-encoding",
-        "baggage",
-        "connection",
-        "content-encoding",
-        "content-length",
-        "content-type",
-        "expect",
-        "host",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "traceparent",
-        "tracestate",
-        "transfer-encoding",
-        "upgrade",
-        "user-agent",
-    }
-)
-_WEBHOOK_HEADER_PREFIX = "webhook-"
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-
-
-def _ascii_label(label: str) -> str | None:
-    if label.isascii() and not label.startswith("xn--"):
-        return label
-    # An international name (or its xn-- form) must be valid IDNA 2008, as the sender's HTTP
-    # client reads it: Python's own codec is IDNA 2003, which takes names (emoji, symbols) that
-    # the client then refuses on every attempt.
-    try:
-        return idna.encode(label).decode("ascii")
-    except idna.IDNAError:
-        return None
-
-
-def _valid_host(host: str) -> bool:
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return False
-        return True
-    labels = [_ascii_label(label) for label in host.removesuffix(".").split(".")]
-    return all(label is not None and _HOST_LABEL.fullmatch(label) for label in labels) and (
-        len(".".join(label or "" for label in labels)) <= 253
-    )
-
-
-def _check_url(url: str) -> str:
-    # The one place a target URL's form is judged; whether its host may be reached is
-    # check_target's question (it needs the address policy from settings).
-    url = url.strip()
-    # urlsplit silently drops tabs and newlines, and some clients read "\" as "/": refuse both so
-    # that what is checked here is exactly what the sender will connect to.
-    if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
-        raise ValueError("Must not contain whitespace, control characters or backslashes.")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError("Must be a well-formed URL.") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("Must be an absolute http:// or https:// URL.")
-    if not parts.hostname or not _valid_host(parts.hostname):
-        raise ValueError("Must have a valid host name (IDNA 2008) or IP address.")
-    if "@" in parts.netloc:
-        # The sender's client would turn them into an Authorization header of its own, which
-        # then clashes with any other: every attempt would fail. Headers carry credentials.
-        raise ValueError(
-            "Must not contain credentials (user:password@); "
-            "send them as a custom Authorization header instead."
-        )
-    if port == 0:
-        raise ValueError("Must not use port 0.")
-    # Scheme and host are case-insensitive, so they are lowered; the rest is the customer's and
-    # is kept byte for byte (receivers may sign or route on the exact path and query).
-    rest = url[len(parts.scheme) + 3 + len(parts.netloc) :]
-    return f"{parts.scheme}://{parts.netloc.lower()}{rest}"
-
-
-def _check_event_filter(name: str, info: ValidationInfo) -> str:
-    # The API passes the registered types' names as context; without it, the built-in ones.
-    known = (info.context or {}).get(KNOWN_TYPES, EVENT_TYPES)
-    if name != "*" and name not in known and not is_wildcard(name):
-        raise ValueError(
-            "Unknown event type; expected '*', a wildcard such as 'post.*', or one of: "
-            f"{', '.join(known)}."
-        )
-    return name
-
-
-def _dedupe(names: list[str]) -> list[str]:
-    # First occurrence wins, so the webhook reads back in the order the customer wrote it.
-    return list(dict.fromkeys(names))
-
-
-def _header_problem(name: str, value: str, repeated: bool) -> str | None:
-    lowered = name.lower()
-    if not _HEADER_NAME.fullmatch(name):
-        return "Header name must be an RFC 7230 token (no spaces, colons or other separators)."
-    if lowered in _RESERVED_HEADERS or lowered.startswith(_WEBHOOK_HEADER_PREFIX):
-        return "Header is set by relay and cannot be overridden."
-    if repeated:
-        return "Header names are case-insensitive and this one is given more than once."
-    if not _HEADER_VALUE.fullmatch(value):
-        return (
-            "Header value must be printable ASCII without leading or trailing whitespace "
-            "(no CR, LF, NUL or other control characters)."
-        )
-    return None
-
-
-def _header_error(loc: tuple[str, ...], message: str) -> InitErrorDetails:
-    # Never the value: custom headers often carry credentials.
-    return InitErrorDetails(type=PydanticCustomError("header", message), loc=loc, input=None)
-
-
-def _check_headers(headers: dict[str, str]) -> dict[str, str]:
-    counts = Counter(name.lower() for name in headers)
-    errors: list[InitErrorDetails] = []
-    for name, value in headers.items():
-        problem = _header_problem(name, value, counts[name.lower()] > 1)
-        if problem:
-            errors.append(_header_error((name,), problem))
-    size = sum(len(name.encode()) + len(value.encode()) for name, value in headers.items())
-    if size > _MAX_HEADER_BYTES:
-        errors.append(
-            _header_error(
-                (), f"Header names and values may total {_MAX_HEADER_BYTES} bytes, not {size}."
-            )
-        )
-    if errors:
-        # Raised from a validator, these errors keep their locations, so each one is reported
-        # at `headers.<name>`; a key validator would put a name's error at `headers.<name>.[key]`.
-        raise ValidationError.from_exception_data("headers", errors)
-    return headers
-
-
-def _check_secret(secret: str) -> str:
-    try:
-        decode_secret(secret)
-    except Invalid as exc:  # its message never quotes the secret
-        raise ValueError(exc.errors["secret"][0]) from None
-    return secret
-
-
-def _any_case(text: str) -> str:
-    # JSON Schema regexes have no case-insensitive flag: spell each letter as a class.
-    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in text)
-
-
-# The JSON Schemas below say in the OpenAPI document what the validators above enforce. What no
-# schema can say (a host's length, header names repeated in another case, the headers' total
-# size) is still checked here and named in the 422.
-_URL_SCHEMA = {
-    "type": "string",
-    "format": "uri",
-    "pattern": "^" + _any_case("http") + "[Ss]?://",
-    "maxLength": _MAX_URL_CHARS,
-    "description": "Absolute http:// or https:// URL of the endpoint.",
-}
-_RESERVED_NAMES = "|".join(_any_case(name) for name in sorted(_RESERVED_HEADERS))
-_HEADERS_SCHEMA = {
-    "type": "object",
-    "propertyNames": {
-        "pattern": (
-            f"^(?!(?:{_RESERVED_NAMES})$)(?!{_any_case(_WEBHOOK_HEADER_PREFIX)})"
-            f"{_HEADER_NAME.pattern}$"
-        )
-    },
-    "additionalProperties": {"type": "string", "pattern": f"^{_HEADER_VALUE.pattern}$"},
-    "description": (
-        "Sent with every delivery. Names are HTTP tokens, unique without regard to case, and not "
-        "ones relay sets itself; names and values total at most "
-        f"{_MAX_HEADER_BYTES} bytes. Values are stored encrypted and read back as "
-        f"'{REDACTED}'; in a change, '{REDACTED}' keeps a header's stored value."
-    ),
-}
-_B64 = "[A-Za-z0-9+/]"
-# Standard base64 of 24 to 64 bytes: 8 to 21 full quads (24 to 63 bytes), then 1 byte in `xx==`
-# (to 64) or 2 bytes in `xxx=` (to 62).
-_SECRET_SCHEMA = {
-    "type": "string",
-    "pattern": (
-        f"^{SECRET_PREFIX}(?:(?:{_B64}{{4}}){{8,21}}(?:{_B64}{{2}}==)?"
-        f"|(?:{_B64}{{4}}){{8,20}}{_B64}{{3}}=)$"
-    ),
-    "description": (
-        f"An existing secret to import: {SECRET_PREFIX} and the standard base64 of 24 to 64 "
-        "random bytes. Only hmac-sha256 webhooks take one."
-    ),
-}
-# Validation context key: the names of every event type a filter may name.
-KNOWN_TYPES = "event_types"
-_EVENT_FILTER_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "enum": ["*", *EVENT_TYPES]},
-        {"type": "string", "pattern": WILDCARD_PATTERN},
-    ],
-    "description": "'*', an event type's name (built in or registered), or 'prefix.*'.",
-}
-
-_Url = Annotated[
-    str,
-    Field(max_length=_MAX_URL_CHARS),
-    AfterValidator(_check_url),
-    WithJsonSchema(_URL_SCHEMA),
-]
-_EventFilters = Annotated[
-    list[Annotated[str, AfterValidator(_check_event_filter), WithJsonSchema(_EVENT_FILTER_SCHEMA)]],
-    Field(min_length=1),
-    AfterValidator(_dedupe),
-]
-_Description = Annotated[str, Field(max_length=1024)]
-_Headers = Annotated[
-    dict[str, str], AfterValidator(_check_headers), WithJsonSchema(_HEADERS_SCHEMA)
-]
-_RateLimit = Annotated[int, Field(gt=0, le=_MAX_RATE_PER_SECOND), JSON_INT]
-_Secret = Annotated[str, AfterValidator(_check_secret), WithJsonSchema(_SECRET_SCHEMA)]
-# An enum read from its JSON string (strict mode would take only Scheme instances).
-_Scheme = Annotated[Scheme, Field(strict=False)]
-
-# Strict: JSON already has real booleans and numbers, so "false" or "5" is a client bug to report.
-# Inputs are kept out of error texts, which may be logged, because secrets pass through here.
-_INPUT = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
-
-
-class WebhookCreate(BaseModel):
-    """A new webhook's settings; `tenant_id` may be absent when the caller's token supplies it."""
-
-    model_config = _INPUT
-
-    url: _Url
-    tenant_id: TenantId | None = None
-    events: _EventFilters = Field(default_factory=lambda: ["*"])
-    description: _Description = ""
-    headers: _Headers = Field(default_factory=dict)
-    enabled: bool = True
-    rate_limit_per_second: _RateLimit | None = None
-    secret: _Secret | None = Field(default=None, repr=False)
-    signature_scheme: _Scheme = Scheme.HMAC_SHA256
-
-    @model_validator(mode="after")
-    def _secret_fits_scheme(self) -> WebhookCreate:
-        if self.secret is not None and self.signature_scheme is not Scheme.HMAC_SHA256:
-            raise ValidationError.from_exception_data(
-                "WebhookCreate",
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError(
-                            "secret", "Only hmac-sha256 webhooks take an imported secret."
-                        ),
-                        loc=("secret",),
-                        input=None,
-                    )
-                ],
-            )
-        return self
-
-
-class WebhookUpdate(Patch):
-    """A change to a webhook's settings: only the fields present change."""
-
-    model_config = _INPUT
-    NULLABLE = frozenset({"rate_limit_per_second"})
-
-    url: _Url | None = None
-    events: _EventFilters | None = None
-    description: _Description | None = None
-    headers: _Headers | None = None
-    enabled: bool | None = None
-    rate_limit_per_second: _RateLimit | None = None
-    signature_scheme: _Scheme | None = None
-
 
 # The current secret plus at most three previous ones in their grace periods: every one of them
 # signs each delivery, so the cap bounds the signature header and the signing work.
@@ -342,22 +33,17 @@ MAX_GRACE_SECONDS = 7 * 86_400
 DEFAULT_GRACE_SECONDS = 86_400
 
 
-class RotateSecret(BaseModel):
-    """`POST /v1/webhooks/{id}/rotate-secret`: how long the previous secret keeps signing."""
-
-    model_config = _INPUT
-
-    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS), JSON_INT] = (
-        DEFAULT_GRACE_SECONDS
-    )
-
-
 @dataclass(slots=True)
 class SigningSecret:
     """A secret at rest: encrypted under the master keyring, bound to its webhook's id."""
 
     ciphertext: str
     expires_at_ms: int | None = None  # None for the current secret
+
+    @property
+    def expires_at(self) -> str | None:
+        """When it stops signing (RFC 3339); None for the current secret."""
+        return None if self.expires_at_ms is None else from_timestamp(self.expires_at_ms / 1000)
 
 
 @dataclass(slots=True)
@@ -388,22 +74,10 @@ class Webhook:
         """The custom headers' names, as the customer wrote them."""
         return [*self.clear_headers, *self.sealed_headers]
 
-    def public(self) -> dict[str, object]:
-        """The webhook as the API shows it: never a secret."""
-        return {
-            "id": self.id,
-            "tenant_id": self.tenant_id,
-            "url": self.url,
-            "events": self.events,
-            "description": self.description,
-            "headers": dict.fromkeys(self.header_names, REDACTED),
-            "enabled": self.enabled,
-            "disabled_reason": self.disabled_reason,
-            "rate_limit_per_second": self.rate_limit_per_second,
-            "signature_scheme": self.signature_scheme.value,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+    @property
+    def headers(self) -> dict[str, str]:
+        """The custom headers as anyone may read them back: names, every value REDACTED."""
+        return dict.fromkeys(self.header_names, REDACTED)
 
     def record(self) -> dict[str, object]:
         """What the store keeps (secrets and header values encrypted)."""
@@ -508,7 +182,20 @@ def _changed_headers(webhook: Webhook, given: dict[str, str], keyring: Keyring) 
     return {n: fresh[n] if n in fresh else stored[n.lower()] for n in given}
 
 
-def new_webhook(spec: WebhookCreate, tenant_id: str, keyring: Keyring) -> tuple[Webhook, str]:
+class WebhookSettings(Protocol):
+    """What a new webhook is made from (a create request, once its rules are checked)."""
+
+    url: str
+    events: list[str]
+    description: str
+    headers: dict[str, str]
+    enabled: bool
+    rate_limit_per_second: int | None
+    secret: str | None
+    signature_scheme: Scheme
+
+
+def new_webhook(spec: WebhookSettings, tenant_id: str, keyring: Keyring) -> tuple[Webhook, str]:
     """A webhook from a create request, and what its receiver verifies with: the plaintext
     `whsec_` secret (given or generated), or an Ed25519 key pair's `whpk_` public key."""
     webhook_id = new_id("wh")
@@ -559,7 +246,7 @@ def apply_update(webhook: Webhook, changes: dict[str, Any], keyring: Keyring) ->
     if changes.get("enabled") is True:
         webhook.disabled_reason = None
     if switching:
-        webhook, _, _ = rotate(webhook, keyring, DEFAULT_GRACE_SECONDS)
+        webhook, _ = rotate(webhook, keyring, DEFAULT_GRACE_SECONDS)
     webhook.updated_at = rfc3339(now())
     return webhook
 
@@ -576,12 +263,20 @@ def _live(webhook: Webhook, now_ms: int) -> list[SigningSecret]:
     return [s for s in webhook.secrets if s.expires_at_ms is None or s.expires_at_ms > now_ms]
 
 
-def rotate(webhook: Webhook, keyring: Keyring, grace_seconds: int) -> tuple[Webhook, str, int]:
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What a rotation gave: what verifies the new secret, and when the previous one stops."""
+
+    secret: str
+    previous_expires_at: str
+
+
+def rotate(webhook: Webhook, keyring: Keyring, grace_seconds: int) -> tuple[Webhook, Rotation]:
     """A new current secret (of the webhook's scheme); the old one signs alongside for
     `grace_seconds`, and older ones still in their grace keep signing until they were promised.
 
-    Returns the webhook, what the receiver verifies the new secret with, and when the previous
-    one stops (unix ms). A grace of 0 ends every previous secret now. A rotation that would need
+    Returns the webhook, and what the receiver verifies the new secret with and when the
+    previous one stops. A grace of 0 ends every previous secret now. A rotation that would need
     more than MAX_LIVE_SECRETS live secrets is a Conflict naming when a slot frees up: no
     secret ever stops signing before its promised time.
     """
@@ -609,25 +304,29 @@ def rotate(webhook: Webhook, keyring: Keyring, grace_seconds: int) -> tuple[Webh
     secret = generate_signing_secret(webhook.signature_scheme)
     webhook.secrets = [_seal(keyring, webhook.id, secret), *kept]
     webhook.updated_at = rfc3339(now())
-    return webhook, verification_key(secret), previous_expires
+    return webhook, Rotation(verification_key(secret), from_timestamp(previous_expires / 1000))
 
 
 def _plaintext(webhook: Webhook, keyring: Keyring, secret: SigningSecret) -> str:
     return keyring.decrypt(secret.ciphertext, webhook.id.encode()).decode()
 
 
-def reveal(webhook: Webhook, keyring: Keyring) -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What verifies a webhook's current secret, and the previous secrets that still sign."""
+
+    secret: str
+    previous: list[SigningSecret]
+
+
+def reveal(webhook: Webhook, keyring: Keyring) -> Verification:
     """For its owner: what verifies the current secret (`whsec_` secret or `whpk_` public key),
-    and until when each previous secret still signs (never their values)."""
+    and the previous secrets that still sign (whose values are never shown)."""
     now_ms = int(now().timestamp() * 1000)
-    return {
-        "secret": verification_key(_plaintext(webhook, keyring, webhook.secrets[0])),
-        "previous": [
-            {"expires_at": from_timestamp(s.expires_at_ms / 1000)}
-            for s in _live(webhook, now_ms)
-            if s.expires_at_ms is not None
-        ],
-    }
+    return Verification(
+        verification_key(_plaintext(webhook, keyring, webhook.secrets[0])),
+        [s for s in _live(webhook, now_ms) if s.expires_at_ms is not None],
+    )
 
 
 def signing_keys(webhook: Webhook, keyring: Keyring, now_ms: int) -> list[SigningKey]:
@@ -661,19 +360,3 @@ def delivery_headers(
         "content-type": "application/json",
         **signature_headers(msg_id, timestamp, body, keys),
     }
-
-
-class SampleSend(BaseModel):
-    """`POST /v1/webhooks/test`: which webhook gets a sample of which event type."""
-
-    model_config = _INPUT
-
-    webhook_id: str = Field(min_length=1, max_length=64)
-    type: str = Field("post.published", json_schema_extra={"enum": list(EVENT_TYPES)})
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if value not in EVENT_TYPES:
-            raise ValueError(f"Unknown event type; known: {', '.join(EVENT_TYPES)}.")
-        return value

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio
 
 from relay import ids
+from relay.api.webhooks import WebhookCreate
 from relay.delivery.archive import Archive
 from relay.delivery.handover import HistoryHandover
 from relay.delivery.model import RETRYABLE, Attempt, Claim, Settlement, Status, Trigger
@@ -24,7 +25,7 @@ from relay.store.tokens import fingerprint
 from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenChanged, TokenCheck
-from relay.webhooks import WebhookCreate, new_webhook
+from relay.webhooks import new_webhook
 from tests.support import TEST_MASTER_KEY, PostgresServer
 
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}

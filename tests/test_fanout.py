@@ -14,7 +14,7 @@ import redis.asyncio
 from relay.delivery.archive import Archive
 from relay.delivery.model import Attempt, Settlement, Status
 from relay.delivery.store import FANOUT_CHUNK, DeliveryStore, NewEvent, PlannedDelivery
-from relay.events import envelope
+from relay.event_types import envelope
 from relay.ids import new_id
 from relay.store import keys
 from relay.store.metrics import backlog

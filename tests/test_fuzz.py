@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from relay.api.openapi import build as build_openapi
 from relay.app import OPERATIONS, create_app
 from relay.config import Settings
-from relay.events import EVENT_TYPES
+from relay.event_types import EVENT_TYPES
 from relay.timefmt import parse_rfc3339
 from tests.fixtures import ADMIN_TOKEN, ClientFactory
 from tests.flows import Workers, wait_status, webhook

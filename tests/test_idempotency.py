@@ -17,6 +17,7 @@ import redis.exceptions
 
 import relay.app
 from relay.api import events
+from relay.api.webhooks import WebhookCreate
 from relay.app import OPERATIONS
 from relay.roles import Role
 from relay.secrets import Keyring
@@ -25,7 +26,7 @@ from relay.store.idempotency import CLAIM_MOVED, ClaimMoved, Held, IdempotencySt
 from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 from relay.tokens import BOOTSTRAP_ID, TokenSpec
-from relay.webhooks import WebhookCreate, new_webhook
+from relay.webhooks import new_webhook
 from tests.fixtures import ClientFactory
 from tests.flows import post_event, webhook
 from tests.links import Link

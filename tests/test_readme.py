@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from relay import readme
-from relay.events import EVENT_TYPES
+from relay.event_types import EVENT_TYPES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -14,6 +14,7 @@ import redis.asyncio
 import relay.delivery
 import relay.store
 from relay import ids
+from relay.api.webhooks import WebhookCreate
 from relay.audit import Actor, AuditEntry
 from relay.delivery.archive import Archive
 from relay.delivery.model import EventField, Field, Status, Transition, Trigger
@@ -29,7 +30,7 @@ from relay.store.tokens import TokenStore
 from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenSpec, token_hash
-from relay.webhooks import WebhookCreate, new_webhook
+from relay.webhooks import new_webhook
 from tests.support import TEST_MASTER_KEY
 
 KEYRING = Keyring.from_strings([TEST_MASTER_KEY])

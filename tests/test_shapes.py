@@ -11,10 +11,12 @@ import httpx
 import pytest
 
 import relay.app
-from relay.api import shapes, webhooks
+from relay.api import shapes, stats, webhooks
 from relay.app import OPERATIONS
 from relay.delivery.model import FINISHED
 from tests.fixtures import ClientFactory
+from tests.flows import Workers, post_event, wait_status, webhook
+from tests.receivers import Receiver
 
 REF = "#/components/schemas/"
 
@@ -49,7 +51,7 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
 ) -> None:
     # As if create_webhook's model had lost its `secret` field: the handler still answers one.
     narrowed = [
-        dataclasses.replace(op, answers=shapes.Webhook)
+        dataclasses.replace(op, answers=webhooks.Webhook)
         if op.handler is webhooks.create_webhook
         else op
         for op in OPERATIONS
@@ -73,4 +75,91 @@ async def test_an_answer_outside_its_model_is_a_logged_500_and_never_sent(
 
 
 def test_stats_count_every_finished_status() -> None:
-    assert set(shapes.DeliveryCounts.model_fields) == {s.value for s in FINISHED}
+    assert set(stats.DeliveryCounts.model_fields) == {s.value for s in FINISHED}
+
+
+def _answer_models(model: type[shapes.Shape]) -> list[type[shapes.Shape]]:
+    below = model.__subclasses__()
+    return below + [m for sub in below for m in _answer_models(sub)]
+
+
+def _attributes(source: type) -> set[str]:
+    """What an object of `source` has to read: its dataclass fields and its properties."""
+    fields = (
+        {f.name for f in dataclasses.fields(source)} if dataclasses.is_dataclass(source) else set()
+    )
+    return fields | {n for n in dir(source) if isinstance(getattr(source, n), property)}
+
+
+def test_every_answer_reads_only_what_its_domain_object_has() -> None:
+    # An answer is its domain object's attributes (model_validate reads them): a field renamed
+    # or dropped on one side only would fail on the first call, so it fails here first.
+    built = {m for m in _answer_models(shapes.Shape) if m.source is not None}
+    assert built, "no answer names the domain object it is read from"
+    for model in built:
+        sources = model.source if isinstance(model.source, tuple) else (model.source,)
+        for source in sources:
+            assert source is not None
+            has = _attributes(source)
+            # Read under its JSON name when it has one.
+            names = {f.alias or n for n, f in model.model_fields.items()}
+            missing = names - model.added - has
+            assert not missing, f"{model.__name__} has no {source.__name__} attribute {missing}"
+            # What an answer adds beside its object is what the object does not hold.
+            assert model.added <= names - has, model.__name__
+            if model.as_is:
+                # Sent as it is: every field of the object is in the answer, in its order.
+                written = [f.name for f in dataclasses.fields(source)]
+                assert written == list(model.model_fields), model.__name__
+
+
+async def test_answers_keep_their_fields_in_order(admin: httpx.AsyncClient) -> None:
+    # Answers are rendered from their models: a model's bases decide the order of its fields.
+    made = (await admin.post("/v1/tokens", json={"role": "ingest"})).json()["data"]
+    revoked = (await admin.delete(f"/v1/tokens/{made['id']}")).json()["data"]
+    assert list(revoked) == [*(k for k in made if k != "token"), "deleted"]
+    hook = {"url": "http://127.0.0.1:9/hook", "tenant_id": "space_42"}
+    created = (await admin.post("/v1/webhooks", json=hook)).json()["data"]
+    deleted = (await admin.delete(f"/v1/webhooks/{created['id']}")).json()["data"]
+    shown = (k for k in created if k not in ("concurrency", "secret"))
+    assert list(deleted) == [*shown, "deleted"]
+    stats = (await admin.get("/v1/stats")).json()["data"]
+    assert list(stats["series"][0])[:2] == ["start", "events_accepted"]
+
+
+async def test_attempts_and_test_sends_keep_their_fields_in_order(
+    admin: httpx.AsyncClient, workers: Workers
+) -> None:
+    await workers()
+    async with Receiver() as receiver:
+        hook = await webhook(admin, receiver.url("/a"))
+        [delivery] = (await post_event(admin)).json()["data"]["deliveries"]
+        done = await wait_status(admin, hook["id"], delivery["id"], "delivered")
+        sample = await admin.post("/v1/webhooks/test", json={"webhook_id": hook["id"]})
+    [attempt] = done["attempts"]
+    # As the attempt log has always kept them (the trigger last).
+    assert list(attempt) == [
+        "number",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "error",
+        "response_body",
+        "request_headers",
+        "url",
+        "trigger",
+    ]
+    sent = [
+        "event_id",
+        "type",
+        "sent_at",
+        "url",
+        "status_code",
+        "duration_ms",
+        "error",
+        "response_body",
+        "request_headers",
+    ]
+    assert list(sample.json()["data"]) == sent
+    [listed] = (await admin.get(f"/v1/webhooks/{hook['id']}/tests")).json()["data"]
+    assert list(listed) == sent

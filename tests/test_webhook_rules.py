@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay.api.webhooks import WebhookCreate, WebhookUpdate
 from relay.errors import Invalid
 from relay.validation import parse
-from relay.webhooks import WebhookCreate, WebhookUpdate
 
 URL = "https://hooks.example.com/relay"
 RESERVED = [

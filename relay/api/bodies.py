@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from relay.errors import Invalid, UnsupportedMediaType
-from relay.store import codec
 from relay.validation import check_depth, parse_object, too_deep
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -40,12 +39,22 @@ async def read_model(request: Request, model: type[M], context: dict[str, Any] |
     return parse_object(model, await read_json(request), context=context)
 
 
+def _answer(value: object) -> object:
+    # Answer models (relay.api.shapes.Shape) under their JSON names, with the fields their domain
+    # object or record has (an optional one it lacks stays absent); everything else is plain
+    # JSON, dataclasses included (orjson writes their fields in order).
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(by_alias=True, exclude_unset=True)
+    raise TypeError(f"{type(value).__name__} is not an answer")
+
+
 def ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A single object: `{"data": {...}}`."""
-    return Response(codec.dumps({"data": data}), status, headers, "application/json")
+    body = orjson.dumps({"data": data}, default=_answer)
+    return Response(body, status, headers, "application/json")
 
 
 def listing(items: list[Any], next_cursor: str | None) -> Response:
     """A page: `{"data": [...], "next_cursor": ...}`."""
-    body = {"data": items, "next_cursor": next_cursor}
-    return Response(codec.dumps(body), 200, media_type="application/json")
+    body = orjson.dumps({"data": items, "next_cursor": next_cursor}, default=_answer)
+    return Response(body, 200, media_type="application/json")

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
-from pydantic import WithJsonSchema
+from pydantic import Field, StringConstraints, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.pagination import id_param, id_schema, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param
+from relay.api.shapes import (
+    Count,
+    DeliveryId,
+    EventId,
+    Headers,
+    HttpStatus,
+    Shape,
+    Timestamp,
+    WebhookId,
+)
 from relay.api.times import TIME, query_ms
 from relay.api.webhooks import ID, visible_webhook
 from relay.audit import Audit
-from relay.delivery import actions, recovery
-from relay.delivery.model import Delivery, Status
+from relay.delivery import actions, model, recovery
+from relay.delivery.model import Status, Trigger
 from relay.delivery.store import DeliveryFilter
 from relay.errors import Invalid, NotFound
 from relay.ids import pattern as id_pattern
@@ -55,6 +64,76 @@ class RecoverySelection(pydantic.BaseModel):
     )
 
 
+class Attempt(Shape):
+    """One try at a delivery: what was sent and what the endpoint answered."""
+
+    # Read from the attempt log's records (model.Attempt's fields, in their order).
+    source = model.Attempt
+
+    number: Annotated[int, Field(ge=1)]
+    started_at: Timestamp
+    duration_ms: Count
+    status_code: HttpStatus | None
+    error: str | None
+    response_body: str = Field(
+        description="The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)"
+    )
+    request_headers: Headers = Field(
+        description="What was sent; the webhook's custom headers show '[redacted]' for a value"
+    )
+    # Optional: attempts logged before relay recorded it have none.
+    url: str = Field("", description="Where the attempt went (empty if none was made)")
+    trigger: Trigger = Field(
+        description="What made it: the retry schedule, or an operator's retry of a pending "
+        "delivery (manual: outside the schedule, which it neither uses up nor moves)"
+    )
+
+
+class Delivery(Shape):
+    """One event on its way to one webhook."""
+
+    source = model.Delivery
+
+    id: DeliveryId
+    event_id: EventId
+    webhook_id: WebhookId
+    tenant_id: TenantId
+    event_type: str
+    status: Status
+    attempt_count: Count
+    next_attempt_at: Timestamp | None
+    last_status_code: HttpStatus | None
+    last_error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    delivered_at: Timestamp | None
+
+
+class DeliveryWithAttempts(Delivery):
+    """A delivery with its attempt log, oldest first."""
+
+    added = frozenset({"attempts"})
+
+    attempts: list[Attempt]
+
+
+class Recovery(Shape):
+    """Failed deliveries of a time window being sent again — one webhook's, or those a filter
+    selects — and how far that has got."""
+
+    source = model.Recovery
+
+    id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
+    webhook_id: WebhookId | None = Field(description="Only this webhook's deliveries; null: any")
+    tenant_id: TenantId | None = Field(description="Only this tenant's deliveries; null: any")
+    event_type: str | None = Field(description="Only deliveries of this event type; null: any")
+    status: Literal["running", "done"]
+    requeued: Count = Field(description="Failed deliveries sent again so far")
+    since: Timestamp
+    until: Timestamp
+    url: str = Field(description="Where to GET the recovery's progress")
+
+
 def _window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
     """[since, until] as unix milliseconds (None where open); 422 when it ends before it starts."""
     start = parse_rfc3339(since, "since") if since is not None else None
@@ -67,8 +146,8 @@ def _window(since: str | None, until: str | None) -> tuple[int | None, int | Non
     )
 
 
-def _started(view: dict[str, object]) -> Response:
-    return ok(view, 202, headers={"location": str(view["url"])})
+def _started(started: model.Recovery) -> Response:
+    return ok(Recovery.read(started), 202, headers={"location": started.url})
 
 
 def _status(request: Request) -> Status | None:
@@ -82,11 +161,11 @@ def _status(request: Request) -> Status | None:
         raise Invalid("Unknown status.", {"status": [f"one of {choices}"]}) from None
 
 
-def _page(found: list[Delivery], cursor: str | None) -> Response:
-    return listing([d.public() for d in found], cursor)
+def _page(found: list[model.Delivery], cursor: str | None) -> Response:
+    return listing([Delivery.read(d) for d in found], cursor)
 
 
-async def _visible_delivery(request: Request, principal: Principal) -> Delivery:
+async def _visible_delivery(request: Request, principal: Principal) -> model.Delivery:
     # By the delivery's own tenant, so that the log of a deleted webhook stays readable until
     # retention ends.
     delivery = await resources(request).deliveries.get(request.path_params["delivery_id"])
@@ -130,9 +209,11 @@ async def all_deliveries(request: Request, principal: Principal) -> Response:
     return _page(*await resources(request).deliveries.page(query, page.limit, page.cursor))
 
 
-async def _with_attempts(request: Request, delivery: Delivery) -> Response:
+async def _with_attempts(request: Request, delivery: model.Delivery) -> Response:
+    # The log's records, as history and Redis keep them: one logged before attempts recorded
+    # their url has none (nor gets one here).
     attempts = await resources(request).deliveries.attempts(delivery)
-    return ok({**delivery.public(), "attempts": attempts})
+    return ok(DeliveryWithAttempts.read(delivery, attempts=attempts))
 
 
 async def get_delivery(request: Request, principal: Principal) -> Response:
@@ -151,13 +232,13 @@ async def retry_delivery(request: Request, principal: Principal) -> Response:
     """A finished delivery starts again, a pending one gets a manual attempt now; 409 while
     delivering."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await actions.retry(resources(request), delivery)).public(), 202)
+    return ok(Delivery.read(await actions.retry(resources(request), delivery)), 202)
 
 
 async def cancel_delivery(request: Request, principal: Principal) -> Response:
     """Cancel a pending delivery: it is never sent afterwards."""
     delivery = await _visible_delivery(request, principal)
-    return ok((await actions.cancel(resources(request), delivery)).public())
+    return ok(Delivery.read(await actions.cancel(resources(request), delivery)))
 
 
 async def recover_webhook(request: Request, principal: Principal) -> Response:
@@ -201,7 +282,7 @@ async def _visible_recovery(request: Request, principal: Principal) -> dict[str,
 
 async def get_recovery(request: Request, principal: Principal) -> Response:
     """How far a recovery has got."""
-    return ok(recovery.recovery_view(await _visible_recovery(request, principal)))
+    return ok(Recovery.read(recovery.recovery_view(await _visible_recovery(request, principal))))
 
 
 async def get_webhook_recovery(request: Request, principal: Principal) -> Response:
@@ -210,7 +291,7 @@ async def get_webhook_recovery(request: Request, principal: Principal) -> Respon
     record = await _visible_recovery(request, principal)
     if record["webhook_id"] != webhook.id:
         raise NotFound("No such recovery.")
-    return ok(recovery.recovery_view(record))
+    return ok(Recovery.read(recovery.recovery_view(record)))
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))
@@ -224,7 +305,7 @@ OPERATIONS = [
         "List a webhook's deliveries",
         OWNERS,
         "deliveries",
-        answers=shapes.Delivery,
+        answers=Delivery,
         params=(*ID, *page_params("dlv"), STATUS, Param("event_type"), *TIME),
         list_of=True,
     ),
@@ -235,7 +316,7 @@ OPERATIONS = [
         "List deliveries",
         OWNERS,
         "deliveries",
-        answers=shapes.Delivery,
+        answers=Delivery,
         looks_up=True,
         params=(
             *page_params("dlv"),
@@ -254,7 +335,7 @@ OPERATIONS = [
         "Get a delivery with its attempts",
         OWNERS,
         "deliveries",
-        answers=shapes.DeliveryWithAttempts,
+        answers=DeliveryWithAttempts,
         params=(id_param("dlv"),),
     ),
     Operation(
@@ -264,7 +345,7 @@ OPERATIONS = [
         "Get a delivery with its attempts",
         OWNERS,
         "deliveries",
-        answers=shapes.DeliveryWithAttempts,
+        answers=DeliveryWithAttempts,
         params=DELIVERY,
     ),
     Operation(
@@ -274,7 +355,7 @@ OPERATIONS = [
         "Retry a delivery",
         OWNERS,
         "deliveries",
-        answers=shapes.Delivery,
+        answers=Delivery,
         params=DELIVERY,
         status=202,
         audit=Audit("delivery.retry"),
@@ -290,7 +371,7 @@ OPERATIONS = [
         "Cancel a pending delivery",
         OWNERS,
         "deliveries",
-        answers=shapes.Delivery,
+        answers=Delivery,
         params=DELIVERY,
         audit=Audit("delivery.cancel"),
         # Again, it finds the delivery canceled and changes nothing (409 says so).
@@ -303,7 +384,7 @@ OPERATIONS = [
         "Resend failed deliveries of a time window",
         OWNERS,
         "deliveries",
-        answers=shapes.Recovery,
+        answers=Recovery,
         body=RecoverWindow,
         params=ID,
         status=202,
@@ -319,7 +400,7 @@ OPERATIONS = [
         "Get a recovery's progress",
         OWNERS,
         "deliveries",
-        answers=shapes.Recovery,
+        answers=Recovery,
         params=(*ID, id_param("rcv", "recovery_id")),
     ),
     Operation(
@@ -329,7 +410,7 @@ OPERATIONS = [
         "Resend the failed deliveries a filter selects",
         OWNERS,
         "deliveries",
-        answers=shapes.Recovery,
+        answers=Recovery,
         looks_up=True,
         body=RecoverySelection,
         status=202,
@@ -345,7 +426,7 @@ OPERATIONS = [
         "Get a recovery's progress",
         OWNERS,
         "deliveries",
-        answers=shapes.Recovery,
+        answers=Recovery,
         params=(id_param("rcv", "recovery_id"),),
     ),
 ]

@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api import shapes
 from relay.api.bodies import listing, ok, read_json, read_model
 from relay.api.errors import problem_fields
 from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
+from relay.api.shapes import Count, DeliveryId, EventId, HttpStatus, Shape, Timestamp, WebhookId
 from relay.api.times import TIME, query_ms
 from relay.audit import Audit
 from relay.delivery import actions
 from relay.delivery.accept import (
+    Accepted,
     BatchIn,
+    DeliveryState,
     EventIn,
     Outcome,
+    Posted,
+    Tracked,
     accept,
     accept_batch,
     batch_items,
     event_summary,
     event_view,
 )
+from relay.delivery.model import Status
 from relay.errors import RelayError
 from relay.resources import resources
 from relay.roles import Role
 from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal
+from relay.validation import TenantId
+from relay.webhooks import Undeliverable
 
 ID = (id_param("evt"),)
 BATCH_PATH = "/v1/events/batch"
@@ -40,21 +50,91 @@ READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 reserve_segment("event", "batch")
 
 
+class EventSummary(Shape):
+    """An event as a list shows it."""
+
+    source: ClassVar[type | tuple[type, ...] | None] = Posted
+    as_is = True
+
+    id: EventId
+    type: str
+    tenant_id: TenantId
+    created_at: Timestamp
+    upstream_id: str | None
+    data: dict[str, Any]
+
+
+class EventDelivery(Shape):
+    """One of an event's deliveries, and where it is."""
+
+    source = DeliveryState
+    as_is = True
+
+    id: DeliveryId
+    webhook_id: WebhookId
+    status: Status
+
+
+class Event(EventSummary):
+    """An event with its deliveries' current status."""
+
+    source: ClassVar[type | tuple[type, ...] | None] = Tracked
+
+    deliveries: list[EventDelivery]
+
+
+class AcceptedEvent(Event):
+    """An event just accepted, with why it goes nowhere if it does."""
+
+    source = Accepted
+
+    # Absent from the answer to a repeated upstream id, which shows the first event as it is now.
+    undeliverable: Undeliverable | None = Field(
+        None,
+        description="Set when the event has no deliveries: no_webhooks (the tenant has none), "
+        "no_subscribers (none subscribes to this type) or webhooks_disabled",
+    )
+
+
+class BatchResult(Shape):
+    """What became of one event of a batch, as `POST /v1/events` would have answered it alone:
+    its status, with the event (202 accepted, 200 a repeat of its upstream `id`) or with the
+    problem that refused it (`type` … `errors`: 413 too large, 422 invalid, 503 not taken now)."""
+
+    status: HttpStatus
+    data: AcceptedEvent | None = None
+    type: str | None = None
+    title: str | None = None
+    detail: str | None = None
+    code: str | None = None
+    errors: dict[str, list[str]] | None = None
+
+
+class RetriedEvent(Event):
+    """An event whose failed deliveries went again."""
+
+    added = frozenset({"requeued"})
+    as_is = False
+
+    requeued: Count
+
+
 async def _visible_event(request: Request, principal: Principal) -> StoredEvent:
     event = await resources(request).events.get(request.path_params["id"])
     principal.check_visible(event.tenant_id, "event")
     return event
 
 
-def _accepted(view: dict[str, object]) -> Response:
-    return ok(view, 202)
+def _accepted(event: Accepted) -> Response:
+    return ok(event, 202)
 
 
 async def post_event(request: Request, principal: Principal) -> Response:
     """Accept an event: 202 once it and its deliveries are durably stored; 200 for a repeat."""
     spec = await read_model(request, EventIn)
-    view, created = await accept(resources(request), spec, commit(_accepted), principal.check)
-    return _accepted(view) if created else ok(view, 200)
+    event, created = await accept(resources(request), spec, commit(_accepted), principal.check)
+    # A repeat of an upstream id shows the first event as it is now, without `undeliverable`.
+    return ok(event, 202 if created else 200)
 
 
 async def post_batch(request: Request, principal: Principal) -> Response:
@@ -68,8 +148,8 @@ async def post_batch(request: Request, principal: Principal) -> Response:
 def _result(outcome: Outcome) -> dict[str, object]:
     if isinstance(outcome, RelayError):
         return problem_fields(outcome)
-    view, created = outcome
-    return {"status": 202 if created else 200, "data": view}
+    event, created = outcome
+    return {"status": 202 if created else 200, "data": event}
 
 
 async def list_events(request: Request, principal: Principal) -> Response:
@@ -96,7 +176,7 @@ async def retry_event(request: Request, principal: Principal) -> Response:
     ctx = resources(request)
     event = await _visible_event(request, principal)
     requeued = await actions.retry_failures(ctx, event)
-    return ok({**await event_view(ctx, event), "requeued": requeued}, 202)
+    return ok(RetriedEvent.read(await event_view(ctx, event), requeued=requeued), 202)
 
 
 OPERATIONS = [
@@ -107,7 +187,7 @@ OPERATIONS = [
         "Post an event",
         POSTERS,
         "events",
-        answers=shapes.AcceptedEvent,
+        answers=AcceptedEvent,
         body=EventIn,
         status=202,
         also_succeeds=(
@@ -123,7 +203,7 @@ OPERATIONS = [
         "Post a batch of events",
         POSTERS,
         "events",
-        answers=shapes.BatchResult,
+        answers=BatchResult,
         body=BatchIn,
         status=207,
         per_item=True,
@@ -137,7 +217,7 @@ OPERATIONS = [
         "List events",
         OWNERS,
         "events",
-        answers=shapes.EventSummary,
+        answers=EventSummary,
         looks_up=True,
         params=(
             *page_params("evt"),
@@ -155,7 +235,7 @@ OPERATIONS = [
         "Get an event and its deliveries",
         READERS,
         "events",
-        answers=shapes.Event,
+        answers=Event,
         params=ID,
     ),
     Operation(
@@ -165,7 +245,7 @@ OPERATIONS = [
         "Retry an event's failed deliveries",
         OWNERS,
         "events",
-        answers=shapes.RetriedEvent,
+        answers=RetriedEvent,
         params=ID,
         status=202,
         audit=Audit("event.retry"),

@@ -1,7 +1,7 @@
 """The OpenAPI document, built from the same Operation list the router is built from.
 
-Request bodies and answers come from the operations' pydantic models (answers from
-relay.api.shapes); which errors each operation can return is worked out here from what it
+Request bodies and answers come from the operations' pydantic models (each declared in its
+resource's module); which errors each operation can return is worked out here from what it
 takes and does. The fuzz tests (tests/test_fuzz.py) hold the app to the document.
 """
 
@@ -15,9 +15,10 @@ import pydantic
 
 from relay import __version__
 from relay.api.idempotency import REPLAYED
+from relay.api.ops import Alive, Ready
 from relay.api.routing import Operation
-from relay.api.shapes import Alive, Problem, Ready, envelope
-from relay.events import EVENT_TYPES, NAME_PATTERN
+from relay.api.shapes import Problem, envelope
+from relay.event_types import EVENT_TYPES, NAME_PATTERN
 from relay.roles import Role
 from relay.signing import Scheme
 from relay.validation import TenantId

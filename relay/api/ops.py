@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 import asyncpg
 import redis.exceptions
@@ -12,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from relay.api.errors import problem
-from relay.api.shapes import Alive, Ready
+from relay.api.shapes import Shape
 from relay.errors import Unauthorized, Unavailable
 from relay.history.db import POSTGRES_AWAY
 from relay.metrics import render
@@ -21,6 +22,18 @@ from relay.resources import Resources, resources
 from relay.store import memory
 from relay.store.metrics import snapshot
 from relay.tokens import same_token
+
+
+class Alive(Shape):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Ready(Shape):
+    """Redis is reachable."""
+
+    status: Literal["ready"]
 
 
 async def healthz(_: Request) -> Response:

@@ -123,7 +123,8 @@ class Operation:
     summary: str
     roles: frozenset[Role]
     tag: str
-    # What its success holds (relay.api.shapes), or a page of them when `list_of`.
+    # What its success holds (an answer model, relay.api.shapes.Shape), or a page of them
+    # when `list_of`.
     answers: type[pydantic.BaseModel]
     body: type[pydantic.BaseModel] | None = None
     params: tuple[Param, ...] = ()

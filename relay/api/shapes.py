@@ -1,28 +1,21 @@
-"""What the API answers with, declared once: each object's fields, types and rules.
+"""What every answer shares: the Shape base, the types fields are built from, Problem, and the
+envelopes (One, Page, Each) answers are sent in.
 
-Every operation names its answer's model (`Operation.answers`); /openapi.json is generated from
-these models and every answer is checked against its model before it leaves (see routing).
+Each resource's module under relay/api/ declares its answers' models beside its handlers;
+every operation names its answer's model (`Operation.answers`), /openapi.json is generated
+from these models and every answer is checked against its model before it leaves (routing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import core_schema
 
-from relay.delivery.model import Status, Trigger
-from relay.events import EVENT_TYPES, NAME_PATTERN
 from relay.ids import pattern as id_pattern
-from relay.roles import Role
-from relay.signing import PUBLIC_KEY_PREFIX, SECRET_PREFIX, Scheme
-from relay.stats import WINDOWS
-from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX
-from relay.validation import TenantId
-from relay.webhooks import Undeliverable
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,31 +30,63 @@ class OneOf:
         return core_schema.literal_schema(list(self.names))
 
 
-# Answers are rendered with timestamps as RFC 3339 strings (relay.timefmt).
-Timestamp = datetime
+# RFC 3339 `date-time` with each part in its range (not a day past its month's end): the form
+# relay.timefmt writes. Matched by pydantic-core, not in Python: an answer is built and checked
+# on every call, the ingest answer on the hot path.
+_RFC3339 = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+# Domain objects hold timestamps as the RFC 3339 strings relay.timefmt makes, and answers pass
+# them on as they are (a datetime would be re-rendered in another form): checked, not parsed.
+Timestamp = Annotated[
+    str,
+    StringConstraints(pattern=_RFC3339),
+    WithJsonSchema({"format": "date-time", "type": "string"}),
+]
 Count = Annotated[int, Field(ge=0)]
 HttpStatus = Annotated[int, Field(ge=100, le=599)]
 Headers = dict[str, str]
-TokenId = Annotated[str, StringConstraints(pattern=id_pattern("tok"))]
 WebhookId = Annotated[str, StringConstraints(pattern=id_pattern("wh"))]
 EventId = Annotated[str, StringConstraints(pattern=id_pattern("evt"))]
 DeliveryId = Annotated[str, StringConstraints(pattern=id_pattern("dlv"))]
-VerificationKey = Annotated[
-    str,
-    StringConstraints(pattern=f"^({SECRET_PREFIX}|{PUBLIC_KEY_PREFIX})[A-Za-z0-9+/]+={{0,2}}$"),
-    Field(
-        description=(
-            f"What a receiver verifies with: the {SECRET_PREFIX} secret (hmac-sha256), or the "
-            f"{PUBLIC_KEY_PREFIX} public key (ed25519)"
-        )
-    ),
-]
 
 
 class Shape(BaseModel):
-    """An object relay answers with: closed, so an undeclared field is an error, not news."""
+    """An object relay answers with: closed, so an undeclared field is an error, not news.
 
-    model_config = ConfigDict(extra="forbid")
+    An answer is built from its domain object, of class `source` (or of one of the classes
+    when it is a tuple): `model_validate(obj)` reads its attributes, and every field is one of
+    them (tests/test_shapes.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+    source: ClassVar[type | tuple[type, ...] | None] = None
+    # Set when `source` is a dataclass of exactly this answer's fields, in its order, sent as it
+    # is (orjson writes it): no model is built, for answers on the hot path (POST /v1/events).
+    # The answer is still held to this model before it leaves (relay.api.routing).
+    as_is: ClassVar[bool] = False
+    # Fields `source` does not hold, given beside it to `read` (a plaintext shown once).
+    added: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, obj: object, **added: object) -> Self:
+        """The answer for the domain object `obj`, with the fields it does not hold."""
+        if set(added) != cls.added:
+            raise TypeError(f"{cls.__name__} takes {sorted(cls.added)} beside its object")
+        return cls.model_validate(_Beside(obj, added) if added else obj)
+
+
+@dataclass(frozen=True, slots=True)
+class _Beside:
+    """A domain object with more attributes beside its own, for an answer to read."""
+
+    obj: object
+    added: dict[str, object]
+
+    def __getattr__(self, name: str) -> object:
+        return self.added[name] if name in self.added else getattr(self.obj, name)
 
 
 class Deleted(Shape):
@@ -79,353 +104,6 @@ class Problem(Shape):
     detail: str
     code: str
     errors: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class Token(Shape):
-    """An API token, never its plaintext."""
-
-    id: TokenId
-    role: Role
-    tenant_id: TenantId | None
-    name: str
-    created_at: Timestamp
-    expires_at: Timestamp | None
-    last_used_at: Timestamp | None = Field(
-        description="When the token last authenticated, to the minute"
-    )
-
-
-class CallingToken(Shape):
-    """The token a request is made with, as the caller may know it: what it may do, until when."""
-
-    id: Annotated[
-        str,
-        StringConstraints(pattern=f"{id_pattern('tok')}|^{BOOTSTRAP_ID}$"),
-        Field(description=f"The token's id; `{BOOTSTRAP_ID}` for RELAY_ADMIN_TOKEN"),
-    ]
-    role: Role
-    tenant_id: TenantId | None
-    name: str | None = Field(description="The name it was issued with (none for RELAY_ADMIN_TOKEN)")
-    expires_at: Timestamp | None
-
-
-class IssuedToken(Token):
-    """A new token, with its plaintext: in this answer and nowhere else, ever."""
-
-    token: Annotated[str, StringConstraints(pattern=f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$")]
-
-
-class RevokedToken(Token, Deleted):
-    """A token that no longer authenticates."""
-
-
-class Actor(Shape):
-    """Who made a change."""
-
-    token_id: str = Field(description="The token's id, or `system`")
-    role: str
-
-
-class AuditEntry(Shape):
-    """One change made through the API."""
-
-    id: Annotated[str, StringConstraints(pattern=id_pattern("aud"))]
-    at: Timestamp
-    action: str = Field(description="What was done, e.g. webhook.secret.rotate")
-    actor: Actor
-    object_id: str | None
-    tenant_id: TenantId | None
-    request_id: str | None = Field(
-        description="The request's X-Request-Id (the caller's, or one relay made)"
-    )
-
-
-class PortalSession(Shape):
-    """A console link signed in as a short-lived token of one tenant."""
-
-    url: str = Field(description="The console, signed in by the token in the URL's fragment")
-    token_id: TokenId
-    tenant_id: TenantId
-    expires_at: Timestamp
-
-
-class EventType(Shape):
-    """An event type relay accepts, and the JSON Schema its events' data must match."""
-
-    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-    description: str
-    data_schema: dict[str, Any] = Field(
-        alias="schema", description="JSON Schema of the event's data"
-    )
-    example: dict[str, Any] | None
-    deprecated: bool
-    builtin: bool = Field(description="Built into relay (fixed) rather than registered")
-
-
-class Webhook(Shape):
-    """An endpoint that receives a tenant's events."""
-
-    id: WebhookId
-    tenant_id: TenantId
-    url: str
-    # Names of built-in and registered types, '*' and 'prefix.*' wildcards.
-    events: list[str]
-    description: str
-    headers: Annotated[
-        Headers,
-        Field(description="The custom headers' names; every value reads '[redacted]'."),
-    ]
-    enabled: bool
-    disabled_reason: str | None
-    rate_limit_per_second: Annotated[int, Field(ge=1)] | None
-    signature_scheme: Scheme
-    created_at: Timestamp
-    updated_at: Timestamp
-
-
-class EndpointConcurrency(Shape):
-    """How many attempts relay makes to the webhook at once: adapted to how it answers."""
-
-    current: Annotated[
-        int,
-        Field(
-            ge=1,
-            description=(
-                "Attempts it may have in flight now: one more per round of quick 2xx answers "
-                "while all are in use, half after a 429, a 503 or a timeout"
-            ),
-        ),
-    ]
-    max: Annotated[
-        int, Field(ge=1, description="How far it may grow (RELAY_ENDPOINT_CONCURRENCY_MAX)")
-    ]
-
-
-class DeliveredWebhook(Webhook):
-    """A webhook, with how relay delivers to it now (read-only)."""
-
-    concurrency: EndpointConcurrency
-
-
-class CreatedWebhook(DeliveredWebhook):
-    """A webhook just registered, with what its receiver verifies signatures with."""
-
-    secret: VerificationKey
-
-
-class DeletedWebhook(Webhook, Deleted):
-    """A webhook that receives nothing more."""
-
-
-class PreviousSecret(Shape):
-    """A secret replaced by a rotation that still signs for a while."""
-
-    expires_at: Timestamp
-
-
-class Secret(Shape):
-    """What verifies a webhook's signatures now, and until when previous secrets still sign."""
-
-    secret: VerificationKey
-    previous: list[PreviousSecret] = Field(
-        description="Previous secrets that still sign, and until when"
-    )
-
-
-class RotatedSecret(Shape):
-    """The new secret; the previous one also signs until previous_expires_at."""
-
-    secret: VerificationKey
-    previous_expires_at: Timestamp
-
-
-class TestResult(Shape):
-    """A sample event sent to a webhook now, and what its endpoint answered."""
-
-    event_id: EventId
-    # Test sends are samples of the built-in types only.
-    type: Annotated[str, OneOf(tuple(EVENT_TYPES))]
-    sent_at: Timestamp
-    url: str
-    status_code: HttpStatus | None
-    duration_ms: Count
-    error: str | None
-    response_body: str
-    request_headers: Headers
-
-
-class EventSummary(Shape):
-    """An event as a list shows it."""
-
-    id: EventId
-    type: str
-    tenant_id: TenantId
-    created_at: Timestamp
-    upstream_id: str | None
-    data: dict[str, Any]
-
-
-class EventDelivery(Shape):
-    """One of an event's deliveries, and where it is."""
-
-    id: DeliveryId
-    webhook_id: WebhookId
-    status: Status
-
-
-class Event(EventSummary):
-    """An event with its deliveries' current status."""
-
-    deliveries: list[EventDelivery]
-
-
-class AcceptedEvent(Event):
-    """An event just accepted, with why it goes nowhere if it does."""
-
-    # Absent from the answer to a repeated upstream id, which shows the first event as it is now.
-    undeliverable: Undeliverable | None = Field(
-        None,
-        description="Set when the event has no deliveries: no_webhooks (the tenant has none), "
-        "no_subscribers (none subscribes to this type) or webhooks_disabled",
-    )
-
-
-class BatchResult(Shape):
-    """What became of one event of a batch, as `POST /v1/events` would have answered it alone:
-    its status, with the event (202 accepted, 200 a repeat of its upstream `id`) or with the
-    problem that refused it (`type` … `errors`: 413 too large, 422 invalid, 503 not taken now)."""
-
-    status: HttpStatus
-    data: AcceptedEvent | None = None
-    type: str | None = None
-    title: str | None = None
-    detail: str | None = None
-    code: str | None = None
-    errors: dict[str, list[str]] | None = None
-
-
-class RetriedEvent(Event):
-    """An event whose failed deliveries went again."""
-
-    requeued: Count
-
-
-class Attempt(Shape):
-    """One try at a delivery: what was sent and what the endpoint answered."""
-
-    number: Annotated[int, Field(ge=1)]
-    trigger: Trigger = Field(
-        description="What made it: the retry schedule, or an operator's retry of a pending "
-        "delivery (manual: outside the schedule, which it neither uses up nor moves)"
-    )
-    started_at: Timestamp
-    duration_ms: Count
-    status_code: HttpStatus | None
-    error: str | None
-    response_body: str = Field(
-        description="The start of the response: RELAY_CAPTURE_RESPONSE_BYTES (4 KiB)"
-    )
-    request_headers: Headers = Field(
-        description="What was sent; the webhook's custom headers show '[redacted]' for a value"
-    )
-    # Optional: attempts logged before relay recorded it have none.
-    url: str = Field("", description="Where the attempt went (empty if none was made)")
-
-
-class Delivery(Shape):
-    """One event on its way to one webhook."""
-
-    id: DeliveryId
-    event_id: EventId
-    webhook_id: WebhookId
-    tenant_id: TenantId
-    event_type: str
-    status: Status
-    attempt_count: Count
-    next_attempt_at: Timestamp | None
-    last_status_code: HttpStatus | None
-    last_error: str | None
-    created_at: Timestamp
-    updated_at: Timestamp
-    delivered_at: Timestamp | None
-
-
-class DeliveryWithAttempts(Delivery):
-    """A delivery with its attempt log, oldest first."""
-
-    attempts: list[Attempt]
-
-
-class DeliveryCounts(Shape):
-    """Deliveries that finished, by how (every status in relay.delivery.model.FINISHED)."""
-
-    delivered: Count
-    failed: Count
-    canceled: Count
-
-
-class Figures(Shape):
-    """Events, attempts, finished deliveries, success rate and latency over a span of time."""
-
-    events_accepted: Count
-    attempts: Count
-    attempts_succeeded: Count
-    success_rate: Annotated[float, Field(ge=0, le=1)] | None
-    deliveries: DeliveryCounts
-    latency_p50_ms: Count | None
-    latency_p95_ms: Count | None
-
-
-class Point(Figures):
-    """One point of a chart: the figures of the step that starts at `start`."""
-
-    start: Timestamp
-
-
-class TroubledWebhook(Webhook):
-    """A webhook that is failing or disabled."""
-
-    failing_since: Timestamp | None
-
-
-class Stats(Shape):
-    """The overview: figures over the last hour or day, and what needs care."""
-
-    window: Annotated[str, OneOf(tuple(WINDOWS))]
-    since: Timestamp
-    until: Timestamp
-    step_seconds: Count
-    totals: Figures
-    series: list[Point]
-    backlog: Count
-    webhooks: list[TroubledWebhook]
-
-
-class Recovery(Shape):
-    """Failed deliveries of a time window being sent again — one webhook's, or those a filter
-    selects — and how far that has got."""
-
-    id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
-    webhook_id: WebhookId | None = Field(description="Only this webhook's deliveries; null: any")
-    tenant_id: TenantId | None = Field(description="Only this tenant's deliveries; null: any")
-    event_type: str | None = Field(description="Only deliveries of this event type; null: any")
-    status: Literal["running", "done"]
-    requeued: Count = Field(description="Failed deliveries sent again so far")
-    since: Timestamp
-    until: Timestamp
-    url: str = Field(description="Where to GET the recovery's progress")
-
-
-class Alive(Shape):
-    """The process is alive."""
-
-    status: Literal["ok"]
-
-
-class Ready(Shape):
-    """Redis is reachable."""
-
-    status: Literal["ready"]
 
 
 T = TypeVar("T", bound=BaseModel)

@@ -5,19 +5,80 @@ may narrow to one webhook it may see (another tenant's is a 404)."""
 
 from __future__ import annotations
 
+from typing import Annotated, ClassVar
+
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api import shapes
+from relay import stats
 from relay.api.bodies import ok
 from relay.api.pagination import id_schema
 from relay.api.routing import OWNERS, Operation, Param
-from relay.api.webhooks import visible_webhook
+from relay.api.shapes import Count, OneOf, Shape, Timestamp
+from relay.api.webhooks import Webhook, visible_webhook
 from relay.errors import Invalid
 from relay.resources import resources
 from relay.stats import WINDOWS, Scope, overview
 from relay.timefmt import now
 from relay.tokens import Principal
+
+
+class DeliveryCounts(Shape):
+    """Deliveries that finished, by how (every status in relay.delivery.model.FINISHED)."""
+
+    delivered: Count
+    failed: Count
+    canceled: Count
+
+
+class Figures(Shape):
+    """Events, attempts, finished deliveries, success rate and latency over a span of time."""
+
+    source: ClassVar[type | tuple[type, ...] | None] = stats.Figures
+
+    events_accepted: Count
+    attempts: Count
+    attempts_succeeded: Count
+    success_rate: Annotated[float, Field(ge=0, le=1)] | None
+    deliveries: DeliveryCounts
+    latency_p50_ms: Count | None
+    latency_p95_ms: Count | None
+
+
+class _Start(Shape):
+    start: Timestamp
+
+
+# After Figures in the bases: a point's `start` comes first, as in every answer so far.
+class Point(Figures, _Start):
+    """One point of a chart: the figures of the step that starts at `start`."""
+
+    source = stats.Point
+
+
+class TroubledWebhook(Webhook):
+    """A webhook that is failing or disabled."""
+
+    added = frozenset({"failing_since"})
+
+    failing_since: Timestamp | None
+
+
+class Stats(Shape):
+    """The overview: figures over the last hour or day, and what needs care."""
+
+    source = stats.Overview
+    added = frozenset({"webhooks"})
+
+    window: Annotated[str, OneOf(tuple(WINDOWS))]
+    since: Timestamp
+    until: Timestamp
+    step_seconds: Count
+    totals: Figures
+    series: list[Point]
+    backlog: Count
+    webhooks: list[TroubledWebhook]
 
 
 async def _scope(request: Request, principal: Principal) -> Scope:
@@ -36,7 +97,9 @@ async def get_stats(request: Request, principal: Principal) -> Response:
     if window is None:
         raise Invalid("Unknown window.", {"window": [f"one of {', '.join(WINDOWS)}"]})
     scope = await _scope(request, principal)
-    return ok(await overview(resources(request), window, now(), scope))
+    found = await overview(resources(request), window, now(), scope)
+    troubled = [TroubledWebhook.read(w, failing_since=since) for w, since in found.troubled]
+    return ok(Stats.read(found, webhooks=troubled))
 
 
 OPERATIONS = [
@@ -47,7 +110,7 @@ OPERATIONS = [
         "Delivery figures over the last hour or day",
         OWNERS,
         "operations",
-        answers=shapes.Stats,
+        answers=Stats,
         looks_up=True,
         params=(
             Param("window", schema={"type": "string", "enum": list(WINDOWS)}),

@@ -3,20 +3,113 @@ reads its own description."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Annotated
+
+import pydantic
+from pydantic import Field, StringConstraints
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay.api import shapes
 from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
+from relay.api.shapes import Deleted, Shape, Timestamp
 from relay.audit import Audit
+from relay.ids import pattern as id_pattern
 from relay.resources import resources
+from relay.roles import Role
 from relay.store.tokens import Issued, TokenRecord
-from relay.tokens import BOOTSTRAP_ID, PortalSessionSpec, Principal, TokenSpec
+from relay.timefmt import from_timestamp, now, rfc3339
+from relay.tokens import BOOTSTRAP_ID, TOKEN_PREFIX, Principal, TokenSpec
+from relay.validation import JSON_INT, TenantId
 
+TokenId = Annotated[str, StringConstraints(pattern=id_pattern("tok"))]
 CONSOLE_PATH = "/console"
+PORTAL_SESSION_NAME = "portal session"
+DEFAULT_PORTAL_SECONDS = 3600
+MAX_PORTAL_SECONDS = 86_400
+
+
+class PortalSessionSpec(pydantic.BaseModel):
+    """`POST /v1/portal-sessions`: a console sign-in for one tenant, valid for a short while."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+    tenant_id: TenantId
+    ttl_seconds: Annotated[int, pydantic.Field(ge=60, le=MAX_PORTAL_SECONDS), JSON_INT] = (
+        DEFAULT_PORTAL_SECONDS
+    )
+
+    def token_spec(self) -> TokenSpec:
+        """The tenant token behind the session: bound to the tenant, expiring with it."""
+        expires = rfc3339(now() + timedelta(seconds=self.ttl_seconds))
+        return TokenSpec(
+            role=Role.TENANT, tenant_id=self.tenant_id, name=PORTAL_SESSION_NAME, expires_at=expires
+        )
+
+
+class Token(Shape):
+    """An API token, never its plaintext."""
+
+    source = TokenRecord
+    added = frozenset({"last_used_at"})
+
+    id: TokenId
+    role: Role
+    tenant_id: TenantId | None
+    name: str
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    last_used_at: Timestamp | None = Field(
+        description="When the token last authenticated, to the minute"
+    )
+
+
+class CallingToken(Shape):
+    """The token a request is made with, as the caller may know it: what it may do, until when."""
+
+    source = Principal
+    added = frozenset({"id", "name", "expires_at"})
+
+    id: Annotated[
+        str,
+        StringConstraints(pattern=f"{id_pattern('tok')}|^{BOOTSTRAP_ID}$"),
+        Field(description=f"The token's id; `{BOOTSTRAP_ID}` for RELAY_ADMIN_TOKEN"),
+    ]
+    role: Role
+    tenant_id: TenantId | None
+    name: str | None = Field(description="The name it was issued with (none for RELAY_ADMIN_TOKEN)")
+    expires_at: Timestamp | None
+
+
+class IssuedToken(Token):
+    """A new token, with its plaintext: in this answer and nowhere else, ever."""
+
+    added = frozenset({"last_used_at", "token"})
+
+    token: Annotated[str, StringConstraints(pattern=f"^{TOKEN_PREFIX}[A-Za-z0-9_-]+$")]
+
+
+# Deleted first in the bases: `deleted` comes last, as in every answer so far.
+class RevokedToken(Deleted, Token):
+    """A token that no longer authenticates."""
+
+    added = frozenset({"last_used_at", "deleted"})
+
+
+class PortalSession(Shape):
+    """A console link signed in as a short-lived token of one tenant."""
+
+    source = TokenRecord
+    added = frozenset({"url", "token_id"})
+
+    url: str = Field(description="The console, signed in by the token in the URL's fragment")
+    token_id: TokenId
+    tenant_id: TenantId
+    expires_at: Timestamp
+
 
 # /v1/tokens/self is an operation of its own (GET): routes name `{id:token}`.
 reserve_segment("token", "self")
@@ -24,7 +117,7 @@ reserve_segment("token", "self")
 
 def _issued(issued: Issued) -> Response:
     record, plaintext = issued
-    return ok({**record.public(), "token": plaintext}, 201)
+    return ok(IssuedToken.read(record, last_used_at=None, token=plaintext), 201)
 
 
 async def create_token(request: Request, _: Principal) -> Response:
@@ -37,7 +130,13 @@ async def list_tokens(request: Request, _: Principal) -> Response:
     """Tokens, newest first, with when each was last used (to the minute)."""
     page = page_request(request, "tok")
     found, cursor = await resources(request).tokens.page(page.limit, page.cursor)
-    return listing([record.public(used) for record, used in found], cursor)
+    return listing(
+        [Token.read(record, last_used_at=_minute(used)) for record, used in found], cursor
+    )
+
+
+def _minute(used_ms: int | None) -> str | None:
+    return from_timestamp(used_ms / 1000) if used_ms else None
 
 
 async def describe_own_token(request: Request, principal: Principal) -> Response:
@@ -47,15 +146,7 @@ async def describe_own_token(request: Request, principal: Principal) -> Response
     if principal.token_id != BOOTSTRAP_ID:  # RELAY_ADMIN_TOKEN is configured, not issued
         record = await resources(request).tokens.get(principal.token_id)
         name, expires_at = record.name, record.expires_at
-    return ok(
-        {
-            "id": principal.token_id,
-            "role": principal.role,
-            "tenant_id": principal.tenant_id,
-            "name": name,
-            "expires_at": expires_at,
-        }
-    )
+    return ok(CallingToken.read(principal, id=principal.token_id, name=name, expires_at=expires_at))
 
 
 async def delete_token(request: Request, _: Principal) -> Response:
@@ -65,7 +156,7 @@ async def delete_token(request: Request, _: Principal) -> Response:
 
 
 def _revoked(record: TokenRecord) -> Response:
-    return ok({**record.public(), "deleted": True})
+    return ok(RevokedToken.read(record, last_used_at=None, deleted=True))
 
 
 def _public_base(request: Request) -> str:
@@ -85,15 +176,8 @@ async def create_portal_session(request: Request, _: Principal) -> Response:
 
     def opened(issued: Issued) -> Response:
         record, plaintext = issued
-        return ok(
-            {
-                "url": f"{base}{CONSOLE_PATH}#token={plaintext}",
-                "token_id": record.id,
-                "tenant_id": record.tenant_id,
-                "expires_at": record.expires_at,
-            },
-            201,
-        )
+        url = f"{base}{CONSOLE_PATH}#token={plaintext}"
+        return ok(PortalSession.read(record, url=url, token_id=record.id), 201)
 
     return opened(await resources(request).tokens.issue(spec.token_spec(), commit(opened)))
 
@@ -106,7 +190,7 @@ OPERATIONS = [
         "Issue an API token",
         ADMIN,
         "tokens",
-        answers=shapes.IssuedToken,
+        answers=IssuedToken,
         body=TokenSpec,
         status=201,
         audit=Audit("token.create"),
@@ -118,7 +202,7 @@ OPERATIONS = [
         "List API tokens",
         ADMIN,
         "tokens",
-        answers=shapes.Token,
+        answers=Token,
         params=page_params("tok"),
         list_of=True,
     ),
@@ -129,7 +213,7 @@ OPERATIONS = [
         "Describe the calling token",
         ANY_ROLE,
         "tokens",
-        answers=shapes.CallingToken,
+        answers=CallingToken,
     ),
     Operation(
         "DELETE",
@@ -138,7 +222,7 @@ OPERATIONS = [
         "Revoke an API token",
         ADMIN,
         "tokens",
-        answers=shapes.RevokedToken,
+        answers=RevokedToken,
         params=(id_param("tok"),),
         audit=Audit("token.revoke"),
     ),
@@ -149,7 +233,7 @@ OPERATIONS = [
         "Open a console session for one tenant",
         ADMIN,
         "tokens",
-        answers=shapes.PortalSession,
+        answers=PortalSession,
         body=PortalSessionSpec,
         status=201,
         audit=Audit("portal_session.create", object_field="token_id"),

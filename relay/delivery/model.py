@@ -99,23 +99,35 @@ class Delivery:
     updated_at: str
     delivered_at: str | None
 
-    def public(self) -> dict[str, object]:
-        """The delivery as the API shows it."""
-        return {
-            "id": self.id,
-            "event_id": self.event_id,
-            "webhook_id": self.webhook_id,
-            "tenant_id": self.tenant_id,
-            "event_type": self.event_type,
-            "status": self.status.value,
-            "attempt_count": self.attempt_count,
-            "next_attempt_at": self.next_attempt_at,
-            "last_status_code": self.last_status_code,
-            "last_error": self.last_error,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "delivered_at": self.delivered_at,
-        }
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """Failed deliveries of a time window being sent again, and how far that has got."""
+
+    id: str
+    webhook_id: str | None  # only this webhook's deliveries; None: any
+    tenant_id: str | None
+    event_type: str | None
+    status: str  # running | done
+    requeued: int
+    since: str
+    until: str
+    url: str  # where its progress is read (one webhook's is found under that webhook too)
+
+
+@dataclass(frozen=True, slots=True)
+class TestSend:
+    """A sample event sent to a webhook now, and what its endpoint answered."""
+
+    event_id: str
+    type: str
+    sent_at: str
+    url: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str
+    request_headers: dict[str, str]
 
 
 class Field(enum.StrEnum):

@@ -4,7 +4,7 @@ again, the first batch at once and the rest as a background job that saves its p
 from __future__ import annotations
 
 from relay import ids
-from relay.delivery.model import Status
+from relay.delivery.model import Recovery, Status
 from relay.delivery.store import DeliveryFilter
 from relay.resources import Resources
 from relay.timefmt import from_timestamp
@@ -38,7 +38,7 @@ async def _recover_step(
     return batch[-1], outcomes.count("ok"), len(batch) < RECOVER_BATCH
 
 
-async def recover(svc: Resources, selection: DeliveryFilter) -> dict[str, object]:
+async def recover(svc: Resources, selection: DeliveryFilter) -> Recovery:
     """Send again every failed delivery `selection` names (its webhook, tenant and event type
     when set) created in [since, until].
 
@@ -84,18 +84,18 @@ async def continue_recovery(svc: Resources, recovery_id: str) -> None:
         await svc.recoveries.recovery_progress(recovery_id, cursor, requeued, done)
 
 
-def recovery_view(record: dict[str, str]) -> dict[str, object]:
-    """A recovery as the API shows it: one webhook's is found under that webhook too."""
+def recovery_view(record: dict[str, str]) -> Recovery:
+    """A recovery from its progress record: one webhook's is found under that webhook too."""
     webhook_id = record["webhook_id"] or None
     base = f"/v1/webhooks/{webhook_id}" if webhook_id else "/v1"
-    return {
-        "id": record["id"],
-        "webhook_id": webhook_id,
-        "tenant_id": record["tenant_id"] or None,
-        "event_type": record.get("event_type") or None,
-        "status": record["status"],
-        "requeued": int(record["requeued"]),
-        "since": from_timestamp(int(record["since_ms"]) / 1000),
-        "until": from_timestamp(int(record["until_ms"]) / 1000),
-        "url": f"{base}/recoveries/{record['id']}",
-    }
+    return Recovery(
+        id=record["id"],
+        webhook_id=webhook_id,
+        tenant_id=record["tenant_id"] or None,
+        event_type=record.get("event_type") or None,
+        status=record["status"],
+        requeued=int(record["requeued"]),
+        since=from_timestamp(int(record["since_ms"]) / 1000),
+        until=from_timestamp(int(record["until_ms"]) / 1000),
+        url=f"{base}/recoveries/{record['id']}",
+    )

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from relay.errors import Conflict
-from relay.events import RegisteredType
+from relay.event_types import RegisteredType
 from relay.store import codec, keys
 from relay.store.idempotency import Commit
 from relay.store.records import edit_record, transact

@@ -37,13 +37,6 @@ class TokenRecord:
     hash: str
     expires_at: str | None = None
 
-    def public(self, last_used_ms: int | None = None) -> dict[str, object]:
-        """The token as the API shows it (no hash), with when it was last used if known."""
-        out = asdict(self)
-        del out["hash"]
-        out["last_used_at"] = timefmt.from_timestamp(last_used_ms / 1000) if last_used_ms else None
-        return out
-
     def principal(self, check: TokenCheck | None = None) -> Principal:
         """Who a request bearing this token is."""
         return Principal(self.id, self.role, self.tenant_id, check)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from pydantic import (
 
 from relay.errors import Conflict, Invalid
 from relay.timefmt import now, read_rfc3339, rfc3339
-from relay.validation import JSON_INT, MAX_INT, MIN_INT, Patch, integral, parse
+from relay.validation import JSON_INT, MAX_INT, MIN_INT, integral, parse
 
 # RFC 6838 type/subtype, optionally followed by parameters such as `; charset=utf-8`. Python and
 # JSON Schema (ECMA-262) regexes must read it alike, so no `\s` or `.`: their meanings differ.
@@ -131,6 +130,21 @@ class EventType:
     schema: dict[str, Any]
     sample: dict[str, object]
 
+    @property
+    def example(self) -> dict[str, object]:
+        """What the catalog shows as an example of its data: the sample."""
+        return self.sample
+
+    @property
+    def deprecated(self) -> bool:
+        """Never: a built-in type is relay's own."""
+        return False
+
+    @property
+    def builtin(self) -> bool:
+        """Always."""
+        return True
+
 
 def _declare(
     name: str, description: str, model: type[BaseModel], sample: dict[str, object]
@@ -208,7 +222,8 @@ def _local_refs_only(node: object) -> None:
             _local_refs_only(value)
 
 
-def _check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema, if it may be registered: valid draft 2020-12, local `$ref`s, no loops."""
     try:
         Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -295,35 +310,6 @@ def _target(schema: dict[str, Any], anchors: dict[str, dict[str, Any]], ref: obj
     return node
 
 
-_Schema = Annotated[
-    dict[str, Any],
-    AfterValidator(_check_schema),
-    WithJsonSchema({"type": "object", "description": "JSON Schema (draft 2020-12) of `data`"}),
-]
-_TypeName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-_TypeDescription = Annotated[str, StringConstraints(max_length=1024)]
-
-
-class EventTypeSpec(BaseModel):
-    """`POST /v1/event-types`: a new type, and the JSON Schema its events' data must match."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
-
-    name: _TypeName
-    description: _TypeDescription = ""
-    data_schema: _Schema = Field(alias="schema")
-
-
-class EventTypeChange(Patch):
-    """`PATCH /v1/event-types/{name}`: only the fields present change."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    description: _TypeDescription | None = None
-    data_schema: _Schema | None = Field(None, alias="schema")
-    deprecated: bool | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class RegisteredType:
     """An event type an operator registered: validated by its JSON Schema, not by a model."""
@@ -344,16 +330,20 @@ class RegisteredType:
         """Rebuild from `record()`."""
         return cls(**data)
 
-    def public(self) -> dict[str, object]:
-        """The type as `GET /v1/event-types` lists it."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "schema": self.data_schema,
-            "example": None,
-            "deprecated": self.deprecated,
-            "builtin": False,
-        }
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema its events' data must match, by the name built-in types give it."""
+        return self.data_schema
+
+    @property
+    def example(self) -> None:
+        """None: an operator registers a schema, not a sample."""
+        return None
+
+    @property
+    def builtin(self) -> bool:
+        """Never: registered."""
+        return False
 
 
 def check_registrable(name: str) -> None:
@@ -362,11 +352,11 @@ def check_registrable(name: str) -> None:
         raise Conflict(f"{name} is built in; register a type of another name instead.")
 
 
-def register(spec: EventTypeSpec) -> RegisteredType:
-    """A new registered type from a request."""
-    check_registrable(spec.name)
+def register(name: str, description: str, data_schema: dict[str, Any]) -> RegisteredType:
+    """A new registered type (its schema checked by `check_schema`)."""
+    check_registrable(name)
     stamp = rfc3339(now())
-    return RegisteredType(spec.name, spec.description, spec.data_schema, False, stamp, stamp)
+    return RegisteredType(name, description, data_schema, False, stamp, stamp)
 
 
 def apply_change(event_type: RegisteredType, changes: dict[str, Any]) -> RegisteredType:
@@ -444,20 +434,11 @@ def matches(filters: Sequence[str], type_name: str) -> bool:
     )
 
 
-def catalog(registered: Sequence[RegisteredType] = ()) -> list[dict[str, object]]:
-    """List every event type as `GET /v1/event-types` serves it: built-in ones first."""
-    # Copies, so that nothing a caller does to the answer can change the catalog itself.
-    return [
-        {
-            "name": t.name,
-            "description": t.description,
-            "schema": copy.deepcopy(t.schema),
-            "example": copy.deepcopy(t.sample),
-            "deprecated": False,
-            "builtin": True,
-        }
-        for t in EVENT_TYPES.values()
-    ] + [t.public() for t in registered]
+def catalog(
+    registered: Sequence[RegisteredType] = (),
+) -> list[EventType | RegisteredType]:
+    """Every event type as `GET /v1/event-types` lists it: built-in ones first."""
+    return [*EVENT_TYPES.values(), *registered]
 
 
 def envelope(event_id: str, type_name: str, tenant_id: str, data: object, timestamp: str) -> bytes:

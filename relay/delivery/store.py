@@ -322,7 +322,6 @@ BACKLOG_CHECK_SECONDS = 1.0
 # a script adds the webhook or tenant id, and the two tenant sets.
 _SCHEDULE_KEYS = {
     "queue": keys.endpoint_queue(""),
-    "slots": keys.endpoint_slots(""),
     "tenant_slots": keys.tenant_slots(""),
     "tenant_slow_slots": keys.tenant_slow_slots(""),
     "endpoints": keys.endpoints(""),
@@ -818,6 +817,7 @@ class DeliveryStore:
                 "slow_concurrency": tenant - tenant // 2,
                 "payload_bytes": self._payload_bytes,
                 "known": list(known),
+                "in_flight": keys.IN_FLIGHT,
                 "now_ms": estimate,
             },
         )
@@ -870,8 +870,9 @@ class DeliveryStore:
             Transition.EXTEND,
             {
                 "keys": {"delivery": keys.delivery(""), **_SCHEDULE_KEYS},
-                "claims": [[c.delivery_id, c.token] for c in claims],
+                "claims": [[c.delivery_id, c.token, int(c.holds_slot)] for c in claims],
                 "lease_ms": lease_ms,
+                "in_flight": keys.IN_FLIGHT,
                 "now_ms": self._clock.now_ms(),
             },
         )
@@ -914,6 +915,7 @@ class DeliveryStore:
             "was_quick": claim.endpoint_quick,
             "holds_slot": claim.holds_slot,
             "quick_ttl": _QUICK_TTL_SECONDS,
+            "in_flight": keys.IN_FLIGHT,
         }
         if result.concurrency is not None and result.concurrency != claim.endpoint_concurrency:
             arg["concurrency"] = {

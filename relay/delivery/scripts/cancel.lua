@@ -11,8 +11,8 @@ d.lease_until, d.lease_token, d.manual = nil, nil, nil
 redis.call('HSET', K.delivery, 'status', d.status, 'next_attempt_at', '',
   'last_error', d.last_error, 'updated_ms', d.updated_ms, 'lease_until', '', 'lease_token', '',
   'manual', '')
+-- Its place in the queue was its endpoint's slot too, if its lease ran out (see claim.lua).
 redis.call('ZREM', K.queue .. d.webhook_id, A.id)
-redis.call('ZREM', K.slots .. d.webhook_id, A.id)
 redis.call('ZREM', K.tenant_slots .. d.tenant_id, A.id)
 redis.call('ZREM', K.tenant_slow_slots .. d.tenant_id, A.id)
 forget_if_idle(d.tenant_id, d.webhook_id, true)

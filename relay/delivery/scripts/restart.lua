@@ -59,8 +59,8 @@ for _, id in ipairs(A.ids) do
         'last_attempt', '', 'manual', '')
     end
     if expired then
+      -- Its endpoint's slot was its place in the queue (see claim.lua), due now below.
       redis.call('HSET', key, 'status', 'pending', 'lease_until', '', 'lease_token', '')
-      redis.call('ZREM', K.slots .. st[4], id)
       redis.call('ZREM', K.tenant_slots .. st[5], id)
       redis.call('ZREM', K.tenant_slow_slots .. st[5], id)
     end

@@ -660,6 +660,38 @@ async def test_settling_an_attempt_nobody_waits_for_costs_six_redis_commands(
     assert await _commands(redis_client) == 6
 
 
+async def test_claiming_the_only_delivery_of_a_small_event_costs_twelve_redis_commands(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive)
+    await _quick(redis_client, "wh_1")
+    [first] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    # The scripts are loaded by now, and the endpoint known to answer quickly (no slow share).
+    event = NewEvent("evt_2", "post.published", "t1", rfc3339(now()), 0, None, b'{"n": 2}')
+    await store.accept(event, [PlannedDelivery("dlv_2", "wh_1")])
+    await asyncio.sleep(0.002)
+
+    await redis_client.config_resetstat()
+    [claim] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (claim.delivery_id, claim.payload) == ("dlv_2", b'{"n": 2}')
+    # The script; the turns of the tenants, of the tenant's endpoints and of the endpoint's
+    # queue read, and the tenant's slots counted; the webhook read; the delivery read, with
+    # its event's payload; its lease, its place in the queue and its tenant's slot; the
+    # endpoint's and the tenant's next turns.
+    assert await _commands(redis_client) == 12
+
+
+async def test_a_delivery_goes_to_history_without_the_copy_of_its_events_payload(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    assert await store.cancel(delivery_id) == "ok"
+    [(_, entry)] = await redis_client.xrevrange(keys.HISTORY, count=1)
+    record = orjson.loads(entry[b"r"])
+    assert record["delivery"]["status"] == "canceled" and "payload" not in record["delivery"]
+
+
 async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being_counted(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

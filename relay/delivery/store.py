@@ -281,7 +281,8 @@ _CLAIM_SCAN = 200
 PAYLOAD_BYTES_PER_CALL = 4 * 1_048_576
 # An event's payload up to this size is copied into its history stream entry; a larger one is
 # read from the event (which stays in Redis until history has it). The writer reads up to a
-# thousand entries in one call, so entries must stay small.
+# thousand entries in one call, so entries must stay small. An event with one delivery also
+# gives that delivery a copy of it: the claim reads it with the delivery, one read fewer.
 INLINE_PAYLOAD_BYTES = 4096
 # Payloads a process keeps of those its claims were sent (see KnownPayloads): only those of at
 # least this size, at most this many, and this many bytes in all.

@@ -31,9 +31,14 @@ local function extra_fields(E)
 end
 
 -- Each delivery joins its endpoint's queue, due now; the endpoint (once per call) and the
--- tenant are to be looked at now (see claim.lua).
-local function write(E, skip_written)
+-- tenant are to be looked at now (see claim.lua). `copy`, if given, is the payload of an event
+-- whose only delivery this is: small, it goes with the delivery, which the claim reads anyway.
+local function write(E, skip_written, copy)
   local extra = extra_fields(E)
+  if copy then
+    table.insert(extra, 'payload')
+    table.insert(extra, copy)
+  end
   local written, told = 0, {}
   for _, d in ipairs(E.deliveries) do
     if not (skip_written and redis.call('EXISTS', d.key) == 1) then
@@ -137,7 +142,7 @@ local function begin(E, delivery_ids, plan, record, payload)
   else
     archive('e', E.id, record, 'n', #payload)
   end
-  write(E, false)
+  write(E, false, (E.live == 1 and #payload <= A.inline_payload_bytes) and payload or nil)
   if E.step == 'begin' then
     redis.call('SET', E.keys.plan, plan)
     redis.call('ZADD', K.accepting, NOW, E.id)

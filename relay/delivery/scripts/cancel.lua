@@ -7,7 +7,7 @@ if d.status == 'delivering' and (tonumber(d.lease_until) or 0) <= NOW then d.sta
 if d.status ~= 'pending' then return d.status end
 d.status, d.next_attempt_at = 'canceled', ''
 d.last_error, d.updated_ms = 'canceled by an operator', int(NOW)
-d.lease_until, d.lease_token, d.manual = nil, nil, nil
+d.lease_until, d.lease_token, d.manual, d.payload = nil, nil, nil, nil
 redis.call('HSET', K.delivery, 'status', d.status, 'next_attempt_at', '',
   'last_error', d.last_error, 'updated_ms', d.updated_ms, 'lease_until', '', 'lease_token', '',
   'manual', '')

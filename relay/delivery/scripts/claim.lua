@@ -92,15 +92,16 @@ end
 -- Without the bound a reply, and the time Redis spends building it while every other client
 -- waits, grows with the bodies and fan-outs that are due. A payload is read once to be weighed
 -- and sent (the one that does not fit is the only one read for nothing), and one the caller
--- holds from an earlier claim (A.known) is not sent again.
+-- holds from an earlier claim (A.known) is not sent again. The only delivery of an event with a
+-- small payload carries a copy of it (see accept.lua), read with the delivery.
 local payloads, payload_bytes, full = {}, 0, false
 local known = {}
 for _, id in ipairs(A.known) do known[id] = true end
 local events = {}
-local function payload_fits(event_id)
+local function payload_fits(event_id, copy)
   if payloads[event_id] or known[event_id] then return true end
   if full then return false end
-  local payload = redis.call('HGET', K.event .. event_id, 'payload') or ''
+  local payload = copy or redis.call('HGET', K.event .. event_id, 'payload') or ''
   if payload_bytes > 0 and payload_bytes + #payload > A.payload_bytes then
     full = true
     return false
@@ -122,7 +123,7 @@ local missing = {}
 local function try(id, wh, e, t)
   local d = redis.call('HMGET', K.delivery .. id, 'status', 'attempt_count', 'lease_until',
     'webhook_id', 'event_id', 'cycle_start', 'traceparent', 'request_id', 'manual',
-    'next_attempt_at')
+    'next_attempt_at', 'payload')
   local status = d[1]
   local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
@@ -136,7 +137,7 @@ local function try(id, wh, e, t)
     redis.call('ZADD', queue, e.enabled and int(tonumber(d[3]) - A.in_flight) or d[3], id)
     return nil, tonumber(d[3]), false, e.enabled
   end
-  if not payload_fits(d[5]) then return nil, NOW, true end
+  if not payload_fits(d[5], d[11]) then return nil, NOW, true end
   if status == 'delivering' then
     -- Its worker died or stalled past the lease: another attempt takes over.
     taken_over = taken_over + 1

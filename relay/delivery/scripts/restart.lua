@@ -70,7 +70,11 @@ for _, id in ipairs(A.ids) do
       redis.call('HSET', key, 'next_attempt_at', int(NOW), 'updated_ms', int(NOW))
     end
     -- History shows it in flight again (its attempts are there already, or come with its end).
-    if finished then archive_delivery(id, hash_of(key), {}) end
+    if finished then
+      local fields = hash_of(key)
+      fields.payload = nil  -- the event's, which history has
+      archive_delivery(id, fields, {})
+    end
     redis.call('ZADD', K.queue .. st[4], NOW, id)
     redis.call('ZADD', K.endpoints .. st[5], 'LT', NOW, st[4])
     redis.call('ZADD', K.tenants, 'LT', NOW, st[5])

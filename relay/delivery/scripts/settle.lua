@@ -35,7 +35,8 @@ local function archive_whole(fields)
   local attempts = redis.call('LRANGE', K.attempts, 0, -1)
   local last = redis.call('HGET', K.delivery, 'last_attempt')
   if last and last ~= '' then table.insert(attempts, last) end
-  local transient = {'last_attempt', 'lease_until', 'lease_token', 'traceparent', 'manual'}
+  local transient = {'last_attempt', 'lease_until', 'lease_token', 'traceparent', 'manual',
+    'payload'}
   for _, name in ipairs(transient) do
     fields[name] = nil
   end

@@ -660,7 +660,7 @@ async def test_settling_an_attempt_nobody_waits_for_costs_six_redis_commands(
     assert await _commands(redis_client) == 6
 
 
-async def test_claiming_the_only_delivery_of_a_small_event_costs_twelve_redis_commands(
+async def test_claiming_the_only_delivery_of_a_small_event_costs_eleven_redis_commands(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store, _ = await _store_with(redis_client, archive)
@@ -678,8 +678,27 @@ async def test_claiming_the_only_delivery_of_a_small_event_costs_twelve_redis_co
     # The script; the turns of the tenants, of the tenant's endpoints and of the endpoint's
     # queue read, and the tenant's slots counted; the webhook read; the delivery read, with
     # its event's payload; its lease, its place in the queue and its tenant's slot; the
-    # endpoint's and the tenant's next turns.
-    assert await _commands(redis_client) == 12
+    # tenant's next turn (its only endpoint keeps its own).
+    assert await _commands(redis_client) == 11
+
+
+async def test_an_event_for_a_tenants_only_endpoint_in_flight_wakes_a_worker(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=2)
+    [first] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    [second] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    idle = await store.claim("w", 10, lease_ms=60_000, concurrency=4)
+    assert idle.next_due_in_ms is not None and idle.next_due_in_ms > 50_000
+    await redis_client.delete(keys.WAKE)
+
+    # Nothing was due until the leases run out: a new event is, and an idle worker hears of it.
+    event = NewEvent("evt_2", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery("dlv_2", "wh_1")])
+    assert await redis_client.llen(keys.WAKE) == 1
+    await asyncio.sleep(0.002)
+    [third] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert third.delivery_id == "dlv_2" and first.delivery_id != second.delivery_id
 
 
 async def test_a_delivery_goes_to_history_without_the_copy_of_its_events_payload(

@@ -17,6 +17,10 @@
 -- between its endpoints whose time has come; one served that could take more is looked at again
 -- after those already waiting (its time becomes now): tenants, and endpoints, take turns. One
 -- waiting costs nothing meanwhile, so no backlog an endpoint cannot take hides what others could.
+-- A tenant's only endpoint in its set keeps the time it had (due) rather than have it written at
+-- each claim: the tenant's own time says when to look again (its first lease to run out, at the
+-- latest), every look at the tenant looks at that endpoint, and the next accept would only set
+-- it back to now.
 -- A tenant has at most A.tenant_concurrency attempts in flight, an endpoint its concurrency:
 -- the one its answers adapted it to (K.concurrency, which settle writes), else A.concurrency,
 -- and at most A.concurrency_max (which may have been lowered since it was written). And
@@ -322,6 +326,8 @@ local function visit(t, want)
   local T = tenant(t)
   local due, soonest = whose_time_has_come(T.endpoints)
   local again = soonest ~= nil and soonest <= NOW  -- more are due than were taken
+  -- The tenant's only endpoint in its set keeps its time (see the top).
+  local alone = #due == 1 and soonest == nil
   for i, wh in ipairs(due) do
     if want <= 0 or budget <= 0 then
       again = true
@@ -331,7 +337,7 @@ local function visit(t, want)
     local got, next = serve(t, T, wh, math.ceil(want / (#due - i + 1)))
     want = want - got
     if next then
-      redis.call('ZADD', T.endpoints, next, wh)
+      if not alone then redis.call('ZADD', T.endpoints, next, wh) end
       again = again or next <= NOW
       if not soonest or next < soonest then soonest = next end
     else

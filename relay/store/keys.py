@@ -159,7 +159,8 @@ def endpoint_queue(webhook_id: str) -> str:
     ones by when their lease runs out less IN_FLIGHT, so that they come first and count the
     webhook's slots in use (one claimed while it was disabled or deleted holds no slot: by its
     lease alone); and `~waiting` at +inf while a claim waits for a slot (see prelude.lua).
-    Leaves Redis with its last delivery."""
+    Leaves Redis with its last delivery, or with a `~waiting` left alone in it, which the next
+    claim that looks at the webhook takes out."""
     return f"{PREFIX}queue:{webhook_id}"
 
 

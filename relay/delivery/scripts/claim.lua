@@ -4,12 +4,12 @@
 -- delivering ones by when their lease runs out less A.in_flight (2^50 ms), which puts them all
 -- before any pending one. So one read of the queue's first entries, by rank, gives the
 -- endpoint's attempts in flight (its slots in use: at most its concurrency of them come first),
--- the first of their leases to run out (rank 0), those whose worker died (the leases below
--- NOW - A.in_flight, to be taken over) and, after them, what is due: an endpoint keeps no set of
--- slots of its own. A deleted or disabled webhook's delivery, which holds no slot, is scored by
--- its lease alone, among the pending ones, and so is a delivery an older relay leased. The
--- tenants' set, and each tenant's set of
--- endpoints, score each member by when to look at it next: now or earlier if it has something
+-- the first of their leases to run out, those whose worker died (the leases below
+-- NOW - A.in_flight, first of all, to be taken over) and, after them, what is due: an endpoint
+-- keeps no set of slots of its own. A deleted or disabled webhook's delivery, which holds no
+-- slot, is scored by its lease alone, among the pending ones, and so is a delivery an older
+-- relay leased. The tenants' set, and each tenant's set of endpoints, score each member by when
+-- to look at it next: now or earlier if it has something
 -- due, else when what it waits for comes (its next due time, its first lease to run out, the
 -- next rate window); and whoever frees what it waits for sooner (a settle freeing a slot, a new
 -- or rescheduled delivery, a webhook change) brings that time forward. A claim reads the tenants
@@ -136,8 +136,9 @@ local function try(id, wh, e, t)
     return nil, nil
   end
   if status == 'delivering' and tonumber(d[3]) > NOW then
-    -- Leased, where an older relay left it (by its lease alone): its lease decides when to look
-    -- again, and it counts among the endpoint's attempts in flight from now on.
+    -- Leased, though its score said due (as an older relay, scoring it by its lease alone, may
+    -- have left it): its lease decides when to look again, and it holds one of the endpoint's
+    -- slots from now on.
     redis.call('ZADD', queue, e.enabled and int(tonumber(d[3]) - A.in_flight) or d[3], id)
     return nil, tonumber(d[3]), false, e.enabled
   end

@@ -20,7 +20,7 @@ from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery
 from relay.history import writer
 from relay.history.db import Database
 from relay.secrets import Keyring
-from relay.store import keys
+from relay.store import keys, metrics
 from relay.store.tokens import fingerprint
 from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
@@ -69,9 +69,16 @@ async def _taken_over(store: DeliveryStore) -> tuple[Claim, Claim]:
 
 
 async def _leases_held(redis_client: redis.asyncio.Redis, webhook_id: str) -> int:
-    """The endpoint's slots in use: the leases in its set (scored by when they run out), not the
-    mark a claim that found the set full leaves there (scored +inf)."""
-    return int(await redis_client.zcount(keys.endpoint_slots(webhook_id), "-inf", "(+inf"))
+    """The endpoint's slots in use: the leases still running in its queue (scored by when they
+    run out less IN_FLIGHT, before every pending delivery)."""
+    now = _ms(await redis_client.time())
+    return int(
+        await redis_client.zcount(keys.endpoint_queue(webhook_id), now - keys.IN_FLIGHT, "(0")
+    )
+
+
+def _ms(time_reply: tuple[int, int]) -> int:
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
 
 
 async def _codes(store: DeliveryStore, delivery_id: str) -> list[tuple[object, object]]:
@@ -638,7 +645,7 @@ async def _commands(redis_client: redis.asyncio.Redis) -> int:
     return sum(int(s["calls"]) for name, s in stats.items() if name != "cmdstat_config|resetstat")
 
 
-async def test_settling_an_attempt_nobody_waits_for_costs_seven_redis_commands(
+async def test_settling_an_attempt_nobody_waits_for_costs_six_redis_commands(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
     store, _ = await _store_with(redis_client, archive, deliveries=2)
@@ -651,9 +658,61 @@ async def test_settling_an_attempt_nobody_waits_for_costs_seven_redis_commands(
 
     await redis_client.config_resetstat()
     assert (await store.settle(second, quick)).written
-    # The script, its read of the delivery, the three sets it leaves (queue, endpoint's and
-    # tenant's slots), its write and its hand-off to history; nothing to look up for a waiter.
-    assert await _commands(redis_client) == 7
+    # The script, its read of the delivery, the two sets it leaves (its queue, which held its
+    # endpoint's slot, and its tenant's slots), its write and its hand-off to history; nothing
+    # to look up for a waiter.
+    assert await _commands(redis_client) == 6
+
+
+async def test_claiming_the_only_delivery_of_a_small_event_costs_eleven_redis_commands(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive)
+    await _quick(redis_client, "wh_1")
+    [first] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (await store.settle(first, _result(200))).written
+    # The scripts are loaded by now, and the endpoint known to answer quickly (no slow share).
+    event = NewEvent("evt_2", "post.published", "t1", rfc3339(now()), 0, None, b'{"n": 2}')
+    await store.accept(event, [PlannedDelivery("dlv_2", "wh_1")])
+    await asyncio.sleep(0.002)
+
+    await redis_client.config_resetstat()
+    [claim] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert (claim.delivery_id, claim.payload) == ("dlv_2", b'{"n": 2}')
+    # The script; the turns of the tenants, of the tenant's endpoints and of the endpoint's
+    # queue read, and the tenant's slots counted; the webhook read; the delivery read, with
+    # its event's payload; its lease, its place in the queue and its tenant's slot; the
+    # tenant's next turn (its only endpoint keeps its own).
+    assert await _commands(redis_client) == 11
+
+
+async def test_an_event_for_a_tenants_only_endpoint_in_flight_wakes_a_worker(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=2)
+    [first] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    [second] = (await store.claim("w", 1, lease_ms=60_000, concurrency=4)).claims
+    idle = await store.claim("w", 10, lease_ms=60_000, concurrency=4)
+    assert idle.next_due_in_ms is not None and idle.next_due_in_ms > 50_000
+    await redis_client.delete(keys.WAKE)
+
+    # Nothing was due until the leases run out: a new event is, and an idle worker hears of it.
+    event = NewEvent("evt_2", "post.published", "t1", rfc3339(now()), 0, None, b"{}")
+    await store.accept(event, [PlannedDelivery("dlv_2", "wh_1")])
+    assert await redis_client.llen(keys.WAKE) == 1
+    await asyncio.sleep(0.002)
+    [third] = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    assert third.delivery_id == "dlv_2" and first.delivery_id != second.delivery_id
+
+
+async def test_a_delivery_goes_to_history_without_the_copy_of_its_events_payload(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [delivery_id] = await _store_with(redis_client, archive)
+    assert await store.cancel(delivery_id) == "ok"
+    [(_, entry)] = await redis_client.xrevrange(keys.HISTORY, count=1)
+    record = orjson.loads(entry[b"r"])
+    assert record["delivery"]["status"] == "canceled" and "payload" not in record["delivery"]
 
 
 async def test_an_event_let_go_with_its_whole_fan_out_leaves_redis_without_being_counted(
@@ -749,6 +808,74 @@ async def test_deliveries_an_older_relay_queued_are_moved_to_their_endpoints_que
     claims = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
     assert sorted(c.delivery_id for c in claims) == sorted(planned)
     assert not await redis_client.exists(keys.OLD_DUE, keys.OLD_WAKES)
+
+
+async def test_an_endpoint_keeps_to_its_concurrency_behind_more_dead_leases_than_a_claim_reads(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=8)
+    # Worker a took six at a concurrency of six, and died with them.
+    dead = (await store.claim("a", 6, lease_ms=50, concurrency=6)).claims
+    assert len(dead) == 6
+    await asyncio.sleep(0.1)
+    taken = (await store.claim("b", 2, lease_ms=60_000, concurrency=6)).claims
+    assert len(taken) == 2
+
+    # The concurrency is two now, both in use by b's attempts: nothing goes, neither one of a's
+    # (their leases ran out, and come first in the queue) nor anything else.
+    assert (await store.claim("c", 1, lease_ms=60_000, concurrency=2)).claims == []
+    assert await _leases_held(redis_client, "wh_1") == 2
+    # A slot that frees goes at once to one of a's, taken over: two in flight again.
+    assert (await store.settle(taken[0], _result(200))).written
+    poll = await store.claim("c", 10, lease_ms=60_000, concurrency=2)
+    assert len(poll.claims) == 1 and poll.taken_over == 1
+    assert poll.claims[0].delivery_id in {c.delivery_id for c in dead}
+    assert await _leases_held(redis_client, "wh_1") == 2
+
+
+async def test_an_attempt_an_older_relay_left_in_flight_is_delivered_after_an_upgrade(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, [running, stalled] = await _store_with(redis_client, archive, deliveries=2)
+    claims = (await store.claim("old", 1, lease_ms=60_000, concurrency=2)).claims
+    claims += (await store.claim("old", 1, lease_ms=50, concurrency=2)).claims
+    assert [c.delivery_id for c in claims] == [running, stalled]
+    # As a relay before IN_FLIGHT left them: each attempt in flight scored by its lease alone in
+    # its queue, and counted in the endpoint's set of slots. The worker of one of them is gone.
+    leases = {}
+    for claim in claims:
+        leases[claim.delivery_id] = int(
+            await redis_client.hget(keys.delivery(claim.delivery_id), "lease_until")
+        )
+    await redis_client.zadd(keys.endpoint_queue("wh_1"), leases)
+    await redis_client.zadd(keys.endpoint_slots("wh_1"), leases)
+    await asyncio.sleep(0.1)
+
+    # The attempt still running is not sent twice; the stalled one is taken over and sent.
+    poll = await store.claim("new", 10, lease_ms=60_000, concurrency=2)
+    assert [c.delivery_id for c in poll.claims] == [stalled] and poll.taken_over == 1
+    for claim in (claims[0], poll.claims[0]):
+        assert (await store.settle(claim, _result(200))).written
+    for delivery_id in (running, stalled):
+        assert (await store.get(delivery_id)).status is Status.DELIVERED
+    assert not await redis_client.exists(keys.endpoint_queue("wh_1"))
+
+
+async def test_metrics_count_attempts_in_flight_as_pending_and_those_whose_worker_died_as_due(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, planned = await _store_with(redis_client, archive, deliveries=4)
+    await store.claim("alive", 1, lease_ms=60_000, concurrency=4)
+    [died] = (await store.claim("dead", 1, lease_ms=50, concurrency=4)).claims
+    await asyncio.sleep(0.1)
+    now = _ms(await redis_client.time())
+
+    queued = await metrics.queued(redis_client, now)
+    # Four queued: one in flight, one whose lease ran out and two never sent, all three due.
+    assert (queued.pending, queued.due) == (4, 3)
+    assert queued.oldest_due_ms is not None and queued.oldest_due_ms < now - 50
+    assert await metrics.webhook_backlog(redis_client, "wh_1") == 4
+    assert died.delivery_id in planned
 
 
 async def _stored_token(redis_client: redis.asyncio.Redis) -> bytes:

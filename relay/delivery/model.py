@@ -160,6 +160,9 @@ class Field(enum.StrEnum):
     REQUEST_ID = "request_id"
     # The key remembering the event's upstream id, which leaves Redis with its last delivery.
     UPSTREAM_KEY = "upstream_key"
+    # A copy of the event's payload, on the only delivery of a small event: its claim reads it
+    # with the delivery. Never part of what history gets.
+    PAYLOAD = "payload"
 
 
 class EventField(enum.StrEnum):

@@ -277,7 +277,8 @@ _CLAIM_SCAN = 200
 PAYLOAD_BYTES_PER_CALL = 4 * 1_048_576
 # An event's payload up to this size is copied into its history stream entry; a larger one is
 # read from the event (which stays in Redis until history has it). The writer reads up to a
-# thousand entries in one call, so entries must stay small.
+# thousand entries in one call, so entries must stay small. An event with one delivery also
+# gives that delivery a copy of it: the claim reads it with the delivery, one read fewer.
 INLINE_PAYLOAD_BYTES = 4096
 # Payloads a process keeps of those its claims were sent (see KnownPayloads): only those of at
 # least this size, at most this many, and this many bytes in all.
@@ -316,7 +317,6 @@ BACKLOG_CHECK_SECONDS = 1.0
 # a script adds the webhook or tenant id, and the two tenant sets.
 _SCHEDULE_KEYS = {
     "queue": keys.endpoint_queue(""),
-    "slots": keys.endpoint_slots(""),
     "tenant_slots": keys.tenant_slots(""),
     "tenant_slow_slots": keys.tenant_slow_slots(""),
     "endpoints": keys.endpoints(""),
@@ -811,6 +811,7 @@ class DeliveryStore:
                 "slow_concurrency": tenant - tenant // 2,
                 "payload_bytes": self._payload_bytes,
                 "known": list(known),
+                "in_flight": keys.IN_FLIGHT,
                 "now_ms": estimate,
             },
         )
@@ -863,8 +864,9 @@ class DeliveryStore:
             Transition.EXTEND,
             {
                 "keys": {"delivery": keys.delivery(""), **_SCHEDULE_KEYS},
-                "claims": [[c.delivery_id, c.token] for c in claims],
+                "claims": [[c.delivery_id, c.token, int(c.holds_slot)] for c in claims],
                 "lease_ms": lease_ms,
+                "in_flight": keys.IN_FLIGHT,
                 "now_ms": self._clock.now_ms(),
             },
         )
@@ -907,6 +909,7 @@ class DeliveryStore:
             "was_quick": claim.endpoint_quick,
             "holds_slot": claim.holds_slot,
             "quick_ttl": _QUICK_TTL_SECONDS,
+            "in_flight": keys.IN_FLIGHT,
         }
         if result.concurrency is not None and result.concurrency != claim.endpoint_concurrency:
             arg["concurrency"] = {

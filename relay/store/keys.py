@@ -155,9 +155,19 @@ ATTEMPTS_SUFFIX = ":att"
 
 
 def endpoint_queue(webhook_id: str) -> str:
-    """One webhook's deliveries in flight: pending ones scored by when they are due, delivering
-    ones by when their lease runs out."""
+    """One webhook's deliveries in flight: pending ones scored by when they are due; delivering
+    ones by when their lease runs out less IN_FLIGHT, so that they come first and count the
+    webhook's slots in use (one claimed while it was disabled or deleted holds no slot: by its
+    lease alone); and `~waiting` at +inf while a claim waits for a slot (see prelude.lua).
+    Leaves Redis with its last delivery, or with a `~waiting` left alone in it, which the next
+    claim that looks at the webhook takes out."""
     return f"{PREFIX}queue:{webhook_id}"
+
+
+# What an endpoint's queue takes off the lease of a delivery in flight (see `endpoint_queue`):
+# 2^50 ms (35,000 years) puts every lease below every due time, and keeps each score an exact
+# integer in a sorted set's double.
+IN_FLIGHT = 2**50
 
 
 def endpoints(tenant_id: str) -> str:
@@ -210,8 +220,8 @@ def webhook_tests(webhook_id: str) -> str:
 
 
 def endpoint_slots(webhook_id: str) -> str:
-    """Attempts in flight to one webhook (sorted set of delivery ids, scored by lease expiry,
-    and `~waiting` at +inf while a claim waits for one: see prelude.lua)."""
+    """Where a relay before IN_FLIGHT counted the attempts in flight to one webhook (sorted set
+    of delivery ids by lease expiry); read no more, and deleted with its webhook."""
     return f"{PREFIX}slots:{webhook_id}"
 
 

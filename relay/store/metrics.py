@@ -18,6 +18,8 @@ from relay.store.memory import Memory
 
 # A worker that has not announced itself for this long is counted as gone.
 WORKER_SILENCE_MS = 30_000
+# The top of a queue's deliveries: a claim waiting for a slot leaves a mark at +inf.
+_DELIVERIES = "(+inf"
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,7 +85,7 @@ async def backlog(redis: Redis, tenant_id: str | None = None) -> int:
 
 async def webhook_backlog(redis: Redis, webhook_id: str) -> int:
     """How many deliveries of one webhook are pending or in flight."""
-    return int(await redis.zcard(keys.endpoint_queue(webhook_id)))
+    return int(await redis.zcount(keys.endpoint_queue(webhook_id), "-inf", _DELIVERIES))
 
 
 async def queued(redis: Redis, now_ms: int | None, tenant_id: str | None = None) -> Queued:
@@ -103,22 +105,32 @@ async def queued(redis: Redis, now_ms: int | None, tenant_id: str | None = None)
             pipe.zrange(keys.endpoints(tenant), 0, -1)
         listed = await pipe.execute()
     endpoints = sorted({e.decode() for found in listed for e in found})
+    # In a queue, the attempts in flight come first, scored by their lease less IN_FLIGHT, then
+    # the pending ones by due time (see keys.endpoint_queue). Due: a pending one whose time
+    # came, or a lease run out (due again, to be taken over).
+    reads = 1 if now_ms is None else 5
     async with redis.pipeline(transaction=False) as pipe:
         for webhook_id in endpoints:
-            pipe.zcard(keys.endpoint_queue(webhook_id))
+            queue = keys.endpoint_queue(webhook_id)
+            pipe.zcount(queue, "-inf", _DELIVERIES)
             if now_ms is not None:
-                pipe.zcount(keys.endpoint_queue(webhook_id), "-inf", now_ms)
-                # The lowest score: the earliest due time, or the first lease to run out (a
-                # lease run out is due again, to be taken over).
-                pipe.zrange(keys.endpoint_queue(webhook_id), 0, 0, withscores=True)
+                pipe.zcount(queue, 0, now_ms)
+                pipe.zcount(queue, "-inf", now_ms - keys.IN_FLIGHT)
+                # The first pending one, and the first lease to run out (rank 0, unless none
+                # is in flight: then it is the first pending one again).
+                pipe.zrange(queue, 0, now_ms, byscore=True, offset=0, num=1, withscores=True)
+                pipe.zrange(queue, 0, 0, withscores=True)
         answers = await pipe.execute()
+    total = sum(int(n) for n in answers[::reads])
     if now_ms is None:
-        return Queued(sum(int(n) for n in answers), 0)
-    firsts = [int(first[0][1]) for first in answers[2::3] if first]
-    due_since = [score for score in firsts if score <= now_ms]
+        return Queued(total, 0)
+    due_since = [int(first[0][1]) for first in answers[3::reads] if first]
+    for first in answers[4::reads]:
+        if first and first[0][1] < 0 and (lease := int(first[0][1]) + keys.IN_FLIGHT) <= now_ms:
+            due_since.append(lease)
     return Queued(
-        sum(int(n) for n in answers[::3]),
-        sum(int(n) for n in answers[1::3]),
+        total,
+        sum(int(n) for n in answers[1::reads]) + sum(int(n) for n in answers[2::reads]),
         min(due_since, default=None),
     )
 

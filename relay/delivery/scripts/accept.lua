@@ -31,9 +31,14 @@ local function extra_fields(E)
 end
 
 -- Each delivery joins its endpoint's queue, due now; the endpoint (once per call) and the
--- tenant are to be looked at now (see claim.lua).
-local function write(E, skip_written)
+-- tenant are to be looked at now (see claim.lua). `copy`, if given, is the payload of an event
+-- whose only delivery this is: small, it goes with the delivery, which the claim reads anyway.
+local function write(E, skip_written, copy)
   local extra = extra_fields(E)
+  if copy then
+    table.insert(extra, F.payload)
+    table.insert(extra, copy)
+  end
   local written, told = 0, {}
   for _, d in ipairs(E.deliveries) do
     if not (skip_written and redis.call('EXISTS', d.key) == 1) then
@@ -124,9 +129,9 @@ local function begin(E, delivery_ids, plan, record, payload)
   end
   -- The payload comes as it is: inside the JSON argument, decoding it would cost ~9 ms a MiB
   -- while every other client waits.
-  redis.call('HSET', E.keys.event, EVENT.payload, payload, EVENT.type, E.type, EVENT.tenant_id, E.tenant_id,
-    EVENT.created_at, E.created_at, EVENT.upstream_id, E.upstream_id, EVENT.deliveries, delivery_ids,
-    EVENT.live, E.live + 1)
+  redis.call('HSET', E.keys.event, EVENT.payload, payload, EVENT.type, E.type,
+    EVENT.tenant_id, E.tenant_id, EVENT.created_at, E.created_at,
+    EVENT.upstream_id, E.upstream_id, EVENT.deliveries, delivery_ids, EVENT.live, E.live + 1)
   -- The event goes to history at once, with the delivery and endpoint ids of its whole fan-out
   -- (`record`), so lists find them. It leaves Redis once history has it and its last delivery
   -- has left: `live` counts its deliveries in Redis and its own entry for history, one each.
@@ -137,7 +142,7 @@ local function begin(E, delivery_ids, plan, record, payload)
   else
     archive('e', E.id, record, 'n', #payload)
   end
-  write(E, false)
+  write(E, false, (E.live == 1 and #payload <= A.inline_payload_bytes) and payload or nil)
   if E.step == 'begin' then
     redis.call('SET', E.keys.plan, plan)
     redis.call('ZADD', K.accepting, NOW, E.id)

@@ -1,8 +1,15 @@
 -- pending → delivering, for up to A.limit due deliveries, in turns between tenants and, within a
 -- tenant, between its endpoints.
--- Each endpoint's deliveries wait in its queue (pending ones scored by when they are due,
--- delivering ones by when their lease runs out). The tenants' set, and each tenant's set of
--- endpoints, score each member by when to look at it next: now or earlier if it has something
+-- Each endpoint's deliveries wait in its queue: pending ones scored by when they are due, and
+-- delivering ones by when their lease runs out less A.in_flight (2^50 ms), which puts them all
+-- before any pending one. So one read of the queue's first entries, by rank, gives the
+-- endpoint's attempts in flight (its slots in use: at most its concurrency of them come first),
+-- the first of their leases to run out, those whose worker died (the leases below
+-- NOW - A.in_flight, first of all, to be taken over) and, after them, what is due: an endpoint
+-- keeps no set of slots of its own. A deleted or disabled webhook's delivery, which holds no
+-- slot, is scored by its lease alone, among the pending ones, and so is a delivery an older
+-- relay leased. The tenants' set, and each tenant's set of endpoints, score each member by when
+-- to look at it next: now or earlier if it has something
 -- due, else when what it waits for comes (its next due time, its first lease to run out, the
 -- next rate window); and whoever frees what it waits for sooner (a settle freeing a slot, a new
 -- or rescheduled delivery, a webhook change) brings that time forward. A claim reads the tenants
@@ -10,6 +17,10 @@
 -- between its endpoints whose time has come; one served that could take more is looked at again
 -- after those already waiting (its time becomes now): tenants, and endpoints, take turns. One
 -- waiting costs nothing meanwhile, so no backlog an endpoint cannot take hides what others could.
+-- A tenant's only endpoint in its set keeps the time it had (due) rather than have it written at
+-- each claim: the tenant's own time says when to look again (its first lease to run out, at the
+-- latest), every look at the tenant looks at that endpoint, and the next accept would only set
+-- it back to now.
 -- A tenant has at most A.tenant_concurrency attempts in flight, an endpoint its concurrency:
 -- the one its answers adapted it to (K.concurrency, which settle writes), else A.concurrency,
 -- and at most A.concurrency_max (which may have been lowered since it was written). And
@@ -24,9 +35,9 @@ local budget = A.scan
 local claims = {}
 local taken_over = 0
 
--- A lease whose worker died stays in its slots until it is taken over (and freed by the attempt
--- that takes it over): it is counted out only when the set looks full. Leases only: WAITING,
--- scored +inf, is none.
+-- A lease whose worker died stays in its tenant's slots until it is taken over (and freed by the
+-- attempt that takes it over): it is counted out only when the set looks full. Leases only:
+-- WAITING, scored +inf, is none.
 local function free_slots(slots, cap)
   local used = redis.call('ZCOUNT', slots, '-inf', '(+inf')
   if used >= cap then
@@ -40,14 +51,14 @@ local function first_expiry(slots)
   local first = redis.call('ZRANGE', slots, '-inf', '(+inf', 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
   return tonumber(first[2]) or (NOW + 1000)
 end
--- A full set of slots is looked at again when its first lease runs out, or sooner when a settle
--- frees one of its slots: WAITING in the set tells that settle to bring its owner forward.
+-- A tenant at its concurrency is looked at again when its first lease runs out, or sooner when a
+-- settle frees one of its slots: WAITING in its set tells that settle to bring it forward.
 local function wait_for_slot(slots)
   redis.call('ZADD', slots, '+inf', WAITING)
   return first_expiry(slots)
 end
 
--- Within one call each endpoint's record and free slots, each tenant's free slots, and each
+-- Within one call each endpoint's record, each tenant's free slots, and each
 -- event's payload are read once: a batch for one endpoint, or one event's fan-out, does not
 -- read them per delivery.
 local endpoints = {}
@@ -85,15 +96,16 @@ end
 -- Without the bound a reply, and the time Redis spends building it while every other client
 -- waits, grows with the bodies and fan-outs that are due. A payload is read once to be weighed
 -- and sent (the one that does not fit is the only one read for nothing), and one the caller
--- holds from an earlier claim (A.known) is not sent again.
+-- holds from an earlier claim (A.known) is not sent again. The only delivery of an event with a
+-- small payload carries a copy of it (see accept.lua), read with the delivery.
 local payloads, payload_bytes, full = {}, 0, false
 local known = {}
 for _, id in ipairs(A.known) do known[id] = true end
 local events = {}
-local function payload_fits(event_id)
+local function payload_fits(event_id, copy)
   if payloads[event_id] or known[event_id] then return true end
   if full then return false end
-  local payload = redis.call('HGET', K.event .. event_id, EVENT.payload) or ''
+  local payload = copy or redis.call('HGET', K.event .. event_id, EVENT.payload) or ''
   if payload_bytes > 0 and payload_bytes + #payload > A.payload_bytes then
     full = true
     return false
@@ -105,8 +117,9 @@ local function payload_fits(event_id)
   return true
 end
 
--- Claims one delivery of the queue if it may go. Returns the claim (or nil), the delivery's
--- score in the queue now (nil: it left the queue), and true if its payload would not fit.
+-- Claims one delivery of the queue if it may go. Returns the claim (or nil), when to look at the
+-- delivery next (nil: it left the queue), true if its payload would not fit, and true if it
+-- turned out to be in flight, holding one of the endpoint's slots.
 local sequence = 0
 -- Due, but with no record: evicted, or lost by a Redis that had not persisted it. Nothing says
 -- where it goes any more, so it leaves its queue, and the worker reports it.
@@ -114,7 +127,7 @@ local missing = {}
 local function try(id, wh, e, t)
   local d = redis.call('HMGET', K.delivery .. id, F.status, F.attempt_count, F.lease_until,
     F.webhook_id, F.event_id, F.cycle_start, F.traceparent, F.request_id, F.manual,
-    F.next_attempt_at)
+    F.next_attempt_at, F.payload)
   local status = d[1]
   local queue = K.queue .. wh
   if not status then table.insert(missing, id) end
@@ -123,17 +136,19 @@ local function try(id, wh, e, t)
     return nil, nil
   end
   if status == S.delivering and tonumber(d[3]) > NOW then
-    redis.call('ZADD', queue, d[3], id)  -- leased: its lease decides when to look again
-    return nil, tonumber(d[3])
+    -- Leased, though its score said due (as an older relay, scoring it by its lease alone, may
+    -- have left it): its lease decides when to look again, and it holds one of the endpoint's
+    -- slots from now on.
+    redis.call('ZADD', queue, e.enabled and int(tonumber(d[3]) - A.in_flight) or d[3], id)
+    return nil, tonumber(d[3]), false, e.enabled
   end
-  if not payload_fits(d[5]) then return nil, NOW, true end
+  if not payload_fits(d[5], d[11]) then return nil, NOW, true end
   if status == S.delivering then
     -- Its worker died or stalled past the lease: another attempt takes over.
     taken_over = taken_over + 1
   end
   local lease = NOW + A.lease_ms
   if e.enabled then
-    redis.call('ZADD', K.slots .. wh, lease, id)
     redis.call('ZADD', K.tenant_slots .. t, lease, id)
     if not e.quick then redis.call('ZADD', K.tenant_slow_slots .. t, lease, id) end
   end
@@ -146,7 +161,8 @@ local function try(id, wh, e, t)
   redis.call('HSET', K.delivery .. id, F.status, S.delivering, F.lease_until, int(lease),
     F.lease_token, token)
   if d[9] == '1' and not manual then redis.call('HSET', K.delivery .. id, F.manual, '') end
-  redis.call('ZADD', queue, lease, id)
+  -- In flight: before every pending one, holding one of the endpoint's slots (see above).
+  redis.call('ZADD', queue, e.enabled and int(lease - A.in_flight) or lease, id)
   return {id, tonumber(d[2]) + 1, token, tonumber(d[6]), wh, d[5], e.record or '', d[7] or '',
     e.failing, e.quick and 1 or 0, d[8] or '', manual and 1 or 0, e.enabled and 1 or 0}, lease
 end
@@ -158,17 +174,55 @@ local function wait_slow(T, wh)
   return first_expiry(T.slow_slots)
 end
 
+-- What the first `count` entries of an endpoint's queue say (see the top): how many attempts
+-- are in flight and when the first of their leases runs out, the deliveries that may go (due,
+-- or leased by a worker that died) in the order they came due, the first due time after them,
+-- whether WAITING was read, and whether the read went past the attempts in flight.
+local function read_queue(queue, count)
+  local listed = redis.call('ZRANGE', queue, 0, count - 1, 'WITHSCORES')
+  local q = {live = 0, go = {}, whole = #listed < 2 * count, past = false, waiting = false}
+  local dead = NOW - A.in_flight
+  for i = 1, #listed, 2 do
+    local id = listed[i]
+    if id == WAITING then
+      q.waiting, q.past = true, true
+    else
+      local score = tonumber(listed[i + 1])
+      if score < 0 and score > dead then
+        q.live = q.live + 1
+        q.lease = q.lease or score + A.in_flight
+      else
+        q.past = q.past or score >= 0
+        if score <= NOW then
+          table.insert(q.go, {id = id, at = score < 0 and score + A.in_flight or score, rank = i})
+        elseif not q.after then
+          q.after = score
+        end
+      end
+    end
+  end
+  table.sort(q.go, function(a, b) return a.at < b.at or (a.at == b.at and a.rank < b.rank) end)
+  -- Only leases were read, the first ones run out: those still running are counted instead.
+  if not q.whole and not q.past then
+    q.live = redis.call('ZCOUNT', queue, '(' .. int(dead), '(0')
+    if not q.lease and q.live > 0 then
+      local first = redis.call('ZRANGE', queue, '(' .. int(dead), '(0', 'BYSCORE', 'LIMIT', 0, 1,
+        'WITHSCORES')
+      q.lease = tonumber(first[2]) + A.in_flight
+    end
+  end
+  return q
+end
+
 -- Up to `want` of one endpoint's due deliveries. Returns how many it claimed, and when to look
 -- at the endpoint next (false: its queue is empty, it leaves the tenant's set).
 local function serve(t, T, wh, want)
   local e = endpoint(wh)
-  local slots, queue = K.slots .. wh, K.queue .. wh
+  local queue = K.queue .. wh
   local room, window, left = math.min(want, budget), nil, nil
   -- A deleted or disabled webhook's deliveries end without a request: no slot, no rate.
   if e.enabled then
-    if e.free == nil then e.free = free_slots(slots, e.cap) end
-    if e.free <= 0 then return 0, wait_for_slot(slots) end
-    room = math.min(room, e.free, T.free)
+    room = math.min(room, T.free)
     if not e.quick then
       if T.slow_free == nil then T.slow_free = free_slots(T.slow_slots, A.slow_concurrency) end
       if T.slow_free <= 0 then return 0, wait_slow(T, wh) end
@@ -181,25 +235,38 @@ local function serve(t, T, wh, want)
       room = math.min(room, left)
     end
   end
-  -- One entry past the share says whether more is due, or when the next is, without another
-  -- read: what was examined is now scored by its lease, or gone.
-  local due = redis.call('ZRANGE', queue, 0, room, 'WITHSCORES')
-  local got, looked, more, next = 0, 0, false, nil
-  for i = 1, #due, 2 do
-    local score = tonumber(due[i + 1])
-    if score > NOW or looked == room then
-      more = score <= NOW
-      if not next or score < next then next = score end
+  -- Its attempts in flight come first (at most its concurrency of them, unless that was lowered
+  -- since: then it is full), then its share, and one entry past the share says whether more is
+  -- due, or when the next is, without another read. A disabled webhook's attempts in flight
+  -- were claimed while it was enabled, within the highest concurrency.
+  local q = read_queue(queue, (e.enabled and e.cap or A.concurrency_max) + room + 1)
+  local free = e.enabled and e.cap - q.live or room
+  -- A full endpoint is looked at again when its first lease runs out, or sooner when a settle
+  -- frees one of its slots: WAITING in its queue tells that settle to bring it forward.
+  local function wait_for_slot_of_endpoint(lease)
+    if not q.waiting then redis.call('ZADD', queue, '+inf', WAITING) end
+    return lease or NOW + A.lease_ms
+  end
+  if free <= 0 then return 0, wait_for_slot_of_endpoint(q.lease) end
+  local got, looked, more, next, lease = 0, 0, false, q.after, q.lease
+  for _, go in ipairs(q.go) do
+    local id = go.id
+    if looked == room or free <= 0 then
+      more = true
       break
     end
     looked = looked + 1
     budget = budget - 1
-    local claim, now_at, unfit = try(due[i], wh, e, t)
+    local claim, now_at, unfit, held = try(id, wh, e, t)
     if claim then
       got = got + 1
       table.insert(claim, e.cap)  -- the concurrency it was claimed at
       table.insert(claim, 0)  -- whether it goes with every slot in use (below)
       table.insert(claims, claim)
+    end
+    if e.enabled and (claim or held) then
+      free = free - 1
+      if not lease or now_at < lease then lease = now_at end
     end
     if now_at and (not next or now_at < next) then next = now_at end
     if unfit then
@@ -207,10 +274,11 @@ local function serve(t, T, wh, want)
       break
     end
   end
+  if lease and (not next or lease < next) then next = lease end
   -- Those that fill the endpoint's slots go with every slot in use: only a quick success of
   -- such an attempt says the endpoint could take more (see settle). All of them, not only the
   -- last: when several settles come before the next claim, it takes several at once.
-  if e.enabled and got > 0 and e.free - got <= 0 then
+  if e.enabled and got > 0 and free <= 0 then
     for i = #claims - got + 1, #claims do claims[i][15] = 1 end
   end
   if window and got > 0 then
@@ -218,16 +286,19 @@ local function serve(t, T, wh, want)
     redis.call('EXPIRE', window, 2)
   end
   if e.enabled then
-    e.free, T.free = e.free - got, T.free - got
+    T.free = T.free - got
     if not e.quick and got > 0 then
       T.slow_free = T.slow_free - got
       redis.call('HSET', T.served, wh, int(NOW))
       redis.call('ZREM', T.slow, wh)
     end
-    if e.free <= 0 then return got, wait_for_slot(slots) end
+    if free <= 0 then return got, wait_for_slot_of_endpoint(lease) end
     if not e.quick and T.slow_free <= 0 and more then return got, wait_slow(T, wh) end
     if window and left - got <= 0 then return got, (math.floor(NOW / 1000) + 1) * 1000 end
   end
+  -- A WAITING left from when it was full, whose slot freed otherwise (a lease ran out, the
+  -- webhook was disabled): nobody waits for a slot any more.
+  if q.waiting then redis.call('ZREM', queue, WAITING) end
   -- One that needs no slot and has more goes first again (a webhook change put it first).
   if more then return got, e.enabled and NOW or 0 end
   return got, next and math.max(next, NOW) or false
@@ -256,6 +327,8 @@ local function visit(t, want)
   local T = tenant(t)
   local due, soonest = whose_time_has_come(T.endpoints)
   local again = soonest ~= nil and soonest <= NOW  -- more are due than were taken
+  -- The tenant's only endpoint in its set keeps its time (see the top).
+  local alone = #due == 1 and soonest == nil
   for i, wh in ipairs(due) do
     if want <= 0 or budget <= 0 then
       again = true
@@ -265,7 +338,7 @@ local function visit(t, want)
     local got, next = serve(t, T, wh, math.ceil(want / (#due - i + 1)))
     want = want - got
     if next then
-      redis.call('ZADD', T.endpoints, next, wh)
+      if not alone then redis.call('ZADD', T.endpoints, next, wh) end
       again = again or next <= NOW
       if not soonest or next < soonest then soonest = next end
     else

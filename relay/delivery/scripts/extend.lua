@@ -15,11 +15,13 @@ for _, c in ipairs(A.claims) do
     local lease = int(NOW + A.lease_ms)
     local wh, t = st[3], st[4]
     redis.call('HSET', key, F.lease_until, lease)
-    -- Its place in the queue and its slots are scored by the lease: a claim reads them to
-    -- know when to look again, and counts a slot out when its lease has run out. XX: a
-    -- disabled or deleted webhook's delivery holds no slot, and gets none here.
-    redis.call('ZADD', K.queue .. wh, 'XX', lease, id)
-    redis.call('ZADD', K.slots .. wh, 'XX', lease, id)
+    -- Its place in the queue and its tenant's slot are scored by the lease: a claim reads them
+    -- to know when to look again, and counts a slot out when its lease has run out. In its
+    -- queue, one holding a slot of its endpoint comes before every pending one (see claim.lua),
+    -- one holding none (its webhook was disabled or deleted when claimed) among them by its
+    -- lease alone; XX: such a delivery holds no tenant slot, and gets none here.
+    redis.call('ZADD', K.queue .. wh, 'XX', c[3] == 1 and int(NOW + A.lease_ms - A.in_flight)
+      or lease, id)
     redis.call('ZADD', K.tenant_slots .. t, 'XX', lease, id)
     redis.call('ZADD', K.tenant_slow_slots .. t, 'XX', lease, id)
     table.insert(out, 1)

@@ -10,9 +10,10 @@ local function int(x) return string.format('%d', x) end
 local function wake()
   if redis.call('LPUSH', K.wake, 1) > 32 then redis.call('LTRIM', K.wake, 0, 15) end
 end
--- A set of slots in use (an endpoint's, a tenant's) that a claim found full holds this member too,
--- scored +inf so that it is no lease: the settle that frees a slot takes it out in the same ZREM,
--- and so learns, without another read, that someone waits for the slot (see claim.lua).
+-- What holds an endpoint's or a tenant's slots in use (its queue, the tenant's set of slots) holds
+-- this member too once a claim found them all in use, scored +inf so that it is neither a lease
+-- nor due: the settle that frees a slot takes it out in the same ZREM, and so learns, without
+-- another read, that someone waits for the slot (see claim.lua).
 local WAITING = '~waiting'
 -- Hand a record to the history writer (PostgreSQL): its kind, id and the record itself (JSON),
 -- so that the writer reads nothing back. Redis lets the record go once PostgreSQL has it.

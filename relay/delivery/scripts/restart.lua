@@ -59,8 +59,8 @@ for _, id in ipairs(A.ids) do
         F.last_attempt, '', F.manual, '')
     end
     if expired then
+      -- Its endpoint's slot was its place in the queue (see claim.lua), due now below.
       redis.call('HSET', key, F.status, S.pending, F.lease_until, '', F.lease_token, '')
-      redis.call('ZREM', K.slots .. st[4], id)
       redis.call('ZREM', K.tenant_slots .. st[5], id)
       redis.call('ZREM', K.tenant_slow_slots .. st[5], id)
     end
@@ -70,7 +70,11 @@ for _, id in ipairs(A.ids) do
       redis.call('HSET', key, F.next_attempt_at, int(NOW), F.updated_ms, int(NOW))
     end
     -- History shows it in flight again (its attempts are there already, or come with its end).
-    if finished then archive_delivery(id, hash_of(key), {}) end
+    if finished then
+      local fields = hash_of(key)
+      fields.payload = nil  -- the event's, which history has
+      archive_delivery(id, fields, {})
+    end
     redis.call('ZADD', K.queue .. st[4], NOW, id)
     redis.call('ZADD', K.endpoints .. st[5], 'LT', NOW, st[4])
     redis.call('ZADD', K.tenants, 'LT', NOW, st[5])

@@ -35,7 +35,8 @@ local function archive_whole(fields)
   local attempts = redis.call('LRANGE', K.attempts, 0, -1)
   local last = redis.call('HGET', K.delivery, F.last_attempt)
   if last and last ~= '' then table.insert(attempts, last) end
-  local transient = {F.last_attempt, F.lease_until, F.lease_token, F.traceparent, F.manual}
+  local transient = {F.last_attempt, F.lease_until, F.lease_token, F.traceparent, F.manual,
+    F.payload}
   for _, name in ipairs(transient) do
     fields[name] = nil
   end
@@ -67,9 +68,10 @@ local record = numbered(made + 1)
 local wh, t = st[5], st[6]
 local queue = K.queue .. wh
 if st[1] ~= S.delivering or st[3] ~= A.token then
-  -- Not in flight, or in flight again: then the slot is the new attempt's.
+  -- Not in flight, or in flight again: then the slot is the new attempt's. Ended since (by a
+  -- late 2xx, below, while this attempt was in flight), its place in the queue goes now.
   if st[1] ~= S.delivering then
-    redis.call('ZREM', K.slots .. wh, id)
+    if st[1] ~= S.pending then redis.call('ZREM', queue, id) end
     redis.call('ZREM', K.tenant_slots .. t, id)
     redis.call('ZREM', K.tenant_slow_slots .. t, id)
   end
@@ -92,30 +94,36 @@ if st[1] ~= S.delivering or st[3] ~= A.token then
   else
     redis.call('RPUSH', K.attempts, record)
   end
+  -- Pending, it leaves its queue; in flight again, its place there is the slot of the attempt
+  -- in flight, which that attempt's settle frees.
+  local leaves = win and st[1] ~= S.delivering
   if win then
     for _, v in ipairs({F.status, S.delivered, F.delivered_ms, int(at), F.next_attempt_at, '',
       F.last_status_code, A.last_status_code, F.last_error, A.last_error, F.lease_until, '',
       F.lease_token, ''}) do
       table.insert(fields, v)
     end
-    redis.call('ZREM', queue, id)
+    if leaves then redis.call('ZREM', queue, id) end
   end
   redis.call('HSET', K.delivery, unpack(fields))
-  if win then forget_if_idle(t, wh, true) end
+  if leaves then forget_if_idle(t, wh, true) end
   if finished or win then archive_whole(hash_of(K.delivery)) end
   return {1, '', int(at)}
 end
 
--- Frees the delivery's slot in one set; returns whether one was freed, and whether a claim had
--- found the set full since (WAITING, taken out with it). A delivery whose webhook was disabled
--- when claimed holds no slot: it takes no WAITING out, which is for a slot that frees.
+-- Frees the delivery's tenant slot; returns whether a claim had found the tenant at its
+-- concurrency since (WAITING, taken out with it). The endpoint's slot is the delivery's place
+-- in its queue (see claim.lua), which it leaves or where it is rescheduled below. A delivery
+-- whose webhook was disabled when claimed holds no slot: it takes no WAITING out, which is for
+-- a slot that frees.
 local function free(slots)
-  if not A.holds_slot then return redis.call('ZREM', slots, id) > 0, false end
-  local n = redis.call('ZREM', slots, id, WAITING)
-  return n > 0, n == 2
+  if not A.holds_slot then
+    redis.call('ZREM', slots, id)
+    return false
+  end
+  return redis.call('ZREM', slots, id, WAITING) == 2
 end
-local freed, endpoint_waits = free(K.slots .. wh)
-local tenant_freed, tenant_waits = free(K.tenant_slots .. t)
+local tenant_waits = free(K.tenant_slots .. t)
 -- The claim said whether the endpoint counted as quick: only a change is written (so a quick
 -- endpoint's flag lapses a day after it was set, and its next attempt sets it again).
 local freed_slow = 0
@@ -156,8 +164,10 @@ redis.call('HSET', K.delivery, F.status, A.status, F.attempt_count, count,
   F.next_attempt_at, due and int(due) or '', F.delivered_ms, delivered, F.lease_until, '',
   F.lease_token, '', F.last_attempt, due and '' or record)
 if A.manual then redis.call('HSET', K.delivery, F.cycle_start, int(cycle_start), F.manual, '') end
+local endpoint_waits = false
 if due then
   redis.call('ZADD', queue, due, id)
+  endpoint_waits = A.holds_slot and redis.call('ZREM', queue, WAITING) == 1
   redis.call('ZADD', K.endpoints .. t, 'LT', due, wh)
   -- An idle worker sleeps until the first waiting time it last saw; this may be sooner.
   if redis.call('ZADD', K.tenants, 'LT', 'CH', due, t) == 1 then wake() end
@@ -165,7 +175,11 @@ else
   -- The schedule ended: the history writer owns it from here, and lets it go from Redis
   -- once PostgreSQL has it. Records in flight have no TTL: they leave that way, never by
   -- expiring (a managed Redis evicting keys with a TTL would take them otherwise).
-  redis.call('ZREM', queue, id)
+  if A.holds_slot then
+    endpoint_waits = redis.call('ZREM', queue, id, WAITING) == 2
+  else
+    redis.call('ZREM', queue, id)
+  end
   local attempts = made > 0 and redis.call('LRANGE', K.attempts, 0, -1) or {}
   if record ~= '' then table.insert(attempts, record) end
   archive_delivery(id, {id = id, event_id = st[4], webhook_id = st[5], tenant_id = st[6],
@@ -177,7 +191,7 @@ end
 -- until the next claim that looks at it, at the latest when the lease it was scored by runs
 -- out: that claim lets it go (see claim.lua). Most of the time an endpoint with traffic gets
 -- its next delivery first, and taking it out here would only have it put back.
-if freed or tenant_freed then
+if endpoint_waits or tenant_waits or freed_slow > 0 then
   -- Whoever waited for the slot may go now: the endpoint if it was at its concurrency and more
   -- of it is due, the least recently served of those waiting for a slow slot if one freed, and
   -- the tenant if one of those goes, or if it was at its concurrency and one of its endpoints
@@ -185,13 +199,14 @@ if freed or tenant_freed then
   local endpoints, changed, due = K.endpoints .. t, 0, false
   -- Whoever goes is due by Redis's own clock: `at`, the worker's estimate, can run a few ms
   -- ahead of it, and a claim in those ms would pass them by. Read only when someone waits.
-  local now = at
-  if endpoint_waits or tenant_waits or freed_slow > 0 then
-    now = math.min(at, time_ms())
-  end
+  local now = math.min(at, time_ms())
   if endpoint_waits then
-    local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')[2]
-    if first and tonumber(first) <= at then
+    -- Due: a pending one (scored from 0 on, after the attempts in flight), or one whose worker
+    -- died (its lease, below at - A.in_flight, has run out: see claim.lua).
+    local function any(from, to)
+      return #redis.call('ZRANGE', queue, from, to, 'BYSCORE', 'LIMIT', 0, 1) > 0
+    end
+    if any(0, int(at)) or any('-inf', int(at - A.in_flight)) then
       changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', now, wh)
       due = true
     end

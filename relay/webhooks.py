@@ -15,7 +15,6 @@ from relay.signing import (
     Scheme,
     SigningKey,
     generate_signing_secret,
-    signature_headers,
     signing_key,
     verification_key,
 )
@@ -349,14 +348,3 @@ def reencrypt(webhook: Webhook, keyring: Keyring) -> bool:
             webhook.sealed_headers[name] = keyring.encrypt(keyring.decrypt(token, aad), aad)
             changed = True
     return changed
-
-
-def delivery_headers(
-    custom: Mapping[str, str], keys: Sequence[SigningKey], msg_id: str, timestamp: int, body: bytes
-) -> dict[str, str]:
-    """Every header of one attempt but user-agent (the sender's): custom ones, then signatures."""
-    return {
-        **custom,
-        "content-type": "application/json",
-        **signature_headers(msg_id, timestamp, body, keys),
-    }

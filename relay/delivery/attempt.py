@@ -22,13 +22,13 @@ from relay.metrics import attempt_counters
 from relay.resources import USER_AGENT, Resources
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.sender import SendResult
+from relay.signing import signature_headers
 from relay.store import codec
 from relay.timefmt import from_timestamp
 from relay.webhooks import (
     REDACTED,
     Webhook,
     custom_headers,
-    delivery_headers,
     disable,
     signing_keys,
 )
@@ -56,10 +56,17 @@ class ReceiverRequest:
 def receiver_request(
     webhook: Webhook, keyring: Keyring, event_id: str, body: bytes, now_ms: int, *, test: bool
 ) -> ReceiverRequest:
-    """The signed request for one attempt (or test send) of `body` to `webhook`."""
+    """The signed request for one attempt (or test send) of `body` to `webhook`: every header
+    but the sender's own (user-agent, accept-encoding). Custom headers come first and relay's
+    own after them: webhook_rules refuses a custom name relay sets, and were one to get through,
+    relay's value would still be the one sent."""
     signing = signing_keys(webhook, keyring, now_ms)
     custom = custom_headers(webhook, keyring)
-    headers = delivery_headers(custom, signing, event_id, now_ms // 1000, body)
+    headers = {
+        **custom,
+        "content-type": "application/json",
+        **signature_headers(event_id, now_ms // 1000, body, signing),
+    }
     if test:
         headers["webhook-test"] = "true"
     return ReceiverRequest(webhook.url, body, headers, frozenset(custom))

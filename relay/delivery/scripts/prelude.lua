@@ -1,6 +1,10 @@
 -- Shared by every script (prepended when loaded): one JSON argument. The scripts that read
 -- Redis's own clock get it as NOW, or by `time_ms()`, from the loader (see relay.store.lua).
 local A = cjson.decode(ARGV[1])
+-- Key names (and key prefixes) come in A.keys, not in KEYS as the store's scripts take them:
+-- the claim finds the tenants, endpoints, queues and deliveries it touches as it goes, so no
+-- caller could name them up front, and every delivery script shares this one way. Redis runs
+-- such scripts on one primary; Redis Cluster, which needs every key in KEYS, is not supported.
 local K = A.keys
 -- Integers as Redis text (Lua would print large numbers in exponent form).
 local function int(x) return string.format('%d', x) end

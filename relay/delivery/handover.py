@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from relay.audit import AuditEntry
@@ -59,13 +57,7 @@ class HistoryHandover:
         self._replicas = replicas or Replicas(redis, 0)
         self._payload_bytes = payload_bytes_per_call
         self._group_ready = False
-        self._scripts: dict[Transition, AsyncScript] = {
-            Transition.RELEASE: redis.register_script(script_text(Transition.RELEASE.value))
-        }
-
-    async def _run(self, transition: Transition, arg: dict[str, Any]) -> Any:
-        """Run a script on `arg` (its JSON argument)."""
-        return await self._scripts[transition](keys=[], args=[codec.dumps(arg)])
+        self._release = redis.register_script(script_text(Transition.RELEASE.value))
 
     # Records reach history only once the replicas relay waits for hold them: then whatever
     # history has, a failover keeps in Redis too, and the two never tell different stories
@@ -105,40 +97,38 @@ class HistoryHandover:
 
     async def release(self, handed: Sequence[Handover]) -> int:
         """Let records that history now holds go from Redis; how many deliveries left."""
-        released = await self._run(
-            Transition.RELEASE,
-            {
-                "keys": {
-                    "history": keys.HISTORY,
-                    "group": keys.HISTORY_GROUP,
-                    "event": keys.event(""),
-                    "delivery": keys.delivery(""),
-                    "attempts_suffix": keys.ATTEMPTS_SUFFIX,
-                    "audit": keys.audit_entry(""),
-                    "audits": keys.AUDIT,
-                    "tenant_audit": keys.tenant_audit(""),
-                },
-                "entries": [h.entry_id for h in handed],
-                "upstream_grace": UPSTREAM_GRACE_SECONDS,
-                "events": [
-                    [
-                        e.id,
-                        _upstream_key(e.tenant_id, e.upstream_id) or "",
-                        len(e.delivery_ids),
-                    ]
-                    for h in handed
-                    if (e := h.event) is not None
-                ],
-                "audits": [
-                    [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
-                ],
-                "deliveries": [
-                    [h.delivery.id, h.delivery.status.value, h.version]
-                    for h in handed
-                    if h.delivery is not None and h.delivery.status in FINISHED
-                ],
+        arg = {
+            "keys": {
+                "history": keys.HISTORY,
+                "group": keys.HISTORY_GROUP,
+                "event": keys.event(""),
+                "delivery": keys.delivery(""),
+                "attempts_suffix": keys.ATTEMPTS_SUFFIX,
+                "audit": keys.audit_entry(""),
+                "audits": keys.AUDIT,
+                "tenant_audit": keys.tenant_audit(""),
             },
-        )
+            "entries": [h.entry_id for h in handed],
+            "upstream_grace": UPSTREAM_GRACE_SECONDS,
+            "events": [
+                [
+                    e.id,
+                    _upstream_key(e.tenant_id, e.upstream_id) or "",
+                    len(e.delivery_ids),
+                ]
+                for h in handed
+                if (e := h.event) is not None
+            ],
+            "audits": [
+                [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
+            ],
+            "deliveries": [
+                [h.delivery.id, h.delivery.status.value, h.version]
+                for h in handed
+                if h.delivery is not None and h.delivery.status in FINISHED
+            ],
+        }
+        released = await self._release(keys=[], args=[codec.dumps(arg)])
         return int(released)
 
     async def _ensure_group(self) -> None:

@@ -386,8 +386,11 @@ class DeliveryStore:
         # A failure streak is forgotten after twice the disable threshold without failures.
         self._failing_ttl_ms = disable_after_seconds * 2000
         self._clock = _RedisClock()
+        # The release of what history holds is the hand-over's (relay.delivery.handover).
         self._scripts: dict[Transition, AsyncScript] = {
-            t: redis.register_script(script_text(t.value)) for t in Transition
+            t: redis.register_script(script_text(t.value))
+            for t in Transition
+            if t is not Transition.RELEASE
         }
         self._requeue = redis.register_script(script_text("requeue"))
         # Accepts waiting for their shared call, by the token record they check (None: none).

@@ -23,8 +23,8 @@ from relay.api.shapes import (
     WebhookId,
 )
 from relay.api.times import TIME, query_ms
+from relay.api.trail import Audit
 from relay.api.webhooks import ID, visible_webhook
-from relay.audit import Audit
 from relay.delivery import actions, model, recovery
 from relay.delivery.model import Status, Trigger
 from relay.delivery.store import DeliveryFilter

@@ -25,7 +25,7 @@ from relay.api.shapes import (
     WebhookId,
 )
 from relay.api.times import TIME, query_ms
-from relay.audit import Audit
+from relay.api.trail import Audit
 from relay.config import Settings
 from relay.delivery import actions
 from relay.delivery.accept import (

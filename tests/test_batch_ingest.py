@@ -135,6 +135,42 @@ async def test_an_event_past_the_body_limit_is_refused_alone(make_client: Client
     assert "6144" in over.json()["detail"]
 
 
+def _keys(value: object) -> object:
+    """The keys of every object in `value`, in the order the JSON has them."""
+    if isinstance(value, dict):
+        return [(key, _keys(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_keys(item) for item in value]
+    return None
+
+
+async def test_each_result_of_a_batch_has_its_fields_in_the_order_posted_alone_gives(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(max_body_bytes=2048)
+    await webhook(client, "https://hooks.example.com/a", tenant="t1")
+    large = _event("p_large")
+    large["data"]["text"] = "x" * 2100
+    invalid = {"type": "post.published", "tenant_id": "t1", "data": {}}
+    posted = [_event("p_1", id="up_1"), _event("p_1", id="up_1"), invalid, large]
+    alone = [await client.post("/v1/events", json=event) for event in posted]
+    assert [a.status_code for a in alone] == [202, 200, 422, 413]
+
+    batch = await client.post(BATCH, json={"events": [_event("p_2", id="up_2"), *posted[1:]]})
+
+    assert batch.status_code == 207, batch.text
+    accepted, repeated, *refused = batch.json()["data"]
+    # An event as `{"status", "data"}`, its data as alone; a refusal as the problem alone.
+    assert _keys(accepted) == [("status", None), ("data", _keys(alone[0].json()["data"]))]
+    assert _keys(repeated) == [("status", None), ("data", _keys(alone[1].json()["data"]))]
+    assert "undeliverable" not in repeated["data"]
+    assert [_keys(r) for r in refused] == [_keys(a.json()) for a in alone[2:]]
+    assert [list(r) for r in refused] == [
+        ["type", "title", "status", "detail", "code", "errors"],
+        ["type", "title", "status", "detail", "code"],
+    ]
+
+
 async def test_an_idempotency_key_replays_the_whole_batch(admin: httpx.AsyncClient) -> None:
     await webhook(admin, "https://hooks.example.com/a", tenant="t1")
     body = {"events": [_event("p_1"), {"type": "nope", "tenant_id": "t1", "data": {}}]}

@@ -504,7 +504,12 @@ async def test_recover_requeues_exactly_the_failed_deliveries_of_the_window(
         before = recover_body(start - timedelta(hours=1), start - timedelta(seconds=1))
         response = await admin.post(recover, json=before)
         assert response.status_code == 202, response.text
-        assert response.json()["data"]["requeued"] == 0
+        started = response.json()["data"]
+        assert started["requeued"] == 0
+        # Found under its webhook: where the answer and its Location say to follow it.
+        under_hook = f"/v1/webhooks/{hook['id']}/recoveries/{started['id']}"
+        assert response.headers["location"] == started["url"] == under_hook
+        assert (await admin.get(under_hook)).json()["data"] == started
 
         response = await admin.post(recover, json=recover_body(start, middle))
         assert response.status_code == 202, response.text

@@ -23,8 +23,8 @@ from relay.api.shapes import (
     WebhookId,
 )
 from relay.api.times import TIME, query_ms
+from relay.api.trail import Audit
 from relay.api.webhooks import ID, visible_webhook
-from relay.audit import Audit
 from relay.delivery import actions, model, recovery
 from relay.delivery.model import Status, Trigger
 from relay.delivery.store import DeliveryFilter
@@ -122,6 +122,7 @@ class Recovery(Shape):
     selects — and how far that has got."""
 
     source = model.Recovery
+    added = frozenset({"url"})
 
     id: Annotated[str, StringConstraints(pattern=id_pattern("rcv"))]
     webhook_id: WebhookId | None = Field(description="Only this webhook's deliveries; null: any")
@@ -146,8 +147,15 @@ def _window(since: str | None, until: str | None) -> tuple[int | None, int | Non
     )
 
 
+def _recovery(found: model.Recovery) -> Recovery:
+    # One webhook's recovery is found under that webhook too, and is shown there.
+    base = f"/v1/webhooks/{found.webhook_id}" if found.webhook_id else "/v1"
+    return Recovery.read(found, url=f"{base}/recoveries/{found.id}")
+
+
 def _started(started: model.Recovery) -> Response:
-    return ok(Recovery.read(started), 202, headers={"location": started.url})
+    answer = _recovery(started)
+    return ok(answer, 202, headers={"location": answer.url})
 
 
 def _status(request: Request) -> Status | None:
@@ -282,7 +290,7 @@ async def _visible_recovery(request: Request, principal: Principal) -> dict[str,
 
 async def get_recovery(request: Request, principal: Principal) -> Response:
     """How far a recovery has got."""
-    return ok(Recovery.read(recovery.recovery_view(await _visible_recovery(request, principal))))
+    return ok(_recovery(recovery.recovery_view(await _visible_recovery(request, principal))))
 
 
 async def get_webhook_recovery(request: Request, principal: Principal) -> Response:
@@ -291,7 +299,7 @@ async def get_webhook_recovery(request: Request, principal: Principal) -> Respon
     record = await _visible_recovery(request, principal)
     if record["webhook_id"] != webhook.id:
         raise NotFound("No such recovery.")
-    return ok(Recovery.read(recovery.recovery_view(record)))
+    return ok(_recovery(recovery.recovery_view(record)))
 
 
 DELIVERY = (*ID, id_param("dlv", "delivery_id"))

@@ -12,7 +12,7 @@ from relay.api.bodies import listing, ok, read_model
 from relay.api.idempotency import commit
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, Param
 from relay.api.shapes import Shape
-from relay.audit import Audit
+from relay.api.trail import Audit
 from relay.event_types import (
     NAME_PATTERN,
     RegisteredType,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,31 +14,38 @@ from relay.api.errors import problem_fields
 from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
-from relay.api.shapes import Count, DeliveryId, EventId, HttpStatus, Shape, Timestamp, WebhookId
+from relay.api.shapes import (
+    Count,
+    DeliveryId,
+    EventId,
+    HttpStatus,
+    Problem,
+    Shape,
+    Timestamp,
+    WebhookId,
+)
 from relay.api.times import TIME, query_ms
-from relay.audit import Audit
+from relay.api.trail import Audit
+from relay.config import Settings
 from relay.delivery import actions
 from relay.delivery.accept import (
     Accepted,
-    BatchIn,
     DeliveryState,
-    EventIn,
     Outcome,
     Posted,
     Tracked,
     accept,
     accept_batch,
-    batch_items,
     event_summary,
     event_view,
 )
 from relay.delivery.model import Status
-from relay.errors import RelayError
+from relay.errors import Invalid, PayloadTooLarge, RelayError
 from relay.resources import resources
 from relay.roles import Role
 from relay.store.events import EventFilter, StoredEvent
 from relay.tokens import Principal
-from relay.validation import TenantId
+from relay.validation import TenantId, parse_object
 from relay.webhooks import Undeliverable
 
 ID = (id_param("evt"),)
@@ -48,6 +56,31 @@ READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 
 # /v1/events/batch is an operation of its own (POST): routes name `{id:event}`.
 reserve_segment("event", "batch")
+
+
+class EventIn(BaseModel):
+    """`POST /v1/events`: an upstream event; `id` makes repeats harmless."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    tenant_id: TenantId
+    data: Any
+    # PostgreSQL text holds no NUL: an id with one could never be written to history.
+    id: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]+$")
+
+
+class BatchIn(BaseModel):
+    """`POST /v1/events/batch`: events each accepted or refused on its own, as `POST
+    /v1/events` would, in one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(
+        min_length=1,
+        description="At most RELAY_MAX_BATCH_EVENTS (default 100) events; each at most "
+        "RELAY_MAX_BODY_BYTES as JSON",
+    )
 
 
 class EventSummary(Shape):
@@ -145,11 +178,46 @@ async def post_batch(request: Request, principal: Principal) -> Response:
     return ok([_result(o) for o in outcomes], 207)
 
 
-def _result(outcome: Outcome) -> dict[str, object]:
+def _result(outcome: Outcome) -> BatchResult | Problem:
     if isinstance(outcome, RelayError):
-        return problem_fields(outcome)
+        # A Problem, not a BatchResult (whose fields start with `status`): a refusal lists its
+        # fields in the order of every problem+json, as the event posted alone is answered.
+        return Problem.model_validate(problem_fields(outcome))
     event, created = outcome
-    return {"status": 202 if created else 200, "data": event}
+    # A repeat's Tracked is read without `undeliverable`, which it has not: absent, as alone.
+    return BatchResult(status=202 if created else 200, data=AcceptedEvent.read(event))
+
+
+def batch_items(body: object, settings: Settings) -> list[EventIn | RelayError]:
+    """The events of a batch, each parsed or refused on its own (a 413 past
+    RELAY_MAX_BODY_BYTES, a 422 naming its fields); Invalid when the body is not a batch of 1
+    to RELAY_MAX_BATCH_EVENTS events."""
+    if not isinstance(body, dict):
+        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
+    errors = {name: ["Extra inputs are not permitted"] for name in body if name != "events"}
+    events = body.get("events")
+    most = settings.max_batch_events
+    if not isinstance(events, list):
+        errors["events"] = ["must be a list of events"]
+    elif not 1 <= len(events) <= most:
+        errors["events"] = [
+            f"must hold 1 to {most} events (RELAY_MAX_BATCH_EVENTS); this one holds {len(events)}"
+        ]
+    if errors or not isinstance(events, list):
+        raise Invalid(f'The body must be {{"events": [...]}} with 1 to {most} events.', errors)
+    return [_item(raw, settings.max_body_bytes) for raw in events]
+
+
+def _item(raw: object, max_bytes: int) -> EventIn | RelayError:
+    # An event of a batch is held to what it would be held to posted alone.
+    if len(orjson.dumps(raw)) > max_bytes:
+        return PayloadTooLarge(
+            f"The event is larger than {max_bytes} bytes (RELAY_MAX_BODY_BYTES)."
+        )
+    try:
+        return parse_object(EventIn, raw)
+    except Invalid as refused:
+        return refused
 
 
 async def list_events(request: Request, principal: Principal) -> Response:

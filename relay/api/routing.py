@@ -19,7 +19,7 @@ from relay.api.auth import authenticate, confirm
 from relay.api.errors import problem
 from relay.api.idempotency import HEADER, REPLAYED, idempotent
 from relay.api.shapes import check, envelope
-from relay.audit import Audit
+from relay.api.trail import Audit
 from relay.errors import Invalid, NotFound, RateLimited, RelayError, Unauthorized
 from relay.resources import resources
 from relay.roles import Role

@@ -16,7 +16,7 @@ from relay.api.idempotency import commit
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
 from relay.api.shapes import Deleted, Shape, Timestamp
-from relay.audit import Audit
+from relay.api.trail import Audit
 from relay.ids import pattern as id_pattern
 from relay.resources import resources
 from relay.roles import Role

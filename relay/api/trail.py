@@ -1,6 +1,10 @@
-"""Recording API changes in the audit trail, and the request id each entry carries."""
+"""Recording API changes in the audit trail: what each operation records (Audit), and the
+request id each entry carries."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import Request
@@ -18,15 +22,31 @@ from relay.tokens import Principal
 _LOG_FIELDS = {"wh": "webhook_id", "evt": "event_id", "dlv": "delivery_id"}
 
 
+# An action is a fixed name, or is read from the request's JSON body (a PATCH that only turns
+# a webhook on or off is an enable or a disable, not just an update).
+ActionRule = str | Callable[[object], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """What a successful call of an operation records: its action, and which field of the
+    answer's `data` names the object it touched (else the path's `id`)."""
+
+    action: ActionRule
+    object_field: str = "id"
+
+    def action_for(self, body: object) -> str:
+        """The action name for a call with this request body."""
+        return self.action if isinstance(self.action, str) else self.action(body)
+
+
 def request_id(_: Request) -> str | None:
     """The id of this request: the one relay's request middleware took or made, logged with
     every line of the request and returned in `X-Request-Id`."""
     return logs.request_id()
 
 
-async def record(
-    request: Request, principal: Principal, rule: audit.Audit, response: Response
-) -> None:
+async def record(request: Request, principal: Principal, rule: Audit, response: Response) -> None:
     """Add the entry for a successful change: the object and its tenant come from the answer's
     `data`, else from the path's `id` (a webhook's tenant is looked up)."""
     data = codec.loads(bytes(response.body)).get("data")

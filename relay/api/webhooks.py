@@ -32,7 +32,7 @@ from relay.api.shapes import (
     Timestamp,
     WebhookId,
 )
-from relay.audit import Audit, webhook_change
+from relay.api.trail import Audit
 from relay.delivery import sample
 from relay.delivery.model import TestSend
 from relay.errors import Invalid
@@ -355,6 +355,13 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
     return shown(webhook)
 
 
+def _update_action(body: object) -> str:
+    """`webhook.enable` / `webhook.disable` when a PATCH sets `enabled`, else `webhook.update`."""
+    if isinstance(body, dict) and isinstance(body.get("enabled"), bool):
+        return "webhook.enable" if body["enabled"] else "webhook.disable"
+    return "webhook.update"
+
+
 def _deleted(webhook: webhooks.Webhook) -> Response:
     return ok(DeletedWebhook.read(webhook, deleted=True))
 
@@ -471,7 +478,7 @@ OPERATIONS = [
         answers=DeliveredWebhook,
         body=WebhookUpdate,
         params=ID,
-        audit=Audit(webhook_change),
+        audit=Audit(_update_action),
     ),
     Operation(
         "DELETE",

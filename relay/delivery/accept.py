@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-import pydantic
 
 from relay import logs, tracing
-from relay.config import Settings
 from relay.delivery.model import Status
 from relay.delivery.store import NewEvent, PlannedDelivery, StaleFanOut
-from relay.errors import Invalid, PayloadTooLarge, RelayError, Unauthorized, Unavailable
+from relay.errors import Invalid, RelayError, Unauthorized, Unavailable
 from relay.event_types import EVENT_TYPES, RegisteredType, envelope, validate_event
 from relay.ids import new_id
 from relay.resources import Resources
@@ -23,33 +21,16 @@ from relay.store.idempotency import Commit, Held
 from relay.store.webhooks import TenantWebhooks
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenChanged, TokenCheck
-from relay.validation import TenantId, parse_object
 from relay.webhooks import Undeliverable, Webhook, fan_out
 
 
-class EventIn(pydantic.BaseModel):
-    """`POST /v1/events`: an upstream event; `id` makes repeats harmless."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
+class EventSpec(Protocol):
+    """What an event is accepted from (a posted event, once its fields are checked)."""
 
     type: str
-    tenant_id: TenantId
+    tenant_id: str
     data: Any
-    # PostgreSQL text holds no NUL: an id with one could never be written to history.
-    id: str | None = pydantic.Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]+$")
-
-
-class BatchIn(pydantic.BaseModel):
-    """`POST /v1/events/batch`: events each accepted or refused on its own, as `POST
-    /v1/events` would, in one request."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    events: list[EventIn] = pydantic.Field(
-        min_length=1,
-        description="At most RELAY_MAX_BATCH_EVENTS (default 100) events; each at most "
-        "RELAY_MAX_BODY_BYTES as JSON",
-    )
+    id: str | None  # the upstream id, which makes repeats harmless
 
 
 # The API sends these as they are (see relay.api.events): plain dataclasses, which orjson
@@ -141,7 +122,7 @@ class _Planned:
     accepted: Accepted
 
 
-async def _plan(ctx: Resources, catalog: _Catalog, spec: EventIn) -> _Planned | StoredEvent:
+async def _plan(ctx: Resources, catalog: _Catalog, spec: EventSpec) -> _Planned | StoredEvent:
     """The event validated (or Invalid) and fanned out; or, for an upstream id history already
     has, the event first accepted under it."""
     # Built-in types cost no Redis call; a registered one is one GET, so a PATCH applies at once.
@@ -191,7 +172,7 @@ async def _written(ctx: Resources, planned: _Planned, first: str | None) -> tupl
 
 async def accept(
     ctx: Resources,
-    spec: EventIn,
+    spec: EventSpec,
     commit: Commit[Accepted] | None = None,
     token: TokenCheck | None = None,
 ) -> tuple[Tracked, bool]:
@@ -218,41 +199,9 @@ async def accept(
             return await _written(ctx, planned, first)
 
 
-def batch_items(body: object, settings: Settings) -> list[EventIn | RelayError]:
-    """The events of a batch, each parsed or refused on its own (a 413 past
-    RELAY_MAX_BODY_BYTES, a 422 naming its fields); Invalid when the body is not a batch of 1
-    to RELAY_MAX_BATCH_EVENTS events."""
-    if not isinstance(body, dict):
-        raise Invalid("The body must be a JSON object.", {"body": ["must be an object"]})
-    errors = {name: ["Extra inputs are not permitted"] for name in body if name != "events"}
-    events = body.get("events")
-    most = settings.max_batch_events
-    if not isinstance(events, list):
-        errors["events"] = ["must be a list of events"]
-    elif not 1 <= len(events) <= most:
-        errors["events"] = [
-            f"must hold 1 to {most} events (RELAY_MAX_BATCH_EVENTS); this one holds {len(events)}"
-        ]
-    if errors or not isinstance(events, list):
-        raise Invalid(f'The body must be {{"events": [...]}} with 1 to {most} events.', errors)
-    return [_item(raw, settings.max_body_bytes) for raw in events]
-
-
-def _item(raw: object, max_bytes: int) -> EventIn | RelayError:
-    # An event of a batch is held to what it would be held to posted alone.
-    if len(orjson.dumps(raw)) > max_bytes:
-        return PayloadTooLarge(
-            f"The event is larger than {max_bytes} bytes (RELAY_MAX_BODY_BYTES)."
-        )
-    try:
-        return parse_object(EventIn, raw)
-    except Invalid as refused:
-        return refused
-
-
 async def accept_batch(
     ctx: Resources,
-    items: Sequence[EventIn | RelayError],
+    items: Sequence[EventSpec | RelayError],
     claim: Held | None = None,
     token: TokenCheck | None = None,
 ) -> list[Outcome]:
@@ -267,7 +216,7 @@ async def accept_batch(
     made = {} if claim is None else await ctx.idempotency.made(claim)
     catalog = _Catalog(ctx)
     outcomes: dict[int, Outcome | TokenChanged] = {}
-    todo: list[tuple[int, EventIn]] = []
+    todo: list[tuple[int, EventSpec]] = []
     for index, item in enumerate(items):
         if isinstance(item, RelayError):
             outcomes[index] = item
@@ -290,14 +239,14 @@ async def accept_batch(
 async def _write_batch(
     ctx: Resources,
     catalog: _Catalog,
-    todo: list[tuple[int, EventIn]],
+    todo: list[tuple[int, EventSpec]],
     claim: Held | None,
     outcomes: dict[int, Outcome | TokenChanged],
     token: TokenCheck | None,
-) -> list[tuple[int, EventIn]]:
+) -> list[tuple[int, EventSpec]]:
     """Plan and write the events of a batch numbered in `todo`, setting what came of each in
     `outcomes`; the ones to plan again, their webhooks having changed since they were read."""
-    writes: list[tuple[int, EventIn, _Planned]] = []
+    writes: list[tuple[int, EventSpec, _Planned]] = []
     for index, spec in todo:
         try:
             planned = await _plan(ctx, catalog, spec)
@@ -315,7 +264,7 @@ async def _write_batch(
         ],
         token,
     )
-    again: list[tuple[int, EventIn]] = []
+    again: list[tuple[int, EventSpec]] = []
     for (index, spec, planned), first in zip(writes, written, strict=True):
         if isinstance(first, StaleFanOut):
             again.append((index, spec))

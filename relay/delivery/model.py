@@ -112,7 +112,6 @@ class Recovery:
     requeued: int
     since: str
     until: str
-    url: str  # where its progress is read (one webhook's is found under that webhook too)
 
 
 @dataclass(frozen=True, slots=True)

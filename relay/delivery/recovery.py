@@ -85,17 +85,14 @@ async def continue_recovery(svc: Resources, recovery_id: str) -> None:
 
 
 def recovery_view(record: dict[str, str]) -> Recovery:
-    """A recovery from its progress record: one webhook's is found under that webhook too."""
-    webhook_id = record["webhook_id"] or None
-    base = f"/v1/webhooks/{webhook_id}" if webhook_id else "/v1"
+    """A recovery from its progress record."""
     return Recovery(
         id=record["id"],
-        webhook_id=webhook_id,
+        webhook_id=record["webhook_id"] or None,
         tenant_id=record["tenant_id"] or None,
         event_type=record.get("event_type") or None,
         status=record["status"],
         requeued=int(record["requeued"]),
         since=from_timestamp(int(record["since_ms"]) / 1000),
         until=from_timestamp(int(record["until_ms"]) / 1000),
-        url=f"{base}/recoveries/{record['id']}",
     )

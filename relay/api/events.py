@@ -14,16 +14,7 @@ from relay.api.errors import problem_fields
 from relay.api.idempotency import commit, in_steps
 from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import OWNERS, Operation, Param, reserve_segment
-from relay.api.shapes import (
-    Count,
-    DeliveryId,
-    EventId,
-    HttpStatus,
-    Problem,
-    Shape,
-    Timestamp,
-    WebhookId,
-)
+from relay.api.shapes import Count, DeliveryId, EventId, HttpStatus, Shape, Timestamp, WebhookId
 from relay.api.times import TIME, query_ms
 from relay.api.trail import Audit
 from relay.config import Settings
@@ -178,14 +169,11 @@ async def post_batch(request: Request, principal: Principal) -> Response:
     return ok([_result(o) for o in outcomes], 207)
 
 
-def _result(outcome: Outcome) -> BatchResult | Problem:
+def _result(outcome: Outcome) -> dict[str, object]:
     if isinstance(outcome, RelayError):
-        # A Problem, not a BatchResult (whose fields start with `status`): a refusal lists its
-        # fields in the order of every problem+json, as the event posted alone is answered.
-        return Problem.model_validate(problem_fields(outcome))
+        return problem_fields(outcome)
     event, created = outcome
-    # A repeat's Tracked is read without `undeliverable`, which it has not: absent, as alone.
-    return BatchResult(status=202 if created else 200, data=AcceptedEvent.read(event))
+    return {"status": 202 if created else 200, "data": event}
 
 
 def batch_items(body: object, settings: Settings) -> list[EventIn | RelayError]:

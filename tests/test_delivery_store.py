@@ -613,6 +613,26 @@ async def test_a_slot_that_frees_goes_at_once_to_the_tenant_at_its_concurrency(
     assert [c.delivery_id for c in after.claims] == made[other]
 
 
+async def test_a_freed_slot_goes_to_the_waiting_tenant_even_by_a_clock_running_behind(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
+    )
+    await _quick(redis_client, "wh_a", "wh_b")
+    [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
+    full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+
+    # The worker's reading of Redis's clock runs behind it (its settle went a while after it was
+    # reckoned): the other endpoint, due by Redis's clock, is not yet due by the worker's.
+    lagging = dataclasses.replace(first, now_ms=first.now_ms - 5_000)
+    assert (await store.settle(lagging, _result(200))).written
+    after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    [other] = [w for w in made if w != first.webhook_id]
+    assert [c.delivery_id for c in after.claims] == made[other]
+
+
 async def test_a_disabled_webhooks_delivery_ending_leaves_the_freed_slot_to_whoever_waits(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

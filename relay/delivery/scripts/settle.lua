@@ -197,16 +197,21 @@ if endpoint_waits or tenant_waits or freed_slow > 0 then
   -- the tenant if one of those goes, or if it was at its concurrency and one of its endpoints
   -- is due. Nobody waits for most slots that free: that costs no read.
   local endpoints, changed, due = K.endpoints .. t, 0, false
-  -- Whoever goes is due by Redis's own clock: `at`, the worker's estimate, can run a few ms
-  -- ahead of it, and a claim in those ms would pass them by. Read only when someone waits.
-  local now = math.min(at, time_ms())
+  -- `at`, the worker's estimate of Redis's clock, can be some ms off it either way. Ahead, and a
+  -- claim in those ms would pass by whoever goes, were it scored `at`: it is scored by the
+  -- earlier of the two. Behind (the settle went a while after it was reckoned), and what became
+  -- due since (an endpoint a claim has just scored now, a delivery just accepted) would not look
+  -- due, and whoever waits would wait for the first lease to run out: it is due by the later.
+  -- Read only when someone waits.
+  local clock = time_ms()
+  local now, latest = math.min(at, clock), math.max(at, clock)
   if endpoint_waits then
     -- Due: a pending one (scored from 0 on, after the attempts in flight), or one whose worker
-    -- died (its lease, below at - A.in_flight, has run out: see claim.lua).
+    -- died (its lease, below `latest` - A.in_flight, has run out: see claim.lua).
     local function any(from, to)
       return #redis.call('ZRANGE', queue, from, to, 'BYSCORE', 'LIMIT', 0, 1) > 0
     end
-    if any(0, int(at)) or any('-inf', int(at - A.in_flight)) then
+    if any(0, int(latest)) or any('-inf', int(latest - A.in_flight)) then
       changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', now, wh)
       due = true
     end
@@ -220,7 +225,7 @@ if endpoint_waits or tenant_waits or freed_slow > 0 then
   end
   if tenant_waits and not due then
     local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
-    due = soonest ~= nil and tonumber(soonest) <= at
+    due = soonest ~= nil and tonumber(soonest) <= latest
   end
   if due then changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', now, t) end
   if changed > 0 then wake() end

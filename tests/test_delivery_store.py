@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -631,6 +632,54 @@ async def test_a_freed_slot_goes_to_the_waiting_tenant_even_by_a_clock_running_b
     after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
     [other] = [w for w in made if w != first.webhook_id]
     assert [c.delivery_id for c in after.claims] == made[other]
+
+
+async def test_a_tenants_freed_slot_goes_at_once_though_its_worker_reads_redis_clock_behind(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(redis_client, archive, [("t1", "wh_a", 3)])
+    other_worker = DeliveryStore(redis_client, 3600, 3600, archive)
+    await _quick(redis_client, "wh_a")
+    [first] = (await store.claim("a", 1, 60_000, concurrency=4, tenant_concurrency=2)).claims
+    await asyncio.sleep(0.05)  # the other worker's claim comes after, by 50 ms
+    second = await other_worker.claim("b", 10, 60_000, concurrency=4, tenant_concurrency=2)
+    assert [c.delivery_id for c in second.claims] == made["wh_a"][1:2]
+    # At its concurrency: the tenant is looked at again when a lease runs out at the latest.
+    full = await other_worker.claim("b", 10, 60_000, concurrency=4, tenant_concurrency=2)
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+
+    # A worker reads Redis's clock as of its last TIME reply, late by that reply's latency, which
+    # under load can be more than the time between two claims: here the first worker's reading
+    # says its attempt ended when it was claimed, before the other worker's claim.
+    behind = dataclasses.replace(first, taken_at=time.monotonic())
+    assert (await store.settle(behind, _result(200))).written
+    # The slot it freed goes at once to the tenant's endpoint, whose third delivery is due.
+    after = await other_worker.claim("b", 10, 60_000, concurrency=4, tenant_concurrency=2)
+    assert [c.delivery_id for c in after.claims] == made["wh_a"][2:]
+
+
+async def test_a_freed_slot_has_the_waiting_tenant_looked_at_when_its_soonest_endpoint_is(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(
+        redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
+    )
+    await _quick(redis_client, "wh_a", "wh_b")
+    [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
+    full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+
+    # A claim whose reading of Redis's clock ran ahead of it scored the other endpoint's turn
+    # a moment after now: not due by the settle's clock, nor by Redis's.
+    [other] = [w for w in made if w != first.webhook_id]
+    seconds, micros = await redis_client.time()
+    ahead_ms = seconds * 1000 + micros // 1000 + 2_000
+    await redis_client.zadd(keys.endpoints("t1"), {other: ahead_ms}, xx=True)
+    assert (await store.settle(first, _result(200))).written
+    # The tenant's freed slot is not left waiting for the first lease (a minute) to run out.
+    after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
+    assert after.claims == []
+    assert after.next_due_in_ms is not None and after.next_due_in_ms <= 2_000
 
 
 async def test_a_disabled_webhooks_delivery_ending_leaves_the_freed_slot_to_whoever_waits(

@@ -224,8 +224,15 @@ if endpoint_waits or tenant_waits or freed_slow > 0 then
     end
   end
   if tenant_waits and not due then
-    local soonest = redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2]
-    due = soonest ~= nil and tonumber(soonest) <= latest
+    local soonest = tonumber(redis.call('ZRANGE', endpoints, 0, 0, 'WITHSCORES')[2])
+    due = soonest ~= nil and soonest <= latest
+    if soonest ~= nil and not due then
+      -- Its soonest endpoint is not due by either clock (a claim reckoned its time by a reading
+      -- of Redis's clock that ran ahead of both): the tenant, whose slot is free now, is looked
+      -- at when that endpoint is, not when its first lease runs out. Nothing else will bring it
+      -- forward: this settle took the only mark saying that it waits.
+      changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', soonest, t)
+    end
   end
   if due then changed = changed + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', now, t) end
   if changed > 0 then wake() end

@@ -596,9 +596,12 @@ async def _quick(redis_client: redis.asyncio.Redis, *webhook_ids: str) -> None:
         await redis_client.set(keys.endpoint_quick(webhook_id), 1)
 
 
-async def test_a_slot_that_frees_goes_at_once_to_the_tenant_at_its_concurrency(
+async def _tenant_at_its_concurrency(
     redis_client: redis.asyncio.Redis, archive: Archive
-) -> None:
+) -> tuple[DeliveryStore, Claim, list[str]]:
+    """A tenant of concurrency 1 with two quick endpoints, one delivery each: the first claimed,
+    the second found waiting for the tenant's slot (until a lease runs out, at the latest).
+    Returns the store, the first claim and the other endpoint's delivery ids."""
     store, made = await _hooks_and_events(
         redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
     )
@@ -607,31 +610,31 @@ async def test_a_slot_that_frees_goes_at_once_to_the_tenant_at_its_concurrency(
     [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
     full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
     assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+    [other] = [w for w in made if w != first.webhook_id]
+    return store, first, made[other]
+
+
+async def test_a_slot_that_frees_goes_at_once_to_the_tenant_at_its_concurrency(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, first, other = await _tenant_at_its_concurrency(redis_client, archive)
 
     assert (await store.settle(first, _result(200))).written
     after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
-    [other] = [w for w in made if w != first.webhook_id]
-    assert [c.delivery_id for c in after.claims] == made[other]
+    assert [c.delivery_id for c in after.claims] == other
 
 
 async def test_a_freed_slot_goes_to_the_waiting_tenant_even_by_a_clock_running_behind(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store, made = await _hooks_and_events(
-        redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
-    )
-    await _quick(redis_client, "wh_a", "wh_b")
-    [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
-    full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
-    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+    store, first, other = await _tenant_at_its_concurrency(redis_client, archive)
 
     # The worker's reading of Redis's clock runs behind it (its settle went a while after it was
     # reckoned): the other endpoint, due by Redis's clock, is not yet due by the worker's.
     lagging = dataclasses.replace(first, now_ms=first.now_ms - 5_000)
     assert (await store.settle(lagging, _result(200))).written
     after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
-    [other] = [w for w in made if w != first.webhook_id]
-    assert [c.delivery_id for c in after.claims] == made[other]
+    assert [c.delivery_id for c in after.claims] == other
 
 
 async def test_a_tenants_freed_slot_goes_at_once_though_its_worker_reads_redis_clock_behind(
@@ -661,20 +664,14 @@ async def test_a_tenants_freed_slot_goes_at_once_though_its_worker_reads_redis_c
 async def test_a_freed_slot_has_the_waiting_tenant_looked_at_when_its_soonest_endpoint_is(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
-    store, made = await _hooks_and_events(
-        redis_client, archive, [("t1", "wh_a", 1), ("t1", "wh_b", 1)]
-    )
-    await _quick(redis_client, "wh_a", "wh_b")
-    [first] = (await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)).claims
-    full = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)
-    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+    store, first, _ = await _tenant_at_its_concurrency(redis_client, archive)
 
     # A claim whose reading of Redis's clock ran ahead of it scored the other endpoint's turn
     # a moment after now: not due by the settle's clock, nor by Redis's.
-    [other] = [w for w in made if w != first.webhook_id]
     seconds, micros = await redis_client.time()
     ahead_ms = seconds * 1000 + micros // 1000 + 2_000
-    await redis_client.zadd(keys.endpoints("t1"), {other: ahead_ms}, xx=True)
+    other_webhook = "wh_b" if first.webhook_id == "wh_a" else "wh_a"
+    await redis_client.zadd(keys.endpoints("t1"), {other_webhook: ahead_ms}, xx=True)
     assert (await store.settle(first, _result(200))).written
     # The tenant's freed slot is not left waiting for the first lease (a minute) to run out.
     after = await store.claim("w", 10, 60_000, concurrency=4, tenant_concurrency=1)

@@ -392,6 +392,32 @@ async def test_an_event_is_accepted_when_its_upstream_id_lookup_in_history_is_ca
     assert accepted.status_code == 202, accepted.text
 
 
+async def test_events_are_accepted_while_postgresql_ends_relays_connections_mid_query(
+    admin: httpx.AsyncClient, history_db: asyncpg.Connection
+) -> None:
+    # A server that ends a connection in the middle of a query (a backend terminated, a server
+    # killed) leaves asyncpg's protocol half-way and it raises an internal client error, not
+    # a connection error: still history away for a moment, never a 500.
+    ending = asyncio.Event()
+
+    async def end_lookups() -> int:
+        ended = 0
+        while not ending.is_set():
+            ended += await history_db.fetchval(_END_LOOKUPS)
+            await asyncio.sleep(0.01)
+        return ended
+
+    terminating = asyncio.create_task(end_lookups())
+    try:
+        answers = await asyncio.gather(*(post_event(admin, id=f"up-ended-{n}") for n in range(300)))
+    finally:
+        ending.set()
+    assert await terminating > 0
+    assert sorted({a.status_code for a in answers}) == [202], [
+        a.text for a in answers if a.status_code != 202
+    ][:3]
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of the test's own, migrated, which it may stop and start again."""
@@ -555,6 +581,12 @@ _WAITING_HERE = """
 SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
 WHERE NOT l.granted AND d.datname = current_database()
 """
+# Every backend whose last query was the API's upstream-id lookup, ended; how many.
+_END_LOOKUPS = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE pid <> pg_backend_pid() AND query LIKE '%upstream_id = $2%'
+"""
+
 _WAITING_PID = """
 SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database
 WHERE NOT l.granted AND d.datname = current_database() LIMIT 1

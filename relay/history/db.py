@@ -17,12 +17,15 @@ log = logging.getLogger("relay.history")
 # Failures that mean "not now" rather than "wrong": the server is down, restarting, unreachable,
 # too slow or too busy. Anything else is a bug and is raised. Operator intervention (SQLSTATE
 # class 57) is a query canceled (a statement timeout, an operator, a server pausing or on its
-# way down), a shutdown, or a server not yet taking connections.
+# way down), a shutdown, or a server not yet taking connections. asyncpg raises an internal
+# client error on a connection its server ended in the middle of an operation (a backend
+# terminated, a server killed): the pool drops that connection, the next query gets a new one.
 POSTGRES_AWAY: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
 )

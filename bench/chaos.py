@@ -874,8 +874,13 @@ def logged_errors(procs: Processes, most: int = 5) -> str:
             lines = child.log.read_text(errors="replace").splitlines()
         except OSError:
             continue
-        found += [f"{child.name}| {line[:4000]}" for line in lines if '"level":"error"' in line]
+        found += [f"{child.name}| {_ends(line)}" for line in lines if '"level":"error"' in line]
     return "errors logged (last {}):\n{}".format(most, "\n".join(found[-most:]) or "  none")
+
+
+def _ends(line: str, keep: int = 1500) -> str:
+    """A long log line's start and end: a traceback's last lines name the exception."""
+    return line if len(line) <= 2 * keep else f"{line[:keep]} … {line[-keep:]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,10 @@ virtualenv of its own, pinned by bench/baseline/requirements.txt and made on fir
 ~/.cache/relay-bench (Celery's Redis transport needs a newer redis-py than relay's arq allows).
 
 relay runs as `make bench` runs it (relay api, 2 workers, Redis, PostgreSQL; events POSTed over
-HTTP by 32 clients), Celery with a Redis of its own; both deliver to the same receiver, one
-system at a time. Celery's tasks are queued with `.delay()` by one process of the bench: Celery
-has no HTTP ingest, so relay's figures carry work Celery's do not.
+HTTP by 32 clients), but with every setting at its default, endpoint concurrency included;
+Celery with a Redis of its own; both deliver to the same receiver, one system at a time.
+Celery's tasks are queued with `.delay()` by one process of the bench: Celery has no HTTP
+ingest, so relay's figures carry work Celery's do not.
 
 1. SWEEP: one Celery worker after another, for each pool (prefork, threads), concurrency (4, 8,
    16) and prefetch multiplier (1, 4): a warm-up, then 1,000 deliveries at fan-out 1 and 150
@@ -69,6 +70,7 @@ from bench.procs import (
     wait_exit,
 )
 from bench.report import columns, conclude, headline, joined, load_range, machine, num, utc
+from relay.config import Settings
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relay-bench"
@@ -386,7 +388,12 @@ async def compare(
     alternating rounds, back to back."""
     started = time.time()
     load_before = list(os.getloadavg())
-    opts = replace(bench_options([]), events=plan.rounds_sizes.fan_out_1)
+    # relay as it ships: each endpoint's concurrency starts where RELAY_ENDPOINT_CONCURRENCY's
+    # default puts it and adapts from there (`make bench` starts it at 64).
+    shipped = Settings.model_fields["endpoint_concurrency"].default
+    opts = replace(
+        bench_options([]), events=plan.rounds_sizes.fan_out_1, endpoint_concurrency=shipped
+    )
     say(f"starting redis-servers, postgres, relay api and the receiver in {procs.workdir}")
     async with new_session(opts.concurrency) as session:
         stack = await start(procs, opts, session)

@@ -84,6 +84,8 @@ def check_depth(value: object) -> None:
     # Level by level, not recursively: the check must not meet the recursion it guards against.
     level: list[dict[str, Any] | list[Any]] = [value] if isinstance(value, dict | list) else []
     for _ in range(MAX_JSON_DEPTH):
+        if not level:
+            return
         below: list[dict[str, Any] | list[Any]] = []
         for node in level:
             children = node.values() if isinstance(node, dict) else node

@@ -66,10 +66,12 @@ def create_app(settings: Settings) -> Starlette:
 
     app = _Relay(
         routes=[
+            # Starlette tries each route's pattern in turn until one matches: the routes most
+            # requests take go first (the paths of the others overlap none of them).
+            *routes(sorted(OPERATIONS, key=lambda op: (op.method, op.path) not in events.INGEST)),
             *ops.ops_routes(),
             *console_routes(settings.console_frame_ancestors),
             *docs_routes(),
-            *routes(OPERATIONS),
         ],
         middleware=[
             Middleware(

@@ -41,6 +41,8 @@ from relay.webhooks import Undeliverable
 
 ID = (id_param("evt"),)
 BATCH_PATH = "/v1/events/batch"
+# The routes upstream services post events to: most of all requests.
+INGEST = {("POST", "/v1/events"), ("POST", BATCH_PATH)}
 POSTERS = frozenset({Role.ADMIN, Role.INGEST})
 READERS = frozenset({Role.ADMIN, Role.INGEST, Role.TENANT})
 

@@ -679,6 +679,27 @@ async def test_a_freed_slot_has_the_waiting_tenant_looked_at_when_its_soonest_en
     assert after.next_due_in_ms is not None and after.next_due_in_ms <= 2_000
 
 
+async def test_a_freed_slot_has_the_waiting_endpoint_looked_at_when_its_next_delivery_is_due(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, made = await _hooks_and_events(redis_client, archive, [("t1", "wh_a", 2)])
+    await _quick(redis_client, "wh_a")
+    [first] = (await store.claim("w", 10, 60_000, concurrency=1)).claims
+    full = await store.claim("w", 10, 60_000, concurrency=1)
+    assert full.claims == [] and full.next_due_in_ms is not None and full.next_due_in_ms > 50_000
+    # The endpoint's other delivery is due a moment after now (as a delivery scheduled by a
+    # clock running ahead of Redis's would be): not due by the settle's clock, nor by Redis's.
+    [other] = [d for d in made["wh_a"] if d != first.delivery_id]
+    seconds, micros = await redis_client.time()
+    ahead_ms = seconds * 1000 + micros // 1000 + 2_000
+    await redis_client.zadd(keys.endpoint_queue("wh_a"), {other: ahead_ms}, xx=True)
+    assert (await store.settle(first, _result(200))).written
+    # The endpoint's freed slot is not left waiting for the first lease (a minute) to run out.
+    after = await store.claim("w", 10, 60_000, concurrency=1)
+    assert after.claims == []
+    assert after.next_due_in_ms is not None and after.next_due_in_ms <= 2_000
+
+
 async def test_a_disabled_webhooks_delivery_ending_leaves_the_freed_slot_to_whoever_waits(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

@@ -214,6 +214,17 @@ if endpoint_waits or tenant_waits or freed_slow > 0 then
     if any(0, int(latest)) or any('-inf', int(latest - A.in_flight)) then
       changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', now, wh)
       due = true
+    else
+      -- Its next delivery is not due by either clock (scheduled by a reading of Redis's clock
+      -- that ran ahead of both): the endpoint, whose slot is free now, and its tenant are looked
+      -- at when that delivery is due, not when the first lease runs out. Nothing else will bring
+      -- them forward: this settle took the only mark saying that the endpoint waits.
+      local next = tonumber(redis.call('ZRANGE', queue, 0, '(+inf', 'BYSCORE', 'LIMIT', 0, 1,
+        'WITHSCORES')[2])
+      if next then
+        changed = redis.call('ZADD', endpoints, 'XX', 'LT', 'CH', next, wh)
+          + redis.call('ZADD', K.tenants, 'XX', 'LT', 'CH', next, t)
+      end
     end
   end
   if freed_slow > 0 then

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -104,6 +104,42 @@ def check_redis_url(url: str) -> None:
         raise ValueError(f"the database {db!r} is not a number")
 
 
+async def _handed_out(pool: ConnectionPool) -> AbstractConnection:
+    """A connection taken out of `pool` and checked as redis-py checks it, with no lock held.
+
+    redis-py 5.3 (the line arq allows) holds one lock per pool while it checks the connection
+    it hands out, and the check waits a turn of the event loop: every call of the process then
+    waits for the calls before it, one a turn however long the turn (a batch of events being
+    validated made each of its script calls wait 150 ms). Taking a connection out is one step
+    no other task can come between, and each check is of a connection no one else holds.
+    """
+    connection: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]
+    try:
+        await pool.ensure_connection(connection)
+    except BaseException:
+        await pool.release(connection)
+        raise
+    return connection
+
+
+class _Pool(ConnectionPool):
+    """redis-py's pool, handing out connections without its lock (see `_handed_out`)."""
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        return await _handed_out(self)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's pool of the primary sentinels name, without its lock (see `_handed_out`)."""
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        return await _handed_out(self)
+
+
 class _SentinelManaged(Redis):
     """A client of the primary the sentinels name; it also closes its connections to them."""
 
@@ -133,14 +169,14 @@ def connect_redis(url: str, timeout: float = CALL_TIMEOUT) -> Redis:
         "health_check_interval": 15,
     }
     if not url.startswith(f"{SENTINEL_SCHEME}:"):
-        client: Redis = Redis.from_url(url, **options)
-        return client
+        return Redis.from_pool(_Pool.from_url(url, **options))
     address = parse_sentinel_url(url)
     ask = {"socket_timeout": _SENTINEL_TIMEOUT, "socket_connect_timeout": _SENTINEL_TIMEOUT}
     sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=ask)  # type: ignore[no-untyped-call]
     primary: Redis = sentinel.master_for(
         address.service,
         redis_class=_SentinelManaged,
+        connection_pool_class=_SentinelPool,
         db=address.db,
         username=address.username,
         password=address.password,

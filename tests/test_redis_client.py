@@ -1,11 +1,12 @@
-"""relay's Redis client: calls made at once go out together, however busy the event loop is."""
+"""relay's Redis client: calls made at once go out together, however busy the event loop is, on
+at most MAX_CONNECTIONS connections a process."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from relay.store.connect import connect_redis
+from relay.store.connect import MAX_CONNECTIONS, connect_redis
 from tests.support import RedisServer
 
 CALLS = 20
@@ -39,3 +40,23 @@ async def test_calls_made_at_once_do_not_wait_a_turn_of_the_event_loop_each(
         assert turns < CALLS // 2, f"{CALLS} calls made at once took {turns} turns of the loop"
     finally:
         await client.aclose()
+
+
+async def test_a_flood_of_calls_waits_for_a_connection_rather_than_open_one_each(
+    redis_server: RedisServer,
+) -> None:
+    client = connect_redis(redis_server.url)
+    watcher = connect_redis(redis_server.url)
+    try:
+        clients = int((await watcher.info("clients"))["connected_clients"])
+        # More calls at once than the bound, each holding its connection for 1 s: the ones past
+        # it wait for a connection to free (within a call's timeout of 1.5 s), then run.
+        calls = MAX_CONNECTIONS + 50
+        flood = asyncio.gather(*(client.blpop(["nothing"], timeout=1) for _ in range(calls)))
+        await asyncio.sleep(0.8)
+        during = int((await watcher.info("clients"))["connected_clients"]) - clients
+        assert await flood == [None] * calls
+        assert 0 < during <= MAX_CONNECTIONS, f"{during} connections for {calls} calls at once"
+    finally:
+        await client.aclose()
+        await watcher.aclose()

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -26,6 +26,11 @@ SENTINEL_PORT = 26379
 # Every Redis call gives up after this long instead of hanging while Redis is down or paused:
 # the API answers 503 within 2 s, and no relay command blocks for longer.
 CALL_TIMEOUT = 1.5
+# Connections to Redis a process holds at most. Past them a call waits for one (up to its
+# timeout, then fails as Redis being away does) rather than open another: a flood of requests
+# must not open a connection each, as Redis counts every client against one limit for all of
+# relay. A worker's 100 attempts in flight settle on fewer than this.
+MAX_CONNECTIONS = 256
 # A sentinel that does not answer this quickly is skipped for the next one.
 _SENTINEL_TIMEOUT = 0.5
 
@@ -104,40 +109,8 @@ def check_redis_url(url: str) -> None:
         raise ValueError(f"the database {db!r} is not a number")
 
 
-async def _handed_out(pool: ConnectionPool) -> AbstractConnection:
-    """A connection taken out of `pool` and checked as redis-py checks it, with no lock held.
-
-    redis-py 5.3 (the line arq allows) holds one lock per pool while it checks the connection
-    it hands out, and the check waits a turn of the event loop: every call of the process then
-    waits for the calls before it, one a turn however long the turn (a batch of events being
-    validated made each of its script calls wait 150 ms). Taking a connection out is one step
-    no other task can come between, and each check is of a connection no one else holds.
-    """
-    connection: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]
-    try:
-        await pool.ensure_connection(connection)
-    except BaseException:
-        await pool.release(connection)
-        raise
-    return connection
-
-
-class _Pool(ConnectionPool):
-    """redis-py's pool, handing out connections without its lock (see `_handed_out`)."""
-
-    async def get_connection(
-        self, command_name: Any = None, *keys: Any, **options: Any
-    ) -> AbstractConnection:
-        return await _handed_out(self)
-
-
-class _SentinelPool(SentinelConnectionPool):
-    """redis-py's pool of the primary sentinels name, without its lock (see `_handed_out`)."""
-
-    async def get_connection(
-        self, command_name: Any = None, *keys: Any, **options: Any
-    ) -> AbstractConnection:
-        return await _handed_out(self)
+class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The pool of the primary the sentinels name, bounded as the plain URL's is."""
 
 
 class _SentinelManaged(Redis):
@@ -160,6 +133,13 @@ def connect_redis(url: str, timeout: float = CALL_TIMEOUT) -> Redis:
     Failed calls are not tried again by the client: relay's callers ride out outages
     themselves (503, or backoff), and a WAIT sent again on a new connection would count the
     replicas of nothing this connection wrote.
+
+    The pool is redis-py's blocking one, at most MAX_CONNECTIONS. In redis-py 5.3 (the line
+    arq allows) the default pool also holds one lock while it checks the connection it hands
+    out, a check that waits a turn of the event loop: every call of the process then waited
+    for the calls before it, one a turn however long the turn (a batch of events being
+    validated made each of its script calls wait 150 ms). The blocking pool checks with no
+    lock held.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -167,9 +147,11 @@ def connect_redis(url: str, timeout: float = CALL_TIMEOUT) -> Redis:
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
         "health_check_interval": 15,
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout,  # the longest a call waits for a free connection
     }
     if not url.startswith(f"{SENTINEL_SCHEME}:"):
-        return Redis.from_pool(_Pool.from_url(url, **options))
+        return Redis.from_pool(BlockingConnectionPool.from_url(url, **options))
     address = parse_sentinel_url(url)
     ask = {"socket_timeout": _SENTINEL_TIMEOUT, "socket_connect_timeout": _SENTINEL_TIMEOUT}
     sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=ask)  # type: ignore[no-untyped-call]

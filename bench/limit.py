@@ -24,12 +24,12 @@ import aiohttp
 import httpx
 import orjson
 import uvloop
-from httpx_aiohttp import AiohttpTransport
 
 from bench.procs import SECRET_ENV
+from relay.sender import Sender
 from relay.signing import decode_secret, signature_headers
 
-ClientName = Literal["aiohttp", "httpx", "httpx-aiohttp"]
+ClientName = Literal["aiohttp", "httpx", "relay"]
 LoopName = Literal["asyncio", "uvloop"]
 CLIENTS: tuple[ClientName, ...] = get_args(ClientName)
 LOOPS: tuple[LoopName, ...] = get_args(LoopName)
@@ -66,18 +66,10 @@ class AiohttpPoster:
 
 
 class HttpxPoster:
-    """httpx, with its own pool or (like relay's sender) over aiohttp's."""
+    """httpx with its own pool."""
 
-    def __init__(self, concurrency: int, over_aiohttp: bool) -> None:
-        transport: httpx.AsyncBaseTransport | None = None
-        if over_aiohttp:
-            transport = AiohttpTransport(
-                client=lambda: aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=concurrency)
-                )
-            )
+    def __init__(self, concurrency: int) -> None:
         self._client = httpx.AsyncClient(
-            transport=transport,
             timeout=REQUEST_TIMEOUT,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
@@ -90,11 +82,29 @@ class HttpxPoster:
         await self._client.aclose()
 
 
+class RelayPoster:
+    """relay's own sender (httpx's interface over aiohttp's pool), as each attempt uses it."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._sender = Sender(REQUEST_TIMEOUT, concurrency, "relay-bench-limit")
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        result = await self._sender.send(url, body, headers)
+        if result.status_code is None:
+            raise OSError(result.error)
+        return result.status_code
+
+    async def aclose(self) -> None:
+        await self._sender.aclose()
+
+
 def make_poster(client: ClientName, concurrency: int) -> Poster:
     """The poster for a client name."""
     if client == "aiohttp":
         return AiohttpPoster(concurrency)
-    return HttpxPoster(concurrency, over_aiohttp=client == "httpx-aiohttp")
+    if client == "relay":
+        return RelayPoster(concurrency)
+    return HttpxPoster(concurrency)
 
 
 @dataclass(frozen=True, slots=True)

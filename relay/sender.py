@@ -147,8 +147,8 @@ class Sender:
         return SendResult(
             status_code=status,
             duration_ms=round((time.perf_counter() - started) * 1000),
-            error=error,
-            response_body=_shown(captured, encoding),
+            error=None if error is None else _storable(error),
+            response_body=_storable(_shown(captured, encoding)),
             retry_after=retry_after,
         )
 
@@ -329,6 +329,13 @@ def _shown(captured: bytearray, encoding: str) -> str:
     if encoding.lower() not in ("", "identity") and captured:
         return f"[{len(captured)} bytes with content-encoding {encoding!r}, not decoded]"
     return bytes(captured).decode("utf-8", errors="replace")
+
+
+def _storable(text: str) -> str:
+    """`text` as history can keep it: PostgreSQL's text holds no NUL, which a receiver may
+    answer (or an error may quote), so each becomes U+FFFD, as undecodable bytes do. Kept
+    as it came, one such attempt would stop its writer's every batch from reaching history."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -29,6 +29,7 @@ import pytest
 import redis.asyncio
 
 from relay.embedded import free_port
+from relay.store import keys
 from tests.fixtures import ADMIN_TOKEN
 from tests.flows import Workers, post_event, wait_status, webhook
 from tests.support import RedisServer, relay_env, spawn_relay, wait_http
@@ -163,6 +164,11 @@ async def malformed_status_line(writer: asyncio.StreamWriter) -> None:
     await writer.drain()
 
 
+async def nul_bytes(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nok\x00\x00bad!")
+    await writer.drain()
+
+
 async def redirect_to_itself(writer: asyncio.StreamWriter) -> None:
     writer.write(b"HTTP/1.1 302 Found\r\nlocation: /hook\r\ncontent-length: 0\r\n\r\n")
     await writer.drain()
@@ -207,6 +213,8 @@ CASES = {
     "malformed status line": Case(
         malformed_status_line, None, "malformed response: bad status line", ""
     ),
+    # PostgreSQL's text holds no NUL: kept as it came, the attempt could never reach history.
+    "NUL bytes in the body": Case(nul_bytes, 200, None, "ok\ufffd\ufffdbad!"),
     "redirect loop": Case(
         redirect_to_itself, 302, None, "", "HTTP 302: redirects are not followed"
     ),
@@ -269,6 +277,25 @@ async def test_a_delivery_to_a_hostile_receiver_ends_in_time_with_a_clear_result
         reason = case.last_error or attempts[-1]["error"]
         assert done["last_error"] == f"{reason} (retry schedule exhausted)"
     assert rx.requests == len(attempts)
+
+
+async def test_an_attempt_whose_answer_holds_nul_bytes_reaches_history(
+    admin: httpx.AsyncClient, workers: Workers, redis_client: redis.asyncio.Redis
+) -> None:
+    await workers()
+    async with HostileReceiver(nul_bytes) as rx:
+        hook = await webhook(admin, rx.url())
+        response = await post_event(admin)
+        [delivery] = response.json()["data"]["deliveries"]
+        await wait_status(admin, hook["id"], delivery["id"], "delivered")
+
+    # A record leaves Redis once PostgreSQL holds it; the history writer writes within a second.
+    deadline = time.monotonic() + 10
+    while await redis_client.exists(keys.delivery(delivery["id"])):
+        assert time.monotonic() < deadline, "the delivery never reached history"
+        await asyncio.sleep(0.1)
+    done = await wait_status(admin, hook["id"], delivery["id"], "delivered")
+    assert [a["response_body"] for a in done["attempts"]] == ["ok\ufffd\ufffdbad!"]
 
 
 IN_FLIGHT = 100  # a worker's most attempts at once

@@ -29,7 +29,6 @@ from relay.history.db import POSTGRES_AWAY
 from relay.history.reader import id_time
 from relay.metrics import DURATION_BUCKETS, Counts
 from relay.store import codec
-from relay.timefmt import read_rfc3339
 
 log = logging.getLogger("relay.history")
 
@@ -114,7 +113,9 @@ BUCKET_BOUNDS_MS = [round(le * 1000) for le in DURATION_BUCKETS]
 
 
 def _moment(stamp: str | None) -> datetime | None:
-    return read_rfc3339(stamp) if stamp else None
+    # Stamps relay wrote itself (timefmt.rfc3339), so the C parser reads them: the general
+    # RFC 3339 reader, for what clients send, takes twenty times as long, three times a record.
+    return datetime.fromisoformat(stamp) if stamp else None
 
 
 def _json(value: object) -> str:

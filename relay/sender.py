@@ -107,7 +107,6 @@ class Sender:
         # The transport calls the factory on first use, inside the loop aiohttp binds to.
         self._transport = _Transport(
             client=self._new_session,
-            timeout=timeout,
             withheld=frozenset() if propagate_trace_context else tracing.context_headers(),
         )
         # Attempts go to the transport directly, below the client: an attempt wants none of its
@@ -125,20 +124,20 @@ class Sender:
         encoding = "identity"
         error: str | None = None
         try:
+            target = self._target(url)
             request = httpx.Request(
                 "POST",
-                self._target(url),
-                content=body,
-                headers=self._headers(headers),
+                target,
+                stream=httpx.ByteStream(body),
+                headers=self._headers(target, body, headers),
             )
-            # httpx's timeouts reach aiohttp as per-read socket timeouts, which a body dripped
-            # byte by byte never trips; this bounds the whole attempt, pool wait included.
+            # The one bound of the whole attempt (aiohttp keeps no timer of its own here): the
+            # pool wait, connecting and every read, so a body dripped byte by byte ends too.
             async with asyncio.timeout(self._timeout):
                 response = await self._transport.handle_async_request(request)
                 try:
                     status = response.status_code
-                    retry_after = response.headers.get("retry-after")
-                    encoding = response.headers.get("content-encoding", "identity").strip()
+                    retry_after, encoding = _answer_headers(response)
                     await _read_capped(response, captured, self._capture_bytes)
                 finally:
                     await response.aclose()
@@ -185,11 +184,22 @@ class Sender:
             raise _Refused(f"blocked: {parsed.host} is a disallowed address")
         return parsed
 
-    def _headers(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
-        """The caller's headers, with the sender's own in place of any of the same names."""
+    def _headers(
+        self, target: httpx.URL, body: bytes, headers: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The caller's headers, with the sender's own in place of any of the same names, after
+        the two httpx would add from the URL and the body (given here, httpx's own preparing of
+        a request took two thirds of building it)."""
+        framing = [("host", target.netloc.decode("ascii")), ("content-length", str(len(body)))]
         return [
-            (name, value) for name, value in headers.items() if name.lower() not in self._own_names
-        ] + self._own_headers
+            *framing,
+            *(
+                (name, value)
+                for name, value in headers.items()
+                if name.lower() not in self._own_names
+            ),
+            *self._own_headers,
+        ]
 
     def _new_session(self) -> aiohttp.ClientSession:
         resolver = (
@@ -232,17 +242,13 @@ class _Transport(httpx.AsyncBaseTransport):
     """
 
     def __init__(
-        self,
-        client: Callable[[], aiohttp.ClientSession],
-        timeout: float,
-        withheld: frozenset[str],
+        self, client: Callable[[], aiohttp.ClientSession], withheld: frozenset[str]
     ) -> None:
         self._new_session = client
         self._session: aiohttp.ClientSession | None = None
-        # Per connect and per read; the sender bounds the whole attempt besides.
-        self._timeout = aiohttp.ClientTimeout(
-            sock_connect=timeout, sock_read=timeout, connect=timeout
-        )
+        # None of aiohttp's own: the sender bounds the whole attempt (connecting, the pool wait
+        # and every read included), which timers per read and per connect would only repeat.
+        self._timeout = aiohttp.ClientTimeout()
         self._withheld = frozenset(name.lower().encode() for name in withheld)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -259,7 +265,7 @@ class _Transport(httpx.AsyncBaseTransport):
             request.method,
             str(request.url),
             headers=headers,
-            data=request.content or None,
+            data=request.read() or None,
             allow_redirects=False,
             auto_decompress=False,
             compress=False,
@@ -316,12 +322,27 @@ async def _read_capped(response: httpx.Response, into: bytearray, limit: int) ->
     """
     if limit <= 0:
         return  # capture is off: not a byte of the body is read
-    async for chunk in response.aiter_raw():
+    # The transport's stream itself: httpx's raw iterator adds only bookkeeping relay never reads.
+    assert isinstance(response.stream, httpx.AsyncByteStream)
+    async for chunk in response.stream:
         into += chunk[: limit - len(into)]
         if len(into) >= limit:
             # Leaving the stream unfinished makes aiohttp close the connection instead of
             # pooling it, so the unread rest is dropped rather than drained.
             return
+
+
+def _answer_headers(response: httpx.Response) -> tuple[str | None, str]:
+    """The answer's Retry-After (if any) and Content-Encoding, in one pass over its raw header
+    lines (each by-name lookup of httpx's would decode them all again)."""
+    retry_after, encoding = None, "identity"
+    for name, value in response.headers.raw:
+        lowered = name.lower()
+        if lowered == b"retry-after":
+            retry_after = value.decode("latin-1")
+        elif lowered == b"content-encoding":
+            encoding = value.decode("latin-1").strip()
+    return retry_after, encoding
 
 
 def _shown(captured: bytearray, encoding: str) -> str:

@@ -46,7 +46,7 @@ FIRST_KEYS = re.compile(rb'\{"keys":\{"(\w+)":"[^"]*","(\w+)"')
 SCRIPTS = {
     (b"delivery", b"webhook"): "claim",
     (b"delivery", b"queue"): "extend",
-    (b"delivery", b"attempts"): "settle",
+    (b"history", b"queue"): "settle",
     (b"history", b"group"): "release",
 }
 

@@ -108,6 +108,51 @@ async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over
     assert await _codes(store, delivery_id) == [(1, 500), (2, 200)]
 
 
+async def _script_calls(redis_client: redis.asyncio.Redis) -> int:
+    """Script calls Redis has run so far (not one it refused, not knowing the script yet)."""
+    stats = (await redis_client.info("commandstats"))["cmdstat_evalsha"]
+    return (
+        int(stats["calls"])
+        - int(stats.get("rejected_calls", 0))
+        - int(stats.get("failed_calls", 0))
+    )
+
+
+async def test_attempts_that_end_together_settle_in_one_call_each_as_if_alone(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, _ = await _store_with(redis_client, archive, deliveries=4)
+    claims = (await store.claim("a", 10, lease_ms=60_000, concurrency=4)).claims
+    assert len(claims) == 4
+
+    before = await _script_calls(redis_client)
+    settled = await asyncio.gather(
+        store.settle(claims[0], _result(200)),
+        store.settle(claims[1], _result(500, Status.PENDING)),
+        store.settle(claims[2], _result(410, Status.FAILED)),
+        store.settle(claims[3], _result(200)),
+    )
+
+    assert await _script_calls(redis_client) - before == 1
+    assert [s.written for s in settled] == [True] * 4
+    # The endpoint's failure streak began with the second, and the third found it running.
+    assert [s.failing_since_ms is not None for s in settled] == [False, True, True, False]
+    found = [await store.get(c.delivery_id) for c in claims]
+    assert [d.status for d in found] == [
+        Status.DELIVERED,
+        Status.PENDING,
+        Status.FAILED,
+        Status.DELIVERED,
+    ]
+    assert [await _codes(store, c.delivery_id) for c in claims] == [
+        [(1, 200)],
+        [(1, 500)],
+        [(1, 410)],
+        [(1, 200)],
+    ]
+    assert await _leases_held(redis_client, "wh_1") == 0
+
+
 async def _reply_bytes(redis_client: redis.asyncio.Redis) -> int:
     """Bytes Redis has written to its clients so far."""
     return int((await redis_client.info("stats"))["total_net_output_bytes"])

@@ -8,20 +8,20 @@ without a delivery being sent twice by one cycle, skipped, or left in between.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from relay.delivery.archive import Archive
+from relay.delivery.gathering import Gathering
 from relay.delivery.model import (
     Claim,
     Delivery,
@@ -299,6 +299,9 @@ _REQUEUE_BATCH = 500
 _UNBOUNDED = 2**31
 # What settle answers for a delivery no longer in Redis: history has to be read for it.
 _GONE = -1
+# Settles one call makes at most (those of a worker's attempts that ended together): each is
+# some tens of µs of Redis time, so a call holds Redis for a millisecond or two at most.
+_SETTLES_PER_CALL = 32
 # How long Redis still remembers an event's upstream id once history has the event: covers an
 # accept that looked in history just before the event was written there. After it, the API
 # finds the id in history (`EventStore.first_with_upstream_id`); Redis does not grow with it.
@@ -327,6 +330,10 @@ _SCHEDULE_KEYS = {
 }
 
 
+# The keys every settle call takes (each settle names its delivery's own besides). History's
+# stream first: the first two keys say which script a logged call is.
+_SETTLE_KEYS = {"history": keys.HISTORY, **_SCHEDULE_KEYS}
+
 # The keys every call of the accept script takes (each event names its own besides).
 _ACCEPT_KEYS = {
     "queue": keys.endpoint_queue(""),
@@ -345,17 +352,6 @@ class StaleFanOut(Exception):
 
 # Why the first step of an event wrote nothing.
 Refused = Unavailable | StaleFanOut | TokenChanged
-
-
-@dataclass(slots=True)
-class _Gathered:
-    """Single-event accepts made at about the same moment under the same token record, written
-    by one script call (see `DeliveryStore.accept`): each with the check it came with and what
-    its caller awaits."""
-
-    writes: list[EventWrite] = field(default_factory=list)
-    checks: list[TokenCheck] = field(default_factory=list)
-    outcomes: list[asyncio.Future[Begun | Refused]] = field(default_factory=list)
 
 
 class DeliveryStore:
@@ -393,9 +389,13 @@ class DeliveryStore:
             if t is not Transition.RELEASE
         }
         self._requeue = redis.register_script(script_text("requeue"))
-        # Accepts waiting for their shared call, by the token record they check (None: none).
-        self._gathering: dict[tuple[str, str] | None, _Gathered] = {}
-        self._writing: set[asyncio.Task[None]] = set()
+        # Single-event accepts share a call with those made meanwhile under the same token
+        # record (None: none): see `_gathered`.
+        self._accepts: Gathering[
+            tuple[str, str] | None, tuple[EventWrite, TokenCheck | None], Begun | Refused
+        ] = Gathering(self._write_gathered)
+        # Settles share a call with those made meanwhile: see `settle`.
+        self._settles: Gathering[None, dict[str, Any], list[Any]] = Gathering(self._settle_many)
 
     async def _run(
         self,
@@ -442,48 +442,29 @@ class DeliveryStore:
     async def _gathered(self, write: EventWrite, token: TokenCheck | None) -> Begun:
         """The first (and only) step of a small event's accept, written by one script call
         with the others made meanwhile: under concurrent requests a call, its round trip and
-        its client-side cost are shared. Each event is still its own, all or nothing; the call
-        is sent once the requests that are ready now have had their turn."""
+        its client-side cost are shared. Each event is still its own, all or nothing."""
         key = None if token is None else (token.token_hash, token.fingerprint)
-        gathered = self._gathering.get(key)
-        if gathered is None:
-            gathered = self._gathering[key] = _Gathered()
-            task = asyncio.create_task(self._write_gathered(key, gathered, token))
-            self._writing.add(task)
-            task.add_done_callback(self._writing.discard)
-        outcome: asyncio.Future[Begun | Refused] = asyncio.get_running_loop().create_future()
-        gathered.writes.append(write)
-        gathered.outcomes.append(outcome)
-        if token is not None:
-            gathered.checks.append(token)
-        begun = await outcome
+        begun = await self._accepts(key, (write, token))
         if not isinstance(begun, Begun):
             raise begun
         return begun
 
     async def _write_gathered(
-        self, key: tuple[str, str] | None, gathered: _Gathered, token: TokenCheck | None
-    ) -> None:
-        # Whoever comes from now on gathers anew, while these are written.
-        del self._gathering[key]
+        self,
+        key: tuple[str, str] | None,
+        gathered: list[tuple[EventWrite, TokenCheck | None]],
+    ) -> AsyncIterator[Begun | Refused]:
+        # One token record for all of them (their key): the first one's check stands for all.
+        token = gathered[0][1]
         start = 0
-        try:
-            for group in self._grouped(gathered.writes):
-                arg, raw, read = self._first_steps(group, token)
-                results = read(await self._run(Transition.ACCEPT, arg, *raw))
-                for n, result in enumerate(results, start):
-                    if not isinstance(result, TokenChanged) and gathered.checks:
-                        gathered.checks[n].confirmed = True
-                    if not gathered.outcomes[n].done():  # its caller may have gone
-                        gathered.outcomes[n].set_result(result)
-                start += len(group)
-        except Exception as exc:  # each caller gets it, as it would have alone
-            for outcome in gathered.outcomes[start:]:
-                if not outcome.done():
-                    outcome.set_exception(exc)
-        finally:
-            for outcome in gathered.outcomes[start:]:
-                outcome.cancel()  # (a no-op when done) not written: the process is stopping
+        for group in self._grouped([write for write, _ in gathered]):
+            arg, raw, read = self._first_steps(group, token)
+            for n, result in enumerate(read(await self._run(Transition.ACCEPT, arg, *raw)), start):
+                check = gathered[n][1]
+                if check is not None and not isinstance(result, TokenChanged):
+                    check.confirmed = True
+                yield result
+            start += len(group)
 
     async def accept_many(
         self, batch: Sequence[EventWrite], token: TokenCheck | None = None
@@ -880,7 +861,8 @@ class DeliveryStore:
 
         An attempt made after the lease went elsewhere is logged all the same, and a 2xx ends
         the delivery as delivered: the receiver has it. A delivery that has left Redis meanwhile
-        gets the attempt in history, read back for it.
+        gets the attempt in history, read back for it. The settles of attempts that end at
+        about the same moment go to Redis in one call, each settled as if alone.
         """
         elapsed_ms = round((time.monotonic() - claim.taken_at) * 1000)
         arg: dict[str, Any] = {
@@ -891,8 +873,6 @@ class DeliveryStore:
                 "failing": keys.endpoint_failing(claim.webhook_id),
                 "quick": keys.endpoint_quick(claim.webhook_id),
                 "concurrency": keys.endpoint_concurrency(claim.webhook_id),
-                "history": keys.HISTORY,
-                **_SCHEDULE_KEYS,
             },
             "id": claim.delivery_id,
             "attempt": claim.attempt,
@@ -920,14 +900,20 @@ class DeliveryStore:
                 "to": result.concurrency,
                 "ttl": _CONCURRENCY_TTL_SECONDS,
             }
-        reply = await self._run(Transition.SETTLE, arg)
+        reply = await self._settles(None, arg)
         if int(reply[0]) == _GONE and result.attempt is not None:
             archived = await self._archive.delivery(claim.delivery_id)
             if archived is not None:
                 arg["archived"] = _hash_of(archived)
-                reply = await self._run(Transition.SETTLE, arg)
+                [reply] = await self._run(Transition.SETTLE, {"keys": _SETTLE_KEYS, "each": [arg]})
         failing = reply[1]
         return Settled(int(reply[0]) == 1, int(failing) if failing else None, int(reply[2]))
+
+    async def _settle_many(self, _: None, args: list[dict[str, Any]]) -> AsyncIterator[list[Any]]:
+        for start in range(0, len(args), _SETTLES_PER_CALL):
+            each = args[start : start + _SETTLES_PER_CALL]
+            for reply in await self._run(Transition.SETTLE, {"keys": _SETTLE_KEYS, "each": each}):
+                yield reply
 
     async def restart(
         self, delivery_ids: Sequence[str], allowed: frozenset[Status]

@@ -40,7 +40,7 @@ async def test_token_lifecycle(admin: httpx.AsyncClient, make_client: ClientFact
 
 
 async def test_every_token_reads_its_own_role_tenant_and_expiry(
-    admin: httpx.AsyncClient, make_client: ClientFactory
+    admin: httpx.AsyncClient, make_client: ClientFactory, redis_client: redis.asyncio.Redis
 ) -> None:
     described = await admin.get("/v1/tokens/self")
     assert described.status_code == 200, described.text
@@ -65,14 +65,20 @@ async def test_every_token_reads_its_own_role_tenant_and_expiry(
         own = await make_client(token=token["token"])
         described = await own.get("/v1/tokens/self")
         assert described.status_code == 200, described.text
-        keys = ("id", "role", "tenant_id", "name", "expires_at")
-        assert described.json()["data"] == {key: token[key] for key in keys}
+        shown = ("id", "role", "tenant_id", "name", "expires_at")
+        assert described.json()["data"] == {key: token[key] for key in shown}
         # Describing itself is all it may do with tokens.
         assert (await own.get("/v1/tokens")).status_code == 403
 
     tenant = await make_client(token=issued[0]["token"])
     assert (await admin.delete(f"/v1/tokens/{issued[0]['id']}")).status_code == 200
     assert (await tenant.get("/v1/tokens/self")).status_code == 401
+    # Revoked between its authentication and the read of its record (this deletes the one and
+    # leaves the other, as a revoke is seen in that moment): unauthorized, not a missing token.
+    second = await make_client(token=issued[1]["token"])
+    await redis_client.delete(keys.token(issued[1]["id"]))
+    answer = await second.get("/v1/tokens/self")
+    assert answer.status_code == 401, answer.text
     # `self` names no token: nothing is revoked under that name.
     refused = await admin.delete("/v1/tokens/self")
     assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"

@@ -17,6 +17,7 @@ from relay.api.pagination import id_param, page_params, page_request
 from relay.api.routing import ADMIN, ANY_ROLE, Operation, reserve_segment
 from relay.api.shapes import Deleted, Shape, Timestamp
 from relay.api.trail import Audit
+from relay.errors import NotFound, Unauthorized
 from relay.ids import pattern as id_pattern
 from relay.resources import resources
 from relay.roles import Role
@@ -144,7 +145,12 @@ async def describe_own_token(request: Request, principal: Principal) -> Response
     (the console) need not find out by trying."""
     name = expires_at = None
     if principal.token_id != BOOTSTRAP_ID:  # RELAY_ADMIN_TOKEN is configured, not issued
-        record = await resources(request).tokens.get(principal.token_id)
+        try:
+            record = await resources(request).tokens.get(principal.token_id)
+        except NotFound:
+            # Revoked (or lapsed) since it authenticated this request: the caller's token is
+            # what is gone, not a resource it asked for.
+            raise Unauthorized("This token is unknown or has been revoked.") from None
         name, expires_at = record.name, record.expires_at
     return ok(CallingToken.read(principal, id=principal.token_id, name=name, expires_at=expires_at))
 

@@ -334,15 +334,15 @@ async def _read_capped(response: httpx.Response, into: bytearray, limit: int) ->
 
 def _answer_headers(response: httpx.Response) -> tuple[str | None, str]:
     """The answer's Retry-After (if any) and Content-Encoding, in one pass over its raw header
-    lines (each by-name lookup of httpx's would decode them all again)."""
-    retry_after, encoding = None, "identity"
+    lines (each by-name lookup of httpx's would decode them all again). A header sent more than
+    once is its values joined by commas, as httpx reads it: `gzip` then `identity` is still an
+    encoded body."""
+    found: dict[bytes, list[str]] = {b"retry-after": [], b"content-encoding": []}
     for name, value in response.headers.raw:
-        lowered = name.lower()
-        if lowered == b"retry-after":
-            retry_after = value.decode("latin-1")
-        elif lowered == b"content-encoding":
-            encoding = value.decode("latin-1").strip()
-    return retry_after, encoding
+        if (values := found.get(name.lower())) is not None:
+            values.append(value.decode("latin-1"))
+    retry_after = ", ".join(found[b"retry-after"]) or None
+    return retry_after, ", ".join(found[b"content-encoding"]).strip() or "identity"
 
 
 def _shown(captured: bytearray, encoding: str) -> str:

@@ -169,6 +169,12 @@ async def nul_bytes(writer: asyncio.StreamWriter) -> None:
     await writer.drain()
 
 
+async def encoded_then_identity(writer: asyncio.StreamWriter) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-encoding: identity\r\n"
+    writer.write(head + b"content-length: 4\r\n\r\n\x1f\x8b\x08\x00")
+    await writer.drain()
+
+
 async def redirect_to_itself(writer: asyncio.StreamWriter) -> None:
     writer.write(b"HTTP/1.1 302 Found\r\nlocation: /hook\r\ncontent-length: 0\r\n\r\n")
     await writer.drain()
@@ -215,6 +221,13 @@ CASES = {
     ),
     # PostgreSQL's text holds no NUL: kept as it came, the attempt could never reach history.
     "NUL bytes in the body": Case(nul_bytes, 200, None, "ok\ufffd\ufffdbad!"),
+    # Two encodings named: the body is still encoded, whatever the last one says.
+    "gzip, then identity": Case(
+        encoded_then_identity,
+        200,
+        None,
+        "[4 bytes with content-encoding 'gzip, identity', not decoded]",
+    ),
     "redirect loop": Case(
         redirect_to_itself, 302, None, "", "HTTP 302: redirects are not followed"
     ),

@@ -94,7 +94,7 @@ def _undeclared(record: logging.LogRecord) -> list[str]:
     """The `extra=` keys of one of relay's own log calls that FIELDS does not declare."""
     if record.name != "relay" and not record.name.startswith("relay."):
         return []  # other libraries' extras (uvicorn's `color_message`) are theirs
-    return sorted(k for k in record.__dict__ if k not in _KNOWN)
+    return sorted(record.__dict__.keys() - _KNOWN)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -177,6 +177,10 @@ def configure(fmt: LogFormat, level: LogLevel) -> None:
     handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # No line shows the thread, the process or the calling function, so records need not look
+    # them up: the logging module's own switches for that (it is a line per request).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     root.setLevel(level.upper())
     for name, quieter in _QUIETER.items():
         logging.getLogger(name).setLevel(max(quieter, root.level))

@@ -97,8 +97,9 @@ class Counts:
 
     def add_all(self, fields: Iterable[str]) -> None:
         """Count one more of each field."""
-        for field in fields:
-            self.add(field)
+        counts = self._counts
+        for field in fields:  # a histogram's dozen buckets for every request and attempt
+            counts[field] = counts.get(field, 0) + 1
 
     def take(self) -> dict[str, float]:
         """The counts so far, reset to zero; `give_back` them if storing them fails."""

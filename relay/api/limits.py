@@ -10,6 +10,10 @@ from relay.api.errors import problem
 from relay.errors import PayloadTooLarge
 
 
+def _too_large(most: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body is larger than {most} bytes.")
+
+
 class BodyLimit:
     """Pure ASGI middleware: 413 when Content-Length or the streamed body exceeds the limit
     (`max_bytes`, or for a path of `larger` its own)."""
@@ -26,10 +30,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         most = self.larger.get(scope["path"], self.max_bytes)
-        too_large = PayloadTooLarge(f"The body is larger than {most} bytes.")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > most:
-                await problem(too_large)(scope, receive, send)
+                await problem(_too_large(most))(scope, receive, send)
                 return
         received = 0
 
@@ -40,7 +43,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > most:
                     # Raised into whoever reads the body; the error handlers render it as 413.
-                    raise too_large
+                    raise _too_large(most)
             return message
 
         await self.app(scope, limited, send)

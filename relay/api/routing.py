@@ -97,6 +97,8 @@ def check_query(params: Sequence[Param], request: Request) -> None:
     Done here, for every operation from its declared parameters, so that no list can quietly
     ignore a filter it does not know. An empty value is the same as leaving the parameter out.
     """
+    if not request.scope["query_string"]:
+        return  # most calls have none: nothing to parse
     declared = {p.name: p for p in params if p.where == "query"}
     errors: dict[str, list[str]] = {}
     for name in dict.fromkeys(request.query_params.keys()):

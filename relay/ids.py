@@ -73,9 +73,21 @@ def pattern(prefix: str) -> str:
     return f"^{prefix}_[0-9a-hjkmnp-tv-z]{{26}}$"
 
 
+# Crockford's digits as Python's base-32 digits, for int() to read; every other letter as a
+# character int() refuses, so that only an id's own alphabet is read.
+_AS_INT_DIGITS = str.maketrans(
+    {
+        **{c: "!" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZilou"},
+        **dict(zip(_ALPHABET, "0123456789abcdefghijklmnopqrstuv", strict=True)),
+    }
+)
+
+
 def created_ms(value: str) -> int:
     """When an id was made (unix ms), read back from its time part."""
-    ms = 0
-    for char in value.partition("_")[2][:10]:
-        ms = ms * 32 + _ALPHABET.index(char)
-    return ms
+    digits = value.partition("_")[2][:10]
+    if not digits:
+        return 0
+    if not (digits.isascii() and digits.isalnum()):  # int() would take signs, spaces, "_"
+        raise ValueError(f"not an id: {value!r}")
+    return int(digits.translate(_AS_INT_DIGITS), 32)

@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from relay import audit, logs, tracing
 from relay.delivery.concurrency import load
@@ -89,6 +90,14 @@ class _Once:
 _logged = _Once()
 
 
+@lru_cache(maxsize=1024)
+def _webhook(record: bytes) -> Webhook:
+    # Every attempt at an endpoint claims its record as Redis keeps it: the same bytes are read
+    # into a Webhook once, not once an attempt. Nothing on an attempt's path changes a Webhook,
+    # and what is kept is the record as stored (secrets sealed), nothing more.
+    return Webhook.from_record(codec.loads(record))
+
+
 def _no_attempt(claim: Claim) -> tuple[Webhook | None, Settlement | None]:
     """The webhook to send to, or the settlement of a delivery that cannot be attempted."""
 
@@ -97,7 +106,7 @@ def _no_attempt(claim: Claim) -> tuple[Webhook | None, Settlement | None]:
 
     if claim.webhook_record is None:
         return None, end(Status.CANCELED, "the webhook was deleted")
-    webhook = Webhook.from_record(codec.loads(claim.webhook_record))
+    webhook = _webhook(claim.webhook_record)
     if not webhook.enabled:
         reason = f"the webhook is disabled: {webhook.disabled_reason or 'by its owner'}"
         return None, end(Status.FAILED, reason)

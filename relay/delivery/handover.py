@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay.audit import AuditEntry
-from relay.delivery.model import FINISHED, Attempt, Delivery, Transition
+from relay.delivery.model import FINISHED, Transition
 from relay.delivery.store import (
     PAYLOAD_BYTES_PER_CALL,
     UPSTREAM_GRACE_SECONDS,
-    _delivery,
     _upstream_key,
     script_text,
 )
@@ -26,22 +26,32 @@ from relay.store import codec, keys
 from relay.store.events import StoredEvent
 from relay.store.replicas import Replicas
 
+# A delivery's fields as its Redis hash holds them, every value text (`""` for none).
+DeliveryRecord = dict[str, str]
+# Its status once it has ended: the record then leaves Redis with its release.
+_FINISHED = frozenset(status.value for status in FINISHED)
+
 
 @dataclass(frozen=True, slots=True)
 class Handover:
     """One record handed to history: an event with its fan-out, a delivery (as it ended, or
     back in flight) with its attempts, or an audit entry (None when it left Redis already).
 
-    `version` is the delivery's `updated_ms`: it leaves Redis only if that is still unchanged.
+    A delivery and its attempts are as the scripts wrote them (`DeliveryRecord`): history's
+    writer turns them into rows as they are, with no Delivery or Attempt made on the way.
     """
 
     entry_id: str
     event: StoredEvent | None = None
     fanout: list[tuple[str, str]] = field(default_factory=list)  # (delivery, webhook) ids
-    delivery: Delivery | None = None
+    delivery: DeliveryRecord | None = None
     audit: AuditEntry | None = None
-    version: str = ""
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        """The delivery's `updated_ms`: it leaves Redis only if that is still unchanged."""
+        return self.delivery["updated_ms"] if self.delivery is not None else ""
 
 
 class HistoryHandover:
@@ -123,9 +133,9 @@ class HistoryHandover:
                 [h.audit.id, h.audit.tenant_id or ""] for h in handed if h.audit is not None
             ],
             "deliveries": [
-                [h.delivery.id, h.delivery.status.value, h.version]
+                [d["id"], d["status"], h.version]
                 for h in handed
-                if h.delivery is not None and h.delivery.status in FINISHED
+                if (d := h.delivery) is not None and d["status"] in _FINISHED
             ],
         }
         released = await self._release(keys=[], args=[codec.dumps(arg)])
@@ -206,17 +216,8 @@ class HistoryHandover:
                 )
                 handed.append(Handover(entry_id, event=event, fanout=fanout))
                 continue
-            hashed = {k.encode(): str(v).encode() for k, v in record["delivery"].items()}
-            handed.append(
-                Handover(
-                    entry_id,
-                    delivery=_delivery(hashed),
-                    version=record["delivery"]["updated_ms"],
-                    attempts=[
-                        Attempt.from_record(codec.loads(a)) for a in record.get("attempts", [])
-                    ],
-                )
-            )
+            attempts = [codec.loads(a) for a in record.get("attempts", [])]
+            handed.append(Handover(entry_id, delivery=record["delivery"], attempts=attempts))
         return handed
 
     async def _payloads(self, sizes: dict[str, int]) -> dict[str, bytes | None]:

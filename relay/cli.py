@@ -337,6 +337,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         access_log=False,  # relay.http logs each request, with its id
         log_config=None,  # keep the format `relay` set up
         proxy_headers=True,
+        server_header=False,  # which server software answers is no caller's business
         timeout_graceful_shutdown=10,
     )
     return 0

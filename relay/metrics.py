@@ -69,13 +69,20 @@ def attempt_counters(status_code: int | None, seconds: float, final: Status | No
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+@cache
+def _request_fields(method: str, route: str, status: int) -> tuple[str, str]:
+    # Made once for each of the few (method, route, status) there are, not once a request.
+    return _field("http_requests", method, route, status), _field("http_seconds_sum", method, route)
+
+
 def count_request(counts: Counts, method: str, route: str, status: int, seconds: float) -> None:
     """Count one API request under its route's template (never its path: ids would make a
     series per object), by status; and its duration, by route."""
     method = method if method in _METHODS else "other"
-    counts.add(_field("http_requests", method, route, status))
+    requests, seconds_sum = _request_fields(method, route, status)
+    counts.add(requests)
     counts.add_all(_observed("http_seconds", seconds, method, route))
-    counts.add(_field("http_seconds_sum", method, route), seconds)
+    counts.add(seconds_sum, seconds)
 
 
 class Counts:

@@ -251,6 +251,17 @@ class _Snapshot(Collector):
             "Records waiting in Redis to be written to PostgreSQL.",
             snap.history_backlog,
         )
+        yield _counter(
+            "relay_history_records_held",
+            "Records PostgreSQL refused, set apart so that the rest of history goes on (each is "
+            "kept in Redis and tried again every 10 minutes; counted each time it is refused).",
+            c.get("history_records_held", 0.0),
+        )
+        yield _gauge(
+            "relay_history_held",
+            "Records held apart because PostgreSQL refused them, kept in Redis meanwhile.",
+            snap.history_held,
+        )
         yield _gauge(
             "relay_history_lag_seconds",
             "Age of the oldest record not yet written to PostgreSQL (0 when none waits).",

@@ -28,6 +28,7 @@ from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery, scrip
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
 from relay.history.db import Database
+from relay.metrics import Counts
 from relay.store import keys
 from relay.timefmt import rfc3339
 from tests.fixtures import ClientFactory
@@ -813,3 +814,75 @@ async def test_a_retry_of_many_large_events_comes_back_in_calls_of_bounded_paylo
         claims += taken
     assert sorted(c.delivery_id for c in claims) == sorted(delivery_ids)
     assert {c.payload for c in claims} == set(payloads)
+
+
+async def test_a_record_postgresql_refuses_is_held_apart_while_the_rest_of_history_goes_on(
+    redis_client: redis.asyncio.Redis,
+    archive: Archive,
+    postgres_server: PostgresServer,
+    history_db: asyncpg.Connection,
+) -> None:
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    handover = HistoryHandover(redis_client)
+    await redis_client.set(
+        keys.webhook("wh_1"), orjson.dumps({"id": "wh_1", "enabled": True, "tenant_id": "t1"})
+    )
+    # PostgreSQL refuses attempts sent to one URL: a rule that stands for anything a record may
+    # hold that PostgreSQL will not take.
+    refused_url, good_url = "http://127.0.0.1/refused", "http://127.0.0.1/"
+    await history_db.execute(
+        f"ALTER TABLE attempts ADD CONSTRAINT refused_url CHECK (url <> '{refused_url}')"
+    )
+    created = rfc3339(datetime.now(UTC))
+    delivery_ids = [ids.new_id("dlv") for _ in range(5)]
+    for delivery_id in delivery_ids:
+        event = NewEvent(ids.new_id("evt"), "post.published", "t1", created, 0, None, b"{}")
+        await store.accept(event, [PlannedDelivery(delivery_id, "wh_1")])
+    claims = (await store.claim("w", 10, lease_ms=60_000, concurrency=10)).claims
+    assert len(claims) == 5
+    refused = claims[2].delivery_id
+    for claim in claims:
+        url = refused_url if claim.delivery_id == refused else good_url
+        attempt = Attempt(1, created, 5, 500, None, "", {}, url)
+        failed = Settlement(Status.FAILED, attempt, None, 500, "HTTP 500", endpoint_ok=False)
+        assert (await store.settle(claim, failed)).written
+
+    counts = Counts()
+    database = Database(postgres_server.url)
+    try:
+        history = writer.HistoryWriter(handover, await database.pool(), "writer", counts)
+        # One batch of all ten entries (five events, five finished deliveries).
+        await history.flush(await handover.handed_over("writer", 100, None))
+
+        # The rest of the batch is in history and gone from Redis; the refused delivery's
+        # record is kept in Redis, and its entry is held apart with PostgreSQL's reason.
+        attempts = await history_db.fetch("SELECT delivery_id, url FROM attempts")
+        assert sorted(a["delivery_id"] for a in attempts) == sorted(set(delivery_ids) - {refused})
+        left = [d for d in delivery_ids if await redis_client.exists(keys.delivery(d))]
+        assert left == [refused]
+        [(_, held)] = await redis_client.xrange(keys.HISTORY_HELD)
+        assert held[b"i"] == refused.encode()
+        assert b"CheckViolationError" in held[b"why"] and b"refused_url" in held[b"why"]
+        assert await redis_client.xlen(keys.HISTORY) == 0
+        assert (await redis_client.xpending(keys.HISTORY, keys.HISTORY_GROUP))["pending"] == 0
+        assert counts.take()["history_records_held"] == 1
+
+        # Once PostgreSQL takes it, a writer puts it back as it starts, and writes it.
+        await history_db.execute("ALTER TABLE attempts DROP CONSTRAINT refused_url")
+        stopping = asyncio.Event()
+        running = asyncio.create_task(
+            writer.HistoryWriter(handover, await database.pool(), "writer", counts).run(stopping)
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while await redis_client.exists(keys.delivery(refused)):
+                assert time.monotonic() < deadline, "the held record never reached history"
+                await asyncio.sleep(0.05)
+        finally:
+            stopping.set()
+            await running
+    finally:
+        await database.aclose()
+    rows = await history_db.fetch("SELECT url FROM attempts WHERE delivery_id = $1", refused)
+    assert [r["url"] for r in rows] == [refused_url]
+    assert await redis_client.xlen(keys.HISTORY_HELD) == 0

@@ -22,7 +22,7 @@ from relay.delivery.store import (
     _upstream_key,
     script_text,
 )
-from relay.store import codec, keys
+from relay.store import codec, keys, lua
 from relay.store.events import StoredEvent
 from relay.store.replicas import Replicas
 
@@ -68,6 +68,8 @@ class HistoryHandover:
         self._payload_bytes = payload_bytes_per_call
         self._group_ready = False
         self._release = redis.register_script(script_text(Transition.RELEASE.value))
+        self._hold = lua.register(redis, "history_hold")
+        self._return = lua.register(redis, "history_return")
 
     # Records reach history only once the replicas relay waits for hold them: then whatever
     # history has, a failover keeps in Redis too, and the two never tell different stories
@@ -140,6 +142,17 @@ class HistoryHandover:
         }
         released = await self._release(keys=[], args=[codec.dumps(arg)])
         return int(released)
+
+    async def hold(self, handed: Handover, why: str) -> None:
+        """Set apart an entry whose record PostgreSQL refused, saying why: the writers' stream
+        goes on without it, and its record stays in Redis until it is written."""
+        await self._hold(
+            keys=[keys.HISTORY, keys.HISTORY_HELD], args=[keys.HISTORY_GROUP, handed.entry_id, why]
+        )
+
+    async def return_held(self, count: int) -> int:
+        """Put up to `count` held entries back for the writers to try again; how many went."""
+        return int(await self._return(keys=[keys.HISTORY_HELD, keys.HISTORY], args=[count]))
 
     async def _ensure_group(self) -> None:
         if self._group_ready:

@@ -44,6 +44,13 @@ BLOCK_MS = 1000
 # A writer holding entries this long without releasing them has died: another takes them over.
 ADOPT_AFTER_MS = 15_000
 _ADOPT_EVERY_SECONDS = 10.0
+# What PostgreSQL refuses for what a record holds (a value out of a column's range, a broken
+# constraint), not for its own state: written again, it would be refused again, and every batch
+# after it with it. Such a record is held apart (see `HistoryWriter.flush`).
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# How often a writer puts held records back to be tried again (and once as it starts): a
+# record refused for a reason since mended (a migration, a dropped constraint) goes in then.
+RETURN_HELD_EVERY_SECONDS = 600.0
 
 # Each insert counts what it newly wrote into the per-minute `stats`, in the same statement:
 # a record written again after a crash inserts nothing, so it is not counted twice.
@@ -294,11 +301,14 @@ class HistoryWriter:
     async def run(self, stopping: asyncio.Event) -> None:
         """Write and release batches until `stopping` is set; outages are waited out."""
         backoff = Backoff()
-        adopted_at = 0.0
+        adopted_at = returned_at = 0.0
         # After a failed write the batch is still this writer's: it goes first, until none is.
         retrying = False
         while not stopping.is_set():
             try:
+                if time.monotonic() - returned_at > RETURN_HELD_EVERY_SECONDS:
+                    returned_at = time.monotonic()
+                    await self._store.return_held(BATCH)
                 if retrying:
                     handed = await self._store.unreleased(self._consumer, BATCH)
                     retrying = bool(handed)
@@ -333,6 +343,34 @@ class HistoryWriter:
                     await asyncio.wait_for(stopping.wait(), 5.0)
 
     async def flush(self, handed: Sequence[Handover]) -> None:
-        """Write one batch to PostgreSQL, then let it go from Redis."""
-        await write(self._pool, handed, self._partitions)
+        """Write one batch to PostgreSQL, then let it go from Redis.
+
+        A batch PostgreSQL refuses for what one of its records holds is halved until that
+        record is alone: the rest is written and released, and that one is held apart, kept in
+        Redis, and tried again later (`RETURN_HELD_EVERY_SECONDS`). One record, whoever sent
+        what is in it, never stops history for everyone. Finding it costs two writes a halving.
+        """
+        try:
+            await write(self._pool, handed, self._partitions)
+        except _REFUSED as exc:
+            if len(handed) == 1:
+                await self._hold(handed[0], exc)
+                return
+            half = len(handed) // 2
+            await self.flush(handed[:half])
+            await self.flush(handed[half:])
+            return
         await self._store.release(handed)
+
+    async def _hold(self, handed: Handover, exc: Exception) -> None:
+        self._counts.add("history_records_held")
+        # PostgreSQL's message names the column and rule, as relay's own errors do; the record
+        # itself stays in Redis, for `relay_history_held` to count and an operator to see.
+        log.error(
+            "postgresql refused the record of history entry %s (%s): it is held apart, kept in "
+            "redis and tried again in %d minutes; the rest of its batch was written",
+            handed.entry_id,
+            exc,
+            RETURN_HELD_EVERY_SECONDS // 60,
+        )
+        await self._store.hold(handed, f"{type(exc).__name__}: {exc}")

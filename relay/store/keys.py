@@ -112,6 +112,9 @@ ACCEPTING = PREFIX + "accepting"
 # once PostgreSQL holds its record.
 HISTORY = PREFIX + "history"
 HISTORY_GROUP = "writers"
+# Entries whose records PostgreSQL refused, held apart from HISTORY with why (the records stay in
+# Redis): they go back to HISTORY now and then, to be tried again.
+HISTORY_HELD = PREFIX + "history:held"
 # Set (briefly) by a reader that must know the replicas hold what it read: a write after the
 # reads, which WAIT can count (see store/replicas.py).
 REPLICATED_MARK = PREFIX + "replicated"

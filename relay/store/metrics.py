@@ -43,6 +43,7 @@ class Snapshot:
     history_backlog: int = 0
     history_lag_ms: int = 0
     delivery_lag_ms: int = 0
+    history_held: int = 0
     # None when relay's user may not run INFO.
     memory: Memory | None = None
 
@@ -55,8 +56,9 @@ async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
         pipe.scard(keys.DISABLED_WEBHOOKS)
         pipe.xlen(keys.HISTORY)
         pipe.xrange(keys.HISTORY, "-", "+", count=1)
+        pipe.xlen(keys.HISTORY_HELD)
         results = await pipe.execute()
-    counters, workers, disabled, waiting, oldest = results[-5:]
+    counters, workers, disabled, waiting, oldest, held = results[-6:]
     queues = await queued(redis, now_ms)
     # A stream entry's id starts with the Redis time (ms) it was added at.
     lag = now_ms - int(oldest[0][0].decode().partition("-")[0]) if oldest else 0
@@ -73,6 +75,7 @@ async def snapshot(redis: Redis, now_ms: int) -> Snapshot:
         int(waiting),
         max(lag, 0),
         0 if queues.oldest_due_ms is None else max(now_ms - queues.oldest_due_ms, 0),
+        int(held),
         used,
     )
 

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio
 
 from relay import audit, ids
+from relay.delivery import handover as handover_module
 from relay.delivery.archive import Archive
 from relay.delivery.handover import Handover, HistoryHandover
 from relay.delivery.model import Attempt, Settlement, Status, Transition
@@ -886,3 +887,30 @@ async def test_a_record_postgresql_refuses_is_held_apart_while_the_rest_of_histo
     rows = await history_db.fetch("SELECT url FROM attempts WHERE delivery_id = $1", refused)
     assert [r["url"] for r in rows] == [refused_url]
     assert await redis_client.xlen(keys.HISTORY_HELD) == 0
+
+
+async def test_past_the_held_bound_a_refused_record_stops_its_writer_as_it_always_did(
+    redis_client: redis.asyncio.Redis,
+    archive: Archive,
+    postgres_server: PostgresServer,
+    history_db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # So many held means PostgreSQL refuses everything: the writer stops at the record, which
+    # stays in the stream, where the history backlog's bound counts it and refuses new events.
+    monkeypatch.setattr(handover_module, "HELD_MAX", 0)
+    store = DeliveryStore(redis_client, 3600, 3600, archive)
+    handover = HistoryHandover(redis_client)
+    await history_db.execute("ALTER TABLE events ADD CONSTRAINT refused_type CHECK (type <> 'x')")
+    created = rfc3339(datetime.now(UTC))
+    await store.accept(NewEvent(ids.new_id("evt"), "x", "t1", created, 0, None, b"{}"), [])
+    database = Database(postgres_server.url)
+    try:
+        history = writer.HistoryWriter(handover, await database.pool(), "writer", Counts())
+        with pytest.raises(asyncpg.CheckViolationError):
+            await history.flush(await handover.handed_over("writer", 100, None))
+    finally:
+        await database.aclose()
+    assert await redis_client.xlen(keys.HISTORY) == 1
+    assert (await redis_client.xpending(keys.HISTORY, keys.HISTORY_GROUP))["pending"] == 1
+    assert not await redis_client.exists(keys.HISTORY_HELD)

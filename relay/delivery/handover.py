@@ -26,6 +26,9 @@ from relay.store import codec, keys, lua
 from relay.store.events import StoredEvent
 from relay.store.replicas import Replicas
 
+# Records held apart because PostgreSQL refused them, at most: so many means that it refuses
+# every record, not a few, and the writer stops at the next one instead (see history_hold.lua).
+HELD_MAX = 10_000
 # A delivery's fields as its Redis hash holds them, every value text (`""` for none).
 DeliveryRecord = dict[str, str]
 # Its status once it has ended: the record then leaves Redis with its release.
@@ -143,12 +146,15 @@ class HistoryHandover:
         released = await self._release(keys=[], args=[codec.dumps(arg)])
         return int(released)
 
-    async def hold(self, handed: Handover, why: str) -> None:
+    async def hold(self, handed: Handover, why: str) -> bool:
         """Set apart an entry whose record PostgreSQL refused, saying why: the writers' stream
-        goes on without it, and its record stays in Redis until it is written."""
-        await self._hold(
-            keys=[keys.HISTORY, keys.HISTORY_HELD], args=[keys.HISTORY_GROUP, handed.entry_id, why]
+        goes on without it, and its record stays in Redis until it is written. False when
+        `HELD_MAX` are held already: then it stays in the stream."""
+        held = await self._hold(
+            keys=[keys.HISTORY, keys.HISTORY_HELD],
+            args=[keys.HISTORY_GROUP, handed.entry_id, why, HELD_MAX],
         )
+        return int(held) >= 0
 
     async def return_held(self, count: int) -> int:
         """Put up to `count` held entries back for the writers to try again; how many went."""

@@ -354,7 +354,8 @@ class HistoryWriter:
             await write(self._pool, handed, self._partitions)
         except _REFUSED as exc:
             if len(handed) == 1:
-                await self._hold(handed[0], exc)
+                if not await self._hold(handed[0], exc):
+                    raise  # so many held that PostgreSQL refuses everything: stop here
                 return
             half = len(handed) // 2
             await self.flush(handed[:half])
@@ -362,7 +363,9 @@ class HistoryWriter:
             return
         await self._store.release(handed)
 
-    async def _hold(self, handed: Handover, exc: Exception) -> None:
+    async def _hold(self, handed: Handover, exc: Exception) -> bool:
+        if not await self._store.hold(handed, f"{type(exc).__name__}: {exc}"):
+            return False
         self._counts.add("history_records_held")
         # PostgreSQL's message names the column and rule, as relay's own errors do; the record
         # itself stays in Redis, for `relay_history_held` to count and an operator to see.
@@ -373,4 +376,4 @@ class HistoryWriter:
             exc,
             RETURN_HELD_EVERY_SECONDS // 60,
         )
-        await self._store.hold(handed, f"{type(exc).__name__}: {exc}")
+        return True

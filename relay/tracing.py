@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -179,18 +179,27 @@ def traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-@contextmanager
-def attempt_span(parent: str | None, attributes: Mapping[str, str | int]) -> Iterator[None]:
+def attempt_span(
+    parent: str | None, attributes: Mapping[str, str | int]
+) -> AbstractContextManager[None]:
     """A span for one delivery attempt, a child of the span whose `traceparent` is `parent`."""
-    if _tracer is None:
-        yield
-        return
+    # Every attempt enters one: when not tracing, a context manager that does nothing at all.
+    return _NO_SPAN if _tracer is None else _attempt_span(_tracer, parent, attributes)
+
+
+_NO_SPAN = nullcontext()
+
+
+@contextmanager
+def _attempt_span(
+    tracer: Tracer, parent: str | None, attributes: Mapping[str, str | int]
+) -> Iterator[None]:
     from opentelemetry.propagate import extract
     from opentelemetry.trace import SpanKind
 
     context = extract({"traceparent": parent}) if parent else None
     named = {f"relay.{k}": v for k, v in attributes.items()}
-    with _tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         "deliver", context=context, kind=SpanKind.CONSUMER, attributes=named
     ):
         logs.annotate(trace_id=trace_id())

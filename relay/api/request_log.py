@@ -8,7 +8,6 @@ import re
 import time
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,9 +27,12 @@ UNMATCHED = "unmatched"
 log = logging.getLogger("relay.http")
 
 
+_HEADER = HEADER.encode()
+
+
 def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == HEADER.encode() and _ACCEPTABLE.fullmatch(value):
+        if name == _HEADER and _ACCEPTABLE.fullmatch(value):
             text: str = value.decode()
             return text
     return None
@@ -77,7 +79,8 @@ class RequestLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(HEADER, rid)
+                # As MutableHeaders.append would, without making one for each response.
+                message["headers"] = [*message.get("headers", ()), (_HEADER, rid.encode())]
             await send(message)
 
         with logs.scope(request_id=rid, trace_id=tracing.trace_id()):

@@ -18,10 +18,21 @@ from pathlib import Path
 import asyncpg
 import httpx
 import redis
+import redis.asyncio
 
 from relay.embedded import EmbeddedPostgres
 from relay.embedded import free_port as free_port  # the one free_port, re-exported
 from relay.secrets import generate_master_key
+
+
+async def script_calls(redis_client: redis.asyncio.Redis) -> int:
+    """Script calls Redis has run so far (not one it refused, not knowing the script yet)."""
+    stats = (await redis_client.info("commandstats"))["cmdstat_evalsha"]
+    return (
+        int(stats["calls"])
+        - int(stats.get("rejected_calls", 0))
+        - int(stats.get("failed_calls", 0))
+    )
 
 
 def wait_until(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -27,7 +27,7 @@ from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenChanged, TokenCheck
 from relay.webhooks import new_webhook
-from tests.support import TEST_MASTER_KEY, PostgresServer
+from tests.support import TEST_MASTER_KEY, PostgresServer, script_calls
 
 WEBHOOK = {"id": "wh_1", "tenant_id": "t1", "enabled": True, "rate_limit_per_second": None}
 
@@ -108,16 +108,6 @@ async def test_a_stale_lease_holder_cannot_settle_over_the_worker_that_took_over
     assert await _codes(store, delivery_id) == [(1, 500), (2, 200)]
 
 
-async def _script_calls(redis_client: redis.asyncio.Redis) -> int:
-    """Script calls Redis has run so far (not one it refused, not knowing the script yet)."""
-    stats = (await redis_client.info("commandstats"))["cmdstat_evalsha"]
-    return (
-        int(stats["calls"])
-        - int(stats.get("rejected_calls", 0))
-        - int(stats.get("failed_calls", 0))
-    )
-
-
 async def test_attempts_that_end_together_settle_in_one_call_each_as_if_alone(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:
@@ -125,7 +115,7 @@ async def test_attempts_that_end_together_settle_in_one_call_each_as_if_alone(
     claims = (await store.claim("a", 10, lease_ms=60_000, concurrency=4)).claims
     assert len(claims) == 4
 
-    before = await _script_calls(redis_client)
+    before = await script_calls(redis_client)
     settled = await asyncio.gather(
         store.settle(claims[0], _result(200)),
         store.settle(claims[1], _result(500, Status.PENDING)),
@@ -133,7 +123,7 @@ async def test_attempts_that_end_together_settle_in_one_call_each_as_if_alone(
         store.settle(claims[3], _result(200)),
     )
 
-    assert await _script_calls(redis_client) - before == 1
+    assert await script_calls(redis_client) - before == 1
     assert [s.written for s in settled] == [True] * 4
     # The endpoint's failure streak began with the second, and the third found it running.
     assert [s.failing_since_ms is not None for s in settled] == [False, True, True, False]

@@ -3,6 +3,7 @@ the state each leaves behind."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -31,7 +32,7 @@ from relay.store.webhooks import WebhookStore
 from relay.timefmt import now, rfc3339
 from relay.tokens import TokenSpec, token_hash
 from relay.webhooks import new_webhook
-from tests.support import TEST_MASTER_KEY
+from tests.support import TEST_MASTER_KEY, script_calls
 
 KEYRING = Keyring.from_strings([TEST_MASTER_KEY])
 
@@ -120,6 +121,22 @@ async def test_a_window_counts_each_use_and_lapses_a_second_after_it(
     [key] = await redis_client.keys("count:a:*")
     assert await redis_client.get(key) == b"3"
     assert 55 <= await redis_client.ttl(key) <= 61
+
+
+async def test_uses_made_at_once_are_counted_in_one_call_each_as_if_alone(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    limiter = WindowLimiter(redis_client, 5, 60, lambda s, w: f"count:{s}:{w}")
+    await limiter.wait("warm")  # Redis learns the script
+    before = await script_calls(redis_client)
+
+    waits = await asyncio.gather(*(limiter.wait(s) for s in ["a"] * 8 + ["b"] * 2))
+    assert await script_calls(redis_client) - before == 1
+    # Each use is counted in its turn: the first five of "a" are within its budget, the other
+    # three over it, and "b", counted apart, is within its own.
+    assert waits[:5] == [0] * 5 and all(w >= 1 for w in waits[5:8]) and waits[8:] == [0, 0]
+    [a] = await redis_client.keys("count:a:*")
+    assert await redis_client.get(a) == b"8"
 
 
 async def test_a_token_use_is_noted_for_as_long_as_its_record_lives(

@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from relay.delivery.archive import Archive
-from relay.delivery.gathering import Gathering
 from relay.delivery.model import (
     Claim,
     Delivery,
@@ -37,6 +36,7 @@ from relay.delivery.model import (
 from relay.errors import NotFound, Unavailable
 from relay.store import codec, keys, lua
 from relay.store.events import StoredEvent
+from relay.store.gathering import Gathering
 from relay.store.idempotency import COMMIT
 from relay.store.replicas import Replicas
 from relay.timefmt import from_timestamp, read_rfc3339

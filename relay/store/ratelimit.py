@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 
 from relay.store import keys, lua
+from relay.store.gathering import Gathering
 
 
 class WindowLimiter:
-    """Allows `limit` uses per subject in each window of `window_seconds`; one round trip a use.
+    """Allows `limit` uses per subject in each window of `window_seconds`.
 
     `key` names the counter of one subject in one window (numbered since the epoch); a limit of
-    0 allows everything.
+    0 allows everything. Every API request is counted so: the uses a process makes at once go
+    to Redis in one call (see Gathering), each counted and answered as if alone. A round trip
+    of its own for each took a third of a request's CPU.
     """
 
     def __init__(
@@ -26,6 +29,7 @@ class WindowLimiter:
         self._window = window_seconds
         self._key = key
         self._count = lua.register(redis, "window_count")
+        self._counting: Gathering[None, str, int] = Gathering(self._count_all)
 
     async def wait(self, subject: str) -> int:
         """Count one use; 0 while within the budget, else whole seconds until the window ends."""
@@ -33,11 +37,15 @@ class WindowLimiter:
             return 0
         now = time.time()
         window = int(now // self._window)
-        # The counter outlives its window by a second, so a late INCR never starts it afresh.
-        used = await self._count(keys=[self._key(subject, window)], args=[self._window + 1])
-        if int(used) <= self._limit:
+        used = await self._counting(None, self._key(subject, window))
+        if used <= self._limit:
             return 0
         return max(1, math.ceil((window + 1) * self._window - now))
+
+    async def _count_all(self, _: None, counters: list[str]) -> AsyncIterator[int]:
+        # The counter outlives its window by a second, so a late INCR never starts it afresh.
+        for used in await self._count(keys=counters, args=[self._window + 1]):
+            yield int(used)
 
 
 # Addresses this process has seen over the limit are kept at most this many at once.

@@ -1,10 +1,11 @@
 """Calls to Redis made at about the same moment, sent as one.
 
 Under load many coroutines of a process make the same kind of call at once: requests accepting
-an event, attempts settling. Each call's round trip and client-side cost (encoding, a socket
-write, a wake-up for the reply) is most of what it costs relay, so those made while one is
-being prepared go together. Each item is still its own: its result (or the exception that
-stopped its part) goes to its caller alone, as if it had called alone.
+an event or counted against their token's rate, attempts settling. Each call's round trip and
+client-side cost (encoding, a socket write, a wake-up for the reply) is most of what it costs
+relay, so those made while one is being prepared go together. Each item is still its own: its
+result (or the exception that stopped its part) goes to its caller alone, as if it had called
+alone.
 """
 
 from __future__ import annotations

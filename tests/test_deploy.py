@@ -473,6 +473,7 @@ REQUIRED_ALERTS = {
 # What the workers' history writer exports about moving finished records to PostgreSQL.
 HISTORY_METRICS = {
     "relay_history_backlog",
+    "relay_history_held",
     "relay_history_lag_seconds",
     "relay_history_write_errors_total",
     "relay_postgres_up",

@@ -29,7 +29,8 @@ from relay.store.replicas import Replicas
 # Records held apart because PostgreSQL refused them, at most: so many means that it refuses
 # every record, not a few, and the writer stops at the next one instead (see history_hold.lua).
 HELD_MAX = 10_000
-# A delivery's fields as its Redis hash holds them, every value text (`""` for none).
+# A delivery's fields as its Redis hash holds them: text (`""` for none), but for a number a
+# settle passed straight through (a status code), which comes as one.
 DeliveryRecord = dict[str, str]
 # Its status once it has ended: the record then leaves Redis with its release.
 _FINISHED = frozenset(status.value for status in FINISHED)

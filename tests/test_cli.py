@@ -172,6 +172,8 @@ def test_token_create_prints_a_token_the_api_accepts(
     listed = httpx.get(api_process + "/v1/tokens", headers={"authorization": f"Bearer {token}"})
     assert listed.status_code == 200
     assert "ops" in [t["name"] for t in listed.json()["data"]]
+    # `relay api` does not name the server software it runs on.
+    assert "server" not in listed.headers and listed.headers["x-request-id"]
 
 
 def test_token_create_refuses_a_tenant_token_without_tenant(redis_server: RedisServer) -> None:

@@ -94,7 +94,8 @@ _logged = _Once()
 def _webhook(record: bytes) -> Webhook:
     # Every attempt at an endpoint claims its record as Redis keeps it: the same bytes are read
     # into a Webhook once, not once an attempt. Nothing on an attempt's path changes a Webhook,
-    # and what is kept is the record as stored (secrets sealed), nothing more.
+    # and what is kept is what Redis holds, nothing decrypted: secrets and header values are
+    # opened for each attempt, as before.
     return Webhook.from_record(codec.loads(record))
 
 

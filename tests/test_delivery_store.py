@@ -808,6 +808,34 @@ async def test_claiming_the_only_delivery_of_a_small_event_costs_eleven_redis_co
     assert await _commands(redis_client) == 11
 
 
+async def test_events_accepted_in_one_call_bring_their_endpoint_and_tenant_forward_once(
+    redis_client: redis.asyncio.Redis, archive: Archive
+) -> None:
+    store, first = await _store_with(redis_client, archive)
+    await redis_client.set(keys.webhook("wh_2"), orjson.dumps({**WEBHOOK, "id": "wh_2"}))
+    await redis_client.zrem(keys.TENANTS, "t1")  # as a claim leaves an idle tenant
+    await redis_client.delete(keys.WAKE)
+
+    def event(n: int, *webhooks: str) -> tuple[NewEvent, list[PlannedDelivery], None]:
+        created = rfc3339(now())
+        new = NewEvent(f"evt_{n}", "post.published", "t1", created, 0, None, b"{}")
+        return new, [PlannedDelivery(f"dlv_{n}_{w}", w) for w in webhooks], None
+
+    batch = [event(1, "wh_1"), event(2, "wh_1", "wh_2"), event(3, "wh_1"), event(4, "wh_2")]
+    await redis_client.config_resetstat()
+    assert await store.accept_many(batch) == [None] * 4
+    # The script; per event its record and its hand-off to history; per delivery its record
+    # and its place in its queue; then once each, the two endpoints' and the tenant's turns
+    # brought forward, and one worker woken.
+    assert await _commands(redis_client) == 1 + 4 * 2 + 5 * 2 + 2 + 1 + 1
+    assert await redis_client.zrange(keys.endpoints("t1"), 0, -1) == [b"wh_1", b"wh_2"]
+    assert await redis_client.zscore(keys.TENANTS, "t1") is not None
+    assert await redis_client.llen(keys.WAKE) == 1
+    claims = (await store.claim("w", 10, lease_ms=60_000, concurrency=4)).claims
+    queued = [*first, *(d.id for _, planned, _ in batch for d in planned)]
+    assert sorted(c.delivery_id for c in claims) == sorted(queued)
+
+
 async def test_an_event_for_a_tenants_only_endpoint_in_flight_wakes_a_worker(
     redis_client: redis.asyncio.Redis, archive: Archive
 ) -> None:

@@ -30,16 +30,19 @@ local function extra_fields(E)
   return extra
 end
 
--- Each delivery joins its endpoint's queue, due now; the endpoint (once per call) and the
--- tenant are to be looked at now (see claim.lua). `copy`, if given, is the payload of an event
--- whose only delivery this is: small, it goes with the delivery, which the claim reads anyway.
+-- Each delivery joins its endpoint's queue, due now; the endpoint and the tenant are to be
+-- looked at now (see claim.lua), which is said once per call for each: NOW is the same for
+-- every event of the call, so saying it again would change nothing (and cost a command per
+-- event of a gathered call). `copy`, if given, is the payload of an event whose only delivery
+-- this is: small, it goes with the delivery, which the claim reads anyway.
+local told_endpoints, told_tenants = {}, {}
 local function write(E, skip_written, copy)
   local extra = extra_fields(E)
   if copy then
     table.insert(extra, F.payload)
     table.insert(extra, copy)
   end
-  local written, told = 0, {}
+  local written = 0
   for _, d in ipairs(E.deliveries) do
     if not (skip_written and redis.call('EXISTS', d.key) == 1) then
       redis.call('HSET', d.key, F.id, d.id, F.event_id, E.id, F.webhook_id, d.webhook_id,
@@ -47,17 +50,18 @@ local function write(E, skip_written, copy)
         F.cycle_start, 0, F.next_attempt_at, int(NOW), F.created_at, E.created_at,
         F.updated_ms, int(E.created_ms), unpack(extra))
       redis.call('ZADD', K.queue .. d.webhook_id, NOW, d.id)
-      if not told[d.webhook_id] then
+      if not told_endpoints[d.webhook_id] then
         redis.call('ZADD', E.keys.endpoints, 'LT', NOW, d.webhook_id)
-        told[d.webhook_id] = true
+        told_endpoints[d.webhook_id] = true
       end
       written = written + 1
     end
   end
   -- Idle workers are woken only when the tenant's turn moved up: one already due is being
   -- served, or is to be by a worker that has seen so.
-  if written > 0 and redis.call('ZADD', K.tenants, 'LT', 'CH', NOW, E.tenant_id) == 1 then
-    wake()
+  if written > 0 and not told_tenants[E.tenant_id] then
+    told_tenants[E.tenant_id] = true
+    if redis.call('ZADD', K.tenants, 'LT', 'CH', NOW, E.tenant_id) == 1 then wake() end
   end
 end
 

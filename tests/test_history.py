@@ -343,10 +343,10 @@ async def test_history_has_every_delivery_once_after_a_writer_is_killed_mid_batc
     await _history_is_whole(history_db, hook["id"], total)
 
 
-async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
-    admin: httpx.AsyncClient, history_db: asyncpg.Connection
-) -> None:
-    # An event accepted two days ago: only history remembers it.
+async def _accepted_long_ago(
+    history_db: asyncpg.Connection, upstream_id: str, tenant: str = "space_42"
+) -> str:
+    """The id of an event accepted two days ago under `upstream_id`: only history remembers it."""
     long_ago = datetime.now(UTC) - timedelta(days=2)
     old_id = ids.new_id("evt", int(long_ago.timestamp() * 1000))
     await partitions.ensure(history_db, [long_ago.date()])
@@ -354,14 +354,21 @@ async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
     await history_db.execute(
         "INSERT INTO events (tenant_id, id, created_at, type, upstream_id, payload, delivery_ids)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        "space_42",
+        tenant,
         old_id,
         reader.id_time(old_id),
         "post.published",
-        "up-old",
+        upstream_id,
         payload,
         [],
     )
+    return old_id
+
+
+async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
+    admin: httpx.AsyncClient, history_db: asyncpg.Connection
+) -> None:
+    old_id = await _accepted_long_ago(history_db, "up-old")
     again = await post_event(admin, id="up-old")
     assert again.status_code == 200, again.text
     assert again.json()["data"]["id"] == old_id
@@ -369,6 +376,35 @@ async def test_an_upstream_id_is_remembered_by_history_once_redis_lets_it_go(
     # Another tenant's upstream id of the same value is its own.
     other = await post_event(admin, tenant="space_7", id="up-old")
     assert other.status_code == 202
+
+
+async def test_upstream_ids_history_remembers_are_found_for_a_batch_and_for_posts_at_once(
+    admin: httpx.AsyncClient, history_db: asyncpg.Connection
+) -> None:
+    # A batch asks history about all its upstream ids at once, and posts made at the same
+    # moment ask together: each event still gets its own answer.
+    old = {up: await _accepted_long_ago(history_db, up) for up in ("up-a", "up-b", "up-c")}
+    old["up-7"] = await _accepted_long_ago(history_db, "up-b", tenant="space_7")
+
+    def event(upstream_id: str, tenant: str = "space_42") -> dict[str, object]:
+        data = {"post_id": "p_new"}
+        return {"type": "post.published", "tenant_id": tenant, "id": upstream_id, "data": data}
+
+    events = [event("up-a"), event("up-new"), event("up-b", "space_7"), event("up-b")]
+    answer = await admin.post("/v1/events/batch", json={"events": events})
+    assert answer.status_code == 207, answer.text
+    results = answer.json()["data"]
+    assert [r["status"] for r in results] == [200, 202, 200, 200]
+    found = [r["data"]["id"] for r in results]
+    assert [found[0], found[2], found[3]] == [old["up-a"], old["up-7"], old["up-b"]]
+    assert found[1] not in old.values()
+
+    posts = await asyncio.gather(*(post_event(admin, id=up) for up in ("up-c", "up-new-2", "up-a")))
+    assert [p.status_code for p in posts] == [200, 202, 200]
+    assert [posts[0].json()["data"]["id"], posts[2].json()["data"]["id"]] == [
+        old["up-c"],
+        old["up-a"],
+    ]
 
 
 async def test_an_event_is_accepted_when_its_upstream_id_lookup_in_history_is_canceled(
@@ -586,7 +622,7 @@ WHERE NOT l.granted AND d.datname = current_database()
 # Every backend whose last query was the API's upstream-id lookup, ended; how many.
 _END_LOOKUPS = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-WHERE pid <> pg_backend_pid() AND query LIKE '%upstream_id = $2%'
+WHERE pid <> pg_backend_pid() AND query LIKE '%AS asked(tenant_id, upstream_id)%'
 """
 
 _WAITING_PID = """

@@ -164,8 +164,8 @@ def _queries(loaded: dict[str, Any]) -> dict[str, reader.Query]:
         "an event by upstream id": reader.event_list(
             EventFilter(tenant_id=event[0], upstream_id=event[4]), 50, None
         ),
-        "an upstream id, as an accept looks it up": reader.Query(
-            reader.EVENT_BY_UPSTREAM_ID, (event[0], event[4])
+        "upstream ids, as accepts look them up": reader.Query(
+            reader.EVENTS_BY_UPSTREAM_ID, ([event[0], event[0]], [event[4], "not-seen"])
         ),
         "one delivery's attempts": reader.Query(reader.ATTEMPTS, (tenant, delivery_id, at)),
         "a delivery by id": reader.Query(reader.DELIVERY_BY_ID, (delivery_id, at)),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +89,8 @@ class _Catalog:
     _types: dict[str, RegisteredType | None] = field(default_factory=dict)
     _webhooks: dict[str, TenantWebhooks] = field(default_factory=dict)
     _stale: Counter[str] = field(default_factory=Counter)
+    # Of a batch, what history has of its events' upstream ids, asked all at once.
+    _earlier: dict[tuple[str, str], StoredEvent] | None = None
 
     async def registered(self, name: str) -> RegisteredType | None:
         """The registered type of this name, if any."""
@@ -106,6 +108,20 @@ class _Catalog:
             self._webhooks[tenant_id] = await self.ctx.webhooks.of_tenant(tenant_id, copy_will_do)
         found = self._webhooks[tenant_id]
         return found.webhooks, found.version if checked else None
+
+    async def look_up(self, specs: Iterable[EventSpec]) -> None:
+        """Ask history in one query for the upstream ids of `specs` (a batch's events), which
+        `earlier` then answers from."""
+        pairs = {(spec.tenant_id, spec.id) for spec in specs if spec.id is not None}
+        self._earlier = await self.ctx.events.first_with_upstream_ids(list(pairs))
+
+    async def earlier(self, spec: EventSpec) -> StoredEvent | None:
+        """The event history has under the spec's upstream id, if any."""
+        if spec.id is None:
+            return None
+        if self._earlier is not None:
+            return self._earlier.get((spec.tenant_id, spec.id))
+        return await self.ctx.events.first_with_upstream_id(spec.tenant_id, spec.id)
 
     def stale(self, tenant_id: str) -> None:
         """A write found the tenant's webhooks changed since they were read."""
@@ -132,9 +148,7 @@ async def _plan(ctx: Resources, catalog: _Catalog, spec: EventSpec) -> _Planned 
     targets, undeliverable = fan_out(webhooks, spec.type)
     moment = now()
     now_ms = int(moment.timestamp() * 1000)
-    if spec.id is not None and (
-        earlier := await ctx.events.first_with_upstream_id(spec.tenant_id, spec.id)
-    ):
+    if earlier := await catalog.earlier(spec):
         return earlier
     event_id = new_id("evt", now_ms)
     created_at = rfc3339(moment)
@@ -224,6 +238,7 @@ async def accept_batch(
             outcomes[index] = (await event_view(ctx, await ctx.events.get(made[index])), True)
         else:
             todo.append((index, item))
+    await catalog.look_up(spec for _, spec in todo)
     while todo:  # see _CHECKED_PLANS
         todo = await _write_batch(ctx, catalog, todo, claim, outcomes, token)
     found = [outcomes[index] for index in range(len(items))]

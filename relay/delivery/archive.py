@@ -44,8 +44,11 @@ class Archive(Protocol):
     async def event(self, event_id: str) -> StoredEvent | None:
         """An event by id, or None."""
 
-    async def event_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
-        """The event a tenant's upstream id was first accepted as."""
+    async def events_with_upstream_ids(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredEvent]:
+        """The event each (tenant, upstream id) pair was first accepted as, of those history
+        has."""
 
     async def event_page(
         self, query: EventFilter, limit: int, before: str | None

@@ -215,9 +215,14 @@ ATTEMPTS = (
     "SELECT * FROM attempts WHERE tenant_id = $1 AND delivery_id = $2 AND created_at = $3 "
     "ORDER BY number"
 )
-EVENT_BY_UPSTREAM_ID = (
-    "SELECT * FROM events WHERE tenant_id = $1 AND upstream_id = $2 ORDER BY created_at LIMIT 1"
-)
+# The first event of each (tenant, upstream id) pair asked for, in one query for many pairs.
+EVENTS_BY_UPSTREAM_ID = """
+SELECT DISTINCT ON (e.tenant_id, e.upstream_id) e.*
+FROM events e JOIN unnest($1::text[], $2::text[]) AS asked(tenant_id, upstream_id)
+  ON e.tenant_id = asked.tenant_id AND e.upstream_id = asked.upstream_id
+WHERE e.upstream_id IS NOT NULL
+ORDER BY e.tenant_id, e.upstream_id, e.created_at
+"""
 
 
 async def _page(db: Database, query: Query, limit: int) -> tuple[list[asyncpg.Record], str | None]:
@@ -300,20 +305,21 @@ class PostgresArchive:
         row = await (await self._db.pool()).fetchrow(EVENT_BY_ID, event_id, when)
         return _event(row) if row else None
 
-    async def event_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
-        """The event a tenant's upstream id was first accepted as.
+    async def events_with_upstream_ids(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredEvent]:
+        """The event each (tenant, upstream id) pair was first accepted as, of those history has.
 
-        None too while PostgreSQL is away: accepting events must not wait for history, and
+        None found while PostgreSQL is away: accepting events must not wait for history, and
         Redis still remembers the upstream ids of every event not yet written there.
         """
+        tenants, upstream_ids = zip(*pairs, strict=True) if pairs else ((), ())
         try:
-            row = await (await self._db.pool()).fetchrow(
-                EVENT_BY_UPSTREAM_ID, tenant_id, upstream_id
-            )
+            rows = await (await self._db.pool()).fetch(EVENTS_BY_UPSTREAM_ID, tenants, upstream_ids)
         except POSTGRES_AWAY as exc:
-            log.warning("cannot look for upstream id in history (%s); accepting it as new", exc)
-            return None
-        return _event(row) if row else None
+            log.warning("cannot look for upstream ids in history (%s); accepting as new", exc)
+            return {}
+        return {(row["tenant_id"], row["upstream_id"]): _event(row) for row in rows}
 
     async def event_page(
         self, query: EventFilter, limit: int, before: str | None

@@ -4,6 +4,7 @@ They are written with their deliveries by the delivery store."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from relay.errors import NotFound
 from relay.store import codec, keys
+from relay.store.gathering import Gathering
 
 if TYPE_CHECKING:
     from relay.delivery.archive import Archive
@@ -46,6 +48,9 @@ class EventStore:
     def __init__(self, redis: Redis, archive: Archive) -> None:
         self._redis = redis
         self._archive = archive
+        self._looking_up: Gathering[None, tuple[str, str], StoredEvent | None] = Gathering(
+            self._look_up_all
+        )
 
     async def get(self, event_id: str) -> StoredEvent:
         """An event by id, or NotFound."""
@@ -59,8 +64,26 @@ class EventStore:
 
     async def first_with_upstream_id(self, tenant_id: str, upstream_id: str) -> StoredEvent | None:
         """The event an upstream id was first accepted as, if history has it (Redis remembers
-        the upstream ids of the events it still holds; the accept script looks there)."""
-        return await self._archive.event_with_upstream_id(tenant_id, upstream_id)
+        the upstream ids of the events it still holds; the accept script looks there).
+
+        Every event posted with an upstream id asks, so the questions of requests made at the
+        same moment go to PostgreSQL as one query (see Gathering): a query of its own for each
+        cost more than the rest of an accept."""
+        return await self._looking_up(None, (tenant_id, upstream_id))
+
+    async def first_with_upstream_ids(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredEvent]:
+        """`first_with_upstream_id` of each (tenant, upstream id) pair, by pair, in one query;
+        a pair history does not have is left out."""
+        return await self._archive.events_with_upstream_ids(pairs) if pairs else {}
+
+    async def _look_up_all(
+        self, _: None, pairs: list[tuple[str, str]]
+    ) -> AsyncIterator[StoredEvent | None]:
+        found = await self.first_with_upstream_ids(pairs)
+        for pair in pairs:
+            yield found.get(pair)
 
     async def page(
         self, query: EventFilter, limit: int, cursor: str | None

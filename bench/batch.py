@@ -1,14 +1,17 @@
 """Single-event ingest against batches: events per second each way, at the same concurrency.
 
     .venv/bin/python -m bench.batch [--events 20000] [--concurrency 32] [--batch 100]
+        [--upstream-ids]
 
 Starts a throwaway redis-server (AOF, fsync every second), PostgreSQL and `relay api`, gives
 one tenant one webhook (on a discard port: no worker runs, so only ingest is measured), then
 posts the events one per request (POST /v1/events) with C clients, and as many again in
 batches of B (POST /v1/events/batch) with C clients. It prints the events/s of each and their
 ratio, with the API's CPU time per accepted event each way, and writes
-bench/results/batch-<timestamp>.json. Exit status: 0 when every event was
-accepted, 1 when not, 2 when the run could not be done, 130 when interrupted.
+bench/results/batch-<timestamp>.json. With --upstream-ids every event carries an upstream id
+of its own, as senders that retry safely post them: each is then looked up in history. Exit
+status: 0 when every event was accepted, 1 when not, 2 when the run could not be done, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import asyncio
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import orjson
 
 from bench.harness import command_line, scenario, start_api, start_stores
-from bench.load import Api, event_body, in_turn, new_session, post_burst
+from bench.load import Api, event_body, identified_body, in_turn, new_session, post_burst
 from bench.procs import Child, Processes
 from bench.report import conclude, machine
 
@@ -63,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--events", type=int, default=20_000, help="events posted each way (default 20000)")
     add("--concurrency", type=int, default=32, help="clients / requests in flight (default 32)")
     add("--batch", type=int, default=100, help="events per batch (default 100, the API's most)")
+    add(
+        "--upstream-ids",
+        action="store_true",
+        help="give every event an upstream id of its own (each is then looked up in history)",
+    )
     options = parser.parse_args(argv)
     if not 100 <= options.events <= 1_000_000 or not 1 <= options.concurrency <= 1024:
         parser.error("--events must be 100..1,000,000 and --concurrency 1..1024")
@@ -71,13 +79,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return options
 
 
-def batch_body(first: int, count: int) -> bytes:
+# Makes the body of one event: a tenant's, numbered.
+Body = Callable[[str, int], bytes]
+
+
+def batch_body(first: int, count: int, body: Body = event_body) -> bytes:
     """A batch of `count` small events, numbered from `first`."""
-    events = b",".join(event_body(TENANT, n) for n in range(first, first + count))
+    events = b",".join(body(TENANT, n) for n in range(first, first + count))
     return b'{"events":[' + events + b"]}"
 
 
-async def post_batches(api: Api, count: int, concurrency: int, size: int) -> Ingest:
+async def post_batches(
+    api: Api, count: int, concurrency: int, size: int, body: Body = event_body
+) -> Ingest:
     """POST `count` events in batches of `size` as fast as `concurrency` clients can."""
     refused: Counter[str] = Counter()
     accepted = 0
@@ -85,7 +99,8 @@ async def post_batches(api: Api, count: int, concurrency: int, size: int) -> Ing
     async def send(start: int) -> None:
         nonlocal accepted
         events = min(size, count - start)
-        status, raw = await api.post_event(batch_body(start, events), path="/v1/events/batch")
+        payload = batch_body(start, events, body)
+        status, raw = await api.post_event(payload, path="/v1/events/batch")
         if status != 207:
             refused[str(status)] += events
             return
@@ -99,9 +114,9 @@ async def post_batches(api: Api, count: int, concurrency: int, size: int) -> Ing
     return Ingest("batch", count, accepted, dict(refused), time.perf_counter() - began)
 
 
-async def post_singly(api: Api, count: int, concurrency: int) -> Ingest:
+async def post_singly(api: Api, count: int, concurrency: int, body: Body = event_body) -> Ingest:
     """POST `count` events one per request as fast as `concurrency` clients can."""
-    posted = await post_burst(api, TENANT, count, concurrency)
+    posted = await post_burst(api, TENANT, count, concurrency, body)
     return Ingest("single", count, len(posted.accepted), dict(posted.refused), posted.seconds)
 
 
@@ -112,12 +127,12 @@ async def run(procs: Processes, options: argparse.Namespace) -> list[Ingest]:
     async with new_session(options.concurrency) as session:
         api_child, api = await start_api(procs, session, settings)
         await api.create("/v1/webhooks", {"url": "http://127.0.0.1:9/hook", "tenant_id": TENANT})
-        await post_singly(api, WARM_UP, options.concurrency)
-        await post_batches(api, WARM_UP, options.concurrency, options.batch)
-        single = await _costed(api_child, post_singly(api, options.events, options.concurrency))
-        batch = await _costed(
-            api_child, post_batches(api, options.events, options.concurrency, options.batch)
-        )
+        body = identified_body if options.upstream_ids else event_body
+        clients, size = options.concurrency, options.batch
+        await post_singly(api, WARM_UP, clients, body)
+        await post_batches(api, WARM_UP, clients, size, body)
+        single = await _costed(api_child, post_singly(api, options.events, clients, body))
+        batch = await _costed(api_child, post_batches(api, options.events, clients, size, body))
         api_child.check_alive()
     return [single, batch]
 
@@ -133,7 +148,8 @@ def render(results: list[Ingest], options: argparse.Namespace) -> str:
     """The table of both ways, and the ratio."""
     single, batch = results
     lines = [
-        f"ingest of {options.events} events with {options.concurrency} clients, no worker",
+        f"ingest of {options.events} events with {options.concurrency} clients, no worker"
+        + (", each event with an upstream id" if options.upstream_ids else ""),
         f"{'way':>24} {'accepted':>9} {'refused':>8} {'seconds':>8} {'events/s':>9} "
         f"{'API CPU/event':>14}",
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ def event_body(tenant: str, number: int) -> bytes:
     """A small `post.published` event."""
     data = post_data(number, url="https://example.com/p")
     return orjson.dumps(event("post.published", tenant, data))
+
+
+def identified_body(tenant: str, number: int) -> bytes:
+    """`event_body` with an upstream id of its own, as senders that retry safely post them."""
+    data = post_data(number, url="https://example.com/p")
+    return orjson.dumps(event("post.published", tenant, data, f"up_{uuid.uuid4().hex}"))
 
 
 def media_body(tenant: str, number: int) -> bytes:
@@ -229,13 +236,20 @@ async def on_schedule(
     return most_late
 
 
-async def post_burst(api: Api, tenant: str, count: int, concurrency: int) -> Posted:
-    """POST `count` events as fast as `concurrency` clients, each waiting for its answer, can."""
+async def post_burst(
+    api: Api,
+    tenant: str,
+    count: int,
+    concurrency: int,
+    body: Callable[[str, int], bytes] = event_body,
+) -> Posted:
+    """POST `count` events (made by `body`) as fast as `concurrency` clients, each waiting for
+    its answer, can."""
     posted = Posted(started=time.time())
     began = time.perf_counter()
 
     async def send(number: int) -> None:
-        await post_one(api, event_body(tenant, number), posted)
+        await post_one(api, body(tenant, number), posted)
 
     async with asyncio.timeout(60 + count / 50):
         await in_turn(concurrency, range(count), send)

@@ -28,7 +28,7 @@ from relay.delivery.model import Attempt, Settlement, Status, Transition
 from relay.delivery.store import DeliveryStore, NewEvent, PlannedDelivery, script_text
 from relay.errors import Unavailable
 from relay.history import migrations, partitions, reader, writer
-from relay.history.db import Database
+from relay.history.db import Database, open_pool
 from relay.metrics import Counts
 from relay.store import keys
 from relay.timefmt import rfc3339
@@ -287,6 +287,36 @@ async def test_retention_finishes_a_day_a_stopped_pass_left_half_dropped(
         "SELECT count(*) FROM pg_class WHERE relname = ANY($1::text[])", [pending, detached, whole]
     )
     assert left == 0
+
+
+async def test_a_retention_pass_stopped_waiting_for_its_lock_leaves_the_pool_and_lock_free(
+    history_db: asyncpg.Connection, postgres_server: PostgresServer
+) -> None:
+    # The pool hands connections back as they were left (no reset query): a pass stopped while
+    # it waits for the partitions' session lock ends its connection rather than risk handing
+    # the lock on with it, and the pool goes on with a new one.
+    pool = await open_pool(postgres_server.url, size=1)
+    try:
+        await history_db.execute("SELECT pg_advisory_lock($1)", partitions._LOCK)
+
+        async def retention_pass() -> None:
+            async with pool.acquire() as conn:
+                await partitions.drop_detached(conn)
+
+        stopped = asyncio.create_task(retention_pass())
+        for _ in range(1000):  # until the pass waits for the lock
+            if await history_db.fetchval(_WAITING_PID):
+                break
+            await asyncio.sleep(0.01)
+        stopped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopped
+        await history_db.execute("SELECT pg_advisory_unlock($1)", partitions._LOCK)
+
+        await asyncio.wait_for(retention_pass(), 10)
+        assert await history_db.fetchval("SELECT pg_try_advisory_lock($1)", partitions._LOCK)
+    finally:
+        await pool.close()
 
 
 async def test_tenants_never_see_each_others_history(

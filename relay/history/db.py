@@ -34,9 +34,24 @@ POSTGRES_AWAY: tuple[type[BaseException], ...] = (
 async def open_pool(url: str, size: int = 8) -> asyncpg.Pool:
     """A pool of up to `size` connections; each query gives up after 10 s."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=1, max_size=size, command_timeout=10, timeout=5, init=_codecs
+        url,
+        min_size=1,
+        max_size=size,
+        command_timeout=10,
+        timeout=5,
+        init=_codecs,
+        reset=_as_left,
     )
     return pool
+
+
+async def _as_left(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is left: by default asyncpg runs a query on
+    every release to undo session state (advisory locks, LISTENs, settings, cursors), a round
+    trip costing as much as most of relay's queries. relay leaves none: it sets nothing for
+    the session, listens to nothing, and the one session lock it takes ends its connection
+    when it cannot be let go (`partitions._exclusive`). The pool still rolls back a
+    transaction left open, before this."""
 
 
 async def _codecs(conn: asyncpg.Connection) -> None:

@@ -118,8 +118,18 @@ def _day(name: str) -> date:
 async def _exclusive(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """The partitions' lock for the session (DETACH … CONCURRENTLY runs in no transaction of
     ours, so the transaction-level one that `ensure` takes cannot hold across it)."""
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK)
+    except BaseException:
+        # Taken, perhaps, as the wait was interrupted: the session must not go back to the
+        # pool with it, which leaves sessions as they are (see db.open_pool).
+        conn.terminate()
+        raise
     try:
         yield
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK)
+        except BaseException:
+            conn.terminate()  # as above: the lock ends with the session
+            raise

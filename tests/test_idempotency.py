@@ -30,7 +30,7 @@ from relay.webhooks import new_webhook
 from tests.fixtures import ClientFactory
 from tests.flows import post_event, webhook
 from tests.links import Link
-from tests.support import TEST_MASTER_KEY, RedisServer
+from tests.support import TEST_MASTER_KEY, RedisServer, script_calls
 
 KEYRING = Keyring.from_strings([TEST_MASTER_KEY])
 
@@ -48,6 +48,31 @@ async def test_same_key_same_body_replays_and_does_nothing_again(admin: httpx.As
     assert second.headers["idempotent-replayed"] == "true"
     assert second.json() == first.json()
     assert await _token_count(admin) == 1
+
+
+async def test_a_keyed_event_is_answered_with_one_script_call_more_than_an_unkeyed_one(
+    admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
+) -> None:
+    # The claim of the key is the one call more: the answer goes with the event's write, and
+    # the write says it did, so it is not stored a second time once sent.
+    await webhook(admin, "https://hooks.example.com/keyed")
+    assert (await post_event(admin)).status_code == 202  # scripts loaded, webhooks read
+
+    async def calls(**headers: str) -> tuple[int, httpx.Response]:
+        before = await script_calls(redis_client)
+        answer = await admin.post(
+            "/v1/events",
+            json={"type": "post.published", "tenant_id": "space_42", "data": {"post_id": "k"}},
+            headers=headers,
+        )
+        return await script_calls(redis_client) - before, answer
+
+    plain, _ = await calls()
+    keyed, first = await calls(**{"Idempotency-Key": "keyed-event"})
+    assert first.status_code == 202 and keyed == plain + 1
+    replayed, again = await calls(**{"Idempotency-Key": "keyed-event"})
+    assert again.headers["idempotent-replayed"] == "true" and replayed == keyed - 1
+    assert (again.status_code, again.json()) == (202, first.json())
 
 
 async def test_same_key_different_body_is_422(admin: httpx.AsyncClient) -> None:

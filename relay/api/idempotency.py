@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.exceptions
 from starlette.requests import Request
@@ -34,6 +34,7 @@ class _Run:
 
     held: Held
     committing: bool = False
+    commit: Commit[Any] | None = None  # the one handed to its write, if one write answers it
 
 
 # Set while a keyed request of an operation that does not `repeats` runs.
@@ -69,7 +70,9 @@ def commit(render: Callable[[T], Response]) -> Commit[T] | None:
     if run is None:
         return None
     run.committing = True
-    return run.held.commit(lambda result: _stored(render(result)))
+    answer: Commit[T] = run.held.commit(lambda result: _stored(render(result)))
+    run.commit = answer
+    return answer
 
 
 def in_steps() -> Held | None:
@@ -136,7 +139,8 @@ async def idempotent(
         )
     if response.status_code >= 500 or response.status_code in _TRANSIENT:
         await store.release(claim)
-    else:
-        # A write that stored its answer already made the record `done`: this changes nothing.
+    elif run is None or run.commit is None or not run.commit.landed:
+        # A write that stored its answer already made the record `done` (and, when its store
+        # knows so, says so: nothing to do). Otherwise this stores it.
         await store.complete(claim, _stored(response))
     return response

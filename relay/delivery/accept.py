@@ -210,6 +210,8 @@ async def accept(
         except StaleFanOut:
             catalog.stale(spec.tenant_id)
         else:
+            if commit is not None and first is None:
+                commit.landed = True  # written: the answer went with it
             return await _written(ctx, planned, first)
 
 

@@ -63,17 +63,20 @@ class ClaimMoved(Conflict):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit(Generic[T]):
     """A request's answer, stored by the write that produces it, in the same atomic step.
 
     The write first checks that `key` is still `run`'s pending claim (else it writes nothing),
-    then sets `seal(result)`: the `done` record answering the write's result.
+    then sets `seal(result)`: the `done` record answering the write's result. A caller that
+    learns its write stored the answer says so (`landed`): the request's answer then needs no
+    storing again once it is sent (see `IdempotencyStore.complete`).
     """
 
     key: str
     run: str
     seal: Callable[[T], str]
+    landed: bool = False
 
     def lua(self, result: T) -> dict[str, str]:
         """The argument of the Lua `commit` helper for a write with this result."""
@@ -201,7 +204,8 @@ class IdempotencyStore:
         return {int(step): made.decode() for step, made in found.items()}
 
     async def complete(self, held: Held, response: StoredResponse) -> None:
-        """Keep the response, encrypted, so repeats replay it (unless the run lost its claim)."""
+        """Keep the response, encrypted, so repeats replay it (unless the run lost its claim,
+        or its write stored it already: then this changes nothing)."""
         await self._settle(keys=[held.key], args=[held.run, held.record(response)])
 
     async def mark_unknown(self, held: Held) -> None:

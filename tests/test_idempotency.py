@@ -19,6 +19,7 @@ import relay.app
 from relay.api import events
 from relay.api.webhooks import WebhookCreate
 from relay.app import OPERATIONS
+from relay.errors import Conflict, Invalid
 from relay.roles import Role
 from relay.secrets import Keyring
 from relay.store import keys
@@ -73,6 +74,31 @@ async def test_a_keyed_event_is_answered_with_one_script_call_more_than_an_unkey
     replayed, again = await calls(**{"Idempotency-Key": "keyed-event"})
     assert again.headers["idempotent-replayed"] == "true" and replayed == keyed - 1
     assert (again.status_code, again.json()) == (202, first.json())
+
+
+async def test_claims_made_at_once_are_one_call_each_decided_as_if_alone(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = IdempotencyStore(redis_client, KEYRING)
+    assert isinstance(await store.claim("tok", "warm", "f", 60), Held)  # Redis learns the script
+    done = await store.claim("tok", "done", "f", 60)
+    assert isinstance(done, Held)
+    await store.complete(done, StoredResponse(201, {}, b'{"data": {}}'))
+    before = await script_calls(redis_client)
+
+    claims = [("new", "f"), ("new", "f"), ("done", "f"), ("done", "other"), ("new-2", "f")]
+    outcomes = await asyncio.gather(
+        *(store.claim("tok", key, fingerprint, 60) for key, fingerprint in claims),
+        return_exceptions=True,
+    )
+    assert await script_calls(redis_client) - before == 1
+    # The first claim of "new" holds it, so the second finds it running; "done" replays to the
+    # same request and refuses another; "new-2" is claimed on its own.
+    first, running, replay, mismatch, other = outcomes
+    assert isinstance(first, Held) and isinstance(other, Held)
+    assert isinstance(running, Conflict) and "in progress" in running.detail
+    assert replay == StoredResponse(201, {}, b'{"data": {}}')
+    assert isinstance(mismatch, Invalid)
 
 
 async def test_same_key_different_body_is_422(admin: httpx.AsyncClient) -> None:

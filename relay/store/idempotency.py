@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from string import Template
 from typing import Generic, TypeVar
@@ -25,6 +25,7 @@ from redis.asyncio.client import Pipeline
 from relay.errors import Conflict, Invalid
 from relay.secrets import Keyring, SecretDecryptionError
 from relay.store import codec, keys, lua
+from relay.store.gathering import Gathering
 from relay.store.replicas import Replicas
 
 KEEP_SECONDS = 24 * 3600
@@ -142,6 +143,11 @@ class IdempotencyStore:
         self._keyring = keyring
         self._replicas = replicas or Replicas(redis, 0)
         self._claim = lua.register(redis, "idempotency_claim")
+        # Every request with a key claims it first: claims made at once go in one call (see
+        # Gathering), each decided as if alone.
+        self._claiming: Gathering[None, tuple[str, list[str | int]], list[bytes]] = Gathering(
+            self._claim_all
+        )
         self._settle = lua.register(redis, "idempotency_settle", HOLDS)
         self._replace = lua.register(redis, "idempotency_replace")
 
@@ -172,14 +178,16 @@ class IdempotencyStore:
         """
         key = self._key(token_id, idempotency_key)
         run = secrets.token_hex(16)
-        args: list[str | int] = [fingerprint, lease_seconds * 1000, KEEP_SECONDS, run]
+        args: list[str | int] = [fingerprint, lease_seconds * 1000, run]
         if replicated and self._replicas.required:
             async with self._replicas.connection() as conn:
-                verdict, *rest = await self._claim(keys=[key], args=[*args, 1], client=conn)
+                [[verdict, *rest]] = await self._claim(
+                    keys=[key], args=[KEEP_SECONDS, *args, 1], client=conn
+                )
                 if verdict == b"done":
                     await self._replicas.confirm(conn)
         else:
-            verdict, *rest = await self._claim(keys=[key], args=[*args, 0])
+            verdict, *rest = await self._claiming(None, (key, [*args, 0]))
         match verdict.decode():
             case "mismatch":
                 raise Invalid(
@@ -197,6 +205,15 @@ class IdempotencyStore:
                     "using a new key."
                 )
         return Held(key, run, fingerprint, self._keyring)
+
+    async def _claim_all(
+        self, _: None, claims: list[tuple[str, list[str | int]]]
+    ) -> AsyncIterator[list[bytes]]:
+        args: list[str | int] = [KEEP_SECONDS]
+        for _key, claim_args in claims:
+            args += claim_args
+        for verdict in await self._claim(keys=[key for key, _ in claims], args=args):
+            yield verdict
 
     async def made(self, held: Held) -> dict[int, str]:
         """What earlier runs of a request written in several steps made, by step (`Held.item`)."""

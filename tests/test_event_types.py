@@ -4,13 +4,18 @@ exactly as built-in ones do."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import redis.asyncio
 
+from relay.event_types import register
+from relay.store.event_types import EventTypeStore
 from relay.validation import MAX_JSON_DEPTH
 from tests.fixtures import ClientFactory
 from tests.flows import Workers, webhook
@@ -107,6 +112,48 @@ async def test_a_schema_change_applies_to_the_next_event_on_every_replica(
     assert refused.status_code == 422
     assert list(refused.json()["errors"]) == ["data.currency"]
     assert (await _post(other_replica, {**VALID, "currency": "EUR"})).status_code == 202
+
+
+async def test_events_posted_at_once_read_their_types_together_each_by_its_own_schema(
+    admin: httpx.AsyncClient, redis_client: redis.asyncio.Redis
+) -> None:
+    await _register(admin)
+    other = {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
+    await _register(admin, name="custom.counted", schema=other)
+    await redis_client.config_resetstat()
+
+    answers = await asyncio.gather(
+        _post(admin, VALID),
+        _post(admin, {"id": 7}, "custom.counted"),
+        _post(admin, {"id": "seven"}, "custom.counted"),
+        _post(admin, {"order_id": "o_2"}),
+        _post(admin, {}, "custom.unknown"),
+    )
+    assert [a.status_code for a in answers] == [202, 202, 422, 422, 422]
+    assert list(answers[2].json()["errors"]) == ["data.id"]
+    assert list(answers[3].json()["errors"]) == ["data.total"]
+    assert list(answers[4].json()["errors"]) == ["type"]
+
+
+async def test_types_read_at_once_are_one_read_each_as_redis_has_it_now(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    store = EventTypeStore(redis_client)
+    first = register("custom.a", "", {"type": "object"})
+    await store.add(first)
+    await store.add(register("custom.b", "", {"type": "array"}))
+    await redis_client.config_resetstat()
+
+    names = ["custom.a", "custom.b", "custom.none", "custom.a"]
+    found = await asyncio.gather(*(store.get(name) for name in names))
+    a, b = {"type": "object"}, {"type": "array"}
+    assert [t and t.schema for t in found] == [a, b, None, a]
+    stats = await redis_client.info("commandstats")
+    assert (stats["cmdstat_mget"]["calls"], "cmdstat_get" in stats) == (1, False)
+    # Changed in Redis (by another replica's PATCH), the next read has it.
+    await store.change("custom.a", lambda t: dataclasses.replace(t, data_schema={"type": "null"}))
+    changed = await store.get("custom.a")
+    assert changed is not None and changed.schema == {"type": "null"}
 
 
 async def test_a_deprecated_type_is_listed_so_and_still_accepted(

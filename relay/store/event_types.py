@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
 from typing import Any
 
 from redis.asyncio import Redis
@@ -11,8 +12,15 @@ from redis.asyncio.client import Pipeline
 from relay.errors import Conflict
 from relay.event_types import RegisteredType
 from relay.store import codec, keys
+from relay.store.gathering import Gathering
 from relay.store.idempotency import Commit
 from relay.store.records import edit_record, transact
+
+
+@lru_cache(maxsize=256)
+def _registered(raw: bytes) -> RegisteredType:
+    # Read once per record as stored: a changed type is another record, read afresh.
+    return RegisteredType.from_record(codec.loads(raw))
 
 
 class EventTypeStore:
@@ -20,6 +28,9 @@ class EventTypeStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        # Every event of a registered type reads its type: the reads of requests made at the
+        # same moment go in one MGET (see Gathering), each still read afresh.
+        self._reading: Gathering[None, str, bytes | None] = Gathering(self._read_all)
 
     async def add(
         self, event_type: RegisteredType, commit: Commit[RegisteredType] | None = None
@@ -39,9 +50,13 @@ class EventTypeStore:
         await transact(self._redis, key, decide, write, "event type", commit)
 
     async def get(self, name: str) -> RegisteredType | None:
-        """A registered type by name (one Redis call: this is on the ingest path)."""
-        raw = await self._redis.get(keys.event_type(name))
-        return RegisteredType.from_record(codec.loads(raw)) if raw else None
+        """A registered type by name, as Redis has it now (so that a PATCH applies at once)."""
+        raw = await self._reading(None, name)
+        return _registered(raw) if raw else None
+
+    async def _read_all(self, _: None, names: list[str]) -> AsyncIterator[bytes | None]:
+        for raw in await self._redis.mget([keys.event_type(name) for name in names]):
+            yield raw
 
     async def names(self) -> list[str]:
         """The names of every registered type."""

@@ -76,6 +76,25 @@ async def test_a_keyed_event_is_answered_with_one_script_call_more_than_an_unkey
     assert (again.status_code, again.json()) == (202, first.json())
 
 
+async def test_a_keyed_repeat_of_an_upstream_id_replays_the_first_event(
+    admin: httpx.AsyncClient,
+) -> None:
+    # A repeat writes nothing, so its answer went with no write: it is stored once sent, and
+    # the retry under the same key replays it rather than finding the key still running.
+    await webhook(admin, "https://hooks.example.com/repeat")
+    first = await post_event(admin, id="up-keyed")
+    assert first.status_code == 202
+    data = {"post_id": "p_1"}
+    body = {"type": "post.published", "tenant_id": "space_42", "id": "up-keyed", "data": data}
+    headers = {"Idempotency-Key": "keyed-repeat"}
+    repeat = await admin.post("/v1/events", json=body, headers=headers)
+    again = await admin.post("/v1/events", json=body, headers=headers)
+    assert (repeat.status_code, again.status_code) == (200, 200)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == repeat.json()
+    assert repeat.json()["data"]["id"] == first.json()["data"]["id"]
+
+
 async def test_claims_made_at_once_are_one_call_each_decided_as_if_alone(
     redis_client: redis.asyncio.Redis,
 ) -> None:

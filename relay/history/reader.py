@@ -313,7 +313,8 @@ class PostgresArchive:
         None found while PostgreSQL is away: accepting events must not wait for history, and
         Redis still remembers the upstream ids of every event not yet written there.
         """
-        tenants, upstream_ids = zip(*pairs, strict=True) if pairs else ((), ())
+        tenants = [tenant for tenant, _ in pairs]
+        upstream_ids = [upstream_id for _, upstream_id in pairs]
         try:
             rows = await (await self._db.pool()).fetch(EVENTS_BY_UPSTREAM_ID, tenants, upstream_ids)
         except POSTGRES_AWAY as exc:
